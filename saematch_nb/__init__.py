@@ -1,0 +1,50 @@
+"""saematch_nb: match, trace and steer SAE features across the layers of a language model.
+
+Light at import: the heavy packages (sae-lens, TransformerLens, plotly) load only when a function
+that needs them is called. Names below resolve lazily on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute" (relative to this package)
+_LAZY = {
+    # core
+    "SAEWeights": "core.weights:SAEWeights",
+    "SAEInfo": "core.weights:SAEInfo",
+    "as_weights": "core.weights:as_weights",
+    "fold": "core.fold:fold",
+    "match": "core.match:match",
+    "LayerMatch": "core.results:LayerMatch",
+    "FeatureTrace": "core.results:FeatureTrace",
+    "match_chain": "core.chain:match_chain",
+    "MatchChain": "core.chain:MatchChain",
+    # sources
+    "load_saes": "sources.saes:load_saes",
+    "SAEHandle": "sources.saes:SAEHandle",
+    "load_model": "sources.models:load_model",
+    "collect_activations": "sources.activations:collect_activations",
+    "evaluate": "sources.evaluate:evaluate",
+}
+
+__all__ = sorted(_LAZY) + ["demo", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "demo":
+        return importlib.import_module(".demo", __name__)
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'saematch_nb' has no attribute {name!r}")
+    mod, attr = target.split(":")
+    value = getattr(importlib.import_module(f".{mod}", __name__), attr)
+    globals()[name] = value  # cache: next access is a plain attribute lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

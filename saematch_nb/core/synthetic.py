@@ -1,0 +1,149 @@
+"""Synthetic SAEs with a known ground truth, for tests, benchmarks and the synthetic demo.
+
+The generator works in *folded* space (where features of different layers are comparable),
+then unfolds with a random per-feature threshold. A planted partner in the next layer has the
+same folded parameters plus noise, but its own threshold: the SAE function is the same up to a
+per-feature rescaling (encoder and θ multiplied by s, decoder divided by s), which is exactly
+what folding undoes and unfolded matching does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .weights import SAEInfo, SAEWeights
+
+
+@dataclass(frozen=True)
+class FoldedFeatures:
+    """Folded parameters of a set of features: enc [d_in, n], b_enc [n], dec [n, d_in]."""
+
+    enc: np.ndarray
+    b_enc: np.ndarray
+    dec: np.ndarray
+
+
+def random_features(n: int, d_in: int, rng: np.random.Generator, *, norm_spread: float = 0.4,
+                    spectrum_decay: float = 0.0) -> FoldedFeatures:
+    """Random folded features. ``spectrum_decay`` > 0 makes directions anisotropic
+    (component k scaled by (k+1)^-decay, as residual streams are)."""
+    u = rng.standard_normal((n, d_in))
+    if spectrum_decay:
+        u *= (np.arange(1, d_in + 1) ** -spectrum_decay)[None, :]
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    g = rng.lognormal(0.0, norm_spread, size=n)
+    dec = u * g[:, None]
+    # The encoder reads roughly along the decoder direction (as trained SAEs do), with its own part.
+    e_dir = u + 0.3 * rng.standard_normal((n, d_in)) / np.sqrt(d_in)
+    enc = (e_dir / g[:, None]).T
+    b_enc = -0.5 + 0.1 * rng.standard_normal(n)
+    return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
+
+
+def perturb(f: FoldedFeatures, noise: float, rng: np.random.Generator) -> FoldedFeatures:
+    """Add relative Gaussian noise (``noise`` × each feature's parameter norm)."""
+    n, d_in = f.dec.shape
+    dn = np.linalg.norm(f.dec, axis=1, keepdims=True)
+    en = np.linalg.norm(f.enc, axis=0, keepdims=True)
+    dec = f.dec + noise * dn * rng.standard_normal((n, d_in)) / np.sqrt(d_in)
+    enc = f.enc + noise * en * rng.standard_normal((d_in, n)) / np.sqrt(d_in)
+    b_enc = f.b_enc + noise * 0.1 * rng.standard_normal(n)
+    return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
+
+
+def unfold(f: FoldedFeatures, theta: np.ndarray, *, b_dec: np.ndarray | None = None,
+           info: SAEInfo | None = None) -> SAEWeights:
+    """Give folded features a threshold θ: W_enc = enc·θ, b_enc = b·θ, W_dec = dec/θ."""
+    theta = np.asarray(theta, dtype=np.float32)
+    d_in = f.dec.shape[1]
+    return SAEWeights(
+        W_enc=torch.from_numpy(np.ascontiguousarray(f.enc * theta[None, :], dtype=np.float32)),
+        b_enc=torch.from_numpy((f.b_enc * theta).astype(np.float32)),
+        W_dec=torch.from_numpy(np.ascontiguousarray(f.dec / theta[:, None], dtype=np.float32)),
+        b_dec=torch.from_numpy(np.zeros(d_in, np.float32) if b_dec is None else b_dec.astype(np.float32)),
+        threshold=torch.from_numpy(theta.copy()),
+        architecture="jumprelu",
+        info=info or SAEInfo(),
+    )
+
+
+def planted_pair(n: int = 256, d_in: int = 64, *, n_b: int | None = None, fresh_fraction: float = 0.0,
+                 noise: float = 0.1, rescale: tuple[float, float] = (0.3, 3.0), theta_scale: float = 1.0,
+                 theta_growth: float = 2.0, norm_spread: float = 0.4, spectrum_decay: float = 0.0,
+                 seed: int = 0):
+    """SAE A and SAE B = A with features permuted, rescaled and perturbed, some of them replaced.
+
+    Returns ``(sae_a, sae_b, truth)`` where ``truth[i]`` is the planted partner in B of
+    A-feature i, or -1 when i dies (its slot in B holds a fresh, unrelated feature).
+    ``n_b > n`` adds extra fresh features to B (rectangular pair).
+    """
+    rng = np.random.default_rng(seed)
+    n_b = n if n_b is None else n_b
+    if n_b < n:
+        raise ValueError("planted_pair needs n_b >= n (use the pair the other way round)")
+    fa = random_features(n, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay)
+    theta_a = theta_scale * rng.lognormal(0.0, 0.3, size=n)
+
+    n_fresh = int(round(fresh_fraction * n))
+    dying = rng.choice(n, size=n_fresh, replace=False)
+    alive = np.setdiff1d(np.arange(n), dying)
+    perm = rng.permutation(n_b)  # slot in B of each A feature (first n) and of extras
+    truth = np.full(n, -1, dtype=np.int64)
+    truth[alive] = perm[alive]
+
+    fb_kept = perturb(fa, noise, rng)
+    fresh = random_features(n_b, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay)
+    enc_b = fresh.enc.copy(); b_b = fresh.b_enc.copy(); dec_b = fresh.dec.copy()
+    enc_b[:, perm[alive]] = fb_kept.enc[:, alive]
+    b_b[perm[alive]] = fb_kept.b_enc[alive]
+    dec_b[perm[alive]] = fb_kept.dec[alive]
+    fb = FoldedFeatures(enc_b, b_b, dec_b)
+
+    # B's thresholds: the residual norm grows with depth, and each feature is rescaled at random.
+    s = rng.uniform(*rescale, size=n_b)
+    theta_b = theta_scale * theta_growth * rng.lognormal(0.0, 0.3, size=n_b) * s
+    sae_a = unfold(fa, theta_a, info=SAEInfo(layer=0, hook_name="blocks.0.hook_resid_post", sae_id="synthetic/0"))
+    sae_b = unfold(fb, theta_b, info=SAEInfo(layer=1, hook_name="blocks.1.hook_resid_post", sae_id="synthetic/1"))
+    return sae_a, sae_b, truth
+
+
+@dataclass(frozen=True)
+class PlantedChain:
+    saes: list
+    truths: list  # truths[t][i] = partner in layer t+1 of feature i of layer t, -1 = dies
+
+
+def planted_chain(n_layers: int = 5, n: int = 128, d_in: int = 32, *, fresh_fraction: float = 0.1,
+                  noise: float = 0.1, theta_growth: float = 1.3, seed: int = 0) -> PlantedChain:
+    """A chain of SAEs where each layer keeps most features of the previous one (permuted,
+    rescaled, perturbed) and replaces ``fresh_fraction`` of them with new ones."""
+    rng = np.random.default_rng(seed)
+    feats = random_features(n, d_in, rng)
+    saes, truths = [], []
+    theta_mean = 1.0
+    slot_feats = feats
+    for t in range(n_layers):
+        theta = theta_mean * rng.lognormal(0.0, 0.3, size=n) * rng.uniform(0.3, 3.0, size=n)
+        saes.append(unfold(slot_feats, theta, info=SAEInfo(
+            layer=t, hook_name=f"blocks.{t}.hook_resid_post", sae_id=f"synthetic/layer_{t}")))
+        if t == n_layers - 1:
+            break
+        n_fresh = int(round(fresh_fraction * n))
+        dying = rng.choice(n, size=n_fresh, replace=False)
+        alive = np.setdiff1d(np.arange(n), dying)
+        perm = rng.permutation(n)
+        truth = np.full(n, -1, dtype=np.int64)
+        truth[alive] = perm[alive]
+        kept = perturb(slot_feats, noise, rng)
+        fresh = random_features(n, d_in, rng)
+        enc = fresh.enc.copy(); b = fresh.b_enc.copy(); dec = fresh.dec.copy()
+        enc[:, perm[alive]] = kept.enc[:, alive]
+        b[perm[alive]] = kept.b_enc[alive]
+        dec[perm[alive]] = kept.dec[alive]
+        slot_feats = FoldedFeatures(enc, b, dec)
+        truths.append(truth)
+        theta_mean *= theta_growth
+    return PlantedChain(saes, truths)

@@ -1,0 +1,324 @@
+"""The project's own SAE weights type and the conversion of whatever the user has in hand into it.
+
+Pure torch/numpy: sae-lens SAE objects and lazy handles are recognised by duck typing, so this
+module never imports sae-lens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+ARCHITECTURES = ("jumprelu", "relu", "topk")
+
+
+@dataclass(frozen=True)
+class SAEInfo:
+    """Identity of an SAE: where it came from and where it reads the model."""
+
+    layer: int | None = None
+    hook_name: str | None = None
+    model_name: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+    neuronpedia_id: str | None = None  # e.g. "gemma-2-2b/12-gemmascope-res-16k"
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Short human label: the sae id, else the hook, else the layer."""
+        if self.sae_id:
+            return self.sae_id
+        if self.hook_name:
+            return self.hook_name
+        if self.layer is not None:
+            return f"layer {self.layer}"
+        return "SAE"
+
+    def neuronpedia_url(self, feature: int | None = None) -> str | None:
+        """Feature page (or SAE page when feature is None) on Neuronpedia, if the id is known."""
+        if not self.neuronpedia_id:
+            return None
+        base = f"https://neuronpedia.org/{self.neuronpedia_id}"
+        return base if feature is None else f"{base}/{int(feature)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SAEInfo":
+        d = dict(d or {})
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, eq=False)
+class SAEWeights:
+    """Weights of one SAE in the sae-lens layout (float32, CPU unless moved).
+
+    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae]
+    (JumpReLU only; None for ReLU / TopK). ``folded`` records whether :func:`fold` produced it.
+    """
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    threshold: torch.Tensor | None = None
+    architecture: str = "jumprelu"
+    k: int | None = None  # TopK only
+    apply_b_dec_to_input: bool = False
+    info: SAEInfo = field(default_factory=SAEInfo)
+    folded: bool = False
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown SAE architecture {self.architecture!r}; expected one of {ARCHITECTURES}"
+            )
+        d_in, d_sae = self.W_enc.shape if self.W_enc.ndim == 2 else (None, None)
+        problems = []
+        if self.W_enc.ndim != 2:
+            problems.append(f"W_enc must be 2-D [d_in, d_sae], got shape {tuple(self.W_enc.shape)}")
+        else:
+            if tuple(self.W_dec.shape) != (d_sae, d_in):
+                problems.append(
+                    f"W_dec must be [d_sae, d_in] = [{d_sae}, {d_in}], got {tuple(self.W_dec.shape)}"
+                )
+            if tuple(self.b_enc.shape) != (d_sae,):
+                problems.append(f"b_enc must be [{d_sae}], got {tuple(self.b_enc.shape)}")
+            if tuple(self.b_dec.shape) != (d_in,):
+                problems.append(f"b_dec must be [{d_in}], got {tuple(self.b_dec.shape)}")
+            if self.threshold is not None and tuple(self.threshold.shape) != (d_sae,):
+                problems.append(f"threshold must be [{d_sae}], got {tuple(self.threshold.shape)}")
+        if self.architecture == "jumprelu" and self.threshold is None:
+            problems.append("a JumpReLU SAE needs a threshold")
+        if self.architecture == "topk" and not self.k:
+            problems.append("a TopK SAE needs k")
+        if problems:
+            raise ValueError(f"inconsistent SAE weights ({self.info.label}): " + "; ".join(problems))
+
+    # -- shapes -------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    # -- the SAE function ---------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_acts(x)
+        if self.architecture == "jumprelu":
+            return pre * (pre > self.threshold)
+        if self.architecture == "relu":
+            return torch.relu(pre)
+        vals, idx = torch.topk(torch.relu(pre), self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, vals)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    __call__ = forward
+
+    # -- identity -----------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 of the raw weights (hex, first 16 chars): identifies the SAE a result came from."""
+        fp = self._cache.get("fingerprint")
+        if fp is None:
+            h = hashlib.sha256()
+            for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold):
+                if t is None:
+                    h.update(b"none")
+                    continue
+                a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+                h.update(str(a.shape).encode())
+                h.update(a.tobytes())
+            h.update(f"{self.architecture}|{self.k}|{self.apply_b_dec_to_input}".encode())
+            fp = h.hexdigest()[:16]
+            self._cache["fingerprint"] = fp
+        return fp
+
+    def with_info(self, **kw: Any) -> "SAEWeights":
+        return replace(self, info=replace(self.info, **kw), _cache={})
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SAEWeights":
+        conv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        return replace(
+            self,
+            W_enc=conv(self.W_enc), b_enc=conv(self.b_enc), W_dec=conv(self.W_dec),
+            b_dec=conv(self.b_dec), threshold=conv(self.threshold), _cache=dict(self._cache),
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        d = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+        if self.threshold is not None:
+            d["threshold"] = self.threshold
+        return d
+
+    def __repr__(self) -> str:
+        return (
+            f"SAEWeights({self.info.label}, {self.architecture}, d_in={self.d_in}, "
+            f"d_sae={self.d_sae}{', folded' if self.folded else ''})"
+        )
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, Any],
+        *,
+        architecture: str | None = None,
+        info: SAEInfo | None = None,
+        **kw: Any,
+    ) -> "SAEWeights":
+        """From a mapping with keys W_enc, b_enc, W_dec, b_dec and optionally threshold."""
+        missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in arrays]
+        if missing:
+            raise KeyError(
+                f"SAE weights are missing {missing}; expected keys W_enc, b_enc, W_dec, b_dec "
+                f"(and threshold for JumpReLU), got {sorted(arrays)}"
+            )
+        t = {k: _as_f32(arrays[k]) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        thr = arrays.get("threshold")
+        if thr is None and "log_threshold" in arrays:
+            thr = torch.exp(_as_f32(arrays["log_threshold"]))
+        thr = None if thr is None else _as_f32(thr)
+        arch = architecture or ("jumprelu" if thr is not None else "relu")
+        return cls(threshold=thr, architecture=arch, info=info or SAEInfo(), **t, **kw)
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike, *, info: SAEInfo | None = None) -> "SAEWeights":
+        """Gemma Scope's ``params.npz`` (keys W_enc, W_dec, b_enc, b_dec, threshold)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no params.npz at {path}")
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls.from_arrays(arrays, info=info or SAEInfo(path=str(path)))
+
+
+def _as_f32(a: Any) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(torch.float32).cpu()
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
+def as_weights(obj: Any) -> SAEWeights:
+    """Convert what a user has in hand into :class:`SAEWeights`.
+
+    Accepts: SAEWeights; a lazy handle (anything with ``to_weights()``, e.g. sources' SAEHandle);
+    a path to a Gemma Scope ``params.npz`` or a sae-lens folder (``cfg.json`` +
+    ``sae_weights.safetensors``); a mapping of arrays; or a sae-lens SAE object (recognised by its
+    W_enc/W_dec/b_enc/b_dec attributes and ``cfg``).
+    """
+    if isinstance(obj, SAEWeights):
+        return obj
+    if hasattr(obj, "to_weights") and callable(obj.to_weights):
+        return obj.to_weights()
+    if isinstance(obj, (str, os.PathLike)):
+        p = Path(obj)
+        if p.is_dir() and (p / "params.npz").exists():
+            p = p / "params.npz"
+        if p.suffix == ".npz":
+            return SAEWeights.from_npz(p)
+        if p.is_dir() and (p / "sae_weights.safetensors").exists():
+            return _from_saelens_folder(p)
+        raise FileNotFoundError(
+            f"{p} is neither a params.npz file nor a sae-lens folder (cfg.json + sae_weights.safetensors)"
+        )
+    if isinstance(obj, Mapping):
+        return SAEWeights.from_arrays(obj)
+    if all(hasattr(obj, a) for a in ("W_enc", "W_dec", "b_enc", "b_dec")):
+        return _from_saelens_object(obj)
+    raise TypeError(
+        f"cannot use {type(obj).__name__} as an SAE: pass a sae-lens SAE, a handle from "
+        "saematch_nb.load_saes, SAEWeights, a params.npz path or a sae-lens folder"
+    )
+
+
+def _cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def _from_saelens_object(sae: Any) -> SAEWeights:
+    cfg = getattr(sae, "cfg", None)
+    arch_fn = getattr(cfg, "architecture", None)
+    arch = arch_fn() if callable(arch_fn) else (arch_fn or None)
+    thr = getattr(sae, "threshold", None)
+    if thr is None and hasattr(sae, "log_threshold"):
+        thr = torch.exp(sae.log_threshold)
+    arch = {"jumprelu": "jumprelu", "topk": "topk", "batchtopk": "topk"}.get(
+        str(arch).lower() if arch else "", "jumprelu" if thr is not None else "relu"
+    )
+    meta = _cfg_get(cfg, "metadata")
+    hook = _cfg_get(meta, "hook_name") or _cfg_get(cfg, "hook_name")
+    info = SAEInfo(
+        layer=_layer_from_hook(hook),
+        hook_name=hook,
+        model_name=_cfg_get(meta, "model_name") or _cfg_get(cfg, "model_name"),
+        release=_cfg_get(meta, "release"),
+        sae_id=_cfg_get(meta, "sae_id"),
+        neuronpedia_id=_cfg_get(meta, "neuronpedia_id"),
+    )
+    k = _cfg_get(cfg, "k")
+    return SAEWeights(
+        W_enc=_as_f32(sae.W_enc), b_enc=_as_f32(sae.b_enc), W_dec=_as_f32(sae.W_dec),
+        b_dec=_as_f32(sae.b_dec), threshold=None if (thr is None or arch != "jumprelu") else _as_f32(thr),
+        architecture=arch, k=int(k) if (arch == "topk" and k) else None,
+        apply_b_dec_to_input=bool(_cfg_get(cfg, "apply_b_dec_to_input", False)), info=info,
+    )
+
+
+def _from_saelens_folder(path: Path) -> SAEWeights:
+    import json
+
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "cfg.json").read_text()) if (path / "cfg.json").exists() else {}
+    arrays = load_file(str(path / "sae_weights.safetensors"))
+    meta = cfg.get("metadata") or {}
+    hook = meta.get("hook_name") or cfg.get("hook_name")
+    arch = str(cfg.get("architecture", "")).lower() or None
+    arch = {"batchtopk": "topk", "standard": "relu", "gated": "relu"}.get(arch, arch)
+    info = SAEInfo(
+        layer=_layer_from_hook(hook), hook_name=hook,
+        model_name=meta.get("model_name") or cfg.get("model_name"),
+        release=meta.get("release"), sae_id=meta.get("sae_id"),
+        neuronpedia_id=meta.get("neuronpedia_id"), path=str(path),
+    )
+    k = cfg.get("k")
+    return SAEWeights.from_arrays(
+        arrays, architecture=arch if arch in ARCHITECTURES else None, info=info,
+        k=int(k) if k else None, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
+    )
+
+
+def _layer_from_hook(hook: str | None) -> int | None:
+    """blocks.{L}.hook_resid_post -> L"""
+    if not hook:
+        return None
+    parts = str(hook).split(".")
+    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None
