@@ -27,9 +27,13 @@ class FoldedFeatures:
 
 
 def random_features(n: int, d_in: int, rng: np.random.Generator, *, norm_spread: float = 0.4,
-                    spectrum_decay: float = 0.0) -> FoldedFeatures:
+                    spectrum_decay: float = 0.0, gain_spread: float = 0.0) -> FoldedFeatures:
     """Random folded features. ``spectrum_decay`` > 0 makes directions anisotropic
-    (component k scaled by (k+1)^-decay, as residual streams are)."""
+    (component k scaled by (k+1)^-decay, as residual streams are). ``norm_spread``: lognormal
+    spread of the decoder norm g (the encoder norm goes as 1/g). ``gain_spread`` > 0: an extra
+    lognormal per-feature factor on both encoder and decoder, so that whole feature vectors differ
+    in norm (then low-norm features are cheap for any row, the situation where the bijective
+    optimum displaces persisting features onto fresh ones)."""
     u = rng.standard_normal((n, d_in))
     if spectrum_decay:
         u *= (np.arange(1, d_in + 1) ** -spectrum_decay)[None, :]
@@ -40,6 +44,10 @@ def random_features(n: int, d_in: int, rng: np.random.Generator, *, norm_spread:
     e_dir = u + 0.3 * rng.standard_normal((n, d_in)) / np.sqrt(d_in)
     enc = (e_dir / g[:, None]).T
     b_enc = -0.5 + 0.1 * rng.standard_normal(n)
+    if gain_spread:
+        h = rng.lognormal(0.0, gain_spread, size=n)
+        dec = dec * h[:, None]
+        enc = enc * h[None, :]
     return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
 
 
@@ -73,18 +81,25 @@ def unfold(f: FoldedFeatures, theta: np.ndarray, *, b_dec: np.ndarray | None = N
 def planted_pair(n: int = 256, d_in: int = 64, *, n_b: int | None = None, fresh_fraction: float = 0.0,
                  noise: float = 0.1, rescale: tuple[float, float] = (0.3, 3.0), theta_scale: float = 1.0,
                  theta_growth: float = 2.0, norm_spread: float = 0.4, spectrum_decay: float = 0.0,
-                 seed: int = 0):
+                 gain_spread: float = 0.0, fresh_scale: float = 1.0, seed: int = 0):
     """SAE A and SAE B = A with features permuted, rescaled and perturbed, some of them replaced.
 
     Returns ``(sae_a, sae_b, truth)`` where ``truth[i]`` is the planted partner in B of
     A-feature i, or -1 when i dies (its slot in B holds a fresh, unrelated feature).
     ``n_b > n`` adds extra fresh features to B (rectangular pair).
+
+    ``gain_spread`` (see :func:`random_features`) and ``fresh_scale`` (folded norm factor of B's
+    fresh features: newborn features are often weak) make the hard partial-matching benchmark:
+    ``planted_pair(512, 64, fresh_fraction=0.3, gain_spread=1.0, fresh_scale=0.3, noise=0.3)``:
+    low-norm fresh columns are worth nothing to the dying rows, which then take the partners of
+    low-norm persisting features in the bijective optimum.
     """
     rng = np.random.default_rng(seed)
     n_b = n if n_b is None else n_b
     if n_b < n:
         raise ValueError("planted_pair needs n_b >= n (use the pair the other way round)")
-    fa = random_features(n, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay)
+    fa = random_features(n, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay,
+                         gain_spread=gain_spread)
     theta_a = theta_scale * rng.lognormal(0.0, 0.3, size=n)
 
     n_fresh = int(round(fresh_fraction * n))
@@ -95,8 +110,9 @@ def planted_pair(n: int = 256, d_in: int = 64, *, n_b: int | None = None, fresh_
     truth[alive] = perm[alive]
 
     fb_kept = perturb(fa, noise, rng)
-    fresh = random_features(n_b, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay)
-    enc_b = fresh.enc.copy(); b_b = fresh.b_enc.copy(); dec_b = fresh.dec.copy()
+    fresh = random_features(n_b, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay,
+                            gain_spread=gain_spread)
+    enc_b = fresh.enc * fresh_scale; b_b = fresh.b_enc * fresh_scale; dec_b = fresh.dec * fresh_scale
     enc_b[:, perm[alive]] = fb_kept.enc[:, alive]
     b_b[perm[alive]] = fb_kept.b_enc[alive]
     dec_b[perm[alive]] = fb_kept.dec[alive]

@@ -178,6 +178,11 @@ class SAEWeights:
             f"d_sae={self.d_sae}{', folded' if self.folded else ''})"
         )
 
+    def _repr_html_(self) -> str:
+        from ..display import html  # lazy: core does not depend on display at import time
+
+        return html.weights_html(self)
+
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_arrays(

@@ -1,0 +1,259 @@
+"""Numba kernels of the sparse assignment solver (private; see lap_sparse.py).
+
+Shortest augmenting paths (Dijkstra with dual potentials, as in Jonker-Volgenant / scipy's
+LSA) on a CSR graph of candidate edges. Convention: reduced cost c_ij - u_i - v_j >= 0 on
+every edge, tight (= 0) on matched edges, v_j <= 0 and v_j = 0 on free columns (so the same
+duals bound rectangular problems). Work per augmentation is proportional to what it touches:
+state is reset through a touched-list, never by an O(n) sweep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _push(hk, hv, size, key, val):
+    i = size
+    hk[i] = key
+    hv[i] = val
+    while i > 0:
+        p = (i - 1) >> 1
+        if hk[p] <= hk[i]:
+            break
+        hk[p], hk[i] = hk[i], hk[p]
+        hv[p], hv[i] = hv[i], hv[p]
+        i = p
+    return size + 1
+
+
+@njit(cache=True, inline="always")
+def _pop(hk, hv, size):
+    key = hk[0]
+    val = hv[0]
+    size -= 1
+    if size > 0:
+        hk[0] = hk[size]
+        hv[0] = hv[size]
+        i = 0
+        while True:
+            l = 2 * i + 1
+            if l >= size:
+                break
+            m = l
+            r = l + 1
+            if r < size and hk[r] < hk[l]:
+                m = r
+            if hk[i] <= hk[m]:
+                break
+            hk[m], hk[i] = hk[i], hk[m]
+            hv[m], hv[i] = hv[i], hv[m]
+            i = m
+    return key, val, size
+
+
+@njit(cache=True)
+def augment_all(indptr, indices, cost, u, v, col4row, row4col, order, failed):
+    """Augment every free row of ``order``. Rows whose alternating tree reaches no free column
+    (the candidate graph has no matching for them) are left free; they and every row of their
+    tree get ``failed[i] = True`` (the caller adds candidates there). Returns (#failed, #scans)."""
+    n_rows = u.size
+    n_cols = v.size
+    inf = np.inf
+    d = np.full(n_cols, inf)
+    pred = np.full(n_cols, -1, np.int64)
+    scanned = np.zeros(n_cols, np.bool_)
+    touched = np.empty(n_cols, np.int64)
+    sr = np.empty(n_rows, np.int64)
+    cap = cost.size + 1
+    hk = np.empty(cap, np.float64)
+    hv = np.empty(cap, np.int64)
+    n_failed = 0
+    n_scans = 0
+    for s in order:
+        if col4row[s] >= 0:
+            continue
+        nt = 0
+        nsr = 0
+        hs = 0
+        for p in range(indptr[s], indptr[s + 1]):
+            j = indices[p]
+            r = cost[p] - u[s] - v[j]
+            if r < d[j]:
+                if d[j] == inf:
+                    touched[nt] = j
+                    nt += 1
+                d[j] = r
+                pred[j] = s
+                hs = _push(hk, hv, hs, r, j)
+        sink = -1
+        minval = 0.0
+        while hs > 0:
+            key, j, hs = _pop(hk, hv, hs)
+            if scanned[j] or key > d[j]:
+                continue
+            scanned[j] = True
+            n_scans += 1
+            i = row4col[j]
+            if i < 0:
+                sink = j
+                minval = key
+                break
+            sr[nsr] = i
+            nsr += 1
+            base = key - u[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                l = indices[p]
+                if scanned[l]:
+                    continue
+                nd = base + cost[p] - v[l]
+                if nd < d[l]:
+                    if d[l] == inf:
+                        touched[nt] = l
+                        nt += 1
+                    d[l] = nd
+                    pred[l] = i
+                    hs = _push(hk, hv, hs, nd, l)
+        if sink < 0:
+            n_failed += 1
+            failed[s] = True
+            for t in range(nsr):
+                failed[sr[t]] = True
+        else:
+            # dual update (before col4row changes): keeps every edge feasible, path edges tight
+            u[s] += minval
+            for t in range(nsr):
+                i = sr[t]
+                u[i] += minval - d[col4row[i]]
+            for t in range(nt):
+                j = touched[t]
+                if scanned[j]:
+                    v[j] -= minval - d[j]
+            j = sink
+            while True:
+                i = pred[j]
+                row4col[j] = i
+                nxt = col4row[i]
+                col4row[i] = j
+                j = nxt
+                if i == s:
+                    break
+        for t in range(nt):
+            j = touched[t]
+            d[j] = inf
+            pred[j] = -1
+            scanned[j] = False
+    return n_failed, n_scans
+
+
+@njit(cache=True, parallel=True)
+def exact_costs(X, Y, rows, cols):
+    """C[e] = sum_d (X[rows[e], d] - Y[cols[e], d])^2 accumulated in float64 (the difference of
+    two float32 is exact in float64, so no cancellation)."""
+    m = rows.size
+    out = np.empty(m, np.float64)
+    D = X.shape[1]
+    for e in prange(m):
+        x = X[rows[e]]
+        y = Y[cols[e]]
+        acc = 0.0
+        for t in range(D):
+            df = np.float64(x[t]) - np.float64(y[t])
+            acc += df * df
+        out[e] = acc
+    return out
+
+
+@njit(cache=True)
+def cold_start(indptr, indices, cost, u, v, col4row, row4col):
+    """v = 0, u_i = row minimum, greedy tight matching (each row takes its cheapest free column)."""
+    v[:] = 0.0
+    col4row[:] = -1
+    row4col[:] = -1
+    for i in range(u.size):
+        m = np.inf
+        jm = -1
+        for p in range(indptr[i], indptr[i + 1]):
+            if cost[p] < m:
+                m = cost[p]
+                jm = indices[p]
+        u[i] = m
+        if jm >= 0 and row4col[jm] < 0:
+            row4col[jm] = i
+            col4row[i] = jm
+
+
+@njit(cache=True)
+def reconcile(indptr, indices, cost, u, v, col4row, row4col, tol):
+    """Warm start after edges were added: keep v, make u feasible (u_i = min_j c_ij - v_j) and
+    free the rows whose matched edge is no longer tight. Returns the number of freed rows."""
+    freed = 0
+    for i in range(u.size):
+        m = np.inf
+        cm = np.inf
+        c = col4row[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            val = cost[p] - v[j]
+            if val < m:
+                m = val
+            if j == c:
+                cm = val
+        if c >= 0 and cm > m + tol:
+            row4col[c] = -1
+            col4row[i] = -1
+            freed += 1
+        u[i] = cm if col4row[i] >= 0 else m
+    return freed
+
+
+@njit(cache=True, parallel=True)
+def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b):
+    """Proven lower bound of min over non-candidate real columns j of (C_ij - v_j), per row.
+
+    A pair that is in none of the four candidate lists (row/column cheapest, row/column most
+    cosine-similar) has, in float32, C >= r_i, C >= s_j and cos <= min(kap_r_i, kap_c_j), so
+    exactly C_ij >= max(r_i, s_j, |x|^2 + |y|^2 - 2 min(kap) |x||y|) - eta_i - eta_j.
+    O(n_a * n_b) scalar work (D times less than the product), no second matrix pass."""
+    n_a = r.size
+    out = np.empty(n_a)
+    nxs = np.sqrt(nx2)
+    nys = np.sqrt(ny2)
+    for i in prange(n_a):
+        mark = np.zeros(n_b, np.bool_)
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < n_b:
+                mark[j] = True
+        best = np.inf
+        ri = r[i]
+        ki = kap_r[i]
+        a2 = nx2[i]
+        a1 = 2.0 * nxs[i]
+        for j in range(n_b):
+            if mark[j]:
+                continue
+            kp = ki if ki < kap_c[j] else kap_c[j]
+            lb = a2 + ny2[j] - 2.0 * kp
+            t = ri if ri > s[j] else s[j]
+            if t > lb:
+                lb = t
+            val = lb - eta_y[j] - v[j]
+            if val < best:
+                best = val
+        out[i] = best - eta_x[i]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _has(a, lo, hi, x):
+    """x in the sorted slice a[lo:hi]."""
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and a[lo] == x

@@ -1,0 +1,207 @@
+"""Disk cache of finished layer matches, keyed by SAE identity and match options.
+
+One ``.npz`` file per pair (``LayerMatch.save``: temp file + ``os.replace``), written as soon as
+the pair is done, so a crash mid-chain loses no finished pair and re-running a notebook cell
+reads everything back. A file that cannot be read, or that was written for another key, is
+reported with a warning and recomputed: the cache never crashes a run and never returns a
+result for other SAEs or other options.
+
+Identity of an SAE, cheapest first:
+
+- a lazy handle's ``cache_key`` (release/sae_id or path+size+mtime; no weights are loaded);
+- a path to a ``params.npz`` / sae-lens folder: resolved weights file + size + mtime;
+- anything else (SAEWeights, sae-lens SAE, mapping): the sha256 fingerprint of its weights.
+
+Location: ``cache_dir`` argument, else ``$SAEMATCH_CACHE_DIR``, else ``~/.cache/saematch_nb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .results import LayerMatch
+from .weights import SAEWeights
+
+ENV_VAR = "SAEMATCH_CACHE_DIR"
+CACHE_VERSION = 1
+
+# Defaults of saematch_nb.match: normalising them means match_chain(saes) and
+# match_chain(saes, fold=True) share cache entries.
+MATCH_DEFAULTS: dict[str, Any] = {
+    "fold": True,
+    "params": "encoder+decoder",
+    "method": "lap",
+    "allow_unmatched": False,
+    "solver": "auto",
+}
+# Options that change where/how fast a result is computed, never the result itself.
+_NOT_IN_KEY = {"device", "progress"}
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unreadable or stale and is being recomputed."""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/saematch_nb").expanduser()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+# -- identity ---------------------------------------------------------------------------------
+def is_lazy(obj: Any) -> bool:
+    """True for things whose identity is known without loading weights (handles, paths)."""
+    return _handle_key(obj) is not None or isinstance(obj, (str, os.PathLike))
+
+
+def _handle_key(obj: Any) -> str | None:
+    if isinstance(obj, SAEWeights) or not hasattr(obj, "to_weights"):
+        return None
+    try:
+        key = getattr(obj, "cache_key", None)
+    except OSError:  # a local handle whose file vanished: fall back to the weights
+        return None
+    return key if isinstance(key, str) and key else None
+
+
+def _path_key(p: Path) -> str:
+    if p.is_dir():
+        for name in ("params.npz", "sae_weights.safetensors"):
+            if (p / name).exists():
+                p = p / name
+                break
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{p} does not exist: pass a params.npz file, a sae-lens folder or a loaded SAE"
+        )
+    st = p.stat()
+    return f"path|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def identity(obj: Any) -> str:
+    """Stable identity string of one SAE (see module docstring). Loads weights only for
+    objects that are already in memory (SAEWeights, sae-lens SAEs, mappings)."""
+    key = _handle_key(obj)
+    if key is not None:
+        return f"key|{key}"
+    if isinstance(obj, (str, os.PathLike)):
+        return _path_key(Path(obj))
+    from .weights import as_weights
+
+    w = as_weights(obj)
+    # The info goes in too: the cached result carries info_a/info_b, which must be the caller's.
+    return f"fp|{w.fingerprint()}|{json.dumps(w.info.to_dict(), sort_keys=True)}"
+
+
+def normalize_options(match_kwargs: Mapping[str, Any], match_fn: Any = None) -> dict[str, Any]:
+    """match() options with defaults filled in (from ``match_fn``'s signature when given),
+    without those that cannot change a result."""
+    import inspect
+
+    opts = dict(MATCH_DEFAULTS)
+    if match_fn is not None:
+        for name, p in inspect.signature(match_fn).parameters.items():
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name not in _NOT_IN_KEY:
+                opts[name] = p.default
+    opts.update({k: v for k, v in match_kwargs.items() if k not in _NOT_IN_KEY})
+    return opts
+
+
+def _canon(v: Any) -> Any:
+    """JSON-able canonical form (arrays by content hash)."""
+    if isinstance(v, Mapping):
+        return {str(k): _canon(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(v, (list, tuple)):
+        return [_canon(x) for x in v]
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # torch tensor, without importing torch here
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        return {"ndarray": hashlib.sha256(a.tobytes()).hexdigest()[:16], "shape": list(a.shape),
+                "dtype": str(a.dtype)}
+    if isinstance(v, np.generic):
+        return v.item()
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return repr(v)
+
+
+def pair_key(id_a: str, id_b: str, options: Mapping[str, Any]) -> str:
+    from .. import __version__
+
+    payload = json.dumps(
+        {"a": id_a, "b": id_b, "options": _canon(dict(options)), "cache": CACHE_VERSION,
+         "saematch_nb": __version__},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+# -- the store --------------------------------------------------------------------------------
+class MatchCache:
+    """A folder of cached LayerMatch files, one per key."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        self.dir = resolve_cache_dir(cache_dir)
+        self.rejected = 0  # entries found but unusable (unreadable, other key, stale)
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+    def get(self, key: str) -> LayerMatch | None:
+        """The cached match for ``key``, or None (missing, unreadable or written for another key)."""
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            lm = LayerMatch.load(p)
+        except Exception as e:  # truncated zip, bad JSON, missing array: all mean "recompute"
+            warnings.warn(
+                f"ignoring unreadable saematch_nb cache file {p} ({type(e).__name__}: {e}); "
+                "the pair is recomputed and the file rewritten",
+                CacheWarning, stacklevel=3,
+            )
+            self.rejected += 1
+            return None
+        if lm.stats.get("cache_key") != key:
+            warnings.warn(
+                f"ignoring saematch_nb cache file {p}: it was written for another key; "
+                "the pair is recomputed and the file rewritten",
+                CacheWarning, stacklevel=3,
+            )
+            self.rejected += 1
+            return None
+        return lm
+
+    def put(self, key: str, lm: LayerMatch) -> LayerMatch:
+        """Store (atomically) and return the match stamped with its key."""
+        from dataclasses import replace
+
+        if lm.stats.get("cache_key") != key:
+            lm = replace(lm, stats={**lm.stats, "cache_key": key})
+        lm.save(self.path(key))
+        return lm
+
+    def clear(self) -> int:
+        """Delete every cached match in this folder; returns how many files were removed."""
+        n = 0
+        if self.dir.is_dir():
+            for p in self.dir.glob("*.npz"):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def __repr__(self) -> str:
+        return f"MatchCache({str(self.dir)!r})"

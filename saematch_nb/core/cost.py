@@ -1,0 +1,116 @@
+"""Per-feature vectors and the squared-distance cost between two SAEs' features.
+
+Convention (docs/ARCHITECTURE.md): feature i of an SAE becomes the concatenation of its folded
+decoder row, its folded encoder column and, for ``params="encoder+decoder+bias"``, its folded
+b_enc. ``C[i, j] = ||X[i] - Y[j]||² = |X_i|² + |Y_j|² - 2 X_i·Y_j`` (float32 blocks by matmul;
+never a Python loop over features); ``mse = C / D``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .weights import SAEWeights, as_weights
+
+PARAMS_CHOICES = ("decoder", "encoder", "encoder+decoder", "encoder+decoder+bias")
+
+
+def check_params(params: str) -> str:
+    if params not in PARAMS_CHOICES:
+        raise ValueError(f"params must be one of {PARAMS_CHOICES}, got {params!r}")
+    return params
+
+
+def feature_matrix(weights: Any, params: str = "encoder+decoder", fold: bool = True) -> torch.Tensor:
+    """Float32 ``[d_sae, D]`` matrix of per-feature vectors (see module docstring).
+
+    ``fold=True`` folds first (no-op if ``weights.folded``); ``fold=False`` uses the raw
+    parameters (the paper's "matched without folding" baseline).
+    """
+    check_params(params)
+    w = as_weights(weights)
+    if fold and not w.folded:
+        from .fold import fold as _fold
+
+        w = _fold(w)
+    parts = []
+    if "decoder" in params:
+        parts.append(w.W_dec)
+    if "encoder" in params:
+        parts.append(w.W_enc.T)
+    if params.endswith("+bias"):
+        parts.append(w.b_enc[:, None])
+    return torch.cat([p.to(torch.float32) for p in parts], dim=1).contiguous()
+
+
+def check_compatible(X: torch.Tensor, Y: torch.Tensor, what: str = "feature matrices") -> None:
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[1] != Y.shape[1]:
+        raise ValueError(
+            f"the two SAEs' {what} have incompatible shapes {tuple(X.shape)} and {tuple(Y.shape)}: "
+            "both SAEs must read the same model dimension d_in (and be compared with the same "
+            "params); check that they belong to the same model and hook type"
+        )
+
+
+def check_same_d_in(a: SAEWeights, b: SAEWeights) -> None:
+    if a.d_in != b.d_in:
+        raise ValueError(
+            f"SAE A ({a.info.label}) has W_dec of shape {tuple(a.W_dec.shape)} and SAE B "
+            f"({b.info.label}) has {tuple(b.W_dec.shape)}: their d_in differ ({a.d_in} vs {b.d_in}). "
+            "Match SAEs of the same model (and hook type)."
+        )
+
+
+def default_device(device: Any = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_block_rows(n_b: int, budget_bytes: int = 256 * 2**20) -> int:
+    """Rows per block so that one float32 block stays within ``budget_bytes``."""
+    return int(max(1, min(65536, budget_bytes // max(1, 4 * n_b))))
+
+
+def cost_blocks(
+    X: torch.Tensor, Y: torch.Tensor, block_rows: int | None = None, device: Any = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(row_start, C[row_start:row_start+rows])`` as float32 tensors on ``device``
+    (CUDA when available and ``device`` is None). Clamped at 0 against rounding."""
+    check_compatible(X, Y)
+    dev = default_device(device)
+    Yd = Y.to(dev, torch.float32)
+    y2 = (Yd * Yd).sum(1)
+    br = block_rows or default_block_rows(Y.shape[0])
+    for r0 in range(0, X.shape[0], br):
+        xb = X[r0:r0 + br].to(dev, torch.float32)
+        x2 = (xb * xb).sum(1)
+        c = torch.addmm(x2[:, None] + y2[None, :], xb, Yd.T, alpha=-2.0)
+        yield r0, c.clamp_(min=0.0)
+
+
+def dense_cost(X: torch.Tensor, Y: torch.Tensor, block_rows: int | None = None, device: Any = None,
+               progress: bool = False) -> np.ndarray:
+    """The full cost matrix as float64 numpy ``[n_a, n_b]`` (for scipy)."""
+    check_compatible(X, Y)
+    out = np.empty((X.shape[0], Y.shape[0]), dtype=np.float64)
+    blocks = cost_blocks(X, Y, block_rows=block_rows, device=device)
+    if progress:
+        from tqdm.auto import tqdm
+
+        br = block_rows or default_block_rows(Y.shape[0])
+        blocks = tqdm(blocks, total=-(-X.shape[0] // br), desc="cost matrix", unit="block")
+    for r0, blk in blocks:
+        out[r0:r0 + blk.shape[0]] = blk.cpu().numpy()
+    return out
+
+
+def pair_cost(X: torch.Tensor, Y: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``C[rows[k], cols[k]]`` for given pairs (float64), without the full matrix."""
+    rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+    cols = torch.as_tensor(np.asarray(cols), dtype=torch.long)
+    d = X.cpu()[rows].to(torch.float64) - Y.cpu()[cols].to(torch.float64)
+    return (d * d).sum(1).numpy()

@@ -1,0 +1,184 @@
+"""Parameter folding (SAE Match, Eq. 4): move each feature's scale out of the activation rule.
+
+JumpReLU: ``W_enc' = W_enc / θ``, ``b_enc' = b_enc / θ``, ``W_dec' = W_dec · θ[:, None]``,
+``θ' = 1``. The folded SAE computes exactly the same reconstruction (the activation of feature i
+is divided by θ_i and its decoder row multiplied by θ_i), but features of different layers are
+now on the same scale and can be compared by their parameters.
+
+ReLU: there is no threshold, so the only free per-feature scale is the decoder norm. Folding
+rescales each feature to a unit decoder row (``W_dec[i] / ||W_dec[i]||``, encoder column and
+b_enc times ``||W_dec[i]||``). ReLU commutes with positive scaling, so the function is unchanged.
+
+TopK: the same rescaling would change which k features win the top-k ranking (the ranking is on
+pre-activations, which folding rescales per feature), so the function would change. ``fold``
+therefore applies the unit-norm rescaling to a TopK SAE only when its decoder norms are already
+equal to within ``topk_rtol`` (then every pre-activation is scaled by the same factor and the
+ranking is kept); otherwise it returns an unchanged copy (``folded=True``, as there is nothing
+that can be folded safely) and emits a ``UserWarning`` saying so.
+
+Works on :class:`~saematch_nb.core.weights.SAEWeights` and, by duck typing, on sae-lens SAE
+objects (deep copy, parameters modified in place on the copy; the original is never touched).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from .weights import SAEWeights
+
+BAD_THRESHOLD_CHOICES = ("raise", "skip")
+
+
+def fold(sae: Any, *, bad_threshold: str = "raise", topk_rtol: float = 1e-3) -> Any:
+    """Return a folded copy of ``sae`` (same type: SAEWeights in, SAEWeights out; sae-lens in,
+    sae-lens out). The input is never modified.
+
+    Parameters
+    ----------
+    sae:
+        :class:`SAEWeights` or a sae-lens SAE (anything with ``W_enc, b_enc, W_dec`` parameters
+        and, for JumpReLU, ``threshold``).
+    bad_threshold:
+        What to do with JumpReLU features whose threshold is ≤ 0, NaN or inf (they cannot be
+        divided by). ``"raise"`` (default): ``ValueError`` naming them. ``"skip"``: leave those
+        features unscaled (their θ stays as it is); every other feature is folded. There is
+        never a silent division by zero.
+    topk_rtol:
+        TopK SAEs are rescaled only when ``max/min`` of the decoder norms is within
+        ``1 + topk_rtol`` (see module docstring); otherwise they are returned unchanged with a
+        warning.
+
+    Raises
+    ------
+    ValueError
+        NaN/inf anywhere in the weights (the tensor is named), a bad threshold with
+        ``bad_threshold="raise"``, or an unknown ``bad_threshold``.
+    """
+    if bad_threshold not in BAD_THRESHOLD_CHOICES:
+        raise ValueError(f"bad_threshold must be one of {BAD_THRESHOLD_CHOICES}, got {bad_threshold!r}")
+    if isinstance(sae, SAEWeights):
+        return _fold_weights(sae, bad_threshold, topk_rtol)
+    if all(hasattr(sae, a) for a in ("W_enc", "b_enc", "W_dec")):
+        return _fold_module(sae, bad_threshold, topk_rtol)
+    raise TypeError(
+        f"cannot fold a {type(sae).__name__}: pass SAEWeights or a sae-lens SAE "
+        "(use saematch_nb.as_weights to convert other inputs)"
+    )
+
+
+# -- shared numerics ------------------------------------------------------------------------------
+
+def _check_finite(label: str, **tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise ValueError(
+                f"{label}: {name} contains {n} NaN/inf value(s); the SAE weights are corrupt "
+                "(reload them, or check the conversion that produced them)"
+            )
+
+
+def _feature_scales(
+    threshold: torch.Tensor | None, W_dec: torch.Tensor, architecture: str, bad_threshold: str,
+    topk_rtol: float, label: str,
+) -> torch.Tensor | None:
+    """Per-feature factor s: W_enc/s, b_enc/s, W_dec·s, θ/s. None = leave the SAE as it is."""
+    if architecture == "jumprelu":
+        thr = threshold.detach().to(torch.float64)
+        bad = ~torch.isfinite(thr) | (thr <= 0)
+        if bool(bad.any()):
+            idx = torch.nonzero(bad).flatten().tolist()
+            if bad_threshold == "raise":
+                shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+                raise ValueError(
+                    f"{label}: {len(idx)} feature(s) have a threshold that is <= 0, NaN or inf "
+                    f"(indices {shown}); folding divides by the threshold. Fix the thresholds, or "
+                    "call fold(sae, bad_threshold='skip') to leave those features unscaled"
+                )
+            thr = torch.where(bad, torch.ones_like(thr), thr)
+        return thr
+    norms = W_dec.detach().to(torch.float64).norm(dim=1)
+    zero = norms <= 0
+    if bool(zero.any()):
+        # a dead feature with a zero decoder row: nothing to normalise, keep it as it is
+        norms = torch.where(zero, torch.ones_like(norms), norms)
+    s = 1.0 / norms
+    if architecture == "topk":
+        spread = float(norms.max() / norms.min()) if norms.numel() else 1.0
+        if spread > 1.0 + topk_rtol:
+            warnings.warn(
+                f"{label}: fold() left this TopK SAE unchanged: its decoder norms differ "
+                f"(max/min = {spread:.3g}) and rescaling features would change which k features "
+                "win the top-k, i.e. change the SAE's function. Matching uses the raw parameters.",
+                UserWarning, stacklevel=4,
+            )
+            return None
+    return s
+
+
+def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWeights:
+    label = f"fold({w.info.label})"
+    # a NaN/inf threshold is handled (named, or skipped) by the threshold check below
+    _check_finite(label, W_enc=w.W_enc, b_enc=w.b_enc, W_dec=w.W_dec, b_dec=w.b_dec)
+    s = _feature_scales(w.threshold, w.W_dec, w.architecture, bad_threshold, topk_rtol, label)
+    if s is None:
+        return replace(w, folded=True, _cache={})
+    dt = w.W_enc.dtype
+    s_t = s.to(device=w.W_enc.device, dtype=torch.float64)
+    thr = None
+    if w.threshold is not None:
+        thr = (w.threshold.to(torch.float64) / s_t).to(w.threshold.dtype)
+    return replace(
+        w,
+        W_enc=(w.W_enc.to(torch.float64) / s_t[None, :]).to(dt),
+        b_enc=(w.b_enc.to(torch.float64) / s_t).to(w.b_enc.dtype),
+        W_dec=(w.W_dec.to(torch.float64) * s_t[:, None]).to(w.W_dec.dtype),
+        threshold=thr,
+        folded=True,
+        _cache={},
+    )
+
+
+def _module_architecture(sae: Any) -> str:
+    cfg = getattr(sae, "cfg", None)
+    arch = getattr(cfg, "architecture", None)
+    arch = arch() if callable(arch) else arch
+    arch = str(arch).lower() if arch else ""
+    if "topk" in arch:
+        return "topk"
+    if arch == "jumprelu" or getattr(sae, "threshold", None) is not None:
+        return "jumprelu"
+    return "relu"
+
+
+def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
+    label = f"fold({type(sae).__name__})"
+    arch = _module_architecture(sae)
+    thr = getattr(sae, "threshold", None)
+    if arch == "jumprelu" and thr is None and getattr(sae, "log_threshold", None) is not None:
+        raise ValueError(
+            f"{label}: this SAE stores log_threshold; convert it with saematch_nb.as_weights(sae) "
+            "and fold the SAEWeights instead"
+        )
+    _check_finite(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None))
+    s = _feature_scales(thr, sae.W_dec, arch, bad_threshold, topk_rtol, label)
+    out = copy.deepcopy(sae)
+    if s is None:
+        return out
+    with torch.no_grad():
+        s_t = s.to(device=out.W_enc.device)
+        for name, op in (("W_enc", lambda t: t / s_t[None, :]), ("b_enc", lambda t: t / s_t),
+                         ("W_dec", lambda t: t * s_t[:, None])):
+            p = getattr(out, name)
+            p.copy_(op(p.to(torch.float64)).to(p.dtype))
+        if arch == "jumprelu":
+            out.threshold.copy_((out.threshold.to(torch.float64) / s_t).to(out.threshold.dtype))
+    return out

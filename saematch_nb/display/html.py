@@ -1,0 +1,430 @@
+"""Static HTML reprs (no JavaScript, no CDN), in the manner of xarray's formatting_html.
+
+Each public ``*_html`` returns one self-contained notebook output: the stylesheet once, a
+``<pre>`` text fallback (shown where a renderer strips <style>, e.g. GitHub), and the rich body.
+The ``*_body`` functions return the rich markup alone, for nesting (a chain shows its pairs) and
+for :func:`report_html`. All strings that did not originate here go through ``escape``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import text as _text
+from ._util import (
+    DASH, attr, check_no_script, css, escape, fmt_float, fmt_int, link, wrap_output,
+)
+
+__all__ = [
+    "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
+    "error_html", "report_html", "steering_html", "steering_body", "layer_match_body", "chain_body", "trace_body", "handle_body",
+    "saes_body", "weights_body", "svg_line_chart",
+]
+
+_ARROW = '<span class="smn-arrow"> → </span>'
+
+
+# -- building blocks ------------------------------------------------------------------------------
+def _header(kind: str, title_html: str, sub_html: str = "") -> str:
+    sub = f'<span class="smn-sub">{sub_html}</span>' if sub_html else ""
+    return (f'<div class="smn-header"><span class="smn-kind">{escape(kind)}</span>'
+            f'<span class="smn-title">{title_html}</span>{sub}</div>')
+
+
+def _grid(rows: Iterable[tuple[str, str]]) -> str:
+    """Key/value grid; keys are escaped here, values must already be HTML."""
+    cells = "".join(f'<div class="smn-key">{escape(k)}</div><div class="smn-val">{v}</div>' for k, v in rows)
+    return f'<div class="smn-facts">{cells}</div>'
+
+
+def _kv_html(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return DASH
+    return ", ".join(f'<span class="smn-muted">{escape(k)}</span>=<span class="smn-mono">{escape(v)}</span>'
+                     for k, v in pairs)
+
+
+def _bar(frac: float, label: str) -> str:
+    pct = 0.0 if frac is None or not math.isfinite(frac) else max(0.0, min(100.0, 100.0 * frac))
+    return (f'<span class="smn-bar" title={attr(label)}><span class="smn-bar-fill" '
+            f'style="width: {pct:.1f}%"></span></span>{escape(label)}')
+
+
+def _details(summary_html: str, body_html: str, *, open_: bool = False) -> str:
+    o = " open" if open_ else ""
+    return f'<details class="smn-details"{o}><summary>{summary_html}</summary>{body_html}</details>'
+
+
+def _status_html(status: str) -> str:
+    cls = "smn-ok" if status == "matched" else "smn-no"
+    return f'<span class="{cls}">{escape(status)}</span>'
+
+
+def _table(head: Sequence[tuple[str, bool]], rows: Iterable[Sequence[str]], row_classes: Iterable[str] | None = None) -> str:
+    """head: (title, numeric?) pairs, titles escaped here; rows: cells already HTML."""
+    th = "".join(f'<th class="smn-num">{escape(t)}</th>' if num else f"<th>{escape(t)}</th>" for t, num in head)
+    body = []
+    rcs = list(row_classes) if row_classes is not None else None
+    for i, row in enumerate(rows):
+        tds = "".join(f'<td class="smn-num">{c}</td>' if head[j][1] else f"<td>{c}</td>" for j, c in enumerate(row))
+        rc = f' class="{rcs[i]}"' if rcs and rcs[i] else ""
+        body.append(f"<tr{rc}>{tds}</tr>")
+    return f'<table class="smn-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+# -- LayerMatch -----------------------------------------------------------------------------------
+def _hist_html(f: Mapping[str, Any]) -> str:
+    h = f["hist"]
+    totals = [m + u for m, u in zip(h["matched"], h["unmatched"])]
+    top = max(totals) if totals else 0
+    edges = [h["lo"] + (h["hi"] - h["lo"]) * i / h["bins"] for i in range(h["bins"] + 1)]
+    cols = []
+    for i, (m, u) in enumerate(zip(h["matched"], h["unmatched"])):
+        hm = 100.0 * m / top if top else 0.0
+        hu = 100.0 * u / top if top else 0.0
+        last = h["overflow"] and i == h["bins"] - 1
+        rng = f"≥ {fmt_float(edges[i])}" if last else f"{fmt_float(edges[i])} – {fmt_float(edges[i + 1])}"
+        tip = f"MSE {rng}: {m} matched, {u} not matched"
+        cols.append(f'<div class="smn-hist-col" title={attr(tip)}>'
+                    f'<div class="smn-hist-m" style="height: {hm:.2f}%"></div>'
+                    f'<div class="smn-hist-u" style="height: {hu:.2f}%"></div></div>')
+    return (
+        f'<div class="smn-hist">{"".join(cols)}</div>'
+        f'<div class="smn-hist-axis"><span>{escape(f["hist_lo"])}</span><span>{escape(f["hist_hi"])}</span></div>'
+        f'<div class="smn-legend"><span class="smn-swatch smn-swatch-m"></span>matched'
+        f'<span class="smn-swatch smn-swatch-u"></span>not matched · {escape(_text._hist_caption(f))}</div>'
+    )
+
+
+def _extremes_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return '<div class="smn-muted">(none)</div>'
+    head = [("A feature", True), ("", False), ("B feature", True), ("mse", True), ("margin", True), ("", False)]
+    cells = [[link(r["url_a"], r["a_s"], title="open on Neuronpedia"), _ARROW,
+              link(r["url_b"], r["b_s"], title="open on Neuronpedia"),
+              escape(r["mse"]), escape(r["margin"]), _status_html(r["status"])] for r in rows]
+    return _table(head, cells)
+
+
+def layer_match_body(lm: Any, *, header: bool = True) -> str:
+    f = _text.layer_match_facts(lm)
+    title = f"{link(f['url_a'], f['label_a'])}{_ARROW}{link(f['url_b'], f['label_b'])}"
+    rows = [
+        ("layers", f"{escape(f['layer_a'])}{_ARROW}{escape(f['layer_b'])}"),
+        ("features", f"{escape(f['n_a'])}{_ARROW}{escape(f['n_b'])} · d_in {escape(f['d_in'])}"),
+        ("options", _kv_html(f["options"])),
+        ("solver", escape(f["solver"])),
+        ("matched", f"{_bar(f['matched_frac'], f['matched_pct'])} ({escape(f['n_matched'])} of "
+                    f"{escape(f['n_a'])}), {escape(f['n_unpartnered'])} without partner, "
+                    f"threshold {escape(f['threshold'])}"),
+        ("MSE", f"mean {escape(f['mse_mean'])}, q10 {escape(f['mse_q10'])}, median {escape(f['mse_q50'])}, "
+                f"q90 {escape(f['mse_q90'])}"),
+    ]
+    if f["stats"]:
+        rows.append(("stats", _kv_html(f["stats"])))
+    parts = [_header("LayerMatch", title, escape(f["model"]) if f["model"] else "")] if header else []
+    parts += [
+        _grid(rows),
+        f'<div class="smn-section"><div class="smn-section-title">MSE histogram</div>{_hist_html(f)}</div>',
+        _details(f'best matches <span class="smn-sub">(lowest MSE among matched)</span>',
+                 _extremes_table(f["best"]), open_=True),
+        _details(f'worst matches <span class="smn-sub">(highest MSE)</span>', _extremes_table(f["worst"])),
+    ]
+    return "".join(parts)
+
+
+def layer_match_html(lm: Any) -> str:
+    return wrap_output(layer_match_body(lm), _text.layer_match_text(lm), kind="layer-match")
+
+
+# -- inline SVG chart (no script; tooltips via <title>) -------------------------------------------
+def svg_line_chart(
+    xs: Sequence[float],
+    series: Sequence[tuple[str, Sequence[float]]],
+    *,
+    band: tuple[Sequence[float], Sequence[float]] | None = None,
+    title: str = "",
+    y_range: tuple[float, float] | None = None,
+    y_format=fmt_float,
+    x_labels: Sequence[str] | None = None,
+    width: int = 560,
+    height: int = 150,
+) -> str:
+    """A small static line chart as inline SVG. ``band`` shades between two curves (e.g. q10-q90)."""
+    ml, mr, mt, mb = 52, 10, 18, 20
+    pw, ph = width - ml - mr, height - mt - mb
+    xs = [float(x) for x in xs]
+    vals = [float(v) for _, ys in series for v in ys if v is not None and math.isfinite(float(v))]
+    if band is not None:
+        vals += [float(v) for ys in band for v in ys if v is not None and math.isfinite(float(v))]
+    if not xs or not vals:
+        return f'<div class="smn-muted">{escape(title)}: no data</div>'
+    y0, y1 = y_range if y_range is not None else (min(0.0, min(vals)), max(vals))
+    if y1 <= y0:
+        y1 = y0 + 1.0
+    x0, x1 = min(xs), max(xs)
+    if x1 <= x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+
+    def px(x: float) -> float:
+        return ml + pw * (x - x0) / (x1 - x0)
+
+    def py(y: float) -> float:
+        return mt + ph * (1 - (y - y0) / (y1 - y0))
+
+    parts = [f'<svg class="smn-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label={attr(title)}>']
+    if title:
+        parts.append(f'<text class="smn-chart-title" x="{ml}" y="12">{escape(title)}</text>')
+    parts.append(f'<line class="smn-axis" x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}"/>')
+    parts.append(f'<line class="smn-axis" x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}"/>')
+    for yv in (y0, (y0 + y1) / 2, y1):
+        parts.append(f'<text class="smn-tick" x="{ml - 4}" y="{py(yv) + 3:.1f}" text-anchor="end">'
+                     f"{escape(y_format(yv))}</text>")
+    step = max(1, math.ceil(len(xs) / 13))
+    labels = list(x_labels) if x_labels is not None else [fmt_float(x) for x in xs]
+    for i in range(0, len(xs), step):
+        parts.append(f'<text class="smn-tick" x="{px(xs[i]):.1f}" y="{height - 5}" text-anchor="middle">'
+                     f"{escape(labels[i])}</text>")
+    if band is not None:
+        lo, hi = band
+        pts = [(px(x), py(float(v))) for x, v in zip(xs, hi) if v is not None and math.isfinite(float(v))]
+        pts += [(px(x), py(float(v))) for x, v in reversed(list(zip(xs, lo))) if v is not None and math.isfinite(float(v))]
+        if pts:
+            parts.append(f'<polygon class="smn-band" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}"/>')
+    for k, (name, ys) in enumerate(series):
+        pts = [(x, float(v)) for x, v in zip(xs, ys) if v is not None and math.isfinite(float(v))]
+        if not pts:
+            continue
+        c = k % 4
+        parts.append(f'<polyline class="smn-series-{c}" points="'
+                     + " ".join(f"{px(x):.1f},{py(v):.1f}" for x, v in pts) + '"/>')
+        lab = dict(zip(xs, labels))
+        for x, v in pts:
+            parts.append(f'<circle class="smn-dot-{c}" cx="{px(x):.1f}" cy="{py(v):.1f}" r="2.5">'
+                         f"<title>{escape(name)} at {escape(lab.get(x, fmt_float(x)))}: {escape(y_format(v))}</title></circle>")
+    if len(series) > 1:
+        for k, (name, _) in enumerate(series):
+            parts.append(f'<text class="smn-tick" x="{ml + pw - 4}" y="{mt + 10 + 11 * k}" text-anchor="end">'
+                         f'<tspan class="smn-dot-{k % 4}">■</tspan> {escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- MatchChain -----------------------------------------------------------------------------------
+def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
+    f = _text.chain_facts(chain)
+    title = f"{escape(f['n_pairs'])} pairs over layers {escape(f['layer_range'])}"
+    parts = [_header("MatchChain", title, escape(f["model"]) if f["model"] else "")]
+    parts.append(_grid([("layers", escape(f["layers"])), ("options", _kv_html(f["options"])),
+                        ("stats", _kv_html(f["stats"]))]))
+    rows = f["rows"]
+    if rows:
+        xs, xl = [], []
+        for i, r in enumerate(rows):
+            la = r["raw"].get("layer_a")
+            xs.append(float(la) if la is not None else float(i))
+            xl.append(f"{r['layer_a']}→{r['layer_b']}")
+        frac = [r["raw"].get("matched_fraction") for r in rows]
+        med = [r["raw"].get("mse_median") for r in rows]
+        q10 = [r["raw"].get("mse_q10") for r in rows]
+        q90 = [r["raw"].get("mse_q90") for r in rows]
+        charts = (svg_line_chart(xs, [("matched fraction", frac)], title="matched fraction across depth",
+                                 y_range=(0.0, 1.0), y_format=lambda v: f"{100 * v:.0f}%", x_labels=xl)
+                  + svg_line_chart(xs, [("MSE median", med)], band=(q10, q90),
+                                   title="matched MSE across depth (median, band q10–q90)", x_labels=xl))
+        parts.append(f'<div class="smn-section">{charts}</div>')
+        head = [("pair", False), ("SAEs", False), ("widths", True), ("matched", False), ("no partner", True),
+                ("MSE median", True), ("MSE q90", True), ("time", True), ("cached", False)]
+        cells = [[f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])}",
+                  f"{escape(r['sae_a'])}{_ARROW}{escape(r['sae_b'])}",
+                  f"{escape(r['n_a'])}{_ARROW}{escape(r['n_b'])}",
+                  _bar(r["matched_frac"], r["matched_pct"]), escape(r["unpartnered"]),
+                  escape(r["mse_median"]), escape(r["mse_q90"]), escape(r["seconds"]), escape(r["cached"])]
+                 for r in rows]
+        parts.append(_table(head, cells))
+        details = []
+        for r, lm in zip(rows, f["pairs"]):
+            summ = (f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])} "
+                    f'<span class="smn-sub">{escape(r["matched_pct"])} matched, MSE median {escape(r["mse_median"])}</span>')
+            details.append(_details(summ, layer_match_body(lm, header=False), open_=pairs_open))
+        parts.append(_details(f'pairs <span class="smn-sub">(details per layer pair)</span>',
+                              "".join(details), open_=pairs_open))
+    else:
+        parts.append('<div class="smn-muted">no layer pairs</div>')
+    return "".join(parts)
+
+
+def chain_html(chain: Any) -> str:
+    return wrap_output(chain_body(chain), _text.chain_text(chain), kind="chain")
+
+
+# -- FeatureTrace ---------------------------------------------------------------------------------
+def _node_html(n: Mapping[str, Any]) -> str:
+    cls = ("smn-node" + (" smn-node-origin" if n["origin"] else "") + ("" if n["present"] else " smn-node-absent")
+           + (" smn-node-gone" if n["present"] and not n["alive"] else ""))
+    badges = ""
+    if n["born"]:
+        badges += '<span class="smn-badge smn-born">born</span>'
+    if n["dies"]:
+        badges += '<span class="smn-badge smn-dies">dies</span>'
+    if n["origin"]:
+        badges += '<span class="smn-badge smn-muted">origin</span>'
+    feat = link(n["url"], n["feature"], title="open on Neuronpedia") if n["present"] else escape(n["feature"])
+    tip = f" title={attr(n['label'])}" if n.get("label") else ""
+    return (f'<div class="{cls}"{tip}><span class="smn-node-layer">L{escape(n["layer"])}</span>'
+            f'<span class="smn-node-feat">{feat}</span>{badges}</div>')
+
+
+def _edge_html(s: Mapping[str, Any] | None) -> str:
+    if s is None:
+        return '<div class="smn-edge"><span class="smn-edge-line">·</span></div>'
+    cls = "smn-edge smn-edge-ok" if s["matched"] else "smn-edge smn-edge-no"
+    tip = f"L{s['layer']} #{s['feature']} → L{s['next_layer']} #{s['next_feature']}: {s['status']}"
+    return (f'<div class="{cls}" title={attr(tip)}><span class="smn-edge-line">⟶</span>'
+            f'mse {escape(s["mse"])}<br>margin {escape(s["margin"])}</div>')
+
+
+def trace_body(tr: Any, *, header: bool = True) -> str:
+    f = _text.trace_facts(tr)
+    nodes, steps = f["nodes"], f["steps"]
+    by_pair = {(s["layer"], s["next_layer"]): s for s in steps}
+    by_layer = {s["layer"]: s for s in steps}
+    row = []
+    for k, n in enumerate(nodes):
+        row.append(_node_html(n))
+        if k + 1 < len(nodes):
+            s = by_pair.get((n["layer"], nodes[k + 1]["layer"])) or by_layer.get(n["layer"])
+            row.append(_edge_html(s))
+    shown = {(s["layer"], s["next_layer"]) for s in steps if (s["layer"], s["next_layer"]) in
+             {(nodes[k]["layer"], nodes[k + 1]["layer"]) for k in range(len(nodes) - 1)}}
+    extra = [s for s in steps if (s["layer"], s["next_layer"]) not in shown]
+    parts = []
+    if header:
+        title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
+        sub = f"present on {escape(f['length'])} of {escape(f['n_layers'])} layers; {escape(f['born'])}; {escape(f['dies'])}"
+        parts.append(_header("FeatureTrace", title, sub))
+    parts.append(f'<div class="smn-trace">{"".join(row)}</div>')
+    if extra:  # steps that do not join neighbouring layers of the row (kept so no fact is lost)
+        cells = [[f"L{escape(s['layer'])} #{escape(s['feature'])}", _ARROW,
+                  f"L{escape(s['next_layer'])} #{escape(s['next_feature'])}", escape(s["mse"]),
+                  escape(s["margin"]), _status_html(s["status"])] for s in extra]
+        parts.append(_table([("from", False), ("", False), ("to", False), ("mse", True), ("margin", True),
+                             ("", False)], cells))
+    return "".join(parts)
+
+
+def trace_html(tr: Any) -> str:
+    return wrap_output(trace_body(tr), _text.trace_text(tr), kind="trace")
+
+
+# -- SAE handles, lists, weights ------------------------------------------------------------------
+def _fact_rows_html(rows: Sequence[tuple[str, str]], url: str | None) -> list[tuple[str, str]]:
+    return [(k, link(url, v, title="open on Neuronpedia") if (k == "neuronpedia_id" and url) else
+             f'<span class="smn-mono">{escape(v)}</span>' if k in ("hook_name", "sae_id", "path", "fingerprint")
+             else escape(v)) for k, v in rows]
+
+
+def handle_body(h: Any) -> str:
+    f = _text.handle_facts(h)
+    return _header("SAEHandle", escape(f["label"]), "not loaded") + _grid(_fact_rows_html(f["rows"], f["url"]))
+
+
+def handle_html(h: Any) -> str:
+    return wrap_output(handle_body(h), _text.handle_text(h), kind="handle")
+
+
+def saes_body(handles: Sequence[Any]) -> str:
+    hs = list(handles)
+    models = sorted({str(getattr(h, "model_name")) for h in hs if getattr(h, "model_name", None)})
+    title = f"{escape(fmt_int(len(hs)))} SAEs"
+    parts = [_header("SAEList", title, escape(", ".join(models)) if models else "")]
+    cols, rows = _text.saes_rows(hs)
+    if rows:
+        cells = []
+        for h, row in zip(hs, rows):
+            info = getattr(h, "info", None)
+            url = info.neuronpedia_url() if info is not None else None
+            cells.append([link(url, v, title="open on Neuronpedia") if c == "neuronpedia_id" else
+                          f'<span class="smn-mono">{escape(v)}</span>' if c in ("sae_id", "hook_name", "path")
+                          else escape(v) for c, v in zip(cols, row)])
+        parts.append(_table([(c, c in ("layer", "width", "l0")) for c in cols], cells))
+    return "".join(parts)
+
+
+def saes_html(handles: Sequence[Any]) -> str:
+    return wrap_output(saes_body(handles), _text.saes_text(handles), kind="saes")
+
+
+def weights_body(w: Any) -> str:
+    f = _text.weights_facts(w)
+    return _header("SAEWeights", escape(f["label"])) + _grid(_fact_rows_html(f["rows"], f["url"]))
+
+
+def weights_html(w: Any) -> str:
+    return wrap_output(weights_body(w), _text.weights_text(w), kind="weights")
+
+
+# -- misc -----------------------------------------------------------------------------------------
+def error_html(message: Any) -> str:
+    """An error message for widgets and reports (escaped; shown in the theme's error colour)."""
+    msg = str(message)
+    return wrap_output(f'<div class="smn-error">{escape(msg)}</div>', f"error: {msg}", kind="error")
+
+
+def report_html(
+    chain: Any,
+    traces: Iterable[Any] = (),
+    *,
+    title: str = "saematch_nb report",
+    intro: str | None = None,
+    sections: Iterable[tuple[str, str]] = (),
+    pairs_open: bool = False,
+) -> str:
+    """A self-contained static HTML page: chain summary (or one LayerMatch), traces, extra sections.
+
+    ``chain``: a MatchChain (anything with ``pairs``) or a LayerMatch. ``intro``: plain text,
+    escaped. ``sections``: (heading, html) pairs whose HTML was made by saematch_nb.display
+    functions (``*_body`` or ``*_html``); any ``<script`` in them is refused. The page inlines the
+    CSS, carries no script and loads nothing from the network.
+    """
+    from .. import __version__
+
+    parts = [f"<h1>{escape(title)}</h1>",
+             f'<p class="smn-sub">made with saematch_nb {escape(__version__)}</p>']
+    if intro:
+        parts.append(f"<p>{escape(intro)}</p>")
+    if chain is not None:
+        if hasattr(chain, "pairs"):
+            parts.append("<h2>Layer pairs</h2>" + chain_body(chain, pairs_open=pairs_open))
+        else:
+            parts.append("<h2>Layer match</h2>" + layer_match_body(chain))
+    trs = list(traces or ())
+    if trs:
+        parts.append("<h2>Feature traces</h2>" + "".join(f'<div class="smn-section">{trace_body(t)}</div>' for t in trs))
+    for heading, fragment in sections:
+        parts.append(f"<h2>{escape(heading)}</h2>" + check_no_script(str(fragment), f"section {heading!r}"))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{css()}</style></head>"
+        f'<body class="smn-page"><div class="smn-wrap">{"".join(parts)}</div></body></html>\n'
+    )
+
+
+# -- steering -------------------------------------------------------------------------------------
+def steering_body(res: Any) -> str:
+    f = _text.steering_facts(res)
+    title = f"mode {escape(f['mode'])}, feature {escape(f['origin'])}, {len(f['rows'])} steered layers"
+    cells = [[f"L{escape(l)} #{escape(feat)}", escape(s), f'<span class="smn-mono">at {escape(h)}</span>']
+             for l, feat, h, s in f["rows"]]
+    gen = _table([("prompt", False), ("baseline", False), ("steered", False)],
+                 [[f'<span class="smn-gen">{escape(repr(f[k]))}</span>' for k in ("prompt", "baseline", "steered")]])
+    return (_header("SteeringResult", title) + _grid([("options", _kv_html(f["options"]))])
+            + _table([("feature", False), ("strength", True), ("hook", False)], cells) + gen)
+
+
+def steering_html(res: Any) -> str:
+    """A steering result (sources/steering.py): the plan per layer and the two generations."""
+    return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")

@@ -1,0 +1,453 @@
+"""Plain-text reprs, and the "facts" both the text and the HTML reprs are drawn from.
+
+Each ``*_facts`` function reads a result once (duck typing only) and returns plain Python values
+with the numbers already formatted; ``*_text`` lays them out as lines and ``display.html`` as
+markup. Sharing the formatted strings is what keeps the two reprs showing the same facts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._util import (
+    DASH, fmt_bytes, fmt_float, fmt_int, fmt_pct, fmt_seconds, fmt_value,
+)
+
+__all__ = [
+    "layer_match_text", "chain_text", "trace_text", "handle_text", "saes_text", "weights_text",
+    "layer_match_facts", "chain_facts", "trace_facts", "handle_facts", "weights_facts",
+    "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS",
+]
+
+N_EXTREMES = 5  # best / worst matches shown
+N_BINS = 24  # histogram bins
+_SPARK = " ▁▂▃▄▅▆▇█"
+
+_FIRST_OPTIONS = ("method", "fold", "params", "allow_unmatched", "solver")
+_TIME_KEYS = ("seconds", "time_s", "solve_seconds", "total_seconds", "wall_seconds", "time")
+_GAP_KEYS = ("gap", "certified_gap")
+
+
+# -- small shared pieces ----------------------------------------------------------------------------
+def _layer(x: Any) -> str:
+    return DASH if x is None else str(int(x))
+
+
+def format_stat(key: str, value: Any) -> str:
+    """A stat value formatted by what its name says it is (seconds, bytes, counts...)."""
+    k = key.lower()
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if k in _TIME_KEYS or k.endswith(("_seconds", "_time", "_s", "seconds")):
+            return fmt_seconds(value)
+        if "bytes" in k or "memory" in k or k.endswith(("_mem", "_rss")):
+            return fmt_bytes(value)
+    return fmt_value(value)
+
+
+def _options(options: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    opts = dict(options or {})
+    keys = [k for k in _FIRST_OPTIONS if k in opts] + sorted(k for k in opts if k not in _FIRST_OPTIONS)
+    return [(str(k), fmt_value(opts[k])) for k in keys]
+
+
+def _kv_line(pairs: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in pairs) if pairs else DASH
+
+
+def _first(d: Mapping[str, Any], keys: Sequence[str]) -> tuple[str | None, Any]:
+    for k in keys:
+        if k in d and d[k] is not None:
+            return k, d[k]
+    return None, None
+
+
+# -- LayerMatch -------------------------------------------------------------------------------------
+def _histogram(mse: np.ndarray, matched: np.ndarray, bins: int = N_BINS) -> dict[str, Any]:
+    """Counts of matched / not-matched features per MSE bin; the top 1% folds into the last bin
+    so that a long tail does not squash the bulk into one bar."""
+    mse = np.asarray(mse, dtype=np.float64)
+    ok = np.isfinite(mse)
+    m, mm = mse[ok], np.asarray(matched, dtype=bool)[ok]
+    if m.size == 0:
+        return {"lo": 0.0, "hi": 0.0, "matched": [0] * bins, "unmatched": [0] * bins,
+                "overflow": False, "bins": bins}
+    lo = min(0.0, float(m.min()))
+    hi = float(np.quantile(m, 0.99))
+    overflow = bool(hi < m.max())
+    if hi <= lo:
+        hi, overflow = float(m.max()), False
+    if hi <= lo:
+        hi = lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    idx = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, bins - 1)
+    cm = np.bincount(idx[mm], minlength=bins)
+    cu = np.bincount(idx[~mm], minlength=bins)
+    return {"lo": lo, "hi": hi, "matched": cm.tolist(), "unmatched": cu.tolist(),
+            "overflow": overflow, "bins": bins}
+
+
+def _spark(counts: Sequence[int]) -> str:
+    top = max(counts) if counts else 0
+    if top <= 0:
+        return " " * len(counts)
+    return "".join(_SPARK[0 if c == 0 else max(1, int(round(8 * c / top)))] for c in counts)
+
+
+def _extreme_rows(lm: Any, idx: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    margin = np.asarray(lm.alt_mse, dtype=np.float64) - np.asarray(lm.mse, dtype=np.float64)
+    for a in np.asarray(idx, dtype=np.int64).tolist():
+        b = int(lm.permutation[a])
+        partner = int(lm.partner[a])
+        status = "matched" if bool(lm.matched[a]) else ("no partner" if partner < 0 else "unmatched")
+        rows.append({
+            "a": a, "b": b, "a_s": fmt_int(a), "b_s": fmt_int(b) if b >= 0 else DASH,
+            "mse": fmt_float(lm.mse[a]), "margin": fmt_float(margin[a]), "status": status,
+            "url_a": lm.info_a.neuronpedia_url(a) if lm.info_a is not None else None,
+            "url_b": lm.info_b.neuronpedia_url(b) if (lm.info_b is not None and b >= 0) else None,
+        })
+    return rows
+
+
+def layer_match_facts(lm: Any) -> dict[str, Any]:
+    """Everything the LayerMatch reprs show, formatted once."""
+    n_a = int(lm.n_a)
+    mse = np.asarray(lm.mse, dtype=np.float64)
+    matched = np.asarray(lm.matched, dtype=bool)
+    q = lm.mse_quantiles((0.1, 0.5, 0.9))
+    stats = dict(lm.stats or {})
+    solver_key, solver = _first(stats, ("solver", "method"))
+    time_key, seconds = _first(stats, _TIME_KEYS)
+    gap_key, gap = _first(stats, _GAP_KEYS)
+    used = {k for k in (solver_key, time_key, gap_key) if k}
+    solver_parts = []
+    if solver is not None:
+        solver_parts.append(fmt_value(solver))
+    if seconds is not None:
+        solver_parts.append(fmt_seconds(seconds))
+    if gap is not None:
+        g = fmt_float(gap)
+        solver_parts.append(f"certified gap {g}" + (" (proven optimal)" if float(gap) == 0 else ""))
+    other = [(str(k), format_stat(str(k), v)) for k, v in sorted(stats.items(), key=lambda kv: str(kv[0]))
+             if k not in used and not isinstance(v, (Mapping, list, tuple, np.ndarray))]
+    hist = _histogram(mse, matched)
+    return {
+        "kind": "LayerMatch",
+        "label_a": lm.info_a.label, "label_b": lm.info_b.label,
+        "layer_a": _layer(lm.info_a.layer), "layer_b": _layer(lm.info_b.layer),
+        "model": lm.info_a.model_name or lm.info_b.model_name,
+        "n_a": fmt_int(n_a), "n_b": fmt_int(lm.n_b), "d_in": fmt_int(lm.d_in),
+        "options": _options(lm.options),
+        "solver": ", ".join(solver_parts) if solver_parts else DASH,
+        "stats": other,
+        "matched_pct": fmt_pct(lm.matched_fraction) if n_a else DASH,
+        "matched_frac": float(lm.matched_fraction) if n_a else 0.0,
+        "n_matched": fmt_int(int(matched.sum())),
+        "n_unpartnered": fmt_int(int((np.asarray(lm.partner) < 0).sum())),
+        "threshold": fmt_float(lm.threshold),
+        "mse_mean": fmt_float(float(mse.mean()) if n_a else float("nan")),
+        "mse_q10": fmt_float(q[0.1]), "mse_q50": fmt_float(q[0.5]), "mse_q90": fmt_float(q[0.9]),
+        "hist": hist, "hist_lo": fmt_float(hist["lo"]), "hist_hi": fmt_float(hist["hi"]),
+        "best": _extreme_rows(lm, lm.best(N_EXTREMES)),
+        "worst": _extreme_rows(lm, lm.worst(N_EXTREMES)),
+        "url_a": lm.info_a.neuronpedia_url(), "url_b": lm.info_b.neuronpedia_url(),
+    }
+
+
+def _hist_caption(f: Mapping[str, Any]) -> str:
+    h = f["hist"]
+    tail = f"; values above {f['hist_hi']} counted in the last bin" if h["overflow"] else ""
+    return f"{h['bins']} bins from {f['hist_lo']} to {f['hist_hi']}{tail}"
+
+
+def _rows_text(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return ["    (none)"]
+    wa = max(len(r["a_s"]) for r in rows)
+    wb = max(len(r["b_s"]) for r in rows)
+    return [f"    {r['a_s']:>{wa}} → {r['b_s']:>{wb}}   mse {r['mse']:<9} margin {r['margin']:<9} {r['status']}"
+            for r in rows]
+
+
+def layer_match_text(lm: Any) -> str:
+    f = layer_match_facts(lm)
+    lines = [
+        f"LayerMatch: {f['label_a']} → {f['label_b']}",
+        f"  layers     {f['layer_a']} → {f['layer_b']}",
+        f"  features   {f['n_a']} → {f['n_b']}   d_in {f['d_in']}",
+        f"  options    {_kv_line(f['options'])}",
+        f"  solver     {f['solver']}",
+        f"  matched    {f['matched_pct']} ({f['n_matched']} of {f['n_a']}), "
+        f"{f['n_unpartnered']} without partner, threshold {f['threshold']}",
+        f"  MSE        mean {f['mse_mean']}, q10 {f['mse_q10']}, median {f['mse_q50']}, q90 {f['mse_q90']}",
+        f"  histogram  |{_spark([m + u for m, u in zip(f['hist']['matched'], f['hist']['unmatched'])])}| "
+        f"({_hist_caption(f)})",
+    ]
+    if f["stats"]:
+        lines.append(f"  stats      {_kv_line(f['stats'])}")
+    lines.append(f"  best matches (A → B, mse, margin):")
+    lines += _rows_text(f["best"])
+    lines.append(f"  worst matches (A → B, mse, margin):")
+    lines += _rows_text(f["worst"])
+    return "\n".join(lines)
+
+
+_CHAIN_STATS_FIRST = ("seconds", "cache_hits", "cache_misses", "peak_held_weights_bytes",
+                      "rss_peak_after_bytes", "python_peak_bytes", "max_saes_held")
+
+
+# -- MatchChain -------------------------------------------------------------------------------------
+def chain_facts(chain: Any) -> dict[str, Any]:
+    pairs = list(getattr(chain, "pairs", ()) or ())
+    chain_layers = [int(x) for x in (getattr(chain, "layers", ()) or ())]
+    stats = dict(getattr(chain, "stats", {}) or {})
+    per_pair = stats.get("pairs") if isinstance(stats.get("pairs"), (list, tuple)) else []
+    rows = []
+    for t, lm in enumerate(pairs):
+        s = dict(lm.summary())
+        if len(chain_layers) == len(pairs) + 1:  # the chain's layers win over the SAE infos'
+            s["layer_a"], s["layer_b"] = chain_layers[t], chain_layers[t + 1]
+        pp = per_pair[t] if t < len(per_pair) and isinstance(per_pair[t], Mapping) else {}
+        rows.append({
+            "layer_a": _layer(s.get("layer_a")), "layer_b": _layer(s.get("layer_b")),
+            "sae_a": str(s.get("sae_a")), "sae_b": str(s.get("sae_b")),
+            "n_a": fmt_int(s.get("n_a")), "n_b": fmt_int(s.get("n_b")),
+            "matched_pct": fmt_pct(s.get("matched_fraction")),
+            "matched_frac": float(s.get("matched_fraction") or 0.0),
+            "unpartnered": fmt_int(s.get("unpartnered", 0)),
+            "mse_median": fmt_float(s.get("mse_median")), "mse_q90": fmt_float(s.get("mse_q90")),
+            "seconds": fmt_seconds(pp["seconds"]) if pp.get("seconds") is not None else DASH,
+            "cached": DASH if pp.get("cached") is None else ("yes" if pp["cached"] else "no"),
+            "raw": s,
+        })
+    layers = chain_layers
+    infos = list(getattr(chain, "infos", ()) or ())
+    model = next((i.model_name for i in infos if getattr(i, "model_name", None)), None)
+    keys = [k for k in _CHAIN_STATS_FIRST if k in stats] + [k for k in stats if k not in _CHAIN_STATS_FIRST]
+    stats_rows = [(str(k), format_stat(str(k), stats[k])) for k in keys
+                  if stats[k] is not None and not isinstance(stats[k], (Mapping, list, tuple, np.ndarray))]
+    return {
+        "kind": "MatchChain",
+        "n_pairs": fmt_int(len(pairs)),
+        "layers": ", ".join(str(x) for x in layers) if layers else DASH,
+        "layer_range": f"{layers[0]} … {layers[-1]}" if layers else DASH,
+        "model": model,
+        "options": _options(getattr(chain, "options", None)),
+        "stats": stats_rows,
+        "rows": rows,
+        "pairs": pairs,
+    }
+
+
+def chain_text(chain: Any) -> str:
+    f = chain_facts(chain)
+    model = f" ({f['model']})" if f["model"] else ""
+    lines = [
+        f"MatchChain: {f['n_pairs']} pairs over layers {f['layer_range']}{model}",
+        f"  layers     {f['layers']}",
+        f"  options    {_kv_line(f['options'])}",
+        f"  stats      {_kv_line(f['stats'])}",
+    ]
+    if f["rows"]:
+        table = [("pair", "SAEs", "widths", "matched", "no partner", "MSE median", "MSE q90", "time",
+                  "cached")]
+        for r in f["rows"]:
+            table.append((f"{r['layer_a']} → {r['layer_b']}", f"{r['sae_a']} → {r['sae_b']}",
+                          f"{r['n_a']} → {r['n_b']}", r["matched_pct"], r["unpartnered"],
+                          r["mse_median"], r["mse_q90"], r["seconds"], r["cached"]))
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        for row in table:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+# -- FeatureTrace -----------------------------------------------------------------------------------
+def _trace_info(tr: Any, layer: int) -> Any:
+    infos = tuple(getattr(tr, "infos", ()) or ())
+    layers = tuple(tr.layers)
+    if len(infos) == len(layers) and layer in layers:
+        return infos[layers.index(layer)]
+    for info in infos:  # infos not aligned with layers: find by the info's own layer
+        if getattr(info, "layer", None) == layer:
+            return info
+    return None
+
+
+def trace_facts(tr: Any) -> dict[str, Any]:
+    nodes = []
+    layers = list(tr.layers)
+    lo = layers.index(tr.born_layer) if tr.born_layer in layers else 0
+    hi = layers.index(tr.dies_layer) if tr.dies_layer in layers else len(layers) - 1
+    for k, (layer, feat) in enumerate(zip(tr.layers, tr.features)):
+        info = _trace_info(tr, layer)
+        nodes.append({
+            "layer": _layer(layer), "feature": fmt_int(feat) if feat >= 0 else DASH,
+            "present": feat >= 0, "origin": layer == tr.origin_layer,
+            "alive": lo <= k <= hi,  # inside the accepted run around the origin
+            "born": tr.born_layer is not None and layer == tr.born_layer,
+            "dies": tr.dies_layer is not None and layer == tr.dies_layer,
+            "url": info.neuronpedia_url(feat) if (info is not None and feat >= 0) else None,
+            "label": info.label if info is not None else None,
+        })
+    steps = []
+    for s in tr.steps:
+        steps.append({
+            "layer": _layer(s.layer), "next_layer": _layer(s.next_layer),
+            "feature": fmt_int(s.feature), "next_feature": fmt_int(s.next_feature) if s.next_feature >= 0 else DASH,
+            "mse": fmt_float(s.mse), "margin": fmt_float(s.margin), "matched": bool(s.matched),
+            "status": "matched" if s.matched else ("no partner" if s.next_feature < 0 else "unmatched"),
+        })
+    return {
+        "kind": "FeatureTrace",
+        "origin_layer": _layer(tr.origin_layer), "origin_feature": fmt_int(tr.origin_feature),
+        "length": fmt_int(tr.length), "n_layers": fmt_int(len(tr.layers)),
+        "born": (f"born at layer {_layer(tr.born_layer)}" if tr.born_layer is not None
+                 else "present from the first layer"),
+        "dies": (f"dies at layer {_layer(tr.dies_layer)}" if tr.dies_layer is not None
+                 else "survives to the last layer"),
+        "nodes": nodes, "steps": steps,
+    }
+
+
+def trace_text(tr: Any) -> str:
+    f = trace_facts(tr)
+    lines = [
+        f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}",
+        f"  present on {f['length']} of {f['n_layers']} layers; {f['born']}; {f['dies']}",
+    ]
+    cells = []
+    for n in f["nodes"]:
+        marks = ("*" if n["origin"] else "") + (" born" if n["born"] else "") + (" dies" if n["dies"] else "")
+        cells.append((f"L{n['layer']}", n["feature"] + marks))
+    if cells:
+        w = [max(len(a), len(b)) for a, b in cells]
+        lines.append("  layer    " + "  ".join(a.ljust(x) for (a, _), x in zip(cells, w)).rstrip())
+        lines.append("  feature  " + "  ".join(b.ljust(x) for (_, b), x in zip(cells, w)).rstrip())
+    for s in f["steps"]:
+        lines.append(f"  L{s['layer']} #{s['feature']} → L{s['next_layer']} #{s['next_feature']}   "
+                     f"mse {s['mse']}  margin {s['margin']}  {s['status']}")
+    lines.append("  (* origin)")
+    return "\n".join(lines)
+
+
+# -- SAE handles and weights ------------------------------------------------------------------------
+_HANDLE_FIELDS = ("release", "sae_id", "layer", "hook_name", "model_name", "neuronpedia_id", "path",
+                  "width", "l0", "device", "dtype")
+
+
+def handle_facts(h: Any) -> dict[str, Any]:
+    rows = []
+    for k in _HANDLE_FIELDS:
+        v = getattr(h, k, None)
+        if v is None:
+            continue
+        if k == "width":
+            v = fmt_int(v)
+        elif k == "l0":
+            v = fmt_float(v)
+        rows.append((k, str(v)))
+    info = getattr(h, "info", None)
+    url = info.neuronpedia_url() if info is not None else None
+    label = info.label if info is not None else (getattr(h, "sae_id", None) or getattr(h, "path", None) or "SAE")
+    return {"kind": "SAEHandle", "label": str(label), "rows": rows, "url": url}
+
+
+def handle_text(h: Any) -> str:
+    f = handle_facts(h)
+    lines = [f"SAEHandle: {f['label']} (not loaded)"]
+    w = max((len(k) for k, _ in f["rows"]), default=0)
+    lines += [f"  {k.ljust(w)}  {v}" for k, v in f["rows"]]
+    return "\n".join(lines)
+
+
+_LIST_COLS = ("layer", "sae_id", "hook_name", "width", "l0", "neuronpedia_id")
+
+
+def saes_rows(handles: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
+    """Columns (only those some handle has) and formatted rows of a list of handles."""
+    hs = list(handles)
+    cols = [c for c in _LIST_COLS if any(getattr(h, c, None) is not None for h in hs)]
+    if any(getattr(h, "path", None) for h in hs):
+        cols.append("path")
+    elif any(getattr(h, "release", None) for h in hs):
+        cols.append("release")
+    rows = []
+    for h in hs:
+        row = []
+        for c in cols:
+            v = getattr(h, c, None)
+            row.append(DASH if v is None else fmt_int(v) if c in ("layer", "width") else
+                       fmt_float(v) if c == "l0" else str(v))
+        rows.append(row)
+    return cols, rows
+
+
+def saes_text(handles: Sequence[Any]) -> str:
+    hs = list(handles)
+    models = sorted({str(getattr(h, "model_name")) for h in hs if getattr(h, "model_name", None)})
+    lines = [f"SAEList: {fmt_int(len(hs))} SAEs" + (f" of {', '.join(models)}" if models else "")]
+    cols, rows = saes_rows(hs)
+    if rows:
+        table = [cols] + rows
+        w = [max(len(r[c]) for r in table) for c in range(len(cols))]
+        lines += ["  " + "  ".join(cell.ljust(x) for cell, x in zip(r, w)).rstrip() for r in table]
+    return "\n".join(lines)
+
+
+def weights_facts(w: Any) -> dict[str, Any]:
+    info = w.info
+    rows = [("architecture", str(w.architecture)), ("d_in", fmt_int(w.d_in)), ("d_sae", fmt_int(w.d_sae))]
+    if getattr(w, "k", None):
+        rows.append(("k", fmt_int(w.k)))
+    rows.append(("folded", str(bool(w.folded))))
+    rows.append(("apply_b_dec_to_input", str(bool(getattr(w, "apply_b_dec_to_input", False)))))
+    rows.append(("dtype", str(w.W_enc.dtype).replace("torch.", "")))
+    rows.append(("device", str(w.W_enc.device)))
+    thr = getattr(w, "threshold", None)
+    if thr is not None and thr.numel():
+        t = thr.detach().float()
+        rows.append(("threshold", f"mean {fmt_float(t.mean().item())}, min {fmt_float(t.min().item())}, "
+                                  f"max {fmt_float(t.max().item())}"))
+    for k in ("layer", "hook_name", "model_name", "release", "sae_id", "neuronpedia_id", "path"):
+        v = getattr(info, k, None)
+        if v is not None:
+            rows.append((k, str(v)))
+    fp = getattr(w, "_cache", {}).get("fingerprint") if isinstance(getattr(w, "_cache", None), dict) else None
+    if fp:  # only when already computed: hashing 300 MB of weights is not a repr's job
+        rows.append(("fingerprint", str(fp)))
+    return {"kind": "SAEWeights", "label": info.label, "rows": rows, "url": info.neuronpedia_url()}
+
+
+def weights_text(w: Any) -> str:
+    f = weights_facts(w)
+    lines = [f"SAEWeights: {f['label']}"]
+    width = max(len(k) for k, _ in f["rows"])
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in f["rows"]]
+    return "\n".join(lines)
+
+
+# -- steering (sources/steering.py: SteeringResult with a SteeringPlan) ----------------------------
+def steering_facts(res: Any) -> dict[str, Any]:
+    plan = res.plan
+    rows = [(_layer(l), fmt_int(f), str(h), fmt_float(s))
+            for l, f, h, s in zip(plan.layers, plan.features, plan.hook_names, plan.strengths)]
+    origin = tuple(getattr(plan, "origin", ()) or ())
+    return {
+        "kind": "SteeringResult",
+        "mode": str(getattr(plan, "mode", "add")),
+        "origin": f"L{_layer(origin[0])} #{fmt_int(origin[1])}" if len(origin) == 2 else DASH,
+        "rows": rows,
+        "options": _options(getattr(res, "options", None)),
+        "prompt": str(res.prompt), "baseline": str(res.baseline), "steered": str(res.steered),
+    }
+
+
+def steering_text(res: Any) -> str:
+    f = steering_facts(res)
+    lines = [f"SteeringResult: mode {f['mode']}, feature {f['origin']}, {len(f['rows'])} steered layers",
+             f"  options   {_kv_line(f['options'])}"]
+    lines += [f"  L{l} #{feat}  strength {s}  at {h}" for l, feat, h, s in f["rows"]]
+    lines += [f"  prompt:   {f['prompt']!r}", f"  baseline: {f['baseline']!r}", f"  steered:  {f['steered']!r}"]
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Hidden-state approximation (SAE Match Eq. 5): how well does layer t's SAE code, moved through a
+match, predict layer t+1's residual stream?
+
+For each adjacent pair (t, t+1) and each method, one forward pass per batch with two hooks: one
+captures x_t at ``blocks.t.hook_resid_post``; the other, at ``blocks.{t+1}.hook_resid_post``,
+computes x̂_{t+1}, accumulates the explained variance against the clean x_{t+1}, and returns
+x̂_{t+1} in its place (BOS position left clean, as the paper excludes BOS). ΔL is the mean
+next-token cross-entropy of that run minus the clean run's. Hooks are attached with
+``model.hooks(...)``, which removes them even when a method raises.
+
+Methods (f = SAE_t.encode(x_t); the *folded* code f / θ_t is moved, so that the target decoder
+sees it in its own units: x̂ = Σ_i (f_i / θ_t,i) · θ_{t+1,P(i)} · W_dec(t+1)[P(i)] + b_dec(t+1);
+for SAEs without threshold θ = 1):
+
+- ``folded+matched``: P from ``match(fold=True)`` (or the chain's pair).
+- ``unfolded+matched``: P from ``match(fold=False)``.
+- ``identity``: P = identity (needs equal widths).
+- ``cosine``: top-1 cosine of the decoder rows (many-to-one: codes landing on one slot add up).
+- ``skip``: x̂_{t+1} = x_t (drop layer t+1).
+- ``recon_current``: SAE_{t+1}(x_{t+1}); ``recon_previous``: SAE_t(x_t).
+- ``pruned@q`` (App. B): as folded+matched, but features whose matched MSE is above the q-quantile
+  are decoded with layer t's own decoder row (kept from the previous layer).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..core.metrics import EVAccumulator
+from ..core.weights import SAEWeights, as_weights
+from .activations import ActivationError, tokenize
+
+METHODS = ("folded+matched", "unfolded+matched", "identity", "cosine", "skip", "recon_current",
+           "recon_previous")
+
+
+def _theta(w: SAEWeights):
+    import torch
+
+    return w.threshold if w.threshold is not None else torch.ones(w.d_sae)
+
+
+def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.ndarray | None = None):
+    """x_t -> x̂_{t+1} through the mapping ``perm`` (A-feature -> B slot, -1 = dropped)."""
+    import torch
+
+    perm_t = torch.as_tensor(np.array(perm, dtype=np.int64))
+    th_a, th_b = _theta(w_a), _theta(w_b)
+    ok = perm_t >= 0
+    if keep_prev is not None:
+        kp = torch.as_tensor(np.array(keep_prev, dtype=bool))
+        ok = ok & ~kp
+    src = torch.nonzero(ok).squeeze(1)
+    dst = perm_t[src]
+    # Folded code of A moved into B's slots, in B's units (scale θ_b / θ_a).
+    scale = th_b[dst] / th_a[src]
+    prev_rows = None if keep_prev is None else torch.nonzero(kp).squeeze(1)
+
+    def fn(x):
+        f = w_a.encode(x)
+        flat = f.reshape(-1, f.shape[-1])
+        g = torch.zeros(flat.shape[0], w_b.d_sae, dtype=flat.dtype)
+        g.index_add_(1, dst, flat[:, src] * scale)  # many-to-one maps add up
+        out = g @ w_b.W_dec + w_b.b_dec
+        if prev_rows is not None and prev_rows.numel():
+            out = out + flat[:, prev_rows] @ w_a.W_dec[prev_rows]
+        return out.reshape(*f.shape[:-1], -1)
+
+    return fn
+
+
+def _pair_layers(chain: Any, ws: Sequence[SAEWeights]) -> list[int]:
+    if chain is not None and hasattr(chain, "layers"):
+        return [int(x) for x in chain.layers]
+    layers = [w.info.layer for w in ws]
+    if any(L is None for L in layers):
+        raise ValueError("cannot tell which layer each SAE reads: give SAEs whose info has a layer "
+                         "(hook blocks.{L}.hook_resid_post) or a MatchChain")
+    return layers
+
+
+def evaluate(
+    chain: Any, model: Any, texts: Any, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
+    methods: Sequence[str] = METHODS, quantile: float | Sequence[float] | None = None,
+    batch_size: int = 8, context: int | None = None, max_tokens: int | None = None,
+    exclude_bos: bool = True, progress: bool = True, match_kwargs: Mapping[str, Any] | None = None,
+):
+    """EV and ΔL of every adjacent pair for every method: a tidy DataFrame, one row per
+    (pair, method), columns layer_from, layer_to, method, explained_variance, delta_loss, loss,
+    clean_loss, n_tokens, seconds.
+
+    ``chain``: a MatchChain (its pairs give ``folded+matched``), or a list of SAEs (then ``saes``
+    may be omitted). ``saes``: the chain's SAEs in layer order (or ``{layer: sae}``), anything
+    ``as_weights`` takes. Matches a method needs and the chain lacks are computed with
+    ``saematch_nb.match``. ``quantile``: add ``pruned@q`` rows for each q.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..core.match import match
+
+    if saes is None:
+        if chain is not None and not hasattr(chain, "pairs"):
+            saes, chain = chain, None
+        else:
+            saes = getattr(chain, "saes", None)
+    if saes is None:
+        raise ValueError("evaluate needs the SAEs: pass saes=[...] (the SAEs the chain was built from)")
+    if isinstance(saes, Mapping):
+        saes = [saes[k] for k in sorted(saes)]
+    ws = [as_weights(s) for s in saes]
+    if len(ws) < 2:
+        raise ValueError(f"evaluate needs at least two SAEs, got {len(ws)}")
+    layers = _pair_layers(chain, ws)
+    if chain is not None and len(layers) != len(ws):
+        raise ValueError(f"the chain has {len(layers)} layers but {len(ws)} SAEs were given")
+    if chain is not None:
+        for t, lm in enumerate(chain.pairs):
+            fa, fb = ws[t].fingerprint(), ws[t + 1].fingerprint()
+            if lm.fingerprint_a and (lm.fingerprint_a != fa or lm.fingerprint_b != fb):
+                raise ValueError(f"pair {t} of the chain was computed from other SAEs than those given "
+                                 "(weights hashes differ): pass the SAEs the chain was built from")
+    for t in range(len(layers) - 1):
+        if layers[t + 1] != layers[t] + 1:
+            raise ValueError(f"evaluate compares adjacent layers; got layers {layers[t]} -> {layers[t + 1]}")
+    methods = list(methods)
+    qs = [] if quantile is None else ([quantile] if np.isscalar(quantile) else list(quantile))
+    for q in qs:
+        if not 0 < float(q) < 1:
+            raise ValueError(f"quantile must be in (0, 1), got {q}")
+        methods.append(f"pruned@{float(q):g}")
+    bad = [m for m in methods if m not in METHODS and not m.startswith("pruned@")]
+    if bad:
+        raise ValueError(f"unknown method(s) {bad}; choose from {METHODS} or pruned@q")
+    mk = dict(match_kwargs or {})
+
+    docs = tokenize(model, texts, context=context)
+    first = 1 if exclude_bos else 0
+    if max_tokens is not None:
+        out, kept = [], 0
+        for d in docs:
+            if kept >= max_tokens:
+                break
+            d = d[: first + max_tokens - kept]; out.append(d); kept += d.size - first
+        docs = out
+    device = getattr(model.cfg, "device", None) or "cpu"
+    batches = []
+    for s in range(0, len(docs), batch_size):
+        b = docs[s:s + batch_size]
+        L_max = max(d.size for d in b)
+        toks = torch.zeros(len(b), L_max, dtype=torch.long)
+        mask = torch.zeros(len(b), L_max, dtype=torch.bool)  # positions whose hidden state counts
+        lmask = torch.zeros(len(b), L_max - 1, dtype=torch.bool)  # predictions that count
+        for i, d in enumerate(b):
+            toks[i, :d.size] = torch.from_numpy(d)
+            mask[i, first:d.size] = True
+            lmask[i, first:d.size - 1] = True
+        batches.append((toks.to(device), mask, lmask))
+
+    def loss_of(toks, lmask):
+        with torch.no_grad():
+            per_tok = model(toks, return_type="loss", loss_per_token=True)
+        return float(per_tok[lmask.to(per_tok.device)].sum()), int(lmask.sum())
+
+    clean_sum = clean_n = 0
+    for toks, _, lmask in batches:
+        s, n = loss_of(toks, lmask)
+        clean_sum += s; clean_n += n
+    clean = clean_sum / max(clean_n, 1)
+
+    rows = []
+    total = (len(ws) - 1) * len(methods)
+    bar = tqdm(total=total, desc="evaluate", unit="run", disable=not progress)
+    for t in range(len(ws) - 1):
+        wa, wb = ws[t], ws[t + 1]
+        la, lb = layers[t], layers[t + 1]
+        memo: dict[str, Any] = {}
+
+        def get_match(kind: str):
+            if kind not in memo:
+                if kind == "folded" and chain is not None and chain.options.get("fold", True) \
+                        and chain.options.get("method", "lap") == "lap":
+                    memo[kind] = chain.pairs[t]
+                else:
+                    kw = {"folded": dict(fold=True), "unfolded": dict(fold=False),
+                          "cosine": dict(method="cosine")}[kind]
+                    memo[kind] = match(wa, wb, **{**mk, **kw})
+            return memo[kind]
+
+        for m in methods:
+            t0 = time.perf_counter()
+            fn = _method_fn(m, wa, wb, get_match)
+            ev = EVAccumulator()
+            store: dict[str, Any] = {}
+
+            def grab(act, hook):
+                store["x_t"] = act.detach()
+                return act
+
+            def replace(act, hook):
+                x_next = act.detach()
+                x_hat = fn(store["x_t"].cpu(), x_next.cpu()).to(act.device, act.dtype)
+                mk_ = store["mask"].to(act.device)
+                ev.update(x_hat[mk_], x_next[mk_])
+                # Positions that do not count (BOS, padding) keep their clean state.
+                return torch.where(mk_[..., None], x_hat, act)
+
+            hooks = [(f"blocks.{la}.hook_resid_post", grab), (f"blocks.{lb}.hook_resid_post", replace)]
+            ls = ln = 0
+            with model.hooks(fwd_hooks=hooks):
+                for toks, mask, lmask in batches:
+                    store["mask"] = mask
+                    s, n = loss_of(toks, lmask)
+                    ls += s; ln += n
+            loss = ls / max(ln, 1)
+            rows.append({"layer_from": la, "layer_to": lb, "method": m,
+                         "explained_variance": ev.value(), "delta_loss": loss - clean, "loss": loss,
+                         "clean_loss": clean, "n_tokens": ev.n, "seconds": time.perf_counter() - t0})
+            bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match):
+    """(x_t, x_{t+1}) -> x̂_{t+1} for method ``m``."""
+    if m == "skip":
+        return lambda x, y: x
+    if m == "recon_current":
+        return lambda x, y: wb.forward(y)
+    if m == "recon_previous":
+        return lambda x, y: wa.forward(x)
+    if m == "identity":
+        if wa.d_sae != wb.d_sae:
+            raise ValueError(f"identity needs equal widths, got {wa.d_sae} and {wb.d_sae}")
+        f = _transfer(wa, wb, np.arange(wa.d_sae))
+    elif m == "folded+matched":
+        f = _transfer(wa, wb, get_match("folded").partner)
+    elif m == "unfolded+matched":
+        f = _transfer(wa, wb, get_match("unfolded").partner)
+    elif m == "cosine":
+        f = _transfer(wa, wb, get_match("cosine").permutation)
+    elif m.startswith("pruned@"):
+        q = float(m.split("@", 1)[1])
+        lm = get_match("folded")
+        cut = np.quantile(lm.mse, q)
+        keep_prev = (lm.mse > cut) | (lm.partner < 0)
+        f = _transfer(wa, wb, lm.permutation, keep_prev=keep_prev)
+    else:  # pragma: no cover - validated by evaluate
+        raise ValueError(m)
+    return lambda x, y: f(x)

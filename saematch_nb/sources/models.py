@@ -1,0 +1,180 @@
+"""Loading the language model the SAEs read.
+
+Model class decision (TransformerLens 3.9, sae-lens 6.54): ``load_model`` returns sae-lens'
+``HookedSAETransformer``, a subclass of TransformerLens' ``HookedTransformer``, not a
+``TransformerBridge``. Why:
+
+- Gemma Scope SAEs (and every sae-lens SAE config) name their hook in HookedTransformer terms,
+  ``blocks.{L}.hook_resid_post``; ``HookedSAETransformer.add_sae`` / ``run_with_cache_with_saes``
+  splice SAEs in at exactly those hook points, and the rest of saematch_nb (activations,
+  evaluation, steering) relies on ``model.hooks(...)``, ``run_with_cache`` and ``to_tokens``.
+- A HookedTransformer can be built offline from a ``HookedTransformerConfig`` (the bundled demo
+  and the tests do this); a TransformerBridge wraps a Hugging Face module tree and boots from the
+  hub.
+- Measured here (tests/sources/test_models.py): on a random Gemma 2 in Hugging Face format, TL's
+  HookedTransformer conversion and the TransformerBridge give the same residual stream and
+  logits as Hugging Face (to 1e-5), so nothing is lost numerically; but SAEs spliced into the
+  bridge get different hook names (``blocks.{L}.hook_out.hook_sae_acts_post``) and
+  ``run_with_cache_with_saes`` on the bridge does not cache them (sae-lens 6.54.12).
+- TL 3.x marks HookedTransformer deprecated (removal announced for 4.0) in favour of
+  ``TransformerBridge.boot_transformers(...).enable_compatibility_mode()``; sae-lens offers
+  ``SAETransformerBridge`` for that path. Moving is a change of this one module. Until then the
+  DeprecationWarning is silenced deliberately, only around our own constructor calls (matched by
+  message, inside ``warnings.catch_warnings``), so users do not see a warning they cannot act on.
+
+Weights are loaded with ``from_pretrained_no_processing``: no LayerNorm folding or centring, so
+``blocks.{L}.hook_resid_post`` holds exactly the residual stream the Gemma Scope SAEs were trained
+on (TL would refuse most of that processing for Gemma 2 anyway: post-norms and logit soft-capping).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .saes import HubUnavailableError, SourceError, _hf_home, _is_hub_unreachable
+
+__all__ = ["load_model", "ModelLoadError", "ModelAccessError", "ModelHubUnavailableError"]
+
+_ALIASES = {"gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it",
+            "gemma-2-9b": "google/gemma-2-9b", "gemma-2-9b-it": "google/gemma-2-9b-it"}
+
+
+class ModelLoadError(SourceError):
+    """The language model could not be loaded."""
+
+
+class ModelAccessError(ModelLoadError):
+    """The weights are gated on the Hugging Face hub and no (accepted) token is available."""
+
+
+class ModelHubUnavailableError(ModelLoadError, HubUnavailableError):
+    """The hub cannot be reached and the weights are not cached."""
+
+
+def _access_help(repo: str) -> str:
+    return (
+        f"Loading {repo} needs Hugging Face access to the gated repo {repo}: accept the licence "
+        f"on https://huggingface.co/{repo}, then run `huggingface-cli login` (or set HF_TOKEN). "
+        "Without access, use the bundled demo: saematch_nb.demo.load() (or load_model('demo'))."
+    )
+
+
+_DEPRECATION = r".*HookedTransformer(\.from_pretrained)? is deprecated.*"
+
+
+def load_model(
+    name: str = "gemma-2-2b",
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    backend: str = "hooked",
+    **kw: Any,
+) -> Any:
+    """Load a TransformerLens model as sae-lens' ``HookedSAETransformer``.
+
+    ``name``: a TransformerLens model name or alias (``"gemma-2-2b"``, ``"google/gemma-2-2b"``,
+    ``"gpt2"``, ...), or ``"demo"`` for the bundled offline demo model
+    (``saematch_nb.demo.load().model``). ``device`` defaults to CUDA when available, else CPU;
+    ``dtype`` to float32 (``"bfloat16"`` halves memory; Gemma 2 2B is ~10 GB in float32). Extra
+    keywords go to ``HookedSAETransformer.from_pretrained_no_processing``.
+
+    ``backend="bridge"`` returns sae-lens' ``SAETransformerBridge`` instead (TL 3's
+    TransformerBridge over the Hugging Face model, in compatibility mode without weight
+    processing, so the same ``blocks.{L}.hook_resid_post`` names and ``add_sae`` work); it also
+    accepts a local Hugging Face model folder as ``name``. Its residual stream and logits equal the
+    hooked backend's (tested), but its SAE hook points are named after the resolved hook
+    (``blocks.{L}.hook_out.hook_sae_acts_post``, not ``blocks.{L}.hook_resid_post.hook_sae_acts_post``)
+    and sae-lens 6.54's ``run_with_cache_with_saes`` leaves them out of its cache (use
+    ``add_sae`` + ``run_with_cache``). The rest of saematch_nb is built on the default backend.
+
+    Raises :class:`ModelAccessError` for gated weights without a token and
+    :class:`ModelHubUnavailableError` when the hub cannot be reached and nothing is cached.
+    """
+    if name == "demo":
+        from .. import demo
+
+        return demo.load().model
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.float32
+    elif isinstance(dtype, str):
+        try:
+            dtype = getattr(torch, dtype.replace("torch.", ""))
+        except AttributeError:
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'") from None
+    if backend not in ("hooked", "bridge"):
+        raise ModelLoadError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    official = _ALIASES.get(name, name)
+    if backend == "bridge":
+        return _load_bridge(official, device, dtype, kw)
+    from pathlib import Path
+
+    if Path(official).is_dir():
+        raise ModelLoadError(
+            f"{official} is a local folder: HookedTransformer loads only TransformerLens model names; "
+            "use load_model(path, backend='bridge') for a local Hugging Face model folder.")
+    from sae_lens import HookedSAETransformer
+
+    try:
+        with warnings.catch_warnings():  # deliberate, see the module docstring
+            warnings.filterwarnings("ignore", message=_DEPRECATION)
+            model = HookedSAETransformer.from_pretrained_no_processing(
+                official, device=device, dtype=dtype, **kw)
+    except Exception as exc:
+        better = _explain(exc, official)
+        if better is exc:
+            raise
+        raise better from exc
+    model.eval()
+    return model
+
+
+def _load_bridge(official: str, device: str, dtype: Any, kw: dict) -> Any:
+    from sae_lens import SAETransformerBridge
+
+    try:
+        bridge = SAETransformerBridge.boot_transformers(official, device=device, dtype=dtype, **kw)
+    except Exception as exc:
+        better = _explain(exc, official)
+        if better is exc:
+            raise
+        raise better from exc
+    # no_processing: the raw residual stream, as the hooked backend (what the SAEs were trained on)
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    bridge.eval()
+    return bridge
+
+
+def _explain(exc: BaseException, repo: str) -> BaseException:
+    """Turn hub / transformers errors into a message that says what to do; others pass through."""
+    if isinstance(exc, SourceError):
+        return exc
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    names = {type(x).__name__ for x in chain}
+    text = " ".join(str(x) for x in chain).lower()
+    if "GatedRepoError" in names or "gated repo" in text or "401" in text and "unauthorized" in text:
+        return ModelAccessError(_access_help(repo))
+    if _is_hub_unreachable(exc) or "couldn't connect" in text or "offline mode" in text:
+        return ModelHubUnavailableError(
+            f"The Hugging Face hub is unreachable and the weights of {repo} are not in the local "
+            f"cache ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            + (f"The weights of {repo} are gated: once online, accept the licence on "
+               f"https://huggingface.co/{repo} and run `huggingface-cli login`. "
+               if repo.startswith("google/gemma") else "")
+            + "Otherwise: use the bundled demo, load_model('demo') / saematch_nb.demo.load(), "
+            f"which needs no network; or point HF_HOME at a Hugging Face cache that holds the "
+            f"weights (current HF_HOME: {_hf_home()}); or connect and unset HF_HUB_OFFLINE."
+        )
+    if isinstance(exc, ValueError) and "not found" in text and "official model names" in text:
+        return ModelLoadError(
+            f"TransformerLens does not know the model {repo!r}; use a name from "
+            "transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES, e.g. 'gemma-2-2b', or 'demo'."
+        )
+    return exc

@@ -1,0 +1,812 @@
+"""Loading SAEs: sae-lens releases (Gemma Scope first), local folders, lazy handles.
+
+``load_saes`` only *names* SAEs: it reads sae-lens' directory of pretrained releases (the YAML file
+shipped inside the package, parsed here without importing sae-lens, which takes seconds) and
+returns :class:`SAEHandle` objects. Nothing is downloaded until ``handle.load()`` or
+``handle.to_weights()``; then sae-lens' own loaders run (``SAE.from_pretrained`` for releases,
+``SAE.load_from_disk`` for folders), so its converters, configs and name folding apply.
+
+Selecting Gemma Scope SAEs (release ``gemma-scope-2b-pt-res-canonical`` or ``gemma-scope-2b-pt-res``):
+
+- ``layers``: ``None`` (all layers the release has at that width), an int, or an iterable of ints.
+- ``width``: ``"16k"``, ``"65k"``, ``"1m"``, ... or the int 16384 etc.
+- ``l0``:
+    * ``"canonical"`` (default): the ``layer_{L}/width_{W}/canonical`` ids of the canonical
+      release. On ``gemma-scope-2b-pt-res`` it is an error (that release has no canonical ids;
+      use the ``-canonical`` release, which points at the same files).
+    * an int ``N``: exactly ``layer_{L}/width_{W}/average_l0_{N}`` (error listing the L0s
+      available at that layer otherwise).
+    * ``"nearest:N"``: per layer, the available L0 closest to N (ties go to the smaller L0);
+      useful because each layer has its own set of L0 values.
+    * ``None``: the only SAE at that layer and width; an error listing the choices if several.
+- ``sae_ids``: explicit ids of any sae-lens release (then ``layers``/``width``/``l0`` are unused).
+
+Other sae-lens releases: pass ``sae_ids``, or ``layers`` when the release has one SAE per layer.
+Local SAEs: ``release`` is a folder (or a list of folders) holding ``cfg.json`` +
+``sae_weights.safetensors`` (sae-lens) or ``params.npz`` (Gemma Scope); a folder that contains
+several such folders (e.g. a downloaded Gemma Scope snapshot) is searched and filtered with
+``layers``/``width``/``l0`` like a release.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..core.weights import SAEInfo, SAEWeights, as_weights
+
+__all__ = [
+    "SAEHandle",
+    "SAEList",
+    "load_saes",
+    "list_releases",
+    "SourceError",
+    "SAELoadError",
+    "UnknownReleaseError",
+    "UnknownSAEIdError",
+    "LayerOutOfRangeError",
+    "HubUnavailableError",
+    "SAEHubUnavailableError",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------
+class SourceError(ValueError):
+    """Base of every error raised by saematch_nb.sources when something cannot be loaded."""
+
+
+class HubUnavailableError(SourceError):
+    """The Hugging Face hub cannot be reached (offline mode or no connection) and the files
+    are not in the local cache."""
+
+
+class SAELoadError(SourceError):
+    """An SAE could not be named or loaded."""
+
+
+class UnknownReleaseError(SAELoadError):
+    pass
+
+
+class UnknownSAEIdError(SAELoadError):
+    pass
+
+
+class LayerOutOfRangeError(SAELoadError):
+    pass
+
+
+class SAEHubUnavailableError(SAELoadError, HubUnavailableError):
+    pass
+
+
+OFFLINE_HELP = (
+    "Options: (1) load SAEs you already have on disk with saematch_nb.load_saes(path) "
+    "(a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz folder); "
+    "(2) use the bundled demo, saematch_nb.demo.load(), which needs no network; "
+    "(3) point HF_HOME at a Hugging Face cache that already holds these files "
+    "(current HF_HOME: {hf_home}), or connect and unset HF_HUB_OFFLINE."
+)
+
+
+def _hf_home() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HOME)
+    except ImportError:  # pragma: no cover
+        return os.environ.get("HF_HOME") or str(Path("~/.cache/huggingface").expanduser())
+
+
+def _offline_message(what: str, cause: BaseException | None = None) -> str:
+    why = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
+    return (
+        f"The Hugging Face hub is unreachable, so {what} cannot be downloaded, and it is not in "
+        f"the local cache{why}. " + OFFLINE_HELP.format(hf_home=_hf_home())
+    )
+
+
+def _is_hub_unreachable(exc: BaseException) -> bool:
+    """True for the errors huggingface_hub / requests / httpx raise when the hub cannot be reached."""
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    except ImportError:  # pragma: no cover - huggingface_hub always comes with sae-lens
+        LocalEntryNotFoundError = OfflineModeIsEnabled = ()  # type: ignore[assignment]
+    unreachable: tuple = (ConnectionError, TimeoutError)
+    if LocalEntryNotFoundError:
+        unreachable += (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    for mod, names in (("requests.exceptions", ("ConnectionError", "Timeout")),
+                       ("httpx", ("ConnectError", "TimeoutException", "NetworkError"))):
+        try:
+            m = importlib.import_module(mod)
+            unreachable += tuple(getattr(m, n) for n in names if hasattr(m, n))
+        except ImportError:
+            pass
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # the hub error is often wrapped (OSError from ...)
+        if isinstance(e, unreachable):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# sae-lens' directory of pretrained SAEs, read without importing sae-lens
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Release:
+    name: str
+    repo_id: str
+    model: str
+    conversion_func: str | None
+    saes: dict  # sae_id -> path (folder in the repo)
+    neuronpedia: dict  # sae_id -> neuronpedia id or None
+    l0: dict  # sae_id -> expected L0 (0.0 when sae-lens does not list it)
+
+
+@functools.lru_cache(maxsize=1)
+def _directory() -> dict[str, _Release]:
+    """sae-lens' ``pretrained_saes.yaml`` parsed like ``get_pretrained_saes_directory`` does.
+
+    Why not call that function: importing sae_lens costs ~7 s; the YAML alone parses in < 1 s.
+    tests/sources/test_saes.py checks that both agree.
+    """
+    import yaml
+
+    spec = importlib.util.find_spec("sae_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise SAELoadError("sae-lens is not installed: pip install sae-lens")
+    yaml_path = Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
+    with open(yaml_path) as f:
+        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    out = {}
+    for name, value in data.items():
+        saes, npid, l0 = {}, {}, {}
+        for entry in value.get("saes", []):
+            sid = entry["id"]
+            p = entry["path"]
+            saes[sid] = str(p) if isinstance(p, int) else p
+            npid[sid] = entry.get("neuronpedia")
+            l0[sid] = entry.get("l0", 0.0)
+        out[name] = _Release(name, value["repo_id"], value["model"], value.get("conversion_func"),
+                             saes, npid, l0)
+    return out
+
+
+def list_releases() -> list[str]:
+    """Names of every sae-lens pretrained release (offline)."""
+    return sorted(_directory())
+
+
+# --------------------------------------------------------------------------------------------
+# the lazy handle
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SAEHandle:
+    """A named SAE that is not loaded yet.
+
+    ``load()`` returns a fresh sae-lens SAE each call (the handle keeps no weights, so a list of
+    26 handles costs nothing); ``to_weights()`` returns :class:`SAEWeights` for the core.
+    Hub SAEs have ``release``/``sae_id``; local ones have ``path``.
+    """
+
+    release: str | None
+    sae_id: str | None
+    layer: int | None
+    hook_name: str | None
+    model_name: str | None
+    neuronpedia_id: str | None = None
+    path: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    width: int | None = None  # d_sae when the name tells it (Gemma Scope); None otherwise
+    l0: float | None = None  # average L0 listed by sae-lens / in the Gemma Scope folder name
+    repo_id: str | None = None
+    folder: str | None = None  # folder inside repo_id
+    conversion_func: str | None = None
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def info(self) -> SAEInfo:
+        return SAEInfo(
+            layer=self.layer, hook_name=self.hook_name, model_name=self.model_name,
+            release=self.release, sae_id=self.sae_id, neuronpedia_id=self.neuronpedia_id,
+            path=self.path,
+        )
+
+    @property
+    def label(self) -> str:
+        return self.info.label
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    @property
+    def cache_key(self) -> str:
+        """Stable identity without loading: hub SAEs by release|sae_id|repo folder@revision (the
+        sae-lens releases are not pinned to commits, so the revision is ``main``); local SAEs by
+        absolute path + size and mtime of the weights file, so an edited file is a new key."""
+        if self.path is None:
+            return f"hub|{self.release}|{self.sae_id}|{self.repo_id}/{self.folder}@main"
+        f = _weights_file(Path(self.path))
+        st = f.stat()
+        return f"path|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    @property
+    def cached(self) -> bool | None:
+        """For hub SAEs: whether the weights are already in the local HF cache (None if unknown)."""
+        if self.path is not None:
+            return True
+        fname = _hub_weight_filename(self)
+        if fname is None:
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(self.repo_id, f"{self.folder}/{fname}")
+        return isinstance(hit, str)
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> Any:
+        """The sae-lens SAE (downloaded on first use; nothing is kept by the handle)."""
+        import warnings
+
+        from sae_lens import SAE
+
+        if self.path is not None:
+            p = Path(self.path)
+            if (p / "params.npz").exists() and not (p / "sae_weights.safetensors").exists():
+                return SAE.load_from_disk(
+                    p, device=self.device, dtype=self.dtype,
+                    converter=functools.partial(_npz_disk_loader, handle=self),
+                )
+            return SAE.load_from_disk(p, device=self.device, dtype=self.dtype)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*repo_id.*directly.*")
+                return SAE.from_pretrained(self.release, self.sae_id, device=self.device, dtype=self.dtype)
+        except Exception as exc:
+            if isinstance(exc, SourceError):
+                raise
+            if _is_hub_unreachable(exc):
+                raise SAEHubUnavailableError(
+                    _offline_message(f"SAE {self.release!r} / {self.sae_id!r}", exc)
+                ) from exc
+            if type(exc).__name__ == "GatedRepoError":
+                raise SAELoadError(
+                    f"{self.repo_id} is gated on the Hugging Face hub: accept its licence there and "
+                    "log in with `huggingface-cli login` (or set HF_TOKEN)."
+                ) from exc
+            raise
+
+    def to_weights(self) -> SAEWeights:
+        """SAEWeights (float32, CPU) with this handle's identity attached."""
+        if self.path is not None and (Path(self.path) / "sae_weights.safetensors").exists():
+            w = as_weights(self.path)  # no sae-lens import needed for its own folder format
+        elif self.path is not None:
+            w = SAEWeights.from_npz(Path(self.path) / "params.npz")
+        else:
+            w = as_weights(self.load())
+        return w.with_info(**{k: v for k, v in self.info.to_dict().items() if v is not None})
+
+    # -- display -------------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        return _display("html", "handle_html", self, _handle_fallback_html)
+
+    def __repr__(self) -> str:
+        return _display("text", "handle_text", self, _handle_fallback_text)
+
+
+class SAEList(list):
+    """A list of :class:`SAEHandle` (one per layer, in load order) with a notebook repr."""
+
+    @property
+    def layers(self) -> list[int | None]:
+        return [h.layer for h in self]
+
+    def by_layer(self, layer: int) -> SAEHandle:
+        for h in self:
+            if h.layer == layer:
+                return h
+        raise KeyError(f"no SAE at layer {layer}; layers here: {self.layers}")
+
+    def to_weights(self) -> list[SAEWeights]:
+        """Load every SAE as SAEWeights, one after the other, and keep them all (26 Gemma Scope 16k
+        SAEs are ~7.9 GB in float32; chains should take the handles and load lazily instead)."""
+        from tqdm.auto import tqdm
+
+        return [h.to_weights() for h in tqdm(self, desc="loading SAEs", disable=len(self) < 3)]
+
+    def __getitem__(self, i):  # slices stay SAELists
+        r = super().__getitem__(i)
+        return SAEList(r) if isinstance(i, slice) else r
+
+    def _repr_html_(self) -> str:
+        return _display("html", "saes_html", self, _list_fallback_html)
+
+    def __repr__(self) -> str:
+        return _display("text", "saes_text", self, _list_fallback_text)
+
+
+def _display(kind: str, fn: str, obj: Any, fallback) -> str:
+    """Call saematch_nb.display.{html,text}.<fn> lazily; a plain fallback while it is absent."""
+    try:
+        mod = importlib.import_module(f"saematch_nb.display.{kind}")
+        f = getattr(mod, fn)
+    except (ImportError, AttributeError):
+        return fallback(obj)
+    return f(obj)
+
+
+def _handle_fallback_text(h: SAEHandle) -> str:
+    where = h.path if h.path else f"{h.release}/{h.sae_id}"
+    return f"SAEHandle(layer={h.layer}, hook={h.hook_name!r}, {where})"
+
+
+def _handle_fallback_html(h: SAEHandle) -> str:
+    import html
+
+    return f"<code>{html.escape(_handle_fallback_text(h))}</code>"
+
+
+def _list_fallback_text(lst: SAEList) -> str:
+    lines = [f"SAEList({len(lst)} SAEs)"] + [f"  {_handle_fallback_text(h)}" for h in lst]
+    return "\n".join(lines)
+
+
+def _list_fallback_html(lst: SAEList) -> str:
+    import html
+
+    return "<pre>" + html.escape(_list_fallback_text(lst)) + "</pre>"
+
+
+# --------------------------------------------------------------------------------------------
+# naming helpers
+# --------------------------------------------------------------------------------------------
+_GEMMA_ID = re.compile(r"^layer_(\d+)/width_(\w+?)/(canonical|average_l0_(\d+))$")
+_WIDTHS = {"4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072,
+           "262k": 262144, "524k": 524288, "1m": 1048576}
+
+
+def _norm_width(width: Any) -> str | None:
+    if width is None:
+        return None
+    if isinstance(width, int):
+        for k, v in _WIDTHS.items():
+            if v == width:
+                return k
+        raise SAELoadError(f"unknown SAE width {width}; Gemma Scope widths: {sorted(_WIDTHS.values())}")
+    w = str(width).lower().removeprefix("width_")
+    if w not in _WIDTHS:
+        raise SAELoadError(f"unknown SAE width {width!r}; expected one of {list(_WIDTHS)}")
+    return w
+
+
+def _gemma_2_hook(repo_id: str, folder: str) -> tuple[int | None, str | None]:
+    """Layer and hook as sae-lens' ``get_gemma_2_config_from_hf`` names them (pure string logic,
+    mirrored here so that naming needs no sae-lens import; a test checks they agree)."""
+    m = re.search(r"layer_(\d+)", folder)
+    layer = int(m.group(1)) if m else (0 if "embedding" in folder else None)
+    if "res" in repo_id and "embedding" not in folder:
+        hook = f"blocks.{layer}.hook_resid_post"
+    elif "res" in repo_id:
+        hook = "hook_embed"
+    elif "mlp" in repo_id:
+        hook = f"blocks.{layer}.hook_mlp_out"
+    elif "att" in repo_id:
+        hook = f"blocks.{layer}.attn.hook_z"
+    else:
+        hook = None
+    return layer, hook
+
+
+def _parse_layer(text: str) -> int | None:
+    for pat in (r"blocks\.(\d+)\.", r"layer[_s]?\.?(\d+)", r"(?:^|[/_.-])l(\d+)(?:[/_.-]|$)",
+                r"(?:^|[/_.-])(\d+)(?:[/_.-]|$)"):
+        m = re.search(pat, text, flags=re.IGNORECASE)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _hook_from_id(sae_id: str) -> str | None:
+    return sae_id if re.fullmatch(r"blocks\.\d+\.[\w.]*hook_\w+", sae_id) else None
+
+
+def _hub_weight_filename(h: SAEHandle) -> str | None:
+    if h.conversion_func == "gemma_2":
+        return "params.npz"
+    if h.conversion_func is None:
+        return "sae_weights.safetensors"
+    return None
+
+
+def _cached_cfg(repo_id: str, folder: str) -> dict | None:
+    """The sae-lens cfg.json of a hub SAE if it is already in the local HF cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, f"{folder}/cfg.json")
+        if isinstance(hit, str):
+            return json.loads(Path(hit).read_text())
+    except Exception:  # a broken cache entry only costs us the metadata
+        return None
+    return None
+
+
+def _handle_for(rel: _Release, sae_id: str, device: str, dtype: str) -> SAEHandle:
+    folder = rel.saes[sae_id]
+    npid = rel.neuronpedia.get(sae_id)
+    width = l0 = None
+    if rel.conversion_func == "gemma_2":
+        layer, hook = _gemma_2_hook(rel.repo_id, folder)
+        m = re.search(r"width_(\w+?)/", folder + "/")
+        width = _WIDTHS.get(m.group(1)) if m else None
+        m = re.search(r"average_l0_(\d+)", folder)
+        l0 = float(m.group(1)) if m else None
+        if npid is None:
+            npid = _canonical_neuronpedia(rel, folder)
+    else:
+        hook = _hook_from_id(sae_id)
+        cfg = _cached_cfg(rel.repo_id, folder) if hook is None else None
+        if cfg:
+            hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+        layer = _parse_layer(hook) if hook else _parse_layer(sae_id)
+        l0 = float(rel.l0.get(sae_id) or 0) or None
+    return SAEHandle(
+        release=rel.name, sae_id=sae_id, layer=layer, hook_name=hook, model_name=rel.model,
+        neuronpedia_id=npid, device=device, dtype=dtype, width=width, l0=l0,
+        repo_id=rel.repo_id, folder=folder, conversion_func=rel.conversion_func,
+    )
+
+
+def _canonical_neuronpedia(rel: _Release, folder: str) -> str | None:
+    """A non-canonical Gemma Scope id whose folder *is* the canonical SAE gets its Neuronpedia id
+    (Neuronpedia hosts the canonical ones; the -canonical release points at the same folders)."""
+    for other in _directory().values():
+        if other.repo_id == rel.repo_id and other.name != rel.name:
+            for sid, f in other.saes.items():
+                if f == folder and other.neuronpedia.get(sid):
+                    return other.neuronpedia[sid]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# load_saes
+# --------------------------------------------------------------------------------------------
+def load_saes(
+    release: str | os.PathLike | Sequence[str | os.PathLike],
+    layers: int | Iterable[int] | None = None,
+    *,
+    width: str | int = "16k",
+    l0: str | int | None = "canonical",
+    sae_ids: Sequence[str] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> SAEList:
+    """Name SAEs of a sae-lens release or on disk; returns lazy :class:`SAEHandle` s in layer order.
+
+    Example: ``load_saes("gemma-scope-2b-pt-res-canonical", layers=range(10, 15))``.
+    See the module docstring for the meaning of ``width``, ``l0`` and ``sae_ids``. Nothing is
+    downloaded here; ``handle.to_weights()`` / ``handle.load()`` fetch through sae-lens.
+    """
+    if isinstance(release, (list, tuple)) or _looks_like_path(release):
+        paths = [release] if not isinstance(release, (list, tuple)) else list(release)
+        return _load_local(paths, layers, width=width, l0=l0, device=device, dtype=dtype)
+    release = str(release)
+    directory = _directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, directory, n=8, cutoff=0.4)
+        rest = sorted(r for r in directory if r not in close)
+        shown = close + rest[: max(0, 20 - len(close))]
+        raise UnknownReleaseError(
+            f"unknown SAE release {release!r}. "
+            + (f"Did you mean: {', '.join(close)}? " if close else "")
+            + f"Valid releases ({len(directory)}; closest first): {', '.join(shown)}"
+            + (", ..." if len(directory) > len(shown) else "")
+            + ". saematch_nb.sources.saes.list_releases() lists them all; a local folder works too."
+        )
+    rel = directory[release]
+    if sae_ids is not None:
+        if layers is not None:
+            raise SAELoadError("give either sae_ids or layers, not both (sae_ids already fix the layers)")
+        ids = [sae_ids] if isinstance(sae_ids, str) else list(sae_ids)
+        for sid in ids:
+            _check_id(rel, sid)
+    elif rel.conversion_func == "gemma_2" and any(_GEMMA_ID.match(s) for s in rel.saes):
+        ids = _select_gemma(rel, layers, width, l0)
+    else:
+        ids = _select_generic(rel, layers)
+    handles = [_handle_for(rel, sid, device, dtype) for sid in ids]
+    return SAEList(_sorted(handles))
+
+
+def _sorted(handles: list[SAEHandle]) -> list[SAEHandle]:
+    return sorted(handles, key=lambda h: (h.layer is None, -1 if h.layer is None else h.layer))
+
+
+def _check_id(rel: _Release, sid: str) -> None:
+    if sid in rel.saes:
+        return
+    m = _GEMMA_ID.match(sid)
+    at_layer = [s for s in rel.saes if m and s.startswith(f"layer_{m.group(1)}/")]
+    choices = at_layer or difflib.get_close_matches(sid, rel.saes, n=10, cutoff=0.3) or list(rel.saes)[:10]
+    raise UnknownSAEIdError(
+        f"SAE id {sid!r} is not in release {rel.name!r} ({len(rel.saes)} ids). "
+        + (f"Ids at that layer: {', '.join(sorted(choices))}" if at_layer
+           else f"Closest valid ids: {', '.join(choices)}")
+    )
+
+
+def _gemma_table(rel: _Release) -> dict[tuple[int, str], dict[str, str]]:
+    """(layer, width) -> {"canonical" or "<L0>": sae_id}"""
+    table: dict[tuple[int, str], dict[str, str]] = {}
+    for sid in rel.saes:
+        m = _GEMMA_ID.match(sid)
+        if m:
+            key = "canonical" if m.group(3) == "canonical" else m.group(4)
+            table.setdefault((int(m.group(1)), m.group(2)), {})[key] = sid
+    return table
+
+
+def _select_gemma(rel: _Release, layers: Any, width: Any, l0: Any) -> list[str]:
+    return _select_by_table(_gemma_table(rel), rel.name, layers, width, l0,
+                            canonical_hint=not rel.name.endswith("canonical"))
+
+
+def _select_by_table(table, where: str, layers, width, l0, canonical_hint=False) -> list[str]:
+    w = _norm_width(width)
+    avail_layers = sorted({L for (L, ww) in table if ww == w})
+    if not avail_layers:
+        widths = sorted({ww for (_, ww) in table}, key=lambda x: _WIDTHS.get(x, 0))
+        raise UnknownSAEIdError(f"{where} has no SAEs of width {w!r}; widths available: {widths}")
+    wanted = avail_layers if layers is None else _layer_list(layers)
+    bad = [L for L in wanted if L not in avail_layers]
+    if bad:
+        contiguous = avail_layers == list(range(avail_layers[0], avail_layers[-1] + 1))
+        valid = (f"{avail_layers[0]}..{avail_layers[-1]}" if contiguous else str(avail_layers))
+        raise LayerOutOfRangeError(
+            f"layer(s) {bad} out of range for {where} at width {w}: valid layers are {valid}"
+        )
+    out = []
+    for L in wanted:
+        opts = table[(L, w)]
+        l0s = sorted(int(k) for k in opts if k != "canonical")
+        listing = f"L0s available at layer {L}, width {w}: {l0s}" + (
+            " (and 'canonical')" if "canonical" in opts else "")
+        if l0 == "canonical":
+            if "canonical" not in opts:
+                hint = (" Use release 'gemma-scope-2b-pt-res-canonical' (same files), or pick "
+                        "l0=<int> or l0='nearest:<N>'." if canonical_hint else "")
+                raise UnknownSAEIdError(f"{where} has no canonical SAE at layer {L}, width {w}.{hint} {listing}")
+            out.append(opts["canonical"])
+        elif l0 is None:
+            if len(opts) != 1:
+                raise UnknownSAEIdError(
+                    f"l0=None needs exactly one SAE per layer, but layer {L} width {w} has "
+                    f"{len(opts)}: choose l0=<int> or l0='nearest:<N>'. {listing}")
+            out.append(next(iter(opts.values())))
+        elif isinstance(l0, str) and l0.startswith("nearest:"):
+            try:
+                target = float(l0.split(":", 1)[1])
+            except ValueError:
+                raise SAELoadError(f"l0={l0!r}: expected 'nearest:<number>', e.g. 'nearest:80'") from None
+            if not l0s:
+                out.append(opts["canonical"])
+                continue
+            best = min(l0s, key=lambda v: (abs(v - target), v))
+            out.append(opts[str(best)])
+        elif isinstance(l0, (int, float)) and not isinstance(l0, bool) or (isinstance(l0, str) and l0.isdigit()):
+            key = str(int(l0))
+            if key not in opts:
+                raise UnknownSAEIdError(f"no SAE with average L0 {key} in {where}. {listing}")
+            out.append(opts[key])
+        else:
+            raise SAELoadError(
+                f"l0={l0!r} not understood: use 'canonical', an int, 'nearest:<N>' or None")
+    return out
+
+
+def _layer_list(layers: Any) -> list[int]:
+    if isinstance(layers, bool):
+        raise SAELoadError("layers must be an int or an iterable of ints")
+    if isinstance(layers, int):
+        return [layers]
+    try:
+        out = [int(x) for x in layers]
+    except (TypeError, ValueError):
+        raise SAELoadError(f"layers must be an int or an iterable of ints, got {layers!r}") from None
+    return out
+
+
+def _select_generic(rel: _Release, layers: Any) -> list[str]:
+    by_layer: dict[int | None, list[str]] = {}
+    for sid in rel.saes:
+        hook = _hook_from_id(sid)
+        by_layer.setdefault(_parse_layer(hook or sid), []).append(sid)
+    known = sorted(L for L in by_layer if L is not None)
+    if layers is None:
+        if len(by_layer) == len(rel.saes) and None not in by_layer:
+            return list(rel.saes)
+        raise SAELoadError(
+            f"release {rel.name!r} does not have exactly one SAE per layer; pass sae_ids=[...]. "
+            f"Its ids: {', '.join(list(rel.saes)[:20])}{', ...' if len(rel.saes) > 20 else ''}")
+    out = []
+    for L in _layer_list(layers):
+        if L not in by_layer:
+            raise LayerOutOfRangeError(
+                f"release {rel.name!r} has no SAE at layer {L}: layers available are {known}")
+        if len(by_layer[L]) > 1:
+            raise SAELoadError(
+                f"release {rel.name!r} has {len(by_layer[L])} SAEs at layer {L}: pass sae_ids=[...] "
+                f"with one of {by_layer[L]}")
+        out.append(by_layer[L][0])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# local folders
+# --------------------------------------------------------------------------------------------
+def _looks_like_path(x: Any) -> bool:
+    if isinstance(x, os.PathLike):
+        return True
+    s = str(x)
+    return os.path.exists(os.path.expanduser(s)) or s.startswith(("/", "./", "../", "~"))
+
+
+def _is_sae_folder(p: Path) -> bool:
+    return (p / "sae_weights.safetensors").exists() or (p / "params.npz").exists()
+
+
+def _weights_file(p: Path) -> Path:
+    for name in ("sae_weights.safetensors", "params.npz"):
+        if (p / name).exists():
+            return p / name
+    raise SAELoadError(f"{p} is not an SAE folder: it has neither sae_weights.safetensors nor params.npz")
+
+
+def _load_local(paths, layers, *, width, l0, device, dtype) -> SAEList:
+    direct: list[Path] = []  # SAE folders given as such: `layers` filters them
+    chosen: list[Path] = []  # picked inside a folder of many SAEs: `layers` already applied
+    for raw in paths:
+        p = Path(os.path.expanduser(str(raw)))
+        if p.is_file() and p.name in ("params.npz", "sae_weights.safetensors", "cfg.json"):
+            p = p.parent
+        if not p.exists():
+            raise SAELoadError(
+                f"{p} does not exist. Give a folder with cfg.json + sae_weights.safetensors (sae-lens) "
+                "or params.npz (Gemma Scope), or a sae-lens release name.")
+        if _is_sae_folder(p):
+            direct.append(p)
+            continue
+        found = sorted({q.parent for pat in ("params.npz", "sae_weights.safetensors")
+                        for q in p.rglob(pat) if len(q.relative_to(p).parts) <= 6})
+        if not found:
+            raise SAELoadError(f"no SAE found under {p} (looked for params.npz and sae_weights.safetensors)")
+        chosen.extend(_select_in_snapshot(p, found, layers, width, l0))
+    handles = [_local_handle(f, device, dtype) for f in chosen]
+    direct_handles = [_local_handle(f, device, dtype) for f in direct]
+    if layers is not None:
+        wanted = set(_layer_list(layers))
+        have = sorted({h.layer for h in handles + direct_handles if h.layer is not None})
+        bad = sorted(wanted - set(have))
+        if bad:
+            raise LayerOutOfRangeError(f"layer(s) {bad} not among the given SAEs: their layers are {have}")
+        direct_handles = [h for h in direct_handles if h.layer in wanted]
+        handles = [h for h in handles if h.layer in wanted]
+    return SAEList(_sorted(handles + direct_handles))
+
+
+def _select_in_snapshot(root: Path, found: list[Path], layers, width, l0) -> list[Path]:
+    """A folder holding many SAEs (e.g. a Gemma Scope snapshot): choose like a release."""
+    rels = {f: "/".join(f.relative_to(root).parts) for f in found}
+    table: dict[tuple[int, str], dict[str, str]] = {}
+    canonical = _canonical_folders()
+    for f, r in rels.items():
+        m = re.search(r"layer_(\d+)/width_(\w+?)/average_l0_(\d+)$", r)
+        if m:
+            opts = table.setdefault((int(m.group(1)), m.group(2)), {})
+            opts[m.group(3)] = r
+            if r in canonical:
+                opts["canonical"] = r
+    if not table:  # not Gemma-Scope shaped: everything, filtered by layers later
+        return found
+    chosen = set(_select_by_table(table, str(root), layers, width, l0))
+    return [f for f, r in rels.items() if r in chosen]
+
+
+@functools.lru_cache(maxsize=1)
+def _canonical_folders() -> frozenset[str]:
+    out = set()
+    for rel in _directory().values():
+        if rel.conversion_func == "gemma_2":
+            out.update(f for sid, f in rel.saes.items() if sid.endswith("/canonical"))
+    return frozenset(out)
+
+
+def _local_handle(p: Path, device: str, dtype: str) -> SAEHandle:
+    p = p.resolve()
+    if (p / "sae_weights.safetensors").exists():
+        cfg = json.loads((p / "cfg.json").read_text()) if (p / "cfg.json").exists() else {}
+        meta = cfg.get("metadata") or {}
+        hook = meta.get("hook_name") or cfg.get("hook_name")
+        return SAEHandle(
+            release=meta.get("release"), sae_id=meta.get("sae_id"),
+            layer=_parse_layer(hook) if hook else _parse_layer(p.name),
+            hook_name=hook, model_name=meta.get("model_name") or cfg.get("model_name"),
+            neuronpedia_id=meta.get("neuronpedia_id") or cfg.get("neuronpedia_id"),
+            path=str(p), device=device, dtype=dtype, width=cfg.get("d_sae"),
+        )
+    # Gemma Scope params.npz: the name is all we have; read it the way sae-lens' gemma_2 loader does
+    repo = _repo_from_path(p)
+    parts = p.parts
+    folder = "/".join(parts[-3:]) if len(parts) >= 3 else p.name
+    layer, hook = _gemma_2_hook(repo or "res", folder)  # no repo in the path: assume residual
+    m = re.search(r"width_(\w+?)/", folder + "/")
+    l0m = re.search(r"average_l0_(\d+)", folder)
+    npid = None
+    if repo:
+        for rel in _directory().values():
+            if rel.repo_id == repo:
+                npid = npid or _canonical_neuronpedia(rel, folder)
+    model = _model_from_repo(repo) if repo else None
+    return SAEHandle(
+        release=None, sae_id=folder if _GEMMA_ID.match(folder) else None,
+        layer=layer, hook_name=hook, model_name=model, neuronpedia_id=npid, path=str(p),
+        device=device, dtype=dtype, width=_WIDTHS.get(m.group(1)) if m else None,
+        l0=float(l0m.group(1)) if l0m else None, repo_id=repo, folder=folder,
+        conversion_func="gemma_2",
+    )
+
+
+def _repo_from_path(p: Path) -> str | None:
+    """HF cache paths look like .../models--google--gemma-scope-2b-pt-res/snapshots/<sha>/layer_..."""
+    for part in p.parts:
+        if part.startswith("models--"):
+            return part[len("models--"):].replace("--", "/")
+    for part in p.parts:
+        if part.startswith("gemma-scope-"):
+            return f"google/{part}"
+    return None
+
+
+def _model_from_repo(repo: str) -> str | None:
+    for rel in _directory().values():
+        if rel.repo_id == repo:
+            return rel.model
+    return None
+
+
+def _npz_disk_loader(path, device, cfg_overrides=None, *, handle: SAEHandle):
+    """sae-lens disk converter for a Gemma Scope ``params.npz`` folder: the config sae-lens'
+    gemma_2 loader would build, with sizes read from the file instead of the width name."""
+    import numpy as np
+    import torch
+
+    with np.load(Path(path) / "params.npz") as z:
+        sd = {("W_" + k[2:] if k.startswith("w_") else k): torch.tensor(z[k], dtype=torch.float32)
+              for k in z.files}
+    if "scaling_factor" in sd and bool(torch.all(sd["scaling_factor"] == 1)):
+        del sd["scaling_factor"]  # as sae-lens' gemma_2 loader: a unit scale is no scale
+    d_in, d_sae = sd["W_enc"].shape
+    cfg = {
+        "architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32",
+        "device": device or "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none",
+        "metadata": {"hook_name": handle.hook_name, "model_name": handle.model_name,
+                     "neuronpedia_id": handle.neuronpedia_id, "sae_lens_version": "6.0.0",
+                     "prepend_bos": True, "context_size": 1024},
+    }
+    if cfg_overrides:
+        cfg.update(cfg_overrides)
+    return cfg, {k: v.to(device or "cpu") for k, v in sd.items()}

@@ -1,0 +1,367 @@
+"""MatchChain on planted chains with a known ground truth: traces, births/deaths, composition,
+persistence, agreement with direct matches, save/load, lazy pairwise loading."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import saematch_nb
+from saematch_nb.core import chain as chain_mod
+from saematch_nb.core.chain import MatchChain, match_chain
+from saematch_nb.core.results import LayerMatch, ResultMismatchError
+from saematch_nb.core.synthetic import planted_chain
+from saematch_nb.core.weights import SAEInfo, SAEWeights
+
+# -- helpers shared by test_cache.py and test_chain_parallel.py ----------------------------------
+REAL_MATCH = importlib.util.find_spec("saematch_nb.core.match") is not None
+STANDIN = "tests.core.test_chain:_standin_match"
+
+
+def _standin_match(sae_a, sae_b, *, fold=True, params="encoder+decoder", method="lap",
+                   allow_unmatched=False, solver="auto", device=None, progress=False):
+    """Private stand-in for saematch_nb.match (used only while core/match.py does not exist)."""
+    from scipy.optimize import linear_sum_assignment
+
+    def feats(w):
+        th = w.threshold if fold else torch.ones_like(w.b_enc)
+        return torch.cat([w.W_dec * th[:, None], (w.W_enc / th).T], 1).double().numpy()
+
+    X, Y = feats(sae_a), feats(sae_b)
+    C = (X ** 2).sum(1)[:, None] + (Y ** 2).sum(1)[None, :] - 2 * X @ Y.T
+    r, c = linear_sum_assignment(C)
+    D = X.shape[1]
+    mse = C[r, c] / D
+    C[r, c] = np.inf
+    alt = C.min(1) / D
+    score = mse / alt
+    return LayerMatch(
+        permutation=c, partner=c, mse=mse, alt_mse=alt, score=score, matched=score <= 0.25,
+        threshold=0.25, n_a=len(r), n_b=Y.shape[0], d_in=sae_a.d_in, info_a=sae_a.info,
+        info_b=sae_b.info, fingerprint_a=sae_a.fingerprint(), fingerprint_b=sae_b.fingerprint(),
+        options={"fold": fold, "params": params, "method": method}, stats={"solver": "standin"},
+    )
+
+
+@contextlib.contextmanager
+def using_matcher():
+    """The real saematch_nb.match once it exists, else the stand-in above."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not REAL_MATCH:
+            mp.setattr(chain_mod, "_MATCH_TARGET", STANDIN)
+        yield
+
+
+def match_fn():
+    return saematch_nb.match if REAL_MATCH else _standin_match
+
+
+LIVE: set = set()  # ids of SAEWeights made by TestHandle that are still alive (this process)
+PEAK = {"live": 0, "loads": 0}
+
+
+@dataclass(frozen=True)
+class TestHandle:
+    """A lazy handle like sources' SAEHandle: identity without loading, weights on demand."""
+
+    __test__ = False  # not a pytest class
+    path: str
+    layer: int
+    tag: str = ""
+    fail: bool = False
+
+    @property
+    def info(self) -> SAEInfo:
+        return SAEInfo(layer=self.layer, hook_name=f"blocks.{self.layer}.hook_resid_post",
+                       sae_id=f"test/layer_{self.layer}")
+
+    @property
+    def cache_key(self) -> str:
+        return f"test|{self.path}|{self.tag}"
+
+    def to_weights(self) -> SAEWeights:
+        if self.fail:
+            raise RuntimeError(f"simulated crash while loading layer {self.layer}")
+        w = SAEWeights.from_npz(self.path, info=self.info)
+        PEAK["loads"] += 1
+        LIVE.add(id(w))
+        PEAK["live"] = max(PEAK["live"], len(LIVE))
+        weakref.finalize(w, LIVE.discard, id(w))
+        return w
+
+
+def save_npz(w: SAEWeights, path: Path) -> str:
+    np.savez(path, **{k: v.numpy() for k, v in w.state_dict().items()})
+    return str(path)
+
+
+def make_handles(saes, folder: Path, tag: str = "") -> list[TestHandle]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [TestHandle(save_npz(w, folder / f"layer_{t}.npz"), t, tag) for t, w in enumerate(saes)]
+
+
+def truth_path(truths, start: int, feature: int) -> list[int]:
+    """Ground-truth features of one feature at every layer (-1 where it does not exist)."""
+    T = len(truths) + 1
+    path = [-1] * T
+    path[start] = feature
+    f = feature
+    for t in range(start, T - 1):
+        f = int(truths[t][f])
+        if f < 0:
+            break
+        path[t + 1] = f
+    f = feature
+    for t in range(start - 1, -1, -1):
+        src = np.flatnonzero(truths[t] == f)
+        if len(src) == 0:
+            break
+        f = int(src[0])
+        path[t] = f
+    return path
+
+
+def truth_lifetimes(truths, n: int) -> list[np.ndarray]:
+    T = len(truths) + 1
+    life = [np.zeros(n, dtype=np.int64) for _ in range(T)]
+    for t in range(T - 2, -1, -1):
+        ok = truths[t] >= 0
+        life[t][ok] = 1 + life[t + 1][truths[t][ok]]
+    return life
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted():
+    return planted_chain(n_layers=5, n=128, d_in=32, fresh_fraction=0.1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def chain(planted):
+    with using_matcher():
+        return match_chain(planted.saes, cache=False, progress=False)
+
+
+# -- tests -----------------------------------------------------------------------------------------
+def test_exported_and_shapes(chain, planted):
+    assert saematch_nb.match_chain is match_chain and saematch_nb.MatchChain is MatchChain
+    assert chain.layers == (0, 1, 2, 3, 4)
+    assert len(chain.pairs) == 4
+    assert [i.sae_id for i in chain.infos] == [f"synthetic/layer_{t}" for t in range(5)]
+    assert chain.pair(2) is chain.pairs[2]
+    with pytest.raises(KeyError, match="last layer"):
+        chain.pair(4)
+    with pytest.raises(KeyError, match="not in this chain"):
+        chain.pair(7)
+    assert chain.options["fold"] is True and chain.options["method"] == "lap"
+    assert "device" not in chain.options and "progress" not in chain.options
+    assert chain.stats["computed"] == 4 and chain.stats["cache_hits"] == 0
+
+
+def test_pairs_recover_planted_partners(chain, planted):
+    for lm, truth in zip(chain.pairs, planted.truths):
+        alive = truth >= 0
+        assert np.mean(lm.partner[alive] == truth[alive]) >= 0.95
+        # accepted exactly where the truth has a partner, up to the criterion's accuracy
+        assert np.mean(lm.matched == alive) >= 0.95
+
+
+def test_trace_matches_ground_truth_paths(chain, planted):
+    agree = total = 0
+    for s in range(5):
+        for i in range(0, 128, 4):
+            tr = chain.trace(s, i, accepted_only=True)
+            agree += list(tr.features) == truth_path(planted.truths, s, i)
+            total += 1
+    assert agree / total >= 0.95
+
+
+def test_trace_default_follows_partner_and_records_steps(chain):
+    tr = chain.trace(2, 5)
+    assert tr.origin_layer == 2 and tr.origin_feature == 5 and tr.features[2] == 5
+    # bijective default: the walk reaches every layer, through rejected steps too
+    assert all(f >= 0 for f in tr.features)
+    assert [s.layer for s in tr.steps] == [0, 1, 2, 3]
+    for s in tr.steps:
+        lm = chain.pair(s.layer)
+        assert tr.feature_at(s.layer) == s.feature and tr.feature_at(s.next_layer) == s.next_feature
+        assert lm.partner[s.feature] == s.next_feature
+        assert s.mse == pytest.approx(float(lm.mse[s.feature]))
+        assert s.margin == pytest.approx(float(lm.margin[s.feature]))
+        assert s.matched == bool(lm.matched[s.feature])
+    df = tr.to_pandas()
+    assert list(df.index) == [0, 1, 2, 3, 4] and pd.isna(df.loc[4, "next_feature"])
+
+
+def test_born_and_dies_where_the_chain_replaces_features(chain, planted):
+    tr_t = planted.truths
+    # a feature of layer 0 whose planted partner at layer 1 is replaced at layer 2
+    dying = [i for i in range(128) if tr_t[0][i] >= 0 and tr_t[1][tr_t[0][i]] < 0]
+    assert dying
+    ok = [chain.trace(0, i).dies_layer == 1 and chain.trace(0, i).born_layer is None for i in dying]
+    assert np.mean(ok) >= 0.95
+    # fresh features of layer 2 (no planted source at layer 1) are born there
+    fresh = np.setdiff1d(np.arange(128), tr_t[1][tr_t[1] >= 0])
+    assert len(fresh)
+    assert np.mean([chain.trace(2, j).born_layer == 2 for j in fresh]) >= 0.95
+    # a feature alive through the whole planted chain is neither born nor dies inside it
+    full = [i for i in range(128) if all(f >= 0 for f in truth_path(tr_t, 0, i))]
+    assert full
+    assert np.mean([(lambda t: t.born_layer is None and t.dies_layer is None)(chain.trace(0, i))
+                    for i in full]) >= 0.95
+
+
+def test_trace_bad_input(chain):
+    with pytest.raises(IndexError, match="out of range"):
+        chain.trace(1, 128)
+    with pytest.raises(KeyError):
+        chain.trace(9, 0)
+
+
+def test_compose_equals_composition_of_truths(chain, planted):
+    for a, b in ((0, 2), (0, 4), (1, 3)):
+        truth = np.arange(128)
+        for t in range(a, b):
+            truth = np.where(truth >= 0, planted.truths[t][np.maximum(truth, 0)], -1)
+        comp = chain.compose(a, b)
+        assert np.mean(comp == truth) >= 0.95
+        # backward composition inverts the accepted forward one
+        back = chain.compose(b, a)
+        ok = comp >= 0
+        assert np.array_equal(back[comp[ok]], np.flatnonzero(ok))
+    assert np.array_equal(chain.compose(3, 3), np.arange(128))
+
+
+def test_compose_raw_is_product_of_permutations(chain):
+    p0, p1, p2 = (chain.pairs[t].permutation for t in range(3))
+    assert np.array_equal(chain.compose(0, 3, raw=True), p2[p1[p0]])
+    inv = np.argsort(p2[p1[p0]])
+    assert np.array_equal(chain.compose(3, 0, raw=True), inv)
+    # unraw composition breaks exactly where a step is rejected
+    comp = chain.compose(0, 2)
+    m0 = chain.pairs[0].matched
+    m1 = chain.pairs[1].matched[p0]
+    assert np.array_equal(comp >= 0, m0 & m1)
+    with pytest.raises(ValueError):
+        chain.compose(0, 2).__setitem__(0, 1)  # read-only result
+
+
+def test_persistence_matches_truth_lifetimes(chain, planted):
+    per = chain.persistence()
+    truth = truth_lifetimes(planted.truths, 128)
+    got = np.concatenate([per.loc[x, "lifetime"].to_numpy() for x in chain.layers])
+    want = np.concatenate(truth)
+    assert np.mean(got == want) >= 0.95
+    assert per["survives"].equals(per["lifetime"] == 4 - per.index.get_level_values("layer"))
+    dist = chain.persistence("layer")
+    assert list(dist.index) == [0, 1, 2, 3, 4] and (dist.sum(axis=1) == 128).all()
+    for s, x in enumerate(chain.layers):
+        assert np.array_equal(dist.loc[x].to_numpy(), np.bincount(got[s * 128:(s + 1) * 128], minlength=5))
+        assert dist.loc[x, 5 - s:].sum() == 0  # nobody outlives the chain
+    frac = chain.persistence("layer", normalize=True)
+    assert np.allclose(frac.sum(axis=1), 1.0)
+    # ages are the lifetimes seen from the other end
+    assert per.loc[0, "age"].eq(0).all() and (per.loc[4, "age"] <= 4).all()
+    with pytest.raises(ValueError, match="feature' or 'layer"):
+        chain.persistence("pair")
+
+
+def test_agreement_with_direct_match_three_layers():
+    pc = planted_chain(n_layers=3, n=128, d_in=32, fresh_fraction=0.1, noise=0.05, seed=11)
+    with using_matcher():
+        ch = match_chain(pc.saes, cache=False, progress=False)
+        direct = match_fn()(pc.saes[0], pc.saes[2])
+        got = ch.check_composition(pc.saes, 0, 2, cache=False)
+    agr = ch.agreement(0, 2, direct)
+    assert agr >= 0.95 and got == pytest.approx(agr)
+    # raw permutations agree on the surviving features, not on the replaced ones
+    raw = ch.agreement(0, 2, direct, raw=True)
+    survivors = np.mean([truth_path(pc.truths, 0, i)[2] >= 0 for i in range(128)])
+    assert raw >= 0.95 * survivors
+    # a direct match of other SAEs is refused
+    other = planted_chain(n_layers=3, n=128, d_in=32, seed=12)
+    with pytest.raises(ResultMismatchError):
+        ch.agreement(0, 2, match_fn()(other.saes[0], other.saes[2]))
+    small = planted_chain(n_layers=2, n=64, d_in=32, seed=1)
+    with pytest.raises(ValueError, match="features"):
+        ch.agreement(0, 2, match_fn()(small.saes[0], small.saes[1]))
+
+
+def test_tables(chain):
+    s = chain.summary()
+    assert len(s) == 4 and list(s["layer_a"]) == [0, 1, 2, 3] and list(s["layer_b"]) == [1, 2, 3, 4]
+    assert (~s["cached"].astype(bool)).all()
+    assert s["matched_fraction"].between(0.8, 1.0).all()
+    df = chain.to_pandas()
+    assert len(df) == 4 * 128 and {"partner", "mse", "margin", "matched", "next_layer"} <= set(df.columns)
+    assert df.loc[(2, 7), "partner"] == chain.pairs[2].partner[7]
+
+
+def test_save_load_roundtrip(chain, tmp_path):
+    d = chain.save(tmp_path / "chain")
+    assert (d / "chain.json").exists() and len(list(d.glob("pair_*.npz"))) == 4
+    back = MatchChain.load(d)
+    assert back.layers == chain.layers and back.infos == chain.infos
+    for a, b in zip(back.pairs, chain.pairs):
+        assert np.array_equal(a.partner, b.partner) and np.array_equal(a.mse, b.mse)
+        assert np.array_equal(a.matched, b.matched)
+    assert back.trace(1, 3).features == chain.trace(1, 3).features
+    assert back.options == chain.options
+    with pytest.raises(FileNotFoundError, match="chain.json"):
+        MatchChain.load(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        chain.save(tmp_path / "file")
+
+
+def test_bad_input():
+    pc = planted_chain(n_layers=2, n=32, d_in=16, seed=0)
+    with pytest.raises(ValueError, match="at least two"):
+        match_chain(pc.saes[:1], cache=False, progress=False)
+    with pytest.raises(TypeError, match="list of SAEs"):
+        match_chain("layer_0.npz", cache=False, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        match_chain(["/nonexistent/a.npz", "/nonexistent/b.npz"], progress=False,
+                    cache_dir="/tmp/unused_saematch_cache")
+    with using_matcher(), pytest.raises(TypeError, match="flod"):
+        match_chain(pc.saes, cache=False, progress=False, flod=False)
+    with pytest.raises(ValueError, match="at least one pair"):
+        MatchChain(pairs=(), layers=(0,), infos=(SAEInfo(),))
+
+
+def test_lazy_handles_are_loaded_pairwise(tmp_path):
+    pc = planted_chain(n_layers=6, n=64, d_in=32, seed=5)
+    handles = make_handles(pc.saes, tmp_path / "saes")
+    del pc
+    PEAK.update(live=0, loads=0)
+    with using_matcher():
+        ch = match_chain(handles, cache=False, progress=False)
+    assert PEAK["loads"] == 6  # each SAE loaded once
+    assert PEAK["live"] <= 2  # never more than the two SAEs of one pair alive at once
+    one = 2 * 64 * 32 * 4 + 64 * 4 * 2 + 32 * 4
+    assert ch.stats["max_saes_held"] == 2 and ch.stats["peak_held_weights_bytes"] == 2 * one
+    assert ch.layers == tuple(range(6)) and ch.infos[3] == handles[3].info
+    assert ch.stats["rss_peak_after_bytes"] >= ch.stats["rss_peak_before_bytes"] > 0
+
+
+def test_mapping_and_paths(tmp_path):
+    pc = planted_chain(n_layers=3, n=64, d_in=32, seed=6)
+    paths = [save_npz(w, tmp_path / f"l{t}.npz") for t, w in enumerate(pc.saes)]
+    with using_matcher():
+        by_path = match_chain({10: paths[0], 12: paths[1], 14: paths[2]}, cache=False, progress=False)
+        direct = match_chain(pc.saes, cache=False, progress=False)
+    assert by_path.layers == (10, 12, 14)
+    assert by_path.pair(12).n_a == 64
+    for a, b in zip(by_path.pairs, direct.pairs):
+        assert np.array_equal(a.partner, b.partner)
+    # npz files carry no layer: a plain list of paths falls back to positions
+    with using_matcher():
+        assert match_chain(paths, cache=False, progress=False).layers == (0, 1, 2)

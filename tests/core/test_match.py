@@ -1,0 +1,199 @@
+"""match(): recovers planted permutations, equals scipy's optimum, baselines, errors, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+import saematch_nb
+from saematch_nb import match
+from saematch_nb.core.assign import AUTO_DENSE_MAX, pick_solver, solve, solve_dense
+from saematch_nb.core.cost import dense_cost, feature_matrix
+from saematch_nb.core.results import LayerMatch, ResultMismatchError
+from saematch_nb.core.synthetic import planted_pair
+from saematch_nb.core.weights import SAEWeights
+
+
+def test_folded_matching_recovers_planted_permutation(planted):
+    a, b, truth = planted
+    lm = match(a, b)
+    assert isinstance(lm, LayerMatch) and saematch_nb.match is match
+    assert np.array_equal(lm.permutation, truth)
+    assert np.array_equal(lm.partner, lm.permutation)  # bijective default
+    assert lm.matched.all()
+    assert lm.options["mse_on"] == "folded" and lm.options["fold"] is True
+    assert lm.stats["solver"] == "dense" and lm.stats["gap"] == 0.0 and lm.stats["seconds"] > 0
+    assert lm.fingerprint_a == a.fingerprint() and lm.info_b == b.info
+    assert (lm.margin > 0).all()
+
+
+def test_unfolded_matching_is_measurably_worse():
+    # per-feature rescaling of B's thresholds (×[0.1, 10]) is what folding undoes
+    a, b, truth = planted_pair(256, 64, rescale=(0.1, 10.0), noise=0.3, seed=5)
+    folded = match(a, b)
+    raw = match(a, b, fold=False)
+    assert (folded.permutation == truth).all()
+    assert (raw.permutation != truth).sum() >= 3  # measured: 4 of 256 wrong
+    # the reported MSE is on folded parameters for both, so they are comparable
+    assert raw.options["mse_on"] == "folded" and raw.options["fold"] is False
+    assert raw.mse.mean() > 1.1 * folded.mse.mean()  # measured: 1.24x
+    assert raw.matched.sum() < folded.matched.sum()
+
+
+def test_optimum_equals_scipy_on_same_cost(planted_fresh):
+    a, b, _ = planted_fresh
+    lm = match(a, b)
+    C = dense_cost(feature_matrix(a), feature_matrix(b))
+    r, c = linear_sum_assignment(C)
+    assert np.isclose(C[np.arange(a.d_sae), lm.permutation].sum(), C[r, c].sum(), rtol=1e-9)
+    assert np.isclose(lm.stats["total_cost"], C[r, c].sum(), rtol=1e-5)
+    # mse = C / D, alt_mse = best other column
+    D = 2 * a.d_in
+    assert np.allclose(lm.mse, C[np.arange(a.d_sae), lm.permutation] / D, rtol=1e-4, atol=1e-7)
+    Cm = C.copy(); Cm[np.arange(a.d_sae), lm.permutation] = np.inf
+    assert np.allclose(lm.alt_mse, Cm.min(1) / D, rtol=1e-4, atol=1e-7)
+
+
+def test_solve_alt_cost_and_result_fields():
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(30, 8, generator=g), torch.randn(40, 8, generator=g)
+    res = solve(X, Y, solver="dense")
+    C = dense_cost(X, Y)
+    rows = np.arange(30)
+    assert len(set(res.col.tolist())) == 30
+    assert np.allclose(res.cost, C[rows, res.col])
+    Cm = C.copy(); Cm[rows, res.col] = np.inf
+    assert np.allclose(res.alt_cost, Cm.min(1))
+    assert res.gap == 0.0 and res.stats["solver"] == "dense"
+
+
+def test_rectangular_64_to_256():
+    a, b, truth = planted_pair(64, 64, n_b=256, seed=2)
+    lm = match(a, b)
+    assert lm.n_a == 64 and lm.n_b == 256
+    assert np.array_equal(lm.permutation, truth)
+    assert len(set(lm.permutation.tolist())) == 64
+    assert lm.matched.mean() >= 0.95
+
+
+def test_more_rows_than_columns_leaves_rows_without_partner():
+    a, b, truth = planted_pair(64, 64, n_b=256, seed=2)
+    lm = match(b, a)  # 256 -> 64: only 64 B-features to give out
+    assert (lm.partner >= 0).sum() == 64 and (lm.partner < 0).sum() == 192
+    back = np.full(256, -1); back[truth] = np.arange(64)
+    ok = lm.partner >= 0
+    assert np.array_equal(lm.partner[ok], back[ok])
+    assert not lm.matched[~ok].any()
+
+
+def test_partial_dense_formulation_matches_brute_force():
+    rng = np.random.default_rng(0)
+    C = rng.random((5, 6))
+    u = rng.random(5) * 0.5
+    res = solve_dense(C, unmatched_cost=u)
+    # brute force: augmented matrix [C | diag(u)]
+    best = np.inf
+    import itertools
+    for cols in itertools.permutations(range(11), 5):
+        tot = 0.0
+        for i, c in enumerate(cols):
+            if c < 6:
+                tot += C[i, c]
+            elif c - 6 == i:
+                tot += u[i]
+            else:
+                tot = np.inf
+                break
+        best = min(best, tot)
+    assert np.isclose(res.total, best)
+    on = res.col >= 0
+    assert np.isclose(res.total, C[np.flatnonzero(on), res.col[on]].sum() + u[~on].sum())
+    assert len(set(res.col[on].tolist())) == on.sum()
+
+
+def test_identity_and_cosine_methods(planted):
+    a, b, truth = planted
+    van = match(a, b, method="identity")
+    assert np.array_equal(van.permutation, np.arange(256))
+    assert van.mse.mean() > 10 * match(a, b).mse.mean()
+    assert van.matched.mean() < 0.05
+    cos = match(a, b, method="cosine")
+    assert np.array_equal(cos.permutation, truth)  # top-1 cosine finds them too on this pair
+    with pytest.raises(ValueError, match="equal widths"):
+        match(*planted_pair(16, 8, n_b=32)[:2], method="identity")
+    with pytest.raises(ValueError, match="method must be one of"):
+        match(a, b, method="hungarian")
+
+
+def test_cosine_is_many_to_one():
+    # two B-features copy the same A-feature: cosine maps both A-neighbours to one of them
+    a, b, _ = planted_pair(64, 32, seed=4)
+    W_dec = a.W_dec.clone(); W_dec[1] = W_dec[0] * 1.01
+    a2 = SAEWeights(a.W_enc, a.b_enc, W_dec, a.b_dec, threshold=a.threshold)
+    cos = match(a2, b, method="cosine")
+    assert cos.permutation[0] == cos.permutation[1]
+    lap = match(a2, b)
+    assert len(set(lap.permutation.tolist())) == 64
+
+
+def test_params_variants_and_errors(planted):
+    a, b, truth = planted
+    for p in ("decoder", "encoder+decoder+bias"):
+        lm = match(a, b, params=p)
+        assert np.array_equal(lm.permutation, truth) and lm.options["params"] == p
+    with pytest.raises(ValueError, match="params must be one of"):
+        match(a, b, params="dec")
+
+
+def test_d_in_mismatch():
+    a = planted_pair(16, 8, seed=0)[0]
+    b = planted_pair(16, 12, seed=0)[0]
+    with pytest.raises(ValueError, match=r"\(16, 8\).*\(16, 12\)"):
+        match(a, b)
+
+
+def test_nan_weights_rejected(planted):
+    a, b, _ = planted
+    W = a.W_dec.clone(); W[3, 2] = float("nan")
+    bad = SAEWeights(a.W_enc, a.b_enc, W, a.b_dec, threshold=a.threshold)
+    with pytest.raises(ValueError, match="W_dec"):
+        match(bad, b)
+
+
+def test_solver_choice():
+    assert pick_solver(100, 100) == "dense"
+    assert pick_solver(16, 16, "dense") == "dense"
+    with pytest.raises(ValueError, match="solver must be one of"):
+        pick_solver(4, 4, "fast")
+    import importlib.util
+    big = pick_solver(5000, 5000)
+    has_sparse = importlib.util.find_spec("saematch_nb.core.lap_sparse") is not None
+    assert 5000 * 5000 > AUTO_DENSE_MAX and big == ("sparse" if has_sparse else "dense")
+
+
+def test_save_load_roundtrip_and_mismatch(tmp_path, planted, planted_fresh):
+    a, b, _ = planted
+    lm = match(a, b)
+    p = lm.save(tmp_path / "m.npz")
+    back = LayerMatch.load(p, a, b)
+    for name in ("permutation", "partner", "mse", "alt_mse", "score", "matched"):
+        assert np.array_equal(getattr(back, name), getattr(lm, name))
+    assert back.threshold == lm.threshold and back.options == lm.options
+    with pytest.raises(ResultMismatchError, match="recompute"):
+        LayerMatch.load(p, a, planted_fresh[1])
+    with pytest.raises(ResultMismatchError):
+        LayerMatch.load(p, planted_fresh[0], b)
+
+
+@pytest.mark.parametrize("allow_unmatched", [False, True])
+def test_sparse_solver_gives_the_same_match(allow_unmatched):
+    a, b, _ = planted_pair(256, 64, fresh_fraction=0.3, gain_spread=1.5, fresh_scale=0.05,
+                           noise=0.3, seed=0)
+    d = match(a, b, allow_unmatched=allow_unmatched, solver="dense")
+    s = match(a, b, allow_unmatched=allow_unmatched, solver="sparse")
+    assert s.stats["solver"] == "sparse" and s.stats["gap"] == 0.0
+    for name in ("partner", "permutation", "matched"):
+        assert np.array_equal(getattr(d, name), getattr(s, name)), name
+    assert np.allclose(d.mse, s.mse) and np.allclose(d.score, s.score)
