@@ -519,6 +519,7 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
     l0_ema = None
     last_fire = torch.zeros(F, dtype=torch.long, device=device)
     window = max(steps // 20, 5)
+    calib_at = int(0.75 * steps)
     g = torch.Generator().manual_seed(seed)
     xd = x.to(device) if device == "cuda" else x
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2)
@@ -540,6 +541,20 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
         loss = mse + warm * lam * l0 + 1e-3 * revive
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if step == calib_at:
+            # pin L0: scale all thresholds by one factor so the batch's mean L0 is the target, then
+            # freeze them; the weights adapt to the pinned thresholds for the rest of the run
+            with torch.no_grad():
+                p_ = pre.detach()
+                lo, hi = -3.0, 3.0
+                for _ in range(40):
+                    mid = (lo + hi) / 2
+                    if (p_ > theta.detach() * math.exp(mid)).float().sum(-1).mean() > sz["target_l0"]:
+                        lo = mid
+                    else:
+                        hi = mid
+                log_theta += (lo + hi) / 2
+            opt.param_groups[1]["lr_mult"] = 0.0
         for group in opt.param_groups:
             group["lr"] = sz["sae_lr"] * group["lr_mult"] * max(lr_scale, 0.02)
         opt.step()

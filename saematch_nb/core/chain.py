@@ -515,8 +515,11 @@ def match_chain(
         given_layers = None
     if len(items) < 2:
         raise ValueError(f"match_chain needs at least two SAEs, got {len(items)}")
-    # In-memory objects (sae-lens SAEs, mappings) become SAEWeights once; tensors are shared.
-    items = [x if (is_lazy(x) or isinstance(x, SAEWeights)) else as_weights(x) for x in items]
+    # In-memory objects (sae-lens SAEs, mappings) become SAEWeights once (tensors are shared);
+    # handles and paths stay as they are, to be loaded two at a time. A handle without a
+    # cache_key is loaded once more, alone, to fingerprint it for the cache.
+    items = [x if (is_lazy(x) or hasattr(x, "to_weights") or isinstance(x, SAEWeights))
+             else as_weights(x) for x in items]
 
     match_fn = _resolve(_MATCH_TARGET)
     try:  # a misspelt option fails here, not in every worker

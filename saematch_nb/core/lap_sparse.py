@@ -97,9 +97,13 @@ def _check_inputs(X, Y, unmatched_cost):
 
 
 class _Problem:
-    """Candidate graph and bounds of one (X, Y) pair; rows = X, real columns = Y."""
+    """Candidate graph and bounds of one (X, Y) pair; rows = X, real columns = Y.
 
-    def __init__(self, X, Y, w, k, block_rows, device, progress):
+    Edge costs start as the float32 values of the blocked pass (``exact = False``; true cost
+    within ``eta_i + eta_j``) and are replaced by exact float64 costs where the certificate
+    needs them (matched and near-tight edges)."""
+
+    def __init__(self, X, Y, w, k, k_dot, block_rows, device, progress):
         self.dev = device
         self.Xn = np.ascontiguousarray(X.detach().to("cpu", torch.float32).numpy())
         self.Yn = np.ascontiguousarray(Y.detach().to("cpu", torch.float32).numpy())
@@ -107,122 +111,135 @@ class _Problem:
         self.n_b = self.Yn.shape[0]
         self.w = w
         self.n_cols = self.n_b + (self.n_a if w is not None else 0)
-        self.k = int(k)
+        self.k = int(min(k, self.n_b))
+        self.k_dot = int(min(k_dot, self.n_b))
         self.progress = progress
         self.Xd = X.detach().to(device, torch.float32)
         self.Yd = Y.detach().to(device, torch.float32)
-        # norms in float64 (exact enough), cast once: the only float32 error left is the product
+        # norms in float64, cast once: the float32 error left is the product's
         self.nx = _sqnorm(self.Xd)
         self.ny = _sqnorm(self.Yd)
         self.nx64 = self.nx.double().cpu().numpy()
         self.ny64 = self.ny.double().cpu().numpy()
-        self.rnx = 1.0 / self.nx.sqrt().clamp_min(1e-30)
-        self.rny = 1.0 / self.ny.sqrt().clamp_min(1e-30)
-        D = self.D
-        gamma = D * _U32 / (1 - D * _U32)
+        gamma = self.D * _U32 / (1 - self.D * _U32)
         self.c_err = 2 * gamma + 4 * _U32
         self.eta_x = self.c_err * self.nx64
         self.eta_y = self.c_err * self.ny64
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 26) // max(self.n_b, 1)))  # ~256 MB float32 block
         self.block_rows = int(block_rows)
-        self.k_row = np.full(self.n_a, min(self.k, self.n_b), np.int64)
-        self.rounds_expanded = 0
+        self.k_row = np.full(self.n_a, self.k_dot, np.int64)
+        self.n_expanded_rows = 0
+        self.n_expanded_cols = 0
+        self.n_exact = 0
 
-    def _blocks(self, xb, nxb, rnx_b):
-        """Float32 cost block C = |x|^2 + |y|^2 - 2 x.y and the dot-product block x.y."""
+    def _blocks(self, xb, nxb):
+        """Float32 dot-product block x.y and cost block |x|^2 + |y|^2 - 2 x.y."""
         G = xb @ self.Yd.T
         C = torch.add(self.ny.unsqueeze(0), G, alpha=-2.0)
         C.add_(nxb.unsqueeze(1))
         return C, G
 
     def first_pass(self):
-        """One blocked pass: per row and per column the k cheapest partners AND the k most
-        cosine-similar ones, with the k-th value of each list (bounds for all other pairs)."""
+        """One blocked pass: per row the k cheapest columns and the k_dot largest dot products,
+        with the k-th value of each list: r_i (cost) and rho_i (dot) bound every other pair."""
         n_a, n_b, dev = self.n_a, self.n_b, self.dev
-        kr = min(self.k, n_b)
-        kc = min(self.k, n_a)
-        row_idx = torch.empty((n_a, 2 * kr), dtype=torch.int64, device=dev)
+        k, kd = self.k, self.k_dot
+        idx_all = torch.empty((n_a, k + kd), dtype=torch.int64, device=dev)
+        val_all = torch.empty((n_a, k + kd), dtype=torch.float32, device=dev)
         r = torch.empty(n_a, dtype=torch.float32, device=dev)
-        kap = torch.empty(n_a, dtype=torch.float32, device=dev)
-        cols = {False: None, True: None}  # largest? -> (values, row indices) [<=kc, n_b]
+        rho = torch.empty(n_a, dtype=torch.float32, device=dev)
         starts = range(0, n_a, self.block_rows)
         if self.progress:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc="cost blocks", unit="block")
         for a in starts:
             b = min(a + self.block_rows, n_a)
-            C, G = self._blocks(self.Xd[a:b], self.nx[a:b], self.rnx[a:b])
-            for M, largest in ((C, False), (G, True)):
-                vals, idx = torch.topk(M, kr, dim=1, largest=largest, sorted=True)
-                if largest:
-                    row_idx[a:b, kr:] = idx
-                    kap[a:b] = vals[:, -1]
-                else:
-                    row_idx[a:b, :kr] = idx
-                    r[a:b] = vals[:, -1]
-                cv, ci = torch.topk(M, min(kc, b - a), dim=0, largest=largest, sorted=False)
-                ci += a
-                if cols[largest] is not None:
-                    cv = torch.cat([cols[largest][0], cv], 0)
-                    ci = torch.cat([cols[largest][1], ci], 0)
-                    if cv.shape[0] > kc:
-                        cv, sel = torch.topk(cv, kc, dim=0, largest=largest, sorted=False)
-                        ci = torch.gather(ci, 0, sel)
-                cols[largest] = (cv, ci)
+            C, G = self._blocks(self.Xd[a:b], self.nx[a:b])
+            vals, idx = torch.topk(C, k, dim=1, largest=False, sorted=True)
+            idx_all[a:b, :k] = idx
+            val_all[a:b, :k] = vals
+            r[a:b] = vals[:, -1]
+            gv, gi = torch.topk(G, kd, dim=1, largest=True, sorted=True)
+            idx_all[a:b, k:] = gi
+            val_all[a:b, k:] = torch.gather(C, 1, gi)
+            rho[a:b] = gv[:, -1]
             del C, G
         self.r = r.double().cpu().numpy()
-        self.kap_r = kap.double().cpu().numpy()
-        self.s = cols[False][0].max(0).values.double().cpu().numpy()
-        self.kap_c = cols[True][0].min(0).values.double().cpu().numpy()
-        ri = np.repeat(np.arange(n_a, dtype=np.int64), 2 * kr)
-        rj = row_idx.cpu().numpy().ravel()
-        keys = [ri * self.n_cols + rj]
-        for _, ci in cols.values():
-            ci_np = ci.cpu().numpy()
-            cj = np.broadcast_to(np.arange(n_b, dtype=np.int64)[None, :], ci_np.shape).ravel()
-            keys.append(ci_np.ravel() * self.n_cols + cj)
-        keys = np.unique(np.concatenate(keys))
-        self.keys = keys
-        self.cost = _kernels().exact_costs(self.Xn, self.Yn, keys // self.n_cols, keys % self.n_cols)
-        if self.w is not None:  # private dummy column per row, always a candidate
-            dk = np.arange(self.n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(self.n_a)
-            self.keys = np.concatenate([self.keys, dk])
-            self.cost = np.concatenate([self.cost, self.w])
-            o = np.argsort(self.keys, kind="stable")
-            self.keys, self.cost = self.keys[o], self.cost[o]
-        self._csr()
+        self.rho = rho.double().cpu().numpy()
+        if k == n_b or kd == n_b:  # every pair is a candidate
+            self.r[:] = np.inf
+            self.rho[:] = -np.inf
+        rows = np.repeat(np.arange(n_a, dtype=np.int64), k + kd)
+        keys = rows * self.n_cols + idx_all.cpu().numpy().ravel()
+        vals = val_all.double().cpu().numpy().ravel()
+        self.keys = np.empty(0, np.int64)
+        self.cost = np.empty(0)
+        self.exact = np.empty(0, np.bool_)
+        if self.w is not None:  # private dummy column per row: always a candidate, exact cost
+            self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
+        self._merge(keys, vals, False)
+        # columns that no row listed: compute them (a product over those columns only)
+        deg = np.bincount(self.indices[self.indices < n_b], minlength=n_b)
+        orphans = np.flatnonzero(deg == 0)
+        if orphans.size:
+            self.expand_cols(orphans)
 
-    def _csr(self):
-        rows = self.keys // self.n_cols
-        self.indices = self.keys % self.n_cols
-        self.indptr = np.zeros(self.n_a + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=self.n_a), out=self.indptr[1:])
-
-    def add_edges(self, keys):
-        keys = np.setdiff1d(np.unique(keys), self.keys, assume_unique=True)
+    def _merge(self, keys, vals, exact):
+        keys, first = np.unique(keys, return_index=True)
+        vals = np.asarray(vals, np.float64)[first] if np.ndim(vals) else np.full(keys.size, vals)
+        new = ~np.isin(keys, self.keys, assume_unique=True)
+        keys, vals = keys[new], vals[new]
         if keys.size == 0:
             return 0
-        c = _kernels().exact_costs(self.Xn, self.Yn, keys // self.n_cols, keys % self.n_cols)
         allk = np.concatenate([self.keys, keys])
-        allc = np.concatenate([self.cost, c])
         o = np.argsort(allk, kind="stable")
-        self.keys, self.cost = allk[o], allc[o]
-        self._csr()
+        self.keys = allk[o]
+        self.cost = np.concatenate([self.cost, vals])[o]
+        self.exact = np.concatenate([self.exact, np.full(keys.size, bool(exact))])[o]
+        self.rows = self.keys // self.n_cols
+        self.indices = self.keys % self.n_cols
+        self.indptr = np.zeros(self.n_a + 1, np.int64)
+        np.cumsum(np.bincount(self.rows, minlength=self.n_a), out=self.indptr[1:])
         return keys.size
 
+    def make_exact(self, edges):
+        """Replace the float32 cost of these edge positions by the exact float64 cost."""
+        edges = edges[~self.exact[edges]]
+        if edges.size:
+            self.cost[edges] = _kernels().exact_costs(self.Xn, self.Yn, self.rows[edges], self.indices[edges])
+            self.exact[edges] = True
+            self.n_exact += edges.size
+        return edges.size
+
+    def expand_cols(self, cols):
+        """Columns without any edge: add their k cheapest rows and k_dot largest dot products."""
+        cols = np.asarray(cols, np.int64)
+        ct = torch.from_numpy(cols).to(self.dev)
+        yb = self.Yd.index_select(0, ct)
+        G = self.Xd @ yb.T  # [n_a, m]: one product over these columns only
+        C = torch.add(self.ny.index_select(0, ct).unsqueeze(0), G, alpha=-2.0).add_(self.nx.unsqueeze(1))
+        kk = min(self.k, self.n_a)
+        kd = min(self.k_dot, self.n_a)
+        _, i1 = torch.topk(C, kk, dim=0, largest=False)
+        _, i2 = torch.topk(G, kd, dim=0, largest=True)
+        ii = torch.cat([i1, i2], 0)
+        vv = torch.gather(C, 0, ii)
+        jj = np.broadcast_to(cols[None, :], ii.shape)
+        self.n_expanded_cols += cols.size
+        return self._merge(ii.cpu().numpy().ravel() * self.n_cols + jj.ravel(), vv.double().cpu().numpy().ravel(), False)
+
     def expand_rows(self, rows, u=None, v=None, eps=0.0):
-        """Recompute rows in float32; add their 2*k_i cheapest columns and (with duals) every
-        column whose reduced cost might be below eps; r_i = min over what stays non-candidate."""
+        """Recompute rows in float32; add their 2*k_i cheapest columns and (given duals) every
+        column whose reduced cost might be below eps; then r_i / rho_i = bounds over what
+        stays non-candidate."""
         rows = np.unique(np.asarray(rows, np.int64))
-        new_keys = []
+        new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows, 4096))
         for a in range(0, rows.size, bs):
             rb = rows[a:a + bs]
             rt = torch.from_numpy(rb).to(self.dev)
-            C, G = self._blocks(self.Xd.index_select(0, rt), self.nx.index_select(0, rt),
-                                self.rnx.index_select(0, rt))
-            # existing real candidates of these rows -> +inf
+            C, G = self._blocks(self.Xd.index_select(0, rt), self.nx.index_select(0, rt))
             lr, lc = [], []
             for t, i in enumerate(rb):
                 cols = self.indices[self.indptr[i]:self.indptr[i + 1]]
@@ -233,27 +250,30 @@ class _Problem:
             lc = torch.from_numpy(np.concatenate(lc)).to(self.dev)
             Cm = C.clone()
             Cm[lr, lc] = float("inf")
-            kk = int(min(self.n_b, 2 * self.k_row[rb].max()))
+            G[lr, lc] = -float("inf")
+            # the row's next best dot products (what bijective duals rank by), doubling each time
+            kk = int(min(self.n_b, self.k_row[rb].max()))
             self.k_row[rb] = np.minimum(2 * self.k_row[rb], self.n_b)
-            _, ti = torch.topk(Cm, kk, dim=1, largest=False)
+            _, ti = torch.topk(G, kk, dim=1, largest=True)
             take = torch.zeros_like(C, dtype=torch.bool)
+            take.scatter_(1, ti, True)
+            _, ti = torch.topk(Cm, min(self.k, self.n_b), dim=1, largest=False)
             take.scatter_(1, ti, True)
             if u is not None:
                 ex = torch.from_numpy(self.eta_x[rb] + u[rb] + eps).to(self.dev)
                 ey = torch.from_numpy(self.eta_y + v[:self.n_b]).to(self.dev)
                 take |= (C.double() - ey.unsqueeze(0)) < ex.unsqueeze(1)
             take[lr, lc] = False
-            # bounds over what stays non-candidate
             Cm[take] = float("inf")
             self.r[rb] = Cm.min(1).values.double().cpu().numpy()
-            G[lr, lc] = -float("inf")
             G[take] = -float("inf")
-            self.kap_r[rb] = G.max(1).values.double().cpu().numpy()
+            self.rho[rb] = G.max(1).values.double().cpu().numpy()
             tr, tc = torch.nonzero(take, as_tuple=True)
             new_keys.append(rb[tr.cpu().numpy()] * self.n_cols + tc.cpu().numpy())
+            new_vals.append(C[tr, tc].double().cpu().numpy())
             del C, G, Cm, take
-        self.rounds_expanded += 1
-        return self.add_edges(np.concatenate(new_keys)) if new_keys else 0
+        self.n_expanded_rows += rows.size
+        return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
 
 
 def _sqnorm(T: torch.Tensor) -> torch.Tensor:
@@ -269,76 +289,113 @@ def _peak_bytes(dev) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _solve(P, u, v, col4row, row4col, cold, eps):
+    K_ = _kernels()
+    if cold:
+        K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
+    else:
+        K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
+    failed = np.zeros(P.n_a, np.bool_)
+    nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
+                            np.flatnonzero(col4row < 0), failed)
+    if P.n_cols > P.n_a and np.any((row4col < 0) & (v < -eps)):
+        # a column freed by a warm start kept v < 0: only a cold start restores v = 0 there
+        K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
+        failed[:] = False
+        nf, ns2 = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
+                                 np.flatnonzero(col4row < 0), failed)
+        ns += ns2
+    return nf, ns, failed
+
+
 def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
+    """Solve on the candidates, certify against all pairs, add what is missing, repeat."""
     K_ = _kernels()
     n_a, n_cols, n_b = P.n_a, P.n_cols, P.n_b
     u = np.zeros(n_a)
     v = np.zeros(n_cols)
     col4row = np.full(n_a, -1, np.int64)
     row4col = np.full(n_cols, -1, np.int64)
-    rectangular = n_cols > n_a
     cold = True
     rounds = 0
     scans = 0
-    m = None
-    passed = None
+    lower_nc = passed = None
     while True:
         rounds += 1
         t = time.perf_counter()
-        if cold:
-            K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
-            cold = False
-        else:
-            K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
-        failed = np.zeros(n_a, np.bool_)
-        order = np.flatnonzero(col4row < 0)
-        nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col, order, failed)
+        nf, ns, failed = _solve(P, u, v, col4row, row4col, cold, eps)
+        cold = False
         scans += ns
-        if rectangular and np.any((row4col < 0) & (v < -eps)):
-            # a column freed by a warm start kept v < 0: only a cold start restores v = 0 there
-            K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
-            failed[:] = False
-            nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
-                                    np.flatnonzero(col4row < 0), failed)
-            scans += ns
         timing["solve"] += time.perf_counter() - t
-        if nf:
+        if nf:  # Hall violation in the candidate graph: more candidates for the rows involved
             if rounds > max_rounds + 20:
                 raise RuntimeError("solve_sparse: could not find a matching in the candidate graph")
             t = time.perf_counter()
-            P.expand_rows(np.flatnonzero(failed))
+            # the columns left free are the ones the failed rows cannot reach: give them their
+            # own candidate rows (a product over those columns only); rows get more as fallback
+            free = np.flatnonzero(row4col[:n_b] < 0)
+            deg = np.bincount(P.indices[P.indices < n_b], minlength=n_b)
+            free = free[deg[free] < P.k + P.k_dot] if free.size > nf else free
+            if free.size and (free.size <= 4 * nf or rounds == 1):
+                P.expand_cols(free[:max(4 * nf, 1)])
+            else:
+                P.expand_rows(np.flatnonzero(failed))
             timing["expand"] += time.perf_counter() - t
             continue
         t = time.perf_counter()
-        lower_nc = K_.noncandidate_bounds(P.r, P.s, P.kap_r, P.kap_c, P.nx64, P.ny64, P.eta_x,
+        # (a) candidate edges: exact reduced cost, or its float32 lower bound
+        red = P.cost - u[P.rows] - v[P.indices]
+        slack = np.where(P.exact, 0.0, P.eta_x[P.rows] + P.eta_y[np.minimum(P.indices, n_b - 1)])
+        slack = np.where(P.indices < n_b, slack, 0.0)
+        matched = P.indices == col4row[P.rows]
+        need = np.flatnonzero((~P.exact & matched) | (red - slack < -eps))
+        # (b) every other pair, through the bounds of the pass
+        lower_nc = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
                                           P.eta_y, v, P.indptr, P.indices, n_b)
-        # lower_nc[i] <= min over non-candidate j of C_ij - v_j (proven)
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
-        if passed.all() or rounds >= max_rounds:
+        if need.size == 0 and passed.all():
+            break
+        if rounds >= max_rounds:
+            if need.size:  # the gap is stated on exact costs: make the matched edges exact
+                t = time.perf_counter()
+                P.make_exact(np.flatnonzero(matched & ~P.exact))
+                timing["exact"] += time.perf_counter() - t
             break
         t = time.perf_counter()
-        P.expand_rows(np.flatnonzero(~passed), u, v, eps)
-        timing["expand"] += time.perf_counter() - t
-    return dict(u=u, v=v, col4row=col4row, lower_nc=lower_nc, passed=passed, rounds=rounds, scans=scans)
+        P.make_exact(need)
+        timing["exact"] += time.perf_counter() - t
+        if not passed.all():
+            t = time.perf_counter()
+            P.expand_rows(np.flatnonzero(~passed), u, v, eps)
+            timing["expand"] += time.perf_counter() - t
+    return dict(u=u, v=v, col4row=col4row, lower_nc=lower_nc, passed=passed & (need.size == 0),
+                rounds=rounds, scans=scans)
 
 
-def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8,
+def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int = 128,
                  block_rows: int | None = None, device=None, progress: bool = False,
-                 max_rounds: int = 30, eps_rel: float = 1e-10):
+                 max_rounds: int = 30, eps_rel: float = 1e-10, return_duals: bool = False):
     """Exact assignment of rows of X to rows of Y for ``C = ||X_i - Y_j||^2``, certified.
 
     Returns an ``AssignmentResult``: ``col`` (int64 [n_a], -1 = no partner), ``cost`` (exact
-    float64 C[i, col[i]]; for -1 rows the cheapest real column's cost), ``alt_cost`` (cheapest
-    other column), ``total`` (sum of matched costs + unmatched costs), ``gap`` (0.0 = proven
-    optimal for the full dense problem, else a certified absolute gap) and ``stats``.
-    ``k``: candidates per row and per column from the blocked pass (raised locally as needed).
+    float64 C[i, col[i]]; for -1 rows the cost to the nearest column ``nearest[i]``),
+    ``alt_cost`` (cheapest other column), ``total`` (matched costs + unmatched costs paid),
+    ``gap`` (0.0 = proven optimal for the full dense problem, else a certified absolute gap),
+    ``nearest`` and ``stats``.
+
+    ``k`` / ``k_dot``: per row, the k cheapest columns and the k_dot largest dot products kept
+    from the blocked pass (the dot list is what the duals of a bijective problem rank by,
+    since ``C = |x|^2 + |y|^2 - 2 x.y``); rows the certificate rejects get more, locally.
+    ``max_rounds``: solve/certify rounds before giving up with a certified gap.
+    ``return_duals``: put the dual potentials in ``stats["u"]``, ``stats["v"]`` (v: n_b real
+    columns, then the n_a dummy columns in partial mode) for :func:`verify_certificate`.
     """
     w = _check_inputs(X, Y, unmatched_cost)
-    if k < 1:
-        raise ValueError(f"solve_sparse: k must be >= 1, got {k}")
+    if k < 1 or k_dot < 1:
+        raise ValueError(f"solve_sparse: k and k_dot must be >= 1, got {k} and {k_dot}")
     if w is None and X.shape[0] > Y.shape[0]:
-        res = solve_sparse(Y, X, k=k, block_rows=block_rows, device=device, progress=progress,
+        res = solve_sparse(Y, X, k=k, k_dot=k_dot, block_rows=block_rows, device=device, progress=progress,
                            max_rounds=max_rounds, eps_rel=eps_rel)
         return _transpose_result(res, X, Y)
     dev = _pick_device(device)
@@ -348,66 +405,36 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     torch.set_float32_matmul_precision("highest")  # no TF32: the error bound assumes float32
     try:
         with torch.no_grad():
-            P = _Problem(X, Y, w, k, block_rows, dev, progress)
+            P = _Problem(X, Y, w, k, k_dot, block_rows, dev, progress)
             t = time.perf_counter()
             P.first_pass()
+            P.s = np.full(P.n_b, -np.inf)      # no column lists: bounds are per row
+            P.rho_c = np.full(P.n_b, np.inf)
             timing["pass"] = time.perf_counter() - t
             n_edges_first = int(P.keys.size)
-            scale = float(P.nx.double().mean() + P.ny.double().mean())
+            scale = float(P.nx64.mean() + P.ny64.mean())
             eps = eps_rel * max(scale, 1e-300)
             out = _solve_core(P, eps, max_rounds, timing)
+            t = time.perf_counter()
+            res = _finish(P, out, w, eps)
+            timing["exact"] += time.perf_counter() - t
     finally:
         torch.set_float32_matmul_precision(prev_prec)
-    u, v, col4row = out["u"], out["v"], out["col4row"]
-    n_a, n_b = P.n_a, P.n_b
-    rows = np.repeat(np.arange(n_a), np.diff(P.indptr))
-    # exact matched costs, from the edge list
-    cost = np.full(n_a, np.inf)
-    alt = np.full(n_a, np.inf)
-    real = P.indices < n_b
-    matched_edge = P.indices == col4row[rows]
-    c_real = np.where(real, P.cost, np.inf)
-    best = np.full(n_a, np.inf)
-    np.minimum.at(best, rows, c_real)
-    cost_m = np.full(n_a, np.inf)
-    np.minimum.at(cost_m, rows[matched_edge], P.cost[matched_edge])
-    col = col4row.copy()
-    unmatched = col >= n_b
-    col[unmatched] = -1
-    other = np.where(matched_edge, np.inf, c_real)
-    np.minimum.at(alt, rows, other)
-    cost = np.where(unmatched, best, cost_m)
-    # for -1 rows, alt = second cheapest real column
-    if unmatched.any():
-        sec = np.where(real & (P.cost > best[rows]), P.cost, np.inf)
-        alt2 = np.full(n_a, np.inf)
-        np.minimum.at(alt2, rows, sec)
-        alt = np.where(unmatched, alt2, alt)
-    total = float(np.sum(np.where(unmatched, w if w is not None else 0.0, cost_m)))
-    # nearest real column per row (row top-k holds the float32 argmin; exact costs decide)
-    is_best = real & (P.cost == best[rows])
-    nearest = np.full(n_a, -1, np.int64)
-    nearest[rows[is_best][::-1]] = P.indices[is_best][::-1]
-    # certified lower bound: sum_i min_j (C_ij - v_j) + sum_j v_j with v <= 0 (valid as v <= 0
-    # when columns may stay free; any v when square)
-    cand_min = np.full(n_a, np.inf)
-    np.minimum.at(cand_min, rows, P.cost - v[P.indices])
-    row_lb = np.minimum(cand_min, out["lower_nc"])
-    proven = bool(out["passed"].all())
-    lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
-    gap = 0.0 if proven else max(0.0, total - lb)
+    col, cost, alt, nearest, total, gap, lb, proven = res
     stats = {
         "solver": "sparse",
         "device": str(dev),
         "k": int(k),
+        "k_dot": int(k_dot),
         "block_rows": P.block_rows,
         "seconds": time.perf_counter() - t0,
         "phase_seconds": dict(timing),
         "candidate_edges_first_pass": n_edges_first,
-        "candidate_edges": int(P.keys.size - (n_a if w is not None else 0)),
+        "candidate_edges": int(P.keys.size - (P.n_a if w is not None else 0)),
+        "exact_edges": int(P.n_exact),
         "rounds": out["rounds"],
-        "expansions": P.rounds_expanded,
-        "rows_max_k": int(P.k_row.max()),
+        "expanded_rows": int(P.n_expanded_rows),
+        "expanded_cols": int(P.n_expanded_cols),
         "dijkstra_scans": int(out["scans"]),
         "eps": eps,
         "float32_error_factor": P.c_err,
@@ -415,8 +442,49 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "dual_bound": lb,
         "peak_memory_bytes": _peak_bytes(dev),
     }
-    return _make_result(col=col.astype(np.int64), cost=cost, alt_cost=alt, total=total, gap=float(gap),
+    if return_duals:
+        stats["u"], stats["v"] = out["u"].copy(), out["v"].copy()
+    return _make_result(col=col, cost=cost, alt_cost=alt, total=total, gap=float(gap),
                         nearest=nearest, stats=stats)
+
+
+def _finish(P, out, w, eps):
+    u, v, col4row = out["u"], out["v"], out["col4row"]
+    n_a, n_b = P.n_a, P.n_b
+    rows, idx = P.rows, P.indices
+    real = idx < n_b
+    matched = idx == col4row[rows]
+    m_pos = np.full(n_a, -1, np.int64)
+    m_pos[rows[matched]] = np.flatnonzero(matched)
+    unmatched = col4row >= n_b
+    col = np.where(unmatched, -1, col4row).astype(np.int64)
+    # nearest column and the best other one, from the candidates (the row's cheapest k are
+    # there), with exact costs
+    c_real = np.where(real, P.cost, np.inf)
+    order = np.lexsort((c_real, rows))
+    first = P.indptr[:-1]
+    near_pos = order[first]
+    second_ok = (P.indptr[1:] - first) >= 2
+    sec_pos = order[np.minimum(first + 1, P.keys.size - 1)]
+    P.make_exact(np.unique(np.concatenate([near_pos[np.isfinite(c_real[near_pos])],
+                                           sec_pos[second_ok & np.isfinite(c_real[sec_pos])]])))
+    nearest = idx[near_pos].astype(np.int64)
+    near_c = P.cost[near_pos]
+    sec_c = np.where(second_ok & real[sec_pos], P.cost[sec_pos], np.inf)
+    ref = np.where(unmatched, nearest, col)
+    cost = np.where(unmatched, near_c, P.cost[m_pos])
+    alt = np.where(ref == nearest, sec_c, near_c)
+    total = float(np.sum(np.where(unmatched, w if w is not None else 0.0, P.cost[m_pos])))
+    # certified lower bound: sum_i min_j (C_ij - v_j) + sum_j v_j, valid as v <= 0 (columns may
+    # stay free); candidate edges enter with their proven lower cost
+    lo = P.cost - np.where(P.exact | ~real, 0.0, P.eta_x[rows] + P.eta_y[np.minimum(idx, n_b - 1)])
+    cand_min = np.full(n_a, np.inf)
+    np.minimum.at(cand_min, rows, lo - v[idx])
+    row_lb = np.minimum(cand_min, out["lower_nc"])
+    proven = bool(out["passed"].all())
+    lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
+    gap = 0.0 if proven else max(0.0, total - lb)
+    return col, cost, alt, nearest, total, gap, lb, proven
 
 
 def _make_result(**kw):
@@ -451,3 +519,53 @@ def _transpose_result(res, X, Y):
     stats["transposed"] = True
     return _make_result(col=col, cost=cost, alt_cost=alt, total=res.total, gap=res.gap, nearest=None,
                         stats=stats)
+
+
+def verify_certificate(X: torch.Tensor, Y: torch.Tensor, col, u, v, *, unmatched_cost=None, k: int = 8,
+                       k_dot: int = 32, device=None, eps_rel: float = 1e-10) -> dict:
+    """Check an assignment ``col`` with duals ``(u, v)`` against the full dense problem, the way
+    :func:`solve_sparse` certifies itself (one blocked pass, exact costs where needed).
+
+    ``v`` has ``n_b`` entries (plus ``n_a`` dummy entries in partial mode). Returns a dict:
+    ``ok`` (dual feasible on all pairs within eps, v <= 0 where columns may stay free, and the
+    assignment's total equals the dual objective, so it is optimal), ``total``,
+    ``dual_objective``, ``min_reduced_cost`` (a proven lower bound), ``bad_rows``."""
+    w = _check_inputs(X, Y, unmatched_cost)
+    dev = _pick_device(device)
+    col = np.asarray(col, np.int64)
+    u = np.asarray(u, np.float64)
+    v = np.asarray(v, np.float64)
+    with torch.no_grad():
+        P = _Problem(X, Y, w, k, k_dot, None, dev, False)
+        if v.shape != (P.n_cols,) or u.shape != (P.n_a,) or col.shape != (P.n_a,):
+            raise ValueError(f"verify_certificate: need col and u of shape ({P.n_a},), v of shape ({P.n_cols},)")
+        P.first_pass()
+        P.s = np.full(P.n_b, -np.inf)
+        P.rho_c = np.full(P.n_b, np.inf)
+    eps = eps_rel * max(float(P.nx64.mean() + P.ny64.mean()), 1e-300)
+    n_a, n_b = P.n_a, P.n_b
+    c4r = col.copy()
+    if w is not None:
+        c4r[col < 0] = n_b + np.flatnonzero(col < 0)
+    elif (col < 0).any():
+        raise ValueError("verify_certificate: col = -1 needs unmatched_cost (partial mode)")
+    P.make_exact(np.flatnonzero(np.ones(P.keys.size, bool)))
+    assigned = np.arange(n_a) * P.n_cols + c4r
+    P._merge(assigned, 0.0, False)
+    P.make_exact(np.flatnonzero(~P.exact))
+    red = P.cost - u[P.rows] - v[P.indices]
+    cand_min = np.full(n_a, np.inf)
+    np.minimum.at(cand_min, P.rows, red)
+    nc = _kernels().noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x, P.eta_y, v,
+                                        P.indptr, P.indices, n_b) - u
+    row_min = np.minimum(cand_min, nc)
+    pos = np.searchsorted(P.keys, assigned)
+    total = float(P.cost[pos].sum())
+    used = np.zeros(P.n_cols, bool)
+    used[c4r] = True
+    dual = float(u.sum() + v.sum())
+    free_ok = bool(np.all(v[~used] <= eps)) if P.n_cols > n_a else True
+    distinct = np.unique(c4r).size == n_a
+    ok = bool(distinct and free_ok and row_min.min() >= -eps and abs(total - dual) <= n_a * eps)
+    return {"ok": ok, "total": total, "dual_objective": dual, "min_reduced_cost": float(row_min.min()),
+            "bad_rows": np.flatnonzero(row_min < -eps), "distinct": distinct, "free_columns_ok": free_ok}

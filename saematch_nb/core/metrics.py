@@ -27,7 +27,9 @@ LERNER_FRACTION = 0.2
 
 
 def _f64(x) -> torch.Tensor:
-    return torch.as_tensor(x).detach().to("cpu", torch.float64)
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64)
+    return torch.from_numpy(np.array(x, dtype=np.float64))  # a copy: read-only inputs are fine
 
 
 # -- explained variance ---------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class Activations:
         n = arr.shape[0] if rows is None else len(rows)
         for s in range(0, n, batch_tokens):
             chunk = arr[s:s + batch_tokens] if rows is None else arr[np.sort(rows[s:s + batch_tokens])]
-            yield torch.from_numpy(np.asarray(chunk, dtype=np.float32)).to(device or "cpu")
+            yield torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device or "cpu")
 
     def doc_tokens(self, d: int) -> np.ndarray:
         return self.all_tokens[self.doc_offsets[d]:self.doc_offsets[d + 1]]

@@ -252,3 +252,142 @@ def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match):
     else:  # pragma: no cover - validated by evaluate
         raise ValueError(m)
     return lambda x, y: f(x)
+
+
+# -- co-activation: does the data-free match agree with the data? ---------------------------------
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass(frozen=True, eq=False)
+class Coactivation:
+    """Data-based checks of every pair of a chain (see :func:`coactivation`).
+
+    ``features[t]``: one row per A-feature of pair t (partner, matched, matching_score, pearson,
+    sufficiency, necessity, jaccard, data_partner, data_pearson, agrees, active). ``to_pandas()``:
+    one row per pair with the means over active A-features, for matched and random pairs.
+    """
+
+    layers: tuple[int, ...]
+    features: tuple[Any, ...]
+    summary_rows: tuple[dict, ...]
+    options: dict = field(default_factory=dict)
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(list(self.summary_rows))
+
+    def __repr__(self) -> str:
+        df = self.to_pandas()
+        cols = ["layer_from", "layer_to", "agreement", "matching_score", "matching_score_random",
+                "pearson", "pearson_random", "jaccard", "jaccard_random"]
+        return "Coactivation\n" + df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+    def _repr_html_(self) -> str:
+        from ..display._util import wrap_output
+
+        # pandas escapes cell text in to_html; the table holds only numbers and layer ids.
+        table = self.to_pandas().to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="smn-table")
+        return wrap_output(f'<div class="smn-header"><span class="smn-kind">Coactivation</span></div>{table}',
+                           repr(self), kind="coactivation")
+
+
+def coactivation(
+    chain_or_match: Any, acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, frac: float = 0.2,
+    n_random: int | None = None, seed: int = 0, batch_tokens: int = 4096, block_bytes: int = 512 * 2**20,
+    progress: bool = True,
+) -> Coactivation:
+    """Co-activation, Pearson and Lerner relations of SAE Match's partners on real activations, the
+    data's best-Pearson partner of every feature and the agreement rate between the two.
+
+    ``chain_or_match``: a MatchChain or one LayerMatch; ``acts``: :class:`Activations` holding
+    both layers of every pair; ``saes``: ``{layer: sae}`` or a list in ``acts.layers`` order.
+    Random pairs (A-feature i with a random B-feature) give the chance level of every statistic.
+    Two passes over the tokens per pair (maxima and Pearson blocks, then the pair statistics);
+    the Pearson matrix is built in blocks of A-features of at most ``block_bytes``.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..core.metrics import CrossMoments, PairStats, agreement_rate
+
+    if hasattr(chain_or_match, "pairs"):
+        pairs, layers = list(chain_or_match.pairs), list(chain_or_match.layers)
+    else:
+        lm = chain_or_match
+        layers = [lm.info_a.layer, lm.info_b.layer]
+        if None in layers:
+            raise ValueError("this LayerMatch does not record its layers (info_a/info_b.layer); pass a MatchChain")
+        pairs = [lm]
+    if isinstance(saes, Mapping):
+        smap = {int(k): v for k, v in saes.items()}
+    else:
+        saes = list(saes)
+        if len(saes) == len(layers):
+            smap = dict(zip(layers, saes))
+        elif len(saes) == len(acts.layers):
+            smap = dict(zip(acts.layers, saes))
+        else:
+            raise ValueError(f"got {len(saes)} SAEs; pass one per chain layer {layers} or a {{layer: sae}} mapping")
+    missing = [L for L in layers if L not in acts.layers]
+    if missing:
+        raise ValueError(f"activations of layers {missing} were not collected (have {acts.layers})")
+    rng = np.random.default_rng(seed)
+    feats, summary = [], []
+    bar = tqdm(total=len(pairs), desc="coactivation", unit="pair", disable=not progress)
+    for t, lm in enumerate(pairs):
+        la, lb = layers[t], layers[t + 1]
+        wa, wb = as_weights(smap[la]), as_weights(smap[lb])
+        if (wa.d_sae, wb.d_sae) != (lm.n_a, lm.n_b):
+            raise ValueError(f"pair {la}->{lb}: SAE widths {wa.d_sae}, {wb.d_sae} do not match the match's "
+                             f"{lm.n_a}, {lm.n_b}")
+        n_a, n_b = wa.d_sae, wb.d_sae
+        blk = max(1, int(block_bytes // (8 * max(n_b, 1))))
+        blocks = [slice(s, min(s + blk, n_a)) for s in range(0, n_a, blk)]
+        max_a = torch.zeros(n_a); max_b = torch.zeros(n_b)
+        d_idx = np.full(n_a, -1, np.int64); d_val = np.zeros(n_a)
+
+        def encoded():
+            for xa, xb in zip(acts.batches(la, batch_tokens), acts.batches(lb, batch_tokens)):
+                with torch.no_grad():
+                    yield wa.encode(xa), wb.encode(xb)
+
+        for bi, sl in enumerate(blocks):
+            cm = CrossMoments(sl, n_b)
+            for fa, fb in encoded():
+                if bi == 0:
+                    max_a = torch.maximum(max_a, fa.max(0).values); max_b = torch.maximum(max_b, fb.max(0).values)
+                cm.update(fa, fb)
+            d_idx[sl], d_val[sl] = cm.best()
+        partner = lm.partner
+        has = partner >= 0
+        a_idx = np.flatnonzero(has)
+        r_b = rng.integers(0, n_b, size=n_a if n_random is None else min(n_random, n_a))
+        r_a = np.arange(n_a) if n_random is None else rng.choice(n_a, size=len(r_b), replace=False)
+        ps = PairStats(a_idx, partner[a_idx], max_a.numpy(), max_b.numpy(), frac)
+        pr = PairStats(r_a, r_b, max_a.numpy(), max_b.numpy(), frac)
+        for fa, fb in encoded():
+            ps.update(fa, fb); pr.update(fa, fb)
+        res, rres = ps.result(), pr.result()
+        active = (max_a.numpy() > 0)
+        df = pd.DataFrame({"feature": np.arange(n_a), "partner": partner, "matched": lm.matched,
+                           "active": active, "data_partner": d_idx, "data_pearson": d_val})
+        for k, v in res.items():
+            col = np.full(n_a, np.nan); col[a_idx] = v; df[k] = col
+        df["agrees"] = (df.partner == df.data_partner) & (df.partner >= 0)
+        feats.append(df.set_index("feature"))
+        ok = active & has
+        row = {"layer_from": la, "layer_to": lb, "n_features": n_a, "n_active": int(active.sum()),
+               "agreement": agreement_rate(partner, d_idx, mask=active),
+               "agreement_accepted": agreement_rate(partner, d_idx, mask=active & lm.matched)}
+        ra_active = active[r_a]
+        for k in ("matching_score", "pearson", "sufficiency", "necessity", "jaccard"):
+            v = df[k].to_numpy()[ok]
+            row[k] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            rv = rres[k][ra_active]
+            row[f"{k}_random"] = float(np.nanmean(rv)) if np.isfinite(rv).any() else float("nan")
+        summary.append(row)
+        bar.update(1)
+    bar.close()
+    return Coactivation(tuple(layers), tuple(feats), tuple(summary), {"frac": frac, "seed": seed})

@@ -365,3 +365,51 @@ def test_mapping_and_paths(tmp_path):
     # npz files carry no layer: a plain list of paths falls back to positions
     with using_matcher():
         assert match_chain(paths, cache=False, progress=False).layers == (0, 1, 2)
+
+
+def test_partial_and_many_to_one_chains(planted):
+    with using_matcher():
+        partial = match_chain(planted.saes, cache=False, progress=False, allow_unmatched=True)
+    assert partial.options["allow_unmatched"] is True
+    for lm, truth in zip(partial.pairs, planted.truths):
+        assert np.mean((lm.partner >= 0) == (truth >= 0)) >= 0.95
+    # the walk stops at a missing partner: nothing beyond it
+    i = next(i for i in range(128) if partial.pairs[0].partner[i] >= 0
+             and partial.pairs[1].partner[partial.pairs[0].partner[i]] < 0)
+    tr = partial.trace(0, i)
+    assert tr.features[2:] == (-1, -1, -1) and tr.dies_layer == 1 and len(tr.steps) == 2
+    assert tr.steps[-1].next_feature == -1 and not tr.steps[-1].matched
+    assert partial.compose(0, 2)[i] == -1
+    if not REAL_MATCH:
+        return  # the stand-in has no cosine method
+    with using_matcher():
+        cos = match_chain(planted.saes[:3], cache=False, progress=False, method="cosine")
+    # many-to-one: backward steps pick one source per target, and they are true sources
+    back = cos.compose(2, 0)
+    fwd = cos.compose(0, 2)
+    ok = back >= 0
+    assert ok.any() and np.array_equal(fwd[back[ok]], np.flatnonzero(ok))
+
+
+@dataclass(frozen=True)
+class KeylessHandle:
+    """A handle with to_weights() but no cache_key: still loaded lazily, fingerprinted for the cache."""
+
+    inner: TestHandle
+
+    def to_weights(self):
+        return self.inner.to_weights()
+
+
+def test_handles_without_cache_key_stay_lazy(tmp_path):
+    pc = planted_chain(n_layers=4, n=64, d_in=32, seed=8)
+    handles = [KeylessHandle(h) for h in make_handles(pc.saes, tmp_path / "saes")]
+    del pc
+    PEAK.update(live=0, loads=0)
+    with using_matcher():
+        ch = match_chain(handles, cache_dir=tmp_path / "cache", progress=False)
+    assert PEAK["live"] <= 2  # fingerprinting and matching both one or two at a time
+    assert PEAK["loads"] == 4 + 4  # once to fingerprint, once to match
+    with using_matcher():
+        assert match_chain(handles, cache_dir=tmp_path / "cache", progress=False).stats["cache_hits"] == 3
+    assert ch.stats["max_saes_held"] == 2

@@ -1,0 +1,284 @@
+"""Activation examples of SAE features: top-k contexts and samples from lower activation bins.
+
+One streaming pass over a layer's stored activations serves all of its features at once: each
+batch is encoded, and per feature a running top-k (``torch.topk`` over the kept candidates and the
+batch's) and, per activation bin (fraction of the feature's running maximum), a reservoir of
+uniformly sampled tokens (bottom-k of random keys, the vectorised form of reservoir sampling) are
+kept. At the end the reservoirs are re-binned against the final maximum. Only indices and values
+are stored per feature; the per-token activations of a context are computed when a feature's
+examples are asked for (a handful of rows re-encoded for one feature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..core.weights import SAEInfo, SAEWeights, as_weights
+from .activations import Activations, default_cache_dir
+
+
+@dataclass(frozen=True)
+class Example:
+    """One context: ``tokens`` around the example token (at ``center``), with the feature's
+    activation on every token (``values``)."""
+
+    doc: int
+    pos: int
+    value: float
+    tokens: tuple[str, ...]
+    values: tuple[float, ...]
+    center: int
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureExamples:
+    """Top-k contexts of one feature and samples from lower activation bins
+    (``quantiles``: ``(label, examples)`` from the highest bin down)."""
+
+    layer: int | None
+    feature: int
+    max_value: float
+    frac_active: float
+    top: tuple[Example, ...]
+    quantiles: tuple[tuple[str, tuple[Example, ...]], ...]
+    info: SAEInfo = field(default_factory=SAEInfo)
+
+    @property
+    def url(self) -> str | None:
+        return self.info.neuronpedia_url(self.feature)
+
+    def to_pandas(self):
+        import pandas as pd
+
+        rows = [{"group": "top", "rank": r, "doc": e.doc, "pos": e.pos, "value": e.value,
+                 "token": e.tokens[e.center], "context": "".join(e.tokens)} for r, e in enumerate(self.top)]
+        for label, exs in self.quantiles:
+            rows += [{"group": label, "rank": r, "doc": e.doc, "pos": e.pos, "value": e.value,
+                      "token": e.tokens[e.center], "context": "".join(e.tokens)} for r, e in enumerate(exs)]
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        from ..display.examples import feature_examples_text
+
+        return feature_examples_text(self)
+
+    def _repr_html_(self) -> str:
+        from ..display.examples import feature_examples_html
+
+        return feature_examples_html(self)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerExamples:
+    """Example indices of every feature of one layer's SAE (rows into ``acts``)."""
+
+    layer: int
+    top_rows: np.ndarray  # [n, k] int64, -1 = empty
+    top_vals: np.ndarray  # [n, k] float32
+    sample_rows: np.ndarray  # [n, n_bins, per_bin]
+    sample_vals: np.ndarray
+    max_value: np.ndarray  # [n]
+    n_active: np.ndarray  # [n]
+    acts: Activations = field(repr=False)
+    sae: SAEWeights = field(repr=False)
+    window: tuple[int, int] = (8, 4)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.top_rows.shape[0])
+
+    def _context(self, row: int, feature: int) -> Example:
+        import torch
+
+        a = self.acts
+        d, p = int(a.doc[row]), int(a.pos[row])
+        toks = a.doc_tokens(d)
+        lo, hi = max(0, p - self.window[0]), min(toks.size, p + self.window[1] + 1)
+        rows = np.array([a.row_of(d, q) for q in range(lo, hi)])
+        vals = np.zeros(hi - lo, np.float32)
+        ok = rows >= 0
+        if ok.any():
+            x = torch.from_numpy(np.asarray(a.layer(self.layer)[rows[ok]], dtype=np.float32))
+            w = self.sae
+            pre = x.to(w.W_enc.dtype)
+            if w.apply_b_dec_to_input:
+                pre = pre - w.b_dec
+            pre = pre @ w.W_enc[:, feature] + w.b_enc[feature]
+            if w.architecture == "jumprelu":
+                v = pre * (pre > w.threshold[feature])
+            else:  # relu (topk approximated by relu for display)
+                v = torch.relu(pre)
+            vals[ok] = v.numpy()
+        return Example(doc=d, pos=p, value=float(vals[p - lo]), tokens=tuple(a.token_str(t) for t in toks[lo:hi]),
+                       values=tuple(float(v) for v in vals), center=p - lo)
+
+    def feature(self, i: int) -> FeatureExamples:
+        if not 0 <= int(i) < self.n_features:
+            raise IndexError(f"feature {i} out of range: layer {self.layer} has {self.n_features} features")
+        i = int(i)
+        top = tuple(self._context(int(r), i) for r in self.top_rows[i] if r >= 0)
+        nb = self.sample_rows.shape[1]
+        quant = []
+        for b in range(nb - 1, -1, -1):
+            rs = [int(r) for r in self.sample_rows[i, b] if r >= 0]
+            quant.append((f"{b / nb:.0%}–{(b + 1) / nb:.0%} of max", tuple(self._context(r, i) for r in rs)))
+        return FeatureExamples(layer=self.layer, feature=i, max_value=float(self.max_value[i]),
+                               frac_active=float(self.n_active[i]) / max(self.acts.n_tokens, 1),
+                               top=top, quantiles=tuple(quant), info=self.sae.info)
+
+    __getitem__ = feature
+
+    def __repr__(self) -> str:
+        dead = int((self.n_active == 0).sum())
+        return (f"LayerExamples(layer {self.layer}: {self.n_features} features, top-{self.top_rows.shape[1]}, "
+                f"{self.sample_rows.shape[1]} bins × {self.sample_rows.shape[2]} samples, {dead} never active)")
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Examples of every collected layer: ``examples[layer][feature]`` -> FeatureExamples."""
+
+    layers: Mapping[int, LayerExamples]
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, layer: int) -> LayerExamples:
+        try:
+            return self.layers[int(layer)]
+        except KeyError:
+            raise KeyError(f"no examples for layer {layer} (layers {sorted(self.layers)})") from None
+
+    def for_trace(self, trace: Any, **kw: Any):
+        """The examples of every step of a FeatureTrace, side by side (an HTML object)."""
+        from ..display.examples import TraceExamples
+
+        return TraceExamples(trace, self, **kw)
+
+    def __repr__(self) -> str:
+        return f"Examples(layers={sorted(self.layers)}, {self.stats.get('seconds', 0):.1f} s)"
+
+
+def collect_examples(
+    acts: Activations, saes: Sequence[Any] | Mapping[int, Any], *, layers: Sequence[int] | None = None,
+    k: int = 10, n_bins: int = 4, per_bin: int = 3, window: tuple[int, int] = (8, 4),
+    batch_tokens: int | None = None, seed: int = 0, cache: bool = True, cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Examples:
+    """Top-``k`` examples and ``per_bin`` samples in each of ``n_bins`` activation bins (fractions
+    of the feature's max, the top bin excluded from the samples) for every feature of every layer.
+
+    ``saes``: one SAE per collected layer (a list in ``acts.layers`` order, or ``{layer: sae}``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if isinstance(saes, Mapping):
+        smap = {int(L): s for L, s in saes.items()}
+    else:
+        saes = list(saes)
+        if len(saes) != len(acts.layers):
+            raise ValueError(f"got {len(saes)} SAEs for {len(acts.layers)} collected layers {acts.layers}; "
+                             "pass one per layer or a {layer: sae} mapping")
+        smap = dict(zip(acts.layers, saes))
+    layers = list(acts.layers if layers is None else layers)
+    if k < 1 or n_bins < 1 or per_bin < 0:
+        raise ValueError("k and n_bins must be >= 1 and per_bin >= 0")
+    out = {}
+    bar = tqdm(total=len(layers) * acts.n_tokens, desc="examples", unit="tok", disable=not progress)
+    for L in layers:
+        if L not in smap:
+            raise KeyError(f"no SAE given for layer {L}")
+        w = as_weights(smap[L])
+        if w.d_in != acts.d_model:
+            raise ValueError(f"SAE of layer {L} reads d_in={w.d_in} but activations have d_model={acts.d_model}")
+        key = hashlib.sha256(json.dumps([acts.key, L, w.fingerprint(), k, n_bins, per_bin, seed]).encode()).hexdigest()[:20]
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "examples"
+        f = root / f"{key}.npz"
+        arrays = None
+        if cache and f.exists():
+            try:
+                with np.load(f) as z:
+                    arrays = {n: z[n] for n in z.files}
+                bar.update(acts.n_tokens)
+            except Exception:
+                arrays = None
+        if arrays is None:
+            arrays = _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar)
+            if cache:
+                root.mkdir(parents=True, exist_ok=True)
+                tmp = root / f".{key}.{os.getpid()}.tmp.npz"
+                np.savez(tmp, **arrays)
+                os.replace(tmp, f)
+        for a in arrays.values():
+            a.setflags(write=False)
+        out[L] = LayerExamples(layer=L, acts=acts, sae=w, window=tuple(window), **arrays)
+    bar.close()
+    return Examples(out, {"seconds": time.perf_counter() - t0})
+
+
+def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict[str, np.ndarray]:
+    import torch
+
+    n = w.d_sae
+    # ~64 MiB of float32 per [n, batch] candidate block.
+    bt = batch_tokens or int(max(256, min(16384, 2 ** 24 // max(n, 1))))
+    gen = torch.Generator().manual_seed(seed)
+    top_v = torch.full((n, k), -float("inf")); top_r = torch.full((n, k), -1, dtype=torch.long)
+    R = max(per_bin, 1) * 2  # oversample: re-binning at the end moves some samples between bins
+    res_key = torch.full((n, n_bins, R), -float("inf")); res_r = torch.full((n, n_bins, R), -1, dtype=torch.long)
+    res_v = torch.zeros((n, n_bins, R))
+    run_max = torch.zeros(n); n_active = torch.zeros(n, dtype=torch.long)
+    row0 = 0
+    for x in acts.batches(L, bt):
+        with torch.no_grad():
+            f = w.encode(x).T.contiguous()  # [n, B]
+        B = f.shape[1]
+        rows = torch.arange(row0, row0 + B).expand(n, B)
+        cv = torch.cat([top_v, f], 1); cr = torch.cat([top_r, rows], 1)
+        v, j = torch.topk(cv, k, dim=1)
+        top_v, top_r = v, torch.gather(cr, 1, j)
+        act = f > 0
+        n_active += act.sum(1)
+        run_max = torch.maximum(run_max, f.max(1).values)
+        frac = f / run_max.clamp_min(1e-12)[:, None]
+        b = (frac * n_bins).long().clamp(0, n_bins - 1)
+        keys = torch.rand((n, B), generator=gen)
+        for bi in range(n_bins):
+            kk = torch.where(act & (b == bi), keys, torch.full_like(keys, -float("inf")))
+            ck = torch.cat([res_key[:, bi], kk], 1)
+            val, j = torch.topk(ck, R, dim=1)
+            res_r[:, bi] = torch.gather(torch.cat([res_r[:, bi], rows], 1), 1, j)
+            res_v[:, bi] = torch.gather(torch.cat([res_v[:, bi], f], 1), 1, j)
+            res_key[:, bi] = val
+        row0 += B
+        bar.update(B)
+    top_r[~torch.isfinite(top_v) | (top_v <= 0)] = -1
+    # Re-bin every reservoir sample against the final max; keep per_bin per bin, the top bin left
+    # to the top-k.
+    flat_v = res_v.reshape(n, -1); flat_r = res_r.reshape(n, -1); flat_k = res_key.reshape(n, -1)
+    fb = (flat_v / run_max.clamp_min(1e-12)[:, None] * n_bins).long().clamp(0, n_bins - 1)
+    s_rows = torch.full((n, n_bins, per_bin), -1, dtype=torch.long); s_vals = torch.zeros((n, n_bins, per_bin))
+    top_set = top_r
+    for bi in range(n_bins):
+        ok = (fb == bi) & torch.isfinite(flat_k) & (flat_r >= 0)
+        # not already among the top-k
+        ok &= ~(flat_r[:, :, None] == top_set[:, None, :]).any(-1)
+        kk = torch.where(ok, flat_k, torch.full_like(flat_k, -float("inf")))
+        if per_bin:
+            val, j = torch.topk(kk, per_bin, dim=1)
+            r = torch.gather(flat_r, 1, j); v = torch.gather(flat_v, 1, j)
+            r[~torch.isfinite(val)] = -1
+            s_rows[:, bi] = r; s_vals[:, bi] = v
+    if n_bins > 1:  # the top bin is what the top-k already shows
+        s_rows[:, n_bins - 1] = -1
+    return {"top_rows": top_r.numpy(), "top_vals": top_v.clamp_min(0).numpy().astype(np.float32),
+            "sample_rows": s_rows.numpy(), "sample_vals": s_vals.numpy().astype(np.float32),
+            "max_value": run_max.numpy().astype(np.float32), "n_active": n_active.numpy()}

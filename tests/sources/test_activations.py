@@ -1,0 +1,85 @@
+"""collect_activations: rows = the model's residuals (BOS excluded), disk cache reuse, atomic writes."""
+
+import numpy as np
+import pytest
+import torch
+
+from saematch_nb.sources import _fixtures as fx
+from saematch_nb.sources.activations import ActivationError, collect_activations
+
+TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and <b>bold</b> & more", "short one"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=32)
+
+
+def test_rows_are_the_residuals_without_bos(model, tmp_path):
+    acts = collect_activations(model, TEXTS, [0, 2], cache_dir=tmp_path, batch_size=2, progress=False)
+    lengths = [model.to_tokens(t).shape[1] for t in TEXTS]
+    assert acts.n_tokens == sum(n - 1 for n in lengths)
+    assert 0 not in set(acts.pos.tolist())
+    for d, text in enumerate(TEXTS):
+        _, cache = model.run_with_cache(model.to_tokens(text))
+        rows = np.flatnonzero(acts.doc == d)
+        for L in (0, 2):
+            want = cache[f"blocks.{L}.hook_resid_post"][0, 1:].numpy()
+            np.testing.assert_allclose(acts[L][rows], want, rtol=1e-4, atol=1e-5)
+        assert acts.token_ids[rows].tolist() == model.to_tokens(text)[0, 1:].tolist()
+    assert "".join(acts.token_str(t) for t in acts.doc_tokens(0)[1:]) == TEXTS[0]
+    assert not acts[0].flags.writeable
+    assert "tokens=" in repr(acts)
+    with pytest.raises(KeyError, match="not collected"):
+        acts[1]
+
+
+def test_cache_reuse_and_keying(model, tmp_path):
+    a = collect_activations(model, TEXTS, [1], cache_dir=tmp_path, progress=False)
+    b = collect_activations(model, TEXTS, [1], cache_dir=tmp_path, progress=False)
+    assert a.stats["cached"] is False and b.stats["cached"] is True
+    assert a.path == b.path
+    np.testing.assert_array_equal(a[1], b[1])
+    c = collect_activations(model, TEXTS, [1], cache_dir=tmp_path, dtype="float16", progress=False)
+    assert c.path != a.path and c[1].dtype == np.float16 and c.stats["cached"] is False
+    d = collect_activations(model, TEXTS[:2], [1], cache_dir=tmp_path, progress=False)
+    assert d.path != a.path
+
+
+def test_failure_midway_leaves_no_cache(model, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = model.run_with_cache
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model, "run_with_cache", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        collect_activations(model, TEXTS, [0], cache_dir=tmp_path, batch_size=1, progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither a final entry nor a temporary folder
+    monkeypatch.undo()
+    ok = collect_activations(model, TEXTS, [0], cache_dir=tmp_path, batch_size=1, progress=False)
+    assert ok.stats["cached"] is False
+
+
+def test_bad_inputs_are_explained(model, tmp_path):
+    with pytest.raises(ActivationError, match="out of range"):
+        collect_activations(model, TEXTS, [7], cache_dir=tmp_path, progress=False)
+    with pytest.raises(ActivationError, match="empty"):
+        collect_activations(model, [], [0], cache_dir=tmp_path, progress=False)
+    with pytest.raises(ActivationError, match="offline"):
+        collect_activations(model, "monology/pile-uncopyrighted", [0], cache_dir=tmp_path, progress=False)
+    with pytest.raises(ActivationError, match="outside"):
+        collect_activations(model, [[1, 2, 10**6]], [0], cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_token_ids_and_max_tokens(model, tmp_path):
+    ids = [list(range(2, 30)), torch.arange(5, 20)]
+    acts = collect_activations(model, ids, [0], cache_dir=tmp_path, max_tokens=30, progress=False)
+    assert acts.n_tokens == 30
+    assert acts.token_ids[:27].tolist() == list(range(3, 30))  # first id of a doc is its BOS
+    assert acts.n_docs == 2 and (acts.doc == 1).sum() == 3
