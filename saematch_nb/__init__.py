@@ -29,6 +29,9 @@ _LAZY = {
     "load_model": "sources.models:load_model",
     "collect_activations": "sources.activations:collect_activations",
     "evaluate": "sources.evaluate:evaluate",
+    "coactivation": "sources.evaluate:coactivation",
+    "collect_examples": "sources.examples:collect_examples",
+    "fetch_feature": "sources.neuronpedia:fetch_feature",
 }
 
 __all__ = sorted(_LAZY) + ["demo", "__version__"]

@@ -519,7 +519,6 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
     l0_ema = None
     last_fire = torch.zeros(F, dtype=torch.long, device=device)
     window = max(steps // 20, 5)
-    calib_at = int(0.75 * steps)
     g = torch.Generator().manual_seed(seed)
     xd = x.to(device) if device == "cuda" else x
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2)
@@ -541,20 +540,6 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
         loss = mse + warm * lam * l0 + 1e-3 * revive
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if step == calib_at:
-            # pin L0: scale all thresholds by one factor so the batch's mean L0 is the target, then
-            # freeze them; the weights adapt to the pinned thresholds for the rest of the run
-            with torch.no_grad():
-                p_ = pre.detach()
-                lo, hi = -3.0, 3.0
-                for _ in range(40):
-                    mid = (lo + hi) / 2
-                    if (p_ > theta.detach() * math.exp(mid)).float().sum(-1).mean() > sz["target_l0"]:
-                        lo = mid
-                    else:
-                        hi = mid
-                log_theta += (lo + hi) / 2
-            opt.param_groups[1]["lr_mult"] = 0.0
         for group in opt.param_groups:
             group["lr"] = sz["sae_lr"] * group["lr_mult"] * max(lr_scale, 0.02)
         opt.step()
@@ -562,12 +547,12 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
             W_dec /= W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # unit decoder rows
             last_fire[(f > 0).any(0)] = step
             cur = l0.item()
-            l0_ema = cur if l0_ema is None else 0.95 * l0_ema + 0.05 * cur
+            l0_ema = cur if l0_ema is None else 0.9 * l0_ema + 0.1 * cur
             # steer the penalty weight towards the target L0 (a slow multiplicative controller)
             if step > steps * 0.1:
                 # (bounded: an early dip of L0 must not drive λ to ~0 and overshoot later)
-                lam *= math.exp(0.01 * math.tanh((l0_ema - sz["target_l0"]) / sz["target_l0"]))
-                lam = min(max(lam, lam0 / 20), lam0 * 50)
+                lam *= math.exp(0.05 * math.tanh((l0_ema - sz["target_l0"]) / sz["target_l0"]))
+                lam = min(max(lam, lam0 / 10), lam0 * 100)
         if step % int(os.environ.get("BUILD_DEMO_DEBUG", 50)) == 0:
             bar.set_postfix(mse=f"{mse.item():.4f}", l0=f"{l0_ema:.1f}", lam=f"{lam:.2e}")
             if os.environ.get("BUILD_DEMO_DEBUG"):
@@ -604,7 +589,10 @@ def sae_cfg(layer: int, d_in: int, d_sae: int) -> dict:
     """cfg.json of sae-lens' on-disk format (what JumpReLUSAE.save_model writes)."""
     return {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
-            "metadata": {"hook_name": f"blocks.{layer}.hook_resid_post", "model_name": MODEL_NAME,
+            # sae_lens_version must be present: without it sae-lens reads the file as a legacy
+            # config and drops hook_name / model_name
+            "metadata": {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12",
+                         "hook_name": f"blocks.{layer}.hook_resid_post", "model_name": MODEL_NAME,
                          "release": MODEL_NAME, "sae_id": f"layer_{layer}", "hook_head_index": None,
                          "prepend_bos": True, "context_size": None, "dataset_path": None},
             "architecture": "jumprelu"}

@@ -167,16 +167,17 @@ def exact_costs(X, Y, rows, cols):
 
 @njit(cache=True)
 def cold_start(indptr, indices, cost, u, v, col4row, row4col):
-    """v = 0, u_i = row minimum, greedy tight matching (each row takes its cheapest free column)."""
-    v[:] = 0.0
+    """Given starting v: u_i = min_j c_ij - v_j, greedy tight matching (each row takes its best
+    free column)."""
     col4row[:] = -1
     row4col[:] = -1
     for i in range(u.size):
         m = np.inf
         jm = -1
         for p in range(indptr[i], indptr[i + 1]):
-            if cost[p] < m:
-                m = cost[p]
+            val = cost[p] - v[indices[p]]
+            if val < m:
+                m = val
                 jm = indices[p]
         u[i] = m
         if jm >= 0 and row4col[jm] < 0:

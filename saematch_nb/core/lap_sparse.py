@@ -128,7 +128,9 @@ class _Problem:
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 26) // max(self.n_b, 1)))  # ~256 MB float32 block
         self.block_rows = int(block_rows)
-        self.k_row = np.full(self.n_a, self.k_dot, np.int64)
+        self.k_row = np.full(self.n_a, max(2 * self.k, 16), np.int64)
+        self.tau = np.full(self.n_a, -np.inf)  # per-row pricing bound, see expand_rows
+        self.k_col = np.full(self.n_b, max(self.k, 1), np.int64)
         self.n_expanded_rows = 0
         self.n_expanded_cols = 0
         self.n_exact = 0
@@ -219,15 +221,27 @@ class _Problem:
         yb = self.Yd.index_select(0, ct)
         G = self.Xd @ yb.T  # [n_a, m]: one product over these columns only
         C = torch.add(self.ny.index_select(0, ct).unsqueeze(0), G, alpha=-2.0).add_(self.nx.unsqueeze(1))
-        kk = min(self.k, self.n_a)
-        kd = min(self.k_dot, self.n_a)
+        # skip the rows these columns already have (ties would pick them again)
+        pos = np.full(self.n_b, -1, np.int64)
+        pos[cols] = np.arange(cols.size)
+        has = np.flatnonzero((self.indices < self.n_b) & (pos[np.minimum(self.indices, self.n_b - 1)] >= 0)
+                             & np.isin(self.indices, cols))
+        er = torch.from_numpy(self.rows[has]).to(self.dev)
+        ec = torch.from_numpy(pos[self.indices[has]]).to(self.dev)
+        C[er, ec] = float("inf")
+        G[er, ec] = -float("inf")
+        kk = int(min(self.k_col[cols].max(), self.n_a))
+        kd = int(min(self.k_dot, self.n_a))
+        self.k_col[cols] *= 2  # doubling: ties or Hall violations cannot stall the loop
         _, i1 = torch.topk(C, kk, dim=0, largest=False)
         _, i2 = torch.topk(G, kd, dim=0, largest=True)
         ii = torch.cat([i1, i2], 0)
         vv = torch.gather(C, 0, ii)
-        jj = np.broadcast_to(cols[None, :], ii.shape)
+        ok = torch.isfinite(vv)
+        jj = np.broadcast_to(cols[None, :], ii.shape)[ok.cpu().numpy()]
+        ii, vv = ii[ok], vv[ok]
         self.n_expanded_cols += cols.size
-        return self._merge(ii.cpu().numpy().ravel() * self.n_cols + jj.ravel(), vv.double().cpu().numpy().ravel(), False)
+        return self._merge(ii.cpu().numpy() * self.n_cols + jj, vv.double().cpu().numpy(), False)
 
     def expand_rows(self, rows, u=None, v=None, eps=0.0):
         """Recompute rows in float32; add their 2*k_i cheapest columns and (given duals) every
@@ -240,29 +254,46 @@ class _Problem:
             rb = rows[a:a + bs]
             rt = torch.from_numpy(rb).to(self.dev)
             C, G = self._blocks(self.Xd.index_select(0, rt), self.nx.index_select(0, rt))
-            lr, lc = [], []
-            for t, i in enumerate(rb):
-                cols = self.indices[self.indptr[i]:self.indptr[i + 1]]
-                cols = cols[cols < self.n_b]
-                lr.append(np.full(cols.size, t, np.int64))
-                lc.append(cols)
-            lr = torch.from_numpy(np.concatenate(lr)).to(self.dev)
-            lc = torch.from_numpy(np.concatenate(lc)).to(self.dev)
+            # the rows' existing real candidates (CSR ranges, vectorised)
+            st, en = self.indptr[rb], self.indptr[rb + 1]
+            ln = en - st
+            pos = np.repeat(st - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln) + np.arange(ln.sum())
+            lr_np = np.repeat(np.arange(rb.size), ln)
+            lc_np = self.indices[pos]
+            keep = lc_np < self.n_b
+            lr = torch.from_numpy(lr_np[keep]).to(self.dev)
+            lc = torch.from_numpy(lc_np[keep]).to(self.dev)
             Cm = C.clone()
             Cm[lr, lc] = float("inf")
             G[lr, lc] = -float("inf")
-            # the row's next best dot products (what bijective duals rank by), doubling each time
             kk = int(min(self.n_b, self.k_row[rb].max()))
             self.k_row[rb] = np.minimum(2 * self.k_row[rb], self.n_b)
-            _, ti = torch.topk(G, kk, dim=1, largest=True)
             take = torch.zeros_like(C, dtype=torch.bool)
-            take.scatter_(1, ti, True)
-            _, ti = torch.topk(Cm, min(self.k, self.n_b), dim=1, largest=False)
-            take.scatter_(1, ti, True)
-            if u is not None:
-                ex = torch.from_numpy(self.eta_x[rb] + u[rb] + eps).to(self.dev)
-                ey = torch.from_numpy(self.eta_y + v[:self.n_b]).to(self.dev)
-                take |= (C.double() - ey.unsqueeze(0)) < ex.unsqueeze(1)
+            if u is None:
+                # no duals yet (Hall violation): the next best dot products and costs
+                _, ti = torch.topk(G, kk, dim=1, largest=True)
+                take.scatter_(1, ti, True)
+                _, ti = torch.topk(Cm, min(self.k, self.n_b), dim=1, largest=False)
+                take.scatter_(1, ti, True)
+            else:
+                # pricing: the columns of smallest proven-lower reduced value C - eta - v, all
+                # that might be below u_i (doubling count each time), and tau_i = the smallest
+                # value left out. v only decreases between cold starts, so tau_i stays a valid
+                # lower bound of min_{j non-candidate} C_ij - v_j in later rounds.
+                # float32 is enough here: its rounding (~1e-7 of |C| + |v|) is charged to tau
+                ey64 = self.eta_y + v[:self.n_b]
+                ey = torch.from_numpy(ey64.astype(np.float32)).to(self.dev)
+                Rm = Cm - ey.unsqueeze(0)
+                _, ti = torch.topk(Rm, kk, dim=1, largest=False)
+                take.scatter_(1, ti, True)
+                ex = torch.from_numpy((self.eta_x[rb] + u[rb] + eps).astype(np.float32)).to(self.dev)
+                take |= Rm < ex.unsqueeze(1) + 1e-5 * (ex.abs().unsqueeze(1) + 1.0)
+                take[lr, lc] = False
+                Rm[take] = float("inf")
+                tau = Rm.min(1).values.double().cpu().numpy()
+                slack = 4 * _U32 * (np.abs(tau) + np.abs(ey64).max() + self.ny64.max() + self.nx64[rb])
+                self.tau[rb] = tau - slack - self.eta_x[rb]
+                del Rm
             take[lr, lc] = False
             Cm[take] = float("inf")
             self.r[rb] = Cm.min(1).values.double().cpu().numpy()
@@ -292,14 +323,24 @@ def _peak_bytes(dev) -> int:
 def _solve(P, u, v, col4row, row4col, cold, eps):
     K_ = _kernels()
     if cold:
+        v[:] = 0.0
+        if P.n_cols == P.n_a:
+            # square: column potentials may start anywhere; |y_j|^2 (shifted <= 0) is the gauge in
+            # which C - v = |x|^2 - 2 x.y, so duals stay comparable across all pairs, which is
+            # what the certificate's bounds need
+            v[:] = P.ny64 - P.ny64.max()
         K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
     else:
         K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
     failed = np.zeros(P.n_a, np.bool_)
     nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
                             np.flatnonzero(col4row < 0), failed)
+    if cold:
+        P.tau[:] = -np.inf  # v was reset: the pricing bounds refer to older duals
     if P.n_cols > P.n_a and np.any((row4col < 0) & (v < -eps)):
+        P.tau[:] = -np.inf
         # a column freed by a warm start kept v < 0: only a cold start restores v = 0 there
+        v[:] = 0.0
         K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
         failed[:] = False
         nf, ns2 = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
@@ -336,9 +377,10 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             free = np.flatnonzero(row4col[:n_b] < 0)
             deg = np.bincount(P.indices[P.indices < n_b], minlength=n_b)
             free = free[deg[free] < P.k + P.k_dot] if free.size > nf else free
+            added = 0
             if free.size and (free.size <= 4 * nf or rounds == 1):
-                P.expand_cols(free[:max(4 * nf, 1)])
-            else:
+                added = P.expand_cols(free[:max(4 * nf, 1)])
+            if not added:
                 P.expand_rows(np.flatnonzero(failed))
             timing["expand"] += time.perf_counter() - t
             continue
@@ -352,6 +394,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         # (b) every other pair, through the bounds of the pass
         lower_nc = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
                                           P.eta_y, v, P.indptr, P.indices, n_b)
+        lower_nc = np.maximum(lower_nc, P.tau)
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
         if need.size == 0 and passed.all():
@@ -559,6 +602,18 @@ def verify_certificate(X: torch.Tensor, Y: torch.Tensor, col, u, v, *, unmatched
     nc = _kernels().noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x, P.eta_y, v,
                                         P.indptr, P.indices, n_b) - u
     row_min = np.minimum(cand_min, nc)
+    # rows the bounds cannot clear: their exact row minimum (float64 product over those rows)
+    F = np.flatnonzero(row_min < -eps)
+    if F.size:
+        Yd = Y.detach().cpu().double()
+        ny = (Yd * Yd).sum(1)
+        vt = torch.from_numpy(v[:n_b])
+        for a in range(0, F.size, 256):
+            fb = F[a:a + 256]
+            xb = X.detach().cpu().double()[torch.from_numpy(fb)]
+            Cb = (xb * xb).sum(1)[:, None] + ny[None, :] - 2 * xb @ Yd.T
+            exact_min = (Cb - vt[None, :]).min(1).values.numpy() - u[fb]
+            row_min[fb] = np.minimum(cand_min[fb], exact_min)
     pos = np.searchsorted(P.keys, assigned)
     total = float(P.cost[pos].sum())
     used = np.zeros(P.n_cols, bool)

@@ -179,7 +179,7 @@ class CrossMoments:
         self.n += a.shape[0]
         self.s_a += a.sum(0); self.s_aa += (a * a).sum(0)
         self.s_b += b.sum(0); self.s_bb += (b * b).sum(0)
-        self.s_ab += a.T @ b
+        self.s_ab += _cross(torch.as_tensor(fa)[:, self.rows], torch.as_tensor(fb), self.device)
 
     def pearson(self) -> torch.Tensor:
         n = max(self.n, 1)
@@ -192,6 +192,15 @@ class CrossMoments:
         val, idx = r.max(dim=1)
         idx = torch.where(val > 0, idx, torch.full_like(idx, -1))
         return idx.cpu().numpy().astype(np.int64), val.cpu().numpy()
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor, device) -> torch.Tensor:
+    """``aᵀ b`` in float64. SAE codes are sparse (L0 ≪ width): a sparse×dense product costs
+    nnz(a)·n_b instead of tokens·n_a·n_b; each batch's float32 product is summed in float64."""
+    a = a.to(device, torch.float32); b = b.to(device, torch.float32)
+    if a.numel() and (a != 0).float().mean() < 0.05:
+        return torch.sparse.mm(a.T.contiguous().to_sparse(), b).double()
+    return (a.T @ b).double()
 
 
 def best_pearson_partner(fa, fb, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:

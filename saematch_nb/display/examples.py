@@ -4,7 +4,7 @@ description passes through ``_util.escape`` (via ``token_html`` / ``link``)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from ._util import DASH, escape, fmt_float, fmt_pct, link, token_html, wrap_output
 

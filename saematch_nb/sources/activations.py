@@ -82,16 +82,30 @@ class Activations:
 
     __getitem__ = layer
 
-    def batches(self, layer: int, batch_tokens: int = 4096, *, rows: np.ndarray | None = None,
-                device: Any = None) -> Iterator[Any]:
-        """Float32 torch batches of one layer's rows (all rows, or ``rows`` in order)."""
+    def batches(self, layer: int, batch_tokens: int = 4096, *, device: Any = None) -> Iterator[Any]:
+        """Float32 torch batches of ``batch_tokens`` rows of one layer, in row order."""
         import torch
 
         arr = self.layer(layer)
-        n = arr.shape[0] if rows is None else len(rows)
-        for s in range(0, n, batch_tokens):
-            chunk = arr[s:s + batch_tokens] if rows is None else arr[np.sort(rows[s:s + batch_tokens])]
-            yield torch.from_numpy(np.array(chunk, dtype=np.float32)).to(device or "cpu")
+        for s in range(0, arr.shape[0], batch_tokens):
+            yield torch.from_numpy(np.array(arr[s:s + batch_tokens], dtype=np.float32)).to(device or "cpu")
+
+    def to_pandas(self):
+        """One row per kept token: doc, pos, token id and string."""
+        import pandas as pd
+
+        return pd.DataFrame({"doc": self.doc, "pos": self.pos, "token_id": self.token_ids,
+                             "token": [self.token_str(t) for t in self.token_ids]})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Activations":
+        """Reopen a finished collection folder (a cache entry)."""
+        path = Path(path)
+        if not (path / "meta.json").exists():
+            raise FileNotFoundError(f"{path} is not a finished activation collection (no meta.json)")
+        arrs = {n: np.load(path / f"{n}.npy") for n in ("all_tokens", "doc_offsets", "doc", "pos", "token_ids")}
+        return _load(path, None, arrs["all_tokens"], arrs["doc_offsets"], arrs["doc"], arrs["pos"],
+                     arrs["token_ids"], stats_extra={"cached": True})
 
     def doc_tokens(self, d: int) -> np.ndarray:
         return self.all_tokens[self.doc_offsets[d]:self.doc_offsets[d + 1]]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..core.metrics import EVAccumulator
 from ..core.weights import SAEWeights, as_weights
-from .activations import ActivationError, tokenize
+from .activations import tokenize
 
 METHODS = ("folded+matched", "unfolded+matched", "identity", "cosine", "skip", "recon_current",
            "recon_previous")

@@ -176,7 +176,6 @@ def collect_examples(
 
     ``saes``: one SAE per collected layer (a list in ``acts.layers`` order, or ``{layer: sae}``).
     """
-    import torch
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()

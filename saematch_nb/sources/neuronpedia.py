@@ -124,14 +124,22 @@ def _get_json(url: str, timeout: float) -> Any:
         return json.loads(resp.read().decode("utf-8"))
 
 
-def fetch_feature(neuronpedia_id: str, index: int, *, timeout: float = 5, cache: bool = True,
+def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache: bool = True,
                   cache_dir: str | os.PathLike | None = None) -> NeuronpediaFeature:
     """Explanations and top activations of feature ``index`` of the SAE ``neuronpedia_id``
-    (``SAEInfo.neuronpedia_id``, e.g. "gemma-2-2b/12-gemmascope-res-16k").
+    (``SAEInfo.neuronpedia_id``, e.g. "gemma-2-2b/12-gemmascope-res-16k"; an SAEInfo, SAEWeights
+    or handle carrying one is accepted too).
 
     Raises :class:`NeuronpediaUnavailable` when the site cannot be reached in ``timeout`` seconds
     and no cached copy exists.
     """
+    if not isinstance(neuronpedia_id, str):
+        obj = neuronpedia_id
+        info = obj if hasattr(obj, "neuronpedia_url") else getattr(obj, "info", None)
+        neuronpedia_id = getattr(info, "neuronpedia_id", None)
+        if not neuronpedia_id:
+            raise ValueError(f"{type(obj).__name__} has no Neuronpedia id (info.neuronpedia_id is empty): "
+                             "pass the id as 'model/source', e.g. 'gemma-2-2b/12-gemmascope-res-16k'")
     model_id, source = split_id(neuronpedia_id)
     index = int(index)
     if index < 0:

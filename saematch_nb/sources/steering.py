@@ -1,40 +1,66 @@
 """Steering a model with matched features (Feature Flow, Laptev et al. 2025, §steering).
 
-A feature traced through a chain gives one direction per layer (its folded decoder row, so the
-strength is in units of the feature's own threshold activation). Two interventions:
+A feature traced through a chain gives one feature per layer. Two interventions per steered
+layer ``l`` with feature ``f`` and residual stream ``h``:
 
-- ``mode="add"`` (activate): ``h <- h + s_l * v_l`` on every token at each steered layer.
-- ``mode="scale"`` (deactivate / amplify): ``h <- h + (r - 1) * a_l * d_l`` where ``a_l`` is the
-  feature's JumpReLU activation at that token and ``d_l`` its (unfolded) decoder row: r = 0 removes
-  the feature's contribution, r < 0 pushes away, r > 1 amplifies.
+- ``mode="add"`` (activate): ``h <- h + s_l * v`` on every token, ``v`` the feature's *folded*
+  decoder row (``W_dec[f] * θ_f`` for JumpReLU), so ``s = 1`` adds what the feature writes when it
+  fires at its threshold: strengths mean the same at every depth.
+- ``mode="scale"`` (deactivate / amplify): ``h <- h + (r_l - 1) * a * W_dec[f]`` with ``a`` the
+  feature's activation (JumpReLU) at that token: ``r = 0`` removes the feature's contribution,
+  ``r < 0`` pushes away, ``r > 1`` amplifies, ``r = 1`` does nothing.
 
-Schedules across layers: ``constant`` (s), ``linear`` (s ramps from s to 0 across the steered
-layers), ``exponential`` (s·e^{α·l}, α = −0.05 by default as in the paper).
+Schedules across the steered layers (weights ``w_l``): ``constant`` (1), ``linear``
+(``(n - k) / n`` for the k-th of n steered layers in depth order: full strength at the first,
+1/n at the last), ``exponential`` (``e^{α·l}`` with the layer index l, α = −0.05 as in the
+paper). Add mode uses ``s_l = s · w_l``; scale mode scales the deviation from a no-op,
+``r_l = 1 + (r − 1) · w_l``, so every schedule keeps ``r = 1`` a no-op.
 
-Hooks are only ever attached inside ``model.hooks(...)`` so they are removed even when
-generation raises.
+Spans: ``single`` (the chosen layer only), ``trace`` (every layer the feature's trace reaches),
+``cumulative`` (the chosen layer and the traced layers before it: Feature Flow's cumulative
+steering of layers 0..l).
+
+Hooks are only ever attached inside ``model.hooks(...)``, so they are removed on exit, also when
+the forward pass or the generation raises. On sae-lens' ``HookedSAETransformer`` with an SAE
+spliced in at a steered hook (``model.add_sae``), the intervention moves to that SAE's own hook
+points (``<hook>.hook_sae_output`` for add, ``<hook>.hook_sae_acts_post`` for scale), because the
+plain hook name no longer exists there.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..core.fold import fold
-from ..core.weights import SAEWeights, as_weights
+from ..core.weights import SAEWeights, _layer_from_hook, as_weights
 
 SCHEDULES = ("constant", "linear", "exponential")
 MODES = ("add", "scale")
 SPANS = ("single", "trace", "cumulative")
+DEFAULT_HOOK = "blocks.{L}.hook_resid_post"
+
+__all__ = [
+    "SCHEDULES", "MODES", "SPANS", "SteeringPlan", "SteeringResult", "schedule_weights",
+    "schedule_strengths", "plan_steering", "steering_hooks", "steer", "steered_logits",
+    "feature_logit_effect",
+]
 
 
+# -- the plan -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SteeringPlan:
-    """Where and how strongly to steer: one entry per steered layer."""
+    """Where and how strongly to steer: one entry per steered layer.
+
+    ``strengths`` are ``s_l`` (add mode) or ``r_l`` (scale mode), schedule already applied.
+    ``fingerprints``: weights hash of each layer's SAE as the chain saw it ("" = unknown), checked
+    against the SAEs given to :func:`steering_hooks` where that is cheap.
+    """
 
     layers: tuple[int, ...]
     features: tuple[int, ...]
@@ -42,13 +68,29 @@ class SteeringPlan:
     strengths: tuple[float, ...]
     mode: str = "add"
     origin: tuple[int, int] = (0, 0)
+    fingerprints: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("layers", "features", "hook_names", "strengths", "fingerprints"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "features", tuple(int(x) for x in self.features))
+        object.__setattr__(self, "strengths", tuple(float(x) for x in self.strengths))
+        object.__setattr__(self, "options", dict(self.options))
         n = len(self.layers)
         if not (len(self.features) == len(self.hook_names) == len(self.strengths) == n):
-            raise ValueError("SteeringPlan: layers, features, hook_names and strengths must have equal length")
+            raise ValueError("SteeringPlan: layers, features, hook_names and strengths must have equal length, "
+                             f"got {n}, {len(self.features)}, {len(self.hook_names)}, {len(self.strengths)}")
+        if self.fingerprints and len(self.fingerprints) != n:
+            raise ValueError(f"SteeringPlan: fingerprints must be empty or one per layer ({n}), "
+                             f"got {len(self.fingerprints)}")
         if self.mode not in MODES:
             raise ValueError(f"unknown steering mode {self.mode!r}; choose one of {MODES}")
+        if len(set(self.hook_names)) != n:
+            raise ValueError(f"SteeringPlan: each steered layer needs its own hook, got {self.hook_names}")
+        if not all(math.isfinite(s) for s in self.strengths):
+            raise ValueError(f"SteeringPlan: strengths must be finite, got {self.strengths}")
 
     def to_pandas(self):
         import pandas as pd
@@ -61,102 +103,312 @@ class SteeringPlan:
         return f"SteeringPlan({self.mode}, origin=L{self.origin[0]}#{self.origin[1]}: {steps})"
 
 
-def schedule_strengths(layers: Sequence[int], strength: float, schedule: str = "constant",
-                       alpha: float = -0.05) -> list[float]:
+def schedule_weights(layers: Sequence[int], schedule: str = "constant", alpha: float = -0.05) -> list[float]:
+    """Per-layer weight of the intervention (see the module docstring); ``layers`` in depth order."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     n = len(layers)
     if schedule == "constant":
-        return [float(strength)] * n
+        return [1.0] * n
     if schedule == "linear":
-        return [float(strength) * (1 - k / max(n, 1)) for k in range(n)]
-    return [float(strength) * math.exp(alpha * l) for l in layers]
+        return [(n - k) / n for k in range(n)]
+    return [math.exp(alpha * int(l)) for l in layers]
 
 
-def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0,
-                  span: str = "trace", schedule: str = "constant", alpha: float = -0.05,
-                  mode: str = "add", hook_template: str = "blocks.{L}.hook_resid_post") -> SteeringPlan:
-    """Steer feature ``feature`` of ``layer`` and, with span="trace", its matched partners.
+def schedule_strengths(layers: Sequence[int], strength: float, schedule: str = "constant",
+                       alpha: float = -0.05, mode: str = "add") -> list[float]:
+    """``s · w_l`` (add) or ``1 + (r − 1) · w_l`` (scale) for each layer."""
+    if mode not in MODES:
+        raise ValueError(f"unknown steering mode {mode!r}; choose one of {MODES}")
+    w = schedule_weights(layers, schedule, alpha)
+    if mode == "add":
+        return [float(strength) * x for x in w]
+    return [1.0 + (float(strength) - 1.0) * x for x in w]
 
-    span: "single" (only this layer), "trace" (every layer the trace reaches, both directions),
-    "cumulative" (this layer and the layers before it that the trace reaches — Feature Flow's
-    cumulative steering of layers 0..l).
+
+def _chain_fingerprint(chain: Any, pos: int) -> str:
+    pairs = getattr(chain, "pairs", ())
+    if not pairs:
+        return ""
+    return pairs[pos].fingerprint_a if pos < len(pairs) else pairs[-1].fingerprint_b
+
+
+def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0, span: str = "trace",
+                  schedule: str = "constant", alpha: float = -0.05, mode: str = "add",
+                  accepted_only: bool = True, hook_template: str = DEFAULT_HOOK) -> SteeringPlan:
+    """Plan steering of feature ``feature`` of ``layer`` and, for span "trace"/"cumulative", of its
+    matched partners in other layers of ``chain`` (a MatchChain).
+
+    ``strength``: s in add mode, r in scale mode. ``accepted_only``: follow only the steps the
+    chain's calibrated criterion accepts (a rejected partner is a different feature, steering it
+    would steer something else). Hook names come from the chain's SAE infos (else
+    ``hook_template``).
     """
     if span not in SPANS:
         raise ValueError(f"unknown span {span!r}; choose one of {SPANS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown steering mode {mode!r}; choose one of {MODES}")
+    if schedule not in SCHEDULES:  # fail before the trace is computed
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    layer, feature = int(layer), int(feature)
+    # chain.trace checks that the layer is in the chain and the feature in range (clear messages)
+    tr = chain.trace(layer, feature, accepted_only=accepted_only)
     if span == "single":
-        pairs = [(layer, int(feature))]
+        pairs = [(layer, feature)]
     else:
-        tr = chain.trace(layer, feature)
-        pairs = [(l, int(f)) for l, f in zip(tr.layers, tr.features) if f >= 0]
+        pairs = [(int(l), int(f)) for l, f in zip(tr.layers, tr.features) if f >= 0]
         if span == "cumulative":
             pairs = [(l, f) for l, f in pairs if l <= layer]
-    layers = [l for l, _ in pairs]
-    hooks = []
-    for l in layers:
-        info = None
-        infos = getattr(chain, "infos", ())
-        for inf in infos:
-            if inf.layer == l:
-                info = inf
+    chain_layers = list(chain.layers)
+    infos = list(getattr(chain, "infos", ()))
+    hooks, fps = [], []
+    for l, _ in pairs:
+        pos = chain_layers.index(l)
+        info = infos[pos] if pos < len(infos) else None
         hooks.append(info.hook_name if (info is not None and info.hook_name) else hook_template.format(L=l))
+        fps.append(_chain_fingerprint(chain, pos))
+    layers = [l for l, _ in pairs]
     return SteeringPlan(
         layers=tuple(layers), features=tuple(f for _, f in pairs), hook_names=tuple(hooks),
-        strengths=tuple(schedule_strengths(layers, strength, schedule, alpha)), mode=mode,
-        origin=(int(layer), int(feature)),
+        strengths=tuple(schedule_strengths(layers, strength, schedule, alpha, mode)), mode=mode,
+        origin=(layer, feature), fingerprints=tuple(fps),
+        options={"strength": float(strength), "span": span, "schedule": schedule, "alpha": float(alpha),
+                 "accepted_only": bool(accepted_only)},
     )
 
 
-def _weights_by_layer(saes: Any) -> dict[int, SAEWeights]:
-    out: dict[int, SAEWeights] = {}
-    items = saes.items() if isinstance(saes, dict) else enumerate(saes)
-    for key, s in items:
-        w = as_weights(s)
-        layer = w.info.layer if w.info.layer is not None else int(key)
-        out[int(layer)] = w
-    return out
+# -- hooks ----------------------------------------------------------------------------------------
+def _peek_layer(obj: Any) -> int | None:
+    """The layer an SAE reads, without loading or converting its weights."""
+    info = getattr(obj, "info", None)
+    if info is not None and getattr(info, "layer", None) is not None:
+        return int(info.layer)
+    cfg = getattr(obj, "cfg", None)
+    if cfg is not None:
+        meta = getattr(cfg, "metadata", None)
+        hook = getattr(meta, "hook_name", None) or getattr(cfg, "hook_name", None)
+        layer = _layer_from_hook(hook)
+        if layer is not None:
+            return int(layer)
+    return None
 
 
-def steering_hooks(plan: SteeringPlan, saes: Any, *, device: Any = None) -> list[tuple[str, Any]]:
-    """TransformerLens forward hooks (name, fn) that carry out ``plan``."""
-    by_layer = _weights_by_layer(saes)
-    missing = [l for l in plan.layers if l not in by_layer]
-    if missing:
-        raise KeyError(f"no SAE for steered layers {missing}; SAEs are given for layers {sorted(by_layer)}")
-    hooks = []
-    for l, f, name, s in zip(plan.layers, plan.features, plan.hook_names, plan.strengths):
-        w = by_layer[l]
-        if not 0 <= f < w.d_sae:
-            raise IndexError(f"feature {f} is out of range for the layer-{l} SAE (d_sae={w.d_sae})")
-        if plan.mode == "add":
-            vec = fold(w).W_dec[f].clone()
-
-            def add_hook(act, hook, vec=vec, s=s):
-                return act + s * vec.to(act.device, act.dtype)
-
-            hooks.append((name, add_hook))
-        else:
-            enc = w.W_enc[:, f].clone(); b = w.b_enc[f].clone(); d = w.W_dec[f].clone()
-            thr = None if w.threshold is None else w.threshold[f].clone()
-            b_dec = w.b_dec.clone() if w.apply_b_dec_to_input else None
-
-            def scale_hook(act, hook, enc=enc, b=b, d=d, thr=thr, b_dec=b_dec, r=s):
-                x = act if b_dec is None else act - b_dec.to(act.device, act.dtype)
-                pre = x @ enc.to(act.device, act.dtype) + b.to(act.device, act.dtype)
-                a = pre * (pre > thr.to(act.device, act.dtype)) if thr is not None else torch.relu(pre)
-                return act + (r - 1.0) * a[..., None] * d.to(act.device, act.dtype)
-
-            hooks.append((name, scale_hook))
-    return hooks
+def _sae_for_layer(saes: Any, layer: int) -> Any:
+    if isinstance(saes, Mapping):
+        by = {int(k): v for k, v in saes.items()}
+        if layer not in by:
+            raise KeyError(f"no SAE for steered layer {layer}: SAEs are given for layers {sorted(by)}")
+        return by[layer]
+    items = list(saes)
+    found = {}
+    for pos, s in enumerate(items):
+        L = _peek_layer(s)
+        L = pos if L is None else L
+        if L in found:
+            raise ValueError(f"two of the SAEs given read layer {L}: pass a {{layer: sae}} mapping")
+        found[L] = s
+    if layer not in found:
+        raise KeyError(f"no SAE for steered layer {layer}: SAEs are given for layers {sorted(found)} "
+                       "(pass a {layer: sae} mapping to say which SAE reads which layer)")
+    return found[layer]
 
 
 @dataclass(frozen=True)
+class _FeatureParams:
+    """What one steered layer needs: feature f's encoder column, bias, threshold, decoder rows."""
+
+    enc: torch.Tensor
+    b_enc: torch.Tensor
+    threshold: torch.Tensor | None
+    dec: torch.Tensor
+    dec_folded: torch.Tensor
+    b_dec: torch.Tensor | None  # only when the SAE subtracts b_dec from its input
+    full: SAEWeights | None  # TopK: the activation depends on all features
+    d_in: int
+    d_sae: int
+
+
+class _OneFeature:
+    """A sae-lens SAE seen through one feature's slices, so that ``as_weights`` converts (and
+    copies to CPU float32) one row and column instead of the whole SAE (300 MB for Gemma Scope 16k)."""
+
+    def __init__(self, sae: Any, f: int) -> None:
+        self.cfg = getattr(sae, "cfg", None)
+        self.W_enc, self.b_enc = sae.W_enc[:, f:f + 1], sae.b_enc[f:f + 1]
+        self.W_dec, self.b_dec = sae.W_dec[f:f + 1], sae.b_dec
+        for name in ("threshold", "log_threshold"):
+            t = getattr(sae, name, None)
+            if t is not None:
+                setattr(self, name, t[f:f + 1])
+
+
+def _is_topk_module(sae: Any) -> bool:
+    arch = getattr(getattr(sae, "cfg", None), "architecture", None)
+    arch = arch() if callable(arch) else arch
+    return "topk" in str(arch or "").lower()
+
+
+def _feature_params(sae: Any, layer: int, f: int, fingerprint: str) -> _FeatureParams:
+    lazy_ok = (not isinstance(sae, SAEWeights) and not hasattr(sae, "to_weights")
+               and all(hasattr(sae, a) for a in ("W_enc", "b_enc", "W_dec", "b_dec"))
+               and not _is_topk_module(sae))
+    if lazy_ok:  # a sae-lens JumpReLU / ReLU SAE: only feature f is needed
+        d_sae = int(sae.W_enc.shape[-1])
+        if not 0 <= f < d_sae:
+            raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={d_sae})")
+        one = as_weights(_OneFeature(sae, f))
+        return _FeatureParams(one.W_enc[:, 0], one.b_enc[0], None if one.threshold is None else one.threshold[0],
+                              one.W_dec[0], fold(one).W_dec[0], one.b_dec if one.apply_b_dec_to_input else None,
+                              None, one.d_in, d_sae)
+    w = as_weights(sae)
+    if not 0 <= f < w.d_sae:
+        raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={w.d_sae})")
+    if fingerprint and isinstance(sae, SAEWeights) and w.fingerprint() != fingerprint:
+        raise ValueError(
+            f"the SAE given for layer {layer} (weights hash {w.fingerprint()}) is not the one the chain "
+            f"was matched on (hash {fingerprint}): pass the SAEs the chain was built from")
+    if w.architecture == "topk":
+        with warnings.catch_warnings():  # fold's note on unequal TopK norms is about matching
+            warnings.simplefilter("ignore", UserWarning)
+            fw = fold(w)  # raw decoder rows when the norms differ (see core/fold.py)
+        return _FeatureParams(w.W_enc[:, f], w.b_enc[f], None, w.W_dec[f], fw.W_dec[f],
+                              w.b_dec if w.apply_b_dec_to_input else None, w, w.d_in, w.d_sae)
+    one = SAEWeights(  # fold is per feature: folding a one-feature slice folds that feature alone
+        W_enc=w.W_enc[:, f:f + 1], b_enc=w.b_enc[f:f + 1], W_dec=w.W_dec[f:f + 1], b_dec=w.b_dec,
+        threshold=None if w.threshold is None else w.threshold[f:f + 1], architecture=w.architecture,
+        apply_b_dec_to_input=w.apply_b_dec_to_input, info=w.info)
+    fo = fold(one)
+    return _FeatureParams(w.W_enc[:, f].clone(), w.b_enc[f].clone(),
+                          None if w.threshold is None else w.threshold[f].clone(), w.W_dec[f].clone(),
+                          fo.W_dec[0].clone(), w.b_dec.clone() if w.apply_b_dec_to_input else None, None, w.d_in,
+                          w.d_sae)
+
+
+class _OnDevice:
+    """Tensors moved to the activation's device/dtype once, not on every forward call."""
+
+    def __init__(self, **tensors: torch.Tensor | None) -> None:
+        self._src = tensors
+        self._key: tuple | None = None
+        self._got: dict[str, torch.Tensor | None] = {}
+
+    def get(self, like: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        key = (like.device, like.dtype)
+        if key != self._key:
+            self._got = {k: None if v is None else v.to(like.device, like.dtype) for k, v in self._src.items()}
+            self._key = key
+        return self._got
+
+
+def _check_width(act: torch.Tensor, p: _FeatureParams, name: str, layer: int) -> None:
+    if act.shape[-1] != p.d_in:
+        raise ValueError(f"steering hook {name}: the activation has width {act.shape[-1]} but the layer-{layer} "
+                         f"SAE reads d_in={p.d_in}: the SAEs do not belong to this model (or to this hook)")
+
+
+def _add_hook(p: _FeatureParams, s: float, name: str, layer: int):
+    t = _OnDevice(v=p.dec_folded)
+
+    def hook(act, hook=None):
+        _check_width(act, p, name, layer)
+        return act + s * t.get(act)["v"]
+
+    return hook
+
+
+def _scale_hook(p: _FeatureParams, r: float, name: str, layer: int, f: int):
+    t = _OnDevice(enc=p.enc, b=p.b_enc, thr=p.threshold, d=p.dec, b_dec=p.b_dec)
+    full_on: dict = {}  # TopK weights per device, moved once
+
+    def hook(act, hook=None):
+        _check_width(act, p, name, layer)
+        g = t.get(act)
+        if p.full is not None:  # TopK: feature f's activation depends on the other features
+            w = full_on.get(act.device)
+            if w is None:
+                w = full_on.setdefault(act.device, p.full.to(act.device))
+            a = w.encode(act.to(w.W_enc.dtype))[..., f].to(act.dtype)
+        else:
+            x = act if g["b_dec"] is None else act - g["b_dec"]
+            pre = x @ g["enc"] + g["b"]
+            a = pre * (pre > g["thr"]) if g["thr"] is not None else torch.relu(pre)
+        return act + (r - 1.0) * a[..., None] * g["d"]
+
+    return hook
+
+
+def _attached_sae(model: Any, hook_name: str) -> Any:
+    """sae-lens' wrapper spliced in at ``hook_name`` by HookedSAETransformer.add_sae, else None."""
+    table = getattr(model, "_acts_to_saes", None)
+    return table.get(hook_name) if isinstance(table, Mapping) else None
+
+
+def _sae_acts_hook(f: int, r: float):
+    def hook(acts, hook=None):
+        out = acts.clone()
+        out[..., f] = out[..., f] * r
+        return out
+
+    return hook
+
+
+def steering_hooks(plan: SteeringPlan, saes: Any, *, model: Any = None) -> list[tuple[str, Any]]:
+    """TransformerLens forward hooks ``(name, fn)`` that carry out ``plan``.
+
+    ``saes``: ``{layer: sae}`` or a list of SAEs (sae-lens SAEs, SAEWeights, handles) whose layer
+    is read from their hook name. ``model``: when given, hook names are checked against it and
+    routed into SAEs spliced in with ``HookedSAETransformer.add_sae``. Nothing is attached here.
+    """
+    hooks = []
+    fps = plan.fingerprints or ("",) * len(plan.layers)
+    for l, f, name, s, fp in zip(plan.layers, plan.features, plan.hook_names, plan.strengths, fps):
+        p = _feature_params(_sae_for_layer(saes, l), l, f, fp)
+        wrapper = _attached_sae(model, name) if model is not None else None
+        if wrapper is not None:
+            d_sae = int(wrapper.sae.cfg.d_sae)
+            if d_sae != p.d_sae:  # its feature indices would mean other features
+                raise ValueError(f"the SAE attached to the model at {name} has d_sae={d_sae} but the layer-{l} "
+                                 f"SAE of the plan has {p.d_sae}: attach the same SAE, or reset_saes()")
+            if plan.mode == "add":
+                hooks.append((f"{name}.hook_sae_output", _add_hook(p, s, name, l)))
+            else:
+                hooks.append((f"{name}.hook_sae_acts_post", _sae_acts_hook(f, s)))
+            continue
+        if plan.mode == "add":
+            hooks.append((name, _add_hook(p, s, name, l)))
+        else:
+            hooks.append((name, _scale_hook(p, s, name, l, f)))
+    if model is not None:
+        _check_hook_names(model, [n for n, _ in hooks])
+    return hooks
+
+
+def _check_hook_names(model: Any, names: Sequence[str]) -> None:
+    have = getattr(model, "hook_dict", None)
+    if not isinstance(have, Mapping):
+        return
+    missing = [n for n in names if n not in have]
+    if missing:
+        n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+        extra = f" (the model has {n_layers} layers, blocks.0 .. blocks.{n_layers - 1})" if n_layers else ""
+        raise KeyError(f"the model has no hook point {missing}{extra}: the plan's layers do not exist in "
+                       "this model, or its SAEs were made for another model")
+
+
+# -- running --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
 class SteeringResult:
+    """Baseline and steered continuations of ``prompt`` (same seed, same settings)."""
+
     prompt: str
     baseline: str
     steered: str
     plan: SteeringPlan
     options: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.baseline != self.steered
 
     def to_pandas(self):
         import pandas as pd
@@ -164,8 +416,9 @@ class SteeringResult:
         return pd.DataFrame([{"prompt": self.prompt, "baseline": self.baseline, "steered": self.steered}])
 
     def __repr__(self) -> str:
-        return (f"SteeringResult({self.plan!r})\n  prompt:   {self.prompt!r}\n"
-                f"  baseline: {self.baseline!r}\n  steered:  {self.steered!r}")
+        from ..display.text import steering_text
+
+        return steering_text(self)
 
     def _repr_html_(self) -> str:
         from ..display.html import steering_html
@@ -173,40 +426,56 @@ class SteeringResult:
         return steering_html(self)
 
 
-def _generate(model: Any, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
+def _generate(model: Any, prompt: str, max_new_tokens: int, temperature: float, seed: int, kw: dict) -> str:
     torch.manual_seed(seed)
-    out = model.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                         verbose=False, do_sample=temperature > 0, return_type="str")
-    return out[len(prompt):] if isinstance(out, str) and out.startswith(prompt) else out
+    out = model.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature if temperature > 0 else 1.0,
+                         do_sample=temperature > 0, verbose=False, return_type="str", **kw)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out[len(prompt):] if isinstance(out, str) and out.startswith(prompt) else str(out)
 
 
 def steer(model: Any, saes: Any, plan: SteeringPlan, prompt: str, *, max_new_tokens: int = 40,
-          temperature: float = 0.0, seed: int = 0) -> SteeringResult:
-    """Generate from ``prompt`` with and without the plan's hooks (same seed)."""
-    hooks = steering_hooks(plan, saes)
-    baseline = _generate(model, prompt, max_new_tokens, temperature, seed)
+          temperature: float = 0.0, seed: int = 0, **generate_kw: Any) -> SteeringResult:
+    """Generate from ``prompt`` without and with the plan's hooks, from the same seed.
+
+    ``temperature`` 0 (default) is greedy decoding. ``generate_kw`` go to ``model.generate``.
+    The hooks live only inside ``model.hooks(...)``: they are gone when this returns or raises.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("steer needs a non-empty prompt string")
+    hooks = steering_hooks(plan, saes, model=model)  # all checks before anything is generated
+    baseline = _generate(model, prompt, max_new_tokens, temperature, seed, generate_kw)
     with model.hooks(fwd_hooks=hooks):  # removed on exit, also when generation raises
-        steered = _generate(model, prompt, max_new_tokens, temperature, seed)
+        steered = _generate(model, prompt, max_new_tokens, temperature, seed, generate_kw)
     return SteeringResult(prompt, baseline, steered, plan,
                           {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
 
 
 def steered_logits(model: Any, saes: Any, plan: SteeringPlan, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean logits, steered logits) on the same tokens: a quick check that steering acts."""
+    """(clean logits, steered logits) of one forward pass on the same tokens (a string or ids)."""
+    hooks = steering_hooks(plan, saes, model=model)
     with torch.no_grad():
         clean = model(tokens)
-        with model.hooks(fwd_hooks=steering_hooks(plan, saes)):
+        with model.hooks(fwd_hooks=hooks):
             steered = model(tokens)
     return clean, steered
 
 
-def feature_logit_effect(model: Any, saes: Any, plan: SteeringPlan, tokens: Any, k: int = 10) -> Any:
-    """Tokens whose mean log-probability rises most under steering (a readable summary)."""
+def feature_logit_effect(model: Any, saes: Any, plan: SteeringPlan, tokens: Any, k: int = 10,
+                         direction: str = "up") -> Any:
+    """The ``k`` tokens whose log-probability, averaged over positions, rises (``direction="up"``)
+    or falls (``"down"``) most under steering: a readable summary of what the plan does."""
     import pandas as pd
 
+    if direction not in ("up", "down"):
+        raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
     clean, steered = steered_logits(model, saes, plan, tokens)
-    delta = (steered.log_softmax(-1) - clean.log_softmax(-1)).mean(dim=(0, 1))
-    vals, idx = torch.topk(delta, k)
-    toks = [model.tokenizer.decode([int(i)]) if getattr(model, "tokenizer", None) is not None else str(int(i))
-            for i in idx]
-    return pd.DataFrame({"token": toks, "delta_logprob": vals.cpu().numpy().astype(np.float64)})
+    delta = (steered.float().log_softmax(-1) - clean.float().log_softmax(-1)).mean(dim=(0, 1))
+    vals, idx = torch.topk(delta if direction == "up" else -delta, min(int(k), delta.numel()))
+    vals = vals if direction == "up" else -vals
+    tok = getattr(model, "tokenizer", None)
+    ids = [int(i) for i in idx]
+    names = [tok.decode([i]) if tok is not None else str(i) for i in ids]
+    return pd.DataFrame({"token": names, "token_id": ids,
+                         "delta_logprob": vals.cpu().numpy().astype(np.float64)})

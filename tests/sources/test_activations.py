@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saematch_nb.sources import _fixtures as fx
-from saematch_nb.sources.activations import ActivationError, collect_activations
+from saematch_nb.sources.activations import ActivationError, Activations, collect_activations
 
 TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and <b>bold</b> & more", "short one"]
 
@@ -44,6 +44,9 @@ def test_cache_reuse_and_keying(model, tmp_path):
     assert c.path != a.path and c[1].dtype == np.float16 and c.stats["cached"] is False
     d = collect_activations(model, TEXTS[:2], [1], cache_dir=tmp_path, progress=False)
     assert d.path != a.path
+    e = Activations.load(a.path)
+    np.testing.assert_array_equal(e[1], a[1])
+    assert e.to_pandas().token.tolist() == a.to_pandas().token.tolist()
 
 
 def test_failure_midway_leaves_no_cache(model, tmp_path, monkeypatch):

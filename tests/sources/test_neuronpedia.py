@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from saematch_nb.core.weights import SAEInfo
 from saematch_nb.sources import neuronpedia as npd
 from saematch_nb.sources.neuronpedia import NeuronpediaUnavailable, fetch_feature
 
@@ -38,6 +39,8 @@ def served(monkeypatch):
 def test_recorded_response_parsed(served, tmp_path):
     f = fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 1234, cache_dir=tmp_path, timeout=3)
     assert served == [("https://www.neuronpedia.org/api/feature/gemma-2-2b/12-gemmascope-res-16k/1234", 3)]
+    via_info = fetch_feature(SAEInfo(neuronpedia_id="gemma-2-2b/12-gemmascope-res-16k"), 1234, cache_dir=tmp_path)
+    assert via_info.url == SAEInfo(neuronpedia_id="gemma-2-2b/12-gemmascope-res-16k").neuronpedia_url(1234)
     assert f.explanations == ("names of French cities",)
     assert f.max_value == pytest.approx(41.3) and f.frac_nonzero == pytest.approx(0.00041)
     assert len(f.activations) == 3 and f.activations[0].max_value == pytest.approx(41.3)
@@ -76,6 +79,8 @@ def test_not_found_bad_id_and_garbage(monkeypatch, tmp_path):
         fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 99999, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="model/source"):
         fetch_feature("gemma-2-2b", 1, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no Neuronpedia id"):
+        fetch_feature(SAEInfo(layer=3), 1, cache_dir=tmp_path)
     monkeypatch.setattr(urllib.request, "urlopen", lambda req, timeout=None: _Resp(b'["not", "a feature"]'))
     with pytest.raises(ValueError, match="unexpected"):
         fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 1, cache_dir=tmp_path)

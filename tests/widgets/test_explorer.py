@@ -1,0 +1,183 @@
+"""Widget panels, headless: ipywidgets work without a frontend (no comm is opened), so the
+traitlets, the controls and the HTML they hold can be driven and read from here."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pytest
+
+import saematch_nb as smn
+from saematch_nb.core.synthetic import planted_chain
+from saematch_nb.display.figures import make_trace_figure
+from saematch_nb.sources.examples import Example, FeatureExamples
+from saematch_nb.widgets import FeatureExplorer, SteeringPanel
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_chain(n_layers=3, n=24, d_in=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def chain(planted):
+    return smn.match_chain(planted.saes, cache=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from saematch_nb.sources import _fixtures as fx
+
+    return fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=64)
+
+
+def n_hooks(model) -> int:
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
+
+
+def fake_examples(layer: int, feature: int) -> FeatureExamples:
+    ex = Example(doc=0, pos=1, value=2.5, tokens=("The", "zebra<b>", "ran"), values=(0.0, 2.5, 0.1), center=1)
+    return FeatureExamples(layer=layer, feature=feature, max_value=2.5, frac_active=0.01, top=(ex,), quantiles=())
+
+
+# -- FeatureExplorer ------------------------------------------------------------------------------
+def test_explorer_follows_layer_and_feature(chain):
+    ex = FeatureExplorer(chain, layer=1, feature=4)
+    assert (ex.layer, ex.feature) == (1, 4)
+    assert ex.trace is not None and (ex.trace.origin_layer, ex.trace.origin_feature) == (1, 4)
+    assert "feature 4 of layer 1" in ex.trace_html.value
+    ex.feature = 17
+    assert "feature 17 of layer 1" in ex.trace_html.value and ex.feature_box.value == 17
+    ex.layer = 2
+    assert "feature 17 of layer 2" in ex.trace_html.value and ex.layer_slider.value == 2
+    assert ex.trace.features == chain.trace(2, 17).features
+    # the controls drive the traitlets too
+    ex.feature_box.value = 3
+    ex.layer_slider.value = 0
+    assert (ex.layer, ex.feature) == (0, 3)
+    assert "feature 3 of layer 0" in ex.trace_html.value
+    assert ex.status.value == ""
+
+
+def test_explorer_shows_errors_instead_of_raising(chain):
+    ex = FeatureExplorer(chain, feature=2)
+    ex.feature = 99
+    assert ex.feature_box.value == 99  # not clamped to another feature
+    assert "smn-error" in ex.status.value and "feature 99 is out of range" in ex.status.value
+    assert ex.trace is None and ex.trace_html.value == "" and len(ex.figure.data) == 0
+    ex.feature = -1
+    assert "out of range" in ex.status.value
+    ex.feature = 5  # recovers
+    assert ex.status.value == "" and "feature 5 of layer 0" in ex.trace_html.value
+    with pytest.raises(Exception, match="layer 9 is not in the chain"):
+        ex.layer = 9
+    assert ex.layer == 0 and ex.layer_slider.value == 0
+    with pytest.raises(KeyError, match="layer 9 is not in the chain"):
+        FeatureExplorer(chain, layer=9)
+
+
+def test_explorer_figure_is_the_trace_figure(chain):
+    ex = FeatureExplorer(chain, layer=1, feature=6)
+    assert isinstance(ex.figure, go.FigureWidget) and ex.figure in ex.children
+    ref = make_trace_figure(chain.trace(1, 6))
+    assert [tuple(t.y) for t in ex.figure.data] == [tuple(t.y) for t in ref.data]
+    ex.feature = 7
+    ref = make_trace_figure(chain.trace(1, 7))
+    assert tuple(ex.figure.data[0].y) == tuple(ref.data[0].y)
+    assert ex.figure.layout.title.text == ref.layout.title.text
+    assert FeatureExplorer(chain, figure=False).figure is None
+
+
+def test_explorer_examples(chain):
+    examples = {1: {6: fake_examples(1, 6)}}
+    ex = FeatureExplorer(chain, examples, layer=1, feature=6, figure=False)
+    html = ex.examples_html.value
+    assert "zebra&lt;b&gt;" in html and "zebra<b>" not in html  # escaped
+    ex.feature = 5
+    assert "no activation examples" in ex.examples_html.value
+    ex.layer = 0
+    assert "no activation examples" in ex.examples_html.value
+
+
+def test_explorer_accepted_only(chain):
+    lm = chain.pairs[0]
+    i = next(int(i) for i in range(lm.n_a) if not lm.matched[i] and lm.partner[i] >= 0)
+    loose = FeatureExplorer(chain, feature=i, figure=False)
+    strict = FeatureExplorer(chain, feature=i, figure=False, accepted_only=True)
+    assert loose.trace.features[1] == lm.partner[i] and strict.trace.features[1] == -1
+
+
+# -- SteeringPanel --------------------------------------------------------------------------------
+def test_steering_panel_plan_reflects_controls(model, planted, chain):
+    panel = SteeringPanel(model, planted.saes, chain, layer=1, feature=2)
+    p = panel.plan()
+    assert (p.origin, p.mode, p.options["span"], p.options["schedule"]) == ((1, 2), "add", "trace", "constant")
+    panel.strength_slider.value = 2.0
+    panel.mode_box.value = "scale"
+    panel.span_box.value = "single"
+    panel.feature_box.value = 5
+    panel.layer_box.value = 2
+    p = panel.plan()
+    assert (p.layers, p.features, p.strengths, p.mode) == ((2,), (5,), (2.0,), "scale")
+    panel.strength = -3.0  # traitlet -> slider
+    assert panel.strength_slider.value == -3.0
+    panel.span_box.value = "cumulative"
+    panel.mode_box.value = "add"
+    panel.schedule_box.value = "exponential"
+    p = panel.plan()
+    assert p.layers[-1] == 2 and all(l <= 2 for l in p.layers)
+    assert p.strengths[-1] == pytest.approx(-3.0 * 2.718281828459045 ** (-0.05 * 2))
+
+
+def test_steering_panel_runs(model, planted, chain):
+    panel = SteeringPanel(model, planted.saes, chain, layer=0, feature=3, strength=40.0, prompt="The quick",
+                          max_new_tokens=5)
+    res = panel.run()
+    assert res is not None and panel.result is res
+    html = panel.output.value
+    assert "SteeringResult" in html and "baseline" in html and "steered" in html
+    from saematch_nb.display._util import escape
+
+    assert escape(repr(res.baseline)) in html and escape(repr(res.steered)) in html
+    assert n_hooks(model) == 0 and not panel.button.disabled
+    panel.button.click()  # the button runs the same thing
+    assert panel.result.baseline == res.baseline
+
+
+def test_steering_panel_shows_errors_and_leaves_no_hooks(model, planted, chain, monkeypatch):
+    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt="The", max_new_tokens=3)
+    panel.feature = 500
+    assert panel.run() is None
+    assert "smn-error" in panel.output.value and "out of range" in panel.output.value
+    panel.feature = 3
+    real = model.generate
+    calls = []
+
+    def flaky(*a, **kw):
+        calls.append(n_hooks(model))
+        if len(calls) == 2:
+            raise RuntimeError("generation broke")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(model, "generate", flaky)
+    assert panel.run() is None
+    assert calls[1] > 0  # the failing generation ran with the steering hooks on
+    assert "RuntimeError: generation broke" in panel.output.value
+    assert n_hooks(model) == 0 and not panel.button.disabled
+
+
+def test_panels_link(model, planted, chain):
+    ex = FeatureExplorer(chain, figure=False)
+    panel = SteeringPanel(model, planted.saes, chain).follow(ex)
+    ex.layer, ex.feature = 2, 11
+    assert (panel.layer, panel.feature) == (2, 11) and panel.layer_box.value == 2
+    panel.feature_box.value = 8
+    assert ex.feature == 8 and "feature 8 of layer 2" in ex.trace_html.value
+
+
+def test_explorer_on_a_chain_that_does_not_start_at_layer_0():
+    pc = planted_chain(n_layers=3, n=16, d_in=16, seed=0)
+    ch = smn.match_chain({5 + i: s for i, s in enumerate(pc.saes)}, cache=False, progress=False)
+    ex = FeatureExplorer(ch, feature=2, figure=False)
+    assert ex.layer == 5 and "feature 2 of layer 5" in ex.trace_html.value
+    ex.layer = 7
+    assert ex.trace.origin_layer == 7 and ex.layer_slider.value == 7
