@@ -221,7 +221,7 @@ def child_chain(out: str, device: str | None, paths: list[str]) -> None:
     try:
         from saematch_nb.core.chain import match_chain
         ch = match_chain(paths, cache=False, progress=False, solver="sparse", device=device)
-        gaps = [m.stats.get("gap", 0.0) for m in getattr(ch, "matches", [])]
+        gaps = [m.stats.get("gap", float("nan")) for m in ch.pairs]
         via = "saematch_nb.match_chain"
     except ImportError:
         from saematch_nb.core.cost import feature_matrix

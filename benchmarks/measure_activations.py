@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10, help="top-k examples per feature")
     ap.add_argument("--quantile", type=float, default=0.9, help="q of the pruned@q method")
     ap.add_argument("--max-docs", type=int, default=None)
+    ap.add_argument("--stages", default="costs,evaluate,coactivation",
+                    help="comma-separated subset of costs,evaluate,coactivation")
     args = ap.parse_args()
 
     import pandas as pd
@@ -163,22 +165,30 @@ def main() -> None:
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print(f"activations on disk: {disk / 2**20:.1f} MiB ({acts.dtype})\n")
 
-        ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, saes=ws, quantile=args.quantile, progress=False))
-        order = list(dict.fromkeys(ev.method))
-        ev["pair"] = ev.layer_from.astype(str) + "→" + ev.layer_to.astype(str)
-        print(f"## Explained variance of x_(t+1) (Eq. 5), {int(ev.n_tokens.iloc[0])} tokens, BOS excluded")
-        print(ev.pivot(index="pair", columns="method", values="explained_variance")[order]
-              .to_string(float_format=lambda v: f"{v:.3f}"))
-        print(f"\n## ΔL (nats/token; clean loss {ev.clean_loss.iloc[0]:.3f})")
-        print(ev.pivot(index="pair", columns="method", values="delta_loss")[order]
-              .to_string(float_format=lambda v: f"{v:+.3f}"))
-        print(f"(evaluate: {t_ev:.1f} s)\n")
+        stages = set(args.stages.split(","))
+        if "evaluate" not in stages:
+            ev = None
+        else:
+            ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, saes=ws, quantile=args.quantile, progress=False))
+        if ev is not None:
+            order = list(dict.fromkeys(ev.method))
+            ev["pair"] = ev.layer_from.astype(str) + "→" + ev.layer_to.astype(str)
+            print(f"## Explained variance of x_(t+1) (Eq. 5), {int(ev.n_tokens.iloc[0])} tokens, BOS excluded")
+            print(ev.pivot(index="pair", columns="method", values="explained_variance")[order]
+                  .to_string(float_format=lambda v: f"{v:.3f}"))
+            print(f"\n## ΔL (nats/token; clean loss {ev.clean_loss.iloc[0]:.3f})")
+            print(ev.pivot(index="pair", columns="method", values="delta_loss")[order]
+                  .to_string(float_format=lambda v: f"{v:+.3f}"))
+            print(f"(evaluate: {t_ev:.1f} s)\n")
+        if "coactivation" not in stages:
+            return
 
         co, t_co, m_co = _stage(lambda: coactivation(chain, acts, ws, progress=False))
         df = co.to_pandas()
         df["pair"] = df.layer_from.astype(str) + "→" + df.layer_to.astype(str)
-        cols = ["pair", "n_active", "agreement", "agreement_accepted", "matching_score", "matching_score_random",
-                "pearson", "pearson_random", "sufficiency", "necessity", "jaccard", "jaccard_random"]
+        cols = ["pair", "n_active", "n_accepted", "agreement", "agreement_accepted", "matching_score",
+                "matching_score_accepted", "matching_score_random", "pearson", "pearson_accepted", "pearson_random",
+                "sufficiency", "necessity", "jaccard", "jaccard_random"]
         print("## Data-free match vs the data (agreement = SAE Match partner is the best-Pearson partner)")
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(f"(coactivation: {t_co:.1f} s, peak RSS rise {m_co / 2**20:.0f} MiB)")

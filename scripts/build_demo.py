@@ -61,7 +61,7 @@ SIZES = {
         vocab=4096, n_layers=6, d_model=128, n_heads=4, d_mlp=512, n_ctx=128,
         model_steps=3000, batch=32, lr=2e-3, warmup=150, ckpt_every=250,
         act_tokens=1_000_000, eval_act_tokens=100_000, act_batch=64,
-        expansion=16, sae_steps=2000, sae_batch=2048, sae_lr=1e-3, target_l0=40.0,
+        expansion=16, sae_steps=2000, sae_batch=2048, sae_lr=1e-3, target_l0=32.0,
         eval_tokens=200_000, texts_per_style=40, doc_chars=2000,
     ),
     "toy": dict(
@@ -224,7 +224,12 @@ def stage_corpus(args, sz, out: Path) -> Path:
         return path
     log("stage 1/6: corpus")
     if args.corpus:
-        docs = _read_user_corpus(Path(args.corpus), sz["doc_chars"])
+        if not Path(args.corpus).exists():
+            sys.exit(f"build_demo: --corpus {args.corpus} does not exist")
+        try:
+            docs = _read_user_corpus(Path(args.corpus), sz["doc_chars"])
+        except MissingSource as e:
+            sys.exit(f"build_demo: {e}")
     else:
         sources = Path(args.sources)
         docs, missing = [], []
@@ -553,6 +558,7 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
                 # (bounded: an early dip of L0 must not drive λ to ~0 and overshoot later)
                 lam *= math.exp(0.05 * math.tanh((l0_ema - sz["target_l0"]) / sz["target_l0"]))
                 lam = min(max(lam, lam0 / 10), lam0 * 100)
+        # BUILD_DEMO_DEBUG=N also prints the training state every N steps
         if step % int(os.environ.get("BUILD_DEMO_DEBUG", 50)) == 0:
             bar.set_postfix(mse=f"{mse.item():.4f}", l0=f"{l0_ema:.1f}", lam=f"{lam:.2e}")
             if os.environ.get("BUILD_DEMO_DEBUG"):
@@ -585,13 +591,21 @@ def sae_quality(p: dict, x: torch.Tensor) -> dict:
             "resid_norm": x.norm(dim=-1).mean().item()}
 
 
+def _sae_lens_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:  # building where sae-lens is not installed (the GPU machine)
+        return "6.54.12"
+
+
 def sae_cfg(layer: int, d_in: int, d_sae: int) -> dict:
     """cfg.json of sae-lens' on-disk format (what JumpReLUSAE.save_model writes)."""
     return {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
             # sae_lens_version must be present: without it sae-lens reads the file as a legacy
             # config and drops hook_name / model_name
-            "metadata": {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12",
+            "metadata": {"sae_lens_version": _sae_lens_version(), "sae_lens_training_version": _sae_lens_version(),
                          "hook_name": f"blocks.{layer}.hook_resid_post", "model_name": MODEL_NAME,
                          "release": MODEL_NAME, "sae_id": f"layer_{layer}", "hook_head_index": None,
                          "prepend_bos": True, "context_size": None, "dataset_path": None},

@@ -126,9 +126,9 @@ class _Problem:
         self.eta_x = self.c_err * self.nx64
         self.eta_y = self.c_err * self.ny64
         if block_rows is None:
-            block_rows = max(64, min(8192, (1 << 26) // max(self.n_b, 1)))  # ~256 MB float32 block
+            block_rows = max(64, min(8192, (1 << 25) // max(self.n_b, 1)))  # ~128 MB float32 block
         self.block_rows = int(block_rows)
-        self.k_row = np.full(self.n_a, max(2 * self.k, 16), np.int64)
+        self.k_row = np.full(self.n_a, max(8 * self.k, 64), np.int64)
         self.tau = np.full(self.n_a, -np.inf)  # per-row pricing bound, see expand_rows
         self.k_col = np.full(self.n_b, max(self.k, 1), np.int64)
         self.n_expanded_rows = 0
@@ -244,12 +244,13 @@ class _Problem:
         return self._merge(ii.cpu().numpy() * self.n_cols + jj, vv.double().cpu().numpy(), False)
 
     def expand_rows(self, rows, u=None, v=None, eps=0.0):
-        """Recompute rows in float32; add their 2*k_i cheapest columns and (given duals) every
-        column whose reduced cost might be below eps; then r_i / rho_i = bounds over what
-        stays non-candidate."""
+        """Recompute rows in float32 and add candidates: without duals (Hall violation) the next
+        best dot products and costs; with duals the k_i columns of smallest reduced value
+        (k_i doubling per expansion). Then r_i / rho_i / tau_i = bounds over what stays
+        non-candidate."""
         rows = np.unique(np.asarray(rows, np.int64))
         new_keys, new_vals = [], []
-        bs = max(1, min(self.block_rows, 4096))
+        bs = max(1, min(self.block_rows, 1024))  # several float32 temporaries of this size
         for a in range(0, rows.size, bs):
             rb = rows[a:a + bs]
             rt = torch.from_numpy(rb).to(self.dev)
@@ -284,15 +285,18 @@ class _Problem:
                 ey64 = self.eta_y + v[:self.n_b]
                 ey = torch.from_numpy(ey64.astype(np.float32)).to(self.dev)
                 Rm = Cm - ey.unsqueeze(0)
+                # at most kk new columns per row and round (column generation): with early,
+                # poor duals "everything that might violate" can be thousands per row; a row
+                # whose tau is still below u_i next round simply gets 2*kk more
                 _, ti = torch.topk(Rm, kk, dim=1, largest=False)
                 take.scatter_(1, ti, True)
-                ex = torch.from_numpy((self.eta_x[rb] + u[rb] + eps).astype(np.float32)).to(self.dev)
-                take |= Rm < ex.unsqueeze(1) + 1e-5 * (ex.abs().unsqueeze(1) + 1.0)
                 take[lr, lc] = False
                 Rm[take] = float("inf")
                 tau = Rm.min(1).values.double().cpu().numpy()
-                slack = 4 * _U32 * (np.abs(tau) + np.abs(ey64).max() + self.ny64.max() + self.nx64[rb])
-                self.tau[rb] = tau - slack - self.eta_x[rb]
+                fin = np.isfinite(tau)  # inf: the row has no non-candidate left
+                slack = 4 * _U32 * (np.abs(np.where(fin, tau, 0.0)) + np.abs(ey64).max() + self.ny64.max()
+                                    + self.nx64[rb])
+                self.tau[rb] = np.where(fin, tau - slack - self.eta_x[rb], np.inf)
                 del Rm
             take[lr, lc] = False
             Cm[take] = float("inf")
@@ -526,7 +530,7 @@ def _finish(P, out, w, eps):
     row_lb = np.minimum(cand_min, out["lower_nc"])
     proven = bool(out["passed"].all())
     lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
-    gap = 0.0 if proven else max(0.0, total - lb)
+    gap = 0.0 if proven else (max(0.0, total - lb) if np.isfinite(lb) else float("inf"))
     return col, cost, alt, nearest, total, gap, lb, proven
 
 

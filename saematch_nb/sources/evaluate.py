@@ -43,7 +43,8 @@ def _theta(w: SAEWeights):
     return w.threshold if w.threshold is not None else torch.ones(w.d_sae)
 
 
-def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.ndarray | None = None):
+def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.ndarray | None = None,
+              raw: bool = False):
     """x_t -> x̂_{t+1} through the mapping ``perm`` (A-feature -> B slot, -1 = dropped)."""
     import torch
 
@@ -56,7 +57,7 @@ def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.
     src = torch.nonzero(ok).squeeze(1)
     dst = perm_t[src]
     # Folded code of A moved into B's slots, in B's units (scale θ_b / θ_a).
-    scale = th_b[dst] / th_a[src]
+    scale = torch.ones(src.numel()) if raw else th_b[dst] / th_a[src]
     prev_rows = None if keep_prev is None else torch.nonzero(kp).squeeze(1)
 
     def fn(x):
@@ -87,6 +88,7 @@ def evaluate(
     methods: Sequence[str] = METHODS, quantile: float | Sequence[float] | None = None,
     batch_size: int = 8, context: int | None = None, max_tokens: int | None = None,
     exclude_bos: bool = True, progress: bool = True, match_kwargs: Mapping[str, Any] | None = None,
+    transfer: str = "folded",
 ):
     """EV and ΔL of every adjacent pair for every method: a tidy DataFrame, one row per
     (pair, method), columns layer_from, layer_to, method, explained_variance, delta_loss, loss,
@@ -95,8 +97,13 @@ def evaluate(
     ``chain``: a MatchChain (its pairs give ``folded+matched``), or a list of SAEs (then ``saes``
     may be omitted). ``saes``: the chain's SAEs in layer order (or ``{layer: sae}``), anything
     ``as_weights`` takes. Matches a method needs and the chain lacks are computed with
-    ``saematch_nb.match``. ``quantile``: add ``pruned@q`` rows for each q.
+    ``saematch_nb.match``. ``quantile``: add ``pruned@q`` rows for each q. ``transfer``:
+    "folded" (default: the folded code f/θ_t is moved, exact under the rescaling symmetry that
+    folding removes) or "raw" (the paper's Eq. 5 read literally: x̂ = (P f) W_dec(t+1) + b_dec(t+1);
+    the same thing when both SAEs have unit-norm decoders and equal thresholds).
     """
+    if transfer not in ("folded", "raw"):
+        raise ValueError(f"transfer must be 'folded' or 'raw', got {transfer!r}")
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
@@ -193,7 +200,7 @@ def evaluate(
 
         for m in methods:
             t0 = time.perf_counter()
-            fn = _method_fn(m, wa, wb, get_match)
+            fn = _method_fn(m, wa, wb, get_match, raw=(transfer == "raw"))
             ev = EVAccumulator()
             store: dict[str, Any] = {}
 
@@ -219,13 +226,14 @@ def evaluate(
             loss = ls / max(ln, 1)
             rows.append({"layer_from": la, "layer_to": lb, "method": m,
                          "explained_variance": ev.value(), "delta_loss": loss - clean, "loss": loss,
-                         "clean_loss": clean, "n_tokens": ev.n, "seconds": time.perf_counter() - t0})
+                         "clean_loss": clean, "n_tokens": ev.n, "transfer": transfer,
+                         "seconds": time.perf_counter() - t0})
             bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
 
 
-def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match):
+def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match, raw: bool = False):
     """(x_t, x_{t+1}) -> x̂_{t+1} for method ``m``."""
     if m == "skip":
         return lambda x, y: x
@@ -236,19 +244,19 @@ def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match):
     if m == "identity":
         if wa.d_sae != wb.d_sae:
             raise ValueError(f"identity needs equal widths, got {wa.d_sae} and {wb.d_sae}")
-        f = _transfer(wa, wb, np.arange(wa.d_sae))
+        f = _transfer(wa, wb, np.arange(wa.d_sae), raw=raw)
     elif m == "folded+matched":
-        f = _transfer(wa, wb, get_match("folded").partner)
+        f = _transfer(wa, wb, get_match("folded").partner, raw=raw)
     elif m == "unfolded+matched":
-        f = _transfer(wa, wb, get_match("unfolded").partner)
+        f = _transfer(wa, wb, get_match("unfolded").partner, raw=raw)
     elif m == "cosine":
-        f = _transfer(wa, wb, get_match("cosine").permutation)
+        f = _transfer(wa, wb, get_match("cosine").permutation, raw=raw)
     elif m.startswith("pruned@"):
         q = float(m.split("@", 1)[1])
         lm = get_match("folded")
         cut = np.quantile(lm.mse, q)
         keep_prev = (lm.mse > cut) | (lm.partner < 0)
-        f = _transfer(wa, wb, lm.permutation, keep_prev=keep_prev)
+        f = _transfer(wa, wb, lm.permutation, keep_prev=keep_prev, raw=raw)
     else:  # pragma: no cover - validated by evaluate
         raise ValueError(m)
     return lambda x, y: f(x)
@@ -381,6 +389,11 @@ def coactivation(
         row = {"layer_from": la, "layer_to": lb, "n_features": n_a, "n_active": int(active.sum()),
                "agreement": agreement_rate(partner, d_idx, mask=active),
                "agreement_accepted": agreement_rate(partner, d_idx, mask=active & lm.matched)}
+        row["n_accepted"] = int((active & lm.matched).sum())
+        acc = active & has & lm.matched
+        for k in ("matching_score", "pearson", "jaccard"):
+            v = df[k].to_numpy()[acc]
+            row[f"{k}_accepted"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
         ra_active = active[r_a]
         for k in ("matching_score", "pearson", "sufficiency", "necessity", "jaccard"):
             v = df[k].to_numpy()[ok]

@@ -1,10 +1,11 @@
 """Activation examples of SAE features: top-k contexts and samples from lower activation bins.
 
 One streaming pass over a layer's stored activations serves all of its features at once: each
-batch is encoded, and per feature a running top-k (``torch.topk`` over the kept candidates and the
-batch's) and, per activation bin (fraction of the feature's running maximum), a reservoir of
-uniformly sampled tokens (bottom-k of random keys, the vectorised form of reservoir sampling) are
-kept. At the end the reservoirs are re-binned against the final maximum. Only indices and values
+batch is encoded, and per feature a running top-k (the kept candidates merged with the batch's
+non-zeros and cut back to k) and, per activation bin (fraction of the feature's running maximum),
+a reservoir of uniformly sampled tokens (the R largest random keys, the vectorised form of
+reservoir sampling) are kept. Codes are sparse, so both are flat lists of non-zeros cut back per
+feature with one lexsort per batch (O(nnz log nnz)), not dense [features × tokens] top-k. At the end the reservoirs are re-binned against the final maximum. Only indices and values
 are stored per feature; the per-token activations of a context are computed when a feature's
 examples are asked for (a handful of rows re-encoded for one feature).
 """
@@ -223,42 +224,69 @@ def collect_examples(
     return Examples(out, {"seconds": time.perf_counter() - t0})
 
 
+def _group_top(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the entries that are among the ``k`` highest ``score`` of their ``group``."""
+    order = np.lexsort((-score, group))
+    g = group[order]
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, g.size]))
+    return order[(np.arange(g.size) - first) < k]
+
+
 def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict[str, np.ndarray]:
+    """One pass over the layer. SAE codes are sparse, so the running top-k and the per-bin
+    reservoirs are kept as flat (feature, row, value[, key]) lists: each batch's non-zeros are
+    merged in and every group is cut back to its k best by one lexsort, costing O(nnz log nnz)
+    per batch instead of O(features × tokens)."""
     import torch
 
     n = w.d_sae
-    # ~64 MiB of float32 per [n, batch] candidate block.
-    bt = batch_tokens or int(max(256, min(16384, 2 ** 24 // max(n, 1))))
-    gen = torch.Generator().manual_seed(seed)
-    top_v = torch.full((n, k), -float("inf")); top_r = torch.full((n, k), -1, dtype=torch.long)
+    bt = batch_tokens or 4096
+    rng = np.random.default_rng(seed)
     R = max(per_bin, 1) * 2  # oversample: re-binning at the end moves some samples between bins
-    res_key = torch.full((n, n_bins, R), -float("inf")); res_r = torch.full((n, n_bins, R), -1, dtype=torch.long)
-    res_v = torch.zeros((n, n_bins, R))
-    run_max = torch.zeros(n); n_active = torch.zeros(n, dtype=torch.long)
+    t_f = np.zeros(0, np.int64); t_r = np.zeros(0, np.int64); t_v = np.zeros(0, np.float32)
+    s_f = np.zeros(0, np.int64); s_b = np.zeros(0, np.int64); s_r = np.zeros(0, np.int64)
+    s_v = np.zeros(0, np.float32); s_k = np.zeros(0, np.float64)
+    run_max = np.zeros(n, np.float32); n_active = np.zeros(n, np.int64)
     row0 = 0
     for x in acts.batches(L, bt):
         with torch.no_grad():
-            f = w.encode(x).T.contiguous()  # [n, B]
-        B = f.shape[1]
-        rows = torch.arange(row0, row0 + B).expand(n, B)
-        cv = torch.cat([top_v, f], 1); cr = torch.cat([top_r, rows], 1)
-        v, j = torch.topk(cv, k, dim=1)
-        top_v, top_r = v, torch.gather(cr, 1, j)
-        act = f > 0
-        n_active += act.sum(1)
-        run_max = torch.maximum(run_max, f.max(1).values)
-        frac = f / run_max.clamp_min(1e-12)[:, None]
-        b = (frac * n_bins).long().clamp(0, n_bins - 1)
-        keys = torch.rand((n, B), generator=gen)
-        for bi in range(n_bins):
-            kk = torch.where(act & (b == bi), keys, torch.full_like(keys, -float("inf")))
-            ck = torch.cat([res_key[:, bi], kk], 1)
-            val, j = torch.topk(ck, R, dim=1)
-            res_r[:, bi] = torch.gather(torch.cat([res_r[:, bi], rows], 1), 1, j)
-            res_v[:, bi] = torch.gather(torch.cat([res_v[:, bi], f], 1), 1, j)
-            res_key[:, bi] = val
+            f = w.encode(x)
+        rr, ff = torch.nonzero(f > 0, as_tuple=True)
+        vv = f[rr, ff].numpy().astype(np.float32)
+        rr = rr.numpy().astype(np.int64) + row0; ff = ff.numpy().astype(np.int64)
+        B = f.shape[0]
+        n_active += np.bincount(ff, minlength=n)
+        np.maximum.at(run_max, ff, vv)
+        # running top-k per feature
+        t_f = np.r_[t_f, ff]; t_r = np.r_[t_r, rr]; t_v = np.r_[t_v, vv]
+        keep = _group_top(t_f, t_v, k)
+        t_f, t_r, t_v = t_f[keep], t_r[keep], t_v[keep]
+        # reservoirs: per (feature, bin of the running max), the R largest random keys
+        bins = np.minimum((vv / np.maximum(run_max[ff], 1e-12) * n_bins).astype(np.int64), n_bins - 1)
+        s_f = np.r_[s_f, ff]; s_b = np.r_[s_b, bins]; s_r = np.r_[s_r, rr]; s_v = np.r_[s_v, vv]
+        s_k = np.r_[s_k, rng.random(ff.size)]
+        keep = _group_top(s_f * n_bins + s_b, s_k, R)
+        s_f, s_b, s_r, s_v, s_k = s_f[keep], s_b[keep], s_r[keep], s_v[keep], s_k[keep]
         row0 += B
         bar.update(B)
+    # dense per-feature tables
+    top_v = torch.zeros((n, k)); top_r = torch.full((n, k), -1, dtype=torch.long)
+    o = np.lexsort((-t_v, t_f))
+    t_f, t_r, t_v = t_f[o], t_r[o], t_v[o]
+    rank = np.arange(t_f.size) - np.searchsorted(t_f, t_f, "left")
+    top_v[t_f, rank] = torch.from_numpy(t_v); top_r[t_f, rank] = torch.from_numpy(t_r)
+    M = n_bins * R
+    res_v = torch.zeros((n, M)); res_r = torch.full((n, M), -1, dtype=torch.long)
+    res_key = torch.full((n, M), -float("inf"), dtype=torch.float64)
+    o = np.argsort(s_f, kind="stable")
+    s_f, s_r, s_v, s_k = s_f[o], s_r[o], s_v[o], s_k[o]
+    rank = np.arange(s_f.size) - np.searchsorted(s_f, s_f, "left")
+    res_v[s_f, rank] = torch.from_numpy(s_v); res_r[s_f, rank] = torch.from_numpy(s_r)
+    res_key[s_f, rank] = torch.from_numpy(s_k)
+    run_max = torch.from_numpy(run_max); n_active = torch.from_numpy(n_active)
+    top_v[top_r < 0] = -float("inf")
+    res_v = res_v.reshape(n, n_bins, R); res_r = res_r.reshape(n, n_bins, R); res_key = res_key.reshape(n, n_bins, R)
     top_r[~torch.isfinite(top_v) | (top_v <= 0)] = -1
     # Re-bin every reservoir sample against the final max; keep per_bin per bin, the top bin left
     # to the top-k.

@@ -71,6 +71,17 @@ def test_planted_permutation_identity_is_worse_than_folded_match(table):
         assert ev[(t, "pruned@0.5")] == pytest.approx(ev[(t, "skip")], abs=1e-4)
 
 
+def test_raw_transfer_is_not_scale_invariant(model, saes):
+    # Pair 0 -> 1 differs by a per-feature rescaling: the folded transfer undoes it, the raw one cannot.
+    chain = match_chain(saes[:2], cache=False, progress=False)
+    kw = dict(saes=saes[:2], methods=["folded+matched"], progress=False)
+    folded = evaluate(chain, model, TEXTS, **kw).explained_variance.iloc[0]
+    raw = evaluate(chain, model, TEXTS, transfer="raw", **kw).explained_variance.iloc[0]
+    assert folded > raw + 0.05
+    with pytest.raises(ValueError, match="transfer"):
+        evaluate(chain, model, TEXTS, transfer="nope", **kw)
+
+
 def test_hooks_removed_after_an_error(model, saes):
     class Boom(Exception):
         pass

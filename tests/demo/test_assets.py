@@ -1,0 +1,163 @@
+"""The shipped demo assets load offline and reach the quality docs/DEMO.md states."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from saematch_nb import demo  # noqa: E402  (light: loads nothing heavy)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return demo.load()
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, saematch_nb.demo; print(int('torch' in sys.modules), int('sae_lens' in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "0"]
+
+
+def test_missing_assets_say_how_to_build(tmp_path):
+    assert not demo.available(tmp_path)
+    with pytest.raises(demo.MissingAssetsError, match="scripts/build_demo.py"):
+        demo.load(tmp_path)
+
+
+def test_bundle_loads_offline(bundle):
+    from sae_lens import SAE, HookedSAETransformer
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert isinstance(bundle.model, HookedSAETransformer)
+    n = bundle.model.cfg.n_layers
+    assert len(bundle.saes) == n
+    assert bundle.hook_names == [f"blocks.{i}.hook_resid_post" for i in range(n)]
+    for i, p in enumerate(demo.sae_paths()):
+        sae = SAE.load_from_disk(str(p))
+        assert sae.cfg.architecture() == "jumprelu"
+        assert sae.cfg.metadata.model_name == "saematch-demo"
+        assert sae.cfg.metadata.sae_id == f"layer_{i}"
+    assert len(bundle.texts) == len(bundle.styles) > 20
+    assert {"shakespeare", "milton", "bible", "jargon"} <= set(bundle.styles)
+    if bundle.handles is not None:
+        assert len(bundle.handles) == n
+    with pytest.raises(Exception):  # frozen
+        bundle.model = None
+
+
+def test_tokenizer_has_bos_and_model_writes_text(bundle):
+    m = bundle.model
+    toks = m.to_tokens("And God said")
+    assert toks[0, 0].item() == m.tokenizer.bos_token_id
+    loss = m(m.to_tokens(bundle.texts_by_style("bible")[0][:600]), return_type="loss").item()
+    assert loss < 5.0  # uniform over 4096 tokens would be 8.3 nats
+
+
+def test_sae_hooks_change_logits(bundle):
+    import torch
+
+    m, sae = bundle.model, bundle.saes[2]
+    toks = m.to_tokens(bundle.texts[0][:400])
+    clean = m(toks)
+    _, cache = m.run_with_cache_with_saes(toks, saes=[sae])
+    acts = cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"]
+    assert acts.shape[-1] == sae.cfg.d_sae and (acts > 0).any()
+    f = int(acts[0, 1:].sum(0).argmax())
+
+    def clamp(x, hook):
+        x[..., f] = 50.0
+        return x
+
+    with m.saes(saes=[sae]):
+        steered = m.run_with_hooks(toks, fwd_hooks=[(f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post", clamp)])
+    assert not m.acts_to_saes and not torch.allclose(clean, steered, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def held_out_acts(bundle):
+    """resid_post of every layer on a modest held-out sample (BOS excluded)."""
+    import torch
+
+    m = bundle.model
+    names = bundle.hook_names
+    outs = [[] for _ in names]
+    # every held-out document, cut into BOS-led windows of the model's context (~60k tokens):
+    # "dead" needs enough tokens for the rarer features to show up
+    ids = []
+    for text in bundle.texts:
+        t = m.tokenizer(text, add_special_tokens=False)["input_ids"]
+        w = m.cfg.n_ctx - 1
+        ids += [[m.tokenizer.bos_token_id] + t[i:i + w] for i in range(0, len(t) - w + 1, w)]
+    toks = torch.tensor(ids)
+    with torch.no_grad():
+        for b in range(0, len(toks), 64):
+            _, cache = m.run_with_cache(toks[b:b + 64], names_filter=lambda n: n in names)
+            for i, n in enumerate(names):
+                outs[i].append(cache[n][:, 1:].reshape(-1, m.cfg.d_model))
+    return [torch.cat(o) for o in outs]
+
+
+def test_sae_quality_on_held_out_text(bundle, held_out_acts):
+    import torch
+
+    with torch.no_grad():
+        for layer, (sae, x) in enumerate(zip(bundle.saes, held_out_acts)):
+            f = sae.encode(x)
+            xh = sae.decode(f)
+            ev = 1 - (xh - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+            l0 = (f > 0).sum(-1).float().mean()
+            dead = 1 - (f > 0).any(0).float().mean()
+            assert ev >= 0.8, (layer, float(ev))
+            assert 10 <= l0 <= 80, (layer, float(l0))
+            assert dead < 0.10, (layer, float(dead))
+
+
+def test_theta_grows_with_residual_norm(bundle, held_out_acts):
+    import numpy as np
+
+    theta = [float(s.threshold.detach().mean()) for s in bundle.saes]
+    norm = [float(x.norm(dim=-1).mean()) for x in held_out_acts]
+    assert norm[-1] > norm[0] and theta[-1] > theta[0]
+    assert np.corrcoef(theta, norm)[0, 1] > 0.8
+
+
+def test_metrics_file_matches_shipped_assets():
+    m = demo.metrics()
+    cfg = json.loads((demo.ASSETS / "model_cfg.json").read_text())
+    assert set(m["saes"]) == {str(i) for i in range(cfg["n_layers"])}
+    assert m["eval_loss"] < 5.0
+
+
+@pytest.mark.parametrize("t", [0, 4])
+def test_matching_is_meaningful(bundle, held_out_acts, t):
+    """Folded matching beats unfolded and identity on folded MSE, and its next-hidden-state
+    approximation (METHOD.md §1 Eq. 5, computed here independently) beats the identity."""
+    import torch
+
+    from saematch_nb import match
+
+    a, b = bundle.saes[t], bundle.saes[t + 1]
+    folded = match(a, b)
+    unfolded = match(a, b, fold=False)
+    ident = match(a, b, method="identity")
+    assert folded.mse.mean() < unfolded.mse.mean() < ident.mse.mean()
+
+    x_t, x_next = held_out_acts[t][:8192], held_out_acts[t + 1][:8192]
+
+    def ev(perm):
+        with torch.no_grad():
+            f = a.encode(x_t)
+            moved = torch.zeros_like(f)
+            moved[:, torch.as_tensor(perm.copy())] = f  # feature i of layer t goes to slot perm[i]
+            xh = moved @ b.W_dec + b.b_dec
+            return float(1 - (xh - x_next).var(0).sum() / x_next.var(0).sum())
+
+    assert ev(folded.permutation) > ev(ident.permutation)
