@@ -6,13 +6,15 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # The CPU wheel of torch must come first: an unpinned torch pulls several GB of CUDA.
 TORCH_SPEC ?= torch==2.13.0
+# Where the CPU wheel is not on a local wheel path, e.g.: make demo TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 
 .PHONY: demo test lab install clean bench notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -32,6 +32,16 @@ _LAZY = {
     "coactivation": "sources.evaluate:coactivation",
     "collect_examples": "sources.examples:collect_examples",
     "fetch_feature": "sources.neuronpedia:fetch_feature",
+    "SAEList": "sources.saes:SAEList",
+    "list_releases": "sources.saes:list_releases",
+    "plan_steering": "sources.steering:plan_steering",
+    "steer": "sources.steering:steer",
+    "SteeringPlan": "sources.steering:SteeringPlan",
+    # display
+    "save_figure": "display.figures:save_figure",
+    # widgets
+    "FeatureExplorer": "widgets.explorer:FeatureExplorer",
+    "SteeringPanel": "widgets.explorer:SteeringPanel",
 }
 
 __all__ = sorted(_LAZY) + ["demo", "__version__"]

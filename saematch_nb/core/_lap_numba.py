@@ -258,3 +258,104 @@ def _has(a, lo, hi, x):
         else:
             hi = mid
     return lo < end and a[lo] == x
+
+
+@njit(cache=True, inline="always")
+def _offer(hv, hi, size, cap, val, idx):
+    """Min-heap hv/hi (1-D views) of at most cap entries keeping the LARGEST values offered.
+    Returns the new size."""
+    if size < cap:
+        i = size
+        hv[i] = val
+        hi[i] = idx
+        while i > 0:
+            p = (i - 1) >> 1
+            if hv[p] <= hv[i]:
+                break
+            hv[p], hv[i] = hv[i], hv[p]
+            hi[p], hi[i] = hi[i], hi[p]
+            i = p
+        return size + 1
+    if val <= hv[0]:
+        return size
+    hv[0] = val
+    hi[0] = idx
+    i = 0
+    while True:
+        l = 2 * i + 1
+        if l >= size:
+            break
+        m = l
+        r = l + 1
+        if r < size and hv[r] < hv[l]:
+            m = r
+        if hv[i] <= hv[m]:
+            break
+        hv[m], hv[i] = hv[i], hv[m]
+        hi[m], hi[i] = hi[i], hi[m]
+        i = m
+    return size
+
+
+@njit(cache=True, parallel=True)
+def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v, cd_i, cd_n, n_chunks):
+    """One float32 dot block ``G = X[row0:row0+m] @ Y.T`` -> candidate lists, no cost block.
+
+    Rows (complete after this block): ``rc`` = k cheapest columns (heap of -C), ``rd`` = k_dot
+    largest dot products. Columns (running over blocks, sizes cc_n / cd_n): ``cc`` = k cheapest
+    rows (heap of -C), ``cd`` = k_dot largest dot products. C = |x|^2 + |y|^2 - 2 G in float64
+    from the float32 G (its only error is the product's). Min-heaps: the root is the k-th
+    value, and every pair left out has a value <= the final root."""
+    m, n_b = G.shape
+    k = rc_v.shape[1]
+    kd = rd_v.shape[1]
+    kc = cc_v.shape[1]
+    kcd = cd_v.shape[1]
+    for t in prange(m):
+        i = row0 + t
+        sc = 0
+        sd = 0
+        a2 = nx[i]
+        hdv = rd_v[i]
+        hdi = rd_i[i]
+        hcv = rc_v[i]
+        hci = rc_i[i]
+        Gt = G[t]
+        td = -np.inf
+        tc = -np.inf
+        for j in range(n_b):
+            g = np.float64(Gt[j])
+            if g > td:
+                sd = _offer(hdv, hdi, sd, kd, g, j)
+                if sd == kd:
+                    td = hdv[0]
+            cv = -(a2 + ny[j] - 2.0 * g)
+            if cv > tc:
+                sc = _offer(hcv, hci, sc, k, cv, j)
+                if sc == k:
+                    tc = hcv[0]
+    step = (n_b + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        j0 = c * step
+        j1 = min(n_b, j0 + step)
+        # running thresholds of this chunk's columns (-inf until a heap is full)
+        td = np.empty(j1 - j0)
+        tc = np.empty(j1 - j0)
+        for j in range(j0, j1):
+            td[j - j0] = cd_v[j, 0] if cd_n[j] == kcd else -np.inf
+            tc[j - j0] = cc_v[j, 0] if cc_n[j] == kc else -np.inf
+        for t in range(m):
+            i = row0 + t
+            a2 = nx[i]
+            Gt = G[t]
+            for j in range(j0, j1):
+                g = np.float64(Gt[j])
+                if g > td[j - j0]:
+                    cd_n[j] = _offer(cd_v[j], cd_i[j], cd_n[j], kcd, g, i)
+                    if cd_n[j] == kcd:
+                        td[j - j0] = cd_v[j, 0]
+                cv = -(a2 + ny[j] - 2.0 * g)
+                if cv > tc[j - j0]:
+                    cc_n[j] = _offer(cc_v[j], cc_i[j], cc_n[j], kc, cv, i)
+                    if cc_n[j] == kc:
+                        tc[j - j0] = cc_v[j, 0]

@@ -101,7 +101,7 @@ def _feature_scales(
                 raise ValueError(
                     f"{label}: {len(idx)} feature(s) have a threshold that is <= 0, NaN or inf "
                     f"(indices {shown}); folding divides by the threshold. Fix the thresholds, or "
-                    "call fold(sae, bad_threshold='skip') to leave those features unscaled"
+                    "pass bad_threshold='skip' (to fold, match or match_chain) to leave those features unscaled"
                 )
             thr = torch.where(bad, torch.ones_like(thr), thr)
         return thr

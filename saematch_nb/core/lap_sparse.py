@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 _U32 = 2.0 ** -24
+import os as _os
+_DEBUG = _os.environ.get("LAP_DEBUG") == "1"
 
 
 def _result_cls():
@@ -134,6 +136,8 @@ class _Problem:
         self.n_expanded_rows = 0
         self.n_expanded_cols = 0
         self.n_exact = 0
+        import os
+        self.col_lists = os.environ.get("COL_LISTS", "1") == "1"
 
     def _blocks(self, xb, nxb):
         """Float32 dot-product block x.y and cost block |x|^2 + |y|^2 - 2 x.y."""
@@ -143,8 +147,61 @@ class _Problem:
         return C, G
 
     def first_pass(self):
-        """One blocked pass: per row the k cheapest columns and the k_dot largest dot products,
-        with the k-th value of each list: r_i (cost) and rho_i (dot) bound every other pair."""
+        """One blocked pass over all pairs: per row AND per column the k cheapest partners and
+        the k_dot largest dot products, with the k-th value of each list: r_i, s_j (cost) and
+        rho_i, rho_c_j (dot) bound every pair outside the lists."""
+        if self.dev.type != "cpu" or not self.col_lists:
+            return self._first_pass_torch()
+        K_ = _kernels()
+        n_a, n_b = self.n_a, self.n_b
+        k, kd = self.k, self.k_dot
+        kc, kcd = int(min(k, n_a)), int(min(kd, n_a))
+        rc_v = np.empty((n_a, k)); rc_i = np.empty((n_a, k), np.int64)
+        rd_v = np.empty((n_a, kd)); rd_i = np.empty((n_a, kd), np.int64)
+        cc_v = np.empty((n_b, kc)); cc_i = np.empty((n_b, kc), np.int64); cc_n = np.zeros(n_b, np.int64)
+        cd_v = np.empty((n_b, kcd)); cd_i = np.empty((n_b, kcd), np.int64); cd_n = np.zeros(n_b, np.int64)
+        starts = range(0, n_a, self.block_rows)
+        if self.progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc="cost blocks", unit="block")
+        n_chunks = max(1, min(256, n_b // 64))
+        G = None
+        for a in starts:
+            b = min(a + self.block_rows, n_a)
+            if G is None or G.shape[0] != b - a:
+                G = torch.empty((b - a, n_b), dtype=torch.float32)
+            torch.matmul(self.Xd[a:b], self.Yd.T, out=G)
+            K_.block_lists(G.numpy(), a, self.nx64, self.ny64, rc_v, rc_i, rd_v, rd_i,
+                           cc_v, cc_i, cc_n, cd_v, cd_i, cd_n, n_chunks)
+        del G
+        # bounds: the root of each full heap; a list holding every partner bounds nothing
+        self.r = -rc_v[:, 0] if k < n_b else np.full(n_a, np.inf)
+        self.rho = rd_v[:, 0].copy() if kd < n_b else np.full(n_a, -np.inf)
+        self.s = -cc_v[:, 0] if kc < n_a else np.full(n_b, np.inf)
+        self.rho_c = cd_v[:, 0].copy() if kcd < n_a else np.full(n_b, -np.inf)
+        if k >= n_b or kd >= n_b or kc >= n_a or kcd >= n_a:  # every pair is a candidate
+            self.r[:] = np.inf
+            self.rho[:] = -np.inf
+        r_rows = np.repeat(np.arange(n_a, dtype=np.int64), k + kd)
+        r_cols = np.concatenate([rc_i, rd_i], 1).ravel()
+        r_vals = np.concatenate([-rc_v, self.nx64[:, None] + self.ny64[rd_i] - 2.0 * rd_v], 1).ravel()
+        del rc_v, rc_i, rd_v, rd_i
+        c_cols = np.repeat(np.arange(n_b, dtype=np.int64), kc + kcd)
+        c_rows = np.concatenate([cc_i, cd_i], 1).ravel()
+        c_vals = np.concatenate([-cc_v, self.nx64[cd_i] + self.ny64[:, None] - 2.0 * cd_v], 1).ravel()
+        del cc_v, cc_i, cd_v, cd_i
+        keys = np.concatenate([r_rows * self.n_cols + r_cols, c_rows * self.n_cols + c_cols])
+        vals = np.concatenate([r_vals, c_vals])
+        del r_rows, r_cols, r_vals, c_rows, c_cols, c_vals
+        self.keys = np.empty(0, np.int64)
+        self.cost = np.empty(0)
+        self.exact = np.empty(0, np.bool_)
+        if self.w is not None:  # private dummy column per row: always a candidate, exact cost
+            self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
+        self._merge(keys, vals, False)
+
+    def _first_pass_torch(self):
+        """first_pass with torch top-k (GPU): same lists and bounds."""
         n_a, n_b, dev = self.n_a, self.n_b, self.dev
         k, kd = self.k, self.k_dot
         idx_all = torch.empty((n_a, k + kd), dtype=torch.int64, device=dev)
@@ -155,6 +212,7 @@ class _Problem:
         if self.progress:
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc="cost blocks", unit="block")
+        cs_v = cs_i = cd_v = cd_i = None
         for a in starts:
             b = min(a + self.block_rows, n_a)
             C, G = self._blocks(self.Xd[a:b], self.nx[a:b])
@@ -166,6 +224,18 @@ class _Problem:
             idx_all[a:b, k:] = gi
             val_all[a:b, k:] = torch.gather(C, 1, gi)
             rho[a:b] = gv[:, -1]
+            if self.col_lists:
+                cv, ci = torch.topk(C, min(k, b - a), dim=0, largest=False)
+                dv, di = torch.topk(G, min(kd, b - a), dim=0, largest=True)
+                ci += a
+                di += a
+                if cs_v is None:
+                    cs_v, cs_i, cd_v, cd_i = cv, ci, dv, di
+                else:
+                    cs_v, o = torch.topk(torch.cat([cs_v, cv]), min(k, b), dim=0, largest=False)
+                    cs_i = torch.gather(torch.cat([cs_i, ci]), 0, o)
+                    cd_v, o = torch.topk(torch.cat([cd_v, dv]), min(kd, b), dim=0, largest=True)
+                    cd_i = torch.gather(torch.cat([cd_i, di]), 0, o)
             del C, G
         self.r = r.double().cpu().numpy()
         self.rho = rho.double().cpu().numpy()
@@ -175,6 +245,21 @@ class _Problem:
         rows = np.repeat(np.arange(n_a, dtype=np.int64), k + kd)
         keys = rows * self.n_cols + idx_all.cpu().numpy().ravel()
         vals = val_all.double().cpu().numpy().ravel()
+        self.s = np.full(n_b, -np.inf)
+        self.rho_c = np.full(n_b, np.inf)
+        if self.col_lists:
+            ri = torch.cat([cs_i, cd_i]).cpu().numpy()
+            cj = np.broadcast_to(np.arange(n_b)[None, :], ri.shape)
+            cvals = torch.gather(torch.cat([cs_v, cd_v]), 0, torch.arange(ri.shape[0])[:, None].expand(-1, n_b)).double().numpy()
+            # cost values for dot-list entries: recompute from dot
+            nd = cd_v.shape[0]
+            cvals[-nd:] = (self.nx64[cd_i.numpy()] + self.ny64[None, :] - 2 * cd_v.double().numpy())
+            keys = np.concatenate([keys, (ri * self.n_cols + cj).ravel()])
+            vals = np.concatenate([vals, cvals.ravel()])
+            if cs_v.shape[0] == k and k < n_a:
+                self.s = cs_v[-1].double().numpy()
+            if cd_v.shape[0] == kd and kd < n_a:
+                self.rho_c = cd_v[-1].double().numpy()
         self.keys = np.empty(0, np.int64)
         self.cost = np.empty(0)
         self.exact = np.empty(0, np.bool_)
@@ -401,6 +486,9 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         lower_nc = np.maximum(lower_nc, P.tau)
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
+        if _DEBUG:
+            print(f"round {rounds}: edges {P.keys.size} need {need.size} failed rows {(~passed).sum()} "
+                  f"t {dict((a, round(b, 2)) for a, b in timing.items())}", flush=True)
         if need.size == 0 and passed.all():
             break
         if rounds >= max_rounds:
@@ -455,8 +543,6 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
             P = _Problem(X, Y, w, k, k_dot, block_rows, dev, progress)
             t = time.perf_counter()
             P.first_pass()
-            P.s = np.full(P.n_b, -np.inf)      # no column lists: bounds are per row
-            P.rho_c = np.full(P.n_b, np.inf)
             timing["pass"] = time.perf_counter() - t
             n_edges_first = int(P.keys.size)
             scale = float(P.nx64.mean() + P.ny64.mean())

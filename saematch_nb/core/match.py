@@ -28,6 +28,7 @@ def match(
     sae_a: Any, sae_b: Any, *, fold: bool = True, params: str = "encoder+decoder", method: str = "lap",
     allow_unmatched: bool = False, solver: str = "auto", device: Any = None, progress: bool = False,
     calibration: float = crit.DEFAULT_THRESHOLD, n_sample: int = crit.DEFAULT_SAMPLE, seed: int = 0,
+    bad_threshold: str = "raise",
 ) -> LayerMatch:
     """Match the features of ``sae_a`` (layer t) to those of ``sae_b`` (layer t+1).
 
@@ -53,6 +54,10 @@ def match(
     calibration:
         Threshold of the criterion's score (``matched = score <= calibration``); see
         :mod:`saematch_nb.core.criterion`.
+    bad_threshold:
+        JumpReLU features whose threshold is <= 0, NaN or inf: "raise" (default, the error names
+        them) or "skip" (leave them unscaled when folding; see :func:`saematch_nb.fold`).
+        Passed through ``match_chain(..., bad_threshold="skip")`` as well.
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -62,12 +67,17 @@ def match(
         raise ValueError(f"allow_unmatched=True needs method='lap' (got method={method!r})")
     wa, wb = as_weights(sae_a), as_weights(sae_b)
     check_same_d_in(wa, wb)
+    # The reported MSE is always on folded parameters, so fold once here (raw wa/wb stay for fold=False).
+    from .fold import fold as _fold
+
+    wa_f = wa if wa.folded else _fold(wa, bad_threshold=bad_threshold)
+    wb_f = wb if wb.folded else _fold(wb, bad_threshold=bad_threshold)
     n_a, n_b = wa.d_sae, wb.d_sae
     dev = default_device(device)
 
     # Folded feature vectors: always needed for the reported MSE and the criterion.
-    Xf = feature_matrix(wa, params, fold=True)
-    Yf = feature_matrix(wb, params, fold=True)
+    Xf = feature_matrix(wa_f, params, fold=True)
+    Yf = feature_matrix(wb_f, params, fold=True)
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
     # With the dense solver on folded parameters the cost matrix is built once and also gives
@@ -108,7 +118,7 @@ def match(
         partner = permutation.copy()
         solve_stats = {"solver": "identity"}
     else:  # cosine
-        permutation = _top1_cosine(wa, wb, fold, dev)
+        permutation = _top1_cosine(wa_f if fold else wa, wb_f if fold else wb, fold, dev)
         partner = permutation.copy()
         solve_stats = {"solver": "cosine"}
 
@@ -126,7 +136,7 @@ def match(
         options={"fold": bool(fold), "params": params, "method": method,
                  "allow_unmatched": bool(allow_unmatched), "solver": solver, "mse_on": "folded",
                  "criterion": "direction-distance extreme-value score", "calibration": float(calibration),
-                 "n_sample": int(n_sample), "seed": int(seed)},
+                 "n_sample": int(n_sample), "seed": int(seed), "bad_threshold": bad_threshold},
         stats={**solve_stats, "seconds": time.perf_counter() - t0, "total_cost": total, "gap": gap,
                "solver": solve_stats.get("solver", solver), "n_unmatched": int((partner < 0).sum()),
                "n_matched": int(matched.sum())},

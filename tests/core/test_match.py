@@ -197,3 +197,27 @@ def test_sparse_solver_gives_the_same_match(allow_unmatched):
     for name in ("partner", "permutation", "matched"):
         assert np.array_equal(getattr(d, name), getattr(s, name)), name
     assert np.allclose(d.mse, s.mse) and np.allclose(d.score, s.score)
+
+
+def test_bad_thresholds_reach_match_and_chain(tmp_path):
+    """match/match_chain raise naming the features; bad_threshold='skip' is the explicit way out."""
+    from dataclasses import replace
+
+    from saematch_nb import match_chain
+
+    a, b, truth = planted_pair(64, 16, seed=3)
+    thr = a.threshold.clone()
+    thr[[5, 9]] = torch.tensor([0.0, float("nan")])
+    bad = replace(a, threshold=thr)
+    for fold in (True, False):  # the reported MSE is on folded parameters even with fold=False
+        with pytest.raises(ValueError, match=r"2 feature\(s\).*5, 9.*bad_threshold='skip'"):
+            match(bad, b, fold=fold)
+    lm = match(bad, b, bad_threshold="skip")
+    assert lm.options["bad_threshold"] == "skip"
+    ok = np.arange(64) != 5
+    ok &= np.arange(64) != 9
+    assert np.mean(lm.permutation[ok] == truth[ok]) > 0.9  # the other features still match
+    with pytest.raises(ValueError, match="bad_threshold"):
+        match_chain([bad, b], cache_dir=tmp_path, progress=False)
+    chain = match_chain([bad, b], cache_dir=tmp_path, progress=False, bad_threshold="skip")
+    assert np.array_equal(chain.pair(chain.layers[0]).permutation, lm.permutation)
