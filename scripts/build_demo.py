@@ -159,13 +159,18 @@ def _read_shakespeare(sources: Path, target: int) -> list[tuple[str, str, str]]:
     return out
 
 
+# where the Debian packages put their data (module constants so tests can point them elsewhere)
+BIBLE_DATA = Path("/usr/lib/bible.data")  # bible-kjv-text, read by the `bible` program (bible-kjv)
+JARGON_SYSTEM = (Path("/usr/share/doc/jargon-text/jargon.txt.gz"), Path("/usr/share/doc/jargon-text/jargon.txt"))
+
+
 def _read_kjv(sources: Path) -> list[tuple[str, str, str]]:
     cached = sources / "kjv.txt"
     if cached.exists():
         raw = cached.read_text()
     else:
         exe = shutil.which("bible")
-        if exe is None or not Path("/usr/lib/bible.data").exists():
+        if exe is None or not BIBLE_DATA.exists():
             raise MissingSource(
                 "King James Bible not found. Install it with:\n"
                 "    apt-get install -y bible-kjv bible-kjv-text\n"
@@ -184,8 +189,7 @@ def _read_kjv(sources: Path) -> list[tuple[str, str, str]]:
 
 
 def _read_jargon(sources: Path, target: int) -> list[tuple[str, str, str]]:
-    cands = [sources / "jargon.txt", sources / "jargon.txt.gz",
-             Path("/usr/share/doc/jargon-text/jargon.txt.gz"), Path("/usr/share/doc/jargon-text/jargon.txt")]
+    cands = [sources / "jargon.txt", sources / "jargon.txt.gz", *JARGON_SYSTEM]
     f = next((c for c in cands if c.exists()), None)
     if f is None:
         raise MissingSource("Jargon File not found. Install it with:\n    apt-get install -y jargon-text")

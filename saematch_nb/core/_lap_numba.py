@@ -359,3 +359,72 @@ def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v,
                     cc_n[j] = _offer(cc_v[j], cc_i[j], cc_n[j], kc, cv, i)
                     if cc_n[j] == kc:
                         tc[j - j0] = cc_v[j, 0]
+
+
+@njit(cache=True)
+def row_reduction(indptr, indices, cost, v, col4row, row4col, free, max_steps, n_passes=2):
+    """Jonker-Volgenant augmenting row reduction (an auction with zero increment, Gauss-Seidel)
+    on the free rows ``free``: a free row takes its best column j1 and lowers v[j1] until its
+    second best is as good; the displaced row is served next. Lowering v only makes a column
+    less attractive, so every assigned row keeps its cheapest column (complementary slackness
+    holds with u_i = c_ij - v_j). Stops after ``max_steps`` moves (price wars on near-ties).
+    Returns the rows left free (the caller runs shortest augmenting paths for them)."""
+    buf = free.copy()
+    n_free = buf.size
+    steps = 0
+    for _ in range(n_passes):
+        k = 0
+        new_free = 0
+        while k < n_free:
+            i = buf[k]
+            k += 1
+            steps += 1
+            if steps > max_steps:
+                buf[new_free] = i
+                new_free += 1
+                continue
+            u1 = np.inf
+            u2 = np.inf
+            j1 = -1
+            j2 = -1
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                h = cost[p] - v[j]
+                if h < u2:
+                    if h < u1:
+                        u2 = u1
+                        j2 = j1
+                        u1 = h
+                        j1 = j
+                    else:
+                        u2 = h
+                        j2 = j
+            if j1 < 0:
+                buf[new_free] = i
+                new_free += 1
+                continue
+            i0 = row4col[j1]
+            lowers = False
+            if j2 >= 0 and u1 < u2:
+                v[j1] -= u2 - u1
+                lowers = True
+            elif i0 >= 0:
+                if j2 < 0:
+                    buf[new_free] = i
+                    new_free += 1
+                    continue
+                j1 = j2
+                i0 = row4col[j2]
+            if i0 >= 0:
+                col4row[i0] = -1
+            col4row[i] = j1
+            row4col[j1] = i
+            if i0 >= 0:
+                if lowers:
+                    k -= 1
+                    buf[k] = i0
+                else:
+                    buf[new_free] = i0
+                    new_free += 1
+        n_free = new_free
+    return buf[:n_free].copy()

@@ -421,6 +421,12 @@ def _solve(P, u, v, col4row, row4col, cold, eps):
         K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
     else:
         K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
+    free = np.flatnonzero(col4row < 0)
+    if free.size > 1:
+        # cheap auction-like moves first (JV augmenting row reduction); it only lowers v of
+        # columns it assigns, so free columns keep v = 0 in the rectangular case
+        K_.row_reduction(P.indptr, P.indices, P.cost, v, col4row, row4col, free, 100 * P.n_a + 1000)
+        K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
     failed = np.zeros(P.n_a, np.bool_)
     nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
                             np.flatnonzero(col4row < 0), failed)

@@ -303,7 +303,7 @@ def trace_body(tr: Any, *, header: bool = True) -> str:
     parts = []
     if header:
         title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
-        sub = f"present on {escape(f['length'])} of {escape(f['n_layers'])} layers; {escape(f['born'])}; {escape(f['dies'])}"
+        sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
         parts.append(_header("FeatureTrace", title, sub))
     parts.append(f'<div class="smn-trace">{"".join(row)}</div>')
     if extra:  # steps that do not join neighbouring layers of the row (kept so no fact is lost)

@@ -302,7 +302,7 @@ def trace_facts(tr: Any) -> dict[str, Any]:
     return {
         "kind": "FeatureTrace",
         "origin_layer": _layer(tr.origin_layer), "origin_feature": fmt_int(tr.origin_feature),
-        "length": fmt_int(tr.length), "n_layers": fmt_int(len(tr.layers)),
+        "length": fmt_int(tr.length), "n_layers": fmt_int(len(tr.layers)), "alive": fmt_int(hi - lo + 1),
         "born": (f"born at layer {_layer(tr.born_layer)}" if tr.born_layer is not None
                  else "present from the first layer"),
         "dies": (f"dies at layer {_layer(tr.dies_layer)}" if tr.dies_layer is not None
@@ -311,11 +311,17 @@ def trace_facts(tr: Any) -> dict[str, Any]:
     }
 
 
+def trace_span(f: dict[str, Any]) -> str:
+    """How far the feature goes under the criterion, and how far the permutation alone follows it."""
+    return (f"kept by the criterion on {f['alive']} of {f['n_layers']} layers "
+            f"(followed by the permutation on {f['length']})")
+
+
 def trace_text(tr: Any) -> str:
     f = trace_facts(tr)
     lines = [
         f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}",
-        f"  present on {f['length']} of {f['n_layers']} layers; {f['born']}; {f['dies']}",
+        f"  {trace_span(f)}; {f['born']}; {f['dies']}",
     ]
     cells = []
     for n in f["nodes"]:

@@ -40,7 +40,7 @@ METHODS = ("folded+matched", "unfolded+matched", "identity", "cosine", "skip", "
 def _theta(w: SAEWeights):
     import torch
 
-    return w.threshold if w.threshold is not None else torch.ones(w.d_sae)
+    return w.threshold if w.threshold is not None else torch.ones(w.d_sae, device=w.W_dec.device)
 
 
 def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.ndarray | None = None,
@@ -48,22 +48,23 @@ def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.
     """x_t -> x̂_{t+1} through the mapping ``perm`` (A-feature -> B slot, -1 = dropped)."""
     import torch
 
-    perm_t = torch.as_tensor(np.array(perm, dtype=np.int64))
+    dev = w_a.W_dec.device  # all SAE math runs where the weights are (evaluate: the model's device)
+    perm_t = torch.as_tensor(np.array(perm, dtype=np.int64), device=dev)
     th_a, th_b = _theta(w_a), _theta(w_b)
     ok = perm_t >= 0
     if keep_prev is not None:
-        kp = torch.as_tensor(np.array(keep_prev, dtype=bool))
+        kp = torch.as_tensor(np.array(keep_prev, dtype=bool), device=dev)
         ok = ok & ~kp
     src = torch.nonzero(ok).squeeze(1)
     dst = perm_t[src]
     # Folded code of A moved into B's slots, in B's units (scale θ_b / θ_a).
-    scale = torch.ones(src.numel()) if raw else th_b[dst] / th_a[src]
+    scale = torch.ones(src.numel(), device=dev) if raw else th_b[dst] / th_a[src]
     prev_rows = None if keep_prev is None else torch.nonzero(kp).squeeze(1)
 
     def fn(x):
         f = w_a.encode(x)
         flat = f.reshape(-1, f.shape[-1])
-        g = torch.zeros(flat.shape[0], w_b.d_sae, dtype=flat.dtype)
+        g = torch.zeros(flat.shape[0], w_b.d_sae, dtype=flat.dtype, device=flat.device)
         g.index_add_(1, dst, flat[:, src] * scale)  # many-to-one maps add up
         out = g @ w_b.W_dec + w_b.b_dec
         if prev_rows is not None and prev_rows.numel():
@@ -73,14 +74,32 @@ def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.
     return fn
 
 
-def _pair_layers(chain: Any, ws: Sequence[SAEWeights]) -> list[int]:
+def _layer_of(sae: Any) -> int | None:
+    """The layer an SAE reads, without loading it when it says so itself (SAEWeights, lazy
+    handles: ``.info.layer`` / ``.layer``); otherwise loaded alone and dropped."""
+    L = getattr(getattr(sae, "info", None), "layer", None)
+    if L is None and not isinstance(sae, Mapping):
+        L = getattr(sae, "layer", None)
+    if L is None:
+        L = as_weights(sae).info.layer  # the weights are dropped at once
+    return None if L is None else int(L)
+
+
+def _pair_layers(chain: Any, saes: Sequence[Any]) -> list[int]:
     if chain is not None and hasattr(chain, "layers"):
         return [int(x) for x in chain.layers]
-    layers = [w.info.layer for w in ws]
+    layers = [_layer_of(s) for s in saes]
     if any(L is None for L in layers):
         raise ValueError("cannot tell which layer each SAE reads: give SAEs whose info has a layer "
                          "(hook blocks.{L}.hook_resid_post) or a MatchChain")
     return layers
+
+
+def _check_pair(chain: Any, t: int, wa: SAEWeights, wb: SAEWeights) -> None:
+    lm = chain.pairs[t]
+    if lm.fingerprint_a and (lm.fingerprint_a != wa.fingerprint() or lm.fingerprint_b != wb.fingerprint()):
+        raise ValueError(f"pair {t} of the chain was computed from other SAEs than those given "
+                         "(weights hashes differ): pass the SAEs the chain was built from")
 
 
 def evaluate(
@@ -96,19 +115,25 @@ def evaluate(
 
     ``chain``: a MatchChain (its pairs give ``folded+matched``), or a list of SAEs (then ``saes``
     may be omitted). ``saes``: the chain's SAEs in layer order (or ``{layer: sae}``), anything
-    ``as_weights`` takes. Matches a method needs and the chain lacks are computed with
-    ``saematch_nb.match``. ``quantile``: add ``pruned@q`` rows for each q. ``transfer``:
-    "folded" (default: the folded code f/θ_t is moved, exact under the rescaling symmetry that
-    folding removes) or "raw" (the paper's Eq. 5 read literally: x̂ = (P f) W_dec(t+1) + b_dec(t+1);
-    the same thing when both SAEs have unit-norm decoders and equal thresholds).
+    ``as_weights`` takes. Pairs are evaluated one after the other and only the two SAEs of the
+    current pair are held (lazy handles and paths are loaded when their pair comes and dropped
+    after it), on the model's device (``model.cfg.device``), in float32. Matches a method needs
+    and the chain lacks are computed with ``saematch_nb.match``. ``quantile``: add ``pruned@q``
+    rows for each q in [0, 1] (App. B): features whose matched MSE is above the q-quantile of the
+    pair's MSEs, and features without partner, are decoded by layer t's own decoder row
+    (``f_i · W_dec(t)[i]``, f in layer t's units); the others are moved as in ``folded+matched``;
+    the bias is ``b_dec(t+1)``. So pruned@1 is folded+matched (with a full permutation) and
+    pruned@0 is recon_previous with b_dec(t+1) for b_dec(t), except the feature(s) of least MSE.
+    ``transfer``: "folded" (default: the folded code f/θ_t is moved, exact under the rescaling
+    symmetry that folding removes) or "raw" (the paper's Eq. 5 read literally:
+    x̂ = (P f) W_dec(t+1) + b_dec(t+1); the same thing when both SAEs have unit-norm decoders and
+    equal thresholds).
     """
     if transfer not in ("folded", "raw"):
         raise ValueError(f"transfer must be 'folded' or 'raw', got {transfer!r}")
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
-
-    from ..core.match import match
 
     if saes is None:
         if chain is not None and not hasattr(chain, "pairs"):
@@ -117,28 +142,26 @@ def evaluate(
             saes = getattr(chain, "saes", None)
     if saes is None:
         raise ValueError("evaluate needs the SAEs: pass saes=[...] (the SAEs the chain was built from)")
-    if isinstance(saes, Mapping):
-        saes = [saes[k] for k in sorted(saes)]
-    ws = [as_weights(s) for s in saes]
-    if len(ws) < 2:
-        raise ValueError(f"evaluate needs at least two SAEs, got {len(ws)}")
-    layers = _pair_layers(chain, ws)
-    if chain is not None and len(layers) != len(ws):
-        raise ValueError(f"the chain has {len(layers)} layers but {len(ws)} SAEs were given")
+    saes = [saes[k] for k in sorted(saes)] if isinstance(saes, Mapping) else list(saes)
+    n = len(saes)
+    if n < 2:
+        raise ValueError(f"evaluate needs at least two SAEs, got {n}")
+    layers = _pair_layers(chain, saes)
+    if chain is not None and len(layers) != n:
+        raise ValueError(f"the chain has {len(layers)} layers but {n} SAEs were given")
     if chain is not None:
-        for t, lm in enumerate(chain.pairs):
-            fa, fb = ws[t].fingerprint(), ws[t + 1].fingerprint()
-            if lm.fingerprint_a and (lm.fingerprint_a != fa or lm.fingerprint_b != fb):
-                raise ValueError(f"pair {t} of the chain was computed from other SAEs than those given "
-                                 "(weights hashes differ): pass the SAEs the chain was built from")
+        # SAEs already in memory are checked now, lazy ones when their pair is loaded.
+        for t in range(n - 1):
+            if isinstance(saes[t], SAEWeights) and isinstance(saes[t + 1], SAEWeights):
+                _check_pair(chain, t, saes[t], saes[t + 1])
     for t in range(len(layers) - 1):
         if layers[t + 1] != layers[t] + 1:
             raise ValueError(f"evaluate compares adjacent layers; got layers {layers[t]} -> {layers[t + 1]}")
     methods = list(methods)
     qs = [] if quantile is None else ([quantile] if np.isscalar(quantile) else list(quantile))
     for q in qs:
-        if not 0 < float(q) < 1:
-            raise ValueError(f"quantile must be in (0, 1), got {q}")
+        if not 0 <= float(q) <= 1:
+            raise ValueError(f"quantile must be in [0, 1], got {q}")
         methods.append(f"pruned@{float(q):g}")
     bad = [m for m in methods if m not in METHODS and not m.startswith("pruned@")]
     if bad:
@@ -154,7 +177,7 @@ def evaluate(
                 break
             d = d[: first + max_tokens - kept]; out.append(d); kept += d.size - first
         docs = out
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = torch.device(getattr(model.cfg, "device", None) or "cpu")
     batches = []
     for s in range(0, len(docs), batch_size):
         b = docs[s:s + batch_size]
@@ -166,7 +189,7 @@ def evaluate(
             toks[i, :d.size] = torch.from_numpy(d)
             mask[i, first:d.size] = True
             lmask[i, first:d.size - 1] = True
-        batches.append((toks.to(device), mask, lmask))
+        batches.append((toks.to(device), mask.to(device), lmask))
 
     def loss_of(toks, lmask):
         with torch.no_grad():
@@ -175,62 +198,83 @@ def evaluate(
 
     clean_sum = clean_n = 0
     for toks, _, lmask in batches:
-        s, n = loss_of(toks, lmask)
-        clean_sum += s; clean_n += n
+        s, n_ = loss_of(toks, lmask)
+        clean_sum += s; clean_n += n_
     clean = clean_sum / max(clean_n, 1)
 
-    rows = []
-    total = (len(ws) - 1) * len(methods)
-    bar = tqdm(total=total, desc="evaluate", unit="run", disable=not progress)
-    for t in range(len(ws) - 1):
-        wa, wb = ws[t], ws[t + 1]
-        la, lb = layers[t], layers[t + 1]
-        memo: dict[str, Any] = {}
+    def load(i: int) -> SAEWeights:
+        w = as_weights(saes[i])
+        return w if w.W_dec.device == device else w.to(device)
 
-        def get_match(kind: str):
-            if kind not in memo:
-                if kind == "folded" and chain is not None and chain.options.get("fold", True) \
-                        and chain.options.get("method", "lap") == "lap":
-                    memo[kind] = chain.pairs[t]
-                else:
-                    kw = {"folded": dict(fold=True), "unfolded": dict(fold=False),
-                          "cosine": dict(method="cosine")}[kind]
-                    memo[kind] = match(wa, wb, **{**mk, **kw})
-            return memo[kind]
-
-        for m in methods:
-            t0 = time.perf_counter()
-            fn = _method_fn(m, wa, wb, get_match, raw=(transfer == "raw"))
-            ev = EVAccumulator()
-            store: dict[str, Any] = {}
-
-            def grab(act, hook):
-                store["x_t"] = act.detach()
-                return act
-
-            def replace(act, hook):
-                x_next = act.detach()
-                x_hat = fn(store["x_t"].cpu(), x_next.cpu()).to(act.device, act.dtype)
-                mk_ = store["mask"].to(act.device)
-                ev.update(x_hat[mk_], x_next[mk_])
-                # Positions that do not count (BOS, padding) keep their clean state.
-                return torch.where(mk_[..., None], x_hat, act)
-
-            hooks = [(f"blocks.{la}.hook_resid_post", grab), (f"blocks.{lb}.hook_resid_post", replace)]
-            ls = ln = 0
-            with model.hooks(fwd_hooks=hooks):
-                for toks, mask, lmask in batches:
-                    store["mask"] = mask
-                    s, n = loss_of(toks, lmask)
-                    ls += s; ln += n
-            loss = ls / max(ln, 1)
-            rows.append({"layer_from": la, "layer_to": lb, "method": m,
-                         "explained_variance": ev.value(), "delta_loss": loss - clean, "loss": loss,
-                         "clean_loss": clean, "n_tokens": ev.n, "transfer": transfer,
-                         "seconds": time.perf_counter() - t0})
-            bar.update(1)
+    rows: list[dict] = []
+    bar = tqdm(total=(n - 1) * len(methods), desc="evaluate", unit="run", disable=not progress)
+    wa = load(0)
+    for t in range(n - 1):
+        wb = load(t + 1)  # held now: SAE t and SAE t+1, nothing else
+        if chain is not None:
+            _check_pair(chain, t, wa, wb)
+        rows += _evaluate_pair(model, chain, t, layers[t], layers[t + 1], wa, wb, methods, mk, transfer,
+                               batches, loss_of, clean, bar)
+        wa, wb = wb, None  # SAE t is dropped here
+    del wa
     bar.close()
     return pd.DataFrame(rows)
+
+
+def _evaluate_pair(model, chain, t, la, lb, wa, wb, methods, mk, transfer, batches, loss_of, clean, bar):
+    """The rows of one pair; everything built for it (matches, transfer closures) dies on return."""
+    import torch
+
+    from ..core.match import match
+
+    memo: dict[str, Any] = {}
+
+    def get_match(kind: str):
+        if kind not in memo:
+            if kind == "folded" and chain is not None and chain.options.get("fold", True) \
+                    and chain.options.get("method", "lap") == "lap":
+                memo[kind] = chain.pairs[t]
+            else:
+                kw = {"folded": dict(fold=True), "unfolded": dict(fold=False),
+                      "cosine": dict(method="cosine")}[kind]
+                memo[kind] = match(wa, wb, **{**mk, **kw})
+        return memo[kind]
+
+    wdev = wa.W_dec.device
+    rows = []
+    for m in methods:
+        t0 = time.perf_counter()
+        fn = _method_fn(m, wa, wb, get_match, raw=(transfer == "raw"))
+        ev = EVAccumulator()
+        store: dict[str, Any] = {}
+
+        def grab(act, hook):
+            store["x_t"] = act.detach()
+            return act
+
+        def replace(act, hook, fn=fn, ev=ev, store=store):
+            x_next = act.detach()
+            # SAE math on the weights' device (the model's); no copy when they are the same.
+            x_hat = fn(store["x_t"].to(wdev), x_next.to(wdev)).to(act.device, act.dtype)
+            mk_ = store["mask"].to(act.device)
+            ev.update(x_hat[mk_], x_next[mk_])
+            # Positions that do not count (BOS, padding) keep their clean state.
+            return torch.where(mk_[..., None], x_hat, act)
+
+        hooks = [(f"blocks.{la}.hook_resid_post", grab), (f"blocks.{lb}.hook_resid_post", replace)]
+        ls = ln = 0
+        with model.hooks(fwd_hooks=hooks):
+            for toks, mask, lmask in batches:
+                store["mask"] = mask
+                s, n_ = loss_of(toks, lmask)
+                ls += s; ln += n_
+        loss = ls / max(ln, 1)
+        rows.append({"layer_from": la, "layer_to": lb, "method": m,
+                     "explained_variance": ev.value(), "delta_loss": loss - clean, "loss": loss,
+                     "clean_loss": clean, "n_tokens": ev.n, "transfer": transfer,
+                     "seconds": time.perf_counter() - t0})
+        bar.update(1)
+    return rows
 
 
 def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match, raw: bool = False):
@@ -310,6 +354,9 @@ def coactivation(
 
     ``chain_or_match``: a MatchChain or one LayerMatch; ``acts``: :class:`Activations` holding
     both layers of every pair; ``saes``: ``{layer: sae}`` or a list in ``acts.layers`` order.
+    The SAEs must be those the matches were computed from (checked by weight hash, as in
+    :func:`evaluate`); ``acts`` needs only ``.layers`` and ``.batches(layer, n)`` (rows of the
+    same tokens, in the same order, at every layer).
     Random pairs (A-feature i with a random B-feature) give the chance level of every statistic.
     Two passes over the tokens per pair (maxima and Pearson blocks, then the pair statistics);
     the Pearson matrix is built in blocks of A-features of at most ``block_bytes``.
@@ -350,6 +397,15 @@ def coactivation(
         if (wa.d_sae, wb.d_sae) != (lm.n_a, lm.n_b):
             raise ValueError(f"pair {la}->{lb}: SAE widths {wa.d_sae}, {wb.d_sae} do not match the match's "
                              f"{lm.n_a}, {lm.n_b}")
+        fa_, fb_ = wa.fingerprint(), wb.fingerprint()
+        if lm.fingerprint_a and (lm.fingerprint_a, lm.fingerprint_b) != (fa_, fb_):
+            which = " and ".join(f"layer {L}" for L, ok in ((la, lm.fingerprint_a == fa_), (lb, lm.fingerprint_b == fb_))
+                                 if not ok)
+            raise ValueError(
+                f"pair {la}->{lb}: the match was computed from other SAEs than those given for {which} "
+                f"(weight hashes: match {lm.fingerprint_a}/{lm.fingerprint_b}, given {fa_}/{fb_}). Pass the "
+                "SAEs the chain was built from, keyed by their layers ({layer: sae}), or rebuild the "
+                "chain from these SAEs with saematch_nb.match_chain(saes)")
         n_a, n_b = wa.d_sae, wb.d_sae
         blk = max(1, int(block_bytes // (8 * max(n_b, 1))))
         blocks = [slice(s, min(s + blk, n_a)) for s in range(0, n_a, blk)]

@@ -223,6 +223,10 @@ def test_trace_repr_marks_and_links():
     out = tr._repr_html_()
     seen = visible_text(rich_part(out))
     assert "present from the first layer" in seen and "dies at layer 3" in seen
+    f = text.trace_facts(tr)
+    span = text.trace_span(f)
+    assert span in seen and span in repr(tr)  # the same facts in text and HTML
+    assert int(f["alive"]) < int(f["n_layers"])  # it dies before the last layer
     assert 'class="smn-badge smn-dies"' in out and "smn-node-origin" in out
     assert "smn-node-absent" in out  # layer 5 was not reached
     assert "smn-node-gone" in out  # layer 4 is reached but after the death
