@@ -49,6 +49,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SAEMATCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SAEMATCH_USE_GEMMA", raising=False)  # CI runs the demo path
+    # One intra-op thread in the kernel: on a 2-core runner shared with other jobs, torch's default
+    # (one thread per core) oversubscribes and a forward pass of the demo model goes from ~0.1 s
+    # to ~2 s. Users' sessions keep torch's default.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = jupytext.read(path)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

@@ -428,3 +428,65 @@ def row_reduction(indptr, indices, cost, v, col4row, row4col, free, max_steps, n
                     new_free += 1
         n_free = new_free
     return buf[:n_free].copy()
+
+
+@njit(cache=True, parallel=True)
+def price_rows(G, rows, kk, nx, ny, eta_y, v, indptr, indices, n_b, new_cols, new_vals, n_new, r_out, rho_out,
+               tau_out):
+    """Pricing of recomputed rows (``G[t] = X[rows[t]] @ Y.T`` in float32): among the row's
+    non-candidate columns, the ``kk[t]`` of smallest proven-lower reduced value
+    ``C - eta_y - v`` become new candidates (``new_cols/new_vals[t, :n_new[t]]``, float64 cost
+    from the float32 product); ``tau_out`` = the smallest such value left out, ``r_out`` /
+    ``rho_out`` = min cost / max dot over what stays non-candidate (inf / -inf if nothing)."""
+    m = rows.size
+    for t in prange(m):
+        i = rows[t]
+        mark = np.zeros(n_b, np.bool_)
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < n_b:
+                mark[j] = True
+        cap = kk[t] + 1
+        hv = np.empty(cap)
+        hi = np.empty(cap, np.int64)
+        size = 0
+        a2 = nx[i]
+        Gt = G[t]
+        th = -np.inf
+        for j in range(n_b):
+            if mark[j]:
+                continue
+            key = -(a2 + ny[j] - 2.0 * np.float64(Gt[j]) - eta_y[j] - v[j])
+            if key > th:
+                size = _offer(hv, hi, size, cap, key, j)
+                if size == cap:
+                    th = hv[0]
+        if size == cap:  # the root is the smallest value left out
+            tau_out[t] = -hv[0]
+            for q in range(1, cap):
+                j = hi[q]
+                new_cols[t, q - 1] = j
+                new_vals[t, q - 1] = a2 + ny[j] - 2.0 * np.float64(Gt[j])
+                mark[j] = True
+            n_new[t] = cap - 1
+        else:  # every non-candidate becomes a candidate
+            tau_out[t] = np.inf
+            for q in range(size):
+                j = hi[q]
+                new_cols[t, q] = j
+                new_vals[t, q] = a2 + ny[j] - 2.0 * np.float64(Gt[j])
+                mark[j] = True
+            n_new[t] = size
+        rmin = np.inf
+        gmax = -np.inf
+        for j in range(n_b):
+            if mark[j]:
+                continue
+            g = np.float64(Gt[j])
+            c = a2 + ny[j] - 2.0 * g
+            if c < rmin:
+                rmin = c
+            if g > gmax:
+                gmax = g
+        r_out[t] = rmin
+        rho_out[t] = gmax

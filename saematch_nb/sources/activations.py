@@ -145,42 +145,61 @@ def model_identity(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve_texts(texts: Any) -> Any:
-    """Strings / token ids as given; the demo's held-out texts; or a Hugging Face dataset name."""
+DEFAULT_DATASET_DOCS = 100
+
+
+def _resolve_texts(texts: Any, max_docs: int | None = None) -> Any:
+    """Strings / token ids as given; the demo's held-out texts; a Hugging Face dataset name
+    (its first ``max_docs`` documents, default 100) or ``(dataset_name, n_docs)``."""
+    if max_docs is not None and (not isinstance(max_docs, (int, np.integer)) or max_docs < 1):
+        raise ActivationError(f"max_docs must be a positive integer, got {max_docs!r}")
     if hasattr(texts, "texts") and not isinstance(texts, (str, list, tuple)):
-        return list(texts.texts)  # a demo bundle
-    if isinstance(texts, str):
-        return _dataset_texts(texts)
+        texts = list(texts.texts)  # a demo bundle
+    elif isinstance(texts, str):
+        return _dataset_texts(texts, max_docs or DEFAULT_DATASET_DOCS)
+    elif (isinstance(texts, tuple) and len(texts) == 2 and isinstance(texts[0], str)
+          and isinstance(texts[1], (int, np.integer)) and not isinstance(texts[1], bool)):
+        n = int(texts[1]) if max_docs is None else min(int(texts[1]), int(max_docs))
+        if n < 1:
+            raise ActivationError(f"texts={texts!r}: the number of documents must be >= 1")
+        return _dataset_texts(texts[0], n)
+    if max_docs is not None:
+        try:
+            texts = list(texts)[: int(max_docs)]
+        except TypeError:
+            pass  # tokenize reports what texts should be
     return texts
 
 
-def _dataset_texts(name: str, n_docs: int = 100) -> list[str]:
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise ActivationError(
-            f"texts={name!r} names a Hugging Face dataset, but the hub is offline (HF_HUB_OFFLINE=1). "
-            "Pass a list of strings instead, e.g. saematch_nb.demo.load().texts")
+def _dataset_texts(name: str, n_docs: int = DEFAULT_DATASET_DOCS) -> list[str]:
+    """The first ``n_docs`` documents (column "text", else the first string column) of the train
+    split of the Hugging Face dataset ``name``, streamed (nothing else is downloaded)."""
     try:
         import datasets
     except ImportError:
         raise ActivationError(f"texts={name!r} looks like a dataset name, but the `datasets` package is "
                               "not installed; pip install datasets, or pass a list of strings") from None
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise ActivationError(
+            f"texts={name!r} names a Hugging Face dataset, but the hub is offline (HF_HUB_OFFLINE=1 or "
+            "HF_DATASETS_OFFLINE=1). Pass a list of strings instead, e.g. saematch_nb.demo.load().texts")
     try:
         ds = datasets.load_dataset(name, split="train", streaming=True)
         out = []
         for row in ds:
             out.append(row.get("text") or next(v for v in row.values() if isinstance(v, str)))
             if len(out) >= n_docs:
-                break
+                break  # read no row more than needed
         return out
     except Exception as exc:
         raise ActivationError(f"could not read dataset {name!r} from the Hugging Face hub ({exc}); "
-                              "check the name and your connection, or pass a list of strings") from exc
+                              "check the name and your connection (offline?), or pass a list of strings") from exc
 
 
-def tokenize(model: Any, texts: Any, *, context: int | None = None) -> list[np.ndarray]:
+def tokenize(model: Any, texts: Any, *, context: int | None = None, max_docs: int | None = None) -> list[np.ndarray]:
     """One int64 array per document (BOS first when the model's tokenizer adds one), truncated
-    to ``context`` tokens (default: the model's n_ctx)."""
-    texts = _resolve_texts(texts)
+    to ``context`` tokens (default: the model's n_ctx); at most ``max_docs`` documents."""
+    texts = _resolve_texts(texts, max_docs)
     n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 0) or 0) or None
     context = context or n_ctx
     if context is not None and n_ctx is not None and context > n_ctx:
@@ -232,13 +251,16 @@ def collect_activations(
     model: Any, texts: Any, layers: Sequence[int] | int, *, hook: str = DEFAULT_HOOK, batch_size: int = 8,
     max_tokens: int | None = None, context: int | None = None, exclude_bos: bool = True,
     dtype: str = "float32", cache: bool = True, cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool = True, max_docs: int | None = None,
 ) -> Activations:
     """Run ``model`` on ``texts`` and store the activations of ``layers`` at ``hook`` on disk.
 
     ``texts``: a list of strings (tokenized with the model's tokenizer, BOS prepended), a list of
     token-id lists (used as given; their first token is treated as BOS), the demo bundle (its
-    held-out ``.texts``), or a Hugging Face dataset name (needs the hub online).
+    held-out ``.texts``), or a Hugging Face dataset name (needs the hub online and the
+    ``datasets`` package; streamed, its first ``max_docs`` documents, default 100; the form
+    ``("dataset_name", n_docs)`` says the same wherever texts are taken). ``max_docs``: use at
+    most this many documents (of a list too).
     ``context``: tokens per document (default the model's n_ctx); ``max_tokens``: stop after this
     many kept tokens in total (whole documents only, the last one truncated). ``dtype``: storage
     ("float32" or "float16"). ``cache``: reuse a finished collection with the same model, tokens
@@ -267,7 +289,7 @@ def collect_activations(
     if batch_size < 1:
         raise ActivationError(f"batch_size must be >= 1, got {batch_size}")
 
-    docs = tokenize(model, texts, context=context)
+    docs = tokenize(model, texts, context=context, max_docs=max_docs)
     first = 1 if exclude_bos else 0
     if max_tokens is not None:
         kept, out = 0, []

@@ -107,7 +107,7 @@ def evaluate(
     methods: Sequence[str] = METHODS, quantile: float | Sequence[float] | None = None,
     batch_size: int = 8, context: int | None = None, max_tokens: int | None = None,
     exclude_bos: bool = True, progress: bool = True, match_kwargs: Mapping[str, Any] | None = None,
-    transfer: str = "folded",
+    transfer: str = "folded", max_docs: int | None = None,
 ):
     """EV and ΔL of every adjacent pair for every method: a tidy DataFrame, one row per
     (pair, method), columns layer_from, layer_to, method, explained_variance, delta_loss, loss,
@@ -127,7 +127,8 @@ def evaluate(
     ``transfer``: "folded" (default: the folded code f/θ_t is moved, exact under the rescaling
     symmetry that folding removes) or "raw" (the paper's Eq. 5 read literally:
     x̂ = (P f) W_dec(t+1) + b_dec(t+1); the same thing when both SAEs have unit-norm decoders and
-    equal thresholds).
+    equal thresholds). ``texts``: as for ``collect_activations`` (a list of strings, the demo
+    bundle, a dataset name or ``("dataset_name", n_docs)``); ``max_docs``: at most this many.
     """
     if transfer not in ("folded", "raw"):
         raise ValueError(f"transfer must be 'folded' or 'raw', got {transfer!r}")
@@ -168,7 +169,7 @@ def evaluate(
         raise ValueError(f"unknown method(s) {bad}; choose from {METHODS} or pruned@q")
     mk = dict(match_kwargs or {})
 
-    docs = tokenize(model, texts, context=context)
+    docs = tokenize(model, texts, context=context, max_docs=max_docs)
     first = 1 if exclude_bos else 0
     if max_tokens is not None:
         out, kept = [], 0

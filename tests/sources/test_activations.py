@@ -1,11 +1,15 @@
 """collect_activations: rows = the model's residuals (BOS excluded), disk cache reuse, atomic writes."""
 
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
 
 from saematch_nb.sources import _fixtures as fx
-from saematch_nb.sources.activations import ActivationError, Activations, collect_activations
+from saematch_nb.sources.activations import (DEFAULT_DATASET_DOCS, ActivationError, Activations, collect_activations,
+                                              tokenize)
 
 TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and <b>bold</b> & more", "short one"]
 
@@ -86,3 +90,65 @@ def test_token_ids_and_max_tokens(model, tmp_path):
     assert acts.n_tokens == 30
     assert acts.token_ids[:27].tolist() == list(range(3, 30))  # first id of a doc is its BOS
     assert acts.n_docs == 2 and (acts.doc == 1).sum() == 3
+
+
+# -- Hugging Face dataset input (never the network: `datasets` is replaced or hidden) ---------------
+class _FakeDatasets(types.ModuleType):
+    """Stands in for `datasets`: load_dataset streams an endless train split (or raises)."""
+
+    def __init__(self, error=None):
+        super().__init__("datasets")
+        self.calls, self.rows_read, self.error = [], 0, error
+
+    def load_dataset(self, name, split=None, streaming=False):
+        self.calls.append((name, split, streaming))
+        if self.error is not None:
+            raise self.error
+
+        def rows():
+            i = 0
+            while True:
+                self.rows_read += 1
+                yield {"id": i, "text": f"Document number {i} of {name}."}
+                i += 1
+        return rows()
+
+
+@pytest.fixture
+def online(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+
+def test_dataset_name_streams_max_docs(model, tmp_path, monkeypatch, online):
+    fake = _FakeDatasets()
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    acts = collect_activations(model, "org/corpus", [0], max_docs=3, cache_dir=tmp_path, progress=False)
+    assert acts.n_docs == 3 and fake.calls == [("org/corpus", "train", True)] and fake.rows_read == 3
+    assert "".join(acts.token_str(t) for t in acts.doc_tokens(2)[1:]) == "Document number 2 of org/corpus."
+    # the (name, n) form, and the default of 100 documents
+    assert len(tokenize(model, ("org/corpus", 5))) == 5
+    assert len(tokenize(model, "org/corpus")) == DEFAULT_DATASET_DOCS == 100
+    assert len(tokenize(model, TEXTS, max_docs=2)) == 2  # a list is cut too
+    with pytest.raises(ActivationError, match="max_docs"):
+        tokenize(model, "org/corpus", max_docs=0)
+
+
+def test_dataset_without_the_datasets_package(model, monkeypatch, online):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(ActivationError, match=r"`datasets` package is not installed; pip install datasets"):
+        collect_activations(model, "org/corpus", [0], cache=False, progress=False)
+
+
+def test_dataset_offline(model, monkeypatch):
+    fake = _FakeDatasets()
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ActivationError, match=r"hub is offline .*list of strings"):
+        collect_activations(model, ("org/corpus", 4), [0], cache=False, progress=False)
+    assert fake.calls == []  # failed before asking for the dataset
+    # offline without the variable: the connection error is explained, with what to do
+    monkeypatch.delenv("HF_HUB_OFFLINE"); monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(ConnectionError("Couldn't reach 'org/corpus' on the Hub")))
+    with pytest.raises(ActivationError, match=r"could not read dataset 'org/corpus'.*Couldn't reach.*connection"):
+        collect_activations(model, "org/corpus", [0], cache=False, progress=False)

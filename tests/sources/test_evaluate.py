@@ -1,6 +1,10 @@
 """evaluate (EV / ΔL of SAE Match Eq. 5 and baselines) and coactivation on a tiny random model."""
 
+import gc
+import weakref
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -123,3 +127,141 @@ def test_coactivation_matched_beats_random(model, saes, tmp_path):
     co2 = coactivation(chain, acts, saes, progress=False)
     np.testing.assert_array_equal(co2.features[0].data_partner, f.data_partner)
     assert "Coactivation" in repr(co) and "<script" not in co._repr_html_()
+
+
+# -- memory: evaluate holds at most the two SAEs of the current pair --------------------------------
+class CountingHandle:
+    """A lazy handle (``to_weights()``) that builds fresh tensors on every load and records, at each
+    load, how many SAEs an earlier load returned are still alive (weak references to W_dec)."""
+
+    def __init__(self, w, log):
+        self.w, self.log, self.info = w, log, w.info
+
+    def to_weights(self):
+        gc.collect()
+        self.log["alive_at_load"].append(sum(r() is not None for r in self.log["refs"]))
+        w = SAEWeights(W_enc=self.w.W_enc.clone(), b_enc=self.w.b_enc.clone(), W_dec=self.w.W_dec.clone(),
+                       b_dec=self.w.b_dec.clone(), threshold=self.w.threshold.clone(), info=self.w.info)
+        self.log["refs"].append(weakref.ref(w.W_dec))
+        return w
+
+
+def test_evaluate_holds_at_most_two_saes(model, saes, table):
+    log = {"alive_at_load": [], "refs": []}
+    handles = [CountingHandle(w, log) for w in saes]
+    chain = match_chain(saes, cache=False, progress=False)
+    lazy = evaluate(chain, model, TEXTS, saes=handles, quantile=0.5, progress=False)
+    # one load per SAE; when SAE t+1 is loaded only SAE t is still held (so never more than two)
+    assert len(log["alive_at_load"]) == len(saes)
+    assert max(log["alive_at_load"]) <= 1, log["alive_at_load"]
+    gc.collect()
+    assert all(r() is None for r in log["refs"])  # nothing kept after evaluate returns
+    cols = ["layer_from", "method", "explained_variance", "delta_loss", "n_tokens"]
+    pd.testing.assert_frame_equal(lazy[cols], table[cols])
+
+
+def test_evaluate_checks_lazy_saes_against_the_chain(model, saes):
+    log = {"alive_at_load": [], "refs": []}
+    chain = match_chain(saes, cache=False, progress=False)
+    wrong = [CountingHandle(w, log) for w in (saes[0], saes[2], saes[1])]
+    wrong[1].info = saes[1].info; wrong[2].info = saes[2].info
+    with pytest.raises(ValueError, match="weights hashes differ"):
+        evaluate(chain, model, TEXTS, saes=wrong, methods=["skip"], progress=False)
+
+
+# -- App. B pruned@q on a pair where the match is imperfect -----------------------------------------
+def _rand_sae(layer, seed):
+    a = fx.jumprelu_arrays(D, 2 * D, seed=seed)
+    return SAEWeights.from_arrays(a, info=SAEInfo(layer=layer, hook_name=f"blocks.{layer}.hook_resid_post"))
+
+
+def _expected_pruned(wa, wb, lm, q, x):
+    """App. B written out feature by feature: features with MSE above the q-quantile are decoded by
+    layer t's decoder, the others moved (folded) to their partner in layer t+1's decoder."""
+    f = wa.encode(x).double()
+    cut = np.quantile(lm.mse, q)
+    out = wb.b_dec.double().expand(x.shape[0], -1).clone()
+    th_a, th_b = wa.threshold.double(), wb.threshold.double()
+    for i in range(wa.d_sae):
+        if lm.mse[i] > cut or lm.permutation[i] < 0:
+            out += f[:, i:i + 1] * wa.W_dec[i].double()
+        else:
+            j = int(lm.permutation[i])
+            out += f[:, i:i + 1] * (th_b[j] / th_a[i]) * wb.W_dec[j].double()
+    return out
+
+
+def test_pruned_quantile_against_its_definition():
+    from saematch_nb.core.match import match
+    from saematch_nb.sources.evaluate import _method_fn
+
+    wa, wb = _rand_sae(0, 11), _rand_sae(1, 12)
+    lm = match(wa, wb)
+    x = torch.randn(400, D, generator=torch.Generator().manual_seed(1)) * 3
+    fn = lambda m: _method_fn(m, wa, wb, lambda kind: lm)(x, None).double()  # noqa: E731
+    folded, prev = fn("folded+matched"), fn("recon_previous")
+    assert (folded - prev).norm() > 0.1 * prev.norm()  # the match is far from exact here
+    dists = []
+    for q in (1.0, 0.75, 0.5, 0.25, 0.0):
+        got = fn(f"pruned@{q:g}")
+        torch.testing.assert_close(got, _expected_pruned(wa, wb, lm, q, x), rtol=1e-4, atol=1e-4)
+        dists.append(float((got - prev).norm()))
+    torch.testing.assert_close(fn("pruned@1"), folded)  # nothing pruned: the folded match itself
+    # fewer moved features as q decreases: closer and closer to layer t's own reconstruction
+    assert all(a > b for a, b in zip(dists, dists[1:])), dists
+    # q = 0: every feature but the one(s) of least MSE decoded by layer t (bias still b_dec(t+1))
+    least = np.flatnonzero(lm.mse <= lm.mse.min())
+    f = wa.encode(x).double()
+    j = lm.permutation[least]
+    moved = f[:, least] * (wb.threshold[j] / wa.threshold[least]).double() @ wb.W_dec[j].double() \
+        - f[:, least] @ wa.W_dec[least].double()
+    torch.testing.assert_close(fn("pruned@0"), prev - wa.b_dec.double() + wb.b_dec.double() + moved,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_pruned_rows_in_evaluate_go_from_folded_to_previous(model):
+    wa, wb = _rand_sae(0, 11), _rand_sae(1, 12)
+    wb = SAEWeights(W_enc=wb.W_enc, b_enc=wb.b_enc, W_dec=wb.W_dec, b_dec=wa.b_dec, threshold=wb.threshold,
+                    info=wb.info)  # same b_dec: pruned@0 differs from recon_previous by one feature only
+    df = evaluate([wa, wb], model, TEXTS, methods=["folded+matched", "recon_previous"],
+                  quantile=[0.0, 0.5, 1.0], progress=False).set_index("method")
+    ev = df.explained_variance
+    assert ev["pruned@1"] == pytest.approx(ev["folded+matched"], abs=1e-6)
+    assert abs(ev["folded+matched"] - ev["recon_previous"]) > 0.05
+    assert abs(ev["pruned@0"] - ev["recon_previous"]) < abs(ev["pruned@0.5"] - ev["recon_previous"]) \
+        < abs(ev["folded+matched"] - ev["recon_previous"])
+
+
+# -- coactivation: SAEs checked against the chain, and a planted known answer -----------------------
+class SameStream:
+    """Activations duck: the same Gaussian residual stream at layers 0 and 1."""
+
+    def __init__(self, n=3000, seed=0):
+        self.x = torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
+        self.layers = (0, 1)
+
+    def batches(self, layer, n):
+        for s in range(0, len(self.x), n):
+            yield self.x[s:s + n]
+
+
+def test_coactivation_agreement_on_a_planted_permutation(saes):
+    acts = SameStream()
+    # layer 1's SAE is layer 0's with its features permuted and rescaled: on one stream every
+    # feature's best-Pearson partner is its planted twin, so the data agrees with SAE Match fully
+    pair = saes[:2]
+    good = coactivation(match_chain(pair, cache=False, progress=False), acts, pair, progress=False)
+    row = good.to_pandas().iloc[0]
+    assert row.n_active == 2 * D and row.agreement == 1.0
+    assert row.pearson == pytest.approx(1.0, abs=1e-6) and row.pearson_random < 0.2
+    # a wrong chain over the same SAEs (identity pairing) disagrees with the data
+    bad = coactivation(match_chain(pair, cache=False, progress=False, method="identity"), acts, pair,
+                       progress=False)
+    assert bad.to_pandas().agreement.iloc[0] < 0.2
+
+
+def test_coactivation_checks_the_saes_against_the_chain(saes):
+    chain = match_chain(saes[:2], cache=False, progress=False)
+    other = saes[2].with_info(layer=1)
+    with pytest.raises(ValueError, match=r"pair 0->1: .*other SAEs .* layer 1 .*weight hashes.*match_chain"):
+        coactivation(chain, SameStream(), {0: saes[0], 1: other}, progress=False)

@@ -2,6 +2,7 @@
 
 import io
 import json
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -92,3 +93,27 @@ def test_repr_never_raises(monkeypatch):
     monkeypatch.setattr("saematch_nb.display.examples.neuronpedia_feature_text",
                         lambda f: (_ for _ in ()).throw(RuntimeError("broken display")))
     assert "1234" in repr(f)
+
+
+def test_default_timeout_is_passed_to_the_opener(served, tmp_path):
+    fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 1234, cache_dir=tmp_path)
+    assert served == [("https://www.neuronpedia.org/api/feature/gemma-2-2b/12-gemmascope-res-16k/1234", 5)]
+
+
+@pytest.mark.parametrize("error", [
+    TimeoutError("timed out"),  # read timeout (socket.timeout is TimeoutError)
+    urllib.error.URLError(socket.timeout("timed out")),  # connect timeout, as urllib wraps it
+], ids=["read", "connect"])
+def test_timeout_gives_the_offline_message_and_caches_nothing(monkeypatch, tmp_path, error):
+    seen = []
+
+    def slow(req, timeout=None):
+        seen.append(timeout)
+        raise error
+
+    monkeypatch.setattr(urllib.request, "urlopen", slow)
+    with pytest.raises(NeuronpediaUnavailable, match=r"cannot reach Neuronpedia \(timed out\).*not cached") as e:
+        fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 7, cache_dir=tmp_path, timeout=2.5)
+    assert seen == [2.5]
+    assert "https://neuronpedia.org/gemma-2-2b/12-gemmascope-res-16k/7" in str(e.value)
+    assert not list(tmp_path.rglob("*"))  # no entry, no temporary file, not even a folder

@@ -1,0 +1,123 @@
+"""`make demo` (``python -m saematch_nb.demo --out DIR``) from a fresh cache: exit 0, a summary
+table with one row per adjacent layer pair, and a self-contained report.html (issue #3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saematch_nb import demo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    if not demo.available():
+        pytest.fail(f"the shipped demo assets are missing from {demo.ASSETS}")
+    tmp = tmp_path_factory.mktemp("demo_cli")
+    out = tmp / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "SAEMATCH_CACHE_DIR": str(tmp / "cache"), "HOME": str(tmp / "home")}
+    r = subprocess.run([sys.executable, "-m", "saematch_nb.demo", "--out", str(out)], capture_output=True,
+                       text=True, env=env, cwd=tmp, timeout=600)
+    return r, out
+
+
+def _n_layers() -> int:
+    return json.loads((demo.ASSETS / "model_cfg.json").read_text())["n_layers"]
+
+
+def test_make_demo_runs_the_same_command():
+    make = (ROOT / "Makefile").read_text()
+    rule = re.search(r"^demo:.*\n((?:\t.*\n)+)", make, flags=re.M)
+    assert rule, "Makefile has no demo target"
+    assert "-m saematch_nb.demo" in rule.group(1) and "--out" in rule.group(1)
+
+
+def test_demo_exits_0_and_says_what_it_ran_on(demo_run):
+    r, out = demo_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    first = r.stdout.splitlines()[0]
+    # the first line labels the bundle: the demo model, its SAEs, its texts, where they came from
+    n = _n_layers()
+    assert first.startswith("DemoBundle(") and f"{n} layers" in first, first
+    assert f"saes={n}× JumpReLU" in first and str(demo.ASSETS) in first, first
+    assert f"wrote {out / 'report.html'}" in r.stdout
+
+
+def _table_rows(stdout: str, heading: str) -> list[list[str]]:
+    """The data rows of the table printed under the line starting with ``heading``."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows = []
+    for line in lines[start + 3:]:  # heading, column names, index name
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_demo_prints_one_mse_row_per_adjacent_pair(demo_run):
+    r, _ = demo_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    head = next(line for line in r.stdout.splitlines() if "mse_mean" in line)
+    cols = head.split()
+    assert cols[:2] == ["layer_a", "layer_b"] and "mse_median" in cols and "matched_fraction" in cols
+    rows = _table_rows(r.stdout, "Matched MSE on folded parameters")
+    n = _n_layers()
+    assert len(rows) == n - 1
+    for t, row in enumerate(rows):
+        vals = dict(zip(["pair", *cols], row))
+        assert (int(vals["layer_a"]), int(vals["layer_b"])) == (t, t + 1)
+        mse, med, frac = float(vals["mse_mean"]), float(vals["mse_median"]), float(vals["matched_fraction"])
+        assert 0 < mse < 1 and 0 < med < 1 and 0 <= frac <= 1, row
+    # the per-layer SAE table as well: one row per layer, mean θ next to the residual norm
+    sae_rows = _table_rows(r.stdout, "SAEs (mean θ")
+    assert [int(x[0]) for x in sae_rows] == list(range(n))
+    assert all(float(x[1]) > 0 and float(x[2]) > 0 for x in sae_rows)
+
+
+def test_demo_report_is_self_contained(demo_run):
+    r, out = demo_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<script" not in page.lower()
+    # nothing is loaded from anywhere: no src/href/url()/@import to a resource; an <a href> link
+    # would be fine, and the SVG namespace is an identifier, not a fetch
+    assert not re.search(r"\bsrc\s*=", page, flags=re.I)
+    assert not re.search(r"<link\b", page, flags=re.I)
+    assert not re.search(r"url\(|@import", page, flags=re.I)
+    for m in re.finditer(r"https?://[^\s\"'<>)]+", page):
+        before = page[max(0, m.start() - 12):m.start()]
+        assert m.group(0) == "http://www.w3.org/2000/svg" or "<a " in page[max(0, m.start() - 200):m.start()], \
+            (before, m.group(0))
+    # the chain's repr: a MatchChain over every layer, with the demo model's name
+    n = _n_layers()
+    assert "MatchChain" in page and f"{n - 1} pairs over layers" in page
+    assert "saematch-demo" in page
+    # a few traces of layer-0 features, each followed through the layers
+    traces = re.findall(r"FeatureTrace</span><span class=\"smn-title\">feature ([\d,]+) of layer 0<", page)
+    assert len(traces) == 3, traces
+    assert page.count('class="smn-trace"') == 3
+    # the extra sections the CLI adds
+    assert "Demo SAEs" in page and "Matched MSE on folded parameters" in page
+
+
+def test_demo_matches_afresh_and_leaves_the_cache_alone(demo_run):
+    """The demo matches with ``cache=False`` (a stale cache would hide a rebuilt asset): the
+    progress bar reports no pair as cached, and nothing is written to $SAEMATCH_CACHE_DIR. So a
+    second run recomputes too; it is not run here (it would only repeat these ~30 s)."""
+    r, out = demo_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    cached = [int(c) for c in re.findall(r"cached=(\d+)", r.stderr)]
+    assert cached and max(cached) == 0
+    cache_dir = out.parent / "cache"
+    assert not cache_dir.exists() or not any(cache_dir.rglob("*.npz")), sorted(cache_dir.rglob("*"))
