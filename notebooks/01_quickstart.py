@@ -155,7 +155,7 @@ t = time.perf_counter()
 again = smn.match_chain(saes, progress=False)
 print(f"second run: {again.stats['cache_hits']} of {len(again.pairs)} pairs from the cache, "
       f"{time.perf_counter() - t:.2f} s")
-chain.summary()[["layer_a", "layer_b", "matched_fraction", "mse_median", "mse_q90", "cached", "seconds"]]
+again.summary()[["layer_a", "layer_b", "matched_fraction", "mse_median", "mse_q90", "cached", "seconds"]]
 
 # %% [markdown]
 # ## 4. Trace a feature through depth
@@ -335,7 +335,7 @@ feats.groupby("matched")[["agrees", "matching_score", "pearson"]].mean().round(3
 from saematch_nb.sources.steering import feature_logit_effect
 
 plan = smn.plan_steering(chain, LAYER, FEATURE, strength=4.0, span="trace")
-display(plan.to_pandas())
+print(plan)
 result = smn.steer(bundle.model, bundle.saes, plan, "HAMLET.\n", max_new_tokens=24)
 result
 

@@ -209,19 +209,26 @@ def reconcile(indptr, indices, cost, u, v, col4row, row4col, tol):
     return freed
 
 
+def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows=None):
+    """See _noncandidate_bounds; ``rows``: only these rows (default all)."""
+    if rows is None:
+        rows = np.arange(r.size, dtype=np.int64)
+    return _noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b,
+                                np.asarray(rows, np.int64))
+
+
 @njit(cache=True, parallel=True)
-def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b):
+def _noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows):
     """Proven lower bound of min over non-candidate real columns j of (C_ij - v_j), per row.
 
     A pair that is in none of the four candidate lists (row/column cheapest, row/column most
     cosine-similar) has, in float32, C >= r_i, C >= s_j and cos <= min(kap_r_i, kap_c_j), so
     exactly C_ij >= max(r_i, s_j, |x|^2 + |y|^2 - 2 min(kap) |x||y|) - eta_i - eta_j.
     O(n_a * n_b) scalar work (D times less than the product), no second matrix pass."""
-    n_a = r.size
-    out = np.empty(n_a)
-    nxs = np.sqrt(nx2)
-    nys = np.sqrt(ny2)
-    for i in prange(n_a):
+    m = rows.size
+    out = np.empty(m)
+    for q in prange(m):
+        i = rows[q]
         mark = np.zeros(n_b, np.bool_)
         for p in range(indptr[i], indptr[i + 1]):
             j = indices[p]
@@ -231,7 +238,6 @@ def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, i
         ri = r[i]
         ki = kap_r[i]
         a2 = nx2[i]
-        a1 = 2.0 * nxs[i]
         for j in range(n_b):
             if mark[j]:
                 continue
@@ -243,7 +249,7 @@ def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, i
             val = lb - eta_y[j] - v[j]
             if val < best:
                 best = val
-        out[i] = best - eta_x[i]
+        out[q] = best - eta_x[i]
     return out
 
 
@@ -490,3 +496,41 @@ def price_rows(G, rows, kk, nx, ny, eta_y, v, indptr, indices, n_b, new_cols, ne
                 gmax = g
         r_out[t] = rmin
         rho_out[t] = gmax
+
+
+@njit(cache=True, parallel=True)
+def row_best_two(indptr, indices, cost, n_b):
+    """Per CSR row: positions of the cheapest and second cheapest real (< n_b) edge, -1 if none."""
+    n = indptr.size - 1
+    p1 = np.full(n, -1, np.int64)
+    p2 = np.full(n, -1, np.int64)
+    for i in prange(n):
+        b1 = np.inf
+        b2 = np.inf
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] >= n_b:
+                continue
+            c = cost[p]
+            if p1[i] < 0 or c < b1:
+                p2[i] = p1[i]
+                b2 = b1
+                p1[i] = p
+                b1 = c
+            elif p2[i] < 0 or c < b2:
+                p2[i] = p
+                b2 = c
+    return p1, p2
+
+
+@njit(cache=True, parallel=True)
+def row_min(indptr, vals):
+    """Per CSR row: min of vals over the row's edges (inf for an empty row)."""
+    n = indptr.size - 1
+    out = np.full(n, np.inf)
+    for i in prange(n):
+        m = np.inf
+        for p in range(indptr[i], indptr[i + 1]):
+            if vals[p] < m:
+                m = vals[p]
+        out[i] = m
+    return out

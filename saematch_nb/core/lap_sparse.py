@@ -136,6 +136,7 @@ class _Problem:
         self.n_expanded_rows = 0
         self.n_expanded_cols = 0
         self.n_exact = 0
+        self.lower_cache = None
         import os
         self.col_lists = os.environ.get("COL_LISTS", "1") == "1"
 
@@ -467,8 +468,10 @@ def _solve(P, u, v, col4row, row4col, cold, eps):
                             np.flatnonzero(col4row < 0), failed)
     if cold:
         P.tau[:] = -np.inf  # v was reset: the pricing bounds refer to older duals
+        P.lower_cache = None
     if P.n_cols > P.n_a and np.any((row4col < 0) & (v < -eps)):
         P.tau[:] = -np.inf
+        P.lower_cache = None
         # a column freed by a warm start kept v < 0: only a cold start restores v = 0 there
         v[:] = 0.0
         K_.cold_start(P.indptr, P.indices, P.cost, u, v, col4row, row4col)
@@ -544,9 +547,19 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             timing["exact"] += time.perf_counter() - t
             continue
         # (b) every other pair, through the bounds of the pass
-        lower_nc = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
-                                          P.eta_y, v, P.indptr, P.indices, n_b)
+        # a bound of an earlier round stays valid while v only decreased (no cold start since)
+        # and candidates were only added: recompute only the rows it does not clear
+        if P.lower_cache is None:
+            lower_nc = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
+                                              P.eta_y, v, P.indptr, P.indices, n_b)
+        else:
+            lower_nc = P.lower_cache.copy()
+            redo = np.flatnonzero(np.maximum(lower_nc, P.tau) < u - eps)
+            if redo.size:
+                lower_nc[redo] = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
+                                                        P.eta_y, v, P.indptr, P.indices, n_b, redo)
         lower_nc = np.maximum(lower_nc, P.tau)
+        P.lower_cache = lower_nc.copy()
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
         if _DEBUG:
@@ -657,17 +670,17 @@ def _finish(P, out, w, eps):
     col = np.where(unmatched, -1, col4row).astype(np.int64)
     # nearest column and the best other one, from the candidates (the row's cheapest k are
     # there), with exact costs
-    c_real = np.where(real, P.cost, np.inf)
-    order = np.lexsort((c_real, rows))
-    first = P.indptr[:-1]
-    near_pos = order[first]
-    second_ok = (P.indptr[1:] - first) >= 2
-    sec_pos = order[np.minimum(first + 1, P.keys.size - 1)]
-    P.make_exact(np.unique(np.concatenate([near_pos[np.isfinite(c_real[near_pos])],
-                                           sec_pos[second_ok & np.isfinite(c_real[sec_pos])]])))
-    nearest = idx[near_pos].astype(np.int64)
-    near_c = P.cost[near_pos]
-    sec_c = np.where(second_ok & real[sec_pos], P.cost[sec_pos], np.inf)
+    K_ = _kernels()
+    p1, p2 = K_.row_best_two(P.indptr, P.indices, P.cost, n_b)
+    P.make_exact(np.unique(np.concatenate([p1[p1 >= 0], p2[p2 >= 0]])))
+    near_pos = np.maximum(p1, 0)
+    sec_pos = np.maximum(p2, 0)
+    # exact costs may reorder the two
+    swap = (p2 >= 0) & (P.cost[sec_pos] < P.cost[near_pos])
+    near_pos, sec_pos = np.where(swap, sec_pos, near_pos), np.where(swap, near_pos, sec_pos)
+    nearest = np.where(p1 >= 0, idx[near_pos], -1).astype(np.int64)
+    near_c = np.where(p1 >= 0, P.cost[near_pos], np.inf)
+    sec_c = np.where(p2 >= 0, P.cost[sec_pos], np.inf)
     ref = np.where(unmatched, nearest, col)
     cost = np.where(unmatched, near_c, P.cost[m_pos])
     alt = np.where(ref == nearest, sec_c, near_c)
@@ -675,8 +688,7 @@ def _finish(P, out, w, eps):
     # certified lower bound: sum_i min_j (C_ij - v_j) + sum_j v_j, valid as v <= 0 (columns may
     # stay free); candidate edges enter with their proven lower cost
     lo = P.cost - np.where(P.exact | ~real, 0.0, P.eta_x[rows] + P.eta_y[np.minimum(idx, n_b - 1)])
-    cand_min = np.full(n_a, np.inf)
-    np.minimum.at(cand_min, rows, lo - v[idx])
+    cand_min = K_.row_min(P.indptr, lo - v[idx])
     row_lb = np.minimum(cand_min, out["lower_nc"])
     proven = bool(out["passed"].all())
     lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
