@@ -564,6 +564,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         timing["certify"] += time.perf_counter() - t
         if _DEBUG:
             print(f"round {rounds}: edges {P.keys.size} need {need.size} failed rows {(~passed).sum()} "
+                  f"(of them priced before: {np.isfinite(P.tau[~passed]).sum()}) "
                   f"t {dict((a, round(b, 2)) for a, b in timing.items())}", flush=True)
         if need.size == 0 and passed.all():
             break
