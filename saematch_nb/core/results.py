@@ -278,7 +278,9 @@ class FeatureTrace:
                 "margin_to_next": s.margin if s else None,
                 "matched_to_next": s.matched if s else None,
             })
-        return pd.DataFrame(rows).set_index("layer")
+        df = pd.DataFrame(rows).set_index("layer")
+        # the last layer has no next step: nullable dtypes keep feature ids integers and flags booleans
+        return df.astype({"feature": "Int64", "next_feature": "Int64", "matched_to_next": "boolean"})
 
     def __repr__(self) -> str:
         from ..display import text

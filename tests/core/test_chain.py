@@ -199,6 +199,8 @@ def test_trace_default_follows_partner_and_records_steps(chain):
         assert s.matched == bool(lm.matched[s.feature])
     df = tr.to_pandas()
     assert list(df.index) == [0, 1, 2, 3, 4] and pd.isna(df.loc[4, "next_feature"])
+    assert str(df["next_feature"].dtype) == "Int64" and str(df["feature"].dtype) == "Int64"  # ids stay integers
+    assert df.loc[0, "next_feature"] == tr.steps[0].next_feature
 
 
 def test_born_and_dies_where_the_chain_replaces_features(chain, planted):
