@@ -128,9 +128,10 @@ class _Problem:
         self.eta_x = self.c_err * self.nx64
         self.eta_y = self.c_err * self.ny64
         if block_rows is None:
-            block_rows = max(64, min(8192, (1 << 25) // max(self.n_b, 1)))  # ~128 MB float32 block
+            block_rows = max(64, min(8192, (1 << 24) // max(self.n_b, 1)))  # ~64 MB float32 block
         self.block_rows = int(block_rows)
-        self.k_row = np.full(self.n_a, max(8 * self.k, 64), np.int64)
+        # columns added per priced row (doubling per re-pricing): 64 for small n, up to 256
+        self.k_row = np.full(self.n_a, int(np.clip(self.n_b // 64, 64, 256)), np.int64)
         self.tau = np.full(self.n_a, -np.inf)  # per-row pricing bound, see expand_rows
         self.k_col = np.full(self.n_b, max(self.k, 1), np.int64)
         self.n_expanded_rows = 0
@@ -274,17 +275,26 @@ class _Problem:
             self.expand_cols(orphans)
 
     def _merge(self, keys, vals, exact):
-        keys, first = np.unique(keys, return_index=True)
-        vals = np.asarray(vals, np.float64)[first] if np.ndim(vals) else np.full(keys.size, vals)
-        new = ~np.isin(keys, self.keys, assume_unique=True)
-        keys, vals = keys[new], vals[new]
+        """Add edges (keys = row * n_cols + col) not yet present; keeps keys sorted (CSR)."""
+        keys = np.asarray(keys, np.int64)
+        vals = np.broadcast_to(np.asarray(vals, np.float64), keys.shape)
+        o = np.argsort(keys, kind="stable")
+        keys = keys[o]
+        vals = vals[o]
+        del o
+        first = np.ones(keys.size, np.bool_)
+        first[1:] = keys[1:] != keys[:-1]
+        keys, vals = keys[first], vals[first]
+        pos = np.searchsorted(self.keys, keys)
+        hit = pos < self.keys.size
+        hit[hit] = self.keys[pos[hit]] == keys[hit]
+        if hit.any():
+            keys, vals, pos = keys[~hit], vals[~hit], pos[~hit]
         if keys.size == 0:
             return 0
-        allk = np.concatenate([self.keys, keys])
-        o = np.argsort(allk, kind="stable")
-        self.keys = allk[o]
-        self.cost = np.concatenate([self.cost, vals])[o]
-        self.exact = np.concatenate([self.exact, np.full(keys.size, bool(exact))])[o]
+        self.keys = np.insert(self.keys, pos, keys)
+        self.cost = np.insert(self.cost, pos, vals)
+        self.exact = np.insert(self.exact, pos, bool(exact))
         self.rows = self.keys // self.n_cols
         self.indices = self.keys % self.n_cols
         self.indptr = np.zeros(self.n_a + 1, np.int64)
@@ -434,8 +444,8 @@ class _Problem:
 
 def _sqnorm(T: torch.Tensor) -> torch.Tensor:
     out = torch.empty(T.shape[0], dtype=torch.float64, device=T.device)
-    for a in range(0, T.shape[0], 4096):
-        out[a:a + 4096] = T[a:a + 4096].double().pow(2).sum(1)
+    for a in range(0, T.shape[0], 512):  # float64 copies of 512 rows at a time
+        out[a:a + 512] = T[a:a + 512].double().pow(2).sum(1)
     return out.to(torch.float32)
 
 
@@ -531,11 +541,8 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             continue
         t = time.perf_counter()
         # (a) candidate edges: exact reduced cost, or its float32 lower bound
-        red = P.cost - u[P.rows] - v[P.indices]
-        slack = np.where(P.exact, 0.0, P.eta_x[P.rows] + P.eta_y[np.minimum(P.indices, n_b - 1)])
-        slack = np.where(P.indices < n_b, slack, 0.0)
-        matched = P.indices == col4row[P.rows]
-        need = np.flatnonzero((~P.exact & matched) | (red - slack < -eps))
+        need, near = K_.candidate_check(P.indptr, P.indices, P.cost, P.exact, P.eta_x, P.eta_y, u, v, col4row,
+                                        n_b, eps)
         if need.size and inner < 50 and rounds < max_rounds:
             # settle the candidate graph first (exact costs, warm re-solve); the all-pairs
             # check below is the expensive part and only runs on a settled solution
@@ -543,7 +550,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             rounds -= 1
             timing["certify"] += time.perf_counter() - t
             t = time.perf_counter()
-            P.make_exact(np.union1d(need, np.flatnonzero(~P.exact & (red - 4 * slack < -eps))))
+            P.make_exact(near)
             timing["exact"] += time.perf_counter() - t
             continue
         # (b) every other pair, through the bounds of the pass
@@ -571,12 +578,12 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         if rounds >= max_rounds:
             if need.size:  # the gap is stated on exact costs: make the matched edges exact
                 t = time.perf_counter()
-                P.make_exact(np.flatnonzero(matched & ~P.exact))
+                P.make_exact(np.flatnonzero((P.indices == col4row[P.rows]) & ~P.exact))
                 timing["exact"] += time.perf_counter() - t
             break
         t = time.perf_counter()
         # also the edges that are near-violating: the next duals would likely flag them
-        P.make_exact(np.union1d(need, np.flatnonzero(~P.exact & (red - 4 * slack < -eps))))
+        P.make_exact(near)
         timing["exact"] += time.perf_counter() - t
         if not passed.all():
             t = time.perf_counter()
