@@ -1,26 +1,39 @@
 """Exact linear assignment at Gemma Scope scale without the dense cost matrix, with a certificate.
 
-Cost: ``C[i, j] = ||X_i - Y_j||^2``. Steps:
+Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 
-1. One blocked pass over all pairs (float32 matmul ``|x|^2 + |y|^2 - 2 x.y``, on GPU when there is
-   one) keeps each row's k cheapest columns AND each column's k cheapest rows (row-only top-k can
-   leave a column without an edge), plus ``r_i`` / ``s_j``, the k-th smallest value of row i /
-   column j: every pair that is not a candidate has ``C32_ij >= max(r_i, s_j)``.
-2. Candidate edges get their exact cost (float64, from the vectors, no cancellation).
-3. Sparse exact solve: shortest augmenting paths with dual potentials (numba, _lap_numba.py).
-   A row the candidate graph cannot match (Hall violation) gets more candidates and is retried.
-4. Certificate for the full dense problem: every pair needs reduced cost ``C_ij - u_i - v_j >=
-   -eps``. Candidates are checked exactly; all other pairs through the bound
-   ``max(r_i, s_j) - eta_i - eta_j``, where ``eta = c * |x|^2`` is the worst-case float32 error
-   of the blocked product (c = 2*gamma_D + 4u, Higham's bound for any summation order), in
-   O(n log n) with columns sorted by s (no second matrix pass). Rows that fail get their row
-   recomputed, every possibly violating pair added, and the problem is re-solved (warm start).
-   The loop ends with a proof (``gap = 0.0``) or, after ``max_rounds``, with the certified gap
+1. ONE blocked float32 pass over all pairs (``G = X Y^T``; on CPU a numba kernel reads each
+   block once, on GPU torch top-k) keeps, per row AND per column (row-only lists can leave a
+   column without an edge), the k cheapest partners and the k_dot largest dot products, plus
+   the k-th value of each list: ``r_i``, ``s_j`` (cost) and ``rho_i``, ``rho_c_j`` (dot). The dot
+   lists matter because duals absorb the separable part ``|x|^2 + |y|^2`` of the cost: for
+   features without a close partner (the 30% fresh ones of a layer pair) the optimal partner
+   ranks by ``-x.y``, not by raw cost. No n x n matrix is ever held: O(n (k + k_dot)) lists
+   plus one ``block_rows x n_b`` float32 block.
+2. Sparse exact solve on the candidate graph (numba, _lap_numba.py): a greedy tight start,
+   Jonker-Volgenant augmenting row reduction (auction-like moves) and shortest augmenting paths
+   with dual potentials (u, v) for the rows left. A Hall violation of the candidate graph
+   (no perfect matching) adds the missing edges and retries.
+3. Candidate edges enter with their float32 cost; those the certificate cannot clear within
+   the float32 error (matched, or nearly violating) get their exact float64 cost and the
+   solve is warm-started again until the candidate graph is settled.
+4. Certificate for the full dense problem: every pair needs ``C_ij - u_i - v_j >= -eps``.
+   Candidates are checked exactly; every other pair through the bounds of the one pass,
+   ``C_ij >= max(r_i, s_j, |x_i|^2 + |y_j|^2 - 2 min(rho_i, rho_c_j)) - eta_i - eta_j`` with
+   ``eta = c * |x|^2``, ``c = 2 gamma_D + 4u`` (``gamma_D = D u / (1 - D u)``, u = 2^-24): the
+   worst-case float32 error of the product for ANY summation order (Higham), so the proof does
+   not depend on how the BLAS sums (TF32 is switched off). O(n_a n_b) scalar work, D times
+   less than the product, no second matrix pass; a row's bound stays valid across warm rounds
+   (v only decreases), so later rounds only re-check the rows it does not clear.
+   Rows that fail are recomputed (a product over those rows only) and priced: the columns of
+   smallest proven reduced value become candidates and ``tau_i``, the smallest value left out,
+   bounds the rest. Re-solve (warm), repeat. The loop ends with a proof (``gap = 0.0``) or,
+   after ``max_rounds``, with the certified gap
    ``total - (sum_i min(u_i, proven row bound) + sum_j v_j)``.
 
 eps = ``eps_rel * (mean |x|^2 + mean |y|^2)`` (default 1e-10 of the cost scale) absorbs float64
 rounding of the duals; "proven optimal" means optimal up to ``n_a * eps`` in total.
-Memory: O(n * k) plus one block of ``block_rows x n_b`` float32.
+Exact costs: float64 sums of exactly-represented squared float32 differences (no cancellation).
 
 Partial mode (``unmatched_cost``): row i also has a private dummy column of cost
 ``unmatched_cost[i]`` (always a candidate, so the certificate covers it); ``col[i] = -1`` then.
@@ -30,6 +43,7 @@ columns). ``n_a > n_b`` without partial mode is solved transposed (n_a - n_b row
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -38,8 +52,7 @@ import numpy as np
 import torch
 
 _U32 = 2.0 ** -24
-import os as _os
-_DEBUG = _os.environ.get("LAP_DEBUG") == "1"
+_DEBUG = os.environ.get("SAEMATCH_LAP_DEBUG") == "1"  # per-round progress on stdout
 
 
 def _result_cls():
@@ -71,6 +84,11 @@ def _pick_device(device) -> torch.device:
     return torch.device(device)
 
 
+def _all_finite(T: torch.Tensor) -> bool:
+    step = max(1, (1 << 22) // max(T.shape[1], 1))  # small temporaries, not a full-size mask
+    return all(bool(torch.isfinite(T[a:a + step]).all()) for a in range(0, T.shape[0], step))
+
+
 def _check_inputs(X, Y, unmatched_cost):
     for name, t in (("X", X), ("Y", Y)):
         if not isinstance(t, torch.Tensor):
@@ -83,7 +101,7 @@ def _check_inputs(X, Y, unmatched_cost):
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"solve_sparse: X and Y need the same feature length D, got {X.shape[1]} and "
                          f"{Y.shape[1]}; build both with the same feature_matrix(params=..., fold=...)")
-    if not (torch.isfinite(X).all() and torch.isfinite(Y).all()):
+    if not (_all_finite(X) and _all_finite(Y)):
         raise ValueError("solve_sparse: X or Y contains NaN/inf; check the SAE weights")
     if unmatched_cost is not None:
         w = np.asarray(unmatched_cost, dtype=np.float64)
@@ -130,7 +148,7 @@ class _Problem:
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 24) // max(self.n_b, 1)))  # ~64 MB float32 block
         self.block_rows = int(block_rows)
-        # columns added per priced row (doubling per re-pricing): 64 for small n, up to 256
+        # columns added per priced row (doubling per re-pricing): n_b / 64, within [64, 256]
         self.k_row = np.full(self.n_a, int(np.clip(self.n_b // 64, 64, 256)), np.int64)
         self.tau = np.full(self.n_a, -np.inf)  # per-row pricing bound, see expand_rows
         self.k_col = np.full(self.n_b, max(self.k, 1), np.int64)
@@ -138,8 +156,7 @@ class _Problem:
         self.n_expanded_cols = 0
         self.n_exact = 0
         self.lower_cache = None
-        import os
-        self.col_lists = os.environ.get("COL_LISTS", "1") == "1"
+        self.torch_pass = False  # True: torch top-k pass on CPU too (what a GPU runs; for tests)
 
     def _blocks(self, xb, nxb):
         """Float32 dot-product block x.y and cost block |x|^2 + |y|^2 - 2 x.y."""
@@ -152,7 +169,7 @@ class _Problem:
         """One blocked pass over all pairs: per row AND per column the k cheapest partners and
         the k_dot largest dot products, with the k-th value of each list: r_i, s_j (cost) and
         rho_i, rho_c_j (dot) bound every pair outside the lists."""
-        if self.dev.type != "cpu" or not self.col_lists:
+        if self.dev.type != "cpu" or self.torch_pass:
             return self._first_pass_torch()
         K_ = _kernels()
         n_a, n_b = self.n_a, self.n_b
@@ -226,42 +243,37 @@ class _Problem:
             idx_all[a:b, k:] = gi
             val_all[a:b, k:] = torch.gather(C, 1, gi)
             rho[a:b] = gv[:, -1]
-            if self.col_lists:
-                cv, ci = torch.topk(C, min(k, b - a), dim=0, largest=False)
-                dv, di = torch.topk(G, min(kd, b - a), dim=0, largest=True)
-                ci += a
-                di += a
-                if cs_v is None:
-                    cs_v, cs_i, cd_v, cd_i = cv, ci, dv, di
-                else:
-                    cs_v, o = torch.topk(torch.cat([cs_v, cv]), min(k, b), dim=0, largest=False)
-                    cs_i = torch.gather(torch.cat([cs_i, ci]), 0, o)
-                    cd_v, o = torch.topk(torch.cat([cd_v, dv]), min(kd, b), dim=0, largest=True)
-                    cd_i = torch.gather(torch.cat([cd_i, di]), 0, o)
+            # column lists, running over the blocks
+            cv, ci = torch.topk(C, min(k, b - a), dim=0, largest=False)
+            dv, di = torch.topk(G, min(kd, b - a), dim=0, largest=True)
+            ci += a
+            di += a
+            if cs_v is None:
+                cs_v, cs_i, cd_v, cd_i = cv, ci, dv, di
+            else:
+                cs_v, o = torch.topk(torch.cat([cs_v, cv]), min(k, b), dim=0, largest=False)
+                cs_i = torch.gather(torch.cat([cs_i, ci]), 0, o)
+                cd_v, o = torch.topk(torch.cat([cd_v, dv]), min(kd, b), dim=0, largest=True)
+                cd_i = torch.gather(torch.cat([cd_i, di]), 0, o)
             del C, G
         self.r = r.double().cpu().numpy()
         self.rho = rho.double().cpu().numpy()
-        if k == n_b or kd == n_b:  # every pair is a candidate
+        cs_i, cd_i = cs_i.cpu().numpy(), cd_i.cpu().numpy()
+        cs_v, cd_v = cs_v.double().cpu().numpy(), cd_v.double().cpu().numpy()
+        self.s = cs_v[-1].copy() if cs_v.shape[0] == k and k < n_a else np.full(n_b, np.inf)
+        self.rho_c = cd_v[-1].copy() if cd_v.shape[0] == kd and kd < n_a else np.full(n_b, -np.inf)
+        if k >= n_b or kd >= n_b or k >= n_a or kd >= n_a:  # every pair is a candidate
             self.r[:] = np.inf
             self.rho[:] = -np.inf
         rows = np.repeat(np.arange(n_a, dtype=np.int64), k + kd)
         keys = rows * self.n_cols + idx_all.cpu().numpy().ravel()
         vals = val_all.double().cpu().numpy().ravel()
-        self.s = np.full(n_b, -np.inf)
-        self.rho_c = np.full(n_b, np.inf)
-        if self.col_lists:
-            ri = torch.cat([cs_i, cd_i]).cpu().numpy()
-            cj = np.broadcast_to(np.arange(n_b)[None, :], ri.shape)
-            cvals = torch.gather(torch.cat([cs_v, cd_v]), 0, torch.arange(ri.shape[0])[:, None].expand(-1, n_b)).double().numpy()
-            # cost values for dot-list entries: recompute from dot
-            nd = cd_v.shape[0]
-            cvals[-nd:] = (self.nx64[cd_i.numpy()] + self.ny64[None, :] - 2 * cd_v.double().numpy())
-            keys = np.concatenate([keys, (ri * self.n_cols + cj).ravel()])
-            vals = np.concatenate([vals, cvals.ravel()])
-            if cs_v.shape[0] == k and k < n_a:
-                self.s = cs_v[-1].double().numpy()
-            if cd_v.shape[0] == kd and kd < n_a:
-                self.rho_c = cd_v[-1].double().numpy()
+        # column lists: float32 costs of the cheapest, costs from the dot for the dot list
+        ri = np.concatenate([cs_i, cd_i])
+        cj = np.broadcast_to(np.arange(n_b)[None, :], ri.shape)
+        cvals = np.concatenate([cs_v, self.nx64[cd_i] + self.ny64[None, :] - 2 * cd_v])
+        keys = np.concatenate([keys, (ri * self.n_cols + cj).ravel()])
+        vals = np.concatenate([vals, cvals.ravel()])
         self.keys = np.empty(0, np.int64)
         self.cost = np.empty(0)
         self.exact = np.empty(0, np.bool_)
@@ -409,7 +421,8 @@ class _Problem:
         return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
 
 
-    def _price_rows_cpu_impl(self, rows, v):
+    def _price_rows_cpu(self, rows, v):
+        """expand_rows with duals on CPU: float32 product of the rows, numba pricing."""
         K_ = _kernels()
         new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows, 2048))
@@ -439,7 +452,6 @@ class _Problem:
         self.n_expanded_rows += rows.size
         return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
 
-    _price_rows_cpu = _price_rows_cpu_impl
 
 
 def _sqnorm(T: torch.Tensor) -> torch.Tensor:
@@ -468,7 +480,7 @@ def _solve(P, u, v, col4row, row4col, cold, eps):
     else:
         K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
     free = np.flatnonzero(col4row < 0)
-    if free.size > 1 and _os.environ.get('NO_ARR') != '1':
+    if free.size > 1:
         # cheap auction-like moves first (JV augmenting row reduction); it only lowers v of
         # columns it assigns, so free columns keep v = 0 in the rectangular case
         K_.row_reduction(P.indptr, P.indices, P.cost, v, col4row, row4col, free, 100 * P.n_a + 1000)
@@ -505,6 +517,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
     scans = 0
     lower_nc = passed = None
     inner = 0
+    hall = 0
     while True:
         rounds += 1
         t = time.perf_counter()
@@ -516,6 +529,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             if rounds > max_rounds + 20:
                 raise RuntimeError("solve_sparse: could not find a matching in the candidate graph")
             t = time.perf_counter()
+            hall += 1
             free = np.flatnonzero(row4col[:n_b] < 0)
             free_rows = np.flatnonzero(col4row < 0)
             if 0 < free_rows.size * free.size <= 1 << 18:
@@ -590,7 +604,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             P.expand_rows(np.flatnonzero(~passed), u, v, eps)
             timing["expand"] += time.perf_counter() - t
     return dict(u=u, v=v, col4row=col4row, lower_nc=lower_nc, passed=passed & (need.size == 0),
-                rounds=rounds, scans=scans)
+                rounds=rounds, scans=scans, hall_rounds=hall, settle_rounds=inner)
 
 
 def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int = 128,
@@ -654,6 +668,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "expanded_rows": int(P.n_expanded_rows),
         "expanded_cols": int(P.n_expanded_cols),
         "dijkstra_scans": int(out["scans"]),
+        "hall_rounds": int(out["hall_rounds"]),
+        "settle_rounds": int(out["settle_rounds"]),
         "eps": eps,
         "float32_error_factor": P.c_err,
         "proven_optimal": proven,

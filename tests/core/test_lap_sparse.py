@@ -184,3 +184,128 @@ def test_bad_input_is_explained():
     Xn[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         solve_sparse(Xn, X)
+
+
+def _problem(X, Y, k, k_dot, torch_pass=False):
+    from saematch_nb.core.lap_sparse import _Problem
+
+    P = _Problem(X, Y, None, k, k_dot, 64, torch.device("cpu"), False)
+    P.torch_pass = torch_pass
+    with torch.no_grad():
+        P.first_pass()
+    return P
+
+
+def _noncandidate_mask(P):
+    cand = np.zeros((P.n_a, P.n_b), bool)
+    real = P.indices < P.n_b
+    cand[P.rows[real], P.indices[real]] = True
+    return ~cand
+
+
+def test_first_pass_keeps_row_and_column_lists_and_its_bounds_hold():
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(300, 16, generator=g) * torch.rand(300, 1, generator=g).add(0.5)
+    Y = torch.randn(260, 16, generator=g)
+    P = _problem(X, Y, 3, 5)
+    C = dense(X, Y)
+    Gd = (X.double() @ Y.double().T).numpy()
+    nc = _noncandidate_mask(P)
+    # every column has its own candidates (row-only lists can leave a column without an edge)
+    assert np.bincount(P.indices, minlength=260).min() >= 5
+    # each column's 3 cheapest rows are candidates
+    top = np.argsort(C, 0)[:3]
+    assert (~nc[top, np.arange(260)[None, :]]).all()
+    # the bounds of the pass hold for every non-candidate pair, up to the stated float32 error
+    err = P.eta_x[:, None] + P.eta_y[None, :]
+    assert np.all(C[nc] >= np.maximum(P.r[:, None], P.s[None, :])[nc] - err[nc])
+    assert np.all(Gd[nc] <= np.minimum(P.rho[:, None], P.rho_c[None, :])[nc] + err[nc])
+    # the torch pass (what runs on a GPU) keeps the same lists and bounds
+    Pt = _problem(X, Y, 3, 5, torch_pass=True)
+    np.testing.assert_array_equal(np.sort(P.keys), np.sort(Pt.keys))
+    for a in ("r", "s", "rho", "rho_c"):
+        np.testing.assert_allclose(getattr(P, a), getattr(Pt, a), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_pass_solves_to_the_dense_optimum():
+    import saematch_nb.core.lap_sparse as L
+
+    g = torch.Generator().manual_seed(12)
+    X = torch.randn(400, 12, generator=g)
+    Y = torch.randn(400, 12, generator=g)
+    orig = L._Problem.__init__
+
+    def init(self, *a, **kw):
+        orig(self, *a, **kw)
+        self.torch_pass = True
+
+    L._Problem.__init__ = init
+    try:
+        res = solve_sparse(X, Y, k=2, k_dot=3, device=DEV)
+    finally:
+        L._Problem.__init__ = orig
+    check_equal(X, Y, res)
+
+
+def test_noncandidate_bounds_and_pricing_are_lower_bounds():
+    from saematch_nb.core._lap_numba import noncandidate_bounds
+
+    a, b, _ = gemma_like_pair(500, 40, dups=0.3, seed=13)
+    X = torch.cat([a.W_dec * a.threshold[:, None], (a.W_enc / a.threshold).T], 1)
+    Y = torch.cat([b.W_dec * b.threshold[:, None], (b.W_enc / b.threshold).T], 1)
+    P = _problem(X, Y, 2, 6)
+    C = dense(X, Y)
+    rng = np.random.default_rng(0)
+    v = -rng.random(500) * C.mean() * 0.1
+    nc = _noncandidate_mask(P)
+    true = np.where(nc, C - v[None, :], np.inf).min(1)
+    lb = noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x, P.eta_y, v, P.indptr,
+                             P.indices, 500)
+    assert np.all(lb <= true + 1e-9)
+    assert np.mean(lb > -np.inf) == 1.0
+    # pricing recomputes rows: tau, r, rho bound what stays non-candidate
+    rows = np.arange(0, 500, 7)
+    u = np.full(500, np.inf)
+    P.expand_rows(rows, u, v, 0.0)
+    nc = _noncandidate_mask(P)
+    true = np.where(nc, C - v[None, :], np.inf).min(1)
+    assert np.all(P.tau[rows] <= true[rows] + 1e-9)
+    assert np.all(P.r[rows] <= np.where(nc, C, np.inf).min(1)[rows] + P.eta_x[rows] + P.eta_y.max())
+    Gd = (X.double() @ Y.double().T).numpy()
+    assert np.all(P.rho[rows] >= np.where(nc, Gd, -np.inf).max(1)[rows] - P.eta_x[rows] - P.eta_y.max())
+
+
+def test_row_reduction_keeps_complementary_slackness():
+    from saematch_nb.core._lap_numba import reconcile, row_reduction
+
+    rng = np.random.default_rng(14)
+    n, deg = 300, 12
+    perm = rng.permutation(n)  # a perfect matching exists
+    rows_cols = [np.unique(np.append(rng.choice(n, deg, replace=False), perm[i])) for i in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([c.size for c in rows_cols])]).astype(np.int64)
+    indices = np.concatenate(rows_cols).astype(np.int64)
+    cost = rng.random(indices.size)
+    v = np.zeros(n)
+    u = np.zeros(n)
+    c4r = np.full(n, -1, np.int64)
+    r4c = np.full(n, -1, np.int64)
+    row_reduction(indptr, indices, cost, v, c4r, r4c, np.arange(n, dtype=np.int64), 100 * n)
+    assert (c4r >= 0).sum() > n // 2
+    has = c4r >= 0
+    np.testing.assert_array_equal(r4c[c4r[has]], np.flatnonzero(has))  # a matching
+    assert reconcile(indptr, indices, cost, u, v, c4r, r4c, 1e-12) == 0  # every matched row at its min
+    red = cost - np.repeat(u, np.diff(indptr)) - v[indices]
+    assert red.min() >= -1e-12
+
+
+def test_hall_violation_in_the_candidate_graph_is_repaired():
+    # hubs: with one candidate per list, many rows share the same few columns, so the first
+    # candidate graph has no perfect matching; the solver must add edges and still be exact
+    g = torch.Generator().manual_seed(6)
+    Y = torch.randn(800, 20, generator=g) * 3
+    Y[0] = 0.0
+    Y[1:40] *= 0.05
+    X = torch.randn(800, 20, generator=g)
+    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV)
+    assert res.stats["hall_rounds"] >= 1
+    check_equal(X, Y, res)
