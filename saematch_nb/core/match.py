@@ -78,6 +78,8 @@ def match(
     # Folded feature vectors: always needed for the reported MSE and the criterion.
     Xf = feature_matrix(wa_f, params, fold=True)
     Yf = feature_matrix(wb_f, params, fold=True)
+    if method != "cosine":  # the folded copies are not needed past this point: free them early
+        del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
     # With the dense solver on folded parameters the cost matrix is built once and also gives
