@@ -36,21 +36,27 @@ def _pop(hk, hv, size):
     if size > 0:
         hk[0] = hk[size]
         hv[0] = hv[size]
-        i = 0
-        while True:
-            l = 2 * i + 1
-            if l >= size:
-                break
-            m = l
-            r = l + 1
-            if r < size and hk[r] < hk[l]:
-                m = r
-            if hk[i] <= hk[m]:
-                break
-            hk[m], hk[i] = hk[i], hk[m]
-            hv[m], hv[i] = hv[i], hv[m]
-            i = m
+        _sift_down(hk, hv, size)
     return key, val, size
+
+
+@njit(cache=True, inline="always")
+def _sift_down(hk, hv, size):
+    """Restore the min-heap order of keys hk (payload hv) after the root was replaced."""
+    i = 0
+    while True:
+        l = 2 * i + 1
+        if l >= size:
+            break
+        m = l
+        r = l + 1
+        if r < size and hk[r] < hk[l]:
+            m = r
+        if hk[i] <= hk[m]:
+            break
+        hk[m], hk[i] = hk[i], hk[m]
+        hv[m], hv[i] = hv[i], hv[m]
+        i = m
 
 
 @njit(cache=True)
@@ -287,20 +293,7 @@ def _offer(hv, hi, size, cap, val, idx):
         return size
     hv[0] = val
     hi[0] = idx
-    i = 0
-    while True:
-        l = 2 * i + 1
-        if l >= size:
-            break
-        m = l
-        r = l + 1
-        if r < size and hv[r] < hv[l]:
-            m = r
-        if hv[i] <= hv[m]:
-            break
-        hv[m], hv[i] = hv[i], hv[m]
-        hi[m], hi[i] = hi[i], hi[m]
-        i = m
+    _sift_down(hv, hi, size)
     return size
 
 

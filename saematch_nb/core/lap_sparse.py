@@ -212,6 +212,11 @@ class _Problem:
         keys = np.concatenate([r_rows * self.n_cols + r_cols, c_rows * self.n_cols + c_cols])
         vals = np.concatenate([r_vals, c_vals])
         del r_rows, r_cols, r_vals, c_rows, c_cols, c_vals
+        self._init_edges(keys, vals)
+
+    def _init_edges(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """The candidate graph from the first pass's (key, approximate cost) lists."""
+        n_a = self.n_a
         self.keys = np.empty(0, np.int64)
         self.cost = np.empty(0)
         self.exact = np.empty(0, np.bool_)
@@ -274,12 +279,7 @@ class _Problem:
         cvals = np.concatenate([cs_v, self.nx64[cd_i] + self.ny64[None, :] - 2 * cd_v])
         keys = np.concatenate([keys, (ri * self.n_cols + cj).ravel()])
         vals = np.concatenate([vals, cvals.ravel()])
-        self.keys = np.empty(0, np.int64)
-        self.cost = np.empty(0)
-        self.exact = np.empty(0, np.bool_)
-        if self.w is not None:  # private dummy column per row: always a candidate, exact cost
-            self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
-        self._merge(keys, vals, False)
+        self._init_edges(keys, vals)
         # columns that no row listed: compute them (a product over those columns only)
         deg = np.bincount(self.indices[self.indices < n_b], minlength=n_b)
         orphans = np.flatnonzero(deg == 0)
