@@ -278,17 +278,7 @@ def _offer(hv, hi, size, cap, val, idx):
     """Min-heap hv/hi (1-D views) of at most cap entries keeping the LARGEST values offered.
     Returns the new size."""
     if size < cap:
-        i = size
-        hv[i] = val
-        hi[i] = idx
-        while i > 0:
-            p = (i - 1) >> 1
-            if hv[p] <= hv[i]:
-                break
-            hv[p], hv[i] = hv[i], hv[p]
-            hi[p], hi[i] = hi[i], hi[p]
-            i = p
-        return size + 1
+        return _push(hv, hi, size, val, idx)
     if val <= hv[0]:
         return size
     hv[0] = val
