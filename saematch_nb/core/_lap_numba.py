@@ -216,48 +216,95 @@ def reconcile(indptr, indices, cost, u, v, col4row, row4col, tol):
     return freed
 
 
-def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows=None):
-    """See _noncandidate_bounds; ``rows``: only these rows (default all)."""
+def noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows=None,
+                        skip=None, tau=None, snap=None, vref=None):
+    """See _noncandidate_bounds; ``rows``: only these rows (default all); ``skip``: boolean mask
+    of columns left out of the minimum (default none); ``tau`` / ``snap`` / ``vref``: pricing
+    bounds (default none)."""
+    n_a = r.size
     if rows is None:
-        rows = np.arange(r.size, dtype=np.int64)
+        rows = np.arange(n_a, dtype=np.int64)
+    if skip is None:
+        skip = np.zeros(n_b, np.bool_)
+    if tau is None:
+        tau, snap, vref = np.full(n_a, -np.inf), np.full(n_a, -1, np.int64), np.zeros((1, n_b))
     return _noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b,
-                                np.asarray(rows, np.int64))
+                                np.asarray(rows, np.int64), skip, tau, snap, vref)
+
+
+@njit(cache=True, inline="always")
+def _pair_val(ri, ki, a2, s_j, kc_j, ny2_j, eta_yj, v_j, tau_i, vref_j):
+    """Proven lower bound of C_ij - v_j (before -eta_x_i) for a non-candidate pair: the pass
+    bound (in none of the four candidate lists: C >= r_i, C >= s_j, x.y <= min(kap)), or, for a
+    priced row, its pricing bound ``C_ij >= tau_i + vref_j`` (vref: the duals it was priced
+    with; a fact about C, so it holds for any later v and follows each column's own change)."""
+    kp = ki if ki < kc_j else kc_j
+    lb = a2 + ny2_j - 2.0 * kp
+    t = ri if ri > s_j else s_j
+    if t > lb:
+        lb = t
+    val = lb - eta_yj - v_j
+    pv = tau_i + vref_j - v_j
+    return pv if pv > val else val
+
+
+@njit(cache=True, inline="always")
+def _mark_candidates(indptr, indices, i, n_b):
+    mark = np.zeros(n_b, np.bool_)
+    for p in range(indptr[i], indptr[i + 1]):
+        j = indices[p]
+        if j < n_b:
+            mark[j] = True
+    return mark
 
 
 @njit(cache=True, parallel=True)
-def _noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows):
+def _noncandidate_bounds(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows, skip, tau,
+                         snap, vref):
     """Proven lower bound of min over non-candidate real columns j of (C_ij - v_j), per row.
 
-    A pair that is in none of the four candidate lists (row/column cheapest, row/column most
-    cosine-similar) has, in float32, C >= r_i, C >= s_j and cos <= min(kap_r_i, kap_c_j), so
-    exactly C_ij >= max(r_i, s_j, |x|^2 + |y|^2 - 2 min(kap) |x||y|) - eta_i - eta_j.
+    A pair that is in none of the four candidate lists (row/column cheapest, row/column largest
+    dot product) has, in float32, C >= r_i, C >= s_j and x.y <= min(kap_r_i, kap_c_j), so
+    exactly C_ij >= max(r_i, s_j, |x|^2 + |y|^2 - 2 min(kap)) - eta_i - eta_j; a priced row
+    also has C_ij >= tau_i + vref[snap_i, j] (see _pair_val).
     O(n_a * n_b) scalar work (D times less than the product), no second matrix pass."""
     m = rows.size
     out = np.empty(m)
     for q in prange(m):
         i = rows[q]
-        mark = np.zeros(n_b, np.bool_)
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            if j < n_b:
-                mark[j] = True
+        mark = _mark_candidates(indptr, indices, i, n_b)
+        sn = snap[i]
+        ti = tau[i] if sn >= 0 else -np.inf
+        vr = vref[max(sn, 0)]
         best = np.inf
-        ri = r[i]
-        ki = kap_r[i]
-        a2 = nx2[i]
         for j in range(n_b):
-            if mark[j]:
+            if mark[j] or skip[j]:
                 continue
-            kp = ki if ki < kap_c[j] else kap_c[j]
-            lb = a2 + ny2[j] - 2.0 * kp
-            t = ri if ri > s[j] else s[j]
-            if t > lb:
-                lb = t
-            val = lb - eta_y[j] - v[j]
+            val = _pair_val(r[i], kap_r[i], nx2[i], s[j], kap_c[j], ny2[j], eta_y[j], v[j], ti, vr[j])
             if val < best:
                 best = val
         out[q] = best - eta_x[i]
     return out
+
+
+@njit(cache=True, parallel=True)
+def suspect_columns(r, s, kap_r, kap_c, nx2, ny2, eta_x, eta_y, v, indptr, indices, n_b, rows, thr, S, tau, snap,
+                    vref):
+    """S[j] = True for every non-candidate column j whose bound (as in _noncandidate_bounds)
+    does not clear row ``rows[q]``: bound - v_j < thr[q]. Only these columns of the failing
+    rows need their real cost; the rest stay proven by the bound."""
+    for q in prange(rows.size):
+        i = rows[q]
+        mark = _mark_candidates(indptr, indices, i, n_b)
+        lim = thr[q] + eta_x[i]
+        sn = snap[i]
+        ti = tau[i] if sn >= 0 else -np.inf
+        vr = vref[max(sn, 0)]
+        for j in range(n_b):
+            if mark[j] or S[j]:
+                continue
+            if _pair_val(r[i], kap_r[i], nx2[i], s[j], kap_c[j], ny2[j], eta_y[j], v[j], ti, vr[j]) < lim:
+                S[j] = True  # every writer stores True: the race is benign
 
 
 @njit(cache=True, inline="always")
@@ -421,21 +468,19 @@ def row_reduction(indptr, indices, cost, v, col4row, row4col, free, max_steps, n
 
 
 @njit(cache=True, parallel=True)
-def price_rows(G, rows, kk, nx, ny, eta_y, v, indptr, indices, n_b, new_cols, new_vals, n_new, r_out, rho_out,
-               tau_out):
-    """Pricing of recomputed rows (``G[t] = X[rows[t]] @ Y.T`` in float32): among the row's
-    non-candidate columns, the ``kk[t]`` of smallest proven-lower reduced value
-    ``C - eta_y - v`` become new candidates (``new_cols/new_vals[t, :n_new[t]]``, float64 cost
-    from the float32 product); ``tau_out`` = the smallest such value left out, ``r_out`` /
-    ``rho_out`` = min cost / max dot over what stays non-candidate (inf / -inf if nothing)."""
+def price_rows(G, rows, cols, kk, nx, ny, eta_y, v, indptr, indices, n_b, new_cols, new_vals, n_new, r_out,
+               rho_out, tau_out):
+    """Pricing of recomputed rows (``G[t, q] = X[rows[t]] . Y[cols[q]]`` in float32; ``cols`` all
+    columns or the suspects): among the row's non-candidate columns of ``cols``, the ``kk[t]``
+    of smallest proven-lower reduced value ``C - eta_y - v`` become new candidates
+    (``new_cols/new_vals[t, :n_new[t]]``, float64 cost from the float32 product); ``tau_out`` =
+    the smallest such value left out, ``r_out`` / ``rho_out`` = min cost / max dot over what
+    stays non-candidate among ``cols`` (inf / -inf if nothing)."""
     m = rows.size
+    nc = cols.size
     for t in prange(m):
         i = rows[t]
-        mark = np.zeros(n_b, np.bool_)
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            if j < n_b:
-                mark[j] = True
+        mark = _mark_candidates(indptr, indices, i, n_b)
         cap = kk[t] + 1
         hv = np.empty(cap)
         hi = np.empty(cap, np.int64)
@@ -443,39 +488,38 @@ def price_rows(G, rows, kk, nx, ny, eta_y, v, indptr, indices, n_b, new_cols, ne
         a2 = nx[i]
         Gt = G[t]
         th = -np.inf
-        for j in range(n_b):
+        for q in range(nc):
+            j = cols[q]
             if mark[j]:
                 continue
-            key = -(a2 + ny[j] - 2.0 * np.float64(Gt[j]) - eta_y[j] - v[j])
+            key = -(a2 + ny[j] - 2.0 * np.float64(Gt[q]) - eta_y[j] - v[j])
             if key > th:
-                size = _offer(hv, hi, size, cap, key, j)
+                size = _offer(hv, hi, size, cap, key, q)
                 if size == cap:
                     th = hv[0]
         if size == cap:  # the root is the smallest value left out
             tau_out[t] = -hv[0]
-            for q in range(1, cap):
-                j = hi[q]
-                new_cols[t, q - 1] = j
-                new_vals[t, q - 1] = a2 + ny[j] - 2.0 * np.float64(Gt[j])
-                mark[j] = True
-            n_new[t] = cap - 1
+            first = 1
         else:  # every non-candidate becomes a candidate
             tau_out[t] = np.inf
-            for q in range(size):
-                j = hi[q]
-                new_cols[t, q] = j
-                new_vals[t, q] = a2 + ny[j] - 2.0 * np.float64(Gt[j])
-                mark[j] = True
-            n_new[t] = size
+            first = 0
+        for q in range(first, size):
+            c = hi[q]
+            j = cols[c]
+            new_cols[t, q - first] = j
+            new_vals[t, q - first] = a2 + ny[j] - 2.0 * np.float64(Gt[c])
+            mark[j] = True
+        n_new[t] = size - first
         rmin = np.inf
         gmax = -np.inf
-        for j in range(n_b):
+        for q in range(nc):
+            j = cols[q]
             if mark[j]:
                 continue
-            g = np.float64(Gt[j])
-            c = a2 + ny[j] - 2.0 * g
-            if c < rmin:
-                rmin = c
+            g = np.float64(Gt[q])
+            c2 = a2 + ny[j] - 2.0 * g
+            if c2 < rmin:
+                rmin = c2
             if g > gmax:
                 gmax = g
         r_out[t] = rmin

@@ -45,6 +45,9 @@ class AssignmentResult:
     - ``gap``: certified absolute optimality gap, 0.0 = proven optimal.
     - ``nearest`` int64 [n_a] or None: argmin_j C[i, j].
     - ``stats``: solver name, seconds, ...
+    - ``nearest_cost`` / ``second_cost`` float64 [n_a] or None: the row's two smallest C_ij, when
+      the solver has them (the sparse solver does, from its candidate lists; ``match`` then skips
+      a second pass over all pairs).
     """
 
     col: np.ndarray
@@ -54,6 +57,8 @@ class AssignmentResult:
     gap: float = 0.0
     nearest: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    nearest_cost: np.ndarray | None = None
+    second_cost: np.ndarray | None = None
 
     @property
     def n_unmatched(self) -> int:

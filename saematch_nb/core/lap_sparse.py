@@ -25,10 +25,14 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
    not depend on how the BLAS sums (TF32 is switched off). O(n_a n_b) scalar work, D times
    less than the product, no second matrix pass; a row's bound stays valid across warm rounds
    (v only decreases), so later rounds only re-check the rows it does not clear.
-   Rows that fail are recomputed (a product over those rows only) and priced: the columns of
-   smallest proven reduced value become candidates and ``tau_i``, the smallest value left out,
-   bounds the rest. Re-solve (warm), repeat. The loop ends with a proof (``gap = 0.0``) or,
-   after ``max_rounds``, with the certified gap
+   Rows that fail are priced: their product is recomputed on their SUSPECT columns only (those
+   the bound cannot clear; for a layer pair mostly the fresh features, about a third of the
+   columns), the columns of smallest proven reduced value become candidates, and the smallest
+   value left out, ``tau_i``, is stored with the duals it was priced with, ``vref``:
+   ``C_ij >= tau_i + vref_j`` is a fact about C, so the bound follows every column's later dual
+   change (warm re-solves shift whole Dijkstra trees; a bound frozen at the old duals would
+   fail again on the next round). Re-solve (warm), repeat. The loop ends with a proof
+   (``gap = 0.0``) or, after ``max_rounds``, with the certified gap
    ``total - (sum_i min(u_i, proven row bound) + sum_j v_j)``.
 
 eps = ``eps_rel * (mean |x|^2 + mean |y|^2)`` (default 1e-10 of the cost scale) absorbs float64
@@ -53,6 +57,7 @@ import torch
 
 _U32 = 2.0 ** -24
 _DEBUG = os.environ.get("SAEMATCH_LAP_DEBUG") == "1"  # per-round progress on stdout
+_SUSPECT_FULL = 0.75  # pricing recomputes whole rows once this share of columns is suspect
 
 
 def _result_cls():
@@ -150,10 +155,16 @@ class _Problem:
         self.block_rows = int(block_rows)
         # columns added per priced row (doubling per re-pricing): n_b / 64, within [64, 256]
         self.k_row = np.full(self.n_a, int(np.clip(self.n_b // 64, 64, 256)), np.int64)
-        self.tau = np.full(self.n_a, -np.inf)  # per-row pricing bound, see expand_rows
+        # pricing bounds: C_ij >= tau_i + vref[snap_i, j] for every non-candidate j of a priced
+        # row (vref = the duals it was priced with, one snapshot per pricing call); see _pair_val
+        self.tau = np.full(self.n_a, -np.inf)
+        self.snap = np.full(self.n_a, -1, np.int64)
+        self.vref = np.zeros((1, self.n_b))
+        self.n_snaps = 0
         self.k_col = np.full(self.n_b, max(self.k, 1), np.int64)
         self.n_expanded_rows = 0
         self.n_expanded_cols = 0
+        self.n_priced_pairs = 0  # pairs recomputed by pricing (a row product = n_b)
         self.n_exact = 0
         self.lower_cache = None
         self.torch_pass = False  # True: torch top-k pass on CPU too (what a GPU runs; for tests)
@@ -358,7 +369,7 @@ class _Problem:
         non-candidate."""
         rows = np.unique(np.asarray(rows, np.int64))
         if u is not None and self.dev.type == "cpu":
-            return self._price_rows_cpu(rows, v)
+            return self._price_rows_cpu(rows, u, v, eps)
         new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows, 1024))  # several float32 temporaries of this size
         for a in range(0, rows.size, bs):
@@ -406,7 +417,8 @@ class _Problem:
                 fin = np.isfinite(tau)  # inf: the row has no non-candidate left
                 slack = 4 * _U32 * (np.abs(np.where(fin, tau, 0.0)) + np.abs(ey64).max() + self.ny64.max()
                                     + self.nx64[rb])
-                self.tau[rb] = np.where(fin, tau - slack - self.eta_x[rb], np.inf)
+                self.tau[rb] = np.where(fin, tau - slack, np.inf)
+                self._snapshot(rb, v)
                 del Rm
             take[lr, lc] = False
             Cm[take] = float("inf")
@@ -421,37 +433,81 @@ class _Problem:
         return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
 
 
-    def _price_rows_cpu(self, rows, v):
-        """expand_rows with duals on CPU: float32 product of the rows, numba pricing."""
+    def _snapshot(self, rows, v):
+        """Record the duals ``rows`` were just priced with (one shared snapshot per call)."""
+        if self.n_snaps and np.array_equal(self.vref[self.n_snaps - 1], v[:self.n_b]):  # same call, next block
+            self.snap[rows] = self.n_snaps - 1
+            return
+        if self.n_snaps == self.vref.shape[0]:
+            grown = np.zeros((2 * self.n_snaps + 1, self.n_b))
+            grown[:self.n_snaps] = self.vref[:self.n_snaps]
+            self.vref = grown
+        self.vref[self.n_snaps] = v[:self.n_b]
+        self.snap[rows] = self.n_snaps
+        self.n_snaps += 1
+
+    def pricing_bounds(self):
+        return self.tau, self.snap, self.vref
+
+    def bounds(self, v, rows=None):
+        """Proven lower bound of min_j non-candidate (C_ij - v_j) per row (see _noncandidate_bounds)."""
+        return _kernels().noncandidate_bounds(self.r, self.s, self.rho, self.rho_c, self.nx64, self.ny64,
+                                              self.eta_x, self.eta_y, v[:self.n_b], self.indptr, self.indices,
+                                              self.n_b, rows, None, *self.pricing_bounds())
+
+    def _price_rows_cpu(self, rows, u, v, eps):
+        """expand_rows with duals on CPU: numba pricing of a float32 product of the rows with
+        their SUSPECT columns only (those whose pass bound does not clear some failing row;
+        for the fresh features of a layer pair about a third of the columns): the other
+        columns stay proven by the bound, which enters tau."""
         K_ = _kernels()
+        n_b = self.n_b
+        vb = v[:n_b]
+        S = np.zeros(n_b, np.bool_)
+        K_.suspect_columns(self.r, self.s, self.rho, self.rho_c, self.nx64, self.ny64, self.eta_x, self.eta_y, vb,
+                           self.indptr, self.indices, n_b, rows, u[rows] - eps, S, *self.pricing_bounds())
+        cols = np.flatnonzero(S)
+        full = cols.size > _SUSPECT_FULL * n_b  # nearly all: the plain row product, and exact r / rho
+        if full:
+            cols = np.arange(n_b, dtype=np.int64)
+            rest = np.full(rows.size, np.inf)
+            Ys = self.Yd
+        else:
+            rest = K_.noncandidate_bounds(self.r, self.s, self.rho, self.rho_c, self.nx64, self.ny64, self.eta_x,
+                                          self.eta_y, vb, self.indptr, self.indices, n_b, rows, S,
+                                          *self.pricing_bounds())
+            Ys = self.Yd.index_select(0, torch.from_numpy(cols))
         new_keys, new_vals = [], []
-        bs = max(1, min(self.block_rows, 2048))
+        bs = max(1, min(self.block_rows * n_b // max(cols.size, 1), 2048))
         G = None
         for a in range(0, rows.size, bs):
             rb = rows[a:a + bs]
             if G is None or G.shape[0] != rb.size:
-                G = torch.empty((rb.size, self.n_b), dtype=torch.float32)
-            torch.matmul(self.Xd.index_select(0, torch.from_numpy(rb)), self.Yd.T, out=G)
-            kk = np.minimum(self.k_row[rb], self.n_b)
-            self.k_row[rb] = np.minimum(2 * self.k_row[rb], self.n_b)
-            nc = np.empty((rb.size, int(kk.max())), np.int64)
-            nv = np.empty((rb.size, int(kk.max())))
+                G = torch.empty((rb.size, cols.size), dtype=torch.float32)
+            torch.matmul(self.Xd.index_select(0, torch.from_numpy(rb)), Ys.T, out=G)
+            kk = np.minimum(self.k_row[rb], cols.size)
+            self.k_row[rb] = np.minimum(2 * self.k_row[rb], n_b)
+            nc = np.empty((rb.size, max(int(kk.max()), 1)), np.int64)
+            nv = np.empty(nc.shape)
             nn = np.zeros(rb.size, np.int64)
             r = np.empty(rb.size)
             rho = np.empty(rb.size)
             tau = np.empty(rb.size)
-            K_.price_rows(G.numpy(), rb, kk, self.nx64, self.ny64, self.eta_y, v[:self.n_b], self.indptr,
-                          self.indices, self.n_b, nc, nv, nn, r, rho, tau)
-            self.r[rb] = r
-            self.rho[rb] = rho
-            self.tau[rb] = tau - self.eta_x[rb]
+            K_.price_rows(G.numpy(), rb, cols, kk, self.nx64, self.ny64, self.eta_y, vb, self.indptr,
+                          self.indices, n_b, nc, nv, nn, r, rho, tau)
+            if full:  # bounds over everything that stays non-candidate
+                self.r[rb] = r
+                self.rho[rb] = rho
+            # else r / rho keep their pass values: still valid, the non-candidate set only shrank
+            self.tau[rb] = np.minimum(tau, rest[a:a + bs] + self.eta_x[rb])
+            self._snapshot(rb, v)
             sel = np.arange(nc.shape[1])[None, :] < nn[:, None]
             new_keys.append((rb[:, None] * self.n_cols + nc)[sel])
             new_vals.append(nv[sel])
-        del G
+        del G, Ys
         self.n_expanded_rows += rows.size
+        self.n_priced_pairs += rows.size * cols.size
         return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
-
 
 
 def _sqnorm(T: torch.Tensor) -> torch.Tensor:
@@ -489,10 +545,8 @@ def _solve(P, u, v, col4row, row4col, cold, eps):
     nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
                             np.flatnonzero(col4row < 0), failed)
     if cold:
-        P.tau[:] = -np.inf  # v was reset: the pricing bounds refer to older duals
-        P.lower_cache = None
+        P.lower_cache = None  # v was reset: cached bounds assume v only decreased since
     if P.n_cols > P.n_a and np.any((row4col < 0) & (v < -eps)):
-        P.tau[:] = -np.inf
         P.lower_cache = None
         # a column freed by a warm start kept v < 0: only a cold start restores v = 0 there
         v[:] = 0.0
@@ -571,21 +625,18 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         # a bound of an earlier round stays valid while v only decreased (no cold start since)
         # and candidates were only added: recompute only the rows it does not clear
         if P.lower_cache is None:
-            lower_nc = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
-                                              P.eta_y, v, P.indptr, P.indices, n_b)
+            lower_nc = P.bounds(v)
         else:
             lower_nc = P.lower_cache.copy()
-            redo = np.flatnonzero(np.maximum(lower_nc, P.tau) < u - eps)
+            redo = np.flatnonzero(lower_nc < u - eps)
             if redo.size:
-                lower_nc[redo] = K_.noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x,
-                                                        P.eta_y, v, P.indptr, P.indices, n_b, redo)
-        lower_nc = np.maximum(lower_nc, P.tau)
+                lower_nc[redo] = P.bounds(v, redo)
         P.lower_cache = lower_nc.copy()
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
         if _DEBUG:
             print(f"round {rounds}: edges {P.keys.size} need {need.size} failed rows {(~passed).sum()} "
-                  f"(of them priced before: {np.isfinite(P.tau[~passed]).sum()}) "
+                  f"(of them priced before: {(P.snap[~passed] >= 0).sum()}) "
                   f"t {dict((a, round(b, 2)) for a, b in timing.items())}", flush=True)
         if need.size == 0 and passed.all():
             break
@@ -607,7 +658,15 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
                 rounds=rounds, scans=scans, hall_rounds=hall, settle_rounds=inner)
 
 
-def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int = 128,
+def auto_k_dot(n_b: int) -> int:
+    """Dot-list length for n_b columns: 128 up to 16k columns, then n_b / 128 (at most 1024).
+    A fixed 128 covers ever less of a wider layer: at 65k (0.2 % of the columns) half the rows
+    failed the first certificate and re-solves cascaded for 7+ rounds; with 512 the 65k pair
+    is proven in 3 rounds (benchmarks/README.md)."""
+    return int(min(1024, max(128, n_b // 128)))
+
+
+def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int | None = None,
                  block_rows: int | None = None, device=None, progress: bool = False,
                  max_rounds: int = 30, eps_rel: float = 1e-10, return_duals: bool = False):
     """Exact assignment of rows of X to rows of Y for ``C = ||X_i - Y_j||^2``, certified.
@@ -618,7 +677,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     ``gap`` (0.0 = proven optimal for the full dense problem, else a certified absolute gap),
     ``nearest`` and ``stats``.
 
-    ``k`` / ``k_dot``: per row, the k cheapest columns and the k_dot largest dot products kept
+    ``k`` / ``k_dot``: per row, the k cheapest columns and the k_dot (default
+    :func:`auto_k_dot` of the column count) largest dot products kept
     from the blocked pass (the dot list is what the duals of a bijective problem rank by,
     since ``C = |x|^2 + |y|^2 - 2 x.y``); rows the certificate rejects get more, locally.
     ``max_rounds``: solve/certify rounds before giving up with a certified gap.
@@ -626,6 +686,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     columns, then the n_a dummy columns in partial mode) for :func:`verify_certificate`.
     """
     w = _check_inputs(X, Y, unmatched_cost)
+    if k_dot is None:
+        k_dot = auto_k_dot(max(X.shape[0], Y.shape[0]) if w is None else Y.shape[0])
     if k < 1 or k_dot < 1:
         raise ValueError(f"solve_sparse: k and k_dot must be >= 1, got {k} and {k_dot}")
     if w is None and X.shape[0] > Y.shape[0]:
@@ -652,7 +714,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
             timing["exact"] += time.perf_counter() - t
     finally:
         torch.set_float32_matmul_precision(prev_prec)
-    col, cost, alt, nearest, total, gap, lb, proven = res
+    col, cost, alt, nearest, near_c, sec_c, total, gap, lb, proven = res
     stats = {
         "solver": "sparse",
         "device": str(dev),
@@ -667,6 +729,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "rounds": out["rounds"],
         "expanded_rows": int(P.n_expanded_rows),
         "expanded_cols": int(P.n_expanded_cols),
+        "priced_pairs": int(P.n_priced_pairs),
         "dijkstra_scans": int(out["scans"]),
         "hall_rounds": int(out["hall_rounds"]),
         "settle_rounds": int(out["settle_rounds"]),
@@ -679,7 +742,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     if return_duals:
         stats["u"], stats["v"] = out["u"].copy(), out["v"].copy()
     return _make_result(col=col, cost=cost, alt_cost=alt, total=total, gap=float(gap),
-                        nearest=nearest, stats=stats)
+                        nearest=nearest, stats=stats, nearest_cost=near_c, second_cost=sec_c)
 
 
 def _finish(P, out, w, eps):
@@ -717,13 +780,14 @@ def _finish(P, out, w, eps):
     proven = bool(out["passed"].all())
     lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
     gap = 0.0 if proven else (max(0.0, total - lb) if np.isfinite(lb) else float("inf"))
-    return col, cost, alt, nearest, total, gap, lb, proven
+    return col, cost, alt, nearest, near_c, sec_c, total, gap, lb, proven
 
 
 def _make_result(**kw):
     cls = _result_cls()
     if cls is _AssignmentResult:
-        kw.pop("nearest", None)
+        for name in ("nearest", "nearest_cost", "second_cost"):
+            kw.pop(name, None)
     return cls(**kw)
 
 

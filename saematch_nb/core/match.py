@@ -9,6 +9,7 @@ comparable; ``options["mse_on"] = "folded"`` records it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -86,8 +87,11 @@ def match(
     # each row's nearest / second costs; otherwise a blocked pass collects them.
     which = pick_solver(n_a, n_b, solver) if method == "lap" else None
     C_dense = dense_cost(Xf, Yf, device=dev, progress=progress) if (which == "dense" and fold) else None
+    # the sparse solver returns each row's two cheapest columns from its own pass: no second
+    # pass over all pairs (a whole extra product) unless the partial mode needs them first
+    from_solver = which == "sparse" and fold and not allow_unmatched
     stats_rows = crit.row_statistics(Xf, Yf, parts=parts, n_sample=n_sample, seed=seed,
-                                     nearest=C_dense is None, device=dev)
+                                     nearest=C_dense is None and not from_solver, device=dev)
     if C_dense is not None:
         stats_rows = crit.with_nearest(stats_rows, C_dense)
 
@@ -104,6 +108,13 @@ def match(
             del C_dense
         else:
             res = solve(X, Y, unmatched_cost=unmatched, solver=which, device=dev, progress=progress)
+        if from_solver:
+            if res.nearest is not None and res.nearest_cost is not None:
+                stats_rows = replace(stats_rows, nearest=res.nearest, best_cost=res.nearest_cost,
+                                     second_cost=res.second_cost)
+            else:  # e.g. a transposed result (n_a > n_b): collect them the usual way
+                stats_rows = crit.row_statistics(Xf, Yf, parts=parts, n_sample=n_sample, seed=seed,
+                                                 device=dev)
         partner = res.col.copy()
         # rows without partner point at their nearest B-feature (on the cost the solver used)
         near = res.nearest if res.nearest is not None else stats_rows.nearest

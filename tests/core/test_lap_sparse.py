@@ -273,6 +273,41 @@ def test_noncandidate_bounds_and_pricing_are_lower_bounds():
     assert np.all(P.r[rows] <= np.where(nc, C, np.inf).min(1)[rows] + P.eta_x[rows] + P.eta_y.max())
     Gd = (X.double() @ Y.double().T).numpy()
     assert np.all(P.rho[rows] >= np.where(nc, Gd, -np.inf).max(1)[rows] - P.eta_x[rows] - P.eta_y.max())
+    # the pricing bound is a fact about C (C_ij >= tau_i + v_ref_j): it holds for ANY later
+    # duals, including ones that moved up, and it tightens the pass bound of the priced rows
+    for v2 in (v - rng.random(500) * C.mean() * 0.05, v + rng.random(500) * C.mean() * 0.05):
+        true2 = np.where(nc, C - v2[None, :], np.inf).min(1)
+        b2 = P.bounds(v2)
+        assert np.all(b2 <= true2 + 1e-9)
+    P0 = _problem(X, Y, 2, 6)
+    assert np.all(P.bounds(v)[rows] >= P0.bounds(v)[rows] - 1e-9)
+
+
+def test_pricing_on_suspect_columns_only_keeps_bounds_valid(monkeypatch):
+    """A failing row is recomputed only on the columns its pass bound cannot clear; tau must
+    still bound every pair left out, and every truly violating pair must become a candidate or
+    be covered by tau."""
+    import saematch_nb.core.lap_sparse as L
+
+    monkeypatch.setattr(L, "_SUSPECT_FULL", 1.0)  # small problems: loose bounds, most columns suspect
+    a, b, _ = gemma_like_pair(600, 40, dups=0.3, seed=21)
+    X = torch.cat([a.W_dec * a.threshold[:, None], (a.W_enc / a.threshold).T], 1)
+    Y = torch.cat([b.W_dec * b.threshold[:, None], (b.W_enc / b.threshold).T], 1)
+    P = _problem(X, Y, 2, 6)
+    C = dense(X, Y)
+    v = P.ny64 - P.ny64.max()
+    nc = _noncandidate_mask(P)
+    row_min = np.where(nc, C - v[None, :], np.inf).min(1)
+    # u a bit above what the non-candidates allow: the rows fail on a few columns only
+    u = row_min + 1e-3 * np.abs(row_min).mean()
+    rows = np.arange(0, 600, 40)
+    before = P.n_priced_pairs
+    P.expand_rows(rows, u, v, 0.0)
+    priced = P.n_priced_pairs - before
+    assert 0 < priced < rows.size * 600  # a strict subset of the full row products
+    nc = _noncandidate_mask(P)
+    true = np.where(nc, C - v[None, :], np.inf).min(1)
+    assert np.all(P.tau[rows] <= true[rows] + 1e-9)
 
 
 def test_row_reduction_keeps_complementary_slackness():
@@ -309,3 +344,15 @@ def test_hall_violation_in_the_candidate_graph_is_repaired():
     res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV)
     assert res.stats["hall_rounds"] >= 1
     check_equal(X, Y, res)
+
+
+def test_dot_list_length_grows_with_layer_width():
+    """A fixed 128-long dot list covers ever less of a wider layer (at 65k the certificate
+    cascaded for 7+ rounds); the default scales with the column count, capped for memory."""
+    from saematch_nb.core.lap_sparse import auto_k_dot
+
+    assert auto_k_dot(300) == 128 and auto_k_dot(16384) == 128
+    assert auto_k_dot(65536) == 512
+    assert auto_k_dot(1 << 20) == 1024
+    X = torch.randn(40, 8)
+    assert solve_sparse(X, X + 0.01, device=DEV).stats["k_dot"] == 128
