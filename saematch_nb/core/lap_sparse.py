@@ -89,11 +89,6 @@ def _pick_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _all_finite(T: torch.Tensor) -> bool:
-    step = max(1, (1 << 22) // max(T.shape[1], 1))  # small temporaries, not a full-size mask
-    return all(bool(torch.isfinite(T[a:a + step]).all()) for a in range(0, T.shape[0], step))
-
-
 def _check_inputs(X, Y, unmatched_cost):
     for name, t in (("X", X), ("Y", Y)):
         if not isinstance(t, torch.Tensor):
@@ -106,8 +101,6 @@ def _check_inputs(X, Y, unmatched_cost):
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"solve_sparse: X and Y need the same feature length D, got {X.shape[1]} and "
                          f"{Y.shape[1]}; build both with the same feature_matrix(params=..., fold=...)")
-    if not (_all_finite(X) and _all_finite(Y)):
-        raise ValueError("solve_sparse: X or Y contains NaN/inf; check the SAE weights")
     if unmatched_cost is not None:
         w = np.asarray(unmatched_cost, dtype=np.float64)
         if w.ndim == 0:
@@ -142,8 +135,15 @@ class _Problem:
         self.Xd = X.detach().to(device, torch.float32)
         self.Yd = Y.detach().to(device, torch.float32)
         # norms in float64, cast once: the float32 error left is the product's
-        self.nx = _sqnorm(self.Xd)
-        self.ny = _sqnorm(self.Yd)
+        nx, ny = _sqnorm(self.Xd), _sqnorm(self.Yd)
+        # float64 squares of float32 values cannot overflow: a non-finite norm means a NaN/inf
+        # entry (one check instead of a separate pass over X and Y)
+        if not (bool(torch.isfinite(nx).all()) and bool(torch.isfinite(ny).all())):
+            raise ValueError("solve_sparse: X or Y contains NaN/inf; check the SAE weights")
+        self.nx, self.ny = nx.to(torch.float32), ny.to(torch.float32)
+        if not (bool(torch.isfinite(self.nx).all()) and bool(torch.isfinite(self.ny).all())):
+            raise ValueError("solve_sparse: a squared row norm of X or Y overflows float32 (> 3.4e38); "
+                             "rescale both by the same factor (the optimal assignment does not change)")
         self.nx64 = self.nx.double().cpu().numpy()
         self.ny64 = self.ny.double().cpu().numpy()
         gamma = self.D * _U32 / (1 - self.D * _U32)
@@ -514,7 +514,7 @@ def _sqnorm(T: torch.Tensor) -> torch.Tensor:
     out = torch.empty(T.shape[0], dtype=torch.float64, device=T.device)
     for a in range(0, T.shape[0], 512):  # float64 copies of 512 rows at a time
         out[a:a + 512] = T[a:a + 512].double().pow(2).sum(1)
-    return out.to(torch.float32)
+    return out
 
 
 def _peak_bytes(dev) -> int:

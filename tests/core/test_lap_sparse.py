@@ -180,10 +180,19 @@ def test_bad_input_is_explained():
         solve_sparse(X.numpy(), X)
     with pytest.raises(ValueError, match="unmatched_cost"):
         solve_sparse(X, X, unmatched_cost=np.ones(3))
-    Xn = X.clone()
-    Xn[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        solve_sparse(Xn, X)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        Xn = X.clone()
+        Xn[3, 2] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solve_sparse(Xn, X)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solve_sparse(X, Xn)
+        with pytest.raises(ValueError, match="NaN/inf"):
+            solve_sparse(torch.cat([Xn, Xn]), X)  # n_a > n_b: the transposed solve checks too
+    big = X.clone()
+    big[0, 0] = 3e38  # finite, but its square overflows the float32 costs: a clear error
+    with pytest.raises(ValueError, match="overflows float32.*rescale"):
+        solve_sparse(big, X)
 
 
 def _problem(X, Y, k, k_dot, torch_pass=False):
