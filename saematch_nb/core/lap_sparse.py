@@ -449,11 +449,12 @@ class _Problem:
     def pricing_bounds(self):
         return self.tau, self.snap, self.vref
 
-    def bounds(self, v, rows=None):
-        """Proven lower bound of min_j non-candidate (C_ij - v_j) per row (see _noncandidate_bounds)."""
+    def bounds(self, v, rows=None, skip=None):
+        """Proven lower bound of min_j non-candidate (C_ij - v_j) per row, columns in ``skip``
+        left out (see _noncandidate_bounds)."""
         return _kernels().noncandidate_bounds(self.r, self.s, self.rho, self.rho_c, self.nx64, self.ny64,
                                               self.eta_x, self.eta_y, v[:self.n_b], self.indptr, self.indices,
-                                              self.n_b, rows, None, *self.pricing_bounds())
+                                              self.n_b, rows, skip, *self.pricing_bounds())
 
     def _price_rows_cpu(self, rows, u, v, eps):
         """expand_rows with duals on CPU: numba pricing of a float32 product of the rows with
@@ -473,9 +474,7 @@ class _Problem:
             rest = np.full(rows.size, np.inf)
             Ys = self.Yd
         else:
-            rest = K_.noncandidate_bounds(self.r, self.s, self.rho, self.rho_c, self.nx64, self.ny64, self.eta_x,
-                                          self.eta_y, vb, self.indptr, self.indices, n_b, rows, S,
-                                          *self.pricing_bounds())
+            rest = self.bounds(v, rows, S)
             Ys = self.Yd.index_select(0, torch.from_numpy(cols))
         new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows * n_b // max(cols.size, 1), 2048))
@@ -853,8 +852,7 @@ def verify_certificate(X: torch.Tensor, Y: torch.Tensor, col, u, v, *, unmatched
     red = P.cost - u[P.rows] - v[P.indices]
     cand_min = np.full(n_a, np.inf)
     np.minimum.at(cand_min, P.rows, red)
-    nc = _kernels().noncandidate_bounds(P.r, P.s, P.rho, P.rho_c, P.nx64, P.ny64, P.eta_x, P.eta_y, v,
-                                        P.indptr, P.indices, n_b) - u
+    nc = P.bounds(v) - u
     row_min = np.minimum(cand_min, nc)
     # rows the bounds cannot clear: their exact row minimum (float64 product over those rows)
     F = np.flatnonzero(row_min < -eps)
