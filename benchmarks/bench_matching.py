@@ -75,7 +75,25 @@ def child_dense(folder: str, out: str) -> None:
                "rss_after_load": rss0, "peak_rss": _peak()}, open(out, "w"))
 
 
-def child_sparse(folder: str, out: str, device: str | None, k: int, k_dot: int, product: bool = True) -> None:
+def _time_product(Xd, Yd, dtype) -> float:
+    """One plain blocked product over all pairs in ``dtype``, nothing kept."""
+    import torch
+    br = max(64, (1 << 26) // Yd.shape[0])
+    Yc = Yd.to(dtype)
+    if Yd.is_cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    s = 0.0
+    with torch.no_grad():
+        for a in range(0, Xd.shape[0], br):
+            s += float((Xd[a:a + br].to(dtype) @ Yc.T).max())
+    if Yd.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def child_sparse(folder: str, out: str, device: str | None, k: int, k_dot: int, product: bool = True,
+                 precision: str = "auto") -> None:
     import torch
     from saematch_nb.core.lap_sparse import solve_sparse
     X, Y = _load(folder)
@@ -83,27 +101,21 @@ def child_sparse(folder: str, out: str, device: str | None, k: int, k_dot: int, 
     # compile/cache the numba kernels on a tiny problem first: the JIT is not the algorithm
     solve_sparse(X[:64], Y[:64], k=2, k_dot=2, device=device)
     t0 = time.perf_counter()
-    res = solve_sparse(X, Y, k=k, k_dot=k_dot or None, device=device, progress=False)
+    res = solve_sparse(X, Y, k=k, k_dot=k_dot or None, device=device, progress=False, precision=precision)
     t_solve = time.perf_counter() - t0
     peak_solve = _peak()
-    # the reference: one plain blocked float32 product over all pairs, nothing kept
+    # the references: one plain blocked product over all pairs, nothing kept, in float32 (the
+    # product the issue names) and, when the pass ran on bfloat16 inputs, in bfloat16 too
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     Xd, Yd = X.to(dev), Y.to(dev)
-    br = max(64, (1 << 26) // Y.shape[0])
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    s = 0.0
-    with torch.no_grad():
-        for a in range(0, X.shape[0] if product else 0, br):
-            s += float((Xd[a:a + br] @ Yd.T).max())
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t_prod = time.perf_counter() - t0 if product else float("nan")
+    t_prod = _time_product(Xd, Yd, torch.float32) if product else float("nan")
+    bf16 = res.stats.get("precision") == "bfloat16"
+    t_prod16 = _time_product(Xd, Yd, torch.bfloat16) if product and bf16 else float("nan")
     np.save(Path(out).with_suffix(".col.npy"), res.col)
     st = {k_: v for k_, v in res.stats.items() if k_ not in ("u", "v")}
-    json.dump({"total_s": t_solve, "product_s": t_prod, "gap": res.gap, "total": res.total, "stats": st,
-               "rss_after_load": rss0, "peak_rss": peak_solve}, open(out, "w"), default=float)
+    json.dump({"total_s": t_solve, "product_s": t_prod, "product_bf16_s": t_prod16, "gap": res.gap,
+               "total": res.total, "stats": st, "rss_after_load": rss0, "peak_rss": peak_solve},
+              open(out, "w"), default=float)
 
 
 def _run_child(args: list[str], timeout: float | None):
@@ -140,7 +152,7 @@ def bench_pair(a) -> dict:
     out = {"n": a.n, "d_in": a.d_in, "D": X.shape[1]}
     ours_json = Path(tmp) / "ours.json"
     p, wall = _run_child(["_sparse", tmp, str(ours_json), a.device or "", str(a.k), str(a.k_dot),
-                          "0" if a.skip_product else "1"], None)
+                          "0" if a.skip_product else "1", a.precision], None)
     ours = json.load(open(ours_json))
     col_s = np.load(ours_json.with_suffix(".col.npy"))
     out["ours"] = ours
@@ -193,10 +205,13 @@ def report(o: dict) -> None:
     dpk = f"{d['peak_rss'] / gb:.2f} GB" if d and "peak_rss" in d else "n/a"
     print(f"| peak RSS (process) | {dpk} | {ours['peak_rss'] / gb:.2f} GB (inputs alone {ours['rss_after_load'] / gb:.2f} GB) |")
     extra = ours["total_s"] - ph["pass"]
-    if ours["product_s"] == ours["product_s"]:  # not NaN (--skip-product)
-        print(f"| one plain blocked product over all pairs | | {ours['product_s']:.1f} s |")
-        print(f"| our time beyond that product | | {ours['total_s'] - ours['product_s']:.1f} s "
-              f"({(ours['total_s'] - ours['product_s']) / ours['product_s'] * 100:.0f}% of it) |")
+    print(f"| pass precision | | {st.get('precision', 'float32')} (product error factor {st.get('product_error_factor', 0):.2e}) |")
+    for key, name in (("product_s", "float32"), ("product_bf16_s", "bfloat16")):
+        t = ours.get(key, float("nan"))
+        if t == t:  # not NaN (--skip-product; bfloat16 only when the pass used it)
+            print(f"| one plain blocked {name} product over all pairs | | {t:.1f} s |")
+            print(f"| our time beyond that {name} product | | {ours['total_s'] - t:.1f} s "
+                  f"({(ours['total_s'] - t) / t * 100:.0f}% of it) |")
     print(f"| phases | | pass {ph['pass']:.1f} s, solve {ph['solve']:.1f} s, exact {ph['exact']:.1f} s, "
           f"certify {ph['certify']:.1f} s, expand {ph['expand']:.1f} s (beyond the pass: {extra:.1f} s) |")
     print(f"| candidate edges | | first pass {st['candidate_edges_first_pass']:,}, final {st['candidate_edges']:,}, "
@@ -262,7 +277,7 @@ def main() -> None:
         return child_dense(sys.argv[2], sys.argv[3])
     if len(sys.argv) > 1 and sys.argv[1] == "_sparse":
         return child_sparse(sys.argv[2], sys.argv[3], sys.argv[4] or None, int(sys.argv[5]), int(sys.argv[6]),
-                            sys.argv[7] == "1")
+                            sys.argv[7] == "1", sys.argv[8])
     if len(sys.argv) > 1 and sys.argv[1] == "_chain":
         return child_chain(sys.argv[2], sys.argv[3] or None, sys.argv[4:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,6 +288,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--k-dot", type=int, default=0, help="0: the solver's default (auto_k_dot)")
     ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="product precision of ours' pass (auto: bfloat16 on AMX CPUs, else float32)")
     ap.add_argument("--skip-product", action="store_true",
                     help="do not time the plain blocked product (the 'beyond the product' reference)")
     ap.add_argument("--dense-timeout", type=float, default=1800.0, help="seconds; the ratio becomes a lower bound")

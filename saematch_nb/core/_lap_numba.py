@@ -398,6 +398,152 @@ def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v,
                         tc[j - j0] = cc_v[j, 0]
 
 
+@njit(cache=True, parallel=True)
+def lists_to_csr(rc_i, rc_v, rd_i, rd_v, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n, nx, ny):
+    """The candidate graph straight from the pass's four lists (block_lists layout: cost heaps
+    hold -C, dot heaps hold x.y): per row its own lists plus every column list that names it,
+    sorted by column, duplicates dropped. Returns (indptr, indices, cost) with the float64
+    cost ``|x|^2 + |y|^2 - 2 x.y`` of the float32 dot (the same expression block_lists ranks
+    by). No edge-key sort over the whole graph."""
+    n_a, k = rc_i.shape
+    kd = rd_i.shape[1]
+    n_b = cc_i.shape[0]
+    ptr = np.zeros(n_a + 1, np.int64)
+    for i in range(n_a):
+        ptr[i + 1] = k + kd
+    for j in range(n_b):
+        for q in range(cc_n[j]):
+            ptr[cc_i[j, q] + 1] += 1
+        for q in range(cd_n[j]):
+            ptr[cd_i[j, q] + 1] += 1
+    for i in range(n_a):
+        ptr[i + 1] += ptr[i]
+    col = np.empty(ptr[n_a], np.int64)
+    val = np.empty(ptr[n_a])
+    fill = ptr[:n_a].copy()
+    for i in prange(n_a):
+        f = fill[i]
+        for q in range(k):
+            col[f] = rc_i[i, q]
+            val[f] = -rc_v[i, q]
+            f += 1
+        for q in range(kd):
+            j = rd_i[i, q]
+            col[f] = j
+            val[f] = nx[i] + ny[j] - 2.0 * rd_v[i, q]
+            f += 1
+        fill[i] = f
+    for j in range(n_b):  # scatter into rows: serial (rows collide)
+        for q in range(cc_n[j]):
+            i = cc_i[j, q]
+            col[fill[i]] = j
+            val[fill[i]] = -cc_v[j, q]
+            fill[i] += 1
+        for q in range(cd_n[j]):
+            i = cd_i[j, q]
+            col[fill[i]] = j
+            val[fill[i]] = nx[i] + ny[j] - 2.0 * cd_v[j, q]
+            fill[i] += 1
+    cnt = np.empty(n_a, np.int64)
+    for i in prange(n_a):
+        a = ptr[i]
+        b = ptr[i + 1]
+        o = np.argsort(col[a:b])
+        cs = col[a:b][o]
+        vs = val[a:b][o]
+        m = 0
+        for t in range(b - a):
+            if t == 0 or cs[t] != cs[t - 1]:
+                col[a + m] = cs[t]
+                val[a + m] = vs[t]
+                m += 1
+        cnt[i] = m
+    indptr = np.zeros(n_a + 1, np.int64)
+    for i in range(n_a):
+        indptr[i + 1] = indptr[i] + cnt[i]
+    indices = np.empty(indptr[n_a], np.int64)
+    cost = np.empty(indptr[n_a])
+    for i in prange(n_a):
+        a = ptr[i]
+        o = indptr[i]
+        for t in range(cnt[i]):
+            indices[o + t] = col[a + t]
+            cost[o + t] = val[a + t]
+    return indptr, indices, cost
+
+
+@njit(cache=True, parallel=True)
+def csr_merge(indptr, indices, cost, exact, nrows, ncols, nvals, nexact):
+    """Add edges to a row-sorted CSR graph. New edges come sorted by (row, col) without
+    duplicates; those already present are skipped. Returns (indptr, indices, cost, exact,
+    added): new arrays, rows merged in parallel; only the old and the new graph are held."""
+    n = indptr.size - 1
+    m = nrows.size
+    keep = np.zeros(m, np.bool_)
+    cnt = np.zeros(n, np.int64)
+    nptr = np.zeros(n + 1, np.int64)
+    for e in range(m):
+        nptr[nrows[e] + 1] += 1
+    for i in range(n):
+        nptr[i + 1] += nptr[i]
+    for i in prange(n):
+        c = 0
+        for e in range(nptr[i], nptr[i + 1]):
+            if not _has(indices, indptr[i], indptr[i + 1], ncols[e]):
+                keep[e] = True
+                c += 1
+        cnt[i] = c
+    out_ptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        out_ptr[i + 1] = out_ptr[i] + (indptr[i + 1] - indptr[i]) + cnt[i]
+    tot = out_ptr[n]
+    o_ind = np.empty(tot, np.int64)
+    o_cost = np.empty(tot)
+    o_ex = np.empty(tot, np.bool_)
+    for i in prange(n):
+        a = indptr[i]
+        a_end = indptr[i + 1]
+        e = nptr[i]
+        e_end = nptr[i + 1]
+        o = out_ptr[i]
+        while a < a_end or e < e_end:
+            if e < e_end and not keep[e]:
+                e += 1
+                continue
+            if e >= e_end or (a < a_end and indices[a] < ncols[e]):
+                o_ind[o] = indices[a]
+                o_cost[o] = cost[a]
+                o_ex[o] = exact[a]
+                a += 1
+            else:
+                o_ind[o] = ncols[e]
+                o_cost[o] = nvals[e]
+                o_ex[o] = nexact
+                e += 1
+            o += 1
+    return out_ptr, o_ind, o_cost, o_ex, tot - indptr[n]
+
+
+@njit(cache=True, parallel=True)
+def jitter_down(rows, cols, vals, eta_x, eta_y, n_b, frac):
+    """vals[e] -= frac * (eta_x_i + eta_y_j) * h(i, j), h a fixed hash in [0, 1), for real
+    columns. A bfloat16 product rounds dot products to 8 bits, so many approximate costs tie
+    exactly and Jonker-Volgenant row reduction stalls on the ties; a deterministic shift
+    inside the error band breaks them. Shifting DOWN keeps every ``cost - eta`` a proven lower
+    bound (approximate costs are never used as upper bounds)."""
+    for e in prange(rows.size):
+        j = cols[e]
+        if j >= n_b:
+            continue
+        i = rows[e]
+        h = (np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(j) * np.uint64(0xC2B2AE3D27D4EB4F))
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+        r = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+        vals[e] -= frac * (eta_x[i] + eta_y[j]) * r
+
+
 @njit(cache=True)
 def row_reduction(indptr, indices, cost, v, col4row, row4col, free, max_steps, n_passes=2):
     """Jonker-Volgenant augmenting row reduction (an auction with zero increment, Gauss-Seidel)
@@ -551,16 +697,36 @@ def row_best_two(indptr, indices, cost, n_b):
 
 
 @njit(cache=True, parallel=True)
-def row_min(indptr, vals):
-    """Per CSR row: min of vals over the row's edges (inf for an empty row)."""
+def row_lower_min(indptr, indices, cost, exact, eta_x, eta_y, v, n_b):
+    """Per CSR row: min over the row's edges of the proven lower reduced value
+    ``cost - v_j`` (minus ``eta_x_i + eta_y_j`` where the cost is approximate); inf for an
+    empty row. No edge-sized temporaries (the candidate graph is the largest thing held)."""
     n = indptr.size - 1
     out = np.full(n, np.inf)
     for i in prange(n):
         m = np.inf
         for p in range(indptr[i], indptr[i + 1]):
-            if vals[p] < m:
-                m = vals[p]
+            j = indices[p]
+            val = cost[p] - v[j]
+            if not exact[p] and j < n_b:
+                val -= eta_x[i] + eta_y[j]
+            if val < m:
+                m = val
         out[i] = m
+    return out
+
+
+@njit(cache=True, parallel=True)
+def matched_pos(indptr, indices, col4row):
+    """Per row: the edge position of its matched column (-1 if none)."""
+    n = indptr.size - 1
+    out = np.full(n, -1, np.int64)
+    for i in prange(n):
+        c = col4row[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == c:
+                out[i] = p
+                break
     return out
 
 

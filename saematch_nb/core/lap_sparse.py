@@ -121,7 +121,7 @@ class _Problem:
     within ``eta_i + eta_j``) and are replaced by exact float64 costs where the certificate
     needs them (matched and near-tight edges)."""
 
-    def __init__(self, X, Y, w, k, k_dot, block_rows, device, progress):
+    def __init__(self, X, Y, w, k, k_dot, block_rows, device, progress, precision="float32"):
         self.dev = device
         self.Xn = np.ascontiguousarray(X.detach().to("cpu", torch.float32).numpy())
         self.Yn = np.ascontiguousarray(Y.detach().to("cpu", torch.float32).numpy())
@@ -147,9 +147,20 @@ class _Problem:
         self.nx64 = self.nx.double().cpu().numpy()
         self.ny64 = self.ny.double().cpu().numpy()
         gamma = self.D * _U32 / (1 - self.D * _U32)
-        self.c_err = 2 * gamma + 4 * _U32
+        self.precision = precision
+        self.Yb = None
+        if precision == "bfloat16":
+            self.Yb = self.Yd.to(torch.bfloat16)
+            self.c_err = _bf16_error_factor(self.Xd, self.Yd, self.Yb, gamma)
+        else:
+            self.c_err = 2 * gamma + 4 * _U32
         self.eta_x = self.c_err * self.nx64
         self.eta_y = self.c_err * self.ny64
+        self.tie_break = 0.0
+        if precision == "bfloat16":
+            self.eta_x += _bf16_flush_slack(self.D)
+            self.eta_y += _bf16_flush_slack(self.D)
+            self.tie_break = 0.1  # share of the error band used to break bfloat16 ties (jitter_down)
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 24) // max(self.n_b, 1)))  # ~64 MB float32 block
         self.block_rows = int(block_rows)
@@ -176,6 +187,15 @@ class _Problem:
         C.add_(nxb.unsqueeze(1))
         return C, G
 
+    def _dot(self, xb, Ys, out):
+        """out = xb . Ys^T in float32; with bfloat16 ``Ys`` the product runs on bfloat16 inputs
+        (AMX / tensor cores, fp32 accumulation, bfloat16 output) and its error is covered by
+        ``c_err`` (see _bf16_error_factor)."""
+        if Ys.dtype == torch.bfloat16:
+            out.copy_(torch.matmul(xb.to(torch.bfloat16), Ys.T))
+        else:
+            torch.matmul(xb, Ys.T, out=out)
+
     def first_pass(self):
         """One blocked pass over all pairs: per row AND per column the k cheapest partners and
         the k_dot largest dot products, with the k-th value of each list: r_i, s_j (cost) and
@@ -200,7 +220,7 @@ class _Problem:
             b = min(a + self.block_rows, n_a)
             if G is None or G.shape[0] != b - a:
                 G = torch.empty((b - a, n_b), dtype=torch.float32)
-            torch.matmul(self.Xd[a:b], self.Yd.T, out=G)
+            self._dot(self.Xd[a:b], self.Yb if self.Yb is not None else self.Yd, G)
             K_.block_lists(G.numpy(), a, self.nx64, self.ny64, rc_v, rc_i, rd_v, rd_i,
                            cc_v, cc_i, cc_n, cd_v, cd_i, cd_n, n_chunks)
         del G
@@ -212,28 +232,48 @@ class _Problem:
         if k >= n_b or kd >= n_b or kc >= n_a or kcd >= n_a:  # every pair is a candidate
             self.r[:] = np.inf
             self.rho[:] = -np.inf
-        r_rows = np.repeat(np.arange(n_a, dtype=np.int64), k + kd)
-        r_cols = np.concatenate([rc_i, rd_i], 1).ravel()
-        r_vals = np.concatenate([-rc_v, self.nx64[:, None] + self.ny64[rd_i] - 2.0 * rd_v], 1).ravel()
-        del rc_v, rc_i, rd_v, rd_i
-        c_cols = np.repeat(np.arange(n_b, dtype=np.int64), kc + kcd)
-        c_rows = np.concatenate([cc_i, cd_i], 1).ravel()
-        c_vals = np.concatenate([-cc_v, self.nx64[cd_i] + self.ny64[:, None] - 2.0 * cd_v], 1).ravel()
-        del cc_v, cc_i, cd_v, cd_i
-        keys = np.concatenate([r_rows * self.n_cols + r_cols, c_rows * self.n_cols + c_cols])
-        vals = np.concatenate([r_vals, c_vals])
-        del r_rows, r_cols, r_vals, c_rows, c_cols, c_vals
-        self._init_edges(keys, vals)
+        indptr, indices, cost = K_.lists_to_csr(rc_i, rc_v, rd_i, rd_v, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n,
+                                                self.nx64, self.ny64)
+        del rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cd_v, cd_i
+        self._set_edges(indptr, indices, cost)
+
+    def _set_edges(self, indptr, indices, cost) -> None:
+        """The candidate graph from a row-sorted CSR of approximate costs (no key sort)."""
+        self.indptr, self.indices, self.cost = indptr, indices, cost
+        self.exact = np.zeros(cost.size, np.bool_)
+        if self.tie_break:
+            _kernels().jitter_down(self.rows, indices, cost, self.eta_x, self.eta_y, self.n_b, self.tie_break)
+        if self.w is not None:  # private dummy column per row: always a candidate, exact cost
+            n_a = self.n_a
+            self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
 
     def _init_edges(self, keys: np.ndarray, vals: np.ndarray) -> None:
         """The candidate graph from the first pass's (key, approximate cost) lists."""
-        n_a = self.n_a
-        self.keys = np.empty(0, np.int64)
+        self.indptr = np.zeros(self.n_a + 1, np.int64)
+        self.indices = np.empty(0, np.int64)
         self.cost = np.empty(0)
         self.exact = np.empty(0, np.bool_)
         if self.w is not None:  # private dummy column per row: always a candidate, exact cost
+            n_a = self.n_a
             self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
         self._merge(keys, vals, False)
+
+    # The graph is stored as CSR only (indptr, indices, cost, exact: 17 bytes per edge); row
+    # ids and keys of all edges are derived on demand (tests, rare paths).
+    @property
+    def n_edges(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n_a, dtype=np.int64), np.diff(self.indptr))
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.rows * self.n_cols + self.indices
+
+    def edge_rows(self, edges) -> np.ndarray:
+        return np.searchsorted(self.indptr, edges, side="right") - 1
 
     def _first_pass_torch(self):
         """first_pass with torch top-k (GPU): same lists and bounds."""
@@ -298,7 +338,7 @@ class _Problem:
             self.expand_cols(orphans)
 
     def _merge(self, keys, vals, exact):
-        """Add edges (keys = row * n_cols + col) not yet present; keeps keys sorted (CSR)."""
+        """Add edges (keys = row * n_cols + col) not yet present (CSR merge, rows stay sorted)."""
         keys = np.asarray(keys, np.int64)
         vals = np.broadcast_to(np.asarray(vals, np.float64), keys.shape)
         o = np.argsort(keys, kind="stable")
@@ -308,27 +348,22 @@ class _Problem:
         first = np.ones(keys.size, np.bool_)
         first[1:] = keys[1:] != keys[:-1]
         keys, vals = keys[first], vals[first]
-        pos = np.searchsorted(self.keys, keys)
-        hit = pos < self.keys.size
-        hit[hit] = self.keys[pos[hit]] == keys[hit]
-        if hit.any():
-            keys, vals, pos = keys[~hit], vals[~hit], pos[~hit]
         if keys.size == 0:
             return 0
-        self.keys = np.insert(self.keys, pos, keys)
-        self.cost = np.insert(self.cost, pos, vals)
-        self.exact = np.insert(self.exact, pos, bool(exact))
-        self.rows = self.keys // self.n_cols
-        self.indices = self.keys % self.n_cols
-        self.indptr = np.zeros(self.n_a + 1, np.int64)
-        np.cumsum(np.bincount(self.rows, minlength=self.n_a), out=self.indptr[1:])
-        return keys.size
+        rows, cols = keys // self.n_cols, keys % self.n_cols
+        vals = np.array(vals)
+        if self.tie_break and not exact:
+            _kernels().jitter_down(rows, cols, vals, self.eta_x, self.eta_y, self.n_b, self.tie_break)
+        indptr, indices, cost, ex, added = _kernels().csr_merge(
+            self.indptr, self.indices, self.cost, self.exact, rows, cols, vals, bool(exact))
+        self.indptr, self.indices, self.cost, self.exact = indptr, indices, cost, ex
+        return int(added)
 
     def make_exact(self, edges):
         """Replace the float32 cost of these edge positions by the exact float64 cost."""
         edges = edges[~self.exact[edges]]
         if edges.size:
-            self.cost[edges] = _kernels().exact_costs(self.Xn, self.Yn, self.rows[edges], self.indices[edges])
+            self.cost[edges] = _kernels().exact_costs(self.Xn, self.Yn, self.edge_rows(edges), self.indices[edges])
             self.exact[edges] = True
             self.n_exact += edges.size
         return edges.size
@@ -472,10 +507,10 @@ class _Problem:
         if full:
             cols = np.arange(n_b, dtype=np.int64)
             rest = np.full(rows.size, np.inf)
-            Ys = self.Yd
+            Ys = self.Yb if self.Yb is not None else self.Yd
         else:
             rest = self.bounds(v, rows, S)
-            Ys = self.Yd.index_select(0, torch.from_numpy(cols))
+            Ys = (self.Yb if self.Yb is not None else self.Yd).index_select(0, torch.from_numpy(cols))
         new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows * n_b // max(cols.size, 1), 2048))
         G = None
@@ -483,7 +518,7 @@ class _Problem:
             rb = rows[a:a + bs]
             if G is None or G.shape[0] != rb.size:
                 G = torch.empty((rb.size, cols.size), dtype=torch.float32)
-            torch.matmul(self.Xd.index_select(0, torch.from_numpy(rb)), Ys.T, out=G)
+            self._dot(self.Xd.index_select(0, torch.from_numpy(rb)), Ys, G)
             kk = np.minimum(self.k_row[rb], cols.size)
             self.k_row[rb] = np.minimum(2 * self.k_row[rb], n_b)
             nc = np.empty((rb.size, max(int(kk.max()), 1)), np.int64)
@@ -507,6 +542,58 @@ class _Problem:
         self.n_expanded_rows += rows.size
         self.n_priced_pairs += rows.size * cols.size
         return self._merge(np.concatenate(new_keys), np.concatenate(new_vals), False)
+
+
+def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
+    """c with |C_ij - C~_ij| <= c (|x_i|^2 + |y_j|^2) for C~ from a bfloat16-input product.
+
+    With x' = bf16(x): |x.y - G| <= |x - x'||y| + |x'||y - y'| (input rounding, measured per
+    row) + gamma_D |x'||y'| (fp32 accumulation, any order) + 2^-8 (1 + gamma_D) |x'||y'|
+    (bfloat16 output, round to nearest). With d = max |x - x'| / |x| (likewise for y) and
+    |x'| <= (1 + 2^-8)|x|: |x.y - G| <= kappa |x||y| and 2 kappa |x||y| <= kappa (|x|^2 + |y|^2).
+    A denormal flush (AMX: DAZ/FTZ) costs at most 2^-126 per term, added as D 2^-126 (1 + max)."""
+    u8 = 2.0 ** -8
+    d = []
+    for T, Tb in ((Xd, None), (Yd, Yb)):
+        worst = 0.0
+        for a in range(0, T.shape[0], 512):
+            t = T[a:a + 512].double()
+            tb = (Tb[a:a + 512] if Tb is not None else T[a:a + 512].to(torch.bfloat16)).double()
+            n = t.pow(2).sum(1).sqrt()
+            e = (t - tb).pow(2).sum(1).sqrt()
+            r = torch.where(n > 0, e / n.clamp_min(1e-300), torch.zeros_like(n))
+            worst = max(worst, float(r.max()))
+        d.append(worst)
+    g = 1 + u8
+    kappa = d[0] + g * d[1] + (gamma + u8 * (1 + gamma)) * g * g
+    return float(kappa * (1 + 1e-6))
+
+
+def _bf16_flush_slack(D: int) -> float:
+    """Absolute part of the bfloat16 error per side: a denormal flush costs < 2^-126 per
+    product and per addition, so the dot moves by < D 2^-125 and the cost by < D 2^-124."""
+    return D * 2.0 ** -125
+
+
+def _amx_bf16() -> bool:
+    """True when this CPU runs bfloat16 matrix products on AMX tiles (where they are ~4.6x
+    faster than float32 here; on CPUs without AMX bfloat16 is not faster, so it is not used)."""
+    try:
+        return bool(torch._C._cpu._init_amx())
+    except Exception:  # older/other torch builds: no AMX query
+        return False
+
+
+def _pick_precision(precision: str, dev: torch.device) -> str:
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"solve_sparse: precision must be 'auto', 'float32' or 'bfloat16', got {precision!r}")
+    if precision == "auto":
+        # GPUs keep float32: a bfloat16 GPU product may reduce in reduced precision, which the
+        # error bound here does not cover
+        return "bfloat16" if dev.type == "cpu" and _amx_bf16() else "float32"
+    if precision == "bfloat16" and dev.type != "cpu":
+        raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX); use 'float32' on GPU")
+    return precision
 
 
 def _sqnorm(T: torch.Tensor) -> torch.Tensor:
@@ -538,8 +625,13 @@ def _solve(P, u, v, col4row, row4col, cold, eps):
     if free.size > 1:
         # cheap auction-like moves first (JV augmenting row reduction); it only lowers v of
         # columns it assigns, so free columns keep v = 0 in the rectangular case
+        _t = time.perf_counter()
         K_.row_reduction(P.indptr, P.indices, P.cost, v, col4row, row4col, free, 100 * P.n_a + 1000)
+        if _DEBUG:
+            print(f"    row reduction {time.perf_counter() - _t:.2f} s", flush=True)
         K_.reconcile(P.indptr, P.indices, P.cost, u, v, col4row, row4col, eps)
+    if _DEBUG:
+        print(f"    solve: cold {cold} free {free.size} after row reduction {(col4row < 0).sum()}", flush=True)
     failed = np.zeros(P.n_a, np.bool_)
     nf, ns = K_.augment_all(P.indptr, P.indices, P.cost, u, v, col4row, row4col,
                             np.flatnonzero(col4row < 0), failed)
@@ -615,6 +707,9 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
             # check below is the expensive part and only runs on a settled solution
             inner += 1
             rounds -= 1
+            if _DEBUG:
+                print(f"  settle {inner}: need {need.size} near {near.size} scans {ns} "
+                      f"t {dict((a, round(b, 2)) for a, b in timing.items())}", flush=True)
             timing["certify"] += time.perf_counter() - t
             t = time.perf_counter()
             P.make_exact(near)
@@ -634,7 +729,7 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         passed = lower_nc >= u - eps
         timing["certify"] += time.perf_counter() - t
         if _DEBUG:
-            print(f"round {rounds}: edges {P.keys.size} need {need.size} failed rows {(~passed).sum()} "
+            print(f"round {rounds}: edges {P.n_edges} need {need.size} failed rows {(~passed).sum()} "
                   f"(of them priced before: {(P.snap[~passed] >= 0).sum()}) "
                   f"t {dict((a, round(b, 2)) for a, b in timing.items())}", flush=True)
         if need.size == 0 and passed.all():
@@ -642,7 +737,8 @@ def _solve_core(P: _Problem, eps: float, max_rounds: int, timing: dict):
         if rounds >= max_rounds:
             if need.size:  # the gap is stated on exact costs: make the matched edges exact
                 t = time.perf_counter()
-                P.make_exact(np.flatnonzero((P.indices == col4row[P.rows]) & ~P.exact))
+                mp = K_.matched_pos(P.indptr, P.indices, col4row)
+                P.make_exact(mp[mp >= 0])
                 timing["exact"] += time.perf_counter() - t
             break
         t = time.perf_counter()
@@ -667,7 +763,8 @@ def auto_k_dot(n_b: int) -> int:
 
 def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int | None = None,
                  block_rows: int | None = None, device=None, progress: bool = False,
-                 max_rounds: int = 30, eps_rel: float = 1e-10, return_duals: bool = False):
+                 max_rounds: int = 30, eps_rel: float = 1e-10, return_duals: bool = False,
+                 precision: str = "auto"):
     """Exact assignment of rows of X to rows of Y for ``C = ||X_i - Y_j||^2``, certified.
 
     Returns an ``AssignmentResult``: ``col`` (int64 [n_a], -1 = no partner), ``cost`` (exact
@@ -691,7 +788,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         raise ValueError(f"solve_sparse: k and k_dot must be >= 1, got {k} and {k_dot}")
     if w is None and X.shape[0] > Y.shape[0]:
         res = solve_sparse(Y, X, k=k, k_dot=k_dot, block_rows=block_rows, device=device, progress=progress,
-                           max_rounds=max_rounds, eps_rel=eps_rel)
+                           max_rounds=max_rounds, eps_rel=eps_rel, precision=precision)
         return _transpose_result(res, X, Y)
     dev = _pick_device(device)
     timing = {"pass": 0.0, "exact": 0.0, "solve": 0.0, "certify": 0.0, "expand": 0.0}
@@ -700,11 +797,11 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     torch.set_float32_matmul_precision("highest")  # no TF32: the error bound assumes float32
     try:
         with torch.no_grad():
-            P = _Problem(X, Y, w, k, k_dot, block_rows, dev, progress)
+            P = _Problem(X, Y, w, k, k_dot, block_rows, dev, progress, _pick_precision(precision, dev))
             t = time.perf_counter()
             P.first_pass()
             timing["pass"] = time.perf_counter() - t
-            n_edges_first = int(P.keys.size)
+            n_edges_first = P.n_edges
             scale = float(P.nx64.mean() + P.ny64.mean())
             eps = eps_rel * max(scale, 1e-300)
             out = _solve_core(P, eps, max_rounds, timing)
@@ -723,7 +820,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "seconds": time.perf_counter() - t0,
         "phase_seconds": dict(timing),
         "candidate_edges_first_pass": n_edges_first,
-        "candidate_edges": int(P.keys.size - (P.n_a if w is not None else 0)),
+        "candidate_edges": int(P.n_edges - (P.n_a if w is not None else 0)),
         "exact_edges": int(P.n_exact),
         "rounds": out["rounds"],
         "expanded_rows": int(P.n_expanded_rows),
@@ -733,7 +830,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "hall_rounds": int(out["hall_rounds"]),
         "settle_rounds": int(out["settle_rounds"]),
         "eps": eps,
-        "float32_error_factor": P.c_err,
+        "precision": P.precision,
+        "product_error_factor": P.c_err,
         "proven_optimal": proven,
         "dual_bound": lb,
         "peak_memory_bytes": _peak_bytes(dev),
@@ -747,16 +845,13 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
 def _finish(P, out, w, eps):
     u, v, col4row = out["u"], out["v"], out["col4row"]
     n_a, n_b = P.n_a, P.n_b
-    rows, idx = P.rows, P.indices
-    real = idx < n_b
-    matched = idx == col4row[rows]
-    m_pos = np.full(n_a, -1, np.int64)
-    m_pos[rows[matched]] = np.flatnonzero(matched)
+    idx = P.indices
+    K_ = _kernels()
+    m_pos = K_.matched_pos(P.indptr, P.indices, col4row)
     unmatched = col4row >= n_b
     col = np.where(unmatched, -1, col4row).astype(np.int64)
     # nearest column and the best other one, from the candidates (the row's cheapest k are
     # there), with exact costs
-    K_ = _kernels()
     p1, p2 = K_.row_best_two(P.indptr, P.indices, P.cost, n_b)
     P.make_exact(np.unique(np.concatenate([p1[p1 >= 0], p2[p2 >= 0]])))
     near_pos = np.maximum(p1, 0)
@@ -773,8 +868,7 @@ def _finish(P, out, w, eps):
     total = float(np.sum(np.where(unmatched, w if w is not None else 0.0, P.cost[m_pos])))
     # certified lower bound: sum_i min_j (C_ij - v_j) + sum_j v_j, valid as v <= 0 (columns may
     # stay free); candidate edges enter with their proven lower cost
-    lo = P.cost - np.where(P.exact | ~real, 0.0, P.eta_x[rows] + P.eta_y[np.minimum(idx, n_b - 1)])
-    cand_min = K_.row_min(P.indptr, lo - v[idx])
+    cand_min = K_.row_lower_min(P.indptr, P.indices, P.cost, P.exact, P.eta_x, P.eta_y, v, n_b)
     row_lb = np.minimum(cand_min, out["lower_nc"])
     proven = bool(out["passed"].all())
     lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
@@ -845,7 +939,7 @@ def verify_certificate(X: torch.Tensor, Y: torch.Tensor, col, u, v, *, unmatched
         c4r[col < 0] = n_b + np.flatnonzero(col < 0)
     elif (col < 0).any():
         raise ValueError("verify_certificate: col = -1 needs unmatched_cost (partial mode)")
-    P.make_exact(np.flatnonzero(np.ones(P.keys.size, bool)))
+    P.make_exact(np.arange(P.n_edges))
     assigned = np.arange(n_a) * P.n_cols + c4r
     P._merge(assigned, 0.0, False)
     P.make_exact(np.flatnonzero(~P.exact))

@@ -10,6 +10,8 @@ from saematch_nb.core.lap_sparse import solve_sparse, verify_certificate
 from saematch_nb.core.synthetic_hard import gemma_like_pair
 
 DEV = "cpu"
+# both product precisions of the pass run on any CPU ("auto" picks bfloat16 only with AMX)
+PRECS = ["float32", "bfloat16"]
 
 
 def dense(X, Y):
@@ -57,45 +59,50 @@ def check_equal(X, Y, res, w=None, unique=True):
     assert len(np.unique(res.col[has])) == has.sum()
 
 
+@pytest.mark.parametrize("prec", PRECS)
 @pytest.mark.parametrize("n,D,seed", [(60, 8, 0), (400, 24, 1), (1500, 48, 2)])
-def test_random_square_equals_dense(n, D, seed):
+def test_random_square_equals_dense(n, D, seed, prec):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, D, generator=g)
     Y = torch.randn(n, D, generator=g)
-    res = solve_sparse(X, Y, k=4, k_dot=8, device=DEV)
+    res = solve_sparse(X, Y, k=4, k_dot=8, device=DEV, precision=prec)
+    assert res.stats["precision"] == prec
     check_equal(X, Y, res)
 
 
-def test_planted_gemma_like_small():
+@pytest.mark.parametrize("prec", PRECS)
+def test_planted_gemma_like_small(prec):
     a, b, truth = gemma_like_pair(600, 48, dups=0.3, seed=3)
     X = torch.cat([a.W_dec * a.threshold[:, None], (a.W_enc / a.threshold).T], 1)
     Y = torch.cat([b.W_dec * b.threshold[:, None], (b.W_enc / b.threshold).T], 1)
-    res = solve_sparse(X, Y, device=DEV)
+    res = solve_sparse(X, Y, device=DEV, precision=prec)
     check_equal(X, Y, res)
     alive = truth >= 0
     assert (res.col[alive] == truth[alive]).mean() > 0.9
 
 
-def test_rectangular_and_transposed():
+@pytest.mark.parametrize("prec", PRECS)
+def test_rectangular_and_transposed(prec):
     g = torch.Generator().manual_seed(4)
     X = torch.randn(300, 16, generator=g)
     Y = torch.randn(520, 16, generator=g)
-    res = solve_sparse(X, Y, k=3, k_dot=6, device=DEV)
+    res = solve_sparse(X, Y, k=3, k_dot=6, device=DEV, precision=prec)
     check_equal(X, Y, res)
     assert (res.col >= 0).all()
-    rt = solve_sparse(Y, X, k=3, k_dot=6, device=DEV)  # n_a > n_b: 220 rows stay without partner
+    rt = solve_sparse(Y, X, k=3, k_dot=6, device=DEV, precision=prec)  # n_a > n_b: 220 rows stay without partner
     assert (rt.col >= 0).sum() == 300 and (rt.col < 0).sum() == 220
     assert rt.total == pytest.approx(res.total, rel=1e-9)
     np.testing.assert_array_equal(rt.col[res.col], np.arange(300))
 
 
-def test_partial_mode_covers_dummy_columns():
+@pytest.mark.parametrize("prec", PRECS)
+def test_partial_mode_covers_dummy_columns(prec):
     g = torch.Generator().manual_seed(5)
     X = torch.randn(500, 12, generator=g)
     Y = torch.randn(450, 12, generator=g)
     C = dense(X, Y)
     w = np.quantile(C.min(1), 0.6) * (0.5 + np.random.default_rng(0).random(500))
-    res = solve_sparse(X, Y, unmatched_cost=w, k=4, k_dot=8, device=DEV)
+    res = solve_sparse(X, Y, unmatched_cost=w, k=4, k_dot=8, device=DEV, precision=prec)
     check_equal(X, Y, res, w)
     assert 0 < (res.col < 0).sum() < 500
     # -1 rows report the cost to their nearest column
@@ -103,7 +110,8 @@ def test_partial_mode_covers_dummy_columns():
     np.testing.assert_allclose(res.cost[un], C[un].min(1), rtol=1e-9)
 
 
-def test_hubness_rows_share_one_nearest_column():
+@pytest.mark.parametrize("prec", PRECS)
+def test_hubness_rows_share_one_nearest_column(prec):
     g = torch.Generator().manual_seed(6)
     D = 20
     Y = torch.randn(800, D, generator=g) * 3
@@ -111,24 +119,26 @@ def test_hubness_rows_share_one_nearest_column():
     Y[1:40] *= 0.05  # more small-norm hubs
     X = torch.randn(800, D, generator=g)
     assert (np.argmin(dense(X, Y), 1) <= 40).mean() > 0.9
-    res = solve_sparse(X, Y, k=2, k_dot=4, device=DEV)
+    res = solve_sparse(X, Y, k=2, k_dot=4, device=DEV, precision=prec)
     check_equal(X, Y, res)
 
 
-def test_exact_ties_total_equals_dense():
+@pytest.mark.parametrize("prec", PRECS)
+def test_exact_ties_total_equals_dense(prec):
     g = torch.Generator().manual_seed(7)
     base = torch.randint(-2, 3, (50, 6), generator=g).float()
     X = base.repeat(4, 1)  # every row four times, integer costs: many optimal assignments
     Y = torch.randint(-2, 3, (200, 6), generator=g).float()
-    res = solve_sparse(X, Y, k=2, k_dot=2, device=DEV)
+    res = solve_sparse(X, Y, k=2, k_dot=2, device=DEV, precision=prec)
     check_equal(X, Y, res, unique=False)
 
 
-def test_tiny_k_needs_the_violating_pairs_loop():
+@pytest.mark.parametrize("prec", PRECS)
+def test_tiny_k_needs_the_violating_pairs_loop(prec):
     g = torch.Generator().manual_seed(8)
     X = torch.randn(700, 10, generator=g)
     Y = torch.randn(700, 10, generator=g)
-    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV)
+    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV, precision=prec)
     assert res.stats["rounds"] > 1 and res.stats["expanded_rows"] > 0
     check_equal(X, Y, res)
     assert res.stats["candidate_edges"] < 700 * 700 / 2  # never went dense
@@ -195,10 +205,10 @@ def test_bad_input_is_explained():
         solve_sparse(big, X)
 
 
-def _problem(X, Y, k, k_dot, torch_pass=False):
+def _problem(X, Y, k, k_dot, torch_pass=False, precision="float32"):
     from saematch_nb.core.lap_sparse import _Problem
 
-    P = _Problem(X, Y, None, k, k_dot, 64, torch.device("cpu"), False)
+    P = _Problem(X, Y, None, k, k_dot, 64, torch.device("cpu"), False, precision)
     P.torch_pass = torch_pass
     with torch.no_grad():
         P.first_pass()
@@ -342,7 +352,8 @@ def test_row_reduction_keeps_complementary_slackness():
     assert red.min() >= -1e-12
 
 
-def test_hall_violation_in_the_candidate_graph_is_repaired():
+@pytest.mark.parametrize("prec", PRECS)
+def test_hall_violation_in_the_candidate_graph_is_repaired(prec):
     # hubs: with one candidate per list, many rows share the same few columns, so the first
     # candidate graph has no perfect matching; the solver must add edges and still be exact
     g = torch.Generator().manual_seed(6)
@@ -350,7 +361,7 @@ def test_hall_violation_in_the_candidate_graph_is_repaired():
     Y[0] = 0.0
     Y[1:40] *= 0.05
     X = torch.randn(800, 20, generator=g)
-    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV)
+    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV, precision=prec)
     assert res.stats["hall_rounds"] >= 1
     check_equal(X, Y, res)
 
@@ -365,3 +376,45 @@ def test_dot_list_length_grows_with_layer_width():
     assert auto_k_dot(1 << 20) == 1024
     X = torch.randn(40, 8)
     assert solve_sparse(X, X + 0.01, device=DEV).stats["k_dot"] == 128
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e-20])
+def test_bfloat16_pass_error_is_within_its_bound(scale):
+    """The bfloat16 pass (bfloat16 inputs and output, float32 accumulation): every approximate
+    candidate cost, tie-break shift included, stays a proven lower bound once eta is taken off,
+    and every pair's product is within the stated error; 1e-20 puts products in the range the
+    AMX denormal flush touches."""
+    g = torch.Generator().manual_seed(21)
+    X = torch.randn(300, 40, generator=g) * torch.rand(300, 1, generator=g).add(0.2)
+    Y = torch.randn(280, 40, generator=g) * torch.rand(280, 1, generator=g).add(0.2)
+    X[:5, 0] *= 30  # outlier components: bfloat16 rounding is per element
+    X, Y = X * scale, Y * scale
+    P = _problem(X, Y, 3, 5, precision="bfloat16")
+    assert P.precision == "bfloat16" and P.tie_break > 0
+    C = dense(X, Y)
+    G = torch.empty(300, 280)
+    P._dot(P.Xd, P.Yb, G)
+    Ca = P.nx64[:, None] + P.ny64[None, :] - 2.0 * G.double().numpy()
+    err = P.eta_x[:, None] + P.eta_y[None, :]
+    assert np.all(np.abs(C - Ca) <= err)
+    assert np.abs(C - Ca).max() > 1e-3 * err.max()  # the bound is about the real error, not vacuous
+    rows = P.rows
+    lo = P.cost - P.eta_x[rows] - P.eta_y[P.indices]
+    assert np.all(lo <= C[rows, P.indices])
+    assert np.all(P.cost <= Ca[rows, P.indices] + 1e-12 * np.abs(Ca).max())  # shifts go down only
+
+
+def test_precision_choice_and_errors():
+    from saematch_nb.core.lap_sparse import _amx_bf16, _pick_precision
+
+    cpu = torch.device("cpu")
+    assert _pick_precision("auto", cpu) == ("bfloat16" if _amx_bf16() else "float32")
+    assert _pick_precision("auto", torch.device("cuda")) == "float32"
+    assert _pick_precision("float32", cpu) == "float32"
+    with pytest.raises(ValueError, match="precision must be"):
+        _pick_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="CPU pass"):
+        _pick_precision("bfloat16", torch.device("cuda"))
+    X = torch.randn(20, 4)
+    with pytest.raises(ValueError, match="precision must be"):
+        solve_sparse(X, X, precision="half")
