@@ -2,8 +2,8 @@
 
 Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 
-1. ONE blocked pass over all pairs (float32, or bfloat16 inputs on AMX CPUs: see below) (``G = X Y^T``; on CPU a numba kernel reads each
-   block once, on GPU torch top-k) keeps, per row AND per column (row-only lists can leave a
+1. ONE blocked pass over all pairs (``G = X Y^T`` in float32, or from bfloat16 inputs on AMX
+   CPUs: see below; on CPU a numba kernel reads each block once, on GPU torch top-k) keeps, per row AND per column (row-only lists can leave a
    column without an edge), the k cheapest partners and the k_dot largest dot products, plus
    the k-th value of each list: ``r_i``, ``s_j`` (cost) and ``rho_i``, ``rho_c_j`` (dot). The dot
    lists matter because duals absorb the separable part ``|x|^2 + |y|^2`` of the cost: for
