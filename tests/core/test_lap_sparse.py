@@ -418,3 +418,38 @@ def test_precision_choice_and_errors():
     X = torch.randn(20, 4)
     with pytest.raises(ValueError, match="precision must be"):
         solve_sparse(X, X, precision="half")
+
+
+def test_bfloat16_bound_holds_over_long_reductions():
+    """D = 4608 (the folded Gemma width): the product is blocked over K inside the BLAS; with
+    all-positive entries every partial sum grows, so any intermediate bfloat16 rounding would
+    exceed the bound (which assumes float32 accumulation and one final rounding)."""
+    g = torch.Generator().manual_seed(22)
+    X = torch.rand(64, 4608, generator=g) + 0.5
+    Y = torch.rand(200, 4608, generator=g) + 0.5
+    P = _problem(X, Y, 2, 3, precision="bfloat16")
+    G = torch.empty(64, 200)
+    P._dot(P.Xd, P.Yb, G)
+    Gd = X.double() @ Y.double().T
+    err2 = 2 * (Gd - G.double()).abs().numpy()  # cost error = 2 x dot error
+    bound = P.eta_x[:, None] + P.eta_y[None, :]
+    assert np.all(err2 <= bound)
+    assert err2.max() > 0.05 * bound.max()
+
+
+def test_csr_merge_skips_present_edges_and_keeps_rows_sorted():
+    from saematch_nb.core._lap_numba import csr_merge
+
+    indptr = np.array([0, 2, 2, 5])
+    indices = np.array([1, 4, 0, 2, 7])
+    cost = np.arange(5, dtype=float)
+    exact = np.array([True, False, False, True, False])
+    nr = np.array([0, 0, 1, 2, 2])
+    nc = np.array([0, 4, 3, 2, 5])  # (0, 4) and (2, 2) are present: kept as they were
+    nv = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
+    ptr, ind, c, ex, added = csr_merge(indptr, indices, cost, exact, nr, nc, nv, True)
+    assert added == 3
+    np.testing.assert_array_equal(ptr, [0, 3, 4, 8])
+    np.testing.assert_array_equal(ind, [0, 1, 4, 3, 0, 2, 5, 7])
+    np.testing.assert_array_equal(c, [10.0, 0.0, 1.0, 12.0, 2.0, 3.0, 14.0, 4.0])
+    np.testing.assert_array_equal(ex, [True, True, False, True, False, True, True, False])
