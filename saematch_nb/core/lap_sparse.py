@@ -3,13 +3,14 @@
 Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 
 1. ONE blocked pass over all pairs (``G = X Y^T`` in float32, or from bfloat16 inputs on AMX
-   CPUs: see below; on CPU a numba kernel reads each block once, on GPU torch top-k) keeps, per row AND per column (row-only lists can leave a
-   column without an edge), the k cheapest partners and the k_dot largest dot products, plus
-   the k-th value of each list: ``r_i``, ``s_j`` (cost) and ``rho_i``, ``rho_c_j`` (dot). The dot
-   lists matter because duals absorb the separable part ``|x|^2 + |y|^2`` of the cost: for
-   features without a close partner (the 30% fresh ones of a layer pair) the optimal partner
-   ranks by ``-x.y``, not by raw cost. No n x n matrix is ever held: O(n (k + k_dot)) lists
-   plus one ``block_rows x n_b`` float32 block.
+   CPUs: see below; on CPU a numba kernel reads each block once, on GPU torch top-k) keeps,
+   per row AND per column (row-only lists can leave a column without an edge), the k cheapest
+   partners and the k_dot largest dot products, plus the k-th value of each list: ``r_i``,
+   ``s_j`` (cost) and ``rho_i``, ``rho_c_j`` (dot). The dot lists matter because duals absorb
+   the separable part ``|x|^2 + |y|^2`` of the cost: for features without a close partner (the
+   30% fresh ones of a layer pair) the optimal partner ranks by ``-x.y``, not by raw cost. No
+   n x n matrix is ever held: O(n (k + k_dot)) lists plus one ``block_rows x n_b`` float32
+   block.
 2. Sparse exact solve on the candidate graph (numba, _lap_numba.py): a greedy tight start,
    Jonker-Volgenant augmenting row reduction (auction-like moves) and shortest augmenting paths
    with dual potentials (u, v) for the rows left. A Hall violation of the candidate graph
@@ -172,8 +173,8 @@ class _Problem:
         self.eta_y = self.c_err * self.ny64
         self.tie_break = 0.0
         if precision == "bfloat16":
-            self.eta_x += _bf16_flush_slack(self.D)
-            self.eta_y += _bf16_flush_slack(self.D)
+            self.eta_x += _bf16_flush_slack(self.D, self.nx64)
+            self.eta_y += _bf16_flush_slack(self.D, self.ny64)
             self.tie_break = 0.1  # share of the error band used to break bfloat16 ties (jitter_down)
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 24) // max(self.n_b, 1)))  # ~64 MB float32 block
@@ -565,7 +566,7 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     row) + gamma_D |x'||y'| (fp32 accumulation, any order) + 2^-8 (1 + gamma_D) |x'||y'|
     (bfloat16 output, round to nearest). With d = max |x - x'| / |x| (likewise for y) and
     |x'| <= (1 + 2^-8)|x|: |x.y - G| <= kappa |x||y| and 2 kappa |x||y| <= kappa (|x|^2 + |y|^2).
-    A denormal flush (AMX: DAZ/FTZ) costs at most 2^-126 per term, added as D 2^-126 (1 + max)."""
+    Denormal flushing is bounded separately (_bf16_flush_slack)."""
     u8 = 2.0 ** -8
     d = []
     for T, Tb in ((Xd, None), (Yd, Yb)):
@@ -583,10 +584,14 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     return float(kappa * (1 + 1e-6))
 
 
-def _bf16_flush_slack(D: int) -> float:
-    """Absolute part of the bfloat16 error per side: a denormal flush costs < 2^-126 per
-    product and per addition, so the dot moves by < D 2^-125 and the cost by < D 2^-124."""
-    return D * 2.0 ** -125
+def _bf16_flush_slack(D: int, n2: np.ndarray) -> np.ndarray:
+    """Absolute part of the bfloat16 error, per side (``n2``: squared norms of that side).
+
+    AMX flushes denormals (DAZ/FTZ): a zeroed input element moves a product by
+    < 2^-126 |y_k|, a flushed product or partial sum by < 2^-126, so the dot moves by
+    < 2^-126 (sqrt(D) (|x| + |y|) + 2 D); with |x| <= 1 + |x|^2 and the cost moving twice the
+    dot, 2^-125 (sqrt(D) (1 + |x|^2) + D) per side covers it."""
+    return 2.0 ** -125 * (np.sqrt(D) * (1.0 + n2) + D)
 
 
 def _amx_bf16() -> bool:
