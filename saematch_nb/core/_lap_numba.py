@@ -83,16 +83,22 @@ def augment_all(indptr, indices, cost, u, v, col4row, row4col, order, failed):
         nt = 0
         nsr = 0
         hs = 0
+        # best distance to a free column seen so far: the search stops there, so a column
+        # at that distance or beyond is never scanned and is not pushed (most edges of a
+        # scanned row are far above it; pushing them all dominated the search)
+        best_free = inf
         for p in range(indptr[s], indptr[s + 1]):
             j = indices[p]
             r = cost[p] - u[s] - v[j]
-            if r < d[j]:
+            if r < d[j] and r < best_free:
                 if d[j] == inf:
                     touched[nt] = j
                     nt += 1
                 d[j] = r
                 pred[j] = s
                 hs = _push(hk, hv, hs, r, j)
+                if row4col[j] < 0:
+                    best_free = r
         sink = -1
         minval = 0.0
         while hs > 0:
@@ -114,13 +120,15 @@ def augment_all(indptr, indices, cost, u, v, col4row, row4col, order, failed):
                 if scanned[l]:
                     continue
                 nd = base + cost[p] - v[l]
-                if nd < d[l]:
+                if nd < d[l] and nd < best_free:
                     if d[l] == inf:
                         touched[nt] = l
                         nt += 1
                     d[l] = nd
                     pred[l] = i
                     hs = _push(hk, hv, hs, nd, l)
+                    if row4col[l] < 0:
+                        best_free = nd
         if sink < 0:
             n_failed += 1
             failed[s] = True
