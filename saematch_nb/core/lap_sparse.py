@@ -44,7 +44,8 @@ instead of 0.00055 at D = 4608), so the certificate still proves optimality for 
 float64 costs; the result is the same optimum. bfloat16 output rounding makes many approximate
 costs tie exactly, which stalls Jonker-Volgenant row reduction: a fixed hash shift DOWN by at
 most 10% of the error band breaks the ties (a lower bound stays a lower bound). GPUs keep float32.
-``precision="float32"`` forces the float32 pass.
+``precision="float32"`` forces the float32 pass; squared norms above 2^125 (a bfloat16 output
+could round up to inf) fall back to it too.
 
 The candidate graph is CSR only (indptr, indices, cost, exact: 17 bytes per edge), built from
 the lists without a global sort and merged row by row (numba), so the graph is never held twice
@@ -162,6 +163,10 @@ class _Problem:
         self.nx64 = self.nx.double().cpu().numpy()
         self.ny64 = self.ny.double().cpu().numpy()
         gamma = self.D * _U32 / (1 - self.D * _U32)
+        if precision == "bfloat16" and max(self.nx64.max(), self.ny64.max()) > 2.0 ** 125:
+            # a dot product near the float32 range could round UP to inf in bfloat16 output;
+            # the float32 pass is certified the same way (stats["precision"] says which ran)
+            precision = "float32"
         self.precision = precision
         self.Yb = None
         if precision == "bfloat16":

@@ -453,3 +453,18 @@ def test_csr_merge_skips_present_edges_and_keeps_rows_sorted():
     np.testing.assert_array_equal(ind, [0, 1, 4, 3, 0, 2, 5, 7])
     np.testing.assert_array_equal(c, [10.0, 0.0, 1.0, 12.0, 2.0, 3.0, 14.0, 4.0])
     np.testing.assert_array_equal(ex, [True, True, False, True, False, True, True, False])
+
+
+def test_bfloat16_falls_back_to_float32_near_the_float32_range():
+    """|x.y| up to |x||y| ~ 1e38 could round up to inf in a bfloat16 output: the solver runs the
+    float32 pass instead, and says so."""
+    g = torch.Generator().manual_seed(23)
+    X = torch.randn(150, 8, generator=g)
+    Y = torch.randn(150, 8, generator=g)
+    s = 3e18  # squared norms ~ 1e38
+    res = solve_sparse(X * s, Y * s, k=3, k_dot=4, precision="bfloat16")
+    assert res.stats["precision"] == "float32"
+    ref = solve_sparse(X, Y, k=3, k_dot=4, precision="bfloat16")
+    assert ref.stats["precision"] == "bfloat16"
+    np.testing.assert_array_equal(res.col, ref.col)
+    check_equal(X, Y, ref)
