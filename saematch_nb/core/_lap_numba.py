@@ -342,20 +342,50 @@ def _offer(hv, hi, size, cap, val, idx):
     return size
 
 
+@njit(cache=True, inline="always")
+def _keep_top(bv, bi, n, m):
+    """Keep the m largest of bv[:n] (payload bi) in bv[:m], in place; returns the m-th largest
+    value. Linear time: numpy partition on a copy finds it, one pass compacts (entries above
+    it first, then ties with it up to m)."""
+    kth = np.partition(bv[:n].copy(), n - m)[n - m]
+    above = 0
+    for q in range(n):
+        if bv[q] > kth:
+            above += 1
+    ties = m - above
+    w = 0
+    for q in range(n):  # in place: w <= q, so nothing unread is overwritten
+        x = bv[q]
+        keep = x > kth
+        if not keep and x == kth and ties > 0:
+            keep = True
+            ties -= 1
+        if keep:
+            bv[w] = x
+            bi[w] = bi[q]
+            w += 1
+    return kth
+
+
 @njit(cache=True, parallel=True)
-def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v, cd_i, cd_n, n_chunks):
+def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks):
     """One float32 dot block ``G = X[row0:row0+m] @ Y.T`` -> candidate lists, no cost block.
 
     Rows (complete after this block): ``rc`` = k cheapest columns (heap of -C), ``rd`` = k_dot
-    largest dot products. Columns (running over blocks, sizes cc_n / cd_n): ``cc`` = k cheapest
-    rows (heap of -C), ``cd`` = k_dot largest dot products. C = |x|^2 + |y|^2 - 2 G in float64
-    from the float32 G (its only error is the product's). Min-heaps: the root is the k-th
-    value, and every pair left out has a value <= the final root."""
+    largest dot products. Columns (running over blocks): ``cc`` = k cheapest rows (heap of -C,
+    size cc_n); the k_dot largest dot products go to a BUFFER ``cb`` of 2 k_dot entries per
+    column (size cb_n, entry threshold cb_t): appending costs one store where a heap insert
+    touched log2(k_dot) scattered cache lines (the column heaps of a 65k layer span 0.5 GB);
+    a full buffer keeps its top k_dot (linear selection) and raises cb_t to the k_dot-th value.
+    finish_column_dots turns the buffers into lists. C = |x|^2 + |y|^2 - 2 G in float64 from the
+    float32 G (its only error is the product's). Every pair left out of a list has a value <=
+    the list's final k-th value."""
     m, n_b = G.shape
     k = rc_v.shape[1]
     kd = rd_v.shape[1]
     kc = cc_v.shape[1]
-    kcd = cd_v.shape[1]
+    B = cb_v.shape[1]
+    kcd = B // 2
     for t in prange(m):
         i = row0 + t
         sc = 0
@@ -383,11 +413,8 @@ def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v,
     for c in prange(n_chunks):
         j0 = c * step
         j1 = min(n_b, j0 + step)
-        # running thresholds of this chunk's columns (-inf until a heap is full)
-        td = np.empty(j1 - j0)
         tc = np.empty(j1 - j0)
         for j in range(j0, j1):
-            td[j - j0] = cd_v[j, 0] if cd_n[j] == kcd else -np.inf
             tc[j - j0] = cc_v[j, 0] if cc_n[j] == kc else -np.inf
         for t in range(m):
             i = row0 + t
@@ -395,15 +422,44 @@ def block_lists(G, row0, nx, ny, rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cc_n, cd_v,
             Gt = G[t]
             for j in range(j0, j1):
                 g = np.float64(Gt[j])
-                if g > td[j - j0]:
-                    cd_n[j] = _offer(cd_v[j], cd_i[j], cd_n[j], kcd, g, i)
-                    if cd_n[j] == kcd:
-                        td[j - j0] = cd_v[j, 0]
+                if g > cb_t[j]:
+                    q = cb_n[j]
+                    cb_v[j, q] = g
+                    cb_i[j, q] = i
+                    q += 1
+                    if q == B:
+                        cb_t[j] = _keep_top(cb_v[j], cb_i[j], B, kcd)
+                        q = kcd
+                    cb_n[j] = q
                 cv = -(a2 + ny[j] - 2.0 * g)
                 if cv > tc[j - j0]:
                     cc_n[j] = _offer(cc_v[j], cc_i[j], cc_n[j], kc, cv, i)
                     if cc_n[j] == kc:
                         tc[j - j0] = cc_v[j, 0]
+
+
+@njit(cache=True, parallel=True)
+def finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n):
+    """Column dot buffers -> lists of the kcd largest (cd_v / cd_i, size cd_n), the smallest
+    kept value at position 0 (the bound, as a heap root would be)."""
+    for j in prange(cb_v.shape[0]):
+        n = cb_n[j]
+        mm = min(kcd, n)
+        if n > mm:
+            _keep_top(cb_v[j], cb_i[j], n, mm)
+        lo = 0
+        for q in range(1, mm):
+            if cb_v[j, q] < cb_v[j, lo]:
+                lo = q
+        for q in range(mm):
+            src = q
+            if q == 0:
+                src = lo
+            elif q == lo:
+                src = 0
+            cd_v[j, q] = cb_v[j, src]
+            cd_i[j, q] = cb_i[j, src]
+        cd_n[j] = mm
 
 
 @njit(cache=True, parallel=True)

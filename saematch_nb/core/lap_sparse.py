@@ -229,7 +229,9 @@ class _Problem:
         rc_v = np.empty((n_a, k)); rc_i = np.empty((n_a, k), np.int64)
         rd_v = np.empty((n_a, kd)); rd_i = np.empty((n_a, kd), np.int64)
         cc_v = np.empty((n_b, kc)); cc_i = np.empty((n_b, kc), np.int64); cc_n = np.zeros(n_b, np.int64)
-        cd_v = np.empty((n_b, kcd)); cd_i = np.empty((n_b, kcd), np.int64); cd_n = np.zeros(n_b, np.int64)
+        # column dot lists: append buffers of 2 kcd float32 values / int32 rows (block_lists)
+        cb_v = np.empty((n_b, 2 * kcd), np.float32); cb_i = np.empty((n_b, 2 * kcd), np.int32)
+        cb_n = np.zeros(n_b, np.int64); cb_t = np.full(n_b, -np.inf)
         starts = range(0, n_a, self.block_rows)
         if self.progress:
             from tqdm.auto import tqdm
@@ -242,8 +244,11 @@ class _Problem:
                 G = torch.empty((b - a, n_b), dtype=torch.float32)
             self._dot(self.Xd[a:b], self.Yb if self.Yb is not None else self.Yd, G)
             K_.block_lists(G.numpy(), a, self.nx64, self.ny64, rc_v, rc_i, rd_v, rd_i,
-                           cc_v, cc_i, cc_n, cd_v, cd_i, cd_n, n_chunks)
+                           cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks)
         del G
+        cd_v = np.empty((n_b, kcd)); cd_i = np.empty((n_b, kcd), np.int64); cd_n = np.zeros(n_b, np.int64)
+        K_.finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n)
+        del cb_v, cb_i, cb_n, cb_t
         # bounds: the root of each full heap; a list holding every partner bounds nothing
         self.r = -rc_v[:, 0] if k < n_b else np.full(n_a, np.inf)
         self.rho = rd_v[:, 0].copy() if kd < n_b else np.full(n_a, -np.inf)

@@ -468,3 +468,35 @@ def test_bfloat16_falls_back_to_float32_near_the_float32_range():
     assert ref.stats["precision"] == "bfloat16"
     np.testing.assert_array_equal(res.col, ref.col)
     check_equal(X, Y, ref)
+
+
+def test_column_dot_buffers_keep_the_top_values_with_ties():
+    """block_lists appends column dot products to a buffer and keeps its top k when full;
+    with many exact ties (bfloat16 outputs tie a lot) the kept values must still be the k
+    largest and the returned threshold the k-th largest."""
+    from saematch_nb.core._lap_numba import _keep_top, finish_column_dots
+
+    rng = np.random.default_rng(0)
+    for n, m in ((64, 32), (50, 7), (9, 9)):
+        v = rng.integers(0, 6, n).astype(np.float32)  # values 0..5: heavy ties
+        i = np.arange(n, dtype=np.int32)
+        bv, bi = v.copy(), i.copy()
+        kth = _keep_top(bv, bi, n, m)
+        top = np.sort(v)[::-1][:m]
+        assert kth == top[-1]
+        np.testing.assert_array_equal(np.sort(bv[:m]), np.sort(top))
+        np.testing.assert_array_equal(v[bi[:m]], bv[:m])  # payload moved with its value
+        assert np.unique(bi[:m]).size == m
+    cb_v = rng.integers(0, 4, (3, 10)).astype(np.float32)
+    cb_i = np.tile(np.arange(10, dtype=np.int32), (3, 1))
+    cb_n = np.array([10, 6, 3])
+    cd_v, cd_i, cd_n = np.empty((3, 5)), np.empty((3, 5), np.int64), np.zeros(3, np.int64)
+    ref = [np.sort(cb_v[j, :cb_n[j]])[::-1][:5] for j in range(3)]
+    orig = cb_v.copy()
+    finish_column_dots(cb_v, cb_i, cb_n, 5, cd_v, cd_i, cd_n)
+    for j in range(3):
+        mm = cd_n[j]
+        assert mm == min(5, cb_n[j])
+        np.testing.assert_array_equal(np.sort(cd_v[j, :mm]), np.sort(ref[j]))
+        assert cd_v[j, 0] == cd_v[j, :mm].min()  # the bound sits where a heap root would
+        np.testing.assert_array_equal(orig[j, cd_i[j, :mm]], cd_v[j, :mm])
