@@ -345,8 +345,8 @@ def _offer(hv, hi, size, cap, val, idx):
 @njit(cache=True, inline="always")
 def _keep_top(bv, bi, n, m):
     """Keep the m largest of bv[:n] (payload bi) in bv[:m], in place; returns the m-th largest
-    value. Linear time: numpy partition on a copy finds it, one pass compacts (entries above
-    it first, then ties with it up to m)."""
+    value. Linear time: numpy partition on a copy finds it; one pass then keeps, in order, every
+    entry above it and ties with it until m are kept."""
     kth = np.partition(bv[:n].copy(), n - m)[n - m]
     above = 0
     for q in range(n):
