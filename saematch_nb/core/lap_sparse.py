@@ -174,6 +174,7 @@ class _Problem:
             self.c_err = _bf16_error_factor(self.Xd, self.Yd, self.Yb, gamma)
         else:
             self.c_err = 2 * gamma + 4 * _U32
+        self.Yp = self.Yb if self.Yb is not None else self.Yd  # the Y every pass/pricing product uses
         self.eta_x = self.c_err * self.nx64
         self.eta_y = self.c_err * self.ny64
         self.tie_break = 0.0
@@ -242,7 +243,7 @@ class _Problem:
             b = min(a + self.block_rows, n_a)
             if G is None or G.shape[0] != b - a:
                 G = torch.empty((b - a, n_b), dtype=torch.float32)
-            self._dot(self.Xd[a:b], self.Yb if self.Yb is not None else self.Yd, G)
+            self._dot(self.Xd[a:b], self.Yp, G)
             K_.block_lists(G.numpy(), a, self.nx64, self.ny64, rc_v, rc_i, rd_v, rd_i,
                            cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks)
         del G
@@ -532,10 +533,10 @@ class _Problem:
         if full:
             cols = np.arange(n_b, dtype=np.int64)
             rest = np.full(rows.size, np.inf)
-            Ys = self.Yb if self.Yb is not None else self.Yd
+            Ys = self.Yp
         else:
             rest = self.bounds(v, rows, S)
-            Ys = (self.Yb if self.Yb is not None else self.Yd).index_select(0, torch.from_numpy(cols))
+            Ys = self.Yp.index_select(0, torch.from_numpy(cols))
         new_keys, new_vals = [], []
         bs = max(1, min(self.block_rows * n_b // max(cols.size, 1), 2048))
         G = None
