@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--assets", default=None, help="a build_demo.py assets folder instead of saematch_nb.demo")
     ap.add_argument("--k", type=int, default=10, help="top-k examples per feature")
     ap.add_argument("--quantile", type=float, default=0.9, help="q of the pruned@q method")
+    ap.add_argument("--max-tokens", type=int, default=None, help="tokens for evaluate (default: all)")
     ap.add_argument("--max-docs", type=int, default=None)
     ap.add_argument("--stages", default="costs,evaluate,coactivation",
                     help="comma-separated subset of costs,evaluate,coactivation")
@@ -169,12 +170,18 @@ def main() -> None:
         if "evaluate" not in stages:
             ev = None
         else:
-            ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, saes=ws, quantile=args.quantile, progress=False))
+            ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, saes=ws, quantile=args.quantile, progress=False,
+                                                  max_tokens=args.max_tokens))
         if ev is not None:
             order = list(dict.fromkeys(ev.method))
             ev["pair"] = ev.layer_from.astype(str) + "→" + ev.layer_to.astype(str)
-            print(f"## Explained variance of x_(t+1) (Eq. 5), {int(ev.n_tokens.iloc[0])} tokens, BOS excluded")
+            print(f"## Explained variance of x_(t+1) (Eq. 5), residual mean removed (1 - Var(x̂ - x) / Var(x)), "
+                  f"{int(ev.n_tokens.iloc[0])} tokens, BOS excluded")
             print(ev.pivot(index="pair", columns="method", values="explained_variance")[order]
+                  .to_string(float_format=lambda v: f"{v:.3f}"))
+            print(f"\n## The same with the residual's mean kept (1 - E|x̂ - x|² / Var(x): a constant offset "
+                  "counts as error)")
+            print(ev.pivot(index="pair", columns="method", values="explained_variance_mean_kept")[order]
                   .to_string(float_format=lambda v: f"{v:.3f}"))
             print(f"\n## ΔL (nats/token; clean loss {ev.clean_loss.iloc[0]:.3f})")
             print(ev.pivot(index="pair", columns="method", values="delta_loss")[order]
@@ -183,15 +190,43 @@ def main() -> None:
         if "coactivation" not in stages:
             return
 
-        co, t_co, m_co = _stage(lambda: coactivation(chain, acts, ws, progress=False))
-        df = co.to_pandas()
-        df["pair"] = df.layer_from.astype(str) + "→" + df.layer_to.astype(str)
-        cols = ["pair", "n_active", "n_accepted", "agreement", "agreement_accepted", "matching_score",
-                "matching_score_accepted", "matching_score_random", "pearson", "pearson_accepted", "pearson_random",
-                "sufficiency", "necessity", "jaccard", "jaccard_random"]
-        print("## Data-free match vs the data (agreement = SAE Match partner is the best-Pearson partner)")
+        chains = {"folded": chain,
+                  "unfolded": saematch_nb.match_chain(ws, cache=False, progress=False, fold=False),
+                  "top-1 cosine": saematch_nb.match_chain(ws, cache=False, progress=False, method="cosine")}
+        summary = []
+        for name, ch in chains.items():
+            co, t_co, m_co = _stage(lambda ch=ch: coactivation(ch, acts, ws, progress=False))
+            df = co.to_pandas()
+            df["pair"] = df.layer_from.astype(str) + "→" + df.layer_to.astype(str)
+            df.insert(0, "matching", name)
+            summary.append(df)
+            print(f"(coactivation of the {name} chain: {t_co:.1f} s, peak RSS rise {m_co / 2**20:.0f} MiB)")
+        df = pd.concat(summary, ignore_index=True)
+        cols = ["matching", "pair", "n_active", "n_accepted", "agreement", "agreement_accepted",
+                "pearson_accepted", "pearson", "pearson_random", "matching_score_accepted", "matching_score_random"]
+        print("\n## Data-free match vs the data: agreement = the partner is the data's best-Pearson partner "
+              "(over active features / over accepted ones); mean Pearson of accepted partners, of all "
+              "partners and of random pairs")
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"(coactivation: {t_co:.1f} s, peak RSS rise {m_co / 2**20:.0f} MiB)")
+
+        # persistence: accepted steps of the chain next to the activations' own (read-off) persistence
+        from saematch_nb.sources.evaluate import read_off_persistence
+
+        ro, t_ro, _ = _stage(lambda: read_off_persistence(acts, ws, progress=False))
+        life = chain.persistence()
+        T = len(layers)
+        rows = []
+        for k in range(1, T):
+            r = {"k (layers later)": k}
+            for s_, L in enumerate(layers[: T - k]):
+                n_l = int((life.loc[L].lifetime >= k).sum())
+                r[f"L{L} chain"] = n_l
+                r[f"L{L} read-off"] = int(ro.loc[(L, k), "persisting"])
+            rows.append(r)
+        print(f"\n## Persistence: features of layer L with an accepted partner for k consecutive layers (chain), "
+              f"and features still readable k layers later in the residual stream (read-off: Pearson of "
+              f"f_i(x_L) and f_i(x_(L+k)) above the null's 99% quantile at every step); {t_ro:.1f} s")
+        print(pd.DataFrame(rows).set_index("k (layers later)").to_string(na_rep="-"))
         del acts, exs
 
 

@@ -17,9 +17,9 @@
 # # saematch_nb quickstart: match, trace and steer SAE features across layers
 #
 # This notebook is a tour of `saematch_nb` on the **bundled demo**: a small 6-layer language model
-# (trained on Shakespeare, Milton, the King James Bible and the Jargon File) with a 2048-feature
+# (trained on Shakespeare, Milton, the King James Bible and the Jargon File) with a 256-feature
 # JumpReLU sparse autoencoder (SAE) on the residual stream of every layer. Everything runs offline
-# on a CPU in about a minute and a half.
+# on a CPU in about a minute.
 #
 # The method is **SAE Match** (Balagansky et al., ICLR 2025): the features of the SAE at layer *t*
 # are matched to those of layer *t+1* by an exact linear assignment on their *folded* encoder and
@@ -71,7 +71,11 @@ saes[0]  # one handle: the layer it reads, its hook point, its width, where it l
 #
 # - **matched**: the share of features the calibrated criterion accepts as "the same feature".
 #   The assignment pairs *every* feature (it is a permutation); the criterion says which of those
-#   pairs are real.
+#   pairs are real. It is calibrated on the pair itself: a copy of layer A in which nothing
+#   persists (every feature's direction scrambled, the spectrum kept) shows how close a feature
+#   *without* a partner gets by chance; a pair is accepted when it is closer than 99% of those, fits
+#   the pair's own persisting matches, and each feature is the other's nearest. The **criterion**
+#   line says which bound set the threshold and how many false matches to expect.
 # - **MSE**: the matched MSE per feature on folded parameters (lower = more similar). Its
 #   histogram often shows a low-MSE group (carried-over features) next to a broad bulk.
 # - **margin**: MSE to the runner-up minus MSE to the partner. A small or negative margin means
@@ -85,7 +89,8 @@ lm
 
 # %% [markdown]
 # `to_pandas()` gives one row per feature of layer A: its partner in layer B, the matched MSE, the
-# runner-up MSE, the margin, the criterion's score and the accepted flag. The best-matched
+# runner-up MSE, the margin, the criterion's score (the direction distance: 1 − the mean cosine of
+# the two features' decoder rows and encoder columns) and the accepted flag. The best-matched
 # features are the natural starting points for tracing.
 
 # %%
@@ -126,10 +131,10 @@ pd.DataFrame({name: v.summary() for name, v in variants.items()}).T[
 # %% [markdown]
 # ### Partial matching
 #
-# With `allow_unmatched=True` the solver may leave a feature without partner (`partner == -1`)
-# when pairing it costs more than the criterion's no-partner cost. This is the right mode when
-# most features are re-learned from layer to layer, as in this small demo: the features left with
-# a partner are the ones that persist.
+# With `allow_unmatched=True` the solver may leave a feature without partner (`partner == -1`):
+# the assignment is solved on the criterion's direction distance, with the calibrated threshold as
+# every feature's "no partner" cost, so that no feature is favoured for its norm. Features that
+# die or are born between the two layers stay unpaired instead of being forced onto leftovers.
 
 # %%
 partial = smn.match(saes[LAYER_A], saes[LAYER_B], allow_unmatched=True)

@@ -10,13 +10,15 @@ Stages (each checkpointed under --out, so an interrupted build resumes where it 
 3. model        a decoder-only TransformerLens HookedTransformer (LayerNorm, GELU), checkpointed
                 every --ckpt-every steps.
 4. activations  blocks.{L}.hook_resid_post on training text (BOS excluded), fp16 on disk.
-5. saes         one JumpReLU SAE per layer (straight-through threshold, L0 penalty whose weight is
-                steered towards --target-l0), saved in sae-lens' on-disk format.
-6. assets       model.safetensors, model_cfg.json, tokenizer/, saes/layer_{L}/, texts.jsonl,
-                metrics.json: what saematch_nb/demo ships.
+5. saes         one JumpReLU SAE per layer, each with its own seed (straight-through threshold, L0
+                penalty whose weight is steered towards the target L0), saved in sae-lens' on-disk
+                format; and a second SAE of one middle layer with another seed (the seed ceiling).
+6. assets       model.safetensors, model_cfg.json, tokenizer/, saes/layer_{L}/, seed_ceiling/layer_{L}/,
+                texts.jsonl, metrics.json: what saematch_nb/demo ships.
 
     python scripts/build_demo.py --out .demo_build --device cuda     # shipped assets (GPU)
-    python scripts/build_demo.py --out .demo_build                   # same on CPU (slow)
+    python scripts/build_demo.py --out .demo_build                   # same on CPU (~75 min on 2 cores)
+    python scripts/build_demo.py --out .demo_build --model-from saematch_nb/demo/assets   # SAEs only (~20 min)
     python scripts/build_demo.py --out /tmp/t --toy --corpus saematch_nb/demo/assets/texts.jsonl
 
 Sources, when --corpus is not given (the script says what to install if one is missing):
@@ -61,7 +63,9 @@ SIZES = {
         vocab=4096, n_layers=6, d_model=128, n_heads=4, d_mlp=512, n_ctx=128,
         model_steps=3000, batch=32, lr=2e-3, warmup=150, ckpt_every=250,
         act_tokens=1_000_000, eval_act_tokens=100_000, act_batch=64,
-        expansion=16, sae_steps=2000, sae_batch=2048, sae_lr=1e-3, target_l0=32.0,
+        # SAE recipe from the sweep in docs/DEMO.md (scripts/sweep_demo_saes.py): narrow, sparse and
+        # trained long enough that two seeds of one layer learn the same dictionary
+        sae_width=256, sae_steps=10000, sae_batch=1024, sae_lr=1e-3, target_l0=6.0,
         eval_tokens=200_000, texts_per_style=40, doc_chars=2000,
     ),
     "toy": dict(
@@ -334,6 +338,25 @@ def model_cfg_dict(sz, seed: int, d_vocab: int) -> dict:
                 default_prepend_bos=True, original_architecture="saematch-demo")
 
 
+def reuse_model(src: Path, out: Path, sz: dict) -> None:
+    """Copy a built tokenizer and model into the build folder, so stages 2-3 are skipped."""
+    need = [src / "model.safetensors", src / "model_cfg.json", src / "tokenizer" / "tokenizer.json"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        sys.exit(f"build_demo: --model-from {src}: missing {', '.join(missing)}")
+    cfg = json.loads((src / "model_cfg.json").read_text())
+    for k in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx"):
+        if cfg.get(k) != sz[k]:
+            sys.exit(f"build_demo: --model-from {src}: its model has {k}={cfg.get(k)}, this build size has "
+                     f"{sz[k]} (use the matching size, e.g. no --toy for the shipped model)")
+    if not (out / "tokenizer" / "tokenizer.json").exists():
+        shutil.copytree(src / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    if not (out / "model" / "model.safetensors").exists():
+        shutil.copy(src / "model.safetensors", out / "model" / "model.safetensors")
+    log(f"reusing the tokenizer and model of {src}")
+
+
 def build_model(cfg_dict: dict, tokenizer, device: str, sae_transformer: bool = False):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     cfg = HookedTransformerConfig(**{**cfg_dict, "device": device})
@@ -503,7 +526,7 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
     activations' own scale (training runs on x / s with E|x/s|^2 = 1, then folded back)."""
     torch.manual_seed(seed)
     d = x.shape[1]
-    F = d * sz["expansion"]
+    F = int(sz.get("sae_width") or d * sz["expansion"])
     # scale by the centred norm: the residual stream's large mean direction would otherwise
     # leave the per-feature pre-activations tiny next to the thresholds
     xs = x[:100_000].float()
@@ -616,37 +639,59 @@ def sae_cfg(layer: int, d_in: int, d_sae: int) -> dict:
             "architecture": "jumprelu"}
 
 
-def save_sae(folder: Path, layer: int, p: dict) -> None:
+def save_sae(folder: Path, layer: int, p: dict, sae_id: str | None = None) -> None:
     from safetensors.torch import save_file
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(p, str(tmp / "sae_weights.safetensors"))
-    (tmp / "cfg.json").write_text(json.dumps(sae_cfg(layer, p["W_enc"].shape[0], p["W_enc"].shape[1]), indent=1))
+    cfg = sae_cfg(layer, p["W_enc"].shape[0], p["W_enc"].shape[1])
+    if sae_id:
+        cfg["metadata"]["sae_id"] = sae_id
+    (tmp / "cfg.json").write_text(json.dumps(cfg, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
 
+def ceiling_layer(n_layers: int) -> int:
+    """The middle layer that gets a second SAE (another seed): the seed-ceiling diagnostic."""
+    return max(0, n_layers // 2 - 1)
+
+
 def stage_saes(args, sz, out: Path, act_dir: Path, n_layers: int) -> dict:
+    """One SAE per layer, each with its own seed (the paper's setting: independently trained SAEs;
+    initialising layer t+1 from layer t would make the identity permutation win), and a second
+    SAE of the middle layer with another seed (how far two SAEs of the SAME layer agree: the
+    ceiling any matcher can reach on adjacent layers). Resumable per SAE."""
     from safetensors.torch import load_file
     folder = out / "saes"
     folder.mkdir(exist_ok=True)
-    stats = {}
-    for l in range(n_layers):
-        dst = folder / f"layer_{l}"
+    cl = ceiling_layer(n_layers)
+    jobs = [(l, f"layer_{l}", args.seed + 100 + l) for l in range(n_layers)]
+    jobs.append((cl, f"ceiling_layer_{cl}", args.seed + 900 + cl))
+    stats: dict = {}
+    todo = [j for j in jobs if not (folder / j[1] / "sae_weights.safetensors").exists()]
+    if todo:
+        width = sz.get("sae_width") or f"{sz['expansion']}x d_model"
+        log(f"stage 5/6: SAEs ({len(todo)} to train: width {width}, target L0 "
+            f"{sz['target_l0']}, {sz['sae_steps']} steps of {sz['sae_batch']})")
+    for l, name, seed in jobs:
+        dst = folder / name
         x_eval = torch.from_numpy(np.load(act_dir / f"eval_{l}.npy"))
         if not (dst / "sae_weights.safetensors").exists():
-            if l == 0:
-                log("stage 5/6: SAEs")
             x = torch.from_numpy(np.load(act_dir / f"train_{l}.npy"))
             t0 = time.time()
-            p, info = train_sae(x, x_eval, sz, args.seed + 100 + l, args.device, f"sae L{l}")
-            save_sae(dst, l, p)
-            (dst / "train_info.json").write_text(json.dumps({**info, "seconds": time.time() - t0}))
-            log(f"SAE layer {l}: {time.time() - t0:.1f}s")
+            p, info = train_sae(x, x_eval, sz, seed, args.device, f"sae {name}")
+            save_sae(dst, l, p, sae_id=None if name.startswith("layer_") else f"layer_{l}/seed_{seed}")
+            (dst / "train_info.json").write_text(json.dumps({**info, "seed": seed, "seconds": time.time() - t0}))
+            log(f"SAE {name}: {time.time() - t0:.1f}s")
         p = load_file(str(dst / "sae_weights.safetensors"))
-        stats[l] = sae_quality(p, x_eval)
-        log(f"SAE layer {l}: " + ", ".join(f"{k}={v:.4g}" for k, v in stats[l].items()))
+        q = sae_quality(p, x_eval)
+        if name.startswith("layer_"):
+            stats[l] = q
+        else:
+            stats["ceiling"] = {"layer": l, "seed": seed, **q}
+        log(f"SAE {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in q.items()))
     return stats
 
 
@@ -681,6 +726,12 @@ def stage_assets(args, sz, out: Path, corpus, tok_dir: Path, cfg_dict: dict, mod
         d.mkdir(parents=True)
         for f in ("cfg.json", "sae_weights.safetensors"):
             shutil.copy(out / "saes" / f"layer_{l}" / f, d / f)
+    # the seed-ceiling SAE lives apart from saes/: it is not part of the chain
+    cl = ceiling_layer(cfg_dict["n_layers"])
+    d = tmp / "seed_ceiling" / f"layer_{cl}"
+    d.mkdir(parents=True)
+    for f in ("cfg.json", "sae_weights.safetensors"):
+        shutil.copy(out / "saes" / f"ceiling_layer_{cl}" / f, d / f)
     # held-out texts for activation examples: an equal, seeded share of each style
     rng = random.Random(args.seed + 3)
     held = [d for d in corpus if d["split"] == "eval"]
@@ -691,7 +742,10 @@ def stage_assets(args, sz, out: Path, corpus, tok_dir: Path, cfg_dict: dict, mod
         rows += [{"id": d["id"], "style": d["style"], "text": d["text"]} for d in docs[:sz["texts_per_style"]]]
     (tmp / "texts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     metrics = {"seed": args.seed, "device": args.device, "toy": args.toy, "eval_loss": eval_loss_v,
-               "model": cfg_dict, "saes": {str(k): v for k, v in sae_stats.items()},
+               "model": cfg_dict, "saes": {str(k): v for k, v in sae_stats.items() if k != "ceiling"},
+               "seed_ceiling": sae_stats.get("ceiling"),
+               "sae_recipe": {k: sz[k] for k in ("sae_width", "target_l0", "sae_steps", "sae_batch", "sae_lr")
+                              if k in sz},
                "samples": samples(model, 60 if not args.toy else 8, args.seed), "timings_s": timings,
                "n_texts": len(rows)}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -715,6 +769,9 @@ def main(argv=None) -> int:
     for k in ("model_steps", "sae_steps", "act_tokens", "batch", "sae_batch"):
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"override size {k}")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--model-from", default=None,
+                    help="an assets folder (e.g. saematch_nb/demo/assets) whose tokenizer and model to keep: "
+                         "skips stages 2-3, so only activations and SAEs are rebuilt (CPU: ~20 min)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("build_demo: --device cuda but torch sees no CUDA device")
@@ -736,6 +793,8 @@ def main(argv=None) -> int:
         timings[name] = round(time.time() - t0, 2)
         return r
 
+    if args.model_from:
+        reuse_model(Path(args.model_from), out, sz)
     corpus_path = timed("corpus", lambda: stage_corpus(args, sz, out))
     corpus = read_corpus(corpus_path)
     if args.stop_after == "corpus":

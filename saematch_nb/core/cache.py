@@ -30,7 +30,8 @@ from .results import LayerMatch
 from .weights import SAEWeights
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
-CACHE_VERSION = 1
+# 2: results of the null-calibrated criterion (older entries are never read: other keys)
+CACHE_VERSION = 2
 
 # Defaults of saematch_nb.match: normalising them means match_chain(saes) and
 # match_chain(saes, fold=True) share cache entries.

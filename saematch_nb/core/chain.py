@@ -29,7 +29,8 @@ from .cache import CacheWarning, MatchCache, identity, is_lazy, normalize_option
 from .results import FeatureTrace, LayerMatch, ResultMismatchError, TraceStep, _jsonable
 from .weights import SAEInfo, SAEWeights, as_weights
 
-FORMAT_VERSION = 1
+# 2: LayerMatch files of the null-calibrated criterion
+FORMAT_VERSION = 2
 # Where the pair matcher lives, as "module:function" so that worker processes can import it.
 _MATCH_TARGET = "saematch_nb.core.match:match"
 

@@ -1,15 +1,15 @@
 """``match(sae_a, sae_b)``: SAE Match of one layer pair -> :class:`LayerMatch`.
 
 Whatever parameters chose the assignment (``fold=False``, another ``params``, ``method``), the
-reported ``mse``/``alt_mse`` and the criterion's ``score`` are measured on the FOLDED parameters
-(``params`` as given), as the paper's Fig. 3 does, so that results of different options are
-comparable; ``options["mse_on"] = "folded"`` records it.
+reported ``mse``/``alt_mse`` are measured on the FOLDED parameters (``params`` as given), as the
+paper's Fig. 3 does, so that results of different options are comparable;
+``options["mse_on"] = "folded"`` records it. The criterion (``score``, ``matched``) uses the
+direction distance, which folding does not change (:mod:`saematch_nb.core.criterion`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,8 @@ METHODS = ("lap", "identity", "cosine")
 def match(
     sae_a: Any, sae_b: Any, *, fold: bool = True, params: str = "encoder+decoder", method: str = "lap",
     allow_unmatched: bool = False, solver: str = "auto", device: Any = None, progress: bool = False,
-    calibration: float = crit.DEFAULT_THRESHOLD, n_sample: int = crit.DEFAULT_SAMPLE, seed: int = 0,
-    bad_threshold: str = "raise",
+    alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None, n_null: int = crit.DEFAULT_NULL_ROWS,
+    seed: int = 0, bad_threshold: str = "raise",
 ) -> LayerMatch:
     """Match the features of ``sae_a`` (layer t) to those of ``sae_b`` (layer t+1).
 
@@ -48,13 +48,23 @@ def match(
         "lap" (exact linear assignment, default), "identity" (vanilla baseline: i ↔ i, needs equal
         widths) or "cosine" (Feature Flow: top-1 cosine of the unit decoder rows, many-to-one).
     allow_unmatched:
-        Partial assignment ("lap" only): a feature may stay without partner (``partner = -1``) at
-        the per-row no-partner cost given by the calibrated criterion.
+        Partial assignment ("lap" only): a feature may stay without partner (``partner = -1``).
+        The assignment is then solved on the criterion's direction distance with the calibrated
+        threshold as every feature's no-partner cost, so that no feature is favoured for its norm
+        (and ``fold`` makes no difference: directions do not change under folding).
     solver:
         "auto", "dense" or "sparse" (see :mod:`saematch_nb.core.assign`).
+    alpha:
+        False-match rate of the criterion's null test (default 1%): a feature with no partner is
+        accepted with about this probability.
     calibration:
-        Threshold of the criterion's score (``matched = score <= calibration``); see
-        :mod:`saematch_nb.core.criterion`.
+        None (default): calibrate on this pair (:func:`saematch_nb.core.criterion.calibrate`).
+        A float: an expert threshold on the direction distance (``matched = s <= calibration``).
+        A :class:`~saematch_nb.core.criterion.Calibration` (e.g. ``other.calibration``): reuse it.
+    n_null:
+        Null distances drawn for the calibration (sampled rows; see the criterion module).
+    seed:
+        Seed of the calibration's sampling (results are deterministic for a given seed).
     bad_threshold:
         JumpReLU features whose threshold is <= 0, NaN or inf: "raise" (default, the error names
         them) or "skip" (leave them unscaled when folding; see :func:`saematch_nb.fold`).
@@ -66,6 +76,7 @@ def match(
     check_params(params)
     if allow_unmatched and method != "lap":
         raise ValueError(f"allow_unmatched=True needs method='lap' (got method={method!r})")
+    crit._check_alpha(alpha)
     wa, wb = as_weights(sae_a), as_weights(sae_b)
     check_same_d_in(wa, wb)
     # The reported MSE is always on folded parameters, so fold once here (raw wa/wb stay for fold=False).
@@ -83,42 +94,34 @@ def match(
         del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
-    # With the dense solver on folded parameters the cost matrix is built once and also gives
-    # each row's nearest / second costs; otherwise a blocked pass collects them.
-    which = pick_solver(n_a, n_b, solver) if method == "lap" else None
-    C_dense = dense_cost(Xf, Yf, device=dev, progress=progress) if (which == "dense" and fold) else None
-    # the sparse solver returns each row's two cheapest columns from its own pass: no second
-    # pass over all pairs (a whole extra product) unless the partial mode needs them first
-    from_solver = which == "sparse" and fold and not allow_unmatched
-    stats_rows = crit.row_statistics(Xf, Yf, parts=parts, n_sample=n_sample, seed=seed,
-                                     nearest=C_dense is None and not from_solver, device=dev)
-    if C_dense is not None:
-        stats_rows = crit.with_nearest(stats_rows, C_dense)
+    cal = crit.resolve(calibration, Xf, Yf, parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
 
+    nearest = best = second = None  # each row's two cheapest columns on the folded cost
     solve_stats: dict[str, Any] = {}
     total = float("nan"); gap = float("nan")
     if method == "lap":
-        X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False), feature_matrix(wb, params, fold=False))
-        unmatched = None
+        which = pick_solver(n_a, n_b, solver)
         if allow_unmatched:
-            st = stats_rows if fold else crit.row_statistics(X, Y, parts=parts, n_sample=n_sample, seed=seed, device=dev)
-            unmatched = crit.calibrate(st, calibration)
-        if C_dense is not None:
-            res: AssignmentResult = solve_dense(C_dense, unmatched_cost=unmatched)
-            del C_dense
+            # the criterion's statistic as the cost (|X̃ - Ỹ|² = 2 s), no-partner cost 2·threshold
+            Xd, Yd = crit.directions(Xf, parts), crit.directions(Yf, parts)
+            res: AssignmentResult = solve(Xd, Yd, unmatched_cost=np.full(n_a, 2.0 * cal.threshold),
+                                          solver=which, device=dev, progress=progress)
+            del Xd, Yd
+        elif fold and which == "dense":
+            # the dense cost matrix is built once: the solve and each row's nearest costs
+            C = dense_cost(Xf, Yf, device=dev, progress=progress)
+            res = solve_dense(C)
+            nearest, best, second = crit.nearest_two(C)
+            del C
         else:
-            res = solve(X, Y, unmatched_cost=unmatched, solver=which, device=dev, progress=progress)
-        if from_solver:
-            if res.nearest is not None and res.nearest_cost is not None:
-                stats_rows = replace(stats_rows, nearest=res.nearest, best_cost=res.nearest_cost,
-                                     second_cost=res.second_cost)
-            else:  # e.g. a transposed result (n_a > n_b): collect them the usual way
-                stats_rows = crit.row_statistics(Xf, Yf, parts=parts, n_sample=n_sample, seed=seed,
-                                                 device=dev)
+            X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
+                                          feature_matrix(wb, params, fold=False))
+            res = solve(X, Y, solver=which, device=dev, progress=progress)
+            if fold and res.nearest_cost is not None and res.second_cost is not None:
+                # the sparse solver's candidate lists hold each row's two cheapest columns
+                nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         partner = res.col.copy()
-        # rows without partner point at their nearest B-feature (on the cost the solver used)
-        near = res.nearest if res.nearest is not None else stats_rows.nearest
-        permutation = np.where(partner >= 0, partner, near)
+        permutation = partner  # rows left without partner are pointed at their nearest below
         total, gap = float(res.total), float(res.gap)
         solve_stats = dict(res.stats)
     elif method == "identity":
@@ -135,24 +138,44 @@ def match(
         partner = permutation.copy()
         solve_stats = {"solver": "cosine"}
 
+    s = crit.direction_distance(Xf, Yf, partner, parts)
+    score = np.where(np.isnan(s), np.inf, s)
+    # float32 solves may put a partial-mode partner a rounding error past the threshold
+    tol = 1e-6 if allow_unmatched else 0.0
+    below = (partner >= 0) & (score <= cal.threshold + tol)
+    # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
+    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, device=dev)
+    matched = below & mutual
+    if allow_unmatched:  # the partial mode's partners are its accepted matches
+        partner = np.where(matched, partner, -1)
+        score = np.where(matched, score, np.inf)
+    if nearest is None:
+        nearest, best, second = crit.nearest_two_costs(Xf, Yf, device=dev)
+    if method == "lap":
+        # rows without partner point at their nearest B-feature on the folded cost (the one their
+        # mse / alt_mse / margin describe)
+        permutation = np.where(partner >= 0, partner, nearest)
     cost_f = pair_cost(Xf, Yf, np.arange(n_a), permutation)
-    alt_f = stats_rows.alt_cost(permutation)
-    score = crit.score(stats_rows, Xf, Yf, permutation)
-    matched = (score <= calibration) & (partner >= 0)
+    alt_f = crit.alt_costs(permutation, nearest, best, second)
     if method == "lap" and fold and not allow_unmatched:
         total = float(cost_f.sum())
+    n_matched = int(matched.sum())
 
     return LayerMatch(
         permutation=permutation, partner=partner, mse=cost_f / D, alt_mse=alt_f / D,
-        score=score, matched=matched, threshold=float(calibration), n_a=n_a, n_b=n_b, d_in=wa.d_in,
+        score=score, matched=matched, threshold=float(cal.threshold), n_a=n_a, n_b=n_b, d_in=wa.d_in,
         info_a=wa.info, info_b=wb.info, fingerprint_a=wa.fingerprint(), fingerprint_b=wb.fingerprint(),
         options={"fold": bool(fold), "params": params, "method": method,
                  "allow_unmatched": bool(allow_unmatched), "solver": solver, "mse_on": "folded",
-                 "criterion": "direction-distance extreme-value score", "calibration": float(calibration),
-                 "n_sample": int(n_sample), "seed": int(seed), "bad_threshold": bad_threshold},
+                 "criterion": "direction distance", "alpha": float(alpha),
+                 "calibration": "expert" if cal.expert else ("given" if calibration is not None else "auto"),
+                 "n_null": int(n_null), "seed": int(seed), "bad_threshold": bad_threshold},
+        calibration=cal.to_dict(),
         stats={**solve_stats, "seconds": time.perf_counter() - t0, "total_cost": total, "gap": gap,
                "solver": solve_stats.get("solver", solver), "n_unmatched": int((partner < 0).sum()),
-               "n_matched": int(matched.sum())},
+               "n_matched": n_matched, "n_below_threshold": int(below.sum()),
+               "n_not_mutual": int((below & ~mutual).sum()),
+               "expected_false_matches": cal.expected_false_matches(n_a)},
     )
 
 

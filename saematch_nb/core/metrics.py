@@ -6,7 +6,9 @@ and keep running sums in float64, so no statistic needs all tokens in memory.
 Definitions (documented choices where the papers leave room):
 
 - Explained variance (SAE Match Eq. 5): ``1 - Var(x̂ - x) / Var(x)``, total variance over tokens
-  and dimensions (per-dimension variances summed, means taken over tokens).
+  and dimensions (per-dimension variances summed, means taken over tokens): the residual's mean is
+  removed, so a constant offset of x̂ is forgiven. ``value(residual_mean="kept")`` gives
+  ``1 - E|x̂ - x|² / Var(x)`` instead (the offset counts as error; never higher).
 - Matching score (SAE Match "probability that the two matched features are active together"):
   ``P(both active | either active)`` with *active = activation > 0* (the JumpReLU fired). It is
   the Jaccard index of the firing sets; symmetric, 1 when the two always fire together.
@@ -53,11 +55,17 @@ class EVAccumulator:
         self.s_x += x.sum(0); self.s_xx += (x * x).sum(0)
         self.s_r += r.sum(0); self.s_rr += (r * r).sum(0)
 
-    def value(self) -> float:
+    def value(self, residual_mean: str = "removed") -> float:
+        """EV with the residual's mean ``"removed"`` (Var of the residual, the default) or
+        ``"kept"`` (its mean square)."""
+        if residual_mean not in ("removed", "kept"):
+            raise ValueError(f"residual_mean must be 'removed' or 'kept', got {residual_mean!r}")
         if not self.n:
             return float("nan")
         var_x = (self.s_xx / self.n - (self.s_x / self.n) ** 2).sum()
-        var_r = (self.s_rr / self.n - (self.s_r / self.n) ** 2).sum()
+        var_r = (self.s_rr / self.n).sum()
+        if residual_mean == "removed":
+            var_r = var_r - ((self.s_r / self.n) ** 2).sum()
         if var_x <= 0:
             return float("nan")
         return float(1.0 - var_r / var_x)

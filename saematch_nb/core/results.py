@@ -16,7 +16,8 @@ import numpy as np
 
 from .weights import SAEInfo, as_weights
 
-FORMAT_VERSION = 1
+# 2: the null-calibrated criterion (score = direction distance, threshold per pair, calibration)
+FORMAT_VERSION = 2
 
 
 class ResultMismatchError(ValueError):
@@ -46,8 +47,12 @@ class LayerMatch:
     - ``alt_mse[i]``: MSE to the best B-feature other than ``permutation[i]``; ``margin`` is
       ``alt_mse - mse`` (how sure the match is; negative when the assignment had to give the
       nearest feature to another row).
-    - ``score[i]``: the statistic of the calibrated criterion; ``matched = score <= threshold``
-      (and partner != -1).
+    - ``score[i]``: the statistic of the calibrated criterion, the direction distance of i and its
+      partner (1 - mean cosine of the folded decoder row and encoder column; inf without
+      partner); ``matched = score <= threshold`` (and partner != -1).
+    - ``calibration``: how ``threshold`` was decided for this pair (see
+      :class:`saematch_nb.core.criterion.Calibration`: alpha, null and persistence thresholds,
+      the estimated share of features without partner).
     """
 
     permutation: np.ndarray
@@ -66,6 +71,7 @@ class LayerMatch:
     fingerprint_b: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     stats: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, dt in (("permutation", np.int64), ("partner", np.int64), ("mse", np.float32),
@@ -76,6 +82,7 @@ class LayerMatch:
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "stats", dict(self.stats))
+        object.__setattr__(self, "calibration", dict(self.calibration))
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -93,6 +100,23 @@ class LayerMatch:
     @property
     def layer_b(self) -> int | None:
         return self.info_b.layer
+
+    @property
+    def expected_false_matches(self) -> float:
+        """Expected number of accepted matches that are false (features without a partner that
+        pass the null test: alpha · pi0 · n_a); NaN for an expert threshold."""
+        c = self.calibration
+        a, pi0 = c.get("alpha"), c.get("pi0")
+        if c.get("expert") or a is None or pi0 is None:
+            return float("nan")
+        return float(a) * float(pi0) * self.n_a
+
+    @property
+    def false_match_rate(self) -> float:
+        """Estimated share of the accepted matches that are false (expected false / accepted)."""
+        n = int(self.matched.sum())
+        e = self.expected_false_matches
+        return float("nan") if not np.isfinite(e) else (min(1.0, e / n) if n else 0.0)
 
     def mse_quantiles(self, qs: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[float, float]:
         if self.n_a == 0:
@@ -119,6 +143,11 @@ class LayerMatch:
             "mse_median": q[0.5],
             "mse_q90": q[0.9],
             "threshold": float(self.threshold),
+            "alpha": self.calibration.get("alpha"),
+            "null_threshold": self.calibration.get("null_threshold"),
+            "persist_threshold": self.calibration.get("persist_threshold"),
+            "expected_false_matches": self.expected_false_matches,
+            "false_match_rate": self.false_match_rate,
         }
 
     def to_pandas(self):
@@ -162,6 +191,7 @@ class LayerMatch:
             "fingerprint_b": self.fingerprint_b,
             "options": _jsonable(self.options),
             "stats": _jsonable(self.stats),
+            "calibration": _jsonable(self.calibration),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -197,6 +227,7 @@ class LayerMatch:
             d_in=meta["d_in"], info_a=SAEInfo.from_dict(meta["info_a"]),
             info_b=SAEInfo.from_dict(meta["info_b"]), fingerprint_a=meta["fingerprint_a"],
             fingerprint_b=meta["fingerprint_b"], options=meta["options"], stats=meta["stats"],
+            calibration=meta.get("calibration", {}),
         )
         for side, sae, fp in (("A", sae_a, lm.fingerprint_a), ("B", sae_b, lm.fingerprint_b)):
             if sae is not None:

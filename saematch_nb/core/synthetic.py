@@ -51,14 +51,16 @@ def random_features(n: int, d_in: int, rng: np.random.Generator, *, norm_spread:
     return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
 
 
-def perturb(f: FoldedFeatures, noise: float, rng: np.random.Generator) -> FoldedFeatures:
-    """Add relative Gaussian noise (``noise`` × each feature's parameter norm)."""
+def perturb(f: FoldedFeatures, noise: float | np.ndarray, rng: np.random.Generator) -> FoldedFeatures:
+    """Add relative Gaussian noise (``noise`` × each feature's parameter norm; ``noise`` a number
+    or one level per feature)."""
     n, d_in = f.dec.shape
+    nz = np.broadcast_to(np.asarray(noise, dtype=np.float64).reshape(-1), (n,))
     dn = np.linalg.norm(f.dec, axis=1, keepdims=True)
     en = np.linalg.norm(f.enc, axis=0, keepdims=True)
-    dec = f.dec + noise * dn * rng.standard_normal((n, d_in)) / np.sqrt(d_in)
-    enc = f.enc + noise * en * rng.standard_normal((d_in, n)) / np.sqrt(d_in)
-    b_enc = f.b_enc + noise * 0.1 * rng.standard_normal(n)
+    dec = f.dec + nz[:, None] * dn * rng.standard_normal((n, d_in)) / np.sqrt(d_in)
+    enc = f.enc + nz[None, :] * en * rng.standard_normal((d_in, n)) / np.sqrt(d_in)
+    b_enc = f.b_enc + nz * 0.1 * rng.standard_normal(n)
     return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
 
 

@@ -20,7 +20,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_NAME = "saematch-demo"
 
 __all__ = ["ASSETS", "DemoBundle", "MissingAssetsError", "assets_dir", "available", "load", "load_texts",
-           "sae_paths", "metrics"]
+           "sae_paths", "metrics", "seed_ceiling_path"]
 
 
 class MissingAssetsError(FileNotFoundError):
@@ -157,3 +157,11 @@ def load(path: str | os.PathLike | None = None, *, sae_transformer: bool = True,
             hs = None
     return DemoBundle(model=model, saes=saes, texts=tuple(texts), styles=tuple(styles), ids=tuple(ids),
                       handles=hs, path=root, metrics=metrics(root))
+
+
+def seed_ceiling_path(path: str | os.PathLike | None = None) -> Path | None:
+    """The seed-ceiling SAE: a second SAE of one middle layer, trained with another seed (sae-lens
+    folder; None in builds without one). Matching it against that layer's chain SAE measures how
+    far two SAEs of the *same* layer agree, the ceiling for adjacent-layer agreement (docs/DEMO.md)."""
+    found = sorted(assets_dir(path).glob("seed_ceiling/layer_*"))
+    return found[0] if found else None

@@ -1,9 +1,10 @@
 """``python -m saematch_nb.demo --out out``: match the demo's SAE chain, print a summary, write out/report.html.
 
-Also measures what makes the demo's matching meaningful (docs/DEMO.md): per adjacent pair, the
-matched MSE (on folded parameters) of folded matching, unfolded matching and the identity
-permutation, and the explained variance of the next-hidden-state approximation (METHOD.md §1
-Eq. 5) for folded matching against the identity permutation.
+Prints, per adjacent pair, the matched MSE (on folded parameters) and how many features the
+calibrated criterion accepts as the same feature in the next layer, with its expected number of
+false matches and the decoder cosine of the partners; the seed ceiling (two SAEs of one layer, two
+seeds) next to them. ``--check`` adds unfolded matching and the identity permutation as baselines
+and the explained variance of the next-hidden-state approximation (docs/DEMO.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,54 @@ def pair_table(paths, chain) -> "object":
                      "mse_unfolded": float(unf.mse.mean()), "mse_identity": float(ident.mse.mean()),
                      "matched_fraction": lm.matched_fraction})
     return pd.DataFrame(rows).set_index("pair")
+
+
+def _dec_cos(wa, wb, partner):
+    """Cosine of each feature's decoder row with its partner's (NaN without partner)."""
+    import numpy as np
+    import torch
+
+    da = torch.nn.functional.normalize(wa.W_dec, dim=1)
+    db = torch.nn.functional.normalize(wb.W_dec, dim=1)
+    p = np.asarray(partner)
+    out = np.full(p.size, np.nan)
+    ok = p >= 0
+    out[ok] = (da[torch.as_tensor(np.flatnonzero(ok))] * db[torch.as_tensor(p[ok])]).sum(1).numpy()
+    return out
+
+
+def criterion_table(chain, weights, ceiling=None) -> "object":
+    """Per pair: the criterion's verdict and its error rate, and the decoder cosine of the
+    partners; with ``ceiling`` = (layer, LayerMatch of the same layer's two seeds), that row too."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for t, lm in enumerate(chain.pairs):
+        cos = _dec_cos(weights[t], weights[t + 1], lm.partner)
+        rows.append({"pair": f"{chain.layers[t]}→{chain.layers[t + 1]}", "matched": int(lm.matched.sum()),
+                     "of": lm.n_a, "matched_fraction": lm.matched_fraction,
+                     "expected_false": lm.expected_false_matches, "threshold": lm.threshold,
+                     "partner_cos_median": float(np.nanmedian(cos)),
+                     "matched_cos_median": float(np.nanmedian(cos[lm.matched])) if lm.matched.any() else np.nan})
+    if ceiling is not None:
+        layer, lm, wa, wb = ceiling
+        cos = _dec_cos(wa, wb, lm.partner)
+        rows.append({"pair": f"{layer}≡{layer} (2 seeds)", "matched": int(lm.matched.sum()), "of": lm.n_a,
+                     "matched_fraction": lm.matched_fraction, "expected_false": lm.expected_false_matches,
+                     "threshold": lm.threshold, "partner_cos_median": float(np.nanmedian(cos)),
+                     "matched_cos_median": float(np.nanmedian(cos[lm.matched])) if lm.matched.any() else np.nan})
+    return pd.DataFrame(rows).set_index("pair")
+
+
+def longest_lived(chain, n: int = 3) -> list[int]:
+    """The ``n`` features of the chain's first layer that keep an accepted partner longest (ties:
+    lowest matched MSE): what to trace first, chosen by persistence, not by hand."""
+    import numpy as np
+
+    life = chain.persistence().loc[chain.layers[0]].lifetime.to_numpy()
+    order = np.lexsort((chain.pairs[0].mse, -life))
+    return [int(i) for i in order[:n]]
 
 
 def sae_table(bundle) -> "object":
@@ -79,6 +128,25 @@ def main(argv=None) -> int:
         pairs = pair_table(paths, chain) if args.check else chain.summary()[
             ["layer_a", "layer_b", "mse_mean", "mse_median", "matched_fraction"]]
         print(pairs.to_string())
+        from ..core.match import match
+        from ..core.weights import as_weights
+        from . import seed_ceiling_path
+
+        weights = [as_weights(p) for p in paths]
+        ceiling = None
+        cp = seed_ceiling_path(args.assets)
+        if cp is not None:
+            wc = as_weights(str(cp))
+            layer = wc.info.layer
+            ceiling = (layer, match(weights[layer], wc), weights[layer], wc)
+        crit_df = criterion_table(chain, weights, ceiling)
+        print(f"\nSAE Match criterion (matched = accepted as the same feature; null false-match rate "
+              f"{chain.pairs[0].calibration.get('alpha', float('nan')):.0%}; expected_false = features "
+              "without partner expected among the matched):")
+        print(crit_df.to_string(float_format=lambda v: f"{v:.3f}"))
+        if ceiling is not None:
+            print(f"(last row: the seed ceiling, two SAEs of layer {ceiling[0]} trained with different seeds:"
+                  " how far any matcher can get)")
         ev = None
         if args.check:
             from ..sources.evaluate import evaluate
@@ -93,12 +161,11 @@ def main(argv=None) -> int:
 
     from ..display import html as dh
 
-    # a few traces: the best-matched features of layer 0, followed through every layer
-    lm0 = chain.pairs[0]
-    order = lm0.mse.argsort()[:3].tolist()
-    traces = [chain.trace(chain.layers[0], int(i)) for i in order]
+    # a few traces: the longest-lived features of layer 0, followed through every layer
+    traces = [chain.trace(chain.layers[0], i) for i in longest_lived(chain, 3)]
     sections = [("Demo SAEs", sae_table(bundle).to_html(float_format=lambda v: f"{v:.4g}")),
-                ("Matched MSE on folded parameters", pairs.to_html(float_format=lambda v: f"{v:.4g}"))]
+                ("Matched MSE on folded parameters", pairs.to_html(float_format=lambda v: f"{v:.4g}")),
+                ("SAE Match criterion per pair", crit_df.to_html(float_format=lambda v: f"{v:.3f}"))]
     if ev is not None:
         sections.append(("Next-hidden-state explained variance", wide.to_html(float_format=lambda v: f"{v:.4f}")))
     page = dh.report_html(chain, traces, title="saematch_nb demo: SAE Match on a 6-layer toy model",

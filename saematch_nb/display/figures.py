@@ -104,7 +104,7 @@ def make_mse_figure(lm: Any, *, x: str = "mse", bins: int = 60, log_y: bool = Fa
         fig.add_vline(x=thr, line_dash="dash", line_color=COLORS["threshold"],
                       annotation_text=f"threshold {fmt_float(thr)}", annotation_position="top right")
     _layout(fig, title or f"{'matched MSE' if x == 'mse' else 'criterion score'}, {_pair_title(lm)}",
-            barmode="stack", bargap=0, xaxis_title="matched MSE (folded parameters)" if x == "mse" else "criterion score",
+            barmode="stack", bargap=0, xaxis_title="matched MSE (folded parameters)" if x == "mse" else "criterion score: direction distance (1 − mean cosine)",
             yaxis_title="features", yaxis_type="log" if log_y else None)
     return fig
 

@@ -116,8 +116,8 @@ def layer_match_body(lm: Any, *, header: bool = True) -> str:
         ("options", _kv_html(f["options"])),
         ("solver", escape(f["solver"])),
         ("matched", f"{_bar(f['matched_frac'], f['matched_pct'])} ({escape(f['n_matched'])} of "
-                    f"{escape(f['n_a'])}), {escape(f['n_unpartnered'])} without partner, "
-                    f"threshold {escape(f['threshold'])}"),
+                    f"{escape(f['n_a'])}), {escape(f['n_unpartnered'])} without partner"),
+        ("criterion", escape(f["criterion"])),
         ("MSE", f"mean {escape(f['mse_mean'])}, q10 {escape(f['mse_q10'])}, median {escape(f['mse_q50'])}, "
                 f"q90 {escape(f['mse_q90'])}"),
     ]

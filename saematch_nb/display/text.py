@@ -134,6 +134,7 @@ def layer_match_facts(lm: Any) -> dict[str, Any]:
              if k not in used and not isinstance(v, (Mapping, list, tuple, np.ndarray))]
     hist = _histogram(mse, matched)
     return {
+        "criterion": criterion_line(lm),
         "kind": "LayerMatch",
         "label_a": lm.info_a.label, "label_b": lm.info_b.label,
         "layer_a": _layer(lm.info_a.layer), "layer_b": _layer(lm.info_b.layer),
@@ -154,6 +155,22 @@ def layer_match_facts(lm: Any) -> dict[str, Any]:
         "worst": _extreme_rows(lm, lm.worst(N_EXTREMES)),
         "url_a": lm.info_a.neuronpedia_url(), "url_b": lm.info_b.neuronpedia_url(),
     }
+
+
+def criterion_line(lm: Any) -> str:
+    """How ``matched`` was decided for this pair, in one line (the same in text and HTML)."""
+    c = dict(getattr(lm, "calibration", None) or {})
+    if not c:
+        return f"threshold {fmt_float(lm.threshold)} on the score"
+    if c.get("expert"):
+        return f"threshold {fmt_float(c.get('threshold'))} on the direction distance (expert), mutual best"
+    null, pers = c.get("null_threshold"), c.get("persist_threshold")
+    binding = "persistence bound" if (pers is not None and null is not None and pers < null) else "null test"
+    exp = getattr(lm, "expected_false_matches", float("nan"))
+    pers_s = fmt_float(pers) if pers is not None and np.isfinite(pers) else "not estimated"
+    return (f"threshold {fmt_float(c.get('threshold'))} on the direction distance (set by the {binding}: null "
+            f"{fmt_pct(c.get('alpha'))} quantile {fmt_float(null)}, persistence bound {pers_s}), mutual best; "
+            f"about {fmt_float(exp, 2)} false matches expected")
 
 
 def _hist_caption(f: Mapping[str, Any]) -> str:
@@ -180,7 +197,8 @@ def layer_match_text(lm: Any) -> str:
         f"  options    {_kv_line(f['options'])}",
         f"  solver     {f['solver']}",
         f"  matched    {f['matched_pct']} ({f['n_matched']} of {f['n_a']}), "
-        f"{f['n_unpartnered']} without partner, threshold {f['threshold']}",
+        f"{f['n_unpartnered']} without partner",
+        f"  criterion  {f['criterion']}",
         f"  MSE        mean {f['mse_mean']}, q10 {f['mse_q10']}, median {f['mse_q50']}, q90 {f['mse_q90']}",
         f"  histogram  |{_spark([m + u for m, u in zip(f['hist']['matched'], f['hist']['unmatched'])])}| "
         f"({_hist_caption(f)})",

@@ -24,6 +24,21 @@ def test_explained_variance_extremes_and_streaming():
     assert acc.value() == pytest.approx(want, abs=1e-10)
 
 
+def test_explained_variance_with_the_residual_mean_kept():
+    """A constant offset is forgiven with the residual's mean removed, counted when it is kept."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 6)) * 2.0
+    shifted = x + 3.0  # right shape, wrong offset
+    acc = EVAccumulator()
+    acc.update(torch.tensor(shifted), torch.tensor(x))
+    assert acc.value() == pytest.approx(1.0)
+    want = 1 - ((shifted - x) ** 2).mean(0).sum() / x.var(0).sum()
+    assert acc.value(residual_mean="kept") == pytest.approx(want, abs=1e-10)
+    assert acc.value(residual_mean="kept") < 0
+    with pytest.raises(ValueError, match="residual_mean"):
+        acc.value(residual_mean="centred")
+
+
 def test_pair_statistics_identical_disjoint_and_lerner_threshold():
     n = 400
     rng = np.random.default_rng(1)

@@ -115,8 +115,10 @@ def test_sae_quality_on_held_out_text(bundle, held_out_acts):
             ev = 1 - (xh - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
             l0 = (f > 0).sum(-1).float().mean()
             dead = 1 - (f > 0).any(0).float().mean()
-            assert ev >= 0.8, (layer, float(ev))
-            assert 10 <= l0 <= 80, (layer, float(l0))
+            # the targets of the retrained demo (issue #10): narrow and sparse enough that features
+            # are learned the same way twice, still reconstructing most of the stream
+            assert ev >= 0.7, (layer, float(ev))
+            assert 2 <= l0 <= 16, (layer, float(l0))
             assert dead < 0.10, (layer, float(dead))
 
 
@@ -189,3 +191,53 @@ def test_matching_is_meaningful(pair_numbers, t):
     assert n["mse_folded"] < n["mse_unfolded"], n
     assert n["mse_folded"] < n["mse_identity"], n
     assert n["ev_folded"] > n["ev_identity"], n
+
+
+def _partner_cos(a, b, partner):
+    import numpy as np
+    import torch
+
+    da = torch.nn.functional.normalize(a.W_dec.detach(), dim=1)
+    db = torch.nn.functional.normalize(b.W_dec.detach(), dim=1)
+    return (da * db[torch.as_tensor(np.asarray(partner))]).sum(1).numpy()
+
+
+@pytest.mark.parametrize("t", range(N_PAIRS))
+def test_features_visibly_persist(bundle, t):
+    """Every adjacent pair (issue #10): most features accepted as the same feature in the next
+    layer, and the SAE Match partners' decoder rows point the same way (median cosine >= 0.7)."""
+    import numpy as np
+
+    from saematch_nb import match
+
+    a, b = bundle.saes[t], bundle.saes[t + 1]
+    lm = match(a, b)
+    assert lm.matched_fraction > 0.5, (t, lm.matched_fraction)
+    assert float(np.median(_partner_cos(a, b, lm.partner))) >= 0.7, t
+    # few of them expected to be chance matches
+    assert lm.expected_false_matches < 0.05 * lm.matched.sum(), lm.calibration
+
+
+def test_seed_ceiling_sae_ships_and_agrees_with_its_layer(bundle):
+    """A second SAE of one middle layer (another seed): two SAEs of the same layer agree at least
+    as well, in decoder cosine, as adjacent layers do: the ceiling of any matcher (docs/DEMO.md)."""
+    import numpy as np
+    from sae_lens import SAE
+
+    from saematch_nb import match
+
+    p = demo.seed_ceiling_path()
+    assert p is not None, "the seed-ceiling SAE is missing from the assets"
+    other = SAE.load_from_disk(str(p))
+    layer = int(other.cfg.metadata.hook_name.split(".")[1])
+    own = bundle.saes[layer]
+    assert other.cfg.metadata.sae_id != own.cfg.metadata.sae_id  # really another SAE
+    assert not np.allclose(other.W_dec.detach().numpy(), own.W_dec.detach().numpy())
+    same = match(own, other)
+    adjacent = [match(bundle.saes[layer], bundle.saes[layer + 1]), match(bundle.saes[layer - 1], own)]
+    cos_same = float(np.median(_partner_cos(own, other, same.partner)))
+    cos_adj = [float(np.median(_partner_cos(m_a, m_b, lm.partner)))
+               for lm, (m_a, m_b) in zip(adjacent, [(own, bundle.saes[layer + 1]), (bundle.saes[layer - 1], own)])]
+    assert cos_same >= max(cos_adj) - 0.02, (cos_same, cos_adj)
+    m = demo.metrics()
+    assert m["seed_ceiling"]["layer"] == layer
