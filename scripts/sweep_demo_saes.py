@@ -69,6 +69,21 @@ def pair_numbers(pa: dict, pb: dict, la: int, lb: int) -> dict:
             < lm.calibration.get("null_threshold", 0) else "null"}
 
 
+def rescore(out: Path, keep: Path, la: int) -> int:
+    rows = json.loads(out.read_text())
+    for r in rows:
+        f = keep / f"{r['width']}_{r['target_l0']}_{r['steps']}.pt"
+        if not f.exists():
+            print(f"no kept SAEs for {f.name}: left as it was")
+            continue
+        sae = torch.load(f)
+        r["seed"] = pair_numbers(sae["a"], sae["a2"], la, la)
+        r["adjacent"] = pair_numbers(sae["a"], sae["b"], la, la + 1)
+        r["criterion"] = "rescored"
+    out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=str(ROOT / ".demo_build"), help="build folder with activations/")
@@ -77,8 +92,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--configs", default=None, help="e.g. '256:6:5000,512:8:5000' (width:L0:steps)")
+    ap.add_argument("--keep", default=None, help="folder to keep each configuration's three SAEs in")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the matching columns of --out from the SAEs kept in --keep (current criterion)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        return rescore(Path(args.out), Path(args.keep), args.layer)
     acts = Path(args.build) / "activations"
     la, lb = args.layer, args.layer + 1
     xa = torch.from_numpy(np.load(acts / f"train_{la}.npy"))
@@ -101,6 +121,10 @@ def main(argv=None) -> int:
         p_a2, _ = bd.train_sae(xa, ea, sz, 900 + la, "cpu", f"{width}/{l0}/{steps} L{la} seed2")
         p_b, _ = bd.train_sae(xb, eb, sz, 100 + lb, "cpu", f"{width}/{l0}/{steps} L{lb}")
         secs = (time.time() - t0) / 3
+        if args.keep:  # the SAEs themselves, so that --rescore can judge them with another criterion
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            torch.save({"a": p_a, "a2": p_a2, "b": p_b}, keep / f"{width}_{l0}_{steps}.pt")
         qa, qb = bd.sae_quality(p_a, ea), bd.sae_quality(p_b, eb)
         row = {"width": width, "target_l0": l0, "steps": steps, "seconds_per_sae": secs,
                "ev": qa["explained_variance"], "l0": qa["l0"], "dead": qa["dead_fraction"],

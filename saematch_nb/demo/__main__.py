@@ -145,7 +145,7 @@ def main(argv=None) -> int:
               "without partner expected among the matched):")
         print(crit_df.to_string(float_format=lambda v: f"{v:.3f}"))
         if ceiling is not None:
-            print(f"(last row: the seed ceiling, two SAEs of layer {ceiling[0]} trained with different seeds:"
+            print(f"\n(last row: the seed ceiling, two SAEs of layer {ceiling[0]} trained with different seeds:"
                   " how far any matcher can get)")
         ev = None
         if args.check:

@@ -199,7 +199,7 @@ def _partner_cos(a, b, partner):
 
     da = torch.nn.functional.normalize(a.W_dec.detach(), dim=1)
     db = torch.nn.functional.normalize(b.W_dec.detach(), dim=1)
-    return (da * db[torch.as_tensor(np.asarray(partner))]).sum(1).numpy()
+    return (da * db[torch.as_tensor(np.array(partner))]).sum(1).numpy()
 
 
 @pytest.mark.parametrize("t", range(N_PAIRS))

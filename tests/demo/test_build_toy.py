@@ -56,6 +56,16 @@ def test_toy_build_end_to_end_and_resume(tmp_path):
     for v in m["saes"].values():
         assert v["l0"] > 0 and v["explained_variance"] > 0  # trained, not an untouched init
     assert all(s["text"] for s in m["samples"].values())
+    # the seed ceiling: a second SAE of one middle layer, another seed, kept apart from the chain
+    ceiling = sorted(assets.glob("seed_ceiling/layer_*"))
+    assert len(ceiling) == 1
+    c_cfg = json.loads((ceiling[0] / "cfg.json").read_text())
+    layer = m["seed_ceiling"]["layer"]
+    assert c_cfg["metadata"]["hook_name"] == f"blocks.{layer}.hook_resid_post"
+    assert c_cfg["metadata"]["sae_id"] != f"layer_{layer}"
+    assert (ceiling[0] / "sae_weights.safetensors").read_bytes() != \
+        (assets / "saes" / f"layer_{layer}" / "sae_weights.safetensors").read_bytes()
+    assert m["sae_recipe"]["sae_steps"] == 60
 
     # resume: every stage is checkpointed, so a second run retrains nothing and ends the same
     before = (out / "model" / "model.safetensors").read_bytes()

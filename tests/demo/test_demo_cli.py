@@ -78,6 +78,12 @@ def test_demo_prints_one_mse_row_per_adjacent_pair(demo_run):
         assert (int(vals["layer_a"]), int(vals["layer_b"])) == (t, t + 1)
         mse, med, frac = float(vals["mse_mean"]), float(vals["mse_median"]), float(vals["matched_fraction"])
         assert 0 < mse < 1 and 0 < med < 1 and 0 <= frac <= 1, row
+    # features visibly persist (issue #10): a majority matched on every pair
+    fracs = [float(dict(zip(["pair", *cols], row))["matched_fraction"]) for row in rows]
+    assert min(fracs) > 0.5, fracs
+    # the criterion table: one row per pair and the seed ceiling, with the expected false matches
+    crit_rows = _table_rows(r.stdout, "SAE Match criterion")
+    assert len(crit_rows) == n and "seeds)" in " ".join(crit_rows[-1])
     # the per-layer SAE table as well: one row per layer, mean θ next to the residual norm
     sae_rows = _table_rows(r.stdout, "SAEs (mean θ")
     assert [int(x[0]) for x in sae_rows] == list(range(n))
