@@ -29,32 +29,11 @@ from saematch_nb.core.fold import fold
 from saematch_nb.core.results import FORMAT_VERSION, LayerMatch, ResultFileError
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights, as_weights
-from tests._nonroot import as_unprivileged
+from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
+from tests.core.test_cache import planted, reference, run, same_pairs  # noqa: F401 (fixtures: 5 layers of 64)
 from tests.core.test_chain import make_handles, using_matcher
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_chain(n_layers=5, n=64, d_in=32, seed=41)
-
-
-@pytest.fixture(scope="module")
-def reference(planted):
-    with using_matcher():
-        return match_chain(planted.saes, cache=False, progress=False)
-
-
-def run(saes, cache_dir, **kw):
-    with using_matcher():
-        return match_chain(saes, cache_dir=cache_dir, progress=False, **kw)
-
-
-def same_pairs(a, b) -> bool:
-    return len(a.pairs) == len(b.pairs) and all(
-        np.array_equal(x.partner, y.partner) and np.array_equal(x.mse, y.mse)
-        and np.array_equal(x.matched, y.matched) for x, y in zip(a.pairs, b.pairs))
 
 
 def cache_warnings(rec) -> list[str]:
@@ -75,32 +54,22 @@ def rewrite_meta(path: Path, **changes) -> None:
 
 
 # -- defect 1: an unwritable cache never crashes a run --------------------------------------------
-def check_unwritable_message(msgs: list[str], folder) -> None:
-    assert len(msgs) == 1, msgs  # once per run, not once per pair
-    assert str(folder) in msgs[0] and "cache_dir=" in msgs[0] and "SAEMATCH_CACHE_DIR" in msgs[0]
-
-
 def test_unwritable_cache_folder_warns_and_the_chain_completes(planted, reference, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    folder = blocker / "cache"  # cannot be created, not even by root
+    folder = blocked_folder(tmp_path)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         got = run(planted.saes, folder)
     assert same_pairs(got, reference) and got.stats["computed"] == 4
-    check_unwritable_message(cache_warnings(rec), folder)
+    unwritable_warning(rec, folder)
 
 
 def test_unwritable_default_cache_location(planted, reference, tmp_path, monkeypatch):
-    home = tmp_path / "home_is_a_file"
-    home.write_text("")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SAEMATCH_CACHE_DIR", raising=False)
+    home = home_is_a_file(tmp_path, monkeypatch)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         got = run(planted.saes, None)
     assert same_pairs(got, reference)
-    check_unwritable_message(cache_warnings(rec), home / ".cache" / "saematch_nb")
+    unwritable_warning(rec, home / ".cache" / "saematch_nb")
 
 
 def test_read_only_cache_as_an_unprivileged_user(planted, reference):
@@ -125,10 +94,10 @@ def test_read_only_cache_as_an_unprivileged_user(planted, reference):
         got, rec = as_unprivileged(chains)
         want = [lm.partner for lm in reference.pairs]
         assert all(np.array_equal(x, y) for g in got for x, y in zip(g, want))
-        msgs = cache_warnings(rec)
-        assert len(msgs) == 2 and "Permission" in msgs[0] and "Permission" in msgs[1]
-        check_unwritable_message(msgs[:1], base / "cache")
-        check_unwritable_message(msgs[1:], base / "home" / ".cache" / "saematch_nb")
+        cw = [w for w in rec if issubclass(w.category, CacheWarning)]
+        assert len(cw) == 2 and all("Permission" in str(w.message) for w in cw)
+        unwritable_warning(cw[:1], base / "cache")
+        unwritable_warning(cw[1:], base / "home" / ".cache" / "saematch_nb")
         assert not list((base / "cache").iterdir()) and not list((base / "home").iterdir())
     finally:
         for p in (base, base / "cache", base / "home"):
@@ -150,12 +119,10 @@ def test_a_failed_write_leaves_no_temp_file(planted, reference, tmp_path, monkey
 
 
 def test_resume_note_does_not_claim_an_unwritable_cache(planted, tmp_path):
-    blocker = tmp_path / "f"
-    blocker.write_text("")
     broken = make_handles(planted.saes, tmp_path / "saes")
     broken[3] = replace(broken[3], fail=True)
     with pytest.warns(CacheWarning), pytest.raises(RuntimeError, match="simulated crash") as ei:
-        run(broken, blocker / "cache")
+        run(broken, blocked_folder(tmp_path))
     note = " ".join(getattr(ei.value, "__notes__", []))
     assert "not cached" in note and "could not be written" in note
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 import saematch_nb as smn
-from saematch_nb.core.cache import CacheWarning
 from saematch_nb.core.fold import fold
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
@@ -27,7 +26,7 @@ from saematch_nb.sources.activations import collect_activations
 from saematch_nb.sources.examples import collect_examples
 from saematch_nb.sources.neuronpedia import fetch_feature
 from saematch_nb.sources.steering import SteeringPlan, plan_steering, steer, steered_logits, steering_hooks
-from tests._nonroot import as_unprivileged
+from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
 
 TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and more", "short one"]
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "neuronpedia" / "gemma-2-2b__12-gemmascope-res-16k__1234.json"
@@ -47,45 +46,29 @@ def saes():
     return [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 48, seed=s), info=SAEInfo(layer=s)) for s in (0, 1)]
 
 
-def unwritable(tmp_path: Path) -> Path:
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    return blocker / "cache"  # cannot be created, not even by root
-
-
-def the_warning(rec, folder) -> str:
-    msgs = [str(w.message) for w in rec if issubclass(w.category, CacheWarning)]
-    assert len(msgs) == 1, msgs
-    assert str(folder) in msgs[0] and "cache_dir=" in msgs[0] and "SAEMATCH_CACHE_DIR" in msgs[0]
-    return msgs[0]
-
-
 # -- defect 1: collect_activations / collect_examples / fetch_feature with an unwritable cache --------
 def test_activations_and_examples_complete_with_an_unwritable_cache(model, saes, tmp_path):
     ref = collect_activations(model, TEXTS, [0, 1], cache=False, progress=False)
-    folder = unwritable(tmp_path)
+    folder = blocked_folder(tmp_path)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         acts = collect_activations(model, TEXTS, [0, 1], cache_dir=folder, progress=False)
-    the_warning(rec, folder)
+    unwritable_warning(rec, folder)
     np.testing.assert_array_equal(acts[1], ref[1])
     want = collect_examples(ref, saes, k=3, cache=False, progress=False)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         ex = collect_examples(acts, saes, k=3, cache_dir=folder, progress=False)
-    the_warning(rec, folder)  # once, not once per layer
+    unwritable_warning(rec, folder)  # once, not once per layer
     np.testing.assert_array_equal(ex[1].top_vals, want[1].top_vals)
 
 
 def test_default_location_unwritable(model, saes, tmp_path, monkeypatch):
-    home = tmp_path / "home_is_a_file"
-    home.write_text("")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SAEMATCH_CACHE_DIR", raising=False)
+    home = home_is_a_file(tmp_path, monkeypatch)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         acts = collect_activations(model, TEXTS, [1], progress=False)
-    assert "activations" in the_warning(rec, home / ".cache" / "saematch_nb" / "activations")
+    assert "activations" in unwritable_warning(rec, home / ".cache" / "saematch_nb" / "activations")
     assert acts.n_tokens > 0
 
 
@@ -104,7 +87,7 @@ def test_read_only_activation_cache_as_an_unprivileged_user(model):
 
         (got, where), rec = as_unprivileged(collect)
         np.testing.assert_array_equal(got, ref[0])
-        assert "Permission" in the_warning(rec, base)
+        assert "Permission" in unwritable_warning(rec, base)
         assert list(base.iterdir()) == [] and not where.exists()
     finally:
         base.chmod(0o755)
@@ -113,12 +96,12 @@ def test_read_only_activation_cache_as_an_unprivileged_user(model):
 
 def test_neuronpedia_feature_is_returned_when_its_cache_cannot_be_written(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda req, timeout=None: _Resp(RECORDED.read_bytes()))
-    folder = unwritable(tmp_path)
+    folder = blocked_folder(tmp_path)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         f = fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 1234, cache_dir=folder)
     assert f.explanations == ("names of French cities",)
-    the_warning(rec, folder)
+    unwritable_warning(rec, folder)
 
 
 class _Resp:

@@ -1,6 +1,6 @@
-"""Run a function as an unprivileged user, for tests of file permissions (root ignores them).
+"""Helpers for fault tests: caches that cannot be written, and running as an unprivileged user.
 
-Not root: the function runs here, as this user. Root: it runs in a forked child that drops to
+``as_unprivileged``: for tests of file permissions (root ignores them). Not root: the function runs here, as this user. Root: it runs in a forked child that drops to
 ``nobody`` first (a fork, not a new interpreter: the interpreter may live where ``nobody`` cannot
 read, and everything the function needs is imported before the fork). The child's return value,
 its warnings and any exception come back pickled; the child never returns into pytest.
@@ -12,9 +12,37 @@ import os
 import pickle
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 NOBODY = 65534
+
+
+def blocked_folder(tmp_path: Path) -> Path:
+    """A cache folder that cannot be created, not even by root: its parent is a file."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    return blocker / "cache"
+
+
+def home_is_a_file(tmp_path: Path, monkeypatch: Any) -> Path:
+    """~ points at a file and SAEMATCH_CACHE_DIR is unset: the default cache location is unusable."""
+    home = tmp_path / "home_is_a_file"
+    home.write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SAEMATCH_CACHE_DIR", raising=False)
+    return home
+
+
+def unwritable_warning(rec: list, folder: Any) -> str:
+    """The one CacheWarning of a run whose cache folder cannot be written: it names the folder
+    and both ways to choose another."""
+    from saematch_nb.core.cache import CacheWarning
+
+    msgs = [str(w.message) for w in rec if issubclass(w.category, CacheWarning)]
+    assert len(msgs) == 1, msgs  # once per run, not once per pair or layer
+    assert str(folder) in msgs[0] and "cache_dir=" in msgs[0] and "SAEMATCH_CACHE_DIR" in msgs[0]
+    return msgs[0]
 
 
 def as_unprivileged(fn: Callable[[], Any]) -> tuple[Any, list[warnings.WarningMessage]]:
