@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .results import LayerMatch
+from .results import LayerMatch, ResultVersionError
 from .weights import SAEWeights
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
@@ -193,7 +193,10 @@ class MatchCache:
             return None
         try:
             lm = LayerMatch.load(p)
-        except Exception as e:  # truncated zip, bad JSON, other version, a folder: all mean "recompute"
+        except ResultVersionError as e:  # stale: written by another saematch_nb version
+            self._reject(p, f"it is stale ({e})")
+            return None
+        except Exception as e:  # truncated zip, bad JSON, a folder: all mean "recompute"
             self._reject(p, f"it is unreadable ({type(e).__name__}: {e})")
             return None
         if lm.stats.get("cache_key") != key:

@@ -28,11 +28,15 @@ class ResultFileError(ValueError):
     by another saematch_nb version (the message names the file and says what to do)."""
 
 
+class ResultVersionError(ResultFileError):
+    """A saved result was written by another saematch_nb version (an older or a newer format)."""
+
+
 def check_format_version(meta: Mapping[str, Any], path: Path, kind: str, version: int) -> None:
     """Refuse files of another format version, older or newer (their fields may mean other things)."""
     got = meta.get("format_version")
     if got != version:
-        raise ResultFileError(
+        raise ResultVersionError(
             f"{path} was written by another saematch_nb version ({kind} format {got!r}; this version "
             f"reads format {version}): recompute it (saematch_nb.match / match_chain) and save it again"
         )

@@ -64,3 +64,19 @@ def test_explorer_error_state_keeps_nothing_of_the_previous_feature(chain):
     ex.feature = 500
     assert "out of range" in ex.status.value
     assert not ex.figure.data and not ex.figure.layout.title.text
+
+
+def test_panel_html_escapes_hostile_strings(model, planted, chain):
+    """Held (issue #11): every string a user or a file controls reaches the panels escaped."""
+    from tests.display.conftest import HOSTILE, HOSTILE_ESCAPED, make_chain
+
+    ex = FeatureExplorer(make_chain(n_pairs=2, n=20), layer=1, feature=2)
+    out = ex.trace_html.value + ex.status.value
+    assert HOSTILE_ESCAPED in out and "<script" not in out.lower()
+    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt=f"The {HOSTILE}", max_new_tokens=2)
+    assert panel.run() is not None
+    # the prompt is shown as its repr (quotes change), the tag escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in panel.output.value
+    assert "<script" not in panel.output.value.lower()
+    panel.feature = 10 ** 6
+    assert panel.run() is None and "<script" not in panel.output.value.lower()
