@@ -941,7 +941,8 @@ _RESCALE_BELOW = 2.0 ** -40
 
 def _tiny_input_shift(X: torch.Tensor, Y: torch.Tensor) -> int:
     """s > 0 with max |element| * 2^s in [0.5, 1) when the inputs are tiny, else 0."""
-    m = max(float(X.detach().abs().max()), float(Y.detach().abs().max()))
+    # aminmax reads the inputs once and allocates nothing (abs() would copy a 65k x 4608 input)
+    m = max(max(-float(lo), float(hi)) for lo, hi in (torch.aminmax(T.detach()) for T in (X, Y)))
     if not (0.0 < m < _RESCALE_BELOW):  # also 0 (all zero) and NaN (reported by _Problem)
         return 0
     return -math.frexp(m)[1]

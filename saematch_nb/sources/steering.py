@@ -171,12 +171,13 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
         info = infos[pos] if pos < len(infos) else None
         hooks.append(info.hook_name if (info is not None and info.hook_name) else hook_template.format(L=l))
         fps.append(_chain_fingerprint(chain, pos))
-        widths.append(int(chain.n_features(l)))
+        if hasattr(chain, "n_features"):
+            widths.append(int(chain.n_features(l)))
     layers = [l for l, _ in pairs]
     return SteeringPlan(
         layers=tuple(layers), features=tuple(f for _, f in pairs), hook_names=tuple(hooks),
         strengths=tuple(schedule_strengths(layers, strength, schedule, alpha, mode)), mode=mode,
-        origin=(layer, feature), fingerprints=tuple(fps), n_features=tuple(widths),
+        origin=(layer, feature), fingerprints=tuple(fps), n_features=tuple(widths) if len(widths) == len(fps) else (),
         options={"strength": float(strength), "span": span, "schedule": schedule, "alpha": float(alpha),
                  "accepted_only": bool(accepted_only)},
     )
