@@ -250,3 +250,12 @@ def test_steer_leaves_the_global_random_state_alone(steering_setup):
     assert torch.equal(torch.rand(3), want)  # seeded inside, restored after
     assert steer(model, {0: pc.saes[0]}, plan, "The quick", max_new_tokens=4, temperature=1.0,
                  seed=7).steered == a.steered
+
+
+def test_plan_steering_rejects_non_integer_layers_and_features(steering_setup):
+    _, _, chain, _ = steering_setup
+    with pytest.raises(TypeError, match="layer must be an integer, got 1.9"):
+        plan_steering(chain, 1.9, 5)
+    with pytest.raises(TypeError, match="feature must be an integer, got 5.7"):
+        plan_steering(chain, 1, 5.7)
+    assert plan_steering(chain, np.int64(1), np.int32(5)).origin == (1, 5)
