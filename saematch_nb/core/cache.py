@@ -50,14 +50,13 @@ class CacheWarning(UserWarning):
     be written (the run goes on; its results are kept in memory only)."""
 
 
-def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "results",
-                    stacklevel: int = 3) -> None:
+def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "results") -> None:
     """The one warning for a cache folder that cannot be written (sources use it too)."""
     warnings.warn(
         f"saematch_nb cannot write its cache folder {folder} ({type(exc).__name__}: {exc}); the run "
         f"goes on and its {what} are kept in memory only (a re-run recomputes them). Choose a writable "
         f"folder with cache_dir=... or the environment variable {ENV_VAR}, or pass cache=False.",
-        CacheWarning, stacklevel=stacklevel,
+        CacheWarning, stacklevel=3,
     )
 
 
