@@ -9,7 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 # Where the CPU wheel is not on a local wheel path, e.g.: make demo TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo test lab install clean bench notebooks
+# Python 3.10 (the oldest declared in pyproject.toml), in its own venv: make test-py310 PYTHON310=...
+PYTHON310 ?= python3.10
+VENV310 := .venv310
+PY310 := $(VENV310)/bin/python
+# The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
+SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_match.py
+
+.PHONY: demo test test-avx2 test-py310 lab install clean bench notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +33,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# The solver's tests with oneDNN limited to AVX2: an AMD-like path (no AMX, no native bfloat16) on any x86-64.
+test-avx2: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider $(SOLVER_TESTS)
+
+$(VENV310)/.installed: pyproject.toml
+	test -x $(PY310) || $(PYTHON310) -m venv $(VENV310)
+	$(PY310) -m pip install -q --upgrade pip
+	$(PY310) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PY310) -m pip install -q -e ".[dev]"
+	touch $@
+
+# core and sources (numerics, cache, loaders, steering) under Python 3.10
+test-py310: $(VENV310)/.installed
+	HF_HUB_OFFLINE=1 $(PY310) -m pytest -q -p no:cacheprovider tests/core tests/sources
+
 notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_notebooks.py
 
@@ -37,4 +59,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_matching.py
 
 clean:
-	rm -rf $(VENV) out .saematch_cache
+	rm -rf $(VENV) $(VENV310) out .saematch_cache

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .results import LayerMatch
+from .results import LayerMatch, ResultVersionError
 from .weights import SAEWeights
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
@@ -47,7 +47,18 @@ _NOT_IN_KEY = {"device", "progress"}
 
 
 class CacheWarning(UserWarning):
-    """A cache entry was unreadable or stale and is being recomputed."""
+    """A cache entry was unreadable or stale and is being recomputed, or the cache folder cannot
+    be written (the run goes on; its results are kept in memory only)."""
+
+
+def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "results") -> None:
+    """The one warning for a cache folder that cannot be written (sources use it too)."""
+    warnings.warn(
+        f"saematch_nb cannot write its cache folder {folder} ({type(exc).__name__}: {exc}); the run "
+        f"goes on and its {what} are kept in memory only (a re-run recomputes them). Choose a writable "
+        f"folder with cache_dir=... or the environment variable {ENV_VAR}, or pass cache=False.",
+        CacheWarning, stacklevel=3,
+    )
 
 
 def default_cache_dir() -> Path:
@@ -157,51 +168,75 @@ class MatchCache:
     def __init__(self, cache_dir: str | os.PathLike | None = None):
         self.dir = resolve_cache_dir(cache_dir)
         self.rejected = 0  # entries found but unusable (unreadable, other key, stale)
+        self.write_failures = 0  # results that could not be written (kept in memory only)
 
     def path(self, key: str) -> Path:
         return self.dir / f"{key}.npz"
 
-    def get(self, key: str) -> LayerMatch | None:
-        """The cached match for ``key``, or None (missing, unreadable or written for another key)."""
+    def _reject(self, p: Path, why: str) -> None:
+        warnings.warn(f"ignoring saematch_nb cache file {p}: {why}; the pair is recomputed and the "
+                      "file rewritten", CacheWarning, stacklevel=4)
+        self.rejected += 1
+
+    def get(self, key: str, expect: Mapping[str, Any] | None = None) -> LayerMatch | None:
+        """The cached match for ``key``, or None (missing, unreadable, written for another key or
+        by another saematch_nb version, or not fitting ``expect``).
+
+        ``expect``: what is known of the SAEs at hand without loading them, checked against the
+        file (a key only names them): ``n_a`` / ``n_b`` (widths), ``fingerprint_a`` /
+        ``fingerprint_b`` (weights hashes); None values are not checked."""
         p = self.path(key)
-        if not p.exists():
+        try:
+            if not (p.exists() or p.is_symlink()):
+                return None
+        except OSError:  # an unreadable folder: nothing can be read from it
             return None
         try:
             lm = LayerMatch.load(p)
-        except Exception as e:  # truncated zip, bad JSON, missing array: all mean "recompute"
-            warnings.warn(
-                f"ignoring unreadable saematch_nb cache file {p} ({type(e).__name__}: {e}); "
-                "the pair is recomputed and the file rewritten",
-                CacheWarning, stacklevel=3,
-            )
-            self.rejected += 1
+        except ResultVersionError as e:  # stale: written by another saematch_nb version
+            self._reject(p, f"it is stale ({e})")
+            return None
+        except Exception as e:  # truncated zip, bad JSON, a folder: all mean "recompute"
+            self._reject(p, f"it is unreadable ({type(e).__name__}: {e})")
             return None
         if lm.stats.get("cache_key") != key:
-            warnings.warn(
-                f"ignoring saematch_nb cache file {p}: it was written for another key; "
-                "the pair is recomputed and the file rewritten",
-                CacheWarning, stacklevel=3,
-            )
-            self.rejected += 1
+            self._reject(p, "it was written for another key")
             return None
+        for name, want in (expect or {}).items():
+            have = getattr(lm, name)
+            if want is not None and have != want:
+                self._reject(p, f"its {name} is {have!r} but the SAE at hand has {want!r}")
+                return None
         return lm
 
     def put(self, key: str, lm: LayerMatch) -> LayerMatch:
-        """Store (atomically) and return the match stamped with its key."""
+        """Store (atomically) and return the match stamped with its key. A folder that cannot
+        be written is a warning, not an error: the match is returned all the same."""
         from dataclasses import replace
 
         if lm.stats.get("cache_key") != key:
             lm = replace(lm, stats={**lm.stats, "cache_key": key})
-        lm.save(self.path(key))
+        p = self.path(key)
+        try:
+            if p.is_dir():  # os.replace cannot put a file there; never delete a user's folder
+                raise IsADirectoryError(f"{p} is a folder, not a cache file: remove it")
+            lm.save(p)
+        except OSError as e:  # permissions, read-only or full disk, a folder in the way
+            if not self.write_failures:
+                warn_unwritable(self.dir, e, "matches")
+            self.write_failures += 1
         return lm
 
     def clear(self) -> int:
-        """Delete every cached match in this folder; returns how many files were removed."""
+        """Delete every cached match in this folder, and temp files a killed run left behind;
+        returns how many files were removed."""
         n = 0
         if self.dir.is_dir():
-            for p in self.dir.glob("*.npz"):
-                p.unlink(missing_ok=True)
-                n += 1
+            for pattern in ("*.npz", ".*.npz.*.tmp"):
+                for p in self.dir.glob(pattern):
+                    if p.is_file() or p.is_symlink():
+                        p.unlink(missing_ok=True)
+                        n += 1
         return n
 
     def __repr__(self) -> str:

@@ -25,8 +25,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._checks import as_index
 from .cache import CacheWarning, MatchCache, identity, is_lazy, normalize_options, pair_key
-from .results import FeatureTrace, LayerMatch, ResultMismatchError, TraceStep, _jsonable
+from .results import (FeatureTrace, LayerMatch, ResultFileError, ResultMismatchError, TraceStep, _jsonable,
+                      check_format_version)
 from .weights import SAEInfo, SAEWeights, as_weights
 
 # 2: LayerMatch files of the null-calibrated criterion
@@ -38,6 +40,19 @@ _MATCH_TARGET = "saematch_nb.core.match:match"
 def _resolve(target: str):
     mod, attr = target.split(":")
     return getattr(importlib.import_module(mod), attr)
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+); on 3.10 the note goes into
+    ``__notes__`` too and is shown as a warning, so the real error is still what is raised."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+        return
+    try:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+    except AttributeError:  # an exception type that refuses new attributes
+        pass
+    warnings.warn(note, RuntimeWarning, stacklevel=3)
 
 
 def _maxrss_bytes() -> int:
@@ -113,7 +128,7 @@ class MatchChain:
     # -- lookup ---------------------------------------------------------------------------------
     def _pos(self, layer: int) -> int:
         try:
-            return self.layers.index(int(layer))
+            return self.layers.index(as_index(layer, "layer"))
         except ValueError:
             raise KeyError(f"layer {layer} is not in this chain (layers {self.layers})") from None
 
@@ -174,7 +189,7 @@ class MatchChain:
         """
         p = self._pos(layer)
         n = self.n_features(layer)
-        feature = int(feature)
+        feature = as_index(feature, "feature")
         if not 0 <= feature < n:
             raise IndexError(f"feature {feature} is out of range: layer {layer} has {n} features")
         T = len(self.layers)
@@ -408,9 +423,15 @@ class MatchChain:
         f = d / "chain.json"
         if not f.exists():
             raise FileNotFoundError(f"{d} holds no chain.json: not a folder written by MatchChain.save")
-        meta = json.loads(f.read_text())
-        if meta.get("kind") != "MatchChain":
-            raise ValueError(f"{f} describes a {meta.get('kind')!r}, not a MatchChain")
+        try:
+            meta = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ResultFileError(f"{f} is not readable JSON ({e}); it is damaged or truncated: "
+                                  "recompute the chain and save it again") from e
+        if not isinstance(meta, dict) or meta.get("kind") != "MatchChain":
+            kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+            raise ResultFileError(f"{f} describes a {kind!r}, not a MatchChain")
+        check_format_version(meta, f, "MatchChain", FORMAT_VERSION)
         pairs = tuple(LayerMatch.load(d / name) for name in meta["files"])
         return cls(pairs=pairs, layers=tuple(meta["layers"]),
                    infos=tuple(SAEInfo.from_dict(i) for i in meta["infos"]),
@@ -446,12 +467,26 @@ def _peek_info(obj: Any) -> SAEInfo | None:
     return info if isinstance(info, SAEInfo) else None
 
 
+def _known(obj: Any) -> tuple[int | None, str | None]:
+    """(d_sae, weights hash) of an SAE when known without loading it (None = unknown)."""
+    if isinstance(obj, SAEWeights):
+        return obj.d_sae, obj.fingerprint()
+    width = getattr(obj, "width", None) if hasattr(obj, "to_weights") else None
+    return (width if isinstance(width, int) and not isinstance(width, bool) else None), None
+
+
+def _expect(a: Any, b: Any) -> dict[str, Any]:
+    """What a cached pair of ``a`` -> ``b`` must hold (MatchCache.get's ``expect``)."""
+    (n_a, fp_a), (n_b, fp_b) = _known(a), _known(b)
+    return {"n_a": n_a, "n_b": n_b, "fingerprint_a": fp_a, "fingerprint_b": fp_b}
+
+
 def _match_cached(a: Any, b: Any, match_kwargs: dict, store: MatchCache | None):
     """One pair through the cache (used by check_composition)."""
     fn = _resolve(_MATCH_TARGET)
     key = pair_key(identity(a), identity(b), normalize_options(match_kwargs, fn)) if store else None
     if store is not None:
-        lm = store.get(key)
+        lm = store.get(key, _expect(a, b))
         if lm is not None:
             return lm, True
     call_kw = {"progress": False, **match_kwargs}
@@ -461,11 +496,29 @@ def _match_cached(a: Any, b: Any, match_kwargs: dict, store: MatchCache | None):
     return lm, False
 
 
-def _stale(lm: LayerMatch, fp_a: str | None, fp_b: str | None) -> str | None:
-    """Why a cached match does not fit weights loaded since (None = it fits or nothing known)."""
-    for side, now, then in (("A", fp_a, lm.fingerprint_a), ("B", fp_b, lm.fingerprint_b)):
-        if now and then and now != then:
-            return f"SAE {side} now has weights hash {now}, the cached match was made from {then}"
+def _stale(lm: LayerMatch, a: tuple | None, b: tuple | None) -> str | None:
+    """Why a cached match does not fit SAEs loaded since, given as (weights hash, d_sae) per side
+    (None = it fits or nothing known)."""
+    for side, now, then in (("A", a, (lm.fingerprint_a, lm.n_a)), ("B", b, (lm.fingerprint_b, lm.n_b))):
+        if now is None:
+            continue
+        if now[0] and then[0] and now[0] != then[0]:
+            return f"SAE {side} now has weights hash {now[0]}, the cached match was made from {then[0]}"
+        if now[1] != then[1]:
+            return f"SAE {side} now has {now[1]} features, the cached match has {then[1]}"
+    return None
+
+
+def _inconsistent(pairs: list, t: int) -> str | None:
+    """Why cached pairs t and t+1 cannot both be right: they disagree about the SAE they share."""
+    x, y = pairs[t], pairs[t + 1]
+    if x is None or y is None:
+        return None
+    if x.n_b != y.n_a:
+        return f"pair {t} ends with {x.n_b} features but pair {t + 1} starts with {y.n_a}"
+    if x.fingerprint_b and y.fingerprint_a and x.fingerprint_b != y.fingerprint_a:
+        return (f"pair {t} ends with an SAE of weights hash {x.fingerprint_b} but pair {t + 1} starts "
+                f"with one of hash {y.fingerprint_a}")
     return None
 
 
@@ -552,12 +605,26 @@ def match_chain(
         if store is not None:
             for t in range(n_pairs):
                 t0 = time.perf_counter()
-                lm = store.get(keys_[t])
+                lm = store.get(keys_[t], _expect(items[t], items[t + 1]))
                 if lm is not None:
                     pairs[t] = lm
                     per_pair[t] = {"cached": True, "seconds": time.perf_counter() - t0}
                     hits += 1
                     bar.update(1)
+            # Files are trusted on their key only as far as they agree: two cached neighbours
+            # that disagree about their shared SAE cannot both be right; both are recomputed.
+            bad = set()
+            for t in range(n_pairs - 1):
+                why = _inconsistent(pairs, t)
+                if why:
+                    warnings.warn(f"recomputing cached pairs {t} and {t + 1} of {store.dir}: {why}",
+                                  CacheWarning, stacklevel=2)
+                    bad.update((t, t + 1))
+            for t in bad:
+                store.rejected += 1
+                hits -= 1
+                pairs[t], per_pair[t] = None, {}
+                bar.update(-1)
         bar.set_postfix(cached=hits)
         todo = [t for t in range(n_pairs) if pairs[t] is None]
         while True:  # ends: each round leaves fewer cached pairs to doubt
@@ -567,9 +634,10 @@ def match_chain(
                 _run_executor(executor, todo, items, pairs, per_pair, call_kw, store, keys_, bar)
             # Handles are keyed by name: check cached pairs against the weights that were loaded
             # anyway (fingerprints of the pairs just computed); a stale one is computed again.
-            seen: dict[int, str] = {}
+            seen: dict[int, tuple] = {}
             for t in todo:
-                seen[t], seen[t + 1] = pairs[t].fingerprint_a, pairs[t].fingerprint_b
+                seen[t] = (pairs[t].fingerprint_a, pairs[t].n_a)
+                seen[t + 1] = (pairs[t].fingerprint_b, pairs[t].n_b)
             todo = []
             for t in range(n_pairs):
                 if not per_pair[t].get("cached"):
@@ -631,7 +699,7 @@ def _run_sequential(todo, items, pairs, per_pair, held, note_held, call_kw, stor
             note_held()
             lm = _resolve(_MATCH_TARGET)(held[t], held[t + 1], **call_kw)
         except Exception as e:
-            e.add_note(_resume_note(t, pairs, store))
+            _add_note(e, _resume_note(t, pairs, store))
             raise
         if store is not None:
             lm = store.put(keys_[t], lm)
@@ -662,14 +730,19 @@ def _run_executor(executor, todo, items, pairs, per_pair, call_kw, store, keys_,
         bar.update(1)
     if errors:
         e = errors[min(errors)]
-        e.add_note(_resume_note(min(errors), pairs, store, n_failed=len(errors)))
+        _add_note(e, _resume_note(min(errors), pairs, store, n_failed=len(errors)))
         raise e
 
 
 def _resume_note(t: int, pairs: list, store: MatchCache | None, n_failed: int = 1) -> str:
     done = sum(p is not None for p in pairs)
-    where = (f"they are cached in {store.dir}; run match_chain again to resume"
-             if store is not None else "they are lost because cache=False")
+    if store is None:
+        where = "they are lost because cache=False"
+    elif store.write_failures:
+        where = (f"{store.dir} could not be written, so they are not cached: choose a writable "
+                 "cache_dir (or $SAEMATCH_CACHE_DIR) to resume after a failure")
+    else:
+        where = f"they are cached in {store.dir}; run match_chain again to resume"
     return (f"saematch_nb.match_chain: pair {t} failed ({n_failed} pair(s) failed in all); "
             f"{done} finished pair(s): {where}")
 

@@ -124,6 +124,25 @@ def _feature_scales(
     return s
 
 
+def _check_folded(label: str, scale: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Folding divides by θ: in float16 (max 65504) a tiny θ overflows to inf, and matching
+    would then fail deep inside the solver. Name the features and say what to do."""
+    bad = torch.zeros(scale.shape[0], dtype=torch.bool, device=scale.device)
+    for name, t in tensors.items():
+        fin = torch.isfinite(t.detach())
+        bad |= ~(fin.all(0) if name == "W_enc" else fin.all(1) if name == "W_dec" else fin)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).flatten().tolist()
+        shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+        dtype = str(next(iter(tensors.values())).dtype).replace("torch.", "")
+        raise ValueError(
+            f"{label}: folding overflows {dtype} for {len(idx)} feature(s) (indices {shown}; smallest "
+            f"scale {float(scale[bad].min()):.3g}): the folded weights do not fit {dtype}. Convert the "
+            "SAE to float32 first (sae.to(dtype=torch.float32), or saematch_nb.as_weights(sae) for a "
+            "sae-lens SAE), then fold or match it"
+        )
+
+
 def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWeights:
     label = f"fold({w.info.label})"
     # a NaN/inf threshold is handled (named, or skipped) by the threshold check below
@@ -136,15 +155,11 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
     thr = None
     if w.threshold is not None:
         thr = (w.threshold.to(torch.float64) / s_t).to(w.threshold.dtype)
-    return replace(
-        w,
-        W_enc=(w.W_enc.to(torch.float64) / s_t[None, :]).to(dt),
-        b_enc=(w.b_enc.to(torch.float64) / s_t).to(w.b_enc.dtype),
-        W_dec=(w.W_dec.to(torch.float64) * s_t[:, None]).to(w.W_dec.dtype),
-        threshold=thr,
-        folded=True,
-        _cache={},
-    )
+    W_enc = (w.W_enc.to(torch.float64) / s_t[None, :]).to(dt)
+    b_enc = (w.b_enc.to(torch.float64) / s_t).to(w.b_enc.dtype)
+    W_dec = (w.W_dec.to(torch.float64) * s_t[:, None]).to(w.W_dec.dtype)
+    _check_folded(label, s_t, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec)
+    return replace(w, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, threshold=thr, folded=True, _cache={})
 
 
 def _module_architecture(sae: Any) -> str:
@@ -168,6 +183,9 @@ def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
             f"{label}: this SAE stores log_threshold; convert it with saematch_nb.as_weights(sae) "
             "and fold the SAEWeights instead"
         )
+    if sae.W_enc.ndim != 2 or 0 in tuple(sae.W_enc.shape):
+        raise ValueError(f"{label}: W_enc has shape {tuple(sae.W_enc.shape)}; an SAE needs at least one "
+                         "feature and one input dimension ([d_in, d_sae], both > 0)")
     _check_finite(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None))
     s = _feature_scales(thr, sae.W_dec, arch, bad_threshold, topk_rtol, label)
     out = copy.deepcopy(sae)
@@ -175,10 +193,12 @@ def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
         return out
     with torch.no_grad():
         s_t = s.to(device=out.W_enc.device)
-        for name, op in (("W_enc", lambda t: t / s_t[None, :]), ("b_enc", lambda t: t / s_t),
-                         ("W_dec", lambda t: t * s_t[:, None])):
-            p = getattr(out, name)
-            p.copy_(op(p.to(torch.float64)).to(p.dtype))
+        folded = {name: op(getattr(out, name).to(torch.float64)).to(getattr(out, name).dtype)
+                  for name, op in (("W_enc", lambda t: t / s_t[None, :]), ("b_enc", lambda t: t / s_t),
+                                   ("W_dec", lambda t: t * s_t[:, None]))}
+        _check_folded(label, s_t, **folded)  # before the copy is changed: nothing half-folded
+        for name, t in folded.items():
+            getattr(out, name).copy_(t)
         if arch == "jumprelu":
             out.threshold.copy_((out.threshold.to(torch.float64) / s_t).to(out.threshold.dtype))
     return out

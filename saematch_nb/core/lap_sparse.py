@@ -23,7 +23,10 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
    ``C_ij >= max(r_i, s_j, |x_i|^2 + |y_j|^2 - 2 min(rho_i, rho_c_j)) - eta_i - eta_j`` with
    ``eta = c * |x|^2``, ``c = 2 gamma_D + 4u`` (``gamma_D = D u / (1 - D u)``, u = 2^-24): the
    worst-case float32 error of the product for ANY summation order (Higham), so the proof does
-   not depend on how the BLAS sums (TF32 is switched off). O(n_a n_b) scalar work, D times
+   not depend on how the BLAS sums (TF32 is switched off), plus an absolute term for underflow
+   (:func:`_underflow_slack`: denormals rounded or flushed to zero); inputs whose largest element
+   is below 2^-40 are first multiplied by a power of two (exact; results are given back in the
+   inputs' units), so that term stays negligible. O(n_a n_b) scalar work, D times
    less than the product, no second matrix pass; a row's bound stays valid across warm rounds
    (v only decreases), so later rounds only re-check the rows it does not clear.
    Rows that fail are priced: their product is recomputed on their SUSPECT columns only (those
@@ -39,7 +42,7 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 Product precision (``precision="auto"``): on a CPU with AMX the pass and the pricing multiply
 bfloat16 copies of X and Y (float32 accumulation, bfloat16 output; 4.6x faster than float32
 here). Their error is bounded the same way, with a larger factor (:func:`_bf16_error_factor`:
-input rounding measured per row, accumulation, output rounding, denormal flush; about 0.009
+input rounding measured per row, accumulation, output rounding; about 0.009
 instead of 0.00055 at D = 4608), so the certificate still proves optimality for the exact
 float64 costs; the result is the same optimum. bfloat16 output rounding makes many approximate
 costs tie exactly, which stalls Jonker-Volgenant row reduction: a fixed hash shift DOWN by at
@@ -63,6 +66,7 @@ columns). ``n_a > n_b`` without partial mode is solved transposed (n_a - n_b row
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import time
@@ -175,12 +179,12 @@ class _Problem:
         else:
             self.c_err = 2 * gamma + 4 * _U32
         self.Yp = self.Yb if self.Yb is not None else self.Yd  # the Y every pass/pricing product uses
-        self.eta_x = self.c_err * self.nx64
-        self.eta_y = self.c_err * self.ny64
+        # relative part (rounding) + absolute part (underflow: no relative bound covers a product
+        # that is flushed to zero or rounded in the denormal range, in either precision)
+        self.eta_x = self.c_err * self.nx64 + _underflow_slack(self.D, self.nx64)
+        self.eta_y = self.c_err * self.ny64 + _underflow_slack(self.D, self.ny64)
         self.tie_break = 0.0
         if precision == "bfloat16":
-            self.eta_x += _bf16_flush_slack(self.D, self.nx64)
-            self.eta_y += _bf16_flush_slack(self.D, self.ny64)
             self.tie_break = 0.1  # share of the error band used to break bfloat16 ties (jitter_down)
         if block_rows is None:
             block_rows = max(64, min(8192, (1 << 24) // max(self.n_b, 1)))  # ~64 MB float32 block
@@ -577,7 +581,7 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     row) + gamma_D |x'||y'| (fp32 accumulation, any order) + 2^-8 (1 + gamma_D) |x'||y'|
     (bfloat16 output, round to nearest). With d = max |x - x'| / |x| (likewise for y) and
     |x'| <= (1 + 2^-8)|x|: |x.y - G| <= kappa |x||y| and 2 kappa |x||y| <= kappa (|x|^2 + |y|^2).
-    Denormal flushing is bounded separately (_bf16_flush_slack)."""
+    Underflow is bounded separately (_underflow_slack)."""
     u8 = 2.0 ** -8
     d = []
     for T, Tb in ((Xd, None), (Yd, Yb)):
@@ -595,19 +599,27 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     return float(kappa * (1 + 1e-6))
 
 
-def _bf16_flush_slack(D: int, n2: np.ndarray) -> np.ndarray:
-    """Absolute part of the bfloat16 error, per side (``n2``: squared norms of that side).
+def _underflow_slack(D: int, n2: np.ndarray) -> np.ndarray:
+    """Absolute part of the product's error, per side (``n2``: squared norms of that side).
 
-    AMX flushes denormals (DAZ/FTZ): a zeroed input element moves a product by
+    Below 2^-126 the relative bounds fail: a denormal is rounded with an absolute error
+    (gradual underflow) or flushed to zero (DAZ/FTZ: AMX always, any CPU after
+    ``torch.set_flush_denormal(True)``). A zeroed input element moves a product by
     < 2^-126 |y_k|, a flushed product or partial sum by < 2^-126, so the dot moves by
     < 2^-126 (sqrt(D) (|x| + |y|) + 2 D); with |x| <= 1 + |x|^2 and the cost moving twice the
-    dot, 2^-125 (sqrt(D) (1 + |x|^2) + D) per side covers it."""
-    return 2.0 ** -125 * (np.sqrt(D) * (1.0 + n2) + D)
+    dot, 2^-125 (sqrt(D) (1 + |x|^2) + D) per side covers it; + 2^-124 covers the flushed
+    float32 norms and the two additions that form a float32 cost. Inputs with tiny norms are
+    rescaled before the pass (see solve_sparse), so this term stays far below the costs."""
+    return 2.0 ** -125 * (np.sqrt(D) * (1.0 + n2) + D) + 2.0 ** -124
 
 
 def _amx_bf16() -> bool:
     """True when this CPU runs bfloat16 matrix products on AMX tiles (where they are ~4.6x
-    faster than float32 here; on CPUs without AMX bfloat16 is not faster, so it is not used)."""
+    faster than float32 here; on CPUs without AMX bfloat16 is not faster, so it is not used).
+    oneDNN limited below AMX (``ONEDNN_MAX_CPU_ISA=AVX2`` etc.) counts as no AMX."""
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if isa and isa != "ALL" and "AMX" not in isa:
+        return False
     try:
         return bool(torch._C._cpu._init_amx())
     except Exception:  # older/other torch builds: no AMX query
@@ -819,6 +831,14 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     ``stats["precision"]`` and ``stats["product_error_factor"]`` say which ran.
     """
     w = _check_inputs(X, Y, unmatched_cost)
+    shift = _tiny_input_shift(X, Y)
+    if shift:  # exact power-of-two rescale: same assignment, costs times 4^shift (undone below)
+        f1, f2 = 2.0 ** (shift // 2), 2.0 ** (shift - shift // 2)  # each factor fits float32
+        res = solve_sparse(X * f1 * f2, Y * f1 * f2, unmatched_cost=None if w is None else w * 4.0 ** shift,
+                           k=k, k_dot=k_dot, block_rows=block_rows, device=device, progress=progress,
+                           max_rounds=max_rounds, eps_rel=eps_rel, return_duals=return_duals,
+                           precision=precision)
+        return _unscale_result(res, shift)
     if k_dot is None:
         k_dot = auto_k_dot(max(X.shape[0], Y.shape[0]) if w is None else Y.shape[0])
     if k < 1 or k_dot < 1:
@@ -911,6 +931,41 @@ def _finish(P, out, w, eps):
     lb = float(np.sum(np.minimum(u, row_lb)) + np.sum(v))
     gap = 0.0 if proven else (max(0.0, total - lb) if np.isfinite(lb) else float("inf"))
     return col, cost, alt, nearest, near_c, sec_c, total, gap, lb, proven
+
+
+# Largest |element| below which the inputs are rescaled before the pass: products of such
+# elements head for the float32 denormal range, where only the absolute slack bounds the error
+# (_underflow_slack) and it soon exceeds the costs (no proof) or, without it, the bound is wrong.
+_RESCALE_BELOW = 2.0 ** -40
+
+
+def _tiny_input_shift(X: torch.Tensor, Y: torch.Tensor) -> int:
+    """s > 0 with max |element| * 2^s in [0.5, 1) when the inputs are tiny, else 0."""
+    # aminmax reads the inputs once and allocates nothing (abs() would copy a 65k x 4608 input)
+    m = max(max(-float(lo), float(hi)) for lo, hi in (torch.aminmax(T.detach()) for T in (X, Y)))
+    if not (0.0 < m < _RESCALE_BELOW):  # also 0 (all zero) and NaN (reported by _Problem)
+        return 0
+    return -math.frexp(m)[1]
+
+
+def _unscale_result(res, shift: int):
+    """A result of the inputs times 2^shift, in the units of the inputs (costs / 4^shift)."""
+    from dataclasses import fields, replace
+
+    r = 4.0 ** -shift  # exact in float64: costs are far above its underflow range
+    kw = {}
+    for f in fields(res):
+        v = getattr(res, f.name)
+        if f.name in ("cost", "alt_cost", "nearest_cost", "second_cost") and v is not None:
+            kw[f.name] = np.asarray(v) * r
+        elif f.name in ("total", "gap"):
+            kw[f.name] = float(v) * r
+    stats = dict(res.stats)
+    for name in ("eps", "dual_bound", "u", "v"):
+        if name in stats:
+            stats[name] = stats[name] * r
+    stats["input_scale_log2"] = shift
+    return replace(res, stats=stats, **kw)
 
 
 def _make_result(**kw):

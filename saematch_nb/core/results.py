@@ -24,6 +24,25 @@ class ResultMismatchError(ValueError):
     """A saved result is being loaded against SAEs it was not computed from."""
 
 
+class ResultFileError(ValueError):
+    """A saved result cannot be used: damaged or truncated, not a saematch_nb result, or written
+    by another saematch_nb version (the message names the file and says what to do)."""
+
+
+class ResultVersionError(ResultFileError):
+    """A saved result was written by another saematch_nb version (an older or a newer format)."""
+
+
+def check_format_version(meta: Mapping[str, Any], path: Path, kind: str, version: int) -> None:
+    """Refuse files of another format version, older or newer (their fields may mean other things)."""
+    got = meta.get("format_version")
+    if got != version:
+        raise ResultVersionError(
+            f"{path} was written by another saematch_nb version ({kind} format {got!r}; this version "
+            f"reads format {version}): recompute it (saematch_nb.match / match_chain) and save it again"
+        )
+
+
 def _ro(a: Any, dtype: Any) -> np.ndarray:
     """Read-only copy, so that an immutable result cannot be changed through its arrays."""
     arr = np.array(a, dtype=dtype, copy=True)
@@ -201,14 +220,18 @@ class LayerMatch:
             path = path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                permutation=self.permutation, partner=self.partner, mse=self.mse,
-                alt_mse=self.alt_mse, score=self.score, matched=self.matched,
-                meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8),
-            )
-        os.replace(tmp, path)  # a crash mid-write never leaves a truncated result
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    permutation=self.permutation, partner=self.partner, mse=self.mse,
+                    alt_mse=self.alt_mse, score=self.score, matched=self.matched,
+                    meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8),
+                )
+            os.replace(tmp, path)  # a crash mid-write never leaves a truncated result
+        except BaseException:  # full disk, a folder in the way, Ctrl-C: no temp file left behind
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -217,18 +240,32 @@ class LayerMatch:
         path = Path(path)
         if not path.exists() and path.with_suffix(".npz").exists():
             path = path.with_suffix(".npz")
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            if meta.get("kind") != "LayerMatch":
-                raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a LayerMatch")
-            arrays = {k: z[k] for k in ("permutation", "partner", "mse", "alt_mse", "score", "matched")}
-        lm = cls(
-            **arrays, threshold=meta["threshold"], n_a=meta["n_a"], n_b=meta["n_b"],
-            d_in=meta["d_in"], info_a=SAEInfo.from_dict(meta["info_a"]),
-            info_b=SAEInfo.from_dict(meta["info_b"]), fingerprint_a=meta["fingerprint_a"],
-            fingerprint_b=meta["fingerprint_b"], options=meta["options"], stats=meta["stats"],
-            calibration=meta.get("calibration", {}),
-        )
+        if not path.is_file():
+            what = "is a folder, not a saved LayerMatch" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"{path} {what}: pass the .npz file written by LayerMatch.save")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                if not isinstance(meta, dict) or meta.get("kind") != "LayerMatch":
+                    kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+                    raise ResultFileError(f"{path} holds a {kind!r}, not a LayerMatch")
+                check_format_version(meta, path, "LayerMatch", FORMAT_VERSION)
+                arrays = {k: z[k] for k in ("permutation", "partner", "mse", "alt_mse", "score", "matched")}
+            lm = cls(
+                **arrays, threshold=meta["threshold"], n_a=meta["n_a"], n_b=meta["n_b"],
+                d_in=meta["d_in"], info_a=SAEInfo.from_dict(meta["info_a"]),
+                info_b=SAEInfo.from_dict(meta["info_b"]), fingerprint_a=meta["fingerprint_a"],
+                fingerprint_b=meta["fingerprint_b"], options=meta["options"], stats=meta["stats"],
+                calibration=meta.get("calibration", {}),
+            )
+            _check_indices(lm)
+        except ResultFileError:
+            raise
+        except Exception as e:  # truncated zip, bad JSON, missing array or field, bad shapes
+            raise ResultFileError(
+                f"{path} is not a readable LayerMatch file ({type(e).__name__}: {e}); it is damaged "
+                "or truncated: recompute the match and save it again"
+            ) from e
         for side, sae, fp in (("A", sae_a, lm.fingerprint_a), ("B", sae_b, lm.fingerprint_b)):
             if sae is not None:
                 got = as_weights(sae).fingerprint()
@@ -250,6 +287,17 @@ class LayerMatch:
         from ..display import html
 
         return html.layer_match_html(self)
+
+
+def _check_indices(lm: LayerMatch) -> None:
+    """Partner indices must address B's features (-1 = none): a forged or mixed-up file would
+    otherwise fail much later, in trace or compose, or index silently wrong features."""
+    for name in ("permutation", "partner"):
+        a = getattr(lm, name)
+        if a.size and (a.min() < -1 or a.max() >= lm.n_b):
+            raise ValueError(f"{name} holds indices outside -1 .. {lm.n_b - 1} (n_b = {lm.n_b})")
+    if lm.n_a < 0 or lm.n_b < 0 or lm.d_in < 0:
+        raise ValueError(f"negative sizes n_a={lm.n_a}, n_b={lm.n_b}, d_in={lm.d_in}")
 
 
 @dataclass(frozen=True)

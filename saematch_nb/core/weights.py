@@ -97,6 +97,9 @@ class SAEWeights:
                 problems.append(f"b_dec must be [{d_in}], got {tuple(self.b_dec.shape)}")
             if self.threshold is not None and tuple(self.threshold.shape) != (d_sae,):
                 problems.append(f"threshold must be [{d_sae}], got {tuple(self.threshold.shape)}")
+            if d_sae == 0 or d_in == 0:  # fails much later otherwise, deep inside the criterion
+                problems.append(f"it is empty (d_in={d_in}, d_sae={d_sae}): an SAE needs at least one "
+                                "feature and one input dimension; check the weights that were loaded")
         if self.architecture == "jumprelu" and self.threshold is None:
             problems.append("a JumpReLU SAE needs a threshold")
         if self.architecture == "topk" and not self.k:

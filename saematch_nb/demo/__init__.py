@@ -112,9 +112,9 @@ def load(path: str | os.PathLike | None = None, *, sae_transformer: bool = True,
     sources layer is unavailable).
     """
     root = assets_dir(path)
-    # the tokenizer and model are local files: never let transformers ask the hub
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # Everything is a local file, loaded with local-only options (local_files_only, a config
+    # instead of a hub name, load_from_disk). The process environment is left alone: setting
+    # HF_HUB_OFFLINE here would turn every later hub load in the kernel into "unreachable".
     import warnings
 
     from safetensors.torch import load_file

@@ -318,16 +318,23 @@ def collect_activations(
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / key
-    if cache and (final / "meta.json").exists():
+    if cache and _exists(final / "meta.json"):
         try:
             return _load(final, model, all_tokens, doc_offsets, doc, pos, token_ids, stats_extra={"cached": True})
         except Exception:  # an unreadable cache entry is recomputed, never trusted
             shutil.rmtree(final, ignore_errors=True)
 
+    tmp = None
     if cache:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    else:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        except OSError as e:  # the collection runs all the same, uncached
+            from ..core.cache import warn_unwritable
+
+            warn_unwritable(root, e, "activations")
+            cache = False
+    if tmp is None:
         tmp = Path(tempfile.mkdtemp(prefix="saematch_acts_"))
     try:
         np_dtype = np.float16 if dtype == "float16" else np.float32
@@ -368,14 +375,20 @@ def collect_activations(
                 "vocab": {str(k): v for k, v in _vocab_strings(model, all_tokens).items()},
                 "seconds": time.perf_counter() - t0}
         (tmp / "meta.json").write_text(json.dumps(meta))
+        path = tmp
         if cache:
             try:
                 os.replace(tmp, final)
-            except OSError:  # another process finished the same key first: use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-            path = final
-        else:
-            path = tmp
+                path = final
+            except OSError as e:
+                if _exists(final / "meta.json"):  # another process finished the same key first: use theirs
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    path = final
+                else:  # kept where it is, removed with the result (as with cache=False)
+                    from ..core.cache import warn_unwritable
+
+                    warn_unwritable(root, e, "activations")
+                    cache = False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -384,6 +397,13 @@ def collect_activations(
     if not cache:
         weakref.finalize(acts, shutil.rmtree, str(path), True)
     return acts
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # a folder we may not look into holds nothing we can use
+        return False
 
 
 def _load(path: Path, model: Any, all_tokens, doc_offsets, doc, pos, token_ids, stats_extra) -> Activations:

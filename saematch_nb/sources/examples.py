@@ -192,6 +192,7 @@ def collect_examples(
     if k < 1 or n_bins < 1 or per_bin < 0:
         raise ValueError("k and n_bins must be >= 1 and per_bin >= 0")
     out = {}
+    unwritable = False  # warned once per call, not once per layer
     bar = tqdm(total=len(layers) * acts.n_tokens, desc="examples", unit="tok", disable=not progress)
     for L in layers:
         if L not in smap:
@@ -203,20 +204,31 @@ def collect_examples(
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "examples"
         f = root / f"{key}.npz"
         arrays = None
-        if cache and f.exists():
+        if cache:
             try:
                 with np.load(f) as z:
                     arrays = {n: z[n] for n in z.files}
                 bar.update(acts.n_tokens)
-            except Exception:
+            except Exception:  # missing, unreadable or damaged: computed (again)
                 arrays = None
         if arrays is None:
             arrays = _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar)
             if cache:
-                root.mkdir(parents=True, exist_ok=True)
                 tmp = root / f".{key}.{os.getpid()}.tmp.npz"
-                np.savez(tmp, **arrays)
-                os.replace(tmp, f)
+                try:
+                    root.mkdir(parents=True, exist_ok=True)
+                    np.savez(tmp, **arrays)
+                    os.replace(tmp, f)
+                except OSError as e:  # computed: a cache that cannot be written is no error
+                    try:
+                        tmp.unlink(missing_ok=True)
+                    except OSError:
+                        pass
+                    if not unwritable:
+                        from ..core.cache import warn_unwritable
+
+                        warn_unwritable(root, e, "examples")
+                    unwritable = True
         for a in arrays.values():
             a.setflags(write=False)
         out[L] = LayerExamples(layer=L, acts=acts, sae=w, window=tuple(window), **arrays)

@@ -75,8 +75,8 @@ def load_model(
 
     ``name``: a TransformerLens model name or alias (``"gemma-2-2b"``, ``"google/gemma-2-2b"``,
     ``"gpt2"``, ...), or ``"demo"`` for the bundled offline demo model
-    (``saematch_nb.demo.load().model``). ``device`` defaults to CUDA when available, else CPU;
-    ``dtype`` to float32 (``"bfloat16"`` halves memory; Gemma 2 2B is ~10 GB in float32). Extra
+    (``saematch_nb.demo.load().model``; on CPU unless ``device`` says otherwise). ``device``
+    defaults to CUDA when available, else CPU; ``dtype`` to float32 (``"bfloat16"`` halves memory; Gemma 2 2B is ~10 GB in float32). Extra
     keywords go to ``HookedSAETransformer.from_pretrained_no_processing``.
 
     ``backend="bridge"`` returns sae-lens' ``SAETransformerBridge`` instead (TL 3's
@@ -91,21 +91,13 @@ def load_model(
     Raises :class:`ModelAccessError` for gated weights without a token and
     :class:`ModelHubUnavailableError` when the hub cannot be reached and nothing is cached.
     """
-    if name == "demo":
-        from .. import demo
-
-        return demo.load().model
     import torch
 
+    dtype = _torch_dtype(dtype)
+    if name == "demo":
+        return _load_demo(device, dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype is None:
-        dtype = torch.float32
-    elif isinstance(dtype, str):
-        try:
-            dtype = getattr(torch, dtype.replace("torch.", ""))
-        except AttributeError:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'") from None
     if backend not in ("hooked", "bridge"):
         raise ModelLoadError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
     official = _ALIASES.get(name, name)
@@ -130,6 +122,41 @@ def load_model(
             raise
         raise better from exc
     model.eval()
+    return model
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    """float32 (None), a torch floating dtype, or its name; anything else is a ModelLoadError."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace("torch.", ""), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use a floating dtype, e.g. 'float32' or 'bfloat16'")
+    return dtype
+
+
+def _load_demo(device: str | None, dtype: Any) -> Any:
+    """The bundled demo model on ``device`` (default CPU) in ``dtype``, or a clear error."""
+    import torch
+
+    from .. import demo
+
+    if device is None:
+        model = demo.load().model
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ModelLoadError(f"unknown device {device!r} ({e}); use e.g. 'cpu' or 'cuda'") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA GPU here; "
+                                 "use device='cpu' (the demo model is small)")
+        model = demo.load(device=str(dev), handles=False).model
+    if dtype != torch.float32:
+        model.to(dtype, print_details=False)  # TransformerLens' to() also sets cfg.dtype
     return model
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..core._checks import as_index
 
 API = "https://www.neuronpedia.org/api/feature"
 PAGE = "https://neuronpedia.org"
@@ -71,12 +74,22 @@ class NeuronpediaFeature:
             return f"<pre>{escape(repr(self))}</pre>"
 
 
+# Neuronpedia's model and source ids are slugs. Both parts become folder names of the cache
+# and segments of the URL, so nothing else is let through ("..", separators, "?", "#", ...).
+_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
 def split_id(neuronpedia_id: str) -> tuple[str, str]:
     """"gemma-2-2b/12-gemmascope-res-16k" -> ("gemma-2-2b", "12-gemmascope-res-16k")."""
     parts = str(neuronpedia_id).strip("/").split("/")
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"a Neuronpedia id is 'model/source', e.g. 'gemma-2-2b/12-gemmascope-res-16k'; "
                          f"got {neuronpedia_id!r}")
+    bad = [p for p in parts if not _ID_PART.fullmatch(p)]
+    if bad:
+        raise ValueError(f"Neuronpedia id {neuronpedia_id!r}: {bad[0]!r} is not a Neuronpedia model or source "
+                         "id (letters, digits and . _ + - only, starting with a letter or digit), e.g. "
+                         "'gemma-2-2b/12-gemmascope-res-16k'")
     return parts[0], parts[1]
 
 
@@ -140,16 +153,19 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
         if not neuronpedia_id:
             raise ValueError(f"{type(obj).__name__} has no Neuronpedia id (info.neuronpedia_id is empty): "
                              "pass the id as 'model/source', e.g. 'gemma-2-2b/12-gemmascope-res-16k'")
-    model_id, source = split_id(neuronpedia_id)
-    index = int(index)
+    model_id, source = split_id(neuronpedia_id)  # checked before any file or network access
+    index = as_index(index, "feature index")
     if index < 0:
         raise ValueError(f"feature index must be >= 0, got {index}")
-    path = _cache_dir(cache_dir) / model_id / source / f"{index}.json"
-    if cache and path.exists():
+    root = _cache_dir(cache_dir)
+    path = root / model_id / source / f"{index}.json"
+    if cache and _is_file(path):
         try:
             return parse_feature(json.loads(path.read_text("utf-8")), model_id, source, index)
         except (ValueError, json.JSONDecodeError):
-            path.unlink(missing_ok=True)  # a damaged entry is fetched again
+            _unlink(path)  # a damaged entry is fetched again
+        except OSError:  # unreadable: fetch again (and try to overwrite it)
+            pass
     url = f"{API}/{model_id}/{source}/{index}"
     try:
         data = _get_json(url, timeout)
@@ -166,8 +182,28 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
             "Neuronpedia (explanations are optional)") from None
     feat = parse_feature(data, model_id, source, index)  # parse before caching: never cache garbage
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), "utf-8")
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data), "utf-8")
+            os.replace(tmp, path)
+        except OSError as e:  # the feature was fetched: a cache that cannot be written is no error
+            from ..core.cache import warn_unwritable
+
+            _unlink(tmp)
+            warn_unwritable(root, e, "Neuronpedia features")
     return feat
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

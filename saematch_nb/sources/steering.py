@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..core._checks import as_index
 from ..core.fold import fold
 from ..core.weights import SAEWeights, _layer_from_hook, as_weights
 
@@ -70,9 +72,10 @@ class SteeringPlan:
     origin: tuple[int, int] = (0, 0)
     fingerprints: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    n_features: tuple[int, ...] = ()  # d_sae of each layer's SAE as the chain saw it (() = unknown)
 
     def __post_init__(self) -> None:
-        for name in ("layers", "features", "hook_names", "strengths", "fingerprints"):
+        for name in ("layers", "features", "hook_names", "strengths", "fingerprints", "n_features"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         object.__setattr__(self, "features", tuple(int(x) for x in self.features))
@@ -82,9 +85,10 @@ class SteeringPlan:
         if not (len(self.features) == len(self.hook_names) == len(self.strengths) == n):
             raise ValueError("SteeringPlan: layers, features, hook_names and strengths must have equal length, "
                              f"got {n}, {len(self.features)}, {len(self.hook_names)}, {len(self.strengths)}")
-        if self.fingerprints and len(self.fingerprints) != n:
-            raise ValueError(f"SteeringPlan: fingerprints must be empty or one per layer ({n}), "
-                             f"got {len(self.fingerprints)}")
+        for name in ("fingerprints", "n_features"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"SteeringPlan: {name} must be empty or one per layer ({n}), "
+                                 f"got {len(getattr(self, name))}")
         if self.mode not in MODES:
             raise ValueError(f"unknown steering mode {self.mode!r}; choose one of {MODES}")
         if len(set(self.hook_names)) != n:
@@ -150,7 +154,7 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
         raise ValueError(f"unknown steering mode {mode!r}; choose one of {MODES}")
     if schedule not in SCHEDULES:  # fail before the trace is computed
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
-    layer, feature = int(layer), int(feature)
+    layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
     # chain.trace checks that the layer is in the chain and the feature in range (clear messages)
     tr = chain.trace(layer, feature, accepted_only=accepted_only)
     if span == "single":
@@ -161,36 +165,43 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
             pairs = [(l, f) for l, f in pairs if l <= layer]
     chain_layers = list(chain.layers)
     infos = list(getattr(chain, "infos", ()))
-    hooks, fps = [], []
+    hooks, fps, widths = [], [], []
     for l, _ in pairs:
         pos = chain_layers.index(l)
         info = infos[pos] if pos < len(infos) else None
         hooks.append(info.hook_name if (info is not None and info.hook_name) else hook_template.format(L=l))
         fps.append(_chain_fingerprint(chain, pos))
+        if hasattr(chain, "n_features"):
+            widths.append(int(chain.n_features(l)))
     layers = [l for l, _ in pairs]
     return SteeringPlan(
         layers=tuple(layers), features=tuple(f for _, f in pairs), hook_names=tuple(hooks),
         strengths=tuple(schedule_strengths(layers, strength, schedule, alpha, mode)), mode=mode,
-        origin=(layer, feature), fingerprints=tuple(fps),
+        origin=(layer, feature), fingerprints=tuple(fps), n_features=tuple(widths) if len(widths) == len(fps) else (),
         options={"strength": float(strength), "span": span, "schedule": schedule, "alpha": float(alpha),
                  "accepted_only": bool(accepted_only)},
     )
 
 
 # -- hooks ----------------------------------------------------------------------------------------
+def _peek_hook(obj: Any) -> str | None:
+    """The hook an SAE reads, without loading or converting its weights (None = unknown)."""
+    info = getattr(obj, "info", None)
+    hook = getattr(info, "hook_name", None) if info is not None else None
+    cfg = getattr(obj, "cfg", None)
+    if not hook and cfg is not None:
+        meta = getattr(cfg, "metadata", None)
+        hook = getattr(meta, "hook_name", None) or getattr(cfg, "hook_name", None)
+    return hook if isinstance(hook, str) and hook else None
+
+
 def _peek_layer(obj: Any) -> int | None:
     """The layer an SAE reads, without loading or converting its weights."""
     info = getattr(obj, "info", None)
     if info is not None and getattr(info, "layer", None) is not None:
         return int(info.layer)
-    cfg = getattr(obj, "cfg", None)
-    if cfg is not None:
-        meta = getattr(cfg, "metadata", None)
-        hook = getattr(meta, "hook_name", None) or getattr(cfg, "hook_name", None)
-        layer = _layer_from_hook(hook)
-        if layer is not None:
-            return int(layer)
-    return None
+    layer = _layer_from_hook(_peek_hook(obj))
+    return None if layer is None else int(layer)
 
 
 def _sae_for_layer(saes: Any, layer: int) -> Any:
@@ -198,7 +209,14 @@ def _sae_for_layer(saes: Any, layer: int) -> Any:
         by = {int(k): v for k, v in saes.items()}
         if layer not in by:
             raise KeyError(f"no SAE for steered layer {layer}: SAEs are given for layers {sorted(by)}")
-        return by[layer]
+        sae = by[layer]
+        # the mapping says which layer an SAE is for; the SAE itself says which layer it reads
+        reads = _peek_layer(sae)
+        if reads is not None and reads != layer:
+            raise ValueError(
+                f"the SAE given for layer {layer} reads layer {reads} ({_peek_hook(sae) or 'its info.layer'}): "
+                "map each layer to its own SAE (the ones the chain was built from)")
+        return sae
     items = list(saes)
     found = {}
     for pos, s in enumerate(items):
@@ -248,25 +266,54 @@ def _is_topk_module(sae: Any) -> bool:
     return "topk" in str(arch or "").lower()
 
 
-def _feature_params(sae: Any, layer: int, f: int, fingerprint: str) -> _FeatureParams:
+def _not_the_chains(layer: int, got: str, want: str) -> ValueError:
+    return ValueError(
+        f"the SAE given for layer {layer} ({got}) is not the one the chain was matched on ({want}): "
+        "pass the SAEs the chain was built from")
+
+
+# weights hash of sae-lens SAEs, computed once per SAE (and again when a parameter changes)
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _module_fingerprint(sae: Any) -> str:
+    state = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in
+                  (getattr(sae, a, None) for a in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold",
+                                                   "log_threshold")) if isinstance(t, torch.Tensor))
+    got = _FINGERPRINTS.get(sae)
+    if got is None or got[0] != state:
+        got = (state, as_weights(sae).fingerprint())
+        _FINGERPRINTS[sae] = got
+    return got[1]
+
+
+def _feature_params(sae: Any, layer: int, f: int, fingerprint: str, n_features: int | None = None) -> _FeatureParams:
     lazy_ok = (not isinstance(sae, SAEWeights) and not hasattr(sae, "to_weights")
                and all(hasattr(sae, a) for a in ("W_enc", "b_enc", "W_dec", "b_dec"))
                and not _is_topk_module(sae))
     if lazy_ok:  # a sae-lens JumpReLU / ReLU SAE: only feature f is needed
         d_sae = int(sae.W_enc.shape[-1])
+        if n_features is not None and d_sae != n_features:
+            raise _not_the_chains(layer, f"{d_sae} features", f"{n_features} features")
         if not 0 <= f < d_sae:
             raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={d_sae})")
+        # The hash is of float32 weights: exact for a float32 SAE (computed once per SAE); one
+        # loaded in another precision cannot match a float32 chain's hash, so only its width is checked.
+        if fingerprint and sae.W_enc.dtype == torch.float32:
+            fp = _module_fingerprint(sae)
+            if fp != fingerprint:
+                raise _not_the_chains(layer, f"weights hash {fp}", f"hash {fingerprint}")
         one = as_weights(_OneFeature(sae, f))
         return _FeatureParams(one.W_enc[:, 0], one.b_enc[0], None if one.threshold is None else one.threshold[0],
                               one.W_dec[0], fold(one).W_dec[0], one.b_dec if one.apply_b_dec_to_input else None,
                               None, one.d_in, d_sae)
     w = as_weights(sae)
+    if n_features is not None and w.d_sae != n_features:
+        raise _not_the_chains(layer, f"{w.d_sae} features", f"{n_features} features")
     if not 0 <= f < w.d_sae:
         raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={w.d_sae})")
-    if fingerprint and isinstance(sae, SAEWeights) and w.fingerprint() != fingerprint:
-        raise ValueError(
-            f"the SAE given for layer {layer} (weights hash {w.fingerprint()}) is not the one the chain "
-            f"was matched on (hash {fingerprint}): pass the SAEs the chain was built from")
+    if fingerprint and w.fingerprint() != fingerprint:  # SAEWeights, handles, TopK modules alike
+        raise _not_the_chains(layer, f"weights hash {w.fingerprint()}", f"hash {fingerprint}")
     if w.architecture == "topk":
         with warnings.catch_warnings():  # fold's note on unequal TopK norms is about matching
             warnings.simplefilter("ignore", UserWarning)
@@ -359,10 +406,13 @@ def steering_hooks(plan: SteeringPlan, saes: Any, *, model: Any = None) -> list[
     is read from their hook name. ``model``: when given, hook names are checked against it and
     routed into SAEs spliced in with ``HookedSAETransformer.add_sae``. Nothing is attached here.
     """
+    if model is not None:  # a plan for layers the model lacks: say that first
+        _check_hook_names(model, [n for n in plan.hook_names if _attached_sae(model, n) is None])
     hooks = []
     fps = plan.fingerprints or ("",) * len(plan.layers)
-    for l, f, name, s, fp in zip(plan.layers, plan.features, plan.hook_names, plan.strengths, fps):
-        p = _feature_params(_sae_for_layer(saes, l), l, f, fp)
+    widths = plan.n_features or (None,) * len(plan.layers)
+    for l, f, name, s, fp, n in zip(plan.layers, plan.features, plan.hook_names, plan.strengths, fps, widths):
+        p = _feature_params(_sae_for_layer(saes, l), l, f, fp, n)
         wrapper = _attached_sae(model, name) if model is not None else None
         if wrapper is not None:
             d_sae = int(wrapper.sae.cfg.d_sae)
@@ -427,12 +477,40 @@ class SteeringResult:
 
 
 def _generate(model: Any, prompt: str, max_new_tokens: int, temperature: float, seed: int, kw: dict) -> str:
-    torch.manual_seed(seed)
-    out = model.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature if temperature > 0 else 1.0,
-                         do_sample=temperature > 0, verbose=False, return_type="str", **kw)
+    dev = getattr(getattr(model, "cfg", None), "device", None)
+    cuda = [torch.device(dev)] if dev is not None and torch.device(dev).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded here, the caller's RNG state restored after
+        torch.manual_seed(seed)
+        out = model.generate(prompt, max_new_tokens=max_new_tokens,
+                             temperature=temperature if temperature > 0 else 1.0, do_sample=temperature > 0,
+                             verbose=False, return_type="str", **kw)
     if isinstance(out, (list, tuple)):
         out = out[0]
     return out[len(prompt):] if isinstance(out, str) and out.startswith(prompt) else str(out)
+
+
+def context_room(model: Any, prompt: str, prepend_bos: Any = None) -> int | None:
+    """How many tokens ``model.generate`` can add to ``prompt`` within the model's context
+    (``cfg.n_ctx``; None when the model does not say). The last new token is never fed back, so
+    prompt + new tokens may be one longer than the context."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if not isinstance(n_ctx, int) or not hasattr(model, "to_tokens"):
+        return None
+    kw = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+    n = int(model.to_tokens(prompt, truncate=False, **kw).shape[-1])
+    return n_ctx - n + 1
+
+
+def check_context(model: Any, prompt: str, max_new_tokens: int, prepend_bos: Any = None) -> None:
+    """ValueError (before any generation) when prompt + new tokens do not fit the model."""
+    room = context_room(model, prompt, prepend_bos)
+    if room is not None and max_new_tokens > room:
+        n_ctx = model.cfg.n_ctx
+        ask = (f"ask for at most {room} new tokens" if room >= 1 else
+               f"shorten the prompt to at most {n_ctx} tokens")
+        raise ValueError(
+            f"the prompt is {n_ctx - room + 1} tokens and {max_new_tokens} new tokens are asked for: "
+            f"together more than the model's context of {n_ctx} tokens; {ask}")
 
 
 def steer(model: Any, saes: Any, plan: SteeringPlan, prompt: str, *, max_new_tokens: int = 40,
@@ -444,6 +522,10 @@ def steer(model: Any, saes: Any, plan: SteeringPlan, prompt: str, *, max_new_tok
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("steer needs a non-empty prompt string")
+    max_new_tokens = as_index(max_new_tokens, "max_new_tokens")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_context(model, prompt, max_new_tokens, generate_kw.get("prepend_bos"))
     hooks = steering_hooks(plan, saes, model=model)  # all checks before anything is generated
     baseline = _generate(model, prompt, max_new_tokens, temperature, seed, generate_kw)
     with model.hooks(fwd_hooks=hooks):  # removed on exit, also when generation raises

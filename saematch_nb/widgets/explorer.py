@@ -7,6 +7,7 @@ steering from ``saematch_nb.sources.steering``. Everything a panel shows can be 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ipywidgets as W
@@ -92,8 +93,10 @@ class FeatureExplorer(W.VBox):
             self.status.value = html.error_html(err.args[0] if err.args else err)
             self.trace_html.value = ""
             self.examples_html.value = ""
-            if self.figure is not None:
-                self.figure.data = ()
+            if self.figure is not None:  # nothing of the previous feature, its title included
+                with self.figure.batch_update():
+                    self.figure.data = ()
+                    self.figure.layout = {}
             return
         self.trace = tr
         self.status.value = ""
@@ -138,6 +141,9 @@ class SteeringPanel(W.VBox):
     layer = traitlets.Int(0)
     feature = traitlets.Int(0)
     strength = traitlets.Float(4.0)
+    # A click that reaches the kernel this soon after a click's run ended was queued during that
+    # run (a double click, or a click on the not-yet-disabled button): it is dropped.
+    click_debounce_s = 0.3
 
     def __init__(self, model: Any, saes: Any, chain: Any, *, layer: int | None = None, feature: int = 0,
                  strength: float = 4.0, span: str = "trace", schedule: str = "constant", mode: str = "add",
@@ -156,10 +162,18 @@ class SteeringPanel(W.VBox):
         self.schedule_box = W.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
         self.mode_box = W.Dropdown(options=list(MODES), value=mode, description="mode")
         self.prompt_box = W.Text(value=prompt, description="prompt")
-        self.tokens_slider = W.IntSlider(value=int(max_new_tokens), min=1, max=200, description="tokens")
+        # at most what fits the model's context after a one-token prompt (steer checks the rest)
+        n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+        top = 200 if not isinstance(n_ctx, int) else max(1, min(200, n_ctx))
+        if not 1 <= int(max_new_tokens) <= top:
+            raise ValueError(f"max_new_tokens must be between 1 and {top} (the model's context is {n_ctx} "
+                             f"tokens), got {max_new_tokens}")
+        self.tokens_slider = W.IntSlider(value=int(max_new_tokens), min=1, max=top, description="tokens")
         self.button = W.Button(description="Generate", button_style="primary")
         self.output = W.HTML()
-        self.button.on_click(lambda _b: self.run())
+        self._running = False
+        self._ended = float("-inf")
+        self.button.on_click(self._on_click)
         self.layer, self.feature, self.strength = self.layer_box.value, int(feature), float(strength)
         W.link((self.layer_box, "value"), (self, "layer"))
         W.link((self.feature_box, "value"), (self, "feature"))
@@ -183,13 +197,23 @@ class SteeringPanel(W.VBox):
         return plan_steering(self.chain, self.layer, self.feature, strength=self.strength,
                              span=self.span_box.value, schedule=self.schedule_box.value, mode=self.mode_box.value)
 
+    def _on_click(self, _button: Any) -> None:
+        if self._running or time.monotonic() - self._ended < self.click_debounce_s:
+            return
+        try:
+            self.run()
+        finally:
+            self._ended = time.monotonic()
+
     def run(self):
         """Generate baseline and steered text; show it (or the error) in the panel. Returns the
-        SteeringResult, or None after an error."""
+        SteeringResult, or None after an error. An interrupt (Ctrl-C, the kernel's stop button)
+        is shown as such and raised again."""
         from ..display import html
         from ..sources.steering import steer
 
         self.button.disabled = True
+        self._running = True
         self.output.value = '<span class="smn-muted">generating…</span>'
         try:
             self.result = steer(self.model, self.saes, self.plan(), self.prompt_box.value,
@@ -198,7 +222,12 @@ class SteeringPanel(W.VBox):
             self.result = None
             self.output.value = html.error_html(f"{type(err).__name__}: {err.args[0] if err.args else err}")
             return None
+        except BaseException:  # KeyboardInterrupt & co.: never leave "generating…" on screen
+            self.result = None
+            self.output.value = html.error_html("interrupted: nothing was generated")
+            raise
         finally:
             self.button.disabled = False
+            self._running = False
         self.output.value = html.steering_html(self.result)
         return self.result

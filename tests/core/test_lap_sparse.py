@@ -8,6 +8,7 @@ from scipy.optimize import linear_sum_assignment
 
 from saematch_nb.core.lap_sparse import solve_sparse, verify_certificate
 from saematch_nb.core.synthetic_hard import gemma_like_pair
+from tests._fpmode import denormal_mode
 
 DEV = "cpu"
 # both product precisions of the pass run on any CPU ("auto" picks bfloat16 only with AMX)
@@ -378,30 +379,95 @@ def test_dot_list_length_grows_with_layer_width():
     assert solve_sparse(X, X + 0.01, device=DEV).stats["k_dot"] == 128
 
 
+@pytest.mark.parametrize("flush", [False, True], ids=["denormals", "flush"])
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e-20])
-def test_bfloat16_pass_error_is_within_its_bound(scale):
+def test_bfloat16_pass_error_is_within_its_bound(scale, flush):
     """The bfloat16 pass (bfloat16 inputs and output, float32 accumulation): every approximate
     candidate cost, tie-break shift included, stays a proven lower bound once eta is taken off,
-    and every pair's product is within the stated error; 1e-20 puts products in the range the
-    AMX denormal flush touches."""
+    and every pair's product is within the stated error; 1e-20 puts products in the denormal
+    range, which AMX and ``set_flush_denormal(True)`` flush and AVX2 otherwise keeps."""
     g = torch.Generator().manual_seed(21)
     X = torch.randn(300, 40, generator=g) * torch.rand(300, 1, generator=g).add(0.2)
     Y = torch.randn(280, 40, generator=g) * torch.rand(280, 1, generator=g).add(0.2)
     X[:5, 0] *= 30  # outlier components: bfloat16 rounding is per element
     X, Y = X * scale, Y * scale
-    P = _problem(X, Y, 3, 5, precision="bfloat16")
-    assert P.precision == "bfloat16" and P.tie_break > 0
-    C = dense(X, Y)
-    G = torch.empty(300, 280)
-    P._dot(P.Xd, P.Yb, G)
+    with denormal_mode(flush):
+        P = _problem(X, Y, 3, 5, precision="bfloat16")
+        assert P.precision == "bfloat16" and P.tie_break > 0
+        C = dense(X, Y)
+        G = torch.empty(300, 280)
+        P._dot(P.Xd, P.Yb, G)
     Ca = P.nx64[:, None] + P.ny64[None, :] - 2.0 * G.double().numpy()
     err = P.eta_x[:, None] + P.eta_y[None, :]
     assert np.all(np.abs(C - Ca) <= err)
-    assert np.abs(C - Ca).max() > 1e-3 * err.max()  # the bound is about the real error, not vacuous
+    # Not vacuous: the error is within 1000x of the part of the bound the arithmetic needed:
+    # the relative part when denormal products survive, the whole bound (its underflow slack)
+    # when this CPU flushed them to zero (decided from the product, not from the CPU model).
+    # a bfloat16 denormal output is a multiple of 2^-133, so with gradual underflow a product
+    # above 2^-130 never comes out as zero; a flushed one does
+    exact = P.Xd.bfloat16().double() @ P.Yb.double().T
+    flushed = bool(((G == 0) & (exact.abs() > 2.0 ** -130)).any())
+    if scale == 1e-20 and flush:
+        assert flushed  # set_flush_denormal(True) flushes on every x86-64 CPU
+    relative = P.c_err * (P.nx64[:, None] + P.ny64[None, :])
+    assert np.abs(C - Ca).max() > 1e-3 * (err if flushed else relative).max()
     rows = P.rows
     lo = P.cost - P.eta_x[rows] - P.eta_y[P.indices]
     assert np.all(lo <= C[rows, P.indices])
     assert np.all(P.cost <= Ca[rows, P.indices] + 1e-12 * np.abs(Ca).max())  # shifts go down only
+
+
+def _tiny_planted(n, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, D, generator=g) * torch.rand(n, 1, generator=g).add(0.5)
+    Y = X[torch.randperm(n, generator=g)] + 0.05 * torch.randn(n, D, generator=g)
+    return X * 3e-20, Y * 3e-20  # products ~1e-39: float32 denormals; norms still normal
+
+
+@pytest.mark.parametrize("rescale", [True, False], ids=["rescaled", "slack_only"])
+@pytest.mark.parametrize("prec", PRECS)
+@pytest.mark.parametrize("flush", [False, True], ids=["denormals", "flush"])
+def test_certificate_is_sound_when_products_underflow(flush, prec, rescale, monkeypatch):
+    """Tiny-norm inputs, with denormals flushed or kept: the certificate never proves a wrong
+    assignment and a reported gap really bounds the distance to the optimum (issue #11: the
+    float32 bound had no absolute term, and proved an assignment costing 99.7x the optimum).
+    Without the power-of-two rescale the absolute slack alone keeps it sound; with it (the
+    default) the tiny problem is solved as well as the same problem at unit scale."""
+    import saematch_nb.core.lap_sparse as lap
+
+    if not rescale:
+        monkeypatch.setattr(lap, "_RESCALE_BELOW", 0.0, raising=False)
+    X, Y = _tiny_planted(1000, 64, 5)
+    with denormal_mode(flush):
+        res = solve_sparse(X, Y, device=DEV, precision=prec)
+        C = dense(X, Y)
+    col, opt = scipy_opt(C)
+    got = exact_total(X, Y, res.col)
+    assert got == pytest.approx(res.total, rel=1e-9)
+    assert res.total - res.gap <= opt * (1 + 1e-9)  # the gap (0 when proven) is a true bound
+    if res.stats["proven_optimal"]:
+        assert got == pytest.approx(opt, rel=1e-9)
+    if rescale:
+        assert res.stats.get("input_scale_log2", 0) > 60
+        check_equal(X, Y, res)
+        assert res.stats["eps"] < 1e-45  # stats in the units of the inputs
+        _, r_opt = scipy_opt(dense(X, Y))
+        assert res.cost.sum() == pytest.approx(r_opt, rel=1e-9)
+
+
+def test_rescaled_partial_and_transposed_results_are_in_input_units():
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(120, 16, generator=g) * 1e-18
+    Y = torch.randn(90, 16, generator=g) * 1e-18
+    ref = solve_sparse(X * 1e18, Y * 1e18, device=DEV, return_duals=True)  # same problem, unit scale
+    got = solve_sparse(X, Y, device=DEV, return_duals=True)
+    assert got.stats["input_scale_log2"] > 0 and got.stats.get("transposed")
+    check_equal(X, Y, got, unique=False)
+    w = np.full(120, float(np.median(dense(X, Y).min(1))))
+    part = solve_sparse(X, Y, unmatched_cost=w, device=DEV, return_duals=True)
+    check_equal(X, Y, part, w=w, unique=False)
+    assert (part.col < 0).any() and (part.col >= 0).any()
+    assert np.all(part.stats["v"] * 1e36 < 1e3) and ref.stats["proven_optimal"]
 
 
 def test_precision_choice_and_errors():

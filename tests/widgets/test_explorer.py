@@ -12,26 +12,7 @@ from saematch_nb.display.figures import make_trace_figure
 from saematch_nb.sources.examples import Example, FeatureExamples
 from saematch_nb.widgets import FeatureExplorer, SteeringPanel
 
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_chain(n_layers=3, n=24, d_in=64, seed=2)
-
-
-@pytest.fixture(scope="module")
-def chain(planted):
-    return smn.match_chain(planted.saes, cache=False, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    from saematch_nb.sources import _fixtures as fx
-
-    return fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=64)
-
-
-def n_hooks(model) -> int:
-    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
+from .conftest import n_hooks
 
 
 def fake_examples(layer: int, feature: int) -> FeatureExamples:
