@@ -222,6 +222,7 @@ def main() -> None:
                 n_l = int((life.loc[L].lifetime >= k).sum())
                 r[f"L{L} chain"] = n_l
                 r[f"L{L} read-off"] = int(ro.loc[(L, k), "persisting"])
+                r[f"L{L} median r"] = round(float(ro.loc[(L, k), "median_pearson"]), 3)
             rows.append(r)
         print(f"\n## Persistence: features of layer L with an accepted partner for k consecutive layers (chain), "
               f"and features still readable k layers later in the residual stream (read-off: Pearson of "

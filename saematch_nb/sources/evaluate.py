@@ -13,6 +13,8 @@ sees it in its own units: x̂ = Σ_i (f_i / θ_t,i) · θ_{t+1,P(i)} · W_dec(t+
 for SAEs without threshold θ = 1):
 
 - ``folded+matched``: P from ``match(fold=True)`` (or the chain's pair).
+- ``folded+accepted``: as folded+matched for the features the criterion accepts; the others
+  (no partner in the next layer) are decoded with layer t's own decoder row, as in ``pruned@q``.
 - ``unfolded+matched``: P from ``match(fold=False)``.
 - ``identity``: P = identity (needs equal widths).
 - ``cosine``: top-1 cosine of the decoder rows (many-to-one: codes landing on one slot add up).
@@ -33,8 +35,8 @@ from ..core.metrics import EVAccumulator
 from ..core.weights import SAEWeights, as_weights
 from .activations import tokenize
 
-METHODS = ("folded+matched", "unfolded+matched", "identity", "cosine", "skip", "recon_current",
-           "recon_previous")
+METHODS = ("folded+matched", "folded+accepted", "unfolded+matched", "identity", "cosine", "skip",
+           "recon_current", "recon_previous")
 
 
 def _theta(w: SAEWeights):
@@ -299,6 +301,9 @@ def _method_fn(m: str, wa: SAEWeights, wb: SAEWeights, get_match, raw: bool = Fa
         f = _transfer(wa, wb, get_match("unfolded").partner, raw=raw)
     elif m == "cosine":
         f = _transfer(wa, wb, get_match("cosine").permutation, raw=raw)
+    elif m == "folded+accepted":
+        lm = get_match("folded")
+        f = _transfer(wa, wb, lm.permutation, keep_prev=~np.asarray(lm.matched, bool), raw=raw)
     elif m.startswith("pruned@"):
         q = float(m.split("@", 1)[1])
         lm = get_match("folded")
