@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> "module:attribute" (relative to this package)
 _LAZY = {
@@ -42,6 +42,9 @@ _LAZY = {
     # widgets
     "FeatureExplorer": "widgets.explorer:FeatureExplorer",
     "SteeringPanel": "widgets.explorer:SteeringPanel",
+    # errors: the base of every error and warning the package raises
+    "SaematchError": "errors:SaematchError",
+    "SaematchWarning": "errors:SaematchWarning",
 }
 
 __all__ = sorted(_LAZY) + ["demo", "__version__"]

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._version import __version__
+from ..errors import SaematchWarning
 from .results import LayerMatch, ResultVersionError
 from .weights import SAEWeights
 
@@ -46,7 +48,7 @@ MATCH_DEFAULTS: dict[str, Any] = {
 _NOT_IN_KEY = {"device", "progress"}
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(SaematchWarning):
     """A cache entry was unreadable or stale and is being recomputed, or the cache folder cannot
     be written (the run goes on; its results are kept in memory only)."""
 
@@ -151,8 +153,6 @@ def _canon(v: Any) -> Any:
 
 
 def pair_key(id_a: str, id_b: str, options: Mapping[str, Any]) -> str:
-    from .. import __version__
-
     payload = json.dumps(
         {"a": id_a, "b": id_b, "options": _canon(dict(options)), "cache": CACHE_VERSION,
          "saematch_nb": __version__},

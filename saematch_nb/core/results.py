@@ -14,17 +14,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import SaematchError
 from .weights import SAEInfo, as_weights
 
 # 2: the null-calibrated criterion (score = direction distance, threshold per pair, calibration)
 FORMAT_VERSION = 2
 
 
-class ResultMismatchError(ValueError):
+class ResultMismatchError(SaematchError, ValueError):
     """A saved result is being loaded against SAEs it was not computed from."""
 
 
-class ResultFileError(ValueError):
+class ResultFileError(SaematchError, ValueError):
     """A saved result cannot be used: damaged or truncated, not a saematch_nb result, or written
     by another saematch_nb version (the message names the file and says what to do)."""
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import SaematchError
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_NAME = "saematch-demo"
 
@@ -23,7 +25,7 @@ __all__ = ["ASSETS", "DemoBundle", "MissingAssetsError", "assets_dir", "availabl
            "sae_paths", "metrics", "seed_ceiling_path"]
 
 
-class MissingAssetsError(FileNotFoundError):
+class MissingAssetsError(SaematchError, FileNotFoundError):
     """The demo's assets are not where they should be."""
 
 

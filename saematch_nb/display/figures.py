@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import SaematchError
 from ._util import escape, fmt_float
 
 __all__ = [
@@ -26,7 +27,7 @@ COLORS = {"matched": "#1f77b4", "unmatched": "#d62728", "threshold": "#555555", 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-class FigureExportError(RuntimeError):
+class FigureExportError(SaematchError, RuntimeError):
     """A figure could not be written in the requested format (missing browser for kaleido...)."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
+from .._version import __version__
 from . import text as _text
 from ._util import (
     DASH, attr, check_no_script, css, escape, fmt_float, fmt_int, link, wrap_output,
@@ -389,8 +390,6 @@ def report_html(
     functions (``*_body`` or ``*_html``); any ``<script`` in them is refused. The page inlines the
     CSS, carries no script and loads nothing from the network.
     """
-    from .. import __version__
-
     parts = [f"<h1>{escape(title)}</h1>",
              f'<p class="smn-sub">made with saematch_nb {escape(__version__)}</p>']
     if intro:

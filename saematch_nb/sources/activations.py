@@ -23,11 +23,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import SaematchError
+
 DEFAULT_HOOK = "blocks.{L}.hook_resid_post"
 FORMAT = 1
 
 
-class ActivationError(ValueError):
+class ActivationError(SaematchError, ValueError):
     """Bad input to activation collection (what was wrong and what to do)."""
 
 

@@ -19,13 +19,26 @@ from pathlib import Path
 from typing import Any
 
 from ..core._checks import as_index
+from ..errors import SaematchError
 
 API = "https://www.neuronpedia.org/api/feature"
 PAGE = "https://neuronpedia.org"
 
 
-class NeuronpediaUnavailable(RuntimeError):
+class NeuronpediaUnavailableError(SaematchError, RuntimeError):
     """Neuronpedia could not be reached (offline, timeout, HTTP error) and nothing is cached."""
+
+
+def __getattr__(name: str) -> Any:
+    # The class was called NeuronpediaUnavailable before it got the Error suffix of the family:
+    # the old name is the same class, so old ``except`` clauses keep working (with a warning).
+    if name == "NeuronpediaUnavailable":
+        import warnings
+
+        warnings.warn("saematch_nb.sources.neuronpedia.NeuronpediaUnavailable is deprecated: use "
+                      "NeuronpediaUnavailableError (the same class)", DeprecationWarning, stacklevel=2)
+        return NeuronpediaUnavailableError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +156,7 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
     (``SAEInfo.neuronpedia_id``, e.g. "gemma-2-2b/12-gemmascope-res-16k"; an SAEInfo, SAEWeights
     or handle carrying one is accepted too).
 
-    Raises :class:`NeuronpediaUnavailable` when the site cannot be reached in ``timeout`` seconds
+    Raises :class:`NeuronpediaUnavailableError` when the site cannot be reached in ``timeout`` seconds
     and no cached copy exists.
     """
     if not isinstance(neuronpedia_id, str):
@@ -173,10 +186,10 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
         if e.code == 404:
             raise KeyError(f"Neuronpedia has no feature {model_id}/{source}/{index} (HTTP 404): check the "
                            "id and that the index is below the SAE's width") from None
-        raise NeuronpediaUnavailable(f"Neuronpedia answered HTTP {e.code} for {url}; try again later") from None
+        raise NeuronpediaUnavailableError(f"Neuronpedia answered HTTP {e.code} for {url}; try again later") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise NeuronpediaUnavailable(
+        raise NeuronpediaUnavailableError(
             f"cannot reach Neuronpedia ({reason}) for {model_id}/{source}/{index}, and it is not cached. "
             f"Open {PAGE}/{model_id}/{source}/{index} in a browser when online, or run without "
             "Neuronpedia (explanations are optional)") from None

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..core.weights import SAEInfo, SAEWeights, as_weights
+from ..errors import SaematchError
 
 __all__ = [
     "SAEHandle",
@@ -60,7 +61,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------------
-class SourceError(ValueError):
+class SourceError(SaematchError, ValueError):
     """Base of every error raised by saematch_nb.sources when something cannot be loaded."""
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from saematch_nb.core.weights import SAEInfo
 from saematch_nb.sources import neuronpedia as npd
-from saematch_nb.sources.neuronpedia import NeuronpediaUnavailable, fetch_feature
+from saematch_nb.sources.neuronpedia import NeuronpediaUnavailableError, fetch_feature
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "neuronpedia"
 RECORDED = DATA / "gemma-2-2b__12-gemmascope-res-16k__1234.json"
@@ -65,7 +65,7 @@ def test_offline_gives_a_clear_error_and_caches_nothing(monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", down)
-    with pytest.raises(NeuronpediaUnavailable, match="cannot reach Neuronpedia") as e:
+    with pytest.raises(NeuronpediaUnavailableError, match="cannot reach Neuronpedia") as e:
         fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 5, cache_dir=tmp_path)
     assert "https://neuronpedia.org/gemma-2-2b/12-gemmascope-res-16k/5" in str(e.value)
     assert not list(tmp_path.rglob("*.json"))
@@ -112,7 +112,7 @@ def test_timeout_gives_the_offline_message_and_caches_nothing(monkeypatch, tmp_p
         raise error
 
     monkeypatch.setattr(urllib.request, "urlopen", slow)
-    with pytest.raises(NeuronpediaUnavailable, match=r"cannot reach Neuronpedia \(timed out\).*not cached") as e:
+    with pytest.raises(NeuronpediaUnavailableError, match=r"cannot reach Neuronpedia \(timed out\).*not cached") as e:
         fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 7, cache_dir=tmp_path, timeout=2.5)
     assert seen == [2.5]
     assert "https://neuronpedia.org/gemma-2-2b/12-gemmascope-res-16k/7" in str(e.value)
