@@ -14,7 +14,7 @@ PYTHON310 ?= python3.10
 VENV310 := .venv310
 PY310 := $(VENV310)/bin/python
 # The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
-SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_match.py
+SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_lap.py tests/core/test_match.py
 
 .PHONY: demo test test-avx2 test-py310 lab install clean bench notebooks
 

@@ -1,4 +1,4 @@
-"""Sparse certified assignment (core/lap_sparse.py) against the dense baseline, in one run.
+"""Sparse certified assignment (core/lap/sparse.py) against the dense baseline, in one run.
 
     nice .venv/bin/python benchmarks/bench_matching.py [--n 16384] [--d-in 2304] [--dups 0.3]
         [--dense-timeout 1200] [--skip-dense] [--skip-product] [--device cpu|cuda] [--chain-layers 26]
@@ -95,7 +95,7 @@ def _time_product(Xd, Yd, dtype) -> float:
 def child_sparse(folder: str, out: str, device: str | None, k: int, k_dot: int, product: bool = True,
                  precision: str = "auto") -> None:
     import torch
-    from saematch_nb.core.lap_sparse import solve_sparse
+    from saematch_nb.core.lap.sparse import solve_sparse
     X, Y = _load(folder)
     rss0 = _rss()
     # compile/cache the numba kernels on a tiny problem first: the JIT is not the algorithm
@@ -131,7 +131,7 @@ def _run_child(args: list[str], timeout: float | None):
 
 
 def exact_total(X, Y, col):
-    from saematch_nb.core.lap_sparse import _kernels
+    from saematch_nb.core.lap.sparse import _kernels
     has = col >= 0
     return float(_kernels().exact_costs(X, Y, np.flatnonzero(has), col[has]).sum())
 
@@ -258,7 +258,7 @@ def child_chain(out: str, device: str | None, paths: list[str]) -> None:
             pair_s = []
     except ImportError:
         from saematch_nb.core.cost import feature_matrix
-        from saematch_nb.core.lap_sparse import solve_sparse
+        from saematch_nb.core.lap.sparse import solve_sparse
         from saematch_nb.core.weights import as_weights
         gaps = []
         Xp = feature_matrix(as_weights(paths[0]))

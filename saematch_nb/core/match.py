@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import criterion as crit
-from .assign import AssignmentResult, pick_solver, solve, solve_dense
+from .lap import AssignmentResult, pick_solver, solve, solve_dense
 from .cost import (check_params, check_same_d_in, cost_blocks, default_device, dense_cost,
                    feature_matrix, pair_cost)
 from .results import LayerMatch
@@ -53,7 +53,7 @@ def match(
         threshold as every feature's no-partner cost, so that no feature is favoured for its norm
         (and ``fold`` makes no difference: directions do not change under folding).
     solver:
-        "auto", "dense" or "sparse" (see :mod:`saematch_nb.core.assign`).
+        "auto", "dense" or "sparse" (see :mod:`saematch_nb.core.lap`).
     alpha:
         False-match rate of the criterion's null test (default 1%): a feature with no partner is
         accepted with about this probability.
@@ -108,11 +108,9 @@ def match(
                                           solver=which, device=dev, progress=progress)
             del Xd, Yd
         elif fold and which == "dense":
-            # the dense cost matrix is built once: the solve and each row's nearest costs
-            C = dense_cost(Xf, Yf, device=dev, progress=progress)
-            res = solve_dense(C)
-            nearest, best, second = crit.nearest_two(C)
-            del C
+            # the dense cost matrix is built once: the solver reads each row's nearest costs off it
+            res = solve_dense(dense_cost(Xf, Yf, device=dev, progress=progress))
+            nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         else:
             X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
                                           feature_matrix(wb, params, fold=False))

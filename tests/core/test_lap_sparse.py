@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from saematch_nb.core.lap_sparse import solve_sparse, verify_certificate
+from saematch_nb.core.lap.sparse import solve_sparse, verify_certificate
 from saematch_nb.core.synthetic_hard import gemma_like_pair
 from tests._fpmode import denormal_mode
 
@@ -207,7 +207,7 @@ def test_bad_input_is_explained():
 
 
 def _problem(X, Y, k, k_dot, torch_pass=False, precision="float32"):
-    from saematch_nb.core.lap_sparse import _Problem
+    from saematch_nb.core.lap.sparse import _Problem
 
     P = _Problem(X, Y, None, k, k_dot, 64, torch.device("cpu"), False, precision)
     P.torch_pass = torch_pass
@@ -248,7 +248,7 @@ def test_first_pass_keeps_row_and_column_lists_and_its_bounds_hold():
 
 
 def test_torch_pass_solves_to_the_dense_optimum():
-    import saematch_nb.core.lap_sparse as L
+    import saematch_nb.core.lap.sparse as L
 
     g = torch.Generator().manual_seed(12)
     X = torch.randn(400, 12, generator=g)
@@ -268,7 +268,7 @@ def test_torch_pass_solves_to_the_dense_optimum():
 
 
 def test_noncandidate_bounds_and_pricing_are_lower_bounds():
-    from saematch_nb.core._lap_numba import noncandidate_bounds
+    from saematch_nb.core.lap._numba import noncandidate_bounds
 
     a, b, _ = gemma_like_pair(500, 40, dups=0.3, seed=13)
     X = torch.cat([a.W_dec * a.threshold[:, None], (a.W_enc / a.threshold).T], 1)
@@ -307,7 +307,7 @@ def test_pricing_on_suspect_columns_only_keeps_bounds_valid(monkeypatch):
     """A failing row is recomputed only on the columns its pass bound cannot clear; tau must
     still bound every pair left out, and every truly violating pair must become a candidate or
     be covered by tau."""
-    import saematch_nb.core.lap_sparse as L
+    import saematch_nb.core.lap.sparse as L
 
     monkeypatch.setattr(L, "_SUSPECT_FULL", 1.0)  # small problems: loose bounds, most columns suspect
     a, b, _ = gemma_like_pair(600, 40, dups=0.3, seed=21)
@@ -331,7 +331,7 @@ def test_pricing_on_suspect_columns_only_keeps_bounds_valid(monkeypatch):
 
 
 def test_row_reduction_keeps_complementary_slackness():
-    from saematch_nb.core._lap_numba import reconcile, row_reduction
+    from saematch_nb.core.lap._numba import reconcile, row_reduction
 
     rng = np.random.default_rng(14)
     n, deg = 300, 12
@@ -370,7 +370,7 @@ def test_hall_violation_in_the_candidate_graph_is_repaired(prec):
 def test_dot_list_length_grows_with_layer_width():
     """A fixed 128-long dot list covers ever less of a wider layer (at 65k the certificate
     cascaded for 7+ rounds); the default scales with the column count, capped for memory."""
-    from saematch_nb.core.lap_sparse import auto_k_dot
+    from saematch_nb.core.lap.sparse import auto_k_dot
 
     assert auto_k_dot(300) == 128 and auto_k_dot(16384) == 128
     assert auto_k_dot(65536) == 512
@@ -433,7 +433,7 @@ def test_certificate_is_sound_when_products_underflow(flush, prec, rescale, monk
     float32 bound had no absolute term, and proved an assignment costing 99.7x the optimum).
     Without the power-of-two rescale the absolute slack alone keeps it sound; with it (the
     default) the tiny problem is solved as well as the same problem at unit scale."""
-    import saematch_nb.core.lap_sparse as lap
+    import saematch_nb.core.lap.sparse as lap
 
     if not rescale:
         monkeypatch.setattr(lap, "_RESCALE_BELOW", 0.0, raising=False)
@@ -471,7 +471,7 @@ def test_rescaled_partial_and_transposed_results_are_in_input_units():
 
 
 def test_precision_choice_and_errors():
-    from saematch_nb.core.lap_sparse import _amx_bf16, _pick_precision
+    from saematch_nb.core.lap.sparse import _amx_bf16, _pick_precision
 
     cpu = torch.device("cpu")
     assert _pick_precision("auto", cpu) == ("bfloat16" if _amx_bf16() else "float32")
@@ -504,7 +504,7 @@ def test_bfloat16_bound_holds_over_long_reductions():
 
 
 def test_csr_merge_skips_present_edges_and_keeps_rows_sorted():
-    from saematch_nb.core._lap_numba import csr_merge
+    from saematch_nb.core.lap._numba import csr_merge
 
     indptr = np.array([0, 2, 2, 5])
     indices = np.array([1, 4, 0, 2, 7])
@@ -540,7 +540,7 @@ def test_column_dot_buffers_keep_the_top_values_with_ties():
     """block_lists appends column dot products to a buffer and keeps its top k when full;
     with many exact ties (bfloat16 outputs tie a lot) the kept values must still be the k
     largest and the returned threshold the k-th largest."""
-    from saematch_nb.core._lap_numba import _keep_top, finish_column_dots
+    from saematch_nb.core.lap._numba import _keep_top, finish_column_dots
 
     rng = np.random.default_rng(0)
     for n, m in ((64, 32), (50, 7), (9, 9)):

@@ -9,7 +9,6 @@ from scipy.optimize import linear_sum_assignment
 
 import saematch_nb
 from saematch_nb import match
-from saematch_nb.core.assign import AUTO_DENSE_MAX, pick_solver, solve, solve_dense
 from saematch_nb.core.cost import dense_cost, feature_matrix
 from saematch_nb.core.results import LayerMatch, ResultMismatchError
 from saematch_nb.core.synthetic import planted_pair
@@ -56,19 +55,6 @@ def test_optimum_equals_scipy_on_same_cost(planted_fresh):
     assert np.allclose(lm.alt_mse, Cm.min(1) / D, rtol=1e-4, atol=1e-7)
 
 
-def test_solve_alt_cost_and_result_fields():
-    g = torch.Generator().manual_seed(0)
-    X, Y = torch.randn(30, 8, generator=g), torch.randn(40, 8, generator=g)
-    res = solve(X, Y, solver="dense")
-    C = dense_cost(X, Y)
-    rows = np.arange(30)
-    assert len(set(res.col.tolist())) == 30
-    assert np.allclose(res.cost, C[rows, res.col])
-    Cm = C.copy(); Cm[rows, res.col] = np.inf
-    assert np.allclose(res.alt_cost, Cm.min(1))
-    assert res.gap == 0.0 and res.stats["solver"] == "dense"
-
-
 def test_rectangular_64_to_256():
     a, b, truth = planted_pair(64, 64, n_b=256, seed=2)
     lm = match(a, b)
@@ -86,31 +72,6 @@ def test_more_rows_than_columns_leaves_rows_without_partner():
     ok = lm.partner >= 0
     assert np.array_equal(lm.partner[ok], back[ok])
     assert not lm.matched[~ok].any()
-
-
-def test_partial_dense_formulation_matches_brute_force():
-    rng = np.random.default_rng(0)
-    C = rng.random((5, 6))
-    u = rng.random(5) * 0.5
-    res = solve_dense(C, unmatched_cost=u)
-    # brute force: augmented matrix [C | diag(u)]
-    best = np.inf
-    import itertools
-    for cols in itertools.permutations(range(11), 5):
-        tot = 0.0
-        for i, c in enumerate(cols):
-            if c < 6:
-                tot += C[i, c]
-            elif c - 6 == i:
-                tot += u[i]
-            else:
-                tot = np.inf
-                break
-        best = min(best, tot)
-    assert np.isclose(res.total, best)
-    on = res.col >= 0
-    assert np.isclose(res.total, C[np.flatnonzero(on), res.col[on]].sum() + u[~on].sum())
-    assert len(set(res.col[on].tolist())) == on.sum()
 
 
 def test_identity_and_cosine_methods(planted):
@@ -160,17 +121,6 @@ def test_nan_weights_rejected(planted):
     bad = SAEWeights(a.W_enc, a.b_enc, W, a.b_dec, threshold=a.threshold)
     with pytest.raises(ValueError, match="W_dec"):
         match(bad, b)
-
-
-def test_solver_choice():
-    assert pick_solver(100, 100) == "dense"
-    assert pick_solver(16, 16, "dense") == "dense"
-    with pytest.raises(ValueError, match="solver must be one of"):
-        pick_solver(4, 4, "fast")
-    import importlib.util
-    big = pick_solver(5000, 5000)
-    has_sparse = importlib.util.find_spec("saematch_nb.core.lap_sparse") is not None
-    assert 5000 * 5000 > AUTO_DENSE_MAX and big == ("sparse" if has_sparse else "dense")
 
 
 def test_save_load_roundtrip_and_mismatch(tmp_path, planted, planted_fresh):

@@ -11,7 +11,7 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
    30% fresh ones of a layer pair) the optimal partner ranks by ``-x.y``, not by raw cost. No
    n x n matrix is ever held: O(n (k + k_dot)) lists plus one ``block_rows x n_b`` float32
    block.
-2. Sparse exact solve on the candidate graph (numba, _lap_numba.py): a greedy tight start,
+2. Sparse exact solve on the candidate graph (numba, _numba.py): a greedy tight start,
    Jonker-Volgenant augmenting row reduction (auction-like moves) and shortest augmenting paths
    with dual potentials (u, v) for the rows left. A Hall violation of the candidate graph
    (no perfect matching) adds the missing edges and retries.
@@ -70,37 +70,20 @@ import math
 import os
 import resource
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .result import AssignmentResult
 
 _U32 = 2.0 ** -24
 _DEBUG = os.environ.get("SAEMATCH_LAP_DEBUG") == "1"  # per-round progress on stdout
 _SUSPECT_FULL = 0.75  # pricing recomputes whole rows once this share of columns is suspect
 
 
-def _result_cls():
-    try:
-        from .assign import AssignmentResult
-        return AssignmentResult
-    except ImportError:  # core/assign.py not written yet: same fields, see ARCHITECTURE.md
-        return _AssignmentResult
-
-
-@dataclass(frozen=True)
-class _AssignmentResult:
-    col: np.ndarray
-    cost: np.ndarray
-    alt_cost: np.ndarray
-    total: float
-    gap: float
-    stats: dict = field(default_factory=dict)
-
-
 def _kernels():
-    from . import _lap_numba  # numba import + cached compile only when the solver runs
-    return _lap_numba
+    from . import _numba  # numba import + cached compile only when the solver runs
+    return _numba
 
 
 def _pick_device(device) -> torch.device:
@@ -895,7 +878,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     }
     if return_duals:
         stats["u"], stats["v"] = out["u"].copy(), out["v"].copy()
-    return _make_result(col=col, cost=cost, alt_cost=alt, total=total, gap=float(gap),
+    return AssignmentResult(col=col, cost=cost, alt_cost=alt, total=total, gap=float(gap),
                         nearest=nearest, stats=stats, nearest_cost=near_c, second_cost=sec_c)
 
 
@@ -968,20 +951,12 @@ def _unscale_result(res, shift: int):
     return replace(res, stats=stats, **kw)
 
 
-def _make_result(**kw):
-    cls = _result_cls()
-    if cls is _AssignmentResult:
-        for name in ("nearest", "nearest_cost", "second_cost"):
-            kw.pop(name, None)
-    return cls(**kw)
-
-
 def _transpose_result(res, X, Y):
     """Result of (Y, X) -> result for (X, Y): rows of X without a partner get -1."""
     n_a = X.shape[0]
     col = np.full(n_a, -1, np.int64)
     col[res.col] = np.arange(res.col.size)
-    from ._lap_numba import exact_costs
+    from ._numba import exact_costs
     Xn = np.ascontiguousarray(X.detach().cpu().float().numpy())
     Yn = np.ascontiguousarray(Y.detach().cpu().float().numpy())
     has = col >= 0
@@ -999,7 +974,7 @@ def _transpose_result(res, X, Y):
         cost[miss] = exact_costs(Xn, Yn, np.flatnonzero(miss), nb[miss])
     stats = dict(res.stats)
     stats["transposed"] = True
-    return _make_result(col=col, cost=cost, alt_cost=alt, total=res.total, gap=res.gap, nearest=None,
+    return AssignmentResult(col=col, cost=cost, alt_cost=alt, total=res.total, gap=res.gap, nearest=None,
                         stats=stats)
 
 

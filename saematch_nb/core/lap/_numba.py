@@ -1,4 +1,4 @@
-"""Numba kernels of the sparse assignment solver (private; see lap_sparse.py).
+"""Numba kernels of the sparse assignment solver (private; see sparse.py).
 
 Shortest augmenting paths (Dijkstra with dual potentials, as in Jonker-Volgenant / scipy's
 LSA) on a CSR graph of candidate edges. Convention: reduced cost c_ij - u_i - v_j >= 0 on
