@@ -70,7 +70,7 @@ def _toy():
     import torch
 
     from saematch_nb.core.weights import SAEInfo, SAEWeights
-    from saematch_nb.sources import _fixtures as fx
+    from tests import _saelens_doubles as fx
 
     model = fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=32)
     eye = torch.eye(32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from saematch_nb.sources import _fixtures as fx
+from tests import _saelens_doubles as fx
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources.activations import (DEFAULT_DATASET_DOCS, ActivationError, Activations, collect_activations,
                                               tokenize)
+from tests import _saelens_doubles as fx
 
 TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and <b>bold</b> & more", "short one"]
 

@@ -10,9 +10,9 @@ import torch
 
 from saematch_nb.core.chain import match_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources.activations import collect_activations
 from saematch_nb.sources.evaluate import METHODS, coactivation, evaluate
+from tests import _saelens_doubles as fx
 
 TEXTS = ["The cat sat on the mat and looked around.", "Numbers: 1, 2, 3 and more text here", "short one"]
 D = 32

@@ -8,10 +8,10 @@ import torch
 from saematch_nb.core.results import FeatureTrace
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.display.examples import feature_examples_html, trace_examples_html
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources import examples as ex_mod
 from saematch_nb.sources.activations import collect_activations
 from saematch_nb.sources.examples import Example, FeatureExamples, collect_examples
+from tests import _saelens_doubles as fx
 
 TEXTS = ["The cat sat on the mat and looked around the room.", "Numbers: 1, 2, 3 and <b>bold</b> & more",
          "short one", "Another document with a few more tokens in it for the sampler."]

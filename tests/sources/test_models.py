@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources import models as M
+from tests import _saelens_doubles as fx
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 

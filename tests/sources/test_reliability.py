@@ -20,12 +20,12 @@ import saematch_nb as smn
 from saematch_nb.core.fold import fold
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources import models as M
 from saematch_nb.sources.activations import collect_activations
 from saematch_nb.sources.examples import collect_examples
 from saematch_nb.sources.neuronpedia import fetch_feature
 from saematch_nb.sources.steering import SteeringPlan, plan_steering, steer, steered_logits, steering_hooks
+from tests import _saelens_doubles as fx
 from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
 
 TEXTS = ["The cat sat on the mat.", "Numbers: 1, 2, 3 and more", "short one"]

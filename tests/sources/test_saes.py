@@ -12,8 +12,8 @@ import torch
 
 from saematch_nb import load_saes
 from saematch_nb.core.weights import SAEWeights, as_weights
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources import saes as S
+from tests import _saelens_doubles as fx
 
 CANON = "gemma-scope-2b-pt-res-canonical"
 FULL = "gemma-scope-2b-pt-res"

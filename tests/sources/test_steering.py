@@ -11,11 +11,11 @@ import torch
 
 import saematch_nb as smn
 from saematch_nb.core.synthetic import planted_chain
-from saematch_nb.sources import _fixtures as fx
 from saematch_nb.sources.steering import (
     SteeringPlan, feature_logit_effect, plan_steering, schedule_strengths, schedule_weights, steer,
     steered_logits, steering_hooks,
 )
+from tests import _saelens_doubles as fx
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 

@@ -20,7 +20,7 @@ def chain(planted):
 
 @pytest.fixture(scope="module")
 def model():
-    from saematch_nb.sources import _fixtures as fx
+    from tests import _saelens_doubles as fx
 
     return fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=64)
 

@@ -1,6 +1,8 @@
-"""Tiny, format-faithful stand-ins for Gemma Scope, sae-lens folders and Gemma 2 (for tests).
+"""Test doubles: tiny, format-faithful Gemma Scope snapshots, sae-lens folders and Gemma 2 models.
 
-Every engineer's tests may use these; nothing here touches the network.
+Used by the tests (``from tests import _saelens_doubles as fx``) and by
+``benchmarks/measure_activations.py --toy``; nothing here touches the network. It lives under
+tests/ because it monkeypatches sae-lens and huggingface_hub: no part of the package needs it.
 
 - :func:`write_gemma_scope_snapshot`: a Hugging Face snapshot of ``google/gemma-scope-2b-pt-res``
   with the real layout ``layer_{L}/width_16k/average_l0_{N}/params.npz`` (real key names
@@ -75,7 +77,7 @@ def write_gemma_scope_snapshot(
 
 def real_l0s(layer: int, width: str = "16k") -> list[int]:
     """The average_l0 values sae-lens lists for gemma-scope-2b-pt-res at (layer, width)."""
-    from .saes import _directory
+    from saematch_nb.sources.saes import _directory
 
     pre = f"layer_{layer}/width_{width}/average_l0_"
     out = sorted(int(s[len(pre):]) for s in _directory()["gemma-scope-2b-pt-res"].saes if s.startswith(pre))
