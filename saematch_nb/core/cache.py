@@ -1,18 +1,40 @@
-"""Disk cache of finished layer matches, keyed by SAE identity and match options.
+"""saematch_nb's disk caches: one root, one folder per kind, and the store of finished layer matches.
 
-One ``.npz`` file per pair (``LayerMatch.save``: temp file + ``os.replace``), written as soon as
-the pair is done, so a crash mid-chain loses no finished pair and re-running a notebook cell
-reads everything back. A file that cannot be read, or that was written for another key, is
-reported with a warning and recomputed: the cache never crashes a run and never returns a
-result for other SAEs or other options.
+Root: the ``cache_dir`` argument of the call, else ``$SAEMATCH_CACHE_DIR``, else
+``~/.cache/saematch_nb`` (:func:`cache_root`). :func:`cache_folder` gives each kind's folder; a
+``cache_dir=`` passed to a function is that kind's folder itself, used as given.
 
-Identity of an SAE, cheapest first:
+======================  ==============================  ====================================================
+kind (who writes it)    folder under the root           entry and key
+======================  ==============================  ====================================================
+matches                 the root itself                 ``<key>.npz``, a ``LayerMatch.save`` file; key = sha256
+(``match_chain``,                                       of both SAEs' identities (below), the match options
+``MatchCache``)                                         with defaults filled in, ``CACHE_VERSION`` and the
+                                                        package version (first 32 hex)
+activations             ``activations/``                ``<key>/`` with ``meta.json`` and one ``.npy`` memmap
+(``collect_activations``)                               per layer; key = sha256 of the model's identity, the
+                                                        token ids, document lengths and options (first 20 hex)
+examples                ``examples/``                   ``<key>.npz`` per layer; key = sha256 of the
+(``collect_examples``)                                  activations' key, the layer, the SAE's weights hash
+                                                        and the sampling options (first 20 hex)
+neuronpedia             ``neuronpedia/``                ``<model>/<source>/<index>.json``, the API's answer as
+(``fetch_feature``)                                     fetched (a feature's page does not change)
+======================  ==============================  ====================================================
+
+Matches stay at the root, where every earlier version put them, so existing caches keep being
+found. Every writer writes a temporary file (or folder) and renames it into place, so a killed
+run never leaves a half-written entry; an entry that cannot be read is recomputed (a
+:class:`CacheWarning` for matches). A folder that cannot be written is one
+:func:`warn_unwritable` warning per call, and the run goes on uncached.
+
+Identity of an SAE in a match key, cheapest first:
 
 - a lazy handle's ``cache_key`` (release/sae_id or path+size+mtime; no weights are loaded);
 - a path to a ``params.npz`` / sae-lens folder: resolved weights file + size + mtime;
 - anything else (SAEWeights, sae-lens SAE, mapping): the sha256 fingerprint of its weights.
 
-Location: ``cache_dir`` argument, else ``$SAEMATCH_CACHE_DIR``, else ``~/.cache/saematch_nb``.
+Importing this module is light (stdlib and numpy): sources use it for their folders without
+loading torch.
 """
 
 from __future__ import annotations
@@ -22,14 +44,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .._version import __version__
 from ..errors import SaematchWarning
-from .results import LayerMatch, ResultVersionError
-from .weights import SAEWeights
+
+if TYPE_CHECKING:
+    from .results import LayerMatch
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
 # 2: results of the null-calibrated criterion (older entries are never read: other keys)
@@ -63,15 +86,26 @@ def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "
     )
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path("~/.cache/saematch_nb").expanduser()
+DEFAULT_ROOT = "~/.cache/saematch_nb"
+# kind -> its folder under the root ("" = the root itself, see the module docstring)
+KINDS: dict[str, str] = {"matches": "", "activations": "activations", "examples": "examples",
+                         "neuronpedia": "neuronpedia"}
 
 
-def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+def cache_root() -> Path:
+    """The root of every cache: ``$SAEMATCH_CACHE_DIR``, else ``~/.cache/saematch_nb``."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT).expanduser()
+
+
+def cache_folder(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of one kind of cache entry: ``cache_dir`` when given (used as is), else its place
+    under :func:`cache_root`. ``kind`` is one of :data:`KINDS`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; expected one of {sorted(KINDS)}")
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    sub = KINDS[kind]
+    return cache_root() / sub if sub else cache_root()
 
 
 # -- identity ---------------------------------------------------------------------------------
@@ -81,6 +115,8 @@ def is_lazy(obj: Any) -> bool:
 
 
 def _handle_key(obj: Any) -> str | None:
+    from .weights import SAEWeights
+
     if isinstance(obj, SAEWeights) or not hasattr(obj, "to_weights"):
         return None
     try:
@@ -166,7 +202,7 @@ class MatchCache:
     """A folder of cached LayerMatch files, one per key."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
-        self.dir = resolve_cache_dir(cache_dir)
+        self.dir = cache_folder("matches", cache_dir)
         self.rejected = 0  # entries found but unusable (unreadable, other key, stale)
         self.write_failures = 0  # results that could not be written (kept in memory only)
 
@@ -185,6 +221,8 @@ class MatchCache:
         ``expect``: what is known of the SAEs at hand without loading them, checked against the
         file (a key only names them): ``n_a`` / ``n_b`` (widths), ``fingerprint_a`` /
         ``fingerprint_b`` (weights hashes); None values are not checked."""
+        from .results import LayerMatch, ResultVersionError
+
         p = self.path(key)
         try:
             if not (p.exists() or p.is_symlink()):

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..core.cache import cache_folder, warn_unwritable
 from ..errors import SaematchError
 
 DEFAULT_HOOK = "blocks.{L}.hook_resid_post"
@@ -31,11 +32,6 @@ FORMAT = 1
 
 class ActivationError(SaematchError, ValueError):
     """Bad input to activation collection (what was wrong and what to do)."""
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("SAEMATCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "saematch_nb")
-    return Path(base) / "activations"
 
 
 # -- the result -----------------------------------------------------------------------------------
@@ -318,7 +314,7 @@ def collect_activations(
     key = h.hexdigest()[:20]
     model_name = str(getattr(model.cfg, "model_name", "") or "")
 
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_folder("activations", cache_dir)
     final = root / key
     if cache and _exists(final / "meta.json"):
         try:
@@ -332,8 +328,6 @@ def collect_activations(
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         except OSError as e:  # the collection runs all the same, uncached
-            from ..core.cache import warn_unwritable
-
             warn_unwritable(root, e, "activations")
             cache = False
     if tmp is None:
@@ -387,8 +381,6 @@ def collect_activations(
                     shutil.rmtree(tmp, ignore_errors=True)
                     path = final
                 else:  # kept where it is, removed with the result (as with cache=False)
-                    from ..core.cache import warn_unwritable
-
                     warn_unwritable(root, e, "activations")
                     cache = False
     except BaseException:

@@ -17,13 +17,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..core.cache import cache_folder
 from ..core.weights import SAEInfo, SAEWeights, as_weights
-from .activations import Activations, default_cache_dir
+from .activations import Activations
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def collect_examples(
         if w.d_in != acts.d_model:
             raise ValueError(f"SAE of layer {L} reads d_in={w.d_in} but activations have d_model={acts.d_model}")
         key = hashlib.sha256(json.dumps([acts.key, L, w.fingerprint(), k, n_bins, per_bin, seed]).encode()).hexdigest()[:20]
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent / "examples"
+        root = cache_folder("examples", cache_dir)
         f = root / f"{key}.npz"
         arrays = None
         if cache:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core._checks import as_index
+from ..core.cache import cache_folder, warn_unwritable
 from ..errors import SaematchError
 
 API = "https://www.neuronpedia.org/api/feature"
@@ -137,13 +138,6 @@ def parse_feature(data: dict, model_id: str | None = None, source: str | None = 
     )
 
 
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("SAEMATCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "saematch_nb")
-    return Path(base) / "neuronpedia"
-
-
 def _get_json(url: str, timeout: float) -> Any:
     req = urllib.request.Request(url, headers={"User-Agent": "saematch_nb", "Accept": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -170,7 +164,7 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
     index = as_index(index, "feature index")
     if index < 0:
         raise ValueError(f"feature index must be >= 0, got {index}")
-    root = _cache_dir(cache_dir)
+    root = cache_folder("neuronpedia", cache_dir)
     path = root / model_id / source / f"{index}.json"
     if cache and _is_file(path):
         try:
@@ -201,8 +195,6 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
             tmp.write_text(json.dumps(data), "utf-8")
             os.replace(tmp, path)
         except OSError as e:  # the feature was fetched: a cache that cannot be written is no error
-            from ..core.cache import warn_unwritable
-
             _unlink(tmp)
             warn_unwritable(root, e, "Neuronpedia features")
     return feat

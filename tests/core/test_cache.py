@@ -190,3 +190,23 @@ def test_real_sae_handles_from_load_saes(planted, reference, tmp_path):
     os.utime(folders[2] / "params.npz", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     third = run(load_saes(folders), tmp_path / "cache")
     assert [p["cached"] for p in third.stats["pairs"]] == [True, False, False, True]
+
+
+def test_one_root_and_a_folder_per_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(cache_mod.ENV_VAR, raising=False)
+    home_root = tmp_path / "home" / ".cache" / "saematch_nb"
+    assert cache_mod.cache_root() == home_root
+    monkeypatch.setenv(cache_mod.ENV_VAR, "")  # set but empty: as if unset
+    assert cache_mod.cache_root() == home_root
+    monkeypatch.setenv(cache_mod.ENV_VAR, "~/elsewhere")
+    assert cache_mod.cache_root() == tmp_path / "home" / "elsewhere"
+    root = cache_mod.cache_root()
+    assert cache_mod.cache_folder("matches") == root
+    for kind in ("activations", "examples", "neuronpedia"):
+        assert cache_mod.cache_folder(kind) == root / kind
+        # an explicit folder is the kind's folder itself, "~" expanded
+        assert cache_mod.cache_folder(kind, "~/mine") == tmp_path / "home" / "mine"
+    assert MatchCache().dir == cache_mod.cache_folder("matches")
+    with pytest.raises(ValueError, match=r"unknown cache kind 'match'.*'matches'"):
+        cache_mod.cache_folder("match")
