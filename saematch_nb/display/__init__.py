@@ -6,10 +6,17 @@
   output, a <pre> text fallback), ``error_html``, ``report_html`` (a stand-alone page).
 - ``display.figures``: plotly figures (plotly is imported inside the functions) and
   ``save_figure``.
-- Shared helpers for other display modules: ``escape`` (the one HTML-escaping door),
-  ``link``, ``token_html`` / ``tokens_html`` (activation-coloured tokens), ``wrap_output``, ``css``.
+- Public helpers, exported here: ``escape`` (the one HTML-escaping door), ``link``,
+  ``token_html`` / ``tokens_html`` (activation-coloured tokens), ``wrap_output`` (one notebook
+  output: CSS once, text fallback, body), ``css`` and the number formats. Result classes outside
+  display that build a small repr themselves (``sources.evaluate.Coactivation``, the fallback of
+  ``sources.neuronpedia.NeuronpediaFeature``) import them from here; ``display._util`` is private
+  to this package.
 
-Importing this package is cheap (stdlib + numpy), so core reprs can use it freely.
+Display is the ground floor: it imports nothing from core, sources, widgets or demo (results are
+read by duck typing), so core's result classes call it lazily, inside ``__repr__`` /
+``_repr_html_``, as xarray's data classes call ``formatting_html``. Importing this package is
+cheap (stdlib + numpy). docs/ARCHITECTURE.md has the map; tests/test_architecture.py checks it.
 """
 
 from __future__ import annotations

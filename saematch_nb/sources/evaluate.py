@@ -345,7 +345,7 @@ class Coactivation:
         return "Coactivation\n" + df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
     def _repr_html_(self) -> str:
-        from ..display._util import wrap_output
+        from ..display import wrap_output
 
         # pandas escapes cell text in to_html; the table holds only numbers and layer ids.
         table = self.to_pandas().to_html(index=False, float_format=lambda v: f"{v:.3f}", classes="smn-table")

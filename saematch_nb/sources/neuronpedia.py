@@ -83,7 +83,7 @@ class NeuronpediaFeature:
 
             return neuronpedia_feature_html(self)
         except Exception:
-            from ..display._util import escape
+            from ..display import escape
 
             return f"<pre>{escape(repr(self))}</pre>"
 

@@ -303,10 +303,14 @@ class SAEHandle:
 
     # -- display -------------------------------------------------------------------------------
     def _repr_html_(self) -> str:
-        return _display("html", "handle_html", self, _handle_fallback_html)
+        from ..display.html import handle_html
+
+        return handle_html(self)
 
     def __repr__(self) -> str:
-        return _display("text", "handle_text", self, _handle_fallback_text)
+        from ..display.text import handle_text
+
+        return handle_text(self)
 
 
 class SAEList(list):
@@ -334,42 +338,14 @@ class SAEList(list):
         return SAEList(r) if isinstance(i, slice) else r
 
     def _repr_html_(self) -> str:
-        return _display("html", "saes_html", self, _list_fallback_html)
+        from ..display.html import saes_html
+
+        return saes_html(self)
 
     def __repr__(self) -> str:
-        return _display("text", "saes_text", self, _list_fallback_text)
+        from ..display.text import saes_text
 
-
-def _display(kind: str, fn: str, obj: Any, fallback) -> str:
-    """Call saematch_nb.display.{html,text}.<fn> lazily; a plain fallback while it is absent."""
-    try:
-        mod = importlib.import_module(f"saematch_nb.display.{kind}")
-        f = getattr(mod, fn)
-    except (ImportError, AttributeError):
-        return fallback(obj)
-    return f(obj)
-
-
-def _handle_fallback_text(h: SAEHandle) -> str:
-    where = h.path if h.path else f"{h.release}/{h.sae_id}"
-    return f"SAEHandle(layer={h.layer}, hook={h.hook_name!r}, {where})"
-
-
-def _handle_fallback_html(h: SAEHandle) -> str:
-    import html
-
-    return f"<code>{html.escape(_handle_fallback_text(h))}</code>"
-
-
-def _list_fallback_text(lst: SAEList) -> str:
-    lines = [f"SAEList({len(lst)} SAEs)"] + [f"  {_handle_fallback_text(h)}" for h in lst]
-    return "\n".join(lines)
-
-
-def _list_fallback_html(lst: SAEList) -> str:
-    import html
-
-    return "<pre>" + html.escape(_list_fallback_text(lst)) + "</pre>"
+        return saes_text(self)
 
 
 # --------------------------------------------------------------------------------------------

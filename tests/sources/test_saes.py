@@ -319,6 +319,21 @@ def test_other_release_in_saelens_format_loads_through_routed_hub(monkeypatch, t
     assert w.info.layer == 3 and w.info.release == "gpt2-small-res-jb"
 
 
+def test_reprs_show_the_handles_facts():
+    """The reprs are display's (no local fallback): the handle's identity, in text and HTML."""
+    hs = load_saes(CANON, layers=[1, 2])
+    text = repr(hs)
+    assert text.startswith("SAEList: 2 SAEs") and "layer_2/width_16k/canonical" in text
+    assert "gemma-2-2b/2-gemmascope-res-16k" in text
+    one = repr(hs[0])
+    assert one.startswith("SAEHandle: layer_1/width_16k/canonical (not loaded)")
+    assert "blocks.1.hook_resid_post" in one and "gemma-scope-2b-pt-res-canonical" in one
+    html = hs[0]._repr_html_()
+    assert "blocks.1.hook_resid_post" in html and "https://neuronpedia.org/gemma-2-2b/1-gemmascope-res-16k" in html
+    assert "<script" not in html.lower() and "smn-" in html
+    assert "layer_2/width_16k/canonical" in hs._repr_html_()
+
+
 def test_reprs_delegate_to_display(monkeypatch):
     import sys
     import types
