@@ -5,7 +5,8 @@ sae-lens ``HookedSAETransformer`` by default), one sae-lens SAE per layer, held-
 four styles (Shakespeare, Milton, King James Bible, Jargon File) and lazy handles. The assets
 ship in ``saematch_nb/demo/assets`` and are built by ``scripts/build_demo.py`` (docs/DEMO.md).
 
-Importing this module is light: torch, transformers and sae-lens load only inside ``load()``.
+Importing this module is light: torch, transformers and sae-lens load only inside ``load()``, through
+saematch_nb.sources (the demo sits above sources; it never imports sae-lens or TransformerLens itself).
 """
 
 from __future__ import annotations
@@ -110,53 +111,25 @@ def load(path: str | os.PathLike | None = None, *, sae_transformer: bool = True,
 
     ``sae_transformer``: build the model as sae-lens' ``HookedSAETransformer`` (``add_sae``,
     ``run_with_cache_with_saes``); False gives a plain TransformerLens ``HookedTransformer``.
-    ``handles``: also return lazy ``saematch_nb.SAEHandle`` s for the same folders (None if the
-    sources layer is unavailable).
+    ``handles``: also return lazy ``saematch_nb.SAEHandle`` s for the same folders (else None).
+    The model and the SAEs are built by the sources layer (``sources.models.load_saved_model``,
+    ``sources.saes.load_saes``): this package imports neither sae-lens nor TransformerLens itself.
     """
+    from ..sources.models import ModelLoadError, load_saved_model
+    from ..sources.saes import load_saes
+
     root = assets_dir(path)
-    # Everything is a local file, loaded with local-only options (local_files_only, a config
-    # instead of a hub name, load_from_disk). The process environment is left alone: setting
-    # HF_HUB_OFFLINE here would turn every later hub load in the kernel into "unreachable".
-    import warnings
-
-    from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast
-
-    # a saved PreTrainedTokenizerFast folder: an in-memory tokenizer with a BOS token would make
-    # TransformerLens reload it from the hub (METHOD.md §4)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
-    cfg_dict = json.loads((root / "model_cfg.json").read_text())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
-        from transformer_lens import HookedTransformerConfig
-
-        cfg = HookedTransformerConfig(**{**cfg_dict, "device": device})
-        if sae_transformer:
-            from sae_lens import HookedSAETransformer as cls
-        else:
-            from transformer_lens import HookedTransformer as cls
-        model = cls(cfg, tokenizer=tokenizer)
-    state = load_file(str(root / "model.safetensors"), device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith((".IGNORE", ".mask"))]
-    if missing or unexpected:
-        raise MissingAssetsError(f"{root / 'model.safetensors'} does not fit model_cfg.json: missing "
-                                 f"{missing[:5]}, unexpected {unexpected[:5]}; rebuild the assets")
-    model.eval()
-
-    from sae_lens import SAE
-
-    paths = sae_paths(root)
-    saes = tuple(SAE.load_from_disk(str(p), device=device) for p in paths)
+    # Local files only, read by the sources layer with local-only options; the process
+    # environment is left alone (tests/demo/test_demo_environment.py).
+    try:
+        model = load_saved_model(root, device=device, sae_transformer=sae_transformer)
+    except ModelLoadError as e:
+        raise MissingAssetsError(f"{e}; rebuild the assets (docs/DEMO.md)") from e
+    hs = load_saes([str(p) for p in sae_paths(root)], device=device)
+    saes = tuple(h.load() for h in hs)  # sae-lens' SAE.load_from_disk, through the handles
     texts, styles, ids = load_texts(root)
-    hs = None
-    if handles:
-        try:
-            from ..sources.saes import load_saes
-
-            hs = load_saes([str(p) for p in paths], device=device)
-        except ImportError:
-            hs = None
+    if not handles:
+        hs = None
     return DemoBundle(model=model, saes=saes, texts=tuple(texts), styles=tuple(styles), ids=tuple(ids),
                       handles=hs, path=root, metrics=metrics(root))
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from .saes import HubUnavailableError, SourceError, _hf_home, _is_hub_unreachable
 
-__all__ = ["load_model", "ModelLoadError", "ModelAccessError", "ModelHubUnavailableError"]
+__all__ = ["load_model", "load_saved_model", "ModelLoadError", "ModelAccessError", "ModelHubUnavailableError"]
 
 _ALIASES = {"gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it",
             "gemma-2-9b": "google/gemma-2-9b", "gemma-2-9b-it": "google/gemma-2-9b-it"}
@@ -138,10 +138,58 @@ def _torch_dtype(dtype: Any) -> Any:
     return dtype
 
 
+def load_saved_model(path: Any, *, device: str = "cpu", sae_transformer: bool = True) -> Any:
+    """A TransformerLens model saved as a folder: ``model_cfg.json`` (a ``HookedTransformerConfig``
+    as a dict), ``model.safetensors`` (its state dict) and ``tokenizer/`` (a saved
+    ``PreTrainedTokenizerFast``), the layout ``scripts/build_demo.py`` writes for the demo.
+
+    ``sae_transformer``: sae-lens' ``HookedSAETransformer`` (default) or a plain TransformerLens
+    ``HookedTransformer``. Everything is read with local-only options (a config instead of a hub
+    name, ``local_files_only``); the process environment is left alone (setting HF_HUB_OFFLINE
+    here would turn every later hub load in the kernel into "unreachable"). A state dict that does
+    not fit the config is a :class:`ModelLoadError` naming the keys.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    root = Path(path)
+    missing_files = [n for n in ("model_cfg.json", "model.safetensors", "tokenizer") if not (root / n).exists()]
+    if missing_files:
+        raise ModelLoadError(f"{root} is not a saved model folder: {', '.join(missing_files)} missing "
+                             "(expected model_cfg.json, model.safetensors and tokenizer/)")
+    # a saved PreTrainedTokenizerFast folder: an in-memory tokenizer with a BOS token would make
+    # TransformerLens reload it from the hub (METHOD.md §4)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    cfg_dict = json.loads((root / "model_cfg.json").read_text())
+    with warnings.catch_warnings():  # deliberate, see the module docstring
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+        from transformer_lens import HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(**{**cfg_dict, "device": device})
+        if sae_transformer:
+            from sae_lens import HookedSAETransformer as cls
+        else:
+            from transformer_lens import HookedTransformer as cls
+        model = cls(cfg, tokenizer=tokenizer)
+    state = load_file(str(root / "model.safetensors"), device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith((".IGNORE", ".mask"))]
+    if missing or unexpected:
+        raise ModelLoadError(f"{root / 'model.safetensors'} does not fit model_cfg.json: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model
+
+
 def _load_demo(device: str | None, dtype: Any) -> Any:
     """The bundled demo model on ``device`` (default CPU) in ``dtype``, or a clear error."""
     import torch
 
+    # The one import of the demo from sources, inside the function: the demo sits above sources
+    # (demo.load builds its model with load_saved_model), and load_model("demo") is a shortcut to it.
     from .. import demo
 
     if device is None:

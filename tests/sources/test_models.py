@@ -236,3 +236,33 @@ def test_load_model_rejects_local_folder_for_hooked(hf_gemma2_dir):
         M.load_model(str(hf_gemma2_dir))
     with pytest.raises(M.ModelLoadError, match="backend must be"):
         M.load_model("gemma-2-2b", backend="jax")
+
+
+# -- a saved model folder (the demo's layout), read by the sources layer -------------------------
+def test_load_saved_model_reads_the_demo_layout(tmp_path):
+    import json
+
+    from saematch_nb import demo
+
+    plain = M.load_saved_model(demo.ASSETS, sae_transformer=False)
+    assert type(plain).__name__ == "HookedTransformer" and not plain.training
+    cfg = json.loads((demo.ASSETS / "model_cfg.json").read_text())
+    assert plain.cfg.n_layers == cfg["n_layers"] and plain.cfg.d_model == cfg["d_model"]
+    toks = plain.to_tokens("HAMLET.")
+    assert toks[0, 0].item() == plain.tokenizer.bos_token_id and toks.shape[1] > 1
+
+    with pytest.raises(M.ModelLoadError, match=r"not a saved model folder: model_cfg.json, model.safetensors"):
+        M.load_saved_model(tmp_path)
+    # a config that does not fit the weights: the error names the keys
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").symlink_to(demo.ASSETS / "model.safetensors")
+    (bad / "tokenizer").symlink_to(demo.ASSETS / "tokenizer")
+    (bad / "model_cfg.json").write_text(json.dumps({**cfg, "n_layers": cfg["n_layers"] - 1}))
+    with pytest.raises(M.ModelLoadError, match=r"does not fit model_cfg.json: missing \[\], unexpected \['blocks\."):
+        M.load_saved_model(bad)
+    # the demo says to rebuild its assets when they do not fit
+    for name in ("texts.jsonl", "saes"):
+        (bad / name).symlink_to(demo.ASSETS / name)
+    with pytest.raises(demo.MissingAssetsError, match="does not fit model_cfg.json.*rebuild the assets"):
+        demo.load(bad)
