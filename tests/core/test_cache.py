@@ -15,7 +15,7 @@ from saematch_nb.core import cache as cache_mod
 from saematch_nb.core.cache import CacheWarning, MatchCache, identity, normalize_options, pair_key
 from saematch_nb.core.chain import match_chain
 from saematch_nb.core.synthetic import planted_chain
-from tests.core.test_chain import PEAK, TestHandle, make_handles, save_npz, using_matcher
+from tests.core.test_chain import PEAK, TestHandle, make_handles, save_npz
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def reference(planted):
-    with using_matcher():
-        return match_chain(planted.saes, cache=False, progress=False)
+    return match_chain(planted.saes, cache=False, progress=False)
 
 
 def same_pairs(a, b) -> bool:
@@ -35,8 +34,7 @@ def same_pairs(a, b) -> bool:
 
 
 def run(saes, cache_dir, **kw):
-    with using_matcher():
-        return match_chain(saes, cache_dir=cache_dir, progress=False, **kw)
+    return match_chain(saes, cache_dir=cache_dir, progress=False, **kw)
 
 
 def test_crash_midchain_keeps_finished_pairs_and_resumes(planted, reference, tmp_path):
@@ -109,9 +107,8 @@ def test_stale_entry_is_caught_when_weights_are_loaded_anyway(tmp_path):
     # pair 2 loaded layer 2 anyway: the cached pair 1 (1 -> 2) no longer fits and is recomputed;
     # pair 0 (0 -> 1) shares no loaded SAE and stays from the cache.
     assert [p["cached"] for p in second.stats["pairs"]] == [True, False, False]
-    with using_matcher():
-        fresh = match_chain([pc.saes[0], pc.saes[1], other.saes[2], pc.saes[3]], cache=False,
-                            progress=False)
+    fresh = match_chain([pc.saes[0], pc.saes[1], other.saes[2], pc.saes[3]], cache=False,
+                        progress=False)
     assert same_pairs(second, fresh)
 
 
@@ -153,8 +150,7 @@ def test_cache_location_and_switch(planted, tmp_path, monkeypatch):
     assert ch.stats["cache_dir"] == str(tmp_path / "env")
     assert len(list((tmp_path / "env").glob("*.npz"))) == 2
     assert MatchCache(tmp_path / "explicit").dir == tmp_path / "explicit"
-    with using_matcher():
-        off = match_chain(planted.saes[:3], cache=False, cache_dir=tmp_path / "off", progress=False)
+    off = match_chain(planted.saes[:3], cache=False, cache_dir=tmp_path / "off", progress=False)
     assert off.stats["cache_dir"] is None and not (tmp_path / "off").exists()
     assert MatchCache(tmp_path / "env").clear() == 2
     assert not list((tmp_path / "env").glob("*.npz"))

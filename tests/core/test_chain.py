@@ -3,8 +3,6 @@ persistence, agreement with direct matches, save/load, lazy pairwise loading."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,55 +13,12 @@ import pytest
 import torch
 
 import saematch_nb
-from saematch_nb.core import chain as chain_mod
 from saematch_nb.core.chain import MatchChain, match_chain
-from saematch_nb.core.results import LayerMatch, ResultMismatchError
+from saematch_nb.core.results import ResultMismatchError
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 
-# -- helpers shared by test_cache.py and test_chain_parallel.py ----------------------------------
-REAL_MATCH = importlib.util.find_spec("saematch_nb.core.match") is not None
-STANDIN = "tests.core.test_chain:_standin_match"
-
-
-def _standin_match(sae_a, sae_b, *, fold=True, params="encoder+decoder", method="lap",
-                   allow_unmatched=False, solver="auto", device=None, progress=False):
-    """Private stand-in for saematch_nb.match (used only while core/match.py does not exist)."""
-    from scipy.optimize import linear_sum_assignment
-
-    def feats(w):
-        th = w.threshold if fold else torch.ones_like(w.b_enc)
-        return torch.cat([w.W_dec * th[:, None], (w.W_enc / th).T], 1).double().numpy()
-
-    X, Y = feats(sae_a), feats(sae_b)
-    C = (X ** 2).sum(1)[:, None] + (Y ** 2).sum(1)[None, :] - 2 * X @ Y.T
-    r, c = linear_sum_assignment(C)
-    D = X.shape[1]
-    mse = C[r, c] / D
-    C[r, c] = np.inf
-    alt = C.min(1) / D
-    score = mse / alt
-    return LayerMatch(
-        permutation=c, partner=c, mse=mse, alt_mse=alt, score=score, matched=score <= 0.25,
-        threshold=0.25, n_a=len(r), n_b=Y.shape[0], d_in=sae_a.d_in, info_a=sae_a.info,
-        info_b=sae_b.info, fingerprint_a=sae_a.fingerprint(), fingerprint_b=sae_b.fingerprint(),
-        options={"fold": fold, "params": params, "method": method}, stats={"solver": "standin"},
-    )
-
-
-@contextlib.contextmanager
-def using_matcher():
-    """The real saematch_nb.match once it exists, else the stand-in above."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not REAL_MATCH:
-            mp.setattr(chain_mod, "_MATCH_TARGET", STANDIN)
-        yield
-
-
-def match_fn():
-    return saematch_nb.match if REAL_MATCH else _standin_match
-
-
+# -- helpers shared by test_cache.py, test_chain_parallel.py and test_reliability.py --------------
 LIVE: set = set()  # ids of SAEWeights made by TestHandle that are still alive (this process)
 PEAK = {"live": 0, "loads": 0}
 
@@ -146,8 +101,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def chain(planted):
-    with using_matcher():
-        return match_chain(planted.saes, cache=False, progress=False)
+    return match_chain(planted.saes, cache=False, progress=False)
 
 
 # -- tests -----------------------------------------------------------------------------------------
@@ -278,10 +232,9 @@ def test_persistence_matches_truth_lifetimes(chain, planted):
 
 def test_agreement_with_direct_match_three_layers():
     pc = planted_chain(n_layers=3, n=128, d_in=32, fresh_fraction=0.1, noise=0.05, seed=11)
-    with using_matcher():
-        ch = match_chain(pc.saes, cache=False, progress=False)
-        direct = match_fn()(pc.saes[0], pc.saes[2])
-        got = ch.check_composition(pc.saes, 0, 2, cache=False)
+    ch = match_chain(pc.saes, cache=False, progress=False)
+    direct = saematch_nb.match(pc.saes[0], pc.saes[2])
+    got = ch.check_composition(pc.saes, 0, 2, cache=False)
     agr = ch.agreement(0, 2, direct)
     assert agr >= 0.95 and got == pytest.approx(agr)
     # raw permutations agree on the surviving features, not on the replaced ones
@@ -291,10 +244,10 @@ def test_agreement_with_direct_match_three_layers():
     # a direct match of other SAEs is refused
     other = planted_chain(n_layers=3, n=128, d_in=32, seed=12)
     with pytest.raises(ResultMismatchError):
-        ch.agreement(0, 2, match_fn()(other.saes[0], other.saes[2]))
+        ch.agreement(0, 2, saematch_nb.match(other.saes[0], other.saes[2]))
     small = planted_chain(n_layers=2, n=64, d_in=32, seed=1)
     with pytest.raises(ValueError, match="features"):
-        ch.agreement(0, 2, match_fn()(small.saes[0], small.saes[1]))
+        ch.agreement(0, 2, saematch_nb.match(small.saes[0], small.saes[1]))
 
 
 def test_tables(chain):
@@ -333,7 +286,7 @@ def test_bad_input():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         match_chain(["/nonexistent/a.npz", "/nonexistent/b.npz"], progress=False,
                     cache_dir="/tmp/unused_saematch_cache")
-    with using_matcher(), pytest.raises(TypeError, match="flod"):
+    with pytest.raises(TypeError, match="flod"):
         match_chain(pc.saes, cache=False, progress=False, flod=False)
     with pytest.raises(ValueError, match="at least one pair"):
         MatchChain(pairs=(), layers=(0,), infos=(SAEInfo(),))
@@ -344,8 +297,7 @@ def test_lazy_handles_are_loaded_pairwise(tmp_path):
     handles = make_handles(pc.saes, tmp_path / "saes")
     del pc
     PEAK.update(live=0, loads=0)
-    with using_matcher():
-        ch = match_chain(handles, cache=False, progress=False)
+    ch = match_chain(handles, cache=False, progress=False)
     assert PEAK["loads"] == 6  # each SAE loaded once
     assert PEAK["live"] <= 2  # never more than the two SAEs of one pair alive at once
     one = 2 * 64 * 32 * 4 + 64 * 4 * 2 + 32 * 4
@@ -357,21 +309,18 @@ def test_lazy_handles_are_loaded_pairwise(tmp_path):
 def test_mapping_and_paths(tmp_path):
     pc = planted_chain(n_layers=3, n=64, d_in=32, seed=6)
     paths = [save_npz(w, tmp_path / f"l{t}.npz") for t, w in enumerate(pc.saes)]
-    with using_matcher():
-        by_path = match_chain({10: paths[0], 12: paths[1], 14: paths[2]}, cache=False, progress=False)
-        direct = match_chain(pc.saes, cache=False, progress=False)
+    by_path = match_chain({10: paths[0], 12: paths[1], 14: paths[2]}, cache=False, progress=False)
+    direct = match_chain(pc.saes, cache=False, progress=False)
     assert by_path.layers == (10, 12, 14)
     assert by_path.pair(12).n_a == 64
     for a, b in zip(by_path.pairs, direct.pairs):
         assert np.array_equal(a.partner, b.partner)
     # npz files carry no layer: a plain list of paths falls back to positions
-    with using_matcher():
-        assert match_chain(paths, cache=False, progress=False).layers == (0, 1, 2)
+    assert match_chain(paths, cache=False, progress=False).layers == (0, 1, 2)
 
 
 def test_partial_and_many_to_one_chains(planted):
-    with using_matcher():
-        partial = match_chain(planted.saes, cache=False, progress=False, allow_unmatched=True)
+    partial = match_chain(planted.saes, cache=False, progress=False, allow_unmatched=True)
     assert partial.options["allow_unmatched"] is True
     for lm, truth in zip(partial.pairs, planted.truths):
         assert np.mean((lm.partner >= 0) == (truth >= 0)) >= 0.95
@@ -382,10 +331,7 @@ def test_partial_and_many_to_one_chains(planted):
     assert tr.features[2:] == (-1, -1, -1) and tr.dies_layer == 1 and len(tr.steps) == 2
     assert tr.steps[-1].next_feature == -1 and not tr.steps[-1].matched
     assert partial.compose(0, 2)[i] == -1
-    if not REAL_MATCH:
-        return  # the stand-in has no cosine method
-    with using_matcher():
-        cos = match_chain(planted.saes[:3], cache=False, progress=False, method="cosine")
+    cos = match_chain(planted.saes[:3], cache=False, progress=False, method="cosine")
     # many-to-one: backward steps pick one source per target, and they are true sources
     back = cos.compose(2, 0)
     fwd = cos.compose(0, 2)
@@ -408,10 +354,8 @@ def test_handles_without_cache_key_stay_lazy(tmp_path):
     handles = [KeylessHandle(h) for h in make_handles(pc.saes, tmp_path / "saes")]
     del pc
     PEAK.update(live=0, loads=0)
-    with using_matcher():
-        ch = match_chain(handles, cache_dir=tmp_path / "cache", progress=False)
+    ch = match_chain(handles, cache_dir=tmp_path / "cache", progress=False)
     assert PEAK["live"] <= 2  # fingerprinting and matching both one or two at a time
     assert PEAK["loads"] == 4 + 4  # once to fingerprint, once to match
-    with using_matcher():
-        assert match_chain(handles, cache_dir=tmp_path / "cache", progress=False).stats["cache_hits"] == 3
+    assert match_chain(handles, cache_dir=tmp_path / "cache", progress=False).stats["cache_hits"] == 3
     assert ch.stats["max_saes_held"] == 2

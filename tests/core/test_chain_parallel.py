@@ -14,15 +14,14 @@ import pytest
 from saematch_nb.core.cache import MatchCache
 from saematch_nb.core.chain import match_chain
 from saematch_nb.core.synthetic import planted_chain
-from tests.core.test_chain import make_handles, using_matcher
+from tests.core.test_chain import make_handles
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pc = planted_chain(n_layers=4, n=96, d_in=32, seed=31)
     handles = make_handles(pc.saes, tmp_path_factory.mktemp("saes"))
-    with using_matcher():
-        ref = match_chain(handles, cache=False, progress=False)
+    ref = match_chain(handles, cache=False, progress=False)
     return handles, ref
 
 
@@ -44,8 +43,7 @@ def test_handles_are_small_to_send(setup):
 
 def test_process_pool(setup, pool, tmp_path):
     handles, ref = setup
-    with using_matcher():
-        ch = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
+    ch = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
     assert same_pairs(ch, ref) and ch.layers == ref.layers and ch.infos == ref.infos
     assert ch.stats["executor"] == "ProcessPoolExecutor" and ch.stats["computed"] == 3
     assert ch.stats["max_saes_held"] == 0  # the parent loaded nothing
@@ -53,8 +51,7 @@ def test_process_pool(setup, pool, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 3
     for lm in ch.pairs:  # rebuilt after pickling: still immutable
         assert not lm.partner.flags.writeable
-    with using_matcher():
-        again = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
+    again = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
     assert again.stats["cache_hits"] == 3 and same_pairs(again, ref)
 
 
@@ -62,12 +59,11 @@ def test_process_pool_failure_keeps_other_pairs(setup, pool, tmp_path):
     handles, ref = setup
     broken = list(handles)
     broken[3] = replace(handles[3], fail=True)  # pair 2 -> 3 fails in its worker
-    with using_matcher(), pytest.raises(RuntimeError, match="simulated crash") as ei:
+    with pytest.raises(RuntimeError, match="simulated crash") as ei:
         match_chain(broken, executor=pool, cache_dir=tmp_path, progress=False)
     assert any("pair 2 failed" in n and "2 finished" in n for n in ei.value.__notes__)
     assert len(list(tmp_path.glob("*.npz"))) == 2  # the other pairs were cached anyway
-    with using_matcher():
-        resumed = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
+    resumed = match_chain(handles, executor=pool, cache_dir=tmp_path, progress=False)
     assert resumed.stats["cache_hits"] == 2 and resumed.stats["computed"] == 1
     assert same_pairs(resumed, ref)
 
@@ -79,9 +75,8 @@ def test_dask_local_cluster(setup, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        with using_matcher():
-            ch = match_chain(handles, executor=client.get_executor(), cache_dir=tmp_path,
-                             progress=False)
+        ch = match_chain(handles, executor=client.get_executor(), cache_dir=tmp_path,
+                         progress=False)
     assert same_pairs(ch, ref)
     assert ch.stats["computed"] == 3
     assert len({p["worker_pid"] for p in ch.stats["pairs"]}) >= 1

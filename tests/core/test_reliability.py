@@ -31,7 +31,7 @@ from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights, as_weights
 from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
 from tests.core.test_cache import planted, reference, run, same_pairs  # noqa: F401 (fixtures: 5 layers of 64)
-from tests.core.test_chain import make_handles, using_matcher
+from tests.core.test_chain import make_handles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,8 +74,8 @@ def test_unwritable_default_cache_location(planted, reference, tmp_path, monkeyp
 
 def test_read_only_cache_as_an_unprivileged_user(planted, reference):
     """Real permissions: as this user when it is not root, else as nobody (root ignores them)."""
-    with using_matcher():  # everything the chain needs is imported before the fork
-        match_chain(planted.saes, cache=False, progress=False)
+    # everything the chain needs is imported before the fork
+    match_chain(planted.saes, cache=False, progress=False)
     base = Path(tempfile.mkdtemp(prefix="smn_ro_", dir="/tmp"))
     try:
         (base / "cache").mkdir()
@@ -86,9 +86,8 @@ def test_read_only_cache_as_an_unprivileged_user(planted, reference):
         def chains():
             os.environ.pop("SAEMATCH_CACHE_DIR", None)
             os.environ["HOME"] = str(base / "home")
-            with using_matcher():
-                a = match_chain(planted.saes, cache_dir=base / "cache", progress=False)
-                b = match_chain(planted.saes, progress=False)  # ~/.cache/saematch_nb
+            a = match_chain(planted.saes, cache_dir=base / "cache", progress=False)
+            b = match_chain(planted.saes, progress=False)  # ~/.cache/saematch_nb
             return [[lm.partner for lm in c.pairs] for c in (a, b)]
 
         got, rec = as_unprivileged(chains)
@@ -176,8 +175,7 @@ def test_forged_entries_of_lazy_handles_are_recomputed(planted, reference, tmp_p
     store = MatchCache(tmp_path / "cache")
     k1 = first.pairs[1].stats["cache_key"]
     other = planted_chain(n_layers=3, n=32 if forgery == "other_width" else 64, d_in=32, seed=99)
-    with using_matcher():
-        alien = match_chain(other.saes, cache=False, progress=False).pairs[0]
+    alien = match_chain(other.saes, cache=False, progress=False).pairs[0]
     store.put(k1, alien)
     with pytest.warns(CacheWarning, match="recomputing cached pairs"):
         got = run(handles, tmp_path / "cache")
