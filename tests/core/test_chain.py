@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import saematch_nb
 from saematch_nb.core.chain import MatchChain, match_chain
