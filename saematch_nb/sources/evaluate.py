@@ -356,7 +356,7 @@ class Coactivation:
 def coactivation(
     chain_or_match: Any, acts: Any, saes: Sequence[Any] | Mapping[int, Any] | None = None, *, frac: float = 0.2,
     n_random: int | None = None, seed: int = 0, batch_tokens: int = 4096, block_bytes: int = 512 * 2**20,
-    progress: bool = True,
+    progress: bool = True, layer: int | None = None,
 ) -> Coactivation:
     """Co-activation, Pearson and Lerner relations of SAE Match's partners on real activations, the
     data's best-Pearson partner of every feature and the agreement rate between the two.
@@ -366,6 +366,7 @@ def coactivation(
     ``{layer: sae}`` or a list in ``acts.layers`` order. SAEs given must be those the matches were
     computed from (checked by weight hash, as in :func:`evaluate`); ``acts`` needs only ``.layers`` and ``.batches(layer, n)`` (rows of the
     same tokens, in the same order, at every layer).
+    ``layer``: with a chain, only the pair starting at this layer (default: every pair).
     Random pairs (A-feature i with a random B-feature) give the chance level of every statistic.
     Two passes over the tokens per pair (maxima and Pearson blocks, then the pair statistics);
     the Pearson matrix is built in blocks of A-features of at most ``block_bytes``.
@@ -377,7 +378,12 @@ def coactivation(
     from ..core.metrics import CrossMoments, PairStats, agreement_rate
 
     if hasattr(chain_or_match, "pairs"):
-        pairs, layers = list(chain_or_match.pairs), list(chain_or_match.layers)
+        if layer is None:
+            pairs, layers = list(chain_or_match.pairs), list(chain_or_match.layers)
+        else:  # the one pair starting at `layer` (chain.pair names a layer with no pair)
+            lm = chain_or_match.pair(layer)
+            p = chain_or_match.layers.index(int(layer))
+            pairs, layers = [lm], [chain_or_match.layers[p], chain_or_match.layers[p + 1]]
     else:
         lm = chain_or_match
         layers = [lm.info_a.layer, lm.info_b.layer]
