@@ -121,7 +121,7 @@ def load(path: str | os.PathLike | None = None, *, sae_transformer: bool = True,
     from transformers import PreTrainedTokenizerFast
 
     # a saved PreTrainedTokenizerFast folder: an in-memory tokenizer with a BOS token would make
-    # TransformerLens reload it from the hub (METHOD.md §4)
+    # TransformerLens reload it from the hub (docs/METHOD.md §7)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
     cfg_dict = json.loads((root / "model_cfg.json").read_text())
     with warnings.catch_warnings():
