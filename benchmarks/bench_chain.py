@@ -31,7 +31,7 @@ def _rss(field: str) -> int:
 
 def _child(mode: str, folder: str, matcher: str, cache_dir: str | None) -> None:
     import saematch_nb
-    from saematch_nb.core import chain as chain_mod
+    from saematch_nb.core import runner as chain_mod
     from saematch_nb.core.weights import as_weights
 
     chain_mod._MATCH_TARGET = matcher

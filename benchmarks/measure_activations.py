@@ -152,7 +152,7 @@ def main() -> None:
         acts, t_acts, m_acts = _stage(lambda: collect_activations(
             model, texts, layers, cache_dir=tmp, progress=False))
         exs, t_ex, m_ex = _stage(lambda: collect_examples(
-            acts, ws, k=args.k, cache=False, progress=False))
+            acts, chain, k=args.k, cache=False, progress=False))
         disk = acts.nbytes()
         n_feat = sum(w.d_sae for w in ws)
         print("## Cost of collecting activations and examples (held-out text, all layers)")
@@ -170,7 +170,7 @@ def main() -> None:
         if "evaluate" not in stages:
             ev = None
         else:
-            ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, saes=ws, quantile=args.quantile, progress=False,
+            ev, t_ev, _ = _stage(lambda: evaluate(chain, model, texts, quantile=args.quantile, progress=False,
                                                   max_tokens=args.max_tokens))
         if ev is not None:
             order = list(dict.fromkeys(ev.method))
@@ -195,7 +195,7 @@ def main() -> None:
                   "top-1 cosine": saematch_nb.match_chain(ws, cache=False, progress=False, method="cosine")}
         summary = []
         for name, ch in chains.items():
-            co, t_co, m_co = _stage(lambda ch=ch: coactivation(ch, acts, ws, progress=False))
+            co, t_co, m_co = _stage(lambda ch=ch: coactivation(ch, acts, progress=False))
             df = co.to_pandas()
             df["pair"] = df.layer_from.astype(str) + "→" + df.layer_to.astype(str)
             df.insert(0, "matching", name)
@@ -212,7 +212,7 @@ def main() -> None:
         # persistence: accepted steps of the chain next to the activations' own (read-off) persistence
         from saematch_nb.sources.evaluate import read_off_persistence
 
-        ro, t_ro, _ = _stage(lambda: read_off_persistence(acts, ws, progress=False))
+        ro, t_ro, _ = _stage(lambda: read_off_persistence(acts, chain, progress=False))
         life = chain.persistence()
         T = len(layers)
         rows = []

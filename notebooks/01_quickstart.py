@@ -145,7 +145,9 @@ partial
 # %% [markdown]
 # ## 3. Match the whole chain
 #
-# `match_chain` matches every neighbouring pair. Finished pairs are written to a cache
+# `match_chain` matches every neighbouring pair and keeps the SAEs it was given: every later step
+# (examples, evaluation, co-activation, steering, the panels) takes the chain, and no SAE is
+# converted, hashed or folded twice. Finished pairs are written to a cache
 # (`$SAEMATCH_CACHE_DIR`, default `~/.cache/saematch_nb`) the moment they are done: running the
 # same chain again, or resuming after a crash, reads them back instead of recomputing. The chain
 # table shows, per pair, the accepted share and the MSE median / q90: a rise in MSE with depth is
@@ -203,8 +205,8 @@ trace.to_pandas()
 
 # %%
 for a, c in [(1, 3), (1, 4)]:
-    acc = chain.check_composition(saes, a, c)
-    raw = chain.check_composition(saes, a, c, raw=True)
+    acc = chain.check_composition(a, c)
+    raw = chain.check_composition(a, c, raw=True)
     print(f"layers {a}→{c}: agreement on accepted paths {acc:.2f}, raw permutations {raw:.3f}")
 
 # %% [markdown]
@@ -279,7 +281,7 @@ print("pair round trip: ", np.array_equal(lm.partner, lm2.partner) and np.array_
 # %%
 texts = list(bundle.texts[::4])
 acts = smn.collect_activations(bundle.model, texts, chain.layers, progress=False)
-examples = smn.collect_examples(acts, bundle.saes, progress=False)
+examples = smn.collect_examples(acts, chain, progress=False)
 acts
 
 # %%
@@ -308,7 +310,7 @@ examples.for_trace(trace)  # every step of the trace side by side
 
 # %%
 small = list(bundle.texts[::17])[:8]
-ev = smn.evaluate(chain, bundle.model, small, saes=bundle.saes, max_tokens=512, progress=False,
+ev = smn.evaluate(chain, bundle.model, small, max_tokens=512, progress=False,
                   methods=["folded+matched", "folded+accepted", "identity", "cosine", "skip", "recon_current"])
 display(ev.pivot_table(index=["layer_from", "layer_to"], columns="method", values="explained_variance").round(3))
 ev.pivot_table(index=["layer_from", "layer_to"], columns="method", values="delta_loss").round(3)
@@ -322,7 +324,7 @@ ev.pivot_table(index=["layer_from", "layer_to"], columns="method", values="delta
 # chance level. Look at the accepted pairs: they should agree with the data far above chance.
 
 # %%
-co = smn.coactivation(chain.pair(LAYER_A), acts, bundle.saes, progress=False)
+co = smn.coactivation(chain, acts, layer=LAYER_A, progress=False)
 co
 
 # %%
@@ -344,7 +346,7 @@ from saematch_nb.sources.steering import feature_logit_effect
 
 plan = smn.plan_steering(chain, LAYER, FEATURE, strength=4.0, span="trace")
 print(plan)
-result = smn.steer(bundle.model, bundle.saes, plan, "HAMLET.\n", max_new_tokens=24)
+result = smn.steer(bundle.model, plan, "HAMLET.\n", max_new_tokens=24)
 result
 
 # %% [markdown]
@@ -352,7 +354,7 @@ result
 # prompt's positions:
 
 # %%
-feature_logit_effect(bundle.model, bundle.saes, plan, "To be, or not to be, that is the question", k=8)
+feature_logit_effect(bundle.model, plan, "To be, or not to be, that is the question", k=8)
 
 # %% [markdown]
 # ## 12. Interactive panels
@@ -363,7 +365,7 @@ feature_logit_effect(bundle.model, bundle.saes, plan, "To be, or not to be, that
 
 # %%
 explorer = smn.FeatureExplorer(chain, examples, layer=LAYER, feature=FEATURE)
-panel = smn.SteeringPanel(bundle.model, bundle.saes, chain, layer=LAYER, feature=FEATURE,
+panel = smn.SteeringPanel(bundle.model, chain, layer=LAYER, feature=FEATURE,
                       prompt="HAMLET.\n", max_new_tokens=20).follow(explorer)
 display(explorer, panel)
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s")

@@ -169,10 +169,10 @@ except NeuronpediaUnavailable as err:
 # The same trace seen through the data: top contexts of each step's feature, on held-out text.
 
 # %%
-sae_weights = saes.to_weights()  # loaded once for the data checks (~1.8 GB for six 16k SAEs)
+# the chain keeps its SAEs (lazy handles: loaded two at a time when a step needs them)
 acts = smn.collect_activations(model, texts, chain.layers, max_tokens=MAX_TOKENS, context=CONTEXT,
                                progress=False)
-examples = smn.collect_examples(acts, sae_weights, progress=False)
+examples = smn.collect_examples(acts, chain, progress=False)
 examples.for_trace(trace)
 
 # %% [markdown]
@@ -185,11 +185,11 @@ examples.for_trace(trace)
 # data's best-correlated feature, for accepted pairs against all.
 
 # %%
-ev = smn.evaluate(chain, model, texts, saes=sae_weights, methods=["folded+matched", "identity", "skip"],
+ev = smn.evaluate(chain, model, texts, methods=["folded+matched", "folded+accepted", "identity", "skip"],
                   max_tokens=MAX_TOKENS // 4, context=CONTEXT, progress=False)
 display(ev.pivot_table(index=["layer_from", "layer_to"], columns="method",
                        values=["explained_variance", "delta_loss"]).round(3))
-co = smn.coactivation(chain.pair(LAYER), acts, sae_weights, progress=False)
+co = smn.coactivation(chain, acts, layer=LAYER, progress=False)
 co
 
 # %% [markdown]
@@ -201,7 +201,7 @@ co
 
 # %%
 plan = smn.plan_steering(chain, LAYER, FEATURE, strength=4.0, span="trace")
-smn.steer(model, sae_weights, plan, PROMPT, max_new_tokens=24)
+smn.steer(model, plan, PROMPT, max_new_tokens=24)
 
 # %% [markdown]
 # ## 8. Explore interactively
@@ -211,7 +211,7 @@ smn.steer(model, sae_weights, plan, PROMPT, max_new_tokens=24)
 
 # %%
 explorer = smn.FeatureExplorer(chain, examples, layer=LAYER, feature=FEATURE)
-panel = smn.SteeringPanel(model, sae_weights, chain, layer=LAYER, feature=FEATURE, prompt=PROMPT,
+panel = smn.SteeringPanel(model, chain, layer=LAYER, feature=FEATURE, prompt=PROMPT,
                       max_new_tokens=20).follow(explorer)
 display(explorer, panel)
 print(f"{'Gemma' if USE_GEMMA else 'demo'} run: {time.perf_counter() - T0:.0f} s")

@@ -21,7 +21,8 @@ _LAZY = {
     "match": "core.match:match",
     "LayerMatch": "core.results:LayerMatch",
     "FeatureTrace": "core.results:FeatureTrace",
-    "match_chain": "core.chain:match_chain",
+    "match_chain": "core.runner:match_chain",
+    "SAEStack": "core.stack:SAEStack",
     "MatchChain": "core.chain:MatchChain",
     # sources
     "load_saes": "sources.saes:load_saes",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import architectures
 from .weights import SAEWeights
 
 BAD_THRESHOLD_CHOICES = ("raise", "skip")
@@ -86,44 +87,6 @@ def _check_finite(label: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
-def _feature_scales(
-    threshold: torch.Tensor | None, W_dec: torch.Tensor, architecture: str, bad_threshold: str,
-    topk_rtol: float, label: str,
-) -> torch.Tensor | None:
-    """Per-feature factor s: W_enc/s, b_enc/s, W_dec·s, θ/s. None = leave the SAE as it is."""
-    if architecture == "jumprelu":
-        thr = threshold.detach().to(torch.float64)
-        bad = ~torch.isfinite(thr) | (thr <= 0)
-        if bool(bad.any()):
-            idx = torch.nonzero(bad).flatten().tolist()
-            if bad_threshold == "raise":
-                shown = ", ".join(str(i) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
-                raise ValueError(
-                    f"{label}: {len(idx)} feature(s) have a threshold that is <= 0, NaN or inf "
-                    f"(indices {shown}); folding divides by the threshold. Fix the thresholds, or "
-                    "pass bad_threshold='skip' (to fold, match or match_chain) to leave those features unscaled"
-                )
-            thr = torch.where(bad, torch.ones_like(thr), thr)
-        return thr
-    norms = W_dec.detach().to(torch.float64).norm(dim=1)
-    zero = norms <= 0
-    if bool(zero.any()):
-        # a dead feature with a zero decoder row: nothing to normalise, keep it as it is
-        norms = torch.where(zero, torch.ones_like(norms), norms)
-    s = 1.0 / norms
-    if architecture == "topk":
-        spread = float(norms.max() / norms.min()) if norms.numel() else 1.0
-        if spread > 1.0 + topk_rtol:
-            warnings.warn(
-                f"{label}: fold() left this TopK SAE unchanged: its decoder norms differ "
-                f"(max/min = {spread:.3g}) and rescaling features would change which k features "
-                "win the top-k, i.e. change the SAE's function. Matching uses the raw parameters.",
-                UserWarning, stacklevel=4,
-            )
-            return None
-    return s
-
-
 def _check_folded(label: str, scale: torch.Tensor, **tensors: torch.Tensor) -> None:
     """Folding divides by θ: in float16 (max 65504) a tiny θ overflows to inf, and matching
     would then fail deep inside the solver. Name the features and say what to do."""
@@ -147,7 +110,7 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
     label = f"fold({w.info.label})"
     # a NaN/inf threshold is handled (named, or skipped) by the threshold check below
     _check_finite(label, W_enc=w.W_enc, b_enc=w.b_enc, W_dec=w.W_dec, b_dec=w.b_dec)
-    s = _feature_scales(w.threshold, w.W_dec, w.architecture, bad_threshold, topk_rtol, label)
+    s = w.arch.fold_scales(w.threshold, w.W_dec, bad_threshold=bad_threshold, topk_rtol=topk_rtol, label=label)
     if s is None:
         return replace(w, folded=True, _cache={})
     dt = w.W_enc.dtype
@@ -162,23 +125,11 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
     return replace(w, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, threshold=thr, folded=True, _cache={})
 
 
-def _module_architecture(sae: Any) -> str:
-    cfg = getattr(sae, "cfg", None)
-    arch = getattr(cfg, "architecture", None)
-    arch = arch() if callable(arch) else arch
-    arch = str(arch).lower() if arch else ""
-    if "topk" in arch:
-        return "topk"
-    if arch == "jumprelu" or getattr(sae, "threshold", None) is not None:
-        return "jumprelu"
-    return "relu"
-
-
 def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
     label = f"fold({type(sae).__name__})"
-    arch = _module_architecture(sae)
+    arch = architectures.from_saelens(sae)
     thr = getattr(sae, "threshold", None)
-    if arch == "jumprelu" and thr is None and getattr(sae, "log_threshold", None) is not None:
+    if arch.needs_threshold and thr is None and getattr(sae, "log_threshold", None) is not None:
         raise ValueError(
             f"{label}: this SAE stores log_threshold; convert it with saematch_nb.as_weights(sae) "
             "and fold the SAEWeights instead"
@@ -187,7 +138,7 @@ def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
         raise ValueError(f"{label}: W_enc has shape {tuple(sae.W_enc.shape)}; an SAE needs at least one "
                          "feature and one input dimension ([d_in, d_sae], both > 0)")
     _check_finite(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None))
-    s = _feature_scales(thr, sae.W_dec, arch, bad_threshold, topk_rtol, label)
+    s = arch.fold_scales(thr, sae.W_dec, bad_threshold=bad_threshold, topk_rtol=topk_rtol, label=label)
     out = copy.deepcopy(sae)
     if s is None:
         return out
@@ -199,6 +150,6 @@ def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
         _check_folded(label, s_t, **folded)  # before the copy is changed: nothing half-folded
         for name, t in folded.items():
             getattr(out, name).copy_(t)
-        if arch == "jumprelu":
+        if arch.needs_threshold:
             out.threshold.copy_((out.threshold.to(torch.float64) / s_t).to(out.threshold.dtype))
     return out

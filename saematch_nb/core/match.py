@@ -20,7 +20,7 @@ from .lap import AssignmentResult, pick_solver, solve, solve_dense
 from .cost import (check_params, check_same_d_in, cost_blocks, default_device, dense_cost,
                    feature_matrix, pair_cost)
 from .results import LayerMatch
-from .weights import as_weights
+from .weights import SAEWeights, as_weights
 
 METHODS = ("lap", "identity", "cosine")
 
@@ -70,13 +70,7 @@ def match(
         them) or "skip" (leave them unscaled when folding; see :func:`saematch_nb.fold`).
         Passed through ``match_chain(..., bad_threshold="skip")`` as well.
     """
-    t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_params(params)
-    if allow_unmatched and method != "lap":
-        raise ValueError(f"allow_unmatched=True needs method='lap' (got method={method!r})")
-    crit._check_alpha(alpha)
+    _check_options(method, params, allow_unmatched, alpha)
     wa, wb = as_weights(sae_a), as_weights(sae_b)
     check_same_d_in(wa, wb)
     # The reported MSE is always on folded parameters, so fold once here (raw wa/wb stay for fold=False).
@@ -84,6 +78,35 @@ def match(
 
     wa_f = wa if wa.folded else _fold(wa, bad_threshold=bad_threshold)
     wb_f = wb if wb.folded else _fold(wb, bad_threshold=bad_threshold)
+    return match_weights(wa, wb, wa_f, wb_f, fold=fold, params=params, method=method,
+                         allow_unmatched=allow_unmatched, solver=solver, device=device, progress=progress,
+                         alpha=alpha, calibration=calibration, n_null=n_null, seed=seed,
+                         bad_threshold=bad_threshold)
+
+
+def _check_options(method: str, params: str, allow_unmatched: bool, alpha: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_params(params)
+    if allow_unmatched and method != "lap":
+        raise ValueError(f"allow_unmatched=True needs method='lap' (got method={method!r})")
+    crit._check_alpha(alpha)
+
+
+def match_weights(
+    wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWeights, *, fold: bool = True,
+    params: str = "encoder+decoder", method: str = "lap", allow_unmatched: bool = False, solver: str = "auto",
+    device: Any = None, progress: bool = False, alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None,
+    n_null: int = crit.DEFAULT_NULL_ROWS, seed: int = 0, bad_threshold: str = "raise",
+) -> LayerMatch:
+    """:func:`match` on SAEWeights already converted and folded (``wa_f``/``wb_f`` the folded
+    copies of ``wa``/``wb``): what a chain's SAE stack hands over, so that each SAE of an analysis
+    is folded once (the options are :func:`match`'s)."""
+    t0 = time.perf_counter()
+    _check_options(method, params, allow_unmatched, alpha)
+    check_same_d_in(wa, wb)
+    if not (wa_f.folded and wb_f.folded) or (wa_f.d_sae, wb_f.d_sae) != (wa.d_sae, wb.d_sae):
+        raise ValueError("match_weights needs the folded copies of the two SAEs (saematch_nb.fold(sae))")
     n_a, n_b = wa.d_sae, wb.d_sae
     dev = default_device(device)
 

@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-ARCHITECTURES = ("jumprelu", "relu", "topk")
+from . import architectures
+
+ARCHITECTURES = tuple(architectures.ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,10 @@ class SAEWeights:
             if d_sae == 0 or d_in == 0:  # fails much later otherwise, deep inside the criterion
                 problems.append(f"it is empty (d_in={d_in}, d_sae={d_sae}): an SAE needs at least one "
                                 "feature and one input dimension; check the weights that were loaded")
-        if self.architecture == "jumprelu" and self.threshold is None:
-            problems.append("a JumpReLU SAE needs a threshold")
-        if self.architecture == "topk" and not self.k:
-            problems.append("a TopK SAE needs k")
+        if self.arch.needs_threshold and self.threshold is None:
+            problems.append(f"a {self.arch.name} SAE needs a threshold")
+        if self.arch.needs_k and not self.k:
+            problems.append(f"a {self.arch.name} SAE needs k")
         if problems:
             raise ValueError(f"inconsistent SAE weights ({self.info.label}): " + "; ".join(problems))
 
@@ -123,14 +125,18 @@ class SAEWeights:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
+    @property
+    def arch(self) -> architectures.Architecture:
+        """The :class:`~saematch_nb.core.architectures.Architecture` object (encode, fold, one
+        feature's activation)."""
+        return architectures.get(self.architecture)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.pre_acts(x)
-        if self.architecture == "jumprelu":
-            return pre * (pre > self.threshold)
-        if self.architecture == "relu":
-            return torch.relu(pre)
-        vals, idx = torch.topk(torch.relu(pre), self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, vals)
+        return self.arch.encode(self, self.pre_acts(x))
+
+    def feature_activation(self, x: torch.Tensor, feature: int) -> torch.Tensor:
+        """Activation of one feature on inputs ``x`` [..., d_in] (exact for every architecture)."""
+        return self.arch.feature_activation(self, x, int(feature))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
@@ -145,16 +151,7 @@ class SAEWeights:
         """sha256 of the raw weights (hex, first 16 chars): identifies the SAE a result came from."""
         fp = self._cache.get("fingerprint")
         if fp is None:
-            h = hashlib.sha256()
-            for t in (self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.threshold):
-                if t is None:
-                    h.update(b"none")
-                    continue
-                a = t.detach().to("cpu", torch.float32).contiguous().numpy()
-                h.update(str(a.shape).encode())
-                h.update(a.tobytes())
-            h.update(f"{self.architecture}|{self.k}|{self.apply_b_dec_to_input}".encode())
-            fp = h.hexdigest()[:16]
+            fp = _hash_weights(self)
             self._cache["fingerprint"] = fp
         return fp
 
@@ -222,6 +219,20 @@ class SAEWeights:
         return cls.from_arrays(arrays, info=info or SAEInfo(path=str(path)))
 
 
+def _hash_weights(w: SAEWeights) -> str:
+    """The full-weight sha256 behind ``SAEWeights.fingerprint`` (one pass over every parameter)."""
+    h = hashlib.sha256()
+    for t in (w.W_enc, w.b_enc, w.W_dec, w.b_dec, w.threshold):
+        if t is None:
+            h.update(b"none")
+            continue
+        a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    h.update(f"{w.architecture}|{w.k}|{w.apply_b_dec_to_input}".encode())
+    return h.hexdigest()[:16]
+
+
 def _as_f32(a: Any) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.detach().to(torch.float32).cpu()
@@ -271,14 +282,10 @@ def _cfg_get(cfg: Any, name: str, default: Any = None) -> Any:
 
 def _from_saelens_object(sae: Any) -> SAEWeights:
     cfg = getattr(sae, "cfg", None)
-    arch_fn = getattr(cfg, "architecture", None)
-    arch = arch_fn() if callable(arch_fn) else (arch_fn or None)
     thr = getattr(sae, "threshold", None)
     if thr is None and hasattr(sae, "log_threshold"):
         thr = torch.exp(sae.log_threshold)
-    arch = {"jumprelu": "jumprelu", "topk": "topk", "batchtopk": "topk"}.get(
-        str(arch).lower() if arch else "", "jumprelu" if thr is not None else "relu"
-    )
+    arch = architectures.from_saelens(sae).name
     meta = _cfg_get(cfg, "metadata")
     hook = _cfg_get(meta, "hook_name") or _cfg_get(cfg, "hook_name")
     info = SAEInfo(

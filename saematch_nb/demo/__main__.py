@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         from ..core.weights import as_weights
         from . import seed_ceiling_path
 
-        weights = [as_weights(p) for p in paths]
+        weights = [chain.stack.weights(L) for L in chain.layers]  # the chain's own, converted once
         ceiling = None
         cp = seed_ceiling_path(args.assets)
         if cp is not None:
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         if args.check:
             from ..sources.evaluate import evaluate
 
-            ev = evaluate(chain, bundle.model, list(bundle.texts), saes=paths,
+            ev = evaluate(chain, bundle.model, list(bundle.texts),
                           methods=["folded+matched", "unfolded+matched", "identity"],
                           max_tokens=args.max_tokens, progress=True)
             wide = ev.pivot_table(index=["layer_from", "layer_to"], columns="method",

@@ -94,19 +94,6 @@ def trace_examples_html(trace: Any, examples_by_layer: Any, *, max_top: int = 5)
                        trace_examples_text(trace, examples_by_layer), kind="trace-examples")
 
 
-class TraceExamples:
-    """What ``Examples.for_trace`` returns: renders as the side-by-side HTML in a notebook."""
-
-    def __init__(self, trace: Any, examples_by_layer: Any, *, max_top: int = 5) -> None:
-        self.trace, self.examples, self.max_top = trace, examples_by_layer, max_top
-
-    def _repr_html_(self) -> str:
-        return trace_examples_html(self.trace, self.examples, max_top=self.max_top)
-
-    def __repr__(self) -> str:
-        return trace_examples_text(self.trace, self.examples)
-
-
 # -- Neuronpedia features -------------------------------------------------------------------------
 def neuronpedia_feature_text(f: Any) -> str:
     desc = "; ".join(f.explanations[:3]) if f.explanations else "no explanation"

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.metrics import EVAccumulator
+from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEWeights, as_weights
 from .activations import tokenize
 
@@ -76,32 +77,45 @@ def _transfer(w_a: SAEWeights, w_b: SAEWeights, perm: np.ndarray, keep_prev: np.
     return fn
 
 
-def _layer_of(sae: Any) -> int | None:
-    """The layer an SAE reads, without loading it when it says so itself (SAEWeights, lazy
-    handles: ``.info.layer`` / ``.layer``); otherwise loaded alone and dropped."""
-    L = getattr(getattr(sae, "info", None), "layer", None)
-    if L is None and not isinstance(sae, Mapping):
-        L = getattr(sae, "layer", None)
-    if L is None:
-        L = as_weights(sae).info.layer  # the weights are dropped at once
-    return None if L is None else int(L)
-
-
-def _pair_layers(chain: Any, saes: Sequence[Any]) -> list[int]:
-    if chain is not None and hasattr(chain, "layers"):
-        return [int(x) for x in chain.layers]
-    layers = [_layer_of(s) for s in saes]
+def _eval_stack(chain: Any, saes: Any) -> tuple[Any, SAEStack, list[int]]:
+    """(chain or None, the analysis' SAE stack, its layers). ``evaluate(chain, ...)`` uses the
+    chain's SAEs (``saes=`` given too are checked against them); ``evaluate(saes, ...)`` (no
+    chain) needs SAEs that say which layer they read."""
+    if chain is not None and not hasattr(chain, "pairs"):
+        if saes is not None:
+            raise ValueError("give the SAEs once: evaluate(chain, model, texts) or evaluate(saes, model, texts)")
+        chain, saes = None, chain
+    if chain is not None:
+        if saes is None:
+            return chain, stack_of(chain), [int(x) for x in chain.layers]
+        # SAEs given again: used as given (lazy ones loaded pair by pair, nothing kept after) and
+        # checked pair by pair against the hashes the chain's matches recorded
+        items = saes if isinstance(saes, Mapping) else list(saes)
+        if not isinstance(items, Mapping) and len(items) != len(chain.layers):
+            raise ValueError(f"the chain has {len(chain.layers)} layers but {len(items)} SAEs were given")
+        stack = SAEStack.build(items, layers=None if isinstance(items, Mapping) else chain.layers)
+        if tuple(stack.layers) != tuple(chain.layers):
+            raise ValueError(f"the SAEs given are for layers {stack.layers}, the chain has layers {chain.layers}")
+        stack.verify_against = chain
+        return chain, stack, [int(x) for x in chain.layers]
+    if saes is None:
+        raise ValueError("evaluate needs the chain (or the SAEs): evaluate(chain, model, texts)")
+    stack = SAEStack.build(saes)
+    layers = [stack.info(L).layer for L in stack.layers]
     if any(L is None for L in layers):
         raise ValueError("cannot tell which layer each SAE reads: give SAEs whose info has a layer "
                          "(hook blocks.{L}.hook_resid_post) or a MatchChain")
-    return layers
+    if not isinstance(saes, Mapping):
+        stack.layers = tuple(int(L) for L in layers)  # read from the SAEs themselves
+    return None, stack, [int(x) for x in stack.layers]
 
 
-def _check_pair(chain: Any, t: int, wa: SAEWeights, wb: SAEWeights) -> None:
+def _check_pair(chain: Any, t: int, stack: SAEStack, la: int, lb: int) -> None:
     lm = chain.pairs[t]
-    if lm.fingerprint_a and (lm.fingerprint_a != wa.fingerprint() or lm.fingerprint_b != wb.fingerprint()):
+    if lm.fingerprint_a and (lm.fingerprint_a != stack.fingerprint(la) or lm.fingerprint_b != stack.fingerprint(lb)):
         raise ValueError(f"pair {t} of the chain was computed from other SAEs than those given "
-                         "(weights hashes differ): pass the SAEs the chain was built from")
+                         "(weights hashes differ): pass the SAEs the chain was built from, or leave "
+                         "them out (the chain has them)")
 
 
 def evaluate(
@@ -139,25 +153,10 @@ def evaluate(
     import torch
     from tqdm.auto import tqdm
 
-    if saes is None:
-        if chain is not None and not hasattr(chain, "pairs"):
-            saes, chain = chain, None
-        else:
-            saes = getattr(chain, "saes", None)
-    if saes is None:
-        raise ValueError("evaluate needs the SAEs: pass saes=[...] (the SAEs the chain was built from)")
-    saes = [saes[k] for k in sorted(saes)] if isinstance(saes, Mapping) else list(saes)
-    n = len(saes)
+    chain, stack, layers = _eval_stack(chain, saes)
+    n = len(layers)
     if n < 2:
         raise ValueError(f"evaluate needs at least two SAEs, got {n}")
-    layers = _pair_layers(chain, saes)
-    if chain is not None and len(layers) != n:
-        raise ValueError(f"the chain has {len(layers)} layers but {n} SAEs were given")
-    if chain is not None:
-        # SAEs already in memory are checked now, lazy ones when their pair is loaded.
-        for t in range(n - 1):
-            if isinstance(saes[t], SAEWeights) and isinstance(saes[t + 1], SAEWeights):
-                _check_pair(chain, t, saes[t], saes[t + 1])
     for t in range(len(layers) - 1):
         if layers[t + 1] != layers[t] + 1:
             raise ValueError(f"evaluate compares adjacent layers; got layers {layers[t]} -> {layers[t + 1]}")
@@ -206,30 +205,27 @@ def evaluate(
         clean_sum += s; clean_n += n_
     clean = clean_sum / max(clean_n, 1)
 
-    def load(i: int) -> SAEWeights:
-        w = as_weights(saes[i])
+    def load(L: int) -> SAEWeights:
+        w = stack.weights(L)  # the stack holds at most two lazy SAEs: SAE t and SAE t+1
         return w if w.W_dec.device == device else w.to(device)
 
     rows: list[dict] = []
     bar = tqdm(total=(n - 1) * len(methods), desc="evaluate", unit="run", disable=not progress)
-    wa = load(0)
     for t in range(n - 1):
-        wb = load(t + 1)  # held now: SAE t and SAE t+1, nothing else
-        if chain is not None:
-            _check_pair(chain, t, wa, wb)
-        rows += _evaluate_pair(model, chain, t, layers[t], layers[t + 1], wa, wb, methods, mk, transfer,
+        la, lb = layers[t], layers[t + 1]
+        if getattr(stack, "verify_against", None) is not None:
+            _check_pair(chain, t, stack, la, lb)
+        rows += _evaluate_pair(model, chain, stack, t, la, lb, load(la), load(lb), methods, mk, transfer,
                                batches, loss_of, clean, bar)
-        wa, wb = wb, None  # SAE t is dropped here
-    del wa
     bar.close()
     return pd.DataFrame(rows)
 
 
-def _evaluate_pair(model, chain, t, la, lb, wa, wb, methods, mk, transfer, batches, loss_of, clean, bar):
+def _evaluate_pair(model, chain, stack, t, la, lb, wa, wb, methods, mk, transfer, batches, loss_of, clean, bar):
     """The rows of one pair; everything built for it (matches, transfer closures) dies on return."""
     import torch
 
-    from ..core.match import match
+    from ..core.match import match_weights
 
     memo: dict[str, Any] = {}
 
@@ -241,7 +237,11 @@ def _evaluate_pair(model, chain, t, la, lb, wa, wb, methods, mk, transfer, batch
             else:
                 kw = {"folded": dict(fold=True), "unfolded": dict(fold=False),
                       "cosine": dict(method="cosine")}[kind]
-                memo[kind] = match(wa, wb, **{**mk, **kw})
+                bt = mk.get("bad_threshold", "raise")
+                # the stack's converted and folded SAEs: nothing converted or folded again here
+                memo[kind] = match_weights(stack.weights(la), stack.weights(lb),
+                                           stack.folded(la, bad_threshold=bt), stack.folded(lb, bad_threshold=bt),
+                                           **{**mk, **kw})
         return memo[kind]
 
     wdev = wa.W_dec.device
@@ -354,18 +354,19 @@ class Coactivation:
 
 
 def coactivation(
-    chain_or_match: Any, acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, frac: float = 0.2,
+    chain_or_match: Any, acts: Any, saes: Sequence[Any] | Mapping[int, Any] | None = None, *, frac: float = 0.2,
     n_random: int | None = None, seed: int = 0, batch_tokens: int = 4096, block_bytes: int = 512 * 2**20,
-    progress: bool = True,
+    progress: bool = True, layer: int | None = None,
 ) -> Coactivation:
     """Co-activation, Pearson and Lerner relations of SAE Match's partners on real activations, the
     data's best-Pearson partner of every feature and the agreement rate between the two.
 
     ``chain_or_match``: a MatchChain or one LayerMatch; ``acts``: :class:`Activations` holding
-    both layers of every pair; ``saes``: ``{layer: sae}`` or a list in ``acts.layers`` order.
-    The SAEs must be those the matches were computed from (checked by weight hash, as in
-    :func:`evaluate`); ``acts`` needs only ``.layers`` and ``.batches(layer, n)`` (rows of the
+    both layers of every pair; ``saes``: not needed with a chain (its SAEs are used); else
+    ``{layer: sae}`` or a list in ``acts.layers`` order. SAEs given must be those the matches were
+    computed from (checked by weight hash, as in :func:`evaluate`); ``acts`` needs only ``.layers`` and ``.batches(layer, n)`` (rows of the
     same tokens, in the same order, at every layer).
+    ``layer``: with a chain, only the pair starting at this layer (default: every pair).
     Random pairs (A-feature i with a random B-feature) give the chance level of every statistic.
     Two passes over the tokens per pair (maxima and Pearson blocks, then the pair statistics);
     the Pearson matrix is built in blocks of A-features of at most ``block_bytes``.
@@ -377,21 +378,31 @@ def coactivation(
     from ..core.metrics import CrossMoments, PairStats, agreement_rate
 
     if hasattr(chain_or_match, "pairs"):
-        pairs, layers = list(chain_or_match.pairs), list(chain_or_match.layers)
+        if layer is None:
+            pairs, layers = list(chain_or_match.pairs), list(chain_or_match.layers)
+        else:  # the one pair starting at `layer` (chain.pair names a layer with no pair)
+            lm = chain_or_match.pair(layer)
+            p = chain_or_match.layers.index(int(layer))
+            pairs, layers = [lm], [chain_or_match.layers[p], chain_or_match.layers[p + 1]]
     else:
         lm = chain_or_match
         layers = [lm.info_a.layer, lm.info_b.layer]
         if None in layers:
             raise ValueError("this LayerMatch does not record its layers (info_a/info_b.layer); pass a MatchChain")
         pairs = [lm]
-    if isinstance(saes, Mapping):
-        smap = {int(k): v for k, v in saes.items()}
+    if saes is None:
+        if getattr(chain_or_match, "stack", None) is None:
+            raise ValueError("coactivation needs the SAEs: pass a MatchChain built by match_chain (it keeps "
+                             "them), or saes=[...] (the SAEs the match was computed from)")
+        stack = chain_or_match.stack
+    elif isinstance(saes, Mapping):
+        stack = SAEStack.build({int(k): v for k, v in saes.items()})
     else:
         saes = list(saes)
         if len(saes) == len(layers):
-            smap = dict(zip(layers, saes))
+            stack = SAEStack.build(saes, layers=layers)
         elif len(saes) == len(acts.layers):
-            smap = dict(zip(acts.layers, saes))
+            stack = SAEStack.build(saes, layers=acts.layers)
         else:
             raise ValueError(f"got {len(saes)} SAEs; pass one per chain layer {layers} or a {{layer: sae}} mapping")
     missing = [L for L in layers if L not in acts.layers]
@@ -402,11 +413,11 @@ def coactivation(
     bar = tqdm(total=len(pairs), desc="coactivation", unit="pair", disable=not progress)
     for t, lm in enumerate(pairs):
         la, lb = layers[t], layers[t + 1]
-        wa, wb = as_weights(smap[la]), as_weights(smap[lb])
+        wa, wb = stack.weights(la), stack.weights(lb)
         if (wa.d_sae, wb.d_sae) != (lm.n_a, lm.n_b):
             raise ValueError(f"pair {la}->{lb}: SAE widths {wa.d_sae}, {wb.d_sae} do not match the match's "
                              f"{lm.n_a}, {lm.n_b}")
-        fa_, fb_ = wa.fingerprint(), wb.fingerprint()
+        fa_, fb_ = stack.fingerprint(la), stack.fingerprint(lb)
         if lm.fingerprint_a and (lm.fingerprint_a, lm.fingerprint_b) != (fa_, fb_):
             which = " and ".join(f"layer {L}" for L, ok in ((la, lm.fingerprint_a == fa_), (lb, lm.fingerprint_b == fb_))
                                  if not ok)
@@ -472,7 +483,7 @@ def coactivation(
 
 
 # -- activation-based persistence: layer t's features read off layer t+k's residual stream --------
-def read_off_persistence(acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, max_k: int | None = None,
+def read_off_persistence(acts: Any, saes: Any, *, max_k: int | None = None,
                          null_quantile: float = 0.99, batch_tokens: int = 4096, seed: int = 0,
                          progress: bool = True):
     """How many layers each SAE feature stays readable in the residual stream, from data alone.
@@ -484,8 +495,8 @@ def read_off_persistence(acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, 
     *other* feature of the same SAE read off layer t+k, so about 1% of unrelated pairs pass. A
     feature persists k layers when it passes at every k' <= k.
 
-    ``acts``: :class:`Activations` with every layer of ``saes``; ``saes``: ``{layer: sae}`` or a
-    list in ``acts.layers`` order. Returns a DataFrame indexed by (layer, k): n_features,
+    ``acts``: :class:`Activations` with every layer of ``saes``; ``saes``: the MatchChain of the
+    analysis (its SAEs), ``{layer: sae}`` or a list in ``acts.layers`` order. Returns a DataFrame indexed by (layer, k): n_features,
     persisting (features passing at every k' <= k), fraction, threshold (the null's cut-off),
     median_pearson (over all features at that k).
     """
@@ -497,15 +508,10 @@ def read_off_persistence(acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, 
 
     if not 0.5 < float(null_quantile) < 1.0:
         raise ValueError(f"null_quantile must be in (0.5, 1), got {null_quantile!r}")
-    if isinstance(saes, Mapping):
-        smap = {int(k): v for k, v in saes.items()}
-    else:
-        saes = list(saes)
-        if len(saes) != len(acts.layers):
-            raise ValueError(f"got {len(saes)} SAEs for {len(acts.layers)} collected layers {acts.layers}; "
-                             "pass one per layer or a {layer: sae} mapping")
-        smap = dict(zip(acts.layers, saes))
-    layers = sorted(L for L in smap if L in acts.layers)
+    from .examples import _examples_stack
+
+    stack = _examples_stack(acts, saes, None)
+    layers = sorted(L for L in stack.layers if L in acts.layers)
     if len(layers) < 2:
         raise ValueError(f"read_off_persistence needs activations of at least two SAE layers; have {layers}")
     rng = np.random.default_rng(seed)
@@ -514,7 +520,7 @@ def read_off_persistence(acts: Any, saes: Sequence[Any] | Mapping[int, Any], *, 
             if max_k is None or k <= max_k]
     bar = tqdm(total=len(jobs), desc="read-off persistence", unit="pair", disable=not progress)
     for s, L in enumerate(layers):
-        w = as_weights(smap[L])
+        w = stack.weights(L)
         n = w.d_sae
         # null pairs (i, j != i); several draws for small SAEs, so the quantile rests on >= 2048
         reps = int(min(32, max(1, -(-2048 // max(n, 1)))))

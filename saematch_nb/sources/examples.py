@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.cache import cache_folder
-from ..core.weights import SAEInfo, SAEWeights, as_weights
+from ..core.stack import SAEStack, stack_of
+from ..core.weights import SAEInfo, SAEWeights
 from .activations import Activations
 
 
@@ -89,8 +90,14 @@ class LayerExamples:
     max_value: np.ndarray  # [n]
     n_active: np.ndarray  # [n]
     acts: Activations = field(repr=False)
-    sae: SAEWeights = field(repr=False)
+    stack: SAEStack = field(repr=False)  # the analysis' SAEs: the layer's weights on demand
     window: tuple[int, int] = (8, 4)
+
+    @property
+    def sae(self) -> SAEWeights:
+        """The layer's SAE (from the analysis' stack: not held here, so that examples of 26 large
+        layers do not keep 26 SAEs alive)."""
+        return self.stack.weights(self.layer)
 
     @property
     def n_features(self) -> int:
@@ -108,16 +115,8 @@ class LayerExamples:
         ok = rows >= 0
         if ok.any():
             x = torch.from_numpy(np.asarray(a.layer(self.layer)[rows[ok]], dtype=np.float32))
-            w = self.sae
-            pre = x.to(w.W_enc.dtype)
-            if w.apply_b_dec_to_input:
-                pre = pre - w.b_dec
-            pre = pre @ w.W_enc[:, feature] + w.b_enc[feature]
-            if w.architecture == "jumprelu":
-                v = pre * (pre > w.threshold[feature])
-            else:  # relu (topk approximated by relu for display)
-                v = torch.relu(pre)
-            vals[ok] = v.numpy()
+            with torch.no_grad():  # the architecture's own rule (TopK: exact, every feature competes)
+                vals[ok] = self.sae.feature_activation(x, feature).numpy()
         return Example(doc=d, pos=p, value=float(vals[p - lo]), tokens=tuple(a.token_str(t) for t in toks[lo:hi]),
                        values=tuple(float(v) for v in vals), center=p - lo)
 
@@ -156,10 +155,8 @@ class Examples:
         except KeyError:
             raise KeyError(f"no examples for layer {layer} (layers {sorted(self.layers)})") from None
 
-    def for_trace(self, trace: Any, **kw: Any):
+    def for_trace(self, trace: Any, **kw: Any) -> "TraceExamples":
         """The examples of every step of a FeatureTrace, side by side (an HTML object)."""
-        from ..display.examples import TraceExamples
-
         return TraceExamples(trace, self, **kw)
 
     def __repr__(self) -> str:
@@ -167,27 +164,22 @@ class Examples:
 
 
 def collect_examples(
-    acts: Activations, saes: Sequence[Any] | Mapping[int, Any], *, layers: Sequence[int] | None = None,
-    k: int = 10, n_bins: int = 4, per_bin: int = 3, window: tuple[int, int] = (8, 4),
-    batch_tokens: int | None = None, seed: int = 0, cache: bool = True, cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    acts: Activations, chain: Any = None, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
+    layers: Sequence[int] | None = None, k: int = 10, n_bins: int = 4, per_bin: int = 3,
+    window: tuple[int, int] = (8, 4), batch_tokens: int | None = None, seed: int = 0, cache: bool = True,
+    cache_dir: str | os.PathLike | None = None, progress: bool = True,
 ) -> Examples:
     """Top-``k`` examples and ``per_bin`` samples in each of ``n_bins`` activation bins (fractions
     of the feature's max, the top bin excluded from the samples) for every feature of every layer.
 
-    ``saes``: one SAE per collected layer (a list in ``acts.layers`` order, or ``{layer: sae}``).
+    ``chain``: the MatchChain of the analysis (its SAEs are used; ``saes=`` given as well are
+    checked against them), or the SAEs themselves: one per collected layer, a list in
+    ``acts.layers`` order or a ``{layer: sae}`` mapping (``collect_examples(acts, saes)``).
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    if isinstance(saes, Mapping):
-        smap = {int(L): s for L, s in saes.items()}
-    else:
-        saes = list(saes)
-        if len(saes) != len(acts.layers):
-            raise ValueError(f"got {len(saes)} SAEs for {len(acts.layers)} collected layers {acts.layers}; "
-                             "pass one per layer or a {layer: sae} mapping")
-        smap = dict(zip(acts.layers, saes))
+    stack = _examples_stack(acts, chain, saes)
     layers = list(acts.layers if layers is None else layers)
     if k < 1 or n_bins < 1 or per_bin < 0:
         raise ValueError("k and n_bins must be >= 1 and per_bin >= 0")
@@ -195,12 +187,12 @@ def collect_examples(
     unwritable = False  # warned once per call, not once per layer
     bar = tqdm(total=len(layers) * acts.n_tokens, desc="examples", unit="tok", disable=not progress)
     for L in layers:
-        if L not in smap:
-            raise KeyError(f"no SAE given for layer {L}")
-        w = as_weights(smap[L])
+        if L not in stack:
+            raise KeyError(f"no SAE given for layer {L} (SAEs for layers {stack.layers})")
+        w = stack.weights(L)
         if w.d_in != acts.d_model:
             raise ValueError(f"SAE of layer {L} reads d_in={w.d_in} but activations have d_model={acts.d_model}")
-        key = hashlib.sha256(json.dumps([acts.key, L, w.fingerprint(), k, n_bins, per_bin, seed]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([acts.key, L, stack.fingerprint(L), k, n_bins, per_bin, seed]).encode()).hexdigest()[:20]
         root = cache_folder("examples", cache_dir)
         f = root / f"{key}.npz"
         arrays = None
@@ -231,9 +223,28 @@ def collect_examples(
                     unwritable = True
         for a in arrays.values():
             a.setflags(write=False)
-        out[L] = LayerExamples(layer=L, acts=acts, sae=w, window=tuple(window), **arrays)
+        del w  # held by the stack as long as it holds it, not by this loop
+        out[L] = LayerExamples(layer=L, acts=acts, stack=stack, window=tuple(window), **arrays)
     bar.close()
     return Examples(out, {"seconds": time.perf_counter() - t0})
+
+
+def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
+    """The SAE stack for ``acts``: a chain's (SAEs given too are checked against it); a plain list
+    of SAEs is one per collected layer, in ``acts.layers`` order (as it always was)."""
+    if chain is not None and (hasattr(chain, "pairs") or isinstance(chain, SAEStack)):
+        return stack_of(chain, saes)
+    given = chain if chain is not None else saes
+    if given is None:
+        raise ValueError("collect_examples needs the chain of the analysis (or its SAEs): "
+                         "collect_examples(acts, chain)")
+    if isinstance(given, Mapping) and "W_enc" not in given:
+        return SAEStack.build(given)
+    items = list(given)
+    if len(items) != len(acts.layers):
+        raise ValueError(f"got {len(items)} SAEs for {len(acts.layers)} collected layers {acts.layers}; "
+                         "pass one per layer, a {layer: sae} mapping, or the MatchChain")
+    return SAEStack.build(items, layers=acts.layers)
 
 
 def _group_top(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
@@ -321,3 +332,21 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
     return {"top_rows": top_r.numpy(), "top_vals": top_v.clamp_min(0).numpy().astype(np.float32),
             "sample_rows": s_rows.numpy(), "sample_vals": s_vals.numpy().astype(np.float32),
             "max_value": run_max.numpy().astype(np.float32), "n_active": n_active.numpy()}
+
+
+class TraceExamples:
+    """What :meth:`Examples.for_trace` returns: the examples of every step of a trace, rendered
+    side by side in a notebook (``saematch_nb.display.examples.trace_examples_html``)."""
+
+    def __init__(self, trace: Any, examples_by_layer: Any, *, max_top: int = 5) -> None:
+        self.trace, self.examples, self.max_top = trace, examples_by_layer, max_top
+
+    def _repr_html_(self) -> str:
+        from ..display.examples import trace_examples_html
+
+        return trace_examples_html(self.trace, self.examples, max_top=self.max_top)
+
+    def __repr__(self) -> str:
+        from ..display.examples import trace_examples_text
+
+        return trace_examples_text(self.trace, self.examples)

@@ -161,7 +161,7 @@ def load_saved_model(path: Any, *, device: str = "cpu", sae_transformer: bool = 
         raise ModelLoadError(f"{root} is not a saved model folder: {', '.join(missing_files)} missing "
                              "(expected model_cfg.json, model.safetensors and tokenizer/)")
     # a saved PreTrainedTokenizerFast folder: an in-memory tokenizer with a BOS token would make
-    # TransformerLens reload it from the hub (METHOD.md §4)
+    # TransformerLens reload it from the hub (docs/METHOD.md §7)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
     cfg_dict = json.loads((root / "model_cfg.json").read_text())
     with warnings.catch_warnings():  # deliberate, see the module docstring

@@ -73,6 +73,8 @@ class SteeringPlan:
     fingerprints: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     n_features: tuple[int, ...] = ()  # d_sae of each layer's SAE as the chain saw it (() = unknown)
+    #: the SAEs of the chain the plan was made from: steer(model, plan, prompt) needs no SAEs
+    stack: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("layers", "features", "hook_names", "strengths", "fingerprints", "n_features"):
@@ -130,13 +132,6 @@ def schedule_strengths(layers: Sequence[int], strength: float, schedule: str = "
     return [1.0 + (float(strength) - 1.0) * x for x in w]
 
 
-def _chain_fingerprint(chain: Any, pos: int) -> str:
-    pairs = getattr(chain, "pairs", ())
-    if not pairs:
-        return ""
-    return pairs[pos].fingerprint_a if pos < len(pairs) else pairs[-1].fingerprint_b
-
-
 def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0, span: str = "trace",
                   schedule: str = "constant", alpha: float = -0.05, mode: str = "add",
                   accepted_only: bool = True, hook_template: str = DEFAULT_HOOK) -> SteeringPlan:
@@ -170,7 +165,7 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
         pos = chain_layers.index(l)
         info = infos[pos] if pos < len(infos) else None
         hooks.append(info.hook_name if (info is not None and info.hook_name) else hook_template.format(L=l))
-        fps.append(_chain_fingerprint(chain, pos))
+        fps.append(chain.fingerprint(l) if hasattr(chain, "fingerprint") else "")
         if hasattr(chain, "n_features"):
             widths.append(int(chain.n_features(l)))
     layers = [l for l, _ in pairs]
@@ -180,6 +175,7 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
         origin=(layer, feature), fingerprints=tuple(fps), n_features=tuple(widths) if len(widths) == len(fps) else (),
         options={"strength": float(strength), "span": span, "schedule": schedule, "alpha": float(alpha),
                  "accepted_only": bool(accepted_only)},
+        stack=getattr(chain, "stack", None),
     )
 
 
@@ -244,6 +240,7 @@ class _FeatureParams:
     full: SAEWeights | None  # TopK: the activation depends on all features
     d_in: int
     d_sae: int
+    arch: Any = None  # the Architecture: one feature's activation rule
 
 
 class _OneFeature:
@@ -287,6 +284,28 @@ def _module_fingerprint(sae: Any) -> str:
     return got[1]
 
 
+def _params_of(w: SAEWeights, layer: int, f: int, n_features: int | None) -> _FeatureParams:
+    """Feature f of an SAE's weights: its encoder column, bias, threshold, raw and folded decoder
+    row (the architecture's own folding factor for that feature)."""
+    if n_features is not None and w.d_sae != n_features:
+        raise _not_the_chains(layer, f"{w.d_sae} features", f"{n_features} features")
+    if not 0 <= f < w.d_sae:
+        raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={w.d_sae})")
+    return _FeatureParams(w.W_enc[:, f].clone(), w.b_enc[f].clone(),
+                          None if w.threshold is None else w.threshold[f].clone(), w.W_dec[f].clone(),
+                          w.W_dec[f] * w.arch.feature_scale(w, f), w.b_dec.clone() if w.apply_b_dec_to_input else None,
+                          w if w.arch.needs_k else None, w.d_in, w.d_sae, w.arch)
+
+
+def _stack_feature_params(stack: Any, layer: int, f: int, fingerprint: str,
+                          n_features: int | None = None) -> _FeatureParams:
+    """Feature f of the layer-``layer`` SAE of an analysis' stack (converted and hashed once per
+    analysis, by the stack)."""
+    if fingerprint and stack.fingerprint(layer) != fingerprint:
+        raise _not_the_chains(layer, f"weights hash {stack.fingerprint(layer)}", f"hash {fingerprint}")
+    return _params_of(stack.weights(layer), layer, f, n_features)
+
+
 def _feature_params(sae: Any, layer: int, f: int, fingerprint: str, n_features: int | None = None) -> _FeatureParams:
     lazy_ok = (not isinstance(sae, SAEWeights) and not hasattr(sae, "to_weights")
                and all(hasattr(sae, a) for a in ("W_enc", "b_enc", "W_dec", "b_dec"))
@@ -306,29 +325,11 @@ def _feature_params(sae: Any, layer: int, f: int, fingerprint: str, n_features: 
         one = as_weights(_OneFeature(sae, f))
         return _FeatureParams(one.W_enc[:, 0], one.b_enc[0], None if one.threshold is None else one.threshold[0],
                               one.W_dec[0], fold(one).W_dec[0], one.b_dec if one.apply_b_dec_to_input else None,
-                              None, one.d_in, d_sae)
+                              None, one.d_in, d_sae, one.arch)
     w = as_weights(sae)
-    if n_features is not None and w.d_sae != n_features:
-        raise _not_the_chains(layer, f"{w.d_sae} features", f"{n_features} features")
-    if not 0 <= f < w.d_sae:
-        raise IndexError(f"feature {f} is out of range for the layer-{layer} SAE (d_sae={w.d_sae})")
     if fingerprint and w.fingerprint() != fingerprint:  # SAEWeights, handles, TopK modules alike
         raise _not_the_chains(layer, f"weights hash {w.fingerprint()}", f"hash {fingerprint}")
-    if w.architecture == "topk":
-        with warnings.catch_warnings():  # fold's note on unequal TopK norms is about matching
-            warnings.simplefilter("ignore", UserWarning)
-            fw = fold(w)  # raw decoder rows when the norms differ (see core/fold.py)
-        return _FeatureParams(w.W_enc[:, f], w.b_enc[f], None, w.W_dec[f], fw.W_dec[f],
-                              w.b_dec if w.apply_b_dec_to_input else None, w, w.d_in, w.d_sae)
-    one = SAEWeights(  # fold is per feature: folding a one-feature slice folds that feature alone
-        W_enc=w.W_enc[:, f:f + 1], b_enc=w.b_enc[f:f + 1], W_dec=w.W_dec[f:f + 1], b_dec=w.b_dec,
-        threshold=None if w.threshold is None else w.threshold[f:f + 1], architecture=w.architecture,
-        apply_b_dec_to_input=w.apply_b_dec_to_input, info=w.info)
-    fo = fold(one)
-    return _FeatureParams(w.W_enc[:, f].clone(), w.b_enc[f].clone(),
-                          None if w.threshold is None else w.threshold[f].clone(), w.W_dec[f].clone(),
-                          fo.W_dec[0].clone(), w.b_dec.clone() if w.apply_b_dec_to_input else None, None, w.d_in,
-                          w.d_sae)
+    return _params_of(w, layer, f, n_features)
 
 
 class _OnDevice:
@@ -378,7 +379,7 @@ def _scale_hook(p: _FeatureParams, r: float, name: str, layer: int, f: int):
         else:
             x = act if g["b_dec"] is None else act - g["b_dec"]
             pre = x @ g["enc"] + g["b"]
-            a = pre * (pre > g["thr"]) if g["thr"] is not None else torch.relu(pre)
+            a = p.arch.activate_one(pre, g["thr"])  # the architecture's rule, one feature
         return act + (r - 1.0) * a[..., None] * g["d"]
 
     return hook
@@ -399,20 +400,25 @@ def _sae_acts_hook(f: int, r: float):
     return hook
 
 
-def steering_hooks(plan: SteeringPlan, saes: Any, *, model: Any = None) -> list[tuple[str, Any]]:
+def steering_hooks(plan: SteeringPlan, saes: Any = None, *, model: Any = None) -> list[tuple[str, Any]]:
     """TransformerLens forward hooks ``(name, fn)`` that carry out ``plan``.
 
-    ``saes``: ``{layer: sae}`` or a list of SAEs (sae-lens SAEs, SAEWeights, handles) whose layer
-    is read from their hook name. ``model``: when given, hook names are checked against it and
-    routed into SAEs spliced in with ``HookedSAETransformer.add_sae``. Nothing is attached here.
+    ``saes``: not needed for a plan made from a chain (it carries the chain's SAEs); else
+    ``{layer: sae}`` or a list of SAEs (sae-lens SAEs, SAEWeights, handles) whose layer is read
+    from their hook name. ``model``: when given, hook names are checked against it and routed
+    into SAEs spliced in with ``HookedSAETransformer.add_sae``. Nothing is attached here.
     """
+    if saes is None and plan.stack is None:
+        raise ValueError("this plan carries no SAEs (it was not made by plan_steering from a chain that "
+                         "has them): pass saes=[...] (the SAEs the chain was built from)")
     if model is not None:  # a plan for layers the model lacks: say that first
         _check_hook_names(model, [n for n in plan.hook_names if _attached_sae(model, n) is None])
     hooks = []
     fps = plan.fingerprints or ("",) * len(plan.layers)
     widths = plan.n_features or (None,) * len(plan.layers)
     for l, f, name, s, fp, n in zip(plan.layers, plan.features, plan.hook_names, plan.strengths, fps, widths):
-        p = _feature_params(_sae_for_layer(saes, l), l, f, fp, n)
+        p = (_stack_feature_params(plan.stack, l, f, fp, n) if saes is None
+             else _feature_params(_sae_for_layer(saes, l), l, f, fp, n))
         wrapper = _attached_sae(model, name) if model is not None else None
         if wrapper is not None:
             d_sae = int(wrapper.sae.cfg.d_sae)
@@ -513,13 +519,31 @@ def check_context(model: Any, prompt: str, max_new_tokens: int, prepend_bos: Any
             f"together more than the model's context of {n_ctx} tokens; {ask}")
 
 
-def steer(model: Any, saes: Any, plan: SteeringPlan, prompt: str, *, max_new_tokens: int = 40,
-          temperature: float = 0.0, seed: int = 0, **generate_kw: Any) -> SteeringResult:
-    """Generate from ``prompt`` without and with the plan's hooks, from the same seed.
+def _plan_args(args: tuple, what: str) -> tuple[Any, SteeringPlan, tuple]:
+    """``(plan, rest...)`` or the older ``(saes, plan, rest...)``: (saes or None, plan, rest)."""
+    if args and isinstance(args[0], SteeringPlan):
+        return None, args[0], args[1:]
+    if len(args) >= 2 and isinstance(args[1], SteeringPlan):
+        return args[0], args[1], args[2:]
+    raise TypeError(f"{what}(model, plan, ...) needs a SteeringPlan (from plan_steering); the older "
+                    f"form {what}(model, saes, plan, ...) is accepted too")
+
+
+def steer(model: Any, *args: Any, max_new_tokens: int = 40, temperature: float = 0.0, seed: int = 0,
+          saes: Any = None, **generate_kw: Any) -> SteeringResult:
+    """``steer(model, plan, prompt)``: generate from ``prompt`` without and with the plan's hooks,
+    from the same seed. The plan carries the chain's SAEs; ``saes=`` (or the older form
+    ``steer(model, saes, plan, prompt)``) steers with SAEs given explicitly, checked against the
+    chain's weights hashes.
 
     ``temperature`` 0 (default) is greedy decoding. ``generate_kw`` go to ``model.generate``.
     The hooks live only inside ``model.hooks(...)``: they are gone when this returns or raises.
     """
+    given, plan, rest = _plan_args(args, "steer")
+    if len(rest) != 1:
+        raise TypeError("steer(model, plan, prompt): give exactly one prompt")
+    prompt = rest[0]
+    saes = given if given is not None else saes
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("steer needs a non-empty prompt string")
     max_new_tokens = as_index(max_new_tokens, "max_new_tokens")
@@ -534,9 +558,14 @@ def steer(model: Any, saes: Any, plan: SteeringPlan, prompt: str, *, max_new_tok
                           {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
 
 
-def steered_logits(model: Any, saes: Any, plan: SteeringPlan, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean logits, steered logits) of one forward pass on the same tokens (a string or ids)."""
-    hooks = steering_hooks(plan, saes, model=model)
+def steered_logits(model: Any, *args: Any, saes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steered_logits(model, plan, tokens)``: (clean logits, steered logits) of one forward pass
+    on the same tokens (a string or ids); ``(model, saes, plan, tokens)`` is accepted too."""
+    given, plan, rest = _plan_args(args, "steered_logits")
+    if len(rest) != 1:
+        raise TypeError("steered_logits(model, plan, tokens): give the tokens once")
+    tokens = rest[0]
+    hooks = steering_hooks(plan, given if given is not None else saes, model=model)
     with torch.no_grad():
         clean = model(tokens)
         with model.hooks(fwd_hooks=hooks):
@@ -544,15 +573,25 @@ def steered_logits(model: Any, saes: Any, plan: SteeringPlan, tokens: Any) -> tu
     return clean, steered
 
 
-def feature_logit_effect(model: Any, saes: Any, plan: SteeringPlan, tokens: Any, k: int = 10,
-                         direction: str = "up") -> Any:
-    """The ``k`` tokens whose log-probability, averaged over positions, rises (``direction="up"``)
-    or falls (``"down"``) most under steering: a readable summary of what the plan does."""
+def feature_logit_effect(model: Any, *args: Any, k: int = 10, direction: str = "up", saes: Any = None) -> Any:
+    """``feature_logit_effect(model, plan, tokens)``: the ``k`` tokens whose log-probability,
+    averaged over positions, rises (``direction="up"``) or falls (``"down"``) most under steering:
+    a readable summary of what the plan does. ``(model, saes, plan, tokens)`` is accepted too."""
     import pandas as pd
 
     if direction not in ("up", "down"):
         raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-    clean, steered = steered_logits(model, saes, plan, tokens)
+    given, plan, rest = _plan_args(args, "feature_logit_effect")
+    if not rest or len(rest) > 3:
+        raise TypeError("feature_logit_effect(model, plan, tokens[, k[, direction]])")
+    tokens = rest[0]
+    if len(rest) > 1:
+        k = rest[1]
+    if len(rest) > 2:
+        direction = rest[2]
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+    clean, steered = steered_logits(model, plan, tokens, saes=given if given is not None else saes)
     delta = (steered.float().log_softmax(-1) - clean.float().log_softmax(-1)).mean(dim=(0, 1))
     vals, idx = torch.topk(delta if direction == "up" else -delta, min(int(k), delta.numel()))
     vals = vals if direction == "up" else -vals

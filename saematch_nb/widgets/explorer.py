@@ -145,11 +145,19 @@ class SteeringPanel(W.VBox):
     # run (a double click, or a click on the not-yet-disabled button): it is dropped.
     click_debounce_s = 0.3
 
-    def __init__(self, model: Any, saes: Any, chain: Any, *, layer: int | None = None, feature: int = 0,
-                 strength: float = 4.0, span: str = "trace", schedule: str = "constant", mode: str = "add",
-                 prompt: str = "The", max_new_tokens: int = 30, **kw: Any) -> None:
+    def __init__(self, model: Any, chain: Any, *args: Any, saes: Any = None, layer: int | None = None,
+                 feature: int = 0, strength: float = 4.0, span: str = "trace", schedule: str = "constant",
+                 mode: str = "add", prompt: str = "The", max_new_tokens: int = 30, **kw: Any) -> None:
         from ..sources.steering import MODES, SCHEDULES, SPANS
 
+        if args:  # the older form SteeringPanel(model, saes, chain)
+            if len(args) != 1 or not hasattr(args[0], "pairs"):
+                raise TypeError("SteeringPanel(model, chain) takes the MatchChain (its SAEs come with it); "
+                                "the older form SteeringPanel(model, saes, chain) is accepted too")
+            saes, chain = chain, args[0]
+        if not hasattr(chain, "pairs"):
+            raise TypeError(f"SteeringPanel(model, chain) needs a MatchChain, got {type(chain).__name__}")
+        # None: the chain's own SAEs (given ones are checked against the chain when steering)
         self.model, self.saes, self.chain = model, saes, chain
         self.result = None
         layers = list(chain.layers)
@@ -216,7 +224,7 @@ class SteeringPanel(W.VBox):
         self._running = True
         self.output.value = '<span class="smn-muted">generating…</span>'
         try:
-            self.result = steer(self.model, self.saes, self.plan(), self.prompt_box.value,
+            self.result = steer(self.model, self.plan(), self.prompt_box.value, saes=self.saes,
                                 max_new_tokens=self.tokens_slider.value)
         except Exception as err:  # shown, not raised: a panel callback has nowhere to raise to
             self.result = None

@@ -23,6 +23,7 @@ import torch
 
 import saematch_nb as smn
 from saematch_nb.core import chain as chain_mod
+from saematch_nb.core import runner as runner_mod
 from saematch_nb.core.cache import CacheWarning, MatchCache
 from saematch_nb.core.chain import MatchChain, match_chain
 from saematch_nb.core.fold import fold
@@ -277,7 +278,7 @@ def test_a_failing_pair_raises_its_own_error_without_add_note(planted, monkeypat
     def broken(*a, **kw):
         raise _NoNotes("the real error")
 
-    monkeypatch.setattr(chain_mod, "_resolve", lambda target: broken)
+    monkeypatch.setattr(runner_mod, "_resolve", lambda target: broken)
     with pytest.warns(RuntimeWarning, match="pair 0 failed"), pytest.raises(_NoNotes, match="the real error") as ei:
         match_chain(planted.saes, cache=False, progress=False)
     assert "pair 0 failed" in ei.value.__notes__[0]
@@ -323,8 +324,8 @@ def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(planted):
 # -- held: kill -9 mid-chain and two chains at once on one cache --------------------------------------
 _SCRIPT = textwrap.dedent("""
     import functools, sys, time
-    from saematch_nb.core import chain as chain_mod
-    from saematch_nb.core.chain import match_chain
+    from saematch_nb.core import runner as chain_mod
+    from saematch_nb.core.runner import match_chain
     from saematch_nb.core.match import match
 
     @functools.wraps(match)  # same signature, so the same cache keys as match itself

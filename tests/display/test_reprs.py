@@ -122,12 +122,13 @@ def test_every_class_is_prefixed_and_styled(name, txt, out):
 
 
 def test_layer_match_repr_uses_display_and_shows_the_numbers(lm):
-    assert repr(lm) == text.layer_match_text(lm)
-    assert lm._repr_html_() == html.layer_match_html(lm)
     seen = visible_text(rich_part(lm._repr_html_()))
     q = np.quantile(lm.mse, [0.1, 0.5, 0.9])
-    for v in q:
-        assert f"{v:.4g}" in seen
+    for v in q:  # the same numbers in the text repr and the rich one
+        assert f"{v:.4g}" in seen and f"{v:.4g}" in repr(lm)
+    pct = f"{100 * lm.matched_fraction:.1f}%"
+    assert pct in seen and pct in repr(lm)
+    assert repr(lm).startswith("LayerMatch: ") and f"{lm.n_a:,}" in repr(lm)
     assert f"{100 * lm.matched.mean():.1f}%" in seen
     assert f"{int((lm.partner < 0).sum())} without partner" in seen
     assert "d_in 32" in seen and "certified gap 0 (proven optimal)" in seen and "1.23 s" in seen
@@ -186,13 +187,12 @@ def test_score_threshold_and_unmatched_status():
 
 
 def test_chain_html_table_stats_and_pairs(chain):
-    out = html.chain_html(chain)
-    assert repr(chain) == text.chain_text(chain)
-    assert chain._repr_html_() == out
+    out = chain._repr_html_()
     seen = visible_text(rich_part(out))
     for t, lm in enumerate(chain.pairs):
         s = lm.summary()
         assert f"{100 * s['matched_fraction']:.1f}%" in seen
+        assert f"{100 * s['matched_fraction']:.1f}%" in repr(chain)  # the same facts as text
         assert f"{s['mse_median']:.4g}" in seen and f"{s['mse_q90']:.4g}" in seen
         assert f"{t} → {t + 1}" in seen
     assert "12.50 s" in seen and "cache_hits=2" in seen and "576.0 MB" in seen
@@ -219,7 +219,7 @@ def test_chain_with_duck_typed_stand_in():
 
 def test_trace_repr_marks_and_links():
     tr = _trace()
-    assert repr(tr) == text.trace_text(tr)
+    assert "dies at layer 3" in repr(tr) and all(str(f) in repr(tr) for f in tr.features if f >= 0)
     out = tr._repr_html_()
     seen = visible_text(rich_part(out))
     assert "present from the first layer" in seen and "dies at layer 3" in seen
@@ -244,9 +244,9 @@ def test_trace_repr_marks_and_links():
 
 def test_handles_and_list(tmp_path):
     hs = _handles()
-    assert repr(hs[0]) == text.handle_text(hs[0])  # sources' handle delegates to display
-    assert hs._repr_html_() == html.saes_html(hs)
-    out = html.saes_html(hs)
+    # sources' handle and list are shown by display: the hook, the width, the Neuronpedia link
+    assert hs[0].hook_name in repr(hs[0]) and "SAEHandle" in repr(hs[0])
+    out = hs._repr_html_()
     assert 'href="https://neuronpedia.org/gemma-2-2b/4-gemmascope-res-16k"' in out
     # an unsafe neuronpedia id never becomes a link
     assert "alert(2)" not in re.sub(r"&lt;script&gt;alert\(2\)", "", out)
@@ -256,7 +256,6 @@ def test_handles_and_list(tmp_path):
 
 def test_weights_repr_html_is_added_to_core_type():
     w = _weights()
-    assert w._repr_html_() == html.weights_html(w)
     seen = visible_text(rich_part(w._repr_html_()))
     assert "jumprelu" in seen and "mean 0.25" in seen and "d_sae" in seen
     assert "fingerprint" not in seen  # never hashes the weights just to display them
@@ -277,7 +276,7 @@ def test_display_import_stays_light():
 def test_steering_result_repr_html_uses_display():
     st = _steering()
     out = st._repr_html_()
-    assert out == html.steering_html(st)
+    assert "SteeringResult" in out and "smn-output" in out
     seen = visible_text(rich_part(out))
     assert "L3 #5" in seen and "L4 #9" in seen and "3.8" in seen and "max_new_tokens=12" in seen
     assert repr(" dog " + HOSTILE) in seen  # generations shown as repr: whitespace and quotes visible
