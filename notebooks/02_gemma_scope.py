@@ -142,12 +142,12 @@ make_trace_figure(trace)
 # Every Gemma Scope SAE has a Neuronpedia page: the links below open each step of the trace, with
 # its explanation and top activations. `fetch_feature` reads the same through Neuronpedia's API
 # (cached on disk). Explanations are a good check of a trace: the same description at every step
-# means the match followed one concept. Offline, `fetch_feature` raises `NeuronpediaUnavailable`
+# means the match followed one concept. Offline, `fetch_feature` raises `NeuronpediaUnavailableError`
 # with a clear message, caught below. The demo's SAEs are not on Neuronpedia, so in demo mode the
 # cell fetches a Gemma Scope feature instead.
 
 # %%
-from saematch_nb.sources.neuronpedia import NeuronpediaUnavailable
+from saematch_nb.sources.neuronpedia import NeuronpediaUnavailableError
 
 info = chain.infos[chain.layers.index(LAYER)]
 if info.neuronpedia_id:
@@ -160,7 +160,7 @@ else:
 np_id, np_index = (info.neuronpedia_id, FEATURE) if info.neuronpedia_id else ("gemma-2-2b/12-gemmascope-res-16k", 0)
 try:
     display(smn.fetch_feature(np_id, np_index, timeout=5))
-except NeuronpediaUnavailable as err:
+except NeuronpediaUnavailableError as err:
     print(f"Neuronpedia unavailable: {err}")
 
 # %% [markdown]

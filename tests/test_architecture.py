@@ -46,8 +46,6 @@ LAZY = {
 EXCEPTIONS = {
     # load_model("demo") is a shortcut to the demo, which sits above sources
     ("saematch_nb.sources.models", "_load_demo"): "saematch_nb.demo",
-    # TraceExamples still lives in display/examples.py; it moves to sources/examples.py (#12)
-    ("saematch_nb.sources.examples", "for_trace"): "saematch_nb.display.examples",
 }
 # Third-party packages a layer must never import (at any level); the notebook-only ones come
 # in through sources (sae-lens, TransformerLens), display (plotly) and widgets (ipywidgets).
