@@ -26,6 +26,7 @@ class Architecture:
     """Base: what every architecture answers (see the module docstring)."""
 
     name = ""
+    label = ""  # as people write it
     needs_threshold = False
     needs_k = False
 
@@ -78,6 +79,7 @@ class JumpReLU(Architecture):
     """``f = pre · [pre > θ]`` (Gemma Scope). Folding moves θ into the weights: s = θ."""
 
     name = "jumprelu"
+    label = "JumpReLU"
     needs_threshold = True
 
     def encode(self, w, pre):
@@ -106,6 +108,7 @@ class ReLU(Architecture):
     """``f = relu(pre)``. No threshold: folding scales each feature to a unit decoder row."""
 
     name = "relu"
+    label = "ReLU"
 
     def encode(self, w, pre):
         return torch.relu(pre)
@@ -122,6 +125,7 @@ class TopK(Architecture):
     win, so folding applies only when the decoder norms are already equal (within topk_rtol)."""
 
     name = "topk"
+    label = "TopK"
     needs_k = True
 
     def encode(self, w, pre):

@@ -103,9 +103,9 @@ class SAEWeights:
                 problems.append(f"it is empty (d_in={d_in}, d_sae={d_sae}): an SAE needs at least one "
                                 "feature and one input dimension; check the weights that were loaded")
         if self.arch.needs_threshold and self.threshold is None:
-            problems.append(f"a {self.arch.name} SAE needs a threshold")
+            problems.append(f"a {self.arch.label} SAE needs a threshold")
         if self.arch.needs_k and not self.k:
-            problems.append(f"a {self.arch.name} SAE needs k")
+            problems.append(f"a {self.arch.label} SAE needs k")
         if problems:
             raise ValueError(f"inconsistent SAE weights ({self.info.label}): " + "; ".join(problems))
 
