@@ -112,7 +112,7 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
     _check_finite(label, W_enc=w.W_enc, b_enc=w.b_enc, W_dec=w.W_dec, b_dec=w.b_dec)
     s = w.arch.fold_scales(w.threshold, w.W_dec, bad_threshold=bad_threshold, topk_rtol=topk_rtol, label=label)
     if s is None:
-        return replace(w, folded=True, _cache={})
+        return replace(w, folded=True)
     dt = w.W_enc.dtype
     s_t = s.to(device=w.W_enc.device, dtype=torch.float64)
     thr = None
@@ -122,7 +122,7 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
     b_enc = (w.b_enc.to(torch.float64) / s_t).to(w.b_enc.dtype)
     W_dec = (w.W_dec.to(torch.float64) * s_t[:, None]).to(w.W_dec.dtype)
     _check_folded(label, s_t, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec)
-    return replace(w, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, threshold=thr, folded=True, _cache={})
+    return replace(w, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, threshold=thr, folded=True)
 
 
 def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:

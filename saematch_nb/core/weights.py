@@ -77,7 +77,8 @@ class SAEWeights:
     apply_b_dec_to_input: bool = False
     info: SAEInfo = field(default_factory=SAEInfo)
     folded: bool = False
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # memo (the fingerprint): never passed on by dataclasses.replace, whose result is another SAE
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -156,15 +157,18 @@ class SAEWeights:
         return fp
 
     def with_info(self, **kw: Any) -> "SAEWeights":
-        return replace(self, info=replace(self.info, **kw), _cache={})
+        return replace(self, info=replace(self.info, **kw))
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SAEWeights":
         conv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-        return replace(
+        moved = replace(
             self,
             W_enc=conv(self.W_enc), b_enc=conv(self.b_enc), W_dec=conv(self.W_dec),
-            b_dec=conv(self.b_dec), threshold=conv(self.threshold), _cache=dict(self._cache),
+            b_dec=conv(self.b_dec), threshold=conv(self.threshold),
         )
+        if dtype is None or dtype == self.W_enc.dtype:  # the same numbers elsewhere: the same hash
+            moved._cache.update(self._cache)
+        return moved
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         d = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}

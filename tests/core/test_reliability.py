@@ -310,14 +310,14 @@ def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(planted):
     thr = w.threshold.clone()
     thr[[3, 17]] = 1e-6  # W_enc / θ overflows float16 (max 65504)
     half = replace(w, W_enc=w.W_enc.half(), b_enc=w.b_enc.half(), W_dec=w.W_dec.half(), b_dec=w.b_dec.half(),
-                   threshold=thr.half(), _cache={})
+                   threshold=thr.half())
     with pytest.raises(ValueError, match=r"overflows float16 for 2 feature\(s\) \(indices 3, 17.*float32"):
         fold(half)
     with pytest.raises(ValueError, match="overflows float16"):
         smn.match(half, planted.saes[1])
-    ok = fold(replace(w, threshold=thr, _cache={}))  # float32 holds it
+    ok = fold(replace(w, threshold=thr))  # float32 holds it
     assert all(bool(torch.isfinite(t).all()) for t in (ok.W_enc, ok.b_enc, ok.W_dec))
-    small = replace(half, threshold=w.threshold.half(), _cache={})
+    small = replace(half, threshold=w.threshold.half())
     assert bool(torch.isfinite(fold(small).W_enc).all())  # ordinary θ fold fine in float16
 
 

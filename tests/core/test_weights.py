@@ -216,3 +216,22 @@ def test_as_weights_reads_the_architecture_of_other_saes(tmp_path):
                                                                      metadata=None, hook_name="blocks.4.hook_resid_post"))
     w = as_weights(obj)
     assert (w.architecture, w.k, w.threshold, w.info.layer) == ("topk", 3, None, 4)
+
+
+def test_replace_never_carries_a_stale_fingerprint():
+    """The fingerprint memo is not an init field: dataclasses.replace gives another SAE a fresh
+    memo, so its hash is of its own weights; moving to the same dtype keeps the hash known."""
+    from dataclasses import replace
+
+    import torch
+
+    from saematch_nb.core.weights import SAEWeights
+
+    g = torch.Generator().manual_seed(3)
+    w = SAEWeights(W_enc=torch.randn(4, 6, generator=g), b_enc=torch.zeros(6), W_dec=torch.randn(6, 4, generator=g),
+                   b_dec=torch.zeros(4), threshold=torch.ones(6))
+    fp = w.fingerprint()
+    other = replace(w, W_dec=w.W_dec * 2)
+    assert other._cache == {} and other.fingerprint() != fp
+    assert w.to(dtype=torch.float32)._cache.get("fingerprint") == fp
+    assert "fingerprint" not in w.to(dtype=torch.float64)._cache
