@@ -151,9 +151,6 @@ class SAEStack:
     def infos(self) -> tuple[SAEInfo, ...]:
         return tuple(self.info(L) for L in self.layers)
 
-    def is_lazy(self, layer: int) -> bool:
-        return self.pos(layer) not in self._kept
-
     # -- weights --------------------------------------------------------------------------------
     def weights(self, layer: int) -> SAEWeights:
         """The layer's SAEWeights (float32, CPU): kept for in-memory SAEs, loaded for lazy ones
@@ -212,14 +209,6 @@ class SAEStack:
             if not had:
                 self.stats["hashed"] += 1
             self._fingerprints[p] = fp
-        return fp
-
-    def known_fingerprint(self, layer: int) -> str | None:
-        """The hash if it is already known (never loads or hashes)."""
-        p = self.pos(layer)
-        fp = self._fingerprints.get(p)
-        if fp is None and p in self._kept and "fingerprint" in self._kept[p]._cache:
-            fp = self._kept[p]._cache["fingerprint"]
         return fp
 
     def note_fingerprint(self, layer: int, fp: str) -> None:
