@@ -12,6 +12,8 @@ from saematch_nb.display.figures import make_trace_figure
 from saematch_nb.sources.examples import Example, FeatureExamples
 from saematch_nb.widgets import FeatureExplorer, SteeringPanel
 
+from tests.display.conftest import visible_text
+
 from .conftest import n_hooks
 
 
@@ -118,7 +120,11 @@ def test_steering_panel_runs(model, planted, chain):
     assert "SteeringResult" in html and "baseline" in html and "steered" in html
     from saematch_nb.display._util import escape
 
-    assert escape(repr(res.baseline)) in html and escape(repr(res.steered)) in html
+    # issue #13: the generations are shown as text (not Python reprs), newlines visible as ↵
+    from saematch_nb.display.text import show_ws
+
+    plain = visible_text(html)
+    assert show_ws(res.baseline).replace("\n", " ").strip() in plain and escape(repr(res.baseline)) not in html
     assert n_hooks(model) == 0 and not panel.button.disabled
     panel.button.click()  # the button runs the same thing
     assert panel.result.baseline == res.baseline
