@@ -128,7 +128,7 @@ def trace_examples_body(trace: Any, examples_by_layer: Any, *, max_top: int = 5,
             fx = examples_by_layer[layer][feat]
         except (KeyError, IndexError):
             cols.append(f'<div class="{cls}"><div class="smn-sub">layer {escape(layer)} · feature '
-                        f'{escape(feat)}: no examples collected</div></div>')
+                        f'{escape(feat)}: no activation examples collected</div></div>')
             continue
         eff = logits.get(layer) if isinstance(logits, dict) else None
         cols.append(f'<div class="{cls}">{feature_examples_body(fx, max_top=max_top, logits=eff)}</div>')
@@ -147,7 +147,7 @@ def trace_examples_text(trace: Any, examples_by_layer: Any, *, max_top: int = 2,
         try:
             out.append(feature_examples_text(examples_by_layer[layer][feat], max_top=max_top))
         except (KeyError, IndexError):
-            out.append(f"layer {layer} feature {feat}: no examples collected")
+            out.append(f"layer {layer} feature {feat}: no activation examples collected")
             continue
         eff = logits.get(layer) if isinstance(logits, dict) else None
         if eff:

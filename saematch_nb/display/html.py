@@ -19,7 +19,9 @@ from ._util import (
 
 __all__ = [
     "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
-    "error_html", "report_html", "steering_html", "steering_body", "diff_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
+    "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
+    "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
+    "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
     "saes_body", "weights_body", "svg_line_chart",
 ]
 
@@ -324,6 +326,47 @@ def trace_html(tr: Any) -> str:
     return wrap_output(trace_body(tr), _text.trace_text(tr), kind="trace")
 
 
+def edge_html(step: Any) -> str:
+    """One step of a trace as the explorer draws it between two nodes (a TraceStep)."""
+    st = _text.step_status(bool(step.matched), int(step.next_feature))
+    return _edge_html({"matched": bool(step.matched), "layer": _text._layer(step.layer),
+                       "feature": fmt_int(step.feature), "next_layer": _text._layer(step.next_layer),
+                       "next_feature": fmt_int(step.next_feature) if step.next_feature >= 0 else DASH,
+                       "mse": fmt_float(step.mse), "margin": fmt_float(step.margin), "status": st})
+
+
+def explorer_header_body(tr: Any, layer: int) -> str:
+    f = _text.trace_facts(tr)
+    title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
+    sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
+    info = _text._trace_info(tr, layer)
+    label = f' <span class="smn-muted smn-mono">({escape(info.label)})</span>' if info is not None and info.label else ""
+    return (_header("FeatureTrace", title, sub)
+            + f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>')
+
+
+def explorer_header_text(tr: Any, layer: int) -> str:
+    f = _text.trace_facts(tr)
+    return (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
+            f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+
+
+def explorer_header_html(tr: Any, layer: int) -> str:
+    """The explorer's heading: the trace's origin, how far it goes, and what is shown at ``layer``."""
+    return wrap_output(explorer_header_body(tr, layer), explorer_header_text(tr, layer), kind="panel")
+
+
+def panel_snapshot_html(kind: str, parts: Sequence[str]) -> str:
+    """A panel's static snapshot: its parts (HTML made by this package's display functions; any
+    ``<script`` is refused) under a note that it is a snapshot, for notebooks read without the
+    panel's kernel."""
+    body = "".join(check_no_script(str(p), f"{kind} snapshot") for p in parts)
+    note = (f'<div class="smn-sub">{escape(kind)}: a static snapshot of the panel (the live panel needs '
+            "its kernel: run the notebook to use it)</div>")
+    return f'<div class="smn-output smn-out-panel smn-snapshot">{note}{body}</div>'
+
+
+
 # -- SAE handles, lists, weights ------------------------------------------------------------------
 def _fact_rows_html(rows: Sequence[tuple[str, str]], url: str | None) -> list[tuple[str, str]]:
     return [(k, link(url, v, title="open on Neuronpedia") if (k == "neuronpedia_id" and url) else
@@ -446,3 +489,81 @@ def steering_body(res: Any) -> str:
 def steering_html(res: Any) -> str:
     """A steering result (sources/steering.py): the plan per layer and the two generations."""
     return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")
+
+
+def sweep_text(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    tgt = rows[0]["target"] if rows else ""
+    head = (f"strength sweep ({mode} mode" + (f", L{origin[0]} #{origin[1]}" if origin else "") + "): "
+            f"KL(clean ‖ steered) of the next-token distribution and Δ log p({tgt!r}), mean over the prompt")
+    lines = [head, "  strength  KL        Δ log p"]
+    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3)}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def sweep_body(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    tgt = rows[0]["target"] if rows else ""
+    xs = [float(r["strength"]) for r in rows]
+    chart = svg_line_chart(xs, [("KL (nats)", [r["kl"] for r in rows]),
+                                (f"Δ log p({tgt!r})", [r["target_delta_logprob"] for r in rows])],
+                           title="next-token change against the strength", x_labels=[fmt_float(x) for x in xs],
+                           width=420, height=150)
+    cells = [[escape(fmt_float(r["strength"])), escape(fmt_float(r["kl"], 3)),
+              escape(fmt_float(r["target_delta_logprob"], 3))] for r in rows]
+    title = f"{escape(mode)} mode" + (f", L{escape(origin[0])} #{escape(origin[1])}" if origin else "")
+    return (_header("Strength sweep", title, "mean over the prompt's positions; one forward pass per strength")
+            + f'<div class="smn-sweep">{chart}</div>'
+            + _table([("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)], cells,
+                     caption=f"target token {tgt!r}: the one the strongest setting raises most"))
+
+
+def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    """A strength sweep (``sources.steering.strength_sweep``) as a chart and a table."""
+    return wrap_output(sweep_body(df, mode=mode, origin=origin), sweep_text(df, mode=mode, origin=origin), kind="panel")
+
+
+def chain_summary_html(chain: Any) -> str:
+    """The chain's repr, for the overview panel (its per-pair details folded away)."""
+    return chain_html(chain)
+
+
+def finder_header_html(n_rows: int, query: Mapping[str, Any]) -> str:
+    """What the finder lists: the query in words."""
+    parts = [f"sorted by {query.get('sort')}"]
+    if query.get("layer") is not None:
+        parts.append(f"layer {query['layer']}")
+    if query.get("min_persistence"):
+        parts.append(f"persisting on ≥ {query['min_persistence']} layers")
+    if query.get("accepted_only"):
+        parts.append("next step accepted")
+    if query.get("token"):
+        parts.append(f"a top token contains {query['token']!r}")
+    if query.get("explanation"):
+        parts.append(f"explanation contains {query['explanation']!r}")
+    text = f"{n_rows} features, " + ", ".join(parts)
+    return wrap_output(_header("FeatureFinder", escape(text), "choose a row to open it in the explorer"),
+                       f"FeatureFinder: {text}", kind="finder")
+
+
+_FINDER_COLS = ("layer", "feature", "persistence", "lifetime", "age", "partner", "mse", "margin", "accepted",
+                "density", "max_activation", "top_tokens", "explanation")
+
+
+def finder_table_html(df: Any) -> str:
+    """The finder's DataFrame as a static table (the panel's snapshot)."""
+    cols = [c for c in _FINDER_COLS if c in df.columns]
+    num = {"layer", "feature", "persistence", "lifetime", "age", "partner", "mse", "margin", "density",
+           "max_activation"}
+
+    def cell(c: str, v: Any) -> str:
+        if c == "density":
+            return escape(_text.fmt_pct(v))
+        if c in ("mse", "margin", "max_activation"):
+            return escape(fmt_float(v))
+        return escape(v)
+
+    rows = [[cell(c, r[c]) for c in cols] for r in df.to_dict("records")]
+    body = _table([(c, c in num) for c in cols], rows, caption="features found")
+    return wrap_output(body, df.to_string(index=False) if len(df) else "(no features)", kind="finder")

@@ -19,7 +19,7 @@ __all__ = [
     "layer_match_text", "chain_text", "trace_text", "handle_text", "saes_text", "weights_text",
     "layer_match_facts", "chain_facts", "trace_facts", "handle_facts", "weights_facts",
     "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS", "token_diff", "show_ws",
-    "strength_units", "step_status", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
+    "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
 ]
 
 N_EXTREMES = 5  # best / worst matches shown
@@ -358,6 +358,47 @@ def dies_text(dies: Any, layers: Sequence[int]) -> str:
     if dies is not None:
         return f"last seen at layer {_layer(dies)}"
     return f"still present at layer {_layer(layers[-1])}, the chain's last" if layers else "present at the last layer"
+
+
+def focus_line(tr: Any, layer: int) -> str:
+    """What the explorer shows at ``layer`` of the trace ``tr``, in one sentence."""
+    layers = list(tr.layers)
+    f = tr.features[layers.index(layer)] if layer in layers else -1
+    alive = tr.alive_layers if hasattr(tr, "alive_layers") else ()
+    if f < 0:
+        reached = [l for l, x in zip(layers, tr.features) if x >= 0]
+        side = "after" if reached and layer > max(reached) else "before"
+        end = max(reached) if side == "after" else min(reached)
+        return (f"layer {layer}: the trace does not reach it (no partner {side} layer {end}); "
+                "type a feature to start a new trace here")
+    if layer == tr.origin_layer:
+        return f"layer {layer}: feature {f}, the origin of the trace"
+    if layer in alive:
+        return f"layer {layer}: feature {f}, the traced partner (every step from the origin accepted)"
+    edge = tr.dies_layer if layer > tr.origin_layer else tr.born_layer
+    where = "last" if layer > tr.origin_layer else "first"
+    return (f"layer {layer}: feature {f}, the assignment's partner beyond the accepted run ({where} seen at "
+            f"layer {edge}): not accepted as the same feature")
+
+
+def node_tip(tr: Any, layer: int, extra: str = "") -> str:
+    """Hover text of one node of a trace: the feature, its step onwards and ``extra`` facts."""
+    layers = list(tr.layers)
+    f = tr.features[layers.index(layer)]
+    if f < 0:
+        return f"layer {layer}: not reached by the trace"
+    parts = [f"L{layer} #{f}"]
+    info = _trace_info(tr, layer)
+    if info is not None and getattr(info, "label", None):
+        parts[0] += f" ({info.label})"
+    s = next((x for x in tr.steps if x.layer == layer), None)
+    if s is not None:
+        nxt = f"#{s.next_feature}" if s.next_feature >= 0 else "no partner"
+        parts.append(f"to L{s.next_layer} {nxt}: mse {fmt_float(s.mse)}, margin {fmt_float(s.margin)}, "
+                     f"{step_status(bool(s.matched), int(s.next_feature))}")
+    if extra:
+        parts.append(extra)
+    return " · ".join(parts)
 
 
 def trace_span(f: dict[str, Any]) -> str:

@@ -160,13 +160,13 @@ class LayerExamples:
             r += x.shape[0]
         return out
 
-    def top_tokens(self, n: int = 3) -> list[tuple[str, ...]]:
-        """For every feature, the distinct tokens of its top activations, most frequent first
-        (at most ``n``): a one-glance summary for the feature finder."""
+    def top_tokens(self, n: int = 3, features: Any = None) -> list[tuple[str, ...]]:
+        """For every feature (or those in ``features``), the distinct tokens of its top
+        activations, most frequent first (at most ``n``): a one-glance summary for the finder."""
         tid = self.acts.token_ids
         rows = self.top_rows
         out = []
-        for i in range(rows.shape[0]):
+        for i in (range(rows.shape[0]) if features is None else [int(x) for x in features]):
             rs = rows[i][rows[i] >= 0]
             if rs.size == 0:
                 out.append(())
