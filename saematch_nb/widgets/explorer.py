@@ -286,7 +286,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         fx = self._feature_examples(L, f)
         if fx is None:
             return ""
-        from ..display._util import fmt_float, fmt_pct
+        from ..display import fmt_float, fmt_pct
 
         tops = [t for e in fx.top[:5] for t in (e.tokens[e.center],)]
         uniq = list(dict.fromkeys(tops))[:3]

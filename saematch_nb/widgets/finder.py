@@ -18,7 +18,7 @@ __all__ = ["FeatureFinder", "ChainOverview"]
 
 
 def _row_label(r: Any, has_ex: bool) -> str:
-    from ..display._util import fmt_float, fmt_pct
+    from ..display import fmt_float, fmt_pct
 
     mse = "—" if r["mse"] != r["mse"] else fmt_float(r["mse"], 3)
     s = f"L{int(r['layer']):<3} #{int(r['feature']):<6} persists {int(r['persistence']):>3}  mse {mse:<9}"

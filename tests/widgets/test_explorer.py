@@ -24,6 +24,8 @@ def fake_examples(layer: int, feature: int) -> FeatureExamples:
 
 # -- FeatureExplorer ------------------------------------------------------------------------------
 def test_explorer_follows_layer_and_feature(chain):
+    """Issue #13: moving the layer follows the trace (the traced partner there, same origin);
+    typing a feature starts a new trace (the earlier test asserted re-anchoring on a layer move)."""
     ex = FeatureExplorer(chain, layer=1, feature=4)
     assert (ex.layer, ex.feature) == (1, 4)
     assert ex.trace is not None and (ex.trace.origin_layer, ex.trace.origin_feature) == (1, 4)
@@ -31,14 +33,20 @@ def test_explorer_follows_layer_and_feature(chain):
     ex.feature = 17
     assert "feature 17 of layer 1" in ex.trace_html.value and ex.feature_box.value == 17
     ex.layer = 2
-    assert "feature 17 of layer 2" in ex.trace_html.value and ex.layer_slider.value == 2
-    assert ex.trace.features == chain.trace(2, 17).features
-    # the controls drive the traitlets too
+    partner = chain.trace(1, 17).feature_at(2)
+    assert (ex.layer, ex.feature, ex.origin) == (2, partner, (1, 17)) and ex.layer_slider.value == 2
+    assert ex.feature_box.value == partner and "feature 17 of layer 1" in ex.trace_html.value
+    assert f"layer 2: feature {partner}" in ex.trace_html.value
+    assert ex.trace.features == chain.trace(1, 17).features
+    # the controls drive the traitlets too: a typed feature re-anchors, the slider follows
     ex.feature_box.value = 3
+    assert ex.origin == (2, 3) and "feature 3 of layer 2" in ex.trace_html.value
     ex.layer_slider.value = 0
-    assert (ex.layer, ex.feature) == (0, 3)
-    assert "feature 3 of layer 0" in ex.trace_html.value
+    assert (ex.layer, ex.feature) == (0, chain.trace(2, 3).feature_at(0)) and ex.origin == (2, 3)
     assert ex.status.value == ""
+    ex.follow = False  # the old behaviour on request
+    ex.layer = 1
+    assert ex.origin == (1, ex.feature)
 
 
 def test_explorer_shows_errors_instead_of_raising(chain):
@@ -166,5 +174,6 @@ def test_explorer_on_a_chain_that_does_not_start_at_layer_0():
     ch = smn.match_chain({5 + i: s for i, s in enumerate(pc.saes)}, cache=False, progress=False)
     ex = FeatureExplorer(ch, feature=2, figure=False)
     assert ex.layer == 5 and "feature 2 of layer 5" in ex.trace_html.value
-    ex.layer = 7
-    assert ex.trace.origin_layer == 7 and ex.layer_slider.value == 7
+    ex.layer = 7  # follows the trace of L5 #2 (issue #13), no longer re-anchors at L7 #2
+    assert ex.trace.origin_layer == 5 and ex.layer_slider.value == 7
+    assert ex.feature == ch.trace(5, 2).feature_at(7)
