@@ -281,8 +281,13 @@ def make_chain_figure(chain_or_dict: Any, *, title: str | None = None, log_mse: 
 def _focus_line(fig: Any, focus: int | None, rows: int) -> None:
     if focus is None:
         return
-    for r in range(1, rows + 1):
-        fig.add_vline(x=int(focus), line_color=COLORS["focus"], line_width=2, opacity=0.5, row=r, col=1)
+    # one vertical line per row, as add_vline draws it, in one layout update (add_vline validates
+    # each shape on its own: a third of the figure's time in the explorer). Named: a panel moving
+    # the focus along the same trace moves these shapes only.
+    lines = [dict(type="line", name="focus", x0=int(focus), x1=int(focus), y0=0, y1=1,
+                  xref="x" if r == 1 else f"x{r}", yref="y domain" if r == 1 else f"y{r} domain",
+                  line=dict(color=COLORS["focus"], width=2), opacity=0.5) for r in range(1, rows + 1)]
+    fig.update_layout(shapes=list(fig.layout.shapes) + lines)
 
 
 def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Mapping[int, float] | None = None,

@@ -54,6 +54,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.theme = theme
         self.trace = None  # the trace on display (None while an error is shown)
         self.last_figure = None  # the plotly Figure last drawn (either backend)
+        self._drawn = None  # (trace, theme) that last_figure shows
         self._history: list[tuple[tuple[int, int], int, int]] = []
         self._pos = -1
         self._history_size = max(2, int(history_size))
@@ -96,7 +97,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 e = W.HTML(layout=W.Layout(flex="0 0 auto"))
                 self.edge_html.append(e)
                 row.append(e)
-        self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow_x="auto", width="100%",
+        self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow="auto hidden", width="100%",
                                                     align_items="center"))
         self.node_row.add_class("smn-node-row")
         self.examples_html = W.HTML(layout=W.Layout(width="100%"))
@@ -112,11 +113,24 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
         children = [nav, self.status, self.trace_html, self.node_row]
         if self.figure is not None:
-            children.append(self.figure)
+            # the figure gets a width by the number of layers (below) and this box scrolls it
+            # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
+            self.figure_box = W.Box([self.figure], layout=W.Layout(overflow="auto hidden", width="100%"))
+            children.append(self.figure_box)
         children.append(self.examples_html)
         kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=children, **kw)
         self.add_class("smn-panel")
+        # DOM hooks for a browser (the CI's Playwright test, user CSS); they change nothing here
+        self.add_class("smn-explorer")
+        for w, c in ((self.layer_slider, "smn-layer-slider"), (self.feature_box, "smn-feature-box"),
+                     (self.trace_html, "smn-trace-head"), (self.examples_html, "smn-examples-box"),
+                     (self.back_button, "smn-back"), (self.forward_button, "smn-forward")):
+            w.add_class(c)
+        for b in self.node_buttons:
+            b.add_class("smn-node-button")
+        if self.figure is not None:
+            self.figure.add_class("smn-figure")
         self.layer, self.feature = start, int(feature)
         self.origin = (start, int(feature))
         W.link((self.layer_slider, "value"), (self, "layer"))
@@ -267,7 +281,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
             for e in self.edge_html:
                 e.value = ""
-            self.last_figure = None
+            self.last_figure = self._drawn = None
             if self.figure_backend == "widget":  # nothing of the previous feature, its title included
                 with self.figure.batch_update():
                     self.figure.data = ()
@@ -276,11 +290,12 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output()
             return
         self.status.value = ""
+        # what the user looks at first goes first: each value is sent to the browser when set
         self.trace_html.value = html.explorer_header_html(tr, self.layer)
-        self._draw_nodes(tr)
         if self.figure is not None:
             self._draw(tr)
         self.examples_html.value = self._examples_html()
+        self._draw_nodes(tr)  # the node tooltips read the examples just loaded
 
     def _node_extra(self, L: int, f: int) -> str:
         fx = self._feature_examples(L, f)
@@ -319,8 +334,15 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         return make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
 
     def _draw(self, tr: Any) -> None:
+        if self.figure_backend == "widget" and self._drawn == (tr, self.theme) and self.last_figure is not None:
+            # the same trace, another focus: move the focus lines only (one small relayout in the
+            # browser instead of a new figure)
+            self._move_focus()
+            return
         fig = self._figure_obj(tr)
-        self.last_figure = fig
+        # about 110 px per layer: the steps' markers and labels stay apart on long chains
+        fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
+        self.last_figure, self._drawn = fig, (tr, self.theme)
         if self.figure_backend == "output":
             from IPython.display import display
 
@@ -328,13 +350,41 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output(wait=True)
                 display(fig)
             return
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
+        if not self._update_in_place(fig):
+            with self.figure.batch_update():
+                self.figure.data = ()
+                self.figure.add_traces(fig.data)
+                self.figure.layout = fig.layout
         for t in self.figure.data:
             if t.customdata is not None and getattr(t, "mode", None) != "lines":
                 t.on_click(self._on_point)
+
+    def _move_focus(self) -> None:
+        with self.figure.batch_update():
+            for sh in self.figure.layout.shapes:
+                if sh.name == "focus":
+                    sh.x0 = sh.x1 = int(self.layer)
+        for sh in self.last_figure.layout.shapes:
+            if sh.name == "focus":
+                sh.x0 = sh.x1 = int(self.layer)
+
+    def _update_in_place(self, fig: Any) -> bool:
+        """Give the shown figure ``fig``'s data and annotations in one Plotly.update (a batch of
+        edits) when both have the same traces; three separate redraws otherwise (False)."""
+        old = self.figure.data
+        if not old or len(old) != len(fig.data) or any(
+                (a.type, a.name, a.xaxis, a.yaxis) != (b.type, b.name, b.xaxis, b.yaxis) for a, b in zip(old, fig.data)):
+            return False
+        with self.figure.batch_update():
+            for a, b in zip(old, fig.data):
+                props = b.to_plotly_json()
+                props.pop("type", None)
+                props.pop("uid", None)
+                a.update(props, overwrite=True)
+            lay = self.figure.layout
+            lay.title, lay.shapes, lay.annotations, lay.width = fig.layout.title, fig.layout.shapes, \
+                fig.layout.annotations, fig.layout.width
+        return True
 
     def _feature_examples(self, L: int, f: int) -> Any:
         if self.examples is None or f < 0:
@@ -497,6 +547,10 @@ class SteeringPanel(SnapshotMixin, W.VBox):
             W.HBox([self.button, self.sweep_button]), self.stale_html, self.output, self.sweep_html,
         ], **kw)
         self.add_class("smn-panel")
+        self.add_class("smn-steering")
+        for w, c in ((self.button, "smn-generate"), (self.output, "smn-steer-output"),
+                     (self.prompt_box, "smn-prompt"), (self.sweep_button, "smn-sweep-button")):
+            w.add_class(c)
         self._units()
 
     def follow(self, explorer: FeatureExplorer) -> "SteeringPanel":

@@ -70,6 +70,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
             W.HBox([self.accepted_box, self.token_box, self.expl_box], layout=W.Layout(flex_flow="row wrap")),
             self.status, self.header, self.rows], **kw)
         self.add_class("smn-panel")
+        self.add_class("smn-finder")
         self.refresh()
 
     def query(self) -> dict:
@@ -149,6 +150,7 @@ class ChainOverview(SnapshotMixin, W.VBox):
         kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=[self.summary_html, self.chain_figure, self.node_box, self.flow_figure], **kw)
         self.add_class("smn-panel")
+        self.add_class("smn-overview")
         self._draw_chain()
         self.show(features)
 

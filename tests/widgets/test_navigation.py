@@ -266,3 +266,39 @@ def test_generations_split_into_model_tokens_only_when_they_round_trip():
     assert _str_tokens(M([" To", " be", ",\n"]), " To be,\n") == (" To", " be", ",\n")
     assert _str_tokens(M([" To", " b\ufffd"]), " To be") == ()  # lossy: words are safer
     assert _str_tokens(object(), "x") == ()
+
+
+def test_a_focus_move_moves_only_the_focus_lines_and_a_new_trace_redraws(chain):
+    from saematch_nb.display.figures import make_trace_figure
+
+    ex = FeatureExplorer(chain, layer=0, feature=5)
+    data0 = [tuple(t.y) for t in ex.figure.data]
+    tr = chain.trace(0, 5)
+    ex.layer = 2  # along the same trace
+    focus = [sh for sh in ex.figure.layout.shapes if sh.name == "focus"]
+    assert focus and all(sh.x0 == 2 and sh.x1 == 2 for sh in focus)
+    assert all(sh.x0 == 2 for sh in ex.last_figure.layout.shapes if sh.name == "focus")
+    assert [tuple(t.y) for t in ex.figure.data] == data0 and ex.trace is not None
+    assert ex.feature == tr.feature_at(2)
+    ex.select(1, 7)  # a new trace: the figure is that trace's, drawn in place
+    ref = make_trace_figure(chain.trace(1, 7), focus=1)
+    assert [tuple(t.y) for t in ex.figure.data] == [tuple(t.y) for t in ref.data]
+    assert ex.figure.layout.title.text == ref.layout.title.text
+    assert all(sh.x0 == 1 for sh in ex.figure.layout.shapes if sh.name == "focus")
+
+
+def test_long_chains_get_a_wide_scrolling_figure():
+    from tests.display.conftest import info
+
+    n, T = 4, 26
+    pairs = [LayerMatch(permutation=np.arange(n), partner=np.arange(n), mse=np.full(n, 0.01),
+                        alt_mse=np.full(n, 0.05), score=np.full(n, 0.1), matched=np.ones(n, bool), threshold=0.3,
+                        n_a=n, n_b=n, d_in=4, info_a=info(t, hostile=False), info_b=info(t + 1, hostile=False))
+             for t in range(T - 1)]
+    ch = MatchChain(pairs=tuple(pairs), layers=tuple(range(T)),
+                    infos=tuple([p.info_a for p in pairs] + [pairs[-1].info_b]))
+    ex = FeatureExplorer(ch, layer=0, feature=1)
+    assert ex.figure.layout.width >= 110 * T  # markers stay apart: the box scrolls, nothing wraps
+    # ipywidgets 8 has only `overflow` (CSS "x y"); an unknown overflow_x would be dropped silently
+    assert ex.figure_box.layout.overflow == "auto hidden" and ex.node_row.layout.overflow == "auto hidden"
+    assert ex.node_row.layout.flex_flow == "row nowrap"
