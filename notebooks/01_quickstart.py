@@ -16,6 +16,8 @@
 # %% [markdown]
 # # saematch_nb quickstart: match, trace and steer SAE features across layers
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/saematch_nb/blob/main/notebooks/01_quickstart.ipynb)
+#
 # This notebook is a tour of `saematch_nb` on the **bundled demo**: a small 6-layer language model
 # (trained on Shakespeare, Milton, the King James Bible and the Jargon File) with a 256-feature
 # JumpReLU sparse autoencoder (SAE) on the residual stream of every layer. Everything runs offline
@@ -29,6 +31,19 @@
 # checks against real activations.
 #
 # The same workflow on Gemma 2 2B with Gemma Scope is in `02_gemma_scope.py`.
+#
+# **On Colab**, the next cell installs the toolkit (elsewhere it does nothing). If pip upgrades
+# `ipywidgets` there, restart the session once (Runtime → Restart session) and run the notebook
+# again; the panels then switch on Colab's custom widget manager themselves.
+
+# %%
+import sys
+
+SAEMATCH_REPO = "https://github.com/OWNER/saematch_nb"  # where this notebook's repository lives
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"saematch_nb[notebook] @ git+{SAEMATCH_REPO}"])
 
 # %%
 import os
@@ -168,23 +183,27 @@ again.summary()[["layer_a", "layer_b", "matched_fraction", "mse_median", "mse_q9
 # ## 4. Trace a feature through depth
 #
 # `chain.persistence()` says, for each feature, for how many consecutive layers it keeps an
-# *accepted* partner (`lifetime` forward, `age` backward). We pick the longest-lived feature of
-# layer 0 (ties broken by the lowest matched MSE) and trace it.
+# *accepted* partner (`lifetime` forward, `age` backward). `smn.find_features` ranks every feature
+# by that (or by MSE, margin, how often it fires, its top tokens…); we pick the longest-lived
+# feature of layer 0 (ties broken by the lowest MSE) and trace it.
 
 # %%
 chain.persistence(by="layer")  # rows: start layer; columns: lifetime; values: number of features
 
 # %%
+print("the longest-lived features of layer 0 (persistence: layers of the accepted run):")
+found = smn.find_features(chain, layer=chain.layers[0], n=6)
+display(found)
 pers = chain.persistence()
 first = pers.loc[chain.layers[0]]
 longest = first.index[first.lifetime == first.lifetime.max()].to_numpy()
-FEATURE = int(longest[np.argmin(chain.pairs[0].mse[longest])])
+FEATURE = int(found.feature.iloc[0])
 LAYER = chain.layers[0]
 print(f"feature {FEATURE} of layer {LAYER} keeps an accepted partner for {first.lifetime.max()} layers")
 
 # %% [markdown]
 # A `FeatureTrace` lists the feature's index at every layer, each step's MSE and margin, and where
-# the criterion says the feature is **born** and where it **dies** (the first rejected step). A
+# the accepted run starts (**first seen**) and ends (**last seen**: the next step is rejected). A
 # trace is worth trusting when every step has a low MSE and a clearly positive margin.
 
 # %%
@@ -218,8 +237,13 @@ for a, c in [(1, 3), (1, 4)]:
 # - `make_margin_figure`: MSE against margin — accepted matches sit at low MSE and positive margin;
 # - `make_chain_figure`: accepted share and MSE band across depth (pass `{name: chain}` to overlay
 #   runs, e.g. folded vs unfolded);
-# - `make_trace_figure`: one feature's index and step quality across layers;
+# - `make_trace_figure`: one feature across layers: each step's direction similarity against the
+#   acceptance bound, its MSE and margin (and, given `correlations=`, how its activations
+#   correlate with the origin's);
 # - `make_flow_figure`: a Sankey of a few features through depth (merges share a node).
+#
+# The colours are Okabe & Ito's colour-blind-safe palette; `figures.set_theme("dark")` (or
+# `theme="dark"`) draws them for a dark notebook theme.
 
 # %%
 from saematch_nb.display.figures import (FigureExportError, make_chain_figure, make_flow_figure,
@@ -243,14 +267,16 @@ make_flow_figure(chain, LAYER, [int(f) for f in longest[:4]])
 # %% [markdown]
 # `save_figure` writes by extension: `.html` is a self-contained page (plotly.js embedded, opens
 # offline); `.png` / `.pdf` / `.svg` go through kaleido, which needs a Chrome/Chromium browser —
-# without one it raises `FigureExportError` with the install hint.
+# without one it raises `FigureExportError` with the install hint. For a paper, `preset="single"`
+# (one column, 3.25 in, 8 pt) or `"double"` (6.75 in, 9 pt) gives the physical size: PDF and SVG
+# come out exactly that big, PNG at `dpi=`.
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    for name in ("chain.html", "chain.png"):
+    for name, kw in (("chain.html", {}), ("chain.pdf", {"preset": "single"}), ("chain.png", {"preset": "double", "dpi": 200})):
         try:
-            p = smn.save_figure(chain_fig, os.path.join(tmp, name), width=800, height=500)
-            print(f"wrote {p.name}: {p.stat().st_size / 1024:.0f} KiB")
+            p = smn.save_figure(chain_fig, os.path.join(tmp, name), **kw)
+            print(f"wrote {p.name} {kw}: {p.stat().st_size / 1024:.0f} KiB")
         except FigureExportError as err:
             print(f"{name}: not written ({err})")
 
@@ -288,7 +314,7 @@ acts
 examples[LAYER][FEATURE]
 
 # %%
-examples.for_trace(trace)  # every step of the trace side by side
+examples.for_trace(trace)  # every step of the trace side by side (scroll sideways on long chains)
 
 # %% [markdown]
 # ## 9. Does the match transfer the hidden state? (EV and ΔL)
@@ -359,13 +385,32 @@ feature_logit_effect(bundle.model, plan, "To be, or not to be, that is the quest
 # %% [markdown]
 # ## 12. Interactive panels
 #
-# `FeatureExplorer` shows a feature's trace, its figure and its activation examples; move the layer
-# slider or type a feature. `SteeringPanel` steers with the selected feature; `follow` keeps it in
-# step with the explorer. (The panels need a live kernel: on GitHub only the code shows.)
+# `FeatureExplorer` follows a feature through the network: moving the layer slider shows the
+# traced partner at that layer (and says where the trace stops); typing a feature starts a new
+# trace; a click on a node or on a figure point selects that feature; ◀ / ▶ walk back and forth
+# through the features visited. Under the figure: the examples of every step side by side, with
+# each feature's activation histogram and top logit effects (hover a node for its facts).
+# `FeatureFinder` ranks and filters features and opens one in the explorer; `ChainOverview` shows
+# the whole chain and the flow of the features visited (click a node). `SteeringPanel` steers with
+# the selected feature; `follow` keeps it in step with the explorer. A saved notebook keeps a
+# static snapshot of each panel for readers without its kernel.
 
 # %%
-explorer = smn.FeatureExplorer(chain, examples, layer=LAYER, feature=FEATURE)
+explorer = smn.FeatureExplorer(chain, examples, model=bundle.model, layer=LAYER, feature=FEATURE)
+explorer
+
+# %%
+finder = smn.FeatureFinder(chain, examples, explorer, n=20)
+finder
+
+# %%
+overview = smn.ChainOverview(chain, explorer)
+overview
+
+# %%
 panel = smn.SteeringPanel(bundle.model, chain, layer=LAYER, feature=FEATURE,
-                      prompt="HAMLET.\n", max_new_tokens=20).follow(explorer)
-display(explorer, panel)
+                          prompt="HAMLET.\n", max_new_tokens=20).follow(explorer)
+panel
+
+# %%
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s")

@@ -16,6 +16,8 @@
 # %% [markdown]
 # # SAE Match on Gemma 2 2B with Gemma Scope
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/saematch_nb/blob/main/notebooks/02_gemma_scope.ipynb)
+#
 # The quickstart's workflow (`01_quickstart.py`) on a real model: Gemma 2 2B and the canonical
 # 16k-feature Gemma Scope residual-stream SAEs (`gemma-scope-2b-pt-res-canonical`), matched over
 # a run of layers, traced, checked against activations, compared with Neuronpedia's explanations
@@ -33,20 +35,28 @@
 # ### Install on Colab
 #
 # Install torch first (Colab has it already; elsewhere pick the wheel for your CUDA), then the
-# toolkit with its notebook extras, and log in to the hub:
+# toolkit with its notebook extras: the next cell does that on Colab (and nothing elsewhere).
+# Log in to the hub first:
 #
 # ```python
-# !pip install torch
-# !pip install "saematch_nb[notebook]"
 # from huggingface_hub import login
 # login()  # a token with read access, after accepting the Gemma licence
 # ```
 #
-# Then set `os.environ["SAEMATCH_USE_GEMMA"] = "1"` before the next cell (or set
-# `USE_GEMMA = True` in it).
+# and set `os.environ["SAEMATCH_USE_GEMMA"] = "1"` before that cell (or set
+# `USE_GEMMA = True` in it). If pip upgrades `ipywidgets` on Colab, restart the session once
+# (Runtime → Restart session); the panels switch on Colab's custom widget manager themselves.
 
 # %%
 import os
+import sys
+
+SAEMATCH_REPO = "https://github.com/OWNER/saematch_nb"  # where this notebook's repository lives
+if "google.colab" in sys.modules:  # Colab: install the toolkit first (elsewhere nothing happens)
+    import subprocess
+
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"saematch_nb[notebook] @ git+{SAEMATCH_REPO}"])
+
 import time
 
 import numpy as np
@@ -210,7 +220,7 @@ smn.steer(model, plan, PROMPT, max_new_tokens=24)
 # follows the explorer's selection.
 
 # %%
-explorer = smn.FeatureExplorer(chain, examples, layer=LAYER, feature=FEATURE)
+explorer = smn.FeatureExplorer(chain, examples, model=model, layer=LAYER, feature=FEATURE)
 panel = smn.SteeringPanel(model, chain, layer=LAYER, feature=FEATURE, prompt=PROMPT,
                       max_new_tokens=20).follow(explorer)
 display(explorer, panel)

@@ -43,6 +43,9 @@ _LAZY = {
     # widgets
     "FeatureExplorer": "widgets.explorer:FeatureExplorer",
     "SteeringPanel": "widgets.explorer:SteeringPanel",
+    "FeatureFinder": "widgets.finder:FeatureFinder",
+    "ChainOverview": "widgets.finder:ChainOverview",
+    "find_features": "sources.finder:find_features",
     # errors: the base of every error and warning the package raises
     "SaematchError": "errors:SaematchError",
     "SaematchWarning": "errors:SaematchWarning",

@@ -177,7 +177,8 @@ class MatchChain:
             j = int(lm.partner[i])
             return TraceStep(layer=self.layers[t], feature=i, next_layer=self.layers[t + 1],
                              next_feature=j, mse=float(lm.mse[i]), margin=float(lm.margin[i]),
-                             matched=bool(lm.matched[i]) and j >= 0)
+                             matched=bool(lm.matched[i]) and j >= 0, score=float(lm.score[i]),
+                             threshold=float(lm.threshold))
 
         last = p  # end of the accepted run forward
         alive = True

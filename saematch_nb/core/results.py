@@ -312,6 +312,15 @@ class TraceStep:
     mse: float
     margin: float
     matched: bool
+    #: the criterion's statistic for this step (direction distance, 1 - mean cosine; NaN = unknown)
+    score: float = float("nan")
+    #: the pair's acceptance threshold on ``score`` (NaN = unknown)
+    threshold: float = float("nan")
+
+    @property
+    def similarity(self) -> float:
+        """1 - score: the mean cosine of the two features' folded decoder rows and encoder columns."""
+        return 1.0 - float(self.score)
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,6 +352,21 @@ class FeatureTrace:
     def length(self) -> int:
         """Number of layers on which the feature is present."""
         return sum(1 for f in self.features if f >= 0)
+
+    @property
+    def alive_layers(self) -> tuple[int, ...]:
+        """The layers of the accepted run around the origin (born_layer .. dies_layer)."""
+        lo = self.layers.index(self.born_layer) if self.born_layer in self.layers else 0
+        hi = self.layers.index(self.dies_layer) if self.dies_layer in self.layers else len(self.layers) - 1
+        return tuple(self.layers[lo:hi + 1])
+
+    def reaches(self, layer: int) -> bool:
+        """Whether the walk reached ``layer`` (it has a feature there)."""
+        return self.feature_at(layer) >= 0
+
+    def step_from(self, layer: int) -> "TraceStep | None":
+        """The step leaving ``layer`` (None when the walk did not go on from there)."""
+        return next((s for s in self.steps if s.layer == layer), None)
 
     def to_pandas(self):
         import pandas as pd

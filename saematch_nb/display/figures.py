@@ -7,6 +7,7 @@ a ``plotly.graph_objects.Figure``; strings from SAE ids and labels are passed to
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -19,12 +20,27 @@ from ._util import escape, fmt_float
 
 __all__ = [
     "make_mse_figure", "make_margin_figure", "make_chain_figure", "make_trace_figure",
-    "make_flow_figure", "save_figure", "FigureExportError", "COLORS",
+    "make_flow_figure", "save_figure", "FigureExportError", "COLORS", "PALETTE", "PAPER_PRESETS",
+    "paper_layout", "set_theme", "get_theme", "template",
 ]
 
-COLORS = {"matched": "#1f77b4", "unmatched": "#d62728", "threshold": "#555555", "margin": "#ff7f0e",
-          "none": "#aaaaaa"}
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+# Okabe & Ito's colour-blind-safe palette (Color Universal Design): blue, vermillion, orange,
+# bluish green, reddish purple, sky blue, yellow, black.
+PALETTE = ("#0072B2", "#D55E00", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+COLORS = {"matched": PALETTE[0], "unmatched": PALETTE[1], "threshold": "#666666", "margin": PALETTE[2],
+          "none": "#999999", "focus": PALETTE[3], "correlation": PALETTE[4]}
+_PALETTE = PALETTE
+# Physical sizes for papers: width of a column (inches) and the font size (points). Plotly's unit
+# is the CSS pixel, 1/96 inch, which is also what kaleido's PDF and SVG pages are measured in.
+PAPER_PRESETS = {
+    "single": {"width_in": 3.25, "height_in": 2.4, "font_pt": 8.0},   # one column (ACL/ICML/NeurIPS-like)
+    "double": {"width_in": 6.75, "height_in": 3.2, "font_pt": 9.0},   # the full text width
+    "slide": {"width_in": 10.0, "height_in": 5.6, "font_pt": 16.0},
+}
+_PX_PER_IN = 96.0
+_PX_PER_PT = 96.0 / 72.0
+
+_THEME = {"name": "light"}  # this module's own setting (set_theme); plotly's default is never touched
 
 
 class FigureExportError(SaematchError, RuntimeError):
@@ -52,16 +68,57 @@ def _pair_title(lm: Any) -> str:
     return f"layers {la} → {lb}<br><sup>{escape(a.label)} → {escape(b.label)}</sup>"
 
 
-def _layout(fig: Any, title: str | None, **kw: Any) -> Any:
+def set_theme(theme: str = "light") -> None:
+    """The template of saematch_nb's figures: ``"light"`` (default) or ``"dark"`` (for JupyterLab's
+    dark theme; a kernel cannot see the notebook's theme, so it is asked for). A plotly default
+    template the user set (``plotly.io.templates.default``) still wins."""
+    if theme not in ("light", "dark"):
+        raise ValueError(f"theme must be 'light' or 'dark', got {theme!r}")
+    _THEME["name"] = theme
+
+
+def get_theme() -> str:
+    return _THEME["name"]
+
+
+@functools.lru_cache(maxsize=4)
+def _template(theme: str):
+    import plotly.io as pio
+
+    go = _go()
+    t = go.layout.Template(pio.templates["plotly_dark" if theme == "dark" else "plotly_white"])
+    t.layout.colorway = list(PALETTE if theme == "light" else ("#56B4E9",) + PALETTE[1:5] + ("#F0E442", "#FFFFFF"))
+    return t
+
+
+def template(theme: str | None = None):
+    """saematch_nb's plotly template: plotly_white / plotly_dark with the colour-blind-safe palette."""
+    theme = theme or _THEME["name"]
+    if theme not in ("light", "dark"):
+        raise ValueError(f"theme must be 'light' or 'dark', got {theme!r}")
+    return _template(theme)
+
+
+def _layout(fig: Any, title: str | None, *, theme: str | None = None, **kw: Any) -> Any:
     # plotly reads a small HTML subset in titles and labels: user strings are passed escaped
     import plotly.io as pio
 
-    # the user's template wins (e.g. plotly_dark in a dark notebook); plotly's stock default has a
-    # grey plot area that prints badly, so it is swapped for plotly_white
-    template = "plotly_white" if pio.templates.default in (None, "plotly") else pio.templates.default
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), template=template,
-                      margin=dict(l=60, r=20, t=70, b=50), **kw)
+    # the user's template wins (e.g. plotly_dark set as plotly's default); plotly's stock default
+    # has a grey plot area that prints badly, so it is replaced by ours
+    user = pio.templates.default not in (None, "plotly")
+    tpl = pio.templates.default if (user and theme is None) else template(theme)
+    kw.setdefault("margin", dict(l=60, r=20, t=70, b=50))
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), template=tpl, **kw)
     return fig
+
+
+def _int_layer_axis(fig: Any, layers: Sequence[int], **sel: Any) -> None:
+    """Integer layer ticks (plotly otherwise picks 0.5 steps on short chains); thinned for long ones."""
+    ls = sorted({int(x) for x in layers})
+    if not ls:
+        return
+    step = max(1, int(np.ceil(len(ls) / 14)))
+    fig.update_xaxes(tickmode="array", tickvals=ls[::step], ticktext=[str(x) for x in ls[::step]], **sel)
 
 
 # -- one pair ------------------------------------------------------------------------------------
@@ -72,10 +129,10 @@ def _threshold_on_mse(lm: Any) -> bool:
 
 
 def make_mse_figure(lm: Any, *, x: str = "mse", bins: int = 60, log_y: bool = False,
-                    title: str | None = None):
-    """Histogram of the matched MSE (``x="mse"``) or of the criterion score (``x="score"``),
-    matched and not-matched features stacked in two colours, with the threshold as a dashed line
-    (drawn on the MSE axis only when the criterion's score is the MSE itself)."""
+                    title: str | None = None, theme: str | None = None):
+    """Histogram of the MSE to the assigned partner (``x="mse"``) or of the criterion score
+    (``x="score"``), accepted and not accepted features stacked in two colours, with the threshold
+    as a dashed line (drawn on the MSE axis only when the criterion's score is the MSE itself)."""
     go = _go()
     if x not in ("mse", "score"):
         raise ValueError(f"x must be 'mse' or 'score', got {x!r}")
@@ -90,8 +147,8 @@ def make_mse_figure(lm: Any, *, x: str = "mse", bins: int = 60, log_y: bool = Fa
         # pre-binned bars: small figures even at 65k features, identical bins for both groups
         edges = np.linspace(lo, hi, int(bins) + 1)
         centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-        for name, mask, color in (("matched", matched, COLORS["matched"]),
-                                  ("not matched", ~matched, COLORS["unmatched"])):
+        for name, mask, color in (("accepted", matched, COLORS["matched"]),
+                                  ("not accepted", ~matched, COLORS["unmatched"])):
             counts, _ = np.histogram(vals[ok & mask], bins=edges)
             fig.add_trace(go.Bar(
                 x=centers, y=counts, width=width, name=f"{name} ({int((ok & mask).sum()):,})",
@@ -104,13 +161,16 @@ def make_mse_figure(lm: Any, *, x: str = "mse", bins: int = 60, log_y: bool = Fa
     if np.isfinite(thr) and (x == "score" or _threshold_on_mse(lm)):
         fig.add_vline(x=thr, line_dash="dash", line_color=COLORS["threshold"],
                       annotation_text=f"threshold {fmt_float(thr)}", annotation_position="top right")
-    _layout(fig, title or f"{'matched MSE' if x == 'mse' else 'criterion score'}, {_pair_title(lm)}",
-            barmode="stack", bargap=0, xaxis_title="matched MSE (folded parameters)" if x == "mse" else "criterion score: direction distance (1 − mean cosine)",
+    _layout(fig, title or f"{'MSE to the assigned partner' if x == 'mse' else 'criterion score'}, {_pair_title(lm)}",
+            theme=theme, barmode="stack", bargap=0,
+            xaxis_title=("MSE to the assigned partner (folded parameters)" if x == "mse"
+                         else "criterion score: direction distance (1 − mean cosine)"),
             yaxis_title="features", yaxis_type="log" if log_y else None)
     return fig
 
 
-def make_margin_figure(lm: Any, *, max_points: int = 20000, seed: int = 0, title: str | None = None):
+def make_margin_figure(lm: Any, *, max_points: int = 20000, seed: int = 0, title: str | None = None,
+                       theme: str | None = None):
     """MSE against margin (MSE to the runner-up minus MSE to the partner), one point per A-feature.
 
     Above ``max_points`` features a fixed random subset is drawn (the title says so)."""
@@ -127,8 +187,8 @@ def make_margin_figure(lm: Any, *, max_points: int = 20000, seed: int = 0, title
     perm = np.asarray(lm.permutation)[idx]
     Scatter = go.Scattergl if len(idx) > 5000 else go.Scatter
     fig = go.Figure()
-    for name, mask, color in (("matched", matched, COLORS["matched"]),
-                              ("not matched", ~matched, COLORS["unmatched"])):
+    for name, mask, color in (("accepted", matched, COLORS["matched"]),
+                              ("not accepted", ~matched, COLORS["unmatched"])):
         fig.add_trace(Scatter(
             x=mse[mask], y=margin[mask], mode="markers", name=f"{name} ({int(mask.sum()):,})",
             marker=dict(color=color, size=4, opacity=0.6),
@@ -140,8 +200,8 @@ def make_margin_figure(lm: Any, *, max_points: int = 20000, seed: int = 0, title
     if np.isfinite(float(lm.threshold)) and _threshold_on_mse(lm):
         fig.add_vline(x=float(lm.threshold), line_dash="dash", line_color=COLORS["threshold"],
                       annotation_text=f"threshold {fmt_float(lm.threshold)}")
-    return _layout(fig, title or f"MSE vs margin{note}, {_pair_title(lm)}",
-                   xaxis_title="matched MSE", yaxis_title="margin (runner-up MSE − matched MSE)")
+    return _layout(fig, title or f"MSE vs margin{note}, {_pair_title(lm)}", theme=theme,
+                   xaxis_title="MSE to the assigned partner", yaxis_title="margin (runner-up MSE − partner MSE)")
 
 
 # -- chains --------------------------------------------------------------------------------------
@@ -168,26 +228,31 @@ def _chain_rows(chain: Any) -> tuple[list[float], list[str], dict[str, list[floa
 
 
 def make_chain_figure(chain_or_dict: Any, *, title: str | None = None, log_mse: bool = False,
-                      bands: bool = True):
-    """Matched fraction (top) and matched MSE median with its q10–q90 band (bottom) across depth.
+                      bands: bool = True, theme: str | None = None):
+    """Accepted fraction (top) and the MSE to the assigned partner, median with its q10–q90 band
+    (bottom), per layer pair across depth; x ticks are the pairs' first layers, labelled "t→t+1".
 
     ``chain_or_dict``: a MatchChain (or list of LayerMatch), or ``{name: chain}`` to overlay
-    several runs, e.g. ``{"folded": c1, "unfolded": c2, "identity": c3}`` as in the paper's Fig. 3.
+    several runs, e.g. ``{"folded": c1, "unfolded": c2, "identity": c3}`` as in the paper's Fig. 3;
+    each run has one colour and one legend entry (a single run needs no legend: the panel titles
+    say what each curve is).
     """
     go = _go()
     runs = dict(chain_or_dict) if isinstance(chain_or_dict, Mapping) else {"": chain_or_dict}
     if not runs:
         raise ValueError("make_chain_figure needs at least one chain")
-    fig = _subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                    subplot_titles=("matched fraction", "matched MSE: median, q10–q90 band"))
+    fig = _subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                    subplot_titles=("accepted fraction", "MSE to the assigned partner: median, q10–q90 band"))
+    ticks: dict[float, str] = {}
     for k, (name, ch) in enumerate(runs.items()):
         xs, labels, c = _chain_rows(ch)
-        color = _PALETTE[k % len(_PALETTE)]
+        ticks.update(zip(xs, labels))
+        color = PALETTE[k % len(PALETTE)]
         tag = f"{escape(name)}: " if name else ""
         fig.add_trace(go.Scatter(
-            x=xs, y=c["matched_fraction"], mode="lines+markers", name=f"{tag}matched fraction" if name else "matched fraction",
-            legendgroup=name or "chain", line=dict(color=color), customdata=labels,
-            hovertemplate=f"{escape(name)} %{{customdata}}<br>matched %{{y:.1%}}<extra></extra>",
+            x=xs, y=c["matched_fraction"], mode="lines+markers", name=f"{tag}accepted fraction" if name else "accepted fraction",
+            legendgroup=name or "chain", showlegend=bool(name), line=dict(color=color), customdata=labels,
+            hovertemplate=f"{escape(name)} %{{customdata}}<br>accepted %{{y:.1%}}<extra></extra>",
         ), row=1, col=1)
         if bands:
             bx = xs + xs[::-1]
@@ -198,69 +263,159 @@ def make_chain_figure(chain_or_dict: Any, *, title: str | None = None, log_mse: 
             ), row=2, col=1)
         fig.add_trace(go.Scatter(
             x=xs, y=c["mse_median"], mode="lines+markers", name=f"{tag}MSE median",
-            legendgroup=name or "chain", line=dict(color=color, dash="solid"),
+            legendgroup=name or "chain", showlegend=False, line=dict(color=color, dash="solid"),
+            marker=dict(symbol="diamond"),
             customdata=np.stack([labels, c["mse_q10"], c["mse_q90"]], axis=1),
             hovertemplate=(f"{escape(name)} %{{customdata[0]}}<br>median %{{y:.4g}}<br>"
                            "q10 %{customdata[1]:.4g}, q90 %{customdata[2]:.4g}<extra></extra>"),
         ), row=2, col=1)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1)
     fig.update_yaxes(type="log" if log_mse else None, title_text="MSE", row=2, col=1)
-    fig.update_xaxes(title_text="layer (pair starts at)", row=2, col=1)
-    return _layout(fig, title or "SAE Match across depth", height=560)
+    xs_all = sorted(ticks)
+    step = max(1, int(np.ceil(len(xs_all) / 14)))
+    fig.update_xaxes(tickmode="array", tickvals=xs_all[::step], ticktext=[ticks[x] for x in xs_all[::step]])
+    fig.update_xaxes(title_text="layer pair", row=2, col=1)
+    return _layout(fig, title or "SAE Match across depth", theme=theme, height=560)
 
 
-def make_trace_figure(trace: Any, *, title: str | None = None):
-    """A feature across layers: its index at each layer (top) and MSE / margin of each step (bottom)."""
+def _focus_line(fig: Any, focus: int | None, rows: int) -> None:
+    if focus is None:
+        return
+    # one vertical line per row, as add_vline draws it, in one layout update (add_vline validates
+    # each shape on its own: a third of the figure's time in the explorer). Named: a panel moving
+    # the focus along the same trace moves these shapes only.
+    lines = [dict(type="line", name="focus", x0=int(focus), x1=int(focus), y0=0, y1=1,
+                  xref="x" if r == 1 else f"x{r}", yref="y domain" if r == 1 else f"y{r} domain",
+                  line=dict(color=COLORS["focus"], width=2), opacity=0.5) for r in range(1, rows + 1)]
+    fig.update_layout(shapes=list(fig.layout.shapes) + lines)
+
+
+def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Mapping[int, float] | None = None,
+                      focus: int | None = None, theme: str | None = None):
+    """A feature across layers, on axes that mean something:
+
+    - **direction similarity of each step** (1 − the criterion's score: the mean cosine of the two
+      features' folded decoder rows and encoder columns), drawn between the two layers it joins,
+      with the pair's acceptance bound (1 − threshold) dashed: a step above the bound is accepted;
+    - with ``correlations`` (``{layer: r}``, e.g. ``Examples.trace_correlations(trace)``), the
+      **activation correlation with the origin**: Pearson's r of the feature's activations at each
+      layer with the origin's, over the collected tokens (1 at the origin);
+    - **MSE to the partner** per step (bars, accepted / not accepted) and the **margin** (markers).
+
+    Feature ids label the points (they are names, not values). ``focus``: a layer to mark (the
+    explorer's current one). Points carry ``customdata = [layer, feature, ...]`` of the feature
+    they lead to, so a click can select it.
+    """
     go = _go()
-    present = [(l, f) for l, f in zip(trace.layers, trace.features) if f >= 0]
-    fig = _subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1, row_heights=[0.55, 0.45],
-                    subplot_titles=("feature index", "per-step MSE and margin"))
-    marks = []
-    for l, _ in present:
-        m = []
-        if l == trace.origin_layer:
-            m.append("origin")
-        if trace.born_layer is not None and l == trace.born_layer:
-            m.append("born")
-        if trace.dies_layer is not None and l == trace.dies_layer:
-            m.append("dies")
-        marks.append(", ".join(m))
-    fig.add_trace(go.Scatter(
-        x=[l for l, _ in present], y=[f for _, f in present], mode="lines+markers+text", name="feature",
-        text=[f"#{f}" + (f" ({m})" if m else "") for (_, f), m in zip(present, marks)], textposition="top center",
-        marker=dict(size=[14 if l == trace.origin_layer else 9 for l, _ in present], color=COLORS["matched"]),
-        hovertemplate="layer %{x}<br>feature %{y}<extra></extra>",
-    ), row=1, col=1)
-    steps = list(trace.steps)
+    steps = sorted(trace.steps, key=lambda s: (s.layer, s.next_layer))
+    has_corr = bool(correlations)
+    rows = 3 if has_corr else 2
+    titles = (("direction similarity of each step (1 − score)", "activation correlation with the origin",
+               "MSE to the partner and margin, per step") if has_corr else
+              ("direction similarity of each step (1 − score)", "MSE to the partner and margin, per step"))
+    fig = _subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.09, subplot_titles=titles,
+                    row_heights=[0.4, 0.3, 0.3] if has_corr else [0.55, 0.45])
     xs = [(s.layer + s.next_layer) / 2 for s in steps]
+    status = ["accepted" if s.matched else ("no partner" if s.next_feature < 0 else "rejected") for s in steps]
+    sim = [1.0 - float(getattr(s, "score", float("nan"))) for s in steps]
+    bound = [1.0 - float(getattr(s, "threshold", float("nan"))) for s in steps]
+    step_data = [[s.next_layer, s.next_feature, s.layer, s.feature, st, fmt_float(s.mse), fmt_float(s.margin)]
+                 for s, st in zip(steps, status)]
+    fig.add_trace(go.Scatter(
+        x=xs, y=sim, mode="markers+text", name="step similarity",
+        text=[f"#{s.feature}→#{s.next_feature}" if s.next_feature >= 0 else f"#{s.feature}→·" for s in steps],
+        textposition="top center", textfont=dict(size=10),
+        marker=dict(size=11, color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps],
+                    symbol=["circle" if s.matched else "x" for s in steps]),
+        customdata=step_data,
+        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
+                       "similarity %{y:.3f} (%{customdata[4]})<br>mse %{customdata[5]}, margin %{customdata[6]}"
+                       "<extra></extra>"),
+    ), row=1, col=1)
+    if any(np.isfinite(bound)):
+        bx, by = [], []
+        for s, b in zip(steps, bound):  # one flat segment per step: each pair has its own bound
+            bx += [s.layer + 0.15, s.next_layer - 0.15, None]
+            by += [b, b, None]
+        fig.add_trace(go.Scatter(x=bx, y=by, mode="lines", name="acceptance bound",
+                                 line=dict(color=COLORS["threshold"], dash="dash", width=1.5), hoverinfo="skip"),
+                      row=1, col=1)
+    if has_corr:
+        present = [(int(l), int(f)) for l, f in zip(trace.layers, trace.features) if f >= 0 and int(l) in correlations]
+        fig.add_trace(go.Scatter(
+            x=[l for l, _ in present], y=[float(correlations[l]) for l, _ in present], mode="lines+markers+text",
+            name="activation correlation", text=[f"#{f}" for _, f in present], textposition="top center",
+            textfont=dict(size=10), line=dict(color=COLORS["correlation"]),
+            marker=dict(size=[13 if l == trace.origin_layer else 9 for l, _ in present], color=COLORS["correlation"]),
+            customdata=[[l, f] for l, f in present],
+            hovertemplate="L%{customdata[0]} #%{customdata[1]}<br>r with the origin %{y:.3f}<extra></extra>",
+        ), row=2, col=1)
+        fig.update_yaxes(range=[-0.05, 1.1], row=2, col=1)
+    last = rows
     fig.add_trace(go.Bar(
-        x=xs, y=[s.mse for s in steps], name="MSE per step",
+        x=xs, y=[s.mse for s in steps], name="MSE per step", width=0.5,
         marker_color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps],
-        customdata=[[s.layer, s.feature, s.next_layer, s.next_feature, "matched" if s.matched else "not matched"]
-                    for s in steps],
-        hovertemplate=("L%{customdata[0]} #%{customdata[1]} → L%{customdata[2]} #%{customdata[3]}<br>"
+        customdata=step_data,
+        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
                        "mse %{y:.4g} (%{customdata[4]})<extra></extra>"),
-    ), row=2, col=1)
+    ), row=last, col=1)
     fig.add_trace(go.Scatter(
         x=xs, y=[s.margin for s in steps], mode="markers", name="margin",
-        marker=dict(symbol="diamond", size=9, color=COLORS["margin"]),
+        marker=dict(symbol="diamond", size=9, color=COLORS["margin"]), customdata=step_data,
         hovertemplate="margin %{y:.4g}<extra></extra>",
-    ), row=2, col=1)
-    fig.update_xaxes(title_text="layer", dtick=1, row=2, col=1)
-    born = "present from the first layer" if trace.born_layer is None else f"born at layer {trace.born_layer}"
-    dies = "survives to the last layer" if trace.dies_layer is None else f"dies at layer {trace.dies_layer}"
-    return _layout(fig, title or f"feature {trace.origin_feature} of layer {trace.origin_layer}<br><sup>{born}, {dies}</sup>",
-                   height=480)
+    ), row=last, col=1)
+    fig.update_yaxes(range=[min([0.0] + [v for v in sim if np.isfinite(v)]) - 0.05, 1.08], row=1, col=1)
+    _int_layer_axis(fig, trace.layers)
+    fig.update_xaxes(range=[min(trace.layers) - 0.4, max(trace.layers) + 0.4])
+    fig.update_xaxes(title_text="layer", row=last, col=1)
+    _focus_line(fig, focus, rows)
+    from .text import born_text, dies_text
+
+    layers = list(trace.layers)
+    sub = f"{born_text(trace.born_layer, layers)}, {dies_text(trace.dies_layer, layers)}"
+    return _layout(fig, title or f"feature {trace.origin_feature} of layer {trace.origin_layer}<br><sup>{sub}</sup>",
+                   theme=theme, height=600 if has_corr else 500, margin=dict(l=60, r=20, t=95, b=110),
+                   legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
+
+
+def _order_columns(per_col: dict[int, list[tuple[int, int]]], links: Mapping[tuple[tuple[int, int], tuple[int, int]], Any],
+                   layers: Sequence[int], first: Sequence[tuple[int, int]]) -> None:
+    """Order each column's nodes to keep links from crossing: the first column as the traces were
+    given, then each node at the mean rank of its neighbours (barycentre), swept forward and
+    back a few times; "no partner" nodes go last."""
+    rank = {k: i for i, k in enumerate(first)}
+    per_col[layers[0]].sort(key=lambda k: rank.get(k, len(rank) + k[1]))
+    nbr: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for (src, dst) in links:
+        nbr.setdefault(src, []).append(dst)
+        nbr.setdefault(dst, []).append(src)
+
+    def sweep(order: Sequence[int]) -> None:
+        for l in order:
+            pos = {k: i for ll in per_col for i, k in enumerate(per_col[ll])}
+
+            def key(k: tuple[int, int]) -> tuple:
+                near = [pos[n] / max(len(per_col[n[0]]), 1) for n in nbr.get(k, ()) if n[0] != l and n in pos]
+                return (k[1] < 0, float(np.mean(near)) if near else 2.0, k[1])
+
+            per_col[l].sort(key=key)
+
+    for _ in range(3):
+        sweep(layers[1:])
+        sweep(layers[-2::-1])
 
 
 def make_flow_figure(chain: Any = None, layer: int | None = None, features: int | Iterable[int] = (), *,
                      traces: Sequence[Any] | None = None, accepted_only: bool = False,
-                     title: str | None = None):
+                     title: str | None = None, theme: str | None = None, focus: tuple[int, int] | None = None):
     """A layered flow graph (Sankey) of a few features through depth, like Feature Flow's graphs.
 
     Give ``chain`` + ``layer`` + ``features`` (traced with ``chain.trace``) or ready ``traces``.
     Nodes are (layer, feature); features that merge (many-to-one matches) share a node; a step
-    without partner ends in a grey "no partner" node; link colour: matched blue, rejected red.
+    without partner ends in a grey "no partner" node; link colour: accepted blue, rejected
+    vermillion. Nodes are ordered to keep links from crossing; labels are vector text (no shadow,
+    which PDF export would rasterise); each node's ``customdata`` is ``[layer, feature]``.
+    ``focus``: a (layer, feature) node drawn in the focus colour.
     """
     go = _go()
     if traces is None:
@@ -276,51 +431,55 @@ def make_flow_figure(chain: Any = None, layer: int | None = None, features: int 
         raise ValueError("make_flow_figure needs at least one trace")
     all_layers = sorted({int(l) for tr in traces for l in tr.layers})
     col = {l: i for i, l in enumerate(all_layers)}
-    nodes: dict[tuple[int, int], int] = {}
+    present: list[tuple[int, int]] = []
+    seen: set = set()
     origins = {(int(tr.origin_layer), int(tr.origin_feature)) for tr in traces}
-
-    def node(l: int, f: int) -> int:
-        key = (int(l), int(f))
-        if key not in nodes:
-            nodes[key] = len(nodes)
-        return nodes[key]
-
     for tr in traces:
         for l, f in zip(tr.layers, tr.features):
-            if f >= 0:
-                node(l, f)
-    links: dict[tuple[int, int], list] = {}
+            k = (int(l), int(f))
+            if f >= 0 and k not in seen:
+                seen.add(k)
+                present.append(k)
+    links: dict[tuple[tuple[int, int], tuple[int, int]], list] = {}
     for tr in traces:
-        for s in tr.steps:
-            src = node(s.layer, s.feature)
-            dst = node(s.next_layer, s.next_feature if s.next_feature >= 0 else -1)
-            ent = links.setdefault((src, dst), [0, bool(s.matched), s.mse, s.margin])
+        for st in tr.steps:
+            src = (int(st.layer), int(st.feature))
+            dst = (int(st.next_layer), int(st.next_feature) if st.next_feature >= 0 else -1)
+            for k in (src, dst):
+                if k not in seen:
+                    seen.add(k)
+                    present.append(k)
+            ent = links.setdefault((src, dst), [0, bool(st.matched), st.mse, st.margin])
             ent[0] += 1
-    keys = list(nodes)
-    # fixed layout: one column per layer, features stacked in index order
-    per_col: dict[int, list[tuple[int, int]]] = {}
-    for k in keys:
+    per_col: dict[int, list[tuple[int, int]]] = {l: [] for l in all_layers}
+    for k in present:
         per_col.setdefault(k[0], []).append(k)
-    xs, ys = [0.0] * len(keys), [0.0] * len(keys)
+    first_col = [(int(tr.layers[0]), int(tr.features[0])) for tr in traces]
+    _order_columns(per_col, links, [l for l in all_layers if per_col.get(l)], first_col)
+    keys = [k for l in all_layers for k in per_col.get(l, [])]
+    index = {k: i for i, k in enumerate(keys)}
     ncol = max(len(all_layers) - 1, 1)
+    tallest = max(len(v) for v in per_col.values())
+    xs, ys = [0.0] * len(keys), [0.0] * len(keys)
     for l, ks in per_col.items():
-        ks.sort(key=lambda k: (k[1] < 0, k[1]))
         for r, k in enumerate(ks):
-            xs[nodes[k]] = 0.001 + 0.998 * col[l] / ncol
-            ys[nodes[k]] = 0.001 + 0.998 * (r + 0.5) / len(ks)
+            # the last column stops short of the edge so that its labels (drawn to the left) fit
+            xs[index[k]] = 0.001 + 0.94 * col[l] / ncol
+            ys[index[k]] = 0.02 + 0.96 * (r + 0.5) / max(len(ks), 1)
     labels = [f"L{l} #{f}" if f >= 0 else f"L{l} no partner" for l, f in keys]
-    colors = [COLORS["none"] if f < 0 else (COLORS["margin"] if (l, f) in origins else COLORS["matched"])
-              for l, f in keys]
+    colors = [COLORS["none"] if f < 0 else (COLORS["focus"] if focus is not None and (l, f) == tuple(focus) else
+              COLORS["margin"] if (l, f) in origins else COLORS["matched"]) for l, f in keys]
     link_items = list(links.items())
     fig = go.Figure(go.Sankey(
-        arrangement="fixed",
-        node=dict(label=labels, x=xs, y=ys, color=colors, pad=12, thickness=14,
+        arrangement="fixed", textfont=dict(shadow="none", size=11),
+        node=dict(label=labels, x=xs, y=ys, color=colors, pad=14, thickness=14,
+                  customdata=[[l, f] for l, f in keys],
                   hovertemplate="%{label}<extra></extra>"),
         link=dict(
-            source=[s for (s, _), _ in link_items], target=[d for (_, d), _ in link_items],
+            source=[index[s_] for (s_, _), _ in link_items], target=[index[d] for (_, d), _ in link_items],
             value=[v[0] for _, v in link_items],
-            color=["rgba(31,119,180,0.45)" if v[1] else "rgba(214,39,40,0.45)" for _, v in link_items],
-            customdata=[[fmt_float(v[2]), fmt_float(v[3]), "matched" if v[1] else "not matched"]
+            color=["rgba(0,114,178,0.45)" if v[1] else "rgba(213,94,0,0.45)" for _, v in link_items],
+            customdata=[[fmt_float(v[2]), fmt_float(v[3]), "accepted" if v[1] else "not accepted"]
                         for _, v in link_items],
             hovertemplate="%{source.label} → %{target.label}<br>mse %{customdata[0]}, margin %{customdata[1]}"
                           "<br>%{customdata[2]}<extra></extra>",
@@ -328,7 +487,38 @@ def make_flow_figure(chain: Any = None, layer: int | None = None, features: int 
     ))
     return _layout(fig, title or f"feature flow from layer {traces[0].origin_layer}: "
                    + ", ".join(f"#{tr.origin_feature}" for tr in traces[:8]) + (" …" if len(traces) > 8 else ""),
-                   height=max(320, 60 * max(len(v) for v in per_col.values()) + 120))
+                   theme=theme, height=max(320, 34 * tallest + 140), margin=dict(l=20, r=20, t=70, b=20))
+
+
+def paper_layout(fig: Any, preset: str = "single", *, width_in: float | None = None, height_in: float | None = None,
+                 font_pt: float | None = None, theme: str | None = "light"):
+    """A copy of ``fig`` sized for a paper: ``preset`` "single" (one column, 3.25 in, 8 pt),
+    "double" (text width, 6.75 in, 9 pt) or "slide"; ``width_in`` / ``height_in`` / ``font_pt``
+    override the preset. Sizes are physical: :func:`save_figure` writes PDF and SVG at exactly
+    this size (1 in = 96 plotly pixels) and raster images at ``dpi``."""
+    if preset not in PAPER_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {tuple(PAPER_PRESETS)}")
+    p = PAPER_PRESETS[preset]
+    w = float(width_in if width_in is not None else p["width_in"])
+    h = float(height_in if height_in is not None else p["height_in"])
+    pt = float(font_pt if font_pt is not None else p["font_pt"])
+    if not (w > 0 and h > 0 and pt > 0):
+        raise ValueError(f"width_in, height_in and font_pt must be positive, got {w}, {h}, {pt}")
+    go = _go()
+    out = go.Figure(fig)
+    px = pt * _PX_PER_PT
+    leg = out.layout.legend
+    below = leg.orientation == "h" and leg.y is not None and leg.y < 0  # room for a legend under the plot
+    out.update_layout(width=round(w * _PX_PER_IN), height=round(h * _PX_PER_IN), autosize=False,
+                      font=dict(size=px, family="Helvetica, Arial, sans-serif"),
+                      title=dict(font=dict(size=px * 1.15)), legend=dict(font=dict(size=px)),
+                      margin=dict(l=round(5 * px), r=round(1.5 * px), t=round(4.5 * px),
+                                  b=round((9 if below else 4) * px)))
+    if theme is not None:
+        out.update_layout(template=template(theme))
+    out.update_annotations(font_size=px)  # subplot titles
+    out.update_traces(textfont_size=px * 0.9, selector=lambda t: hasattr(t, "textfont"))
+    return out
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -360,14 +550,25 @@ def _find_browser() -> str | None:
     return "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 
 
+_VECTOR_FORMATS = ("pdf", "svg")
+
+
 def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, height: int | None = None,
-                scale: float = 2.0) -> Path:
+                scale: float = 2.0, preset: str | None = None, dpi: float | None = None,
+                width_in: float | None = None, height_in: float | None = None, font_pt: float | None = None) -> Path:
     """Write a figure for a paper or a web page, by the file's extension.
 
     - ``.html``: self-contained page with plotly.js embedded (no CDN: it opens offline).
-    - ``.png`` / ``.pdf`` / ``.svg`` / ``.jpeg`` / ``.webp``: static image via kaleido, which needs
-      Chrome/Chromium (``apt-get install -y chromium`` on Debian); a clear error says so if missing.
+    - ``.pdf`` / ``.svg``: vector, at the figure's physical size (``width`` / ``height`` in plotly
+      pixels of 1/96 in; ``scale`` does not apply: a vector page is not magnified).
+    - ``.png`` / ``.jpeg`` / ``.webp``: raster, ``scale`` times the pixel size (``dpi=300`` sets the
+      scale for that resolution at the physical size).
     - ``.json``: plotly's JSON.
+
+    ``preset``: "single" / "double" / "slide" (:data:`PAPER_PRESETS`): the column width, its
+    height and font size, with ``width_in`` / ``height_in`` / ``font_pt`` to adjust
+    (:func:`paper_layout`). Images go through kaleido, which needs Chrome/Chromium (``apt-get
+    install -y chromium`` on Debian); a clear error says so if it is missing.
     """
     path = Path(path)
     ext = path.suffix.lower().lstrip(".")
@@ -375,6 +576,14 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
         raise TypeError(f"save_figure expects a plotly Figure, got {type(fig).__name__}")
     if ext not in ("html", "htm", "json") + _IMAGE_FORMATS:
         raise ValueError(f"cannot save a figure as {path.name!r}: use .html, .json, .png, .pdf, .svg, .jpeg or .webp")
+    if preset is not None or width_in is not None or height_in is not None or font_pt is not None:
+        fig = paper_layout(fig, preset or "single", width_in=width_in, height_in=height_in, font_pt=font_pt)
+    if dpi is not None:
+        if not dpi > 0:
+            raise ValueError(f"dpi must be positive, got {dpi}")
+        scale = float(dpi) / _PX_PER_IN
+    if ext in _VECTOR_FORMATS:
+        scale = 1.0  # kaleido would otherwise enlarge the page (a 700 px figure at scale 2: 14.6 in)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -394,8 +603,8 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
             if _find_browser() is None:
                 raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}"))
             try:
-                fig.write_image(str(tmp), format="jpeg" if ext == "jpg" else ext, width=width, height=height,
-                                scale=scale)
+                fig.write_image(str(tmp), format="jpeg" if ext == "jpg" else ext,
+                                width=width or fig.layout.width, height=height or fig.layout.height, scale=scale)
             except Exception as exc:
                 if "chrome" in type(exc).__name__.lower() or "browser" in str(exc).lower():
                     raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}") + f" ({exc})") from exc

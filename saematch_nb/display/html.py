@@ -19,7 +19,9 @@ from ._util import (
 
 __all__ = [
     "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
-    "error_html", "report_html", "steering_html", "steering_body", "layer_match_body", "chain_body", "trace_body", "handle_body",
+    "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
+    "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
+    "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
     "saes_body", "weights_body", "svg_line_chart",
 ]
 
@@ -58,12 +60,13 @@ def _details(summary_html: str, body_html: str, *, open_: bool = False) -> str:
 
 
 def _status_html(status: str) -> str:
-    cls = "smn-ok" if status == "matched" else "smn-no"
+    cls = "smn-ok" if status == _text.ACCEPTED else "smn-no"
     return f'<span class="{cls}">{escape(status)}</span>'
 
 
-def _table(head: Sequence[tuple[str, bool]], rows: Iterable[Sequence[str]], row_classes: Iterable[str] | None = None) -> str:
-    """head: (title, numeric?) pairs, titles escaped here; rows: cells already HTML."""
+def _table(head: Sequence[tuple[str, bool]], rows: Iterable[Sequence[str]], row_classes: Iterable[str] | None = None,
+           caption: str = "") -> str:
+    """head: (title, numeric?) pairs, titles escaped here; rows: cells already HTML; caption: plain text."""
     th = "".join(f'<th class="smn-num">{escape(t)}</th>' if num else f"<th>{escape(t)}</th>" for t, num in head)
     body = []
     rcs = list(row_classes) if row_classes is not None else None
@@ -71,7 +74,8 @@ def _table(head: Sequence[tuple[str, bool]], rows: Iterable[Sequence[str]], row_
         tds = "".join(f'<td class="smn-num">{c}</td>' if head[j][1] else f"<td>{c}</td>" for j, c in enumerate(row))
         rc = f' class="{rcs[i]}"' if rcs and rcs[i] else ""
         body.append(f"<tr{rc}>{tds}</tr>")
-    return f'<table class="smn-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    cap = f'<caption class="smn-caption">{escape(caption)}</caption>' if caption else ""
+    return f'<table class="smn-table">{cap}<thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 # -- LayerMatch -----------------------------------------------------------------------------------
@@ -86,15 +90,16 @@ def _hist_html(f: Mapping[str, Any]) -> str:
         hu = 100.0 * u / top if top else 0.0
         last = h["overflow"] and i == h["bins"] - 1
         rng = f"≥ {fmt_float(edges[i])}" if last else f"{fmt_float(edges[i])} – {fmt_float(edges[i + 1])}"
-        tip = f"MSE {rng}: {m} matched, {u} not matched"
+        tip = f"MSE {rng}: {m} {_text.ACCEPTED}, {u} {_text.REJECTED} or without partner"
         cols.append(f'<div class="smn-hist-col" title={attr(tip)}>'
                     f'<div class="smn-hist-m" style="height: {hm:.2f}%"></div>'
                     f'<div class="smn-hist-u" style="height: {hu:.2f}%"></div></div>')
     return (
         f'<div class="smn-hist">{"".join(cols)}</div>'
         f'<div class="smn-hist-axis"><span>{escape(f["hist_lo"])}</span><span>{escape(f["hist_hi"])}</span></div>'
-        f'<div class="smn-legend"><span class="smn-swatch smn-swatch-m"></span>matched'
-        f'<span class="smn-swatch smn-swatch-u"></span>not matched · {escape(_text._hist_caption(f))}</div>'
+        f'<div class="smn-legend"><span class="smn-swatch smn-swatch-m"></span>{_text.ACCEPTED}'
+        f'<span class="smn-swatch smn-swatch-u"></span>{_text.REJECTED} or without partner · '
+        f'{escape(_text._hist_caption(f))}</div>'
     )
 
 
@@ -116,7 +121,7 @@ def layer_match_body(lm: Any, *, header: bool = True) -> str:
         ("features", f"{escape(f['n_a'])}{_ARROW}{escape(f['n_b'])} · d_in {escape(f['d_in'])}"),
         ("options", _kv_html(f["options"])),
         ("solver", escape(f["solver"])),
-        ("matched", f"{_bar(f['matched_frac'], f['matched_pct'])} ({escape(f['n_matched'])} of "
+        ("accepted", f"{_bar(f['matched_frac'], f['matched_pct'])} ({escape(f['n_matched'])} of "
                     f"{escape(f['n_a'])}), {escape(f['n_unpartnered'])} without partner"),
         ("criterion", escape(f["criterion"])),
         ("MSE", f"mean {escape(f['mse_mean'])}, q10 {escape(f['mse_q10'])}, median {escape(f['mse_q50'])}, "
@@ -128,7 +133,7 @@ def layer_match_body(lm: Any, *, header: bool = True) -> str:
     parts += [
         _grid(rows),
         f'<div class="smn-section"><div class="smn-section-title">MSE histogram</div>{_hist_html(f)}</div>',
-        _details(f'best matches <span class="smn-sub">(lowest MSE among matched)</span>',
+        _details(f'best matches <span class="smn-sub">(lowest MSE among the accepted)</span>',
                  _extremes_table(f["best"]), open_=True),
         _details(f'worst matches <span class="smn-sub">(highest MSE)</span>', _extremes_table(f["worst"])),
     ]
@@ -231,12 +236,13 @@ def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
         med = [r["raw"].get("mse_median") for r in rows]
         q10 = [r["raw"].get("mse_q10") for r in rows]
         q90 = [r["raw"].get("mse_q90") for r in rows]
-        charts = (svg_line_chart(xs, [("matched fraction", frac)], title="matched fraction across depth",
+        charts = (svg_line_chart(xs, [("accepted fraction", frac)], title="accepted fraction across depth",
                                  y_range=(0.0, 1.0), y_format=lambda v: f"{100 * v:.0f}%", x_labels=xl)
                   + svg_line_chart(xs, [("MSE median", med)], band=(q10, q90),
-                                   title="matched MSE across depth (median, band q10–q90)", x_labels=xl))
+                                   title="MSE to the assigned partner across depth (median, band q10–q90)",
+                                   x_labels=xl))
         parts.append(f'<div class="smn-section">{charts}</div>')
-        head = [("pair", False), ("SAEs", False), ("widths", True), ("matched", False), ("no partner", True),
+        head = [("pair", False), ("SAEs", False), ("widths", True), ("accepted", False), ("no partner", True),
                 ("MSE median", True), ("MSE q90", True), ("time", True), ("cached", False)]
         cells = [[f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])}",
                   f"{escape(r['sae_a'])}{_ARROW}{escape(r['sae_b'])}",
@@ -244,11 +250,11 @@ def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
                   _bar(r["matched_frac"], r["matched_pct"]), escape(r["unpartnered"]),
                   escape(r["mse_median"]), escape(r["mse_q90"]), escape(r["seconds"]), escape(r["cached"])]
                  for r in rows]
-        parts.append(_table(head, cells))
+        parts.append(_table(head, cells, caption="layer pairs"))
         details = []
         for r, lm in zip(rows, f["pairs"]):
             summ = (f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])} "
-                    f'<span class="smn-sub">{escape(r["matched_pct"])} matched, MSE median {escape(r["mse_median"])}</span>')
+                    f'<span class="smn-sub">{escape(r["matched_pct"])} accepted, MSE median {escape(r["mse_median"])}</span>')
             details.append(_details(summ, layer_match_body(lm, header=False), open_=pairs_open))
         parts.append(_details(f'pairs <span class="smn-sub">(details per layer pair)</span>',
                               "".join(details), open_=pairs_open))
@@ -267,9 +273,9 @@ def _node_html(n: Mapping[str, Any]) -> str:
            + (" smn-node-gone" if n["present"] and not n["alive"] else ""))
     badges = ""
     if n["born"]:
-        badges += '<span class="smn-badge smn-born">born</span>'
+        badges += '<span class="smn-badge smn-born" title="the accepted run starts here">first</span>'
     if n["dies"]:
-        badges += '<span class="smn-badge smn-dies">dies</span>'
+        badges += '<span class="smn-badge smn-dies" title="the accepted run ends here">last</span>'
     if n["origin"]:
         badges += '<span class="smn-badge smn-muted">origin</span>'
     feat = link(n["url"], n["feature"], title="open on Neuronpedia") if n["present"] else escape(n["feature"])
@@ -318,6 +324,47 @@ def trace_body(tr: Any, *, header: bool = True) -> str:
 
 def trace_html(tr: Any) -> str:
     return wrap_output(trace_body(tr), _text.trace_text(tr), kind="trace")
+
+
+def edge_html(step: Any) -> str:
+    """One step of a trace as the explorer draws it between two nodes (a TraceStep)."""
+    st = _text.step_status(bool(step.matched), int(step.next_feature))
+    return _edge_html({"matched": bool(step.matched), "layer": _text._layer(step.layer),
+                       "feature": fmt_int(step.feature), "next_layer": _text._layer(step.next_layer),
+                       "next_feature": fmt_int(step.next_feature) if step.next_feature >= 0 else DASH,
+                       "mse": fmt_float(step.mse), "margin": fmt_float(step.margin), "status": st})
+
+
+def explorer_header_body(tr: Any, layer: int) -> str:
+    f = _text.trace_facts(tr)
+    title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
+    sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
+    info = _text._trace_info(tr, layer)
+    label = f' <span class="smn-muted smn-mono">({escape(info.label)})</span>' if info is not None and info.label else ""
+    return (_header("FeatureTrace", title, sub)
+            + f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>')
+
+
+def explorer_header_text(tr: Any, layer: int) -> str:
+    f = _text.trace_facts(tr)
+    return (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
+            f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+
+
+def explorer_header_html(tr: Any, layer: int) -> str:
+    """The explorer's heading: the trace's origin, how far it goes, and what is shown at ``layer``."""
+    return wrap_output(explorer_header_body(tr, layer), explorer_header_text(tr, layer), kind="panel")
+
+
+def panel_snapshot_html(kind: str, parts: Sequence[str]) -> str:
+    """A panel's static snapshot: its parts (HTML made by this package's display functions; any
+    ``<script`` is refused) under a note that it is a snapshot, for notebooks read without the
+    panel's kernel."""
+    body = "".join(check_no_script(str(p), f"{kind} snapshot") for p in parts)
+    note = (f'<div class="smn-sub">{escape(kind)}: a static snapshot of the panel (the live panel needs '
+            "its kernel: run the notebook to use it)</div>")
+    return f'<div class="smn-output smn-out-panel smn-snapshot">{note}{body}</div>'
+
 
 
 # -- SAE handles, lists, weights ------------------------------------------------------------------
@@ -413,17 +460,110 @@ def report_html(
 
 
 # -- steering -------------------------------------------------------------------------------------
+def _ws_html(tok: str) -> str:
+    """A piece of model text, escaped, newlines shown as ↵ and kept as line breaks."""
+    return escape(_text.show_ws(tok))
+
+
+def diff_html(marked: Sequence[tuple[str, bool]], cls: str) -> str:
+    """Tokens of one text with those that differ from the other text marked (``<mark>``)."""
+    return "".join(f'<mark class="smn-diff {cls}">{_ws_html(t)}</mark>' if d else _ws_html(t) for t, d in marked)
+
+
 def steering_body(res: Any) -> str:
     f = _text.steering_facts(res)
     title = f"mode {escape(f['mode'])}, feature {escape(f['origin'])}, {len(f['rows'])} steered layers"
     cells = [[f"L{escape(l)} #{escape(feat)}", escape(s), f'<span class="smn-mono">at {escape(h)}</span>']
              for l, feat, h, s in f["rows"]]
     gen = _table([("prompt", False), ("baseline", False), ("steered", False)],
-                 [[f'<span class="smn-gen">{escape(repr(f[k]))}</span>' for k in ("prompt", "baseline", "steered")]])
-    return (_header("SteeringResult", title) + _grid([("options", _kv_html(f["options"]))])
-            + _table([("feature", False), ("strength", True), ("hook", False)], cells) + gen)
+                 [[f'<span class="smn-gen">{_ws_html(f["prompt"])}</span>',
+                   f'<span class="smn-gen">{diff_html(f["baseline_diff"], "smn-diff-del")}</span>',
+                   f'<span class="smn-gen">{diff_html(f["steered_diff"], "smn-diff-add")}</span>']],
+                 caption="generations (greedy, same seed; differing tokens marked)")
+    return (_header("SteeringResult", title) + _grid([("options", _kv_html(f["options"])),
+                                                     ("strength", escape(f["units"]))])
+            + _table([("feature", False), ("strength", True), ("hook", False)], cells, caption="steered layers")
+            + gen + f'<div class="smn-sub">{escape(f["diff_line"])}</div>')
 
 
 def steering_html(res: Any) -> str:
     """A steering result (sources/steering.py): the plan per layer and the two generations."""
     return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")
+
+
+def sweep_text(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    tgt = rows[0]["target"] if rows else ""
+    head = (f"strength sweep ({mode} mode" + (f", L{origin[0]} #{origin[1]}" if origin else "") + "): "
+            f"KL(clean ‖ steered) of the next-token distribution and Δ log p({tgt!r}), mean over the prompt")
+    lines = [head, "  strength  KL        Δ log p"]
+    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3)}"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def sweep_body(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    tgt = rows[0]["target"] if rows else ""
+    xs = [float(r["strength"]) for r in rows]
+    chart = svg_line_chart(xs, [("KL (nats)", [r["kl"] for r in rows]),
+                                (f"Δ log p({tgt!r})", [r["target_delta_logprob"] for r in rows])],
+                           title="next-token change against the strength", x_labels=[fmt_float(x) for x in xs],
+                           width=420, height=150)
+    cells = [[escape(fmt_float(r["strength"])), escape(fmt_float(r["kl"], 3)),
+              escape(fmt_float(r["target_delta_logprob"], 3))] for r in rows]
+    title = f"{escape(mode)} mode" + (f", L{escape(origin[0])} #{escape(origin[1])}" if origin else "")
+    return (_header("Strength sweep", title, "mean over the prompt's positions; one forward pass per strength")
+            + f'<div class="smn-sweep">{chart}</div>'
+            + _table([("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)], cells,
+                     caption=f"target token {tgt!r}: the one the strongest setting raises most"))
+
+
+def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+    """A strength sweep (``sources.steering.strength_sweep``) as a chart and a table."""
+    return wrap_output(sweep_body(df, mode=mode, origin=origin), sweep_text(df, mode=mode, origin=origin), kind="panel")
+
+
+def chain_summary_html(chain: Any) -> str:
+    """The chain's repr, for the overview panel (its per-pair details folded away)."""
+    return chain_html(chain)
+
+
+def finder_header_html(n_rows: int, query: Mapping[str, Any]) -> str:
+    """What the finder lists: the query in words."""
+    parts = [f"sorted by {query.get('sort')}"]
+    if query.get("layer") is not None:
+        parts.append(f"layer {query['layer']}")
+    if query.get("min_persistence"):
+        parts.append(f"persisting on ≥ {query['min_persistence']} layers")
+    if query.get("accepted_only"):
+        parts.append("next step accepted")
+    if query.get("token"):
+        parts.append(f"a top token contains {query['token']!r}")
+    if query.get("explanation"):
+        parts.append(f"explanation contains {query['explanation']!r}")
+    text = f"{n_rows} features, " + ", ".join(parts)
+    return wrap_output(_header("FeatureFinder", escape(text), "choose a row to open it in the explorer"),
+                       f"FeatureFinder: {text}", kind="finder")
+
+
+_FINDER_COLS = ("layer", "feature", "persistence", "lifetime", "age", "partner", "mse", "margin", "accepted",
+                "density", "max_activation", "top_tokens", "explanation")
+
+
+def finder_table_html(df: Any) -> str:
+    """The finder's DataFrame as a static table (the panel's snapshot)."""
+    cols = [c for c in _FINDER_COLS if c in df.columns]
+    num = {"layer", "feature", "persistence", "lifetime", "age", "partner", "mse", "margin", "density",
+           "max_activation"}
+
+    def cell(c: str, v: Any) -> str:
+        if c == "density":
+            return escape(_text.fmt_pct(v))
+        if c in ("mse", "margin", "max_activation"):
+            return escape(fmt_float(v))
+        return escape(v)
+
+    rows = [[cell(c, r[c]) for c in cols] for r in df.to_dict("records")]
+    body = _table([(c, c in num) for c in cols], rows, caption="features found")
+    return wrap_output(body, df.to_string(index=False) if len(df) else "(no features)", kind="finder")

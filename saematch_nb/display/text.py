@@ -18,10 +18,17 @@ from ._util import (
 __all__ = [
     "layer_match_text", "chain_text", "trace_text", "handle_text", "saes_text", "weights_text",
     "layer_match_facts", "chain_facts", "trace_facts", "handle_facts", "weights_facts",
-    "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS",
+    "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS", "token_diff", "show_ws",
+    "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
 ]
 
 N_EXTREMES = 5  # best / worst matches shown
+# One word per idea, in every repr, figure and panel: the assignment gives each feature a partner;
+# the calibrated criterion *accepts* the partner as the same feature or *rejects* it.
+ACCEPTED, REJECTED, NO_PARTNER = "accepted", "rejected", "no partner"
+# Run statistics a user reads; the rest (resident-memory samples, the cache folder, the executor,
+# the SAE stack's counters) stay in ``chain.stats`` and out of the reprs.
+_INTERNAL_STATS = ("rss_", "python_peak", "cache_dir", "executor", "stack", "computed", "cache_rejected")
 N_BINS = 24  # histogram bins
 _SPARK = " ▁▂▃▄▅▆▇█"
 
@@ -101,7 +108,7 @@ def _extreme_rows(lm: Any, idx: np.ndarray) -> list[dict[str, Any]]:
     for a in np.asarray(idx, dtype=np.int64).tolist():
         b = int(lm.permutation[a])
         partner = int(lm.partner[a])
-        status = "matched" if bool(lm.matched[a]) else ("no partner" if partner < 0 else "unmatched")
+        status = step_status(bool(lm.matched[a]), partner)
         rows.append({
             "a": a, "b": b, "a_s": fmt_int(a), "b_s": fmt_int(b) if b >= 0 else DASH,
             "mse": fmt_float(lm.mse[a]), "margin": fmt_float(margin[a]), "status": status,
@@ -109,6 +116,15 @@ def _extreme_rows(lm: Any, idx: np.ndarray) -> list[dict[str, Any]]:
             "url_b": lm.info_b.neuronpedia_url(b) if (lm.info_b is not None and b >= 0) else None,
         })
     return rows
+
+
+def step_status(accepted: bool, partner: int) -> str:
+    """The one word for a step: accepted, rejected (a partner the criterion does not accept) or no partner."""
+    return ACCEPTED if accepted else (NO_PARTNER if partner < 0 else REJECTED)
+
+
+def _user_stat(key: str) -> bool:
+    return not str(key).startswith(_INTERNAL_STATS)
 
 
 def layer_match_facts(lm: Any) -> dict[str, Any]:
@@ -131,7 +147,7 @@ def layer_match_facts(lm: Any) -> dict[str, Any]:
         g = fmt_float(gap)
         solver_parts.append(f"certified gap {g}" + (" (proven optimal)" if float(gap) == 0 else ""))
     other = [(str(k), format_stat(str(k), v)) for k, v in sorted(stats.items(), key=lambda kv: str(kv[0]))
-             if k not in used and not isinstance(v, (Mapping, list, tuple, np.ndarray))]
+             if k not in used and _user_stat(k) and not isinstance(v, (Mapping, list, tuple, np.ndarray))]
     hist = _histogram(mse, matched)
     return {
         "criterion": criterion_line(lm),
@@ -196,7 +212,7 @@ def layer_match_text(lm: Any) -> str:
         f"  features   {f['n_a']} → {f['n_b']}   d_in {f['d_in']}",
         f"  options    {_kv_line(f['options'])}",
         f"  solver     {f['solver']}",
-        f"  matched    {f['matched_pct']} ({f['n_matched']} of {f['n_a']}), "
+        f"  accepted   {f['matched_pct']} ({f['n_matched']} of {f['n_a']}), "
         f"{f['n_unpartnered']} without partner",
         f"  criterion  {f['criterion']}",
         f"  MSE        mean {f['mse_mean']}, q10 {f['mse_q10']}, median {f['mse_q50']}, q90 {f['mse_q90']}",
@@ -205,9 +221,9 @@ def layer_match_text(lm: Any) -> str:
     ]
     if f["stats"]:
         lines.append(f"  stats      {_kv_line(f['stats'])}")
-    lines.append(f"  best matches (A → B, mse, margin):")
+    lines.append("  best matches (A → B, mse, margin; lowest MSE among the accepted):")
     lines += _rows_text(f["best"])
-    lines.append(f"  worst matches (A → B, mse, margin):")
+    lines.append("  worst matches (A → B, mse, margin; highest MSE):")
     lines += _rows_text(f["worst"])
     return "\n".join(lines)
 
@@ -245,7 +261,7 @@ def chain_facts(chain: Any) -> dict[str, Any]:
     model = next((i.model_name for i in infos if getattr(i, "model_name", None)), None)
     keys = [k for k in _CHAIN_STATS_FIRST if k in stats] + [k for k in stats if k not in _CHAIN_STATS_FIRST]
     stats_rows = [(str(k), format_stat(str(k), stats[k])) for k in keys
-                  if stats[k] is not None and not isinstance(stats[k], (Mapping, list, tuple, np.ndarray))]
+                  if stats[k] is not None and _user_stat(k) and not isinstance(stats[k], (Mapping, list, tuple, np.ndarray))]
     return {
         "kind": "MatchChain",
         "n_pairs": fmt_int(len(pairs)),
@@ -269,7 +285,8 @@ def chain_text(chain: Any) -> str:
         f"  stats      {_kv_line(f['stats'])}",
     ]
     if f["rows"]:
-        table = [("pair", "SAEs", "widths", "matched", "no partner", "MSE median", "MSE q90", "time",
+        lines.append("  layer pairs:")
+        table = [("pair", "SAEs", "widths", "accepted", "no partner", "MSE median", "MSE q90", "time",
                   "cached")]
         for r in f["rows"]:
             table.append((f"{r['layer_a']} → {r['layer_b']}", f"{r['sae_a']} → {r['sae_b']}",
@@ -315,24 +332,84 @@ def trace_facts(tr: Any) -> dict[str, Any]:
             "layer": _layer(s.layer), "next_layer": _layer(s.next_layer),
             "feature": fmt_int(s.feature), "next_feature": fmt_int(s.next_feature) if s.next_feature >= 0 else DASH,
             "mse": fmt_float(s.mse), "margin": fmt_float(s.margin), "matched": bool(s.matched),
-            "status": "matched" if s.matched else ("no partner" if s.next_feature < 0 else "unmatched"),
+            "status": step_status(bool(s.matched), int(s.next_feature)),
         })
     return {
         "kind": "FeatureTrace",
         "origin_layer": _layer(tr.origin_layer), "origin_feature": fmt_int(tr.origin_feature),
         "length": fmt_int(tr.length), "n_layers": fmt_int(len(tr.layers)), "alive": fmt_int(hi - lo + 1),
-        "born": (f"born at layer {_layer(tr.born_layer)}" if tr.born_layer is not None
-                 else "present from the first layer"),
-        "dies": (f"dies at layer {_layer(tr.dies_layer)}" if tr.dies_layer is not None
-                 else "survives to the last layer"),
+        "lo": _layer(layers[lo]) if layers else DASH, "hi": _layer(layers[hi]) if layers else DASH,
+        "first": _layer(layers[0]) if layers else DASH, "last": _layer(layers[-1]) if layers else DASH,
+        "born": born_text(tr.born_layer, layers),
+        "dies": dies_text(tr.dies_layer, layers),
         "nodes": nodes, "steps": steps,
     }
 
 
+def born_text(born: Any, layers: Sequence[int]) -> str:
+    """Where the accepted run starts: inside the chain (a first layer) or at its first layer."""
+    if born is not None:
+        return f"first seen at layer {_layer(born)}"
+    return f"present at layer {_layer(layers[0])}, the chain's first" if layers else "present at the first layer"
+
+
+def dies_text(dies: Any, layers: Sequence[int]) -> str:
+    """Where the accepted run ends: a last layer inside the chain, or the chain's last layer."""
+    if dies is not None:
+        return f"last seen at layer {_layer(dies)}"
+    return f"still present at layer {_layer(layers[-1])}, the chain's last" if layers else "present at the last layer"
+
+
+def focus_line(tr: Any, layer: int) -> str:
+    """What the explorer shows at ``layer`` of the trace ``tr``, in one sentence."""
+    layers = list(tr.layers)
+    f = tr.features[layers.index(layer)] if layer in layers else -1
+    alive = tr.alive_layers if hasattr(tr, "alive_layers") else ()
+    if f < 0:
+        reached = [l for l, x in zip(layers, tr.features) if x >= 0]
+        side = "after" if reached and layer > max(reached) else "before"
+        end = max(reached) if side == "after" else min(reached)
+        return (f"layer {layer}: the trace does not reach it (no partner {side} layer {end}); "
+                "type a feature to start a new trace here")
+    if layer == tr.origin_layer:
+        return f"layer {layer}: feature {f}, the origin of the trace"
+    if layer in alive:
+        return f"layer {layer}: feature {f}, the traced partner (every step from the origin accepted)"
+    edge = tr.dies_layer if layer > tr.origin_layer else tr.born_layer
+    where = "last" if layer > tr.origin_layer else "first"
+    return (f"layer {layer}: feature {f}, the assignment's partner beyond the accepted run ({where} seen at "
+            f"layer {edge}): not accepted as the same feature")
+
+
+def node_tip(tr: Any, layer: int, extra: str = "") -> str:
+    """Hover text of one node of a trace: the feature, its step onwards and ``extra`` facts."""
+    layers = list(tr.layers)
+    f = tr.features[layers.index(layer)]
+    if f < 0:
+        return f"layer {layer}: not reached by the trace"
+    parts = [f"L{layer} #{f}"]
+    info = _trace_info(tr, layer)
+    if info is not None and getattr(info, "label", None):
+        parts[0] += f" ({info.label})"
+    s = next((x for x in tr.steps if x.layer == layer), None)
+    if s is not None:
+        nxt = f"#{s.next_feature}" if s.next_feature >= 0 else "no partner"
+        parts.append(f"to L{s.next_layer} {nxt}: mse {fmt_float(s.mse)}, margin {fmt_float(s.margin)}, "
+                     f"{step_status(bool(s.matched), int(s.next_feature))}")
+    if extra:
+        parts.append(extra)
+    return " · ".join(parts)
+
+
 def trace_span(f: dict[str, Any]) -> str:
-    """How far the feature goes under the criterion, and how far the permutation alone follows it."""
-    return (f"kept by the criterion on {f['alive']} of {f['n_layers']} layers "
-            f"(followed by the permutation on {f['length']})")
+    """How far the feature goes under the criterion, and how far the assignment alone follows it."""
+    alive, n, length = int(f["alive"].replace(",", "")), int(f["n_layers"].replace(",", "")), int(f["length"].replace(",", ""))
+    if alive == n:
+        return f"the same feature on all {f['n_layers']} layers (every step accepted)"
+    where = f"layer {f['lo']}" if alive == 1 else f"layers {f['lo']}–{f['hi']}"
+    beyond = (f"; the assignment's partners continue it on {length - alive} more, not accepted"
+              if length > alive else "")
+    return f"the same feature on {where} ({f['alive']} of {f['n_layers']} layers){beyond}"
 
 
 def trace_text(tr: Any) -> str:
@@ -343,7 +420,7 @@ def trace_text(tr: Any) -> str:
     ]
     cells = []
     for n in f["nodes"]:
-        marks = ("*" if n["origin"] else "") + (" born" if n["born"] else "") + (" dies" if n["dies"] else "")
+        marks = ("*" if n["origin"] else "") + (" first" if n["born"] else "") + (" last" if n["dies"] else "")
         cells.append((f"L{n['layer']}", n["feature"] + marks))
     if cells:
         w = [max(len(a), len(b)) for a, b in cells]
@@ -352,7 +429,7 @@ def trace_text(tr: Any) -> str:
     for s in f["steps"]:
         lines.append(f"  L{s['layer']} #{s['feature']} → L{s['next_layer']} #{s['next_feature']}   "
                      f"mse {s['mse']}  margin {s['margin']}  {s['status']}")
-    lines.append("  (* origin)")
+    lines.append("  (* origin; first / last: where the accepted run starts and ends)")
     return "\n".join(lines)
 
 
@@ -453,25 +530,76 @@ def weights_text(w: Any) -> str:
 
 
 # -- steering (sources/steering.py: SteeringResult with a SteeringPlan) ----------------------------
+def split_tokens(text: str) -> list[str]:
+    """Words and the whitespace between them: the units of a diff when no model tokens are known."""
+    import re
+
+    return re.findall(r"\s+|[^\s]+", text)
+
+
+def token_diff(a: Sequence[str], b: Sequence[str]) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    """Each token of ``a`` and of ``b`` with whether it differs from the other side (difflib's
+    longest matching blocks: tokens outside them are marked)."""
+    import difflib
+
+    a, b = list(a), list(b)
+    same_a, same_b = [False] * len(a), [False] * len(b)
+    for blk in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
+        for k in range(blk.size):
+            same_a[blk.a + k] = same_b[blk.b + k] = True
+    return [(t, not m) for t, m in zip(a, same_a)], [(t, not m) for t, m in zip(b, same_b)]
+
+
+def show_ws(text: str) -> str:
+    """Text with its newlines made visible (↵ before each line break) and tabs as ⇥."""
+    return str(text).replace("\t", "⇥").replace("\n", "↵\n")
+
+
+def _block(label: str, text: str, width: int = 10) -> list[str]:
+    lines = show_ws(text).split("\n")
+    pad = " " * (width + 2)
+    return [f"  {label.ljust(width)}{lines[0]}"] + [pad + ln for ln in lines[1:]]
+
+
 def steering_facts(res: Any) -> dict[str, Any]:
     plan = res.plan
     rows = [(_layer(l), fmt_int(f), str(h), fmt_float(s))
             for l, f, h, s in zip(plan.layers, plan.features, plan.hook_names, plan.strengths)]
     origin = tuple(getattr(plan, "origin", ()) or ())
+    base_t = tuple(getattr(res, "baseline_tokens", ()) or ()) or tuple(split_tokens(str(res.baseline)))
+    steer_t = tuple(getattr(res, "steered_tokens", ()) or ()) or tuple(split_tokens(str(res.steered)))
+    base_d, steer_d = token_diff(base_t, steer_t)
+    n_diff = sum(1 for _, d in steer_d if d)
+    mode = str(getattr(plan, "mode", "add"))
     return {
         "kind": "SteeringResult",
-        "mode": str(getattr(plan, "mode", "add")),
+        "mode": mode,
         "origin": f"L{_layer(origin[0])} #{fmt_int(origin[1])}" if len(origin) == 2 else DASH,
         "rows": rows,
         "options": _options(getattr(res, "options", None)),
         "prompt": str(res.prompt), "baseline": str(res.baseline), "steered": str(res.steered),
+        "baseline_diff": base_d, "steered_diff": steer_d,
+        "changed": str(res.baseline) != str(res.steered),
+        "diff_line": (f"{n_diff} of {len(steer_d)} steered tokens differ from the baseline"
+                      if str(res.baseline) != str(res.steered) else "the steered text is the same as the baseline"),
+        "units": strength_units(mode),
     }
+
+
+def strength_units(mode: str) -> str:
+    """What a strength means in ``mode`` (the panel and the result say the same)."""
+    if mode == "scale":
+        return ("scale mode: r multiplies the feature's own contribution where it fires "
+                "(0 removes it, 1 changes nothing, 2 doubles it, < 0 pushes away)")
+    return ("add mode: s times the feature's folded decoder row is added at every token of each steered "
+            "layer (s = 1 adds what the feature writes when it fires at its threshold)")
 
 
 def steering_text(res: Any) -> str:
     f = steering_facts(res)
     lines = [f"SteeringResult: mode {f['mode']}, feature {f['origin']}, {len(f['rows'])} steered layers",
-             f"  options   {_kv_line(f['options'])}"]
+             f"  options   {_kv_line(f['options'])}", f"  strength  {f['units']}"]
     lines += [f"  L{l} #{feat}  strength {s}  at {h}" for l, feat, h, s in f["rows"]]
-    lines += [f"  prompt:   {f['prompt']!r}", f"  baseline: {f['baseline']!r}", f"  steered:  {f['steered']!r}"]
+    lines += _block("prompt", f["prompt"]) + _block("baseline", f["baseline"]) + _block("steered", f["steered"])
+    lines.append(f"  {f['diff_line']}")
     return "\n".join(lines)

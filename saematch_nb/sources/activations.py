@@ -117,6 +117,15 @@ class Activations:
         j = lo + np.searchsorted(self.pos[lo:hi], p)
         return int(j) if j < hi and self.pos[j] == p else -1
 
+    def rows_of(self, d: int, positions: np.ndarray) -> np.ndarray:
+        """:meth:`row_of` for many positions of one document at once (-1 where not kept)."""
+        lo, hi = np.searchsorted(self.doc, d, "left"), np.searchsorted(self.doc, d, "right")
+        ps = np.asarray(positions, dtype=np.int64)
+        j = lo + np.searchsorted(self.pos[lo:hi], ps)
+        jj = np.minimum(j, max(hi - 1, 0))
+        ok = (j < hi) & (self.pos[jj] == ps) if hi > lo else np.zeros(ps.shape, bool)
+        return np.where(ok, j, -1).astype(np.int64)
+
     def nbytes(self) -> int:
         return sum((self.path / f"layer_{L}.npy").stat().st_size for L in self.layers)
 

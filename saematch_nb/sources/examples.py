@@ -26,6 +26,12 @@ from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEInfo, SAEWeights
 from .activations import Activations
 
+# Activation histogram of every feature: fixed log-spaced edges (a tenth of a decade each, 1e-3 to
+# 1e4), so one pass fills it exactly, whatever the feature's final maximum turns out to be.
+HIST_EDGES = np.logspace(-3.0, 4.0, 71)
+# 2: the activation histogram (act_hist) is part of every cached layer
+_CACHE_VERSION = 2
+
 
 @dataclass(frozen=True)
 class Example:
@@ -52,6 +58,8 @@ class FeatureExamples:
     top: tuple[Example, ...]
     quantiles: tuple[tuple[str, tuple[Example, ...]], ...]
     info: SAEInfo = field(default_factory=SAEInfo)
+    #: (edges, counts): the histogram of the feature's non-zero activations (None: not collected)
+    histogram: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def url(self) -> str | None:
@@ -91,7 +99,8 @@ class LayerExamples:
     n_active: np.ndarray  # [n]
     acts: Activations = field(repr=False)
     stack: SAEStack = field(repr=False)  # the analysis' SAEs: the layer's weights on demand
-    window: tuple[int, int] = (8, 4)
+    window: tuple[int, int] = (20, 6)
+    act_hist: np.ndarray | None = None  # [n, len(HIST_EDGES) - 1] counts of the non-zero activations
 
     @property
     def sae(self) -> SAEWeights:
@@ -104,35 +113,85 @@ class LayerExamples:
         return int(self.top_rows.shape[0])
 
     def _context(self, row: int, feature: int) -> Example:
+        return self._contexts([row], feature)[0]
+
+    def _contexts(self, rows_: list[int], feature: int) -> list[Example]:
+        """The windows around ``rows_``, with the feature's activation on every token of each:
+        one activation call for all of them (the explorer draws ~20 per feature on every click)."""
         import torch
 
         a = self.acts
-        d, p = int(a.doc[row]), int(a.pos[row])
-        toks = a.doc_tokens(d)
-        lo, hi = max(0, p - self.window[0]), min(toks.size, p + self.window[1] + 1)
-        rows = np.array([a.row_of(d, q) for q in range(lo, hi)])
-        vals = np.zeros(hi - lo, np.float32)
-        ok = rows >= 0
+        spans = []
+        for row in rows_:
+            d, p = int(a.doc[row]), int(a.pos[row])
+            toks = a.doc_tokens(d)
+            lo, hi = max(0, p - self.window[0]), min(toks.size, p + self.window[1] + 1)
+            spans.append((d, p, toks, lo, hi, a.rows_of(d, np.arange(lo, hi))))
+        if not spans:
+            return []
+        allrows = np.concatenate([sp[5] for sp in spans])
+        vals = np.zeros(allrows.size, np.float32)
+        ok = allrows >= 0
         if ok.any():
-            x = torch.from_numpy(np.asarray(a.layer(self.layer)[rows[ok]], dtype=np.float32))
+            x = torch.from_numpy(np.asarray(a.layer(self.layer)[allrows[ok]], dtype=np.float32))
             with torch.no_grad():  # the architecture's own rule (TopK: exact, every feature competes)
                 vals[ok] = self.sae.feature_activation(x, feature).numpy()
-        return Example(doc=d, pos=p, value=float(vals[p - lo]), tokens=tuple(a.token_str(t) for t in toks[lo:hi]),
-                       values=tuple(float(v) for v in vals), center=p - lo)
+        out, at = [], 0
+        for d, p, toks, lo, hi, _r in spans:
+            v = vals[at:at + hi - lo]
+            at += hi - lo
+            out.append(Example(doc=d, pos=p, value=float(v[p - lo]), tokens=tuple(a.token_str(t) for t in toks[lo:hi]),
+                               values=tuple(float(t) for t in v), center=p - lo))
+        return out
 
     def feature(self, i: int) -> FeatureExamples:
         if not 0 <= int(i) < self.n_features:
             raise IndexError(f"feature {i} out of range: layer {self.layer} has {self.n_features} features")
         i = int(i)
-        top = tuple(self._context(int(r), i) for r in self.top_rows[i] if r >= 0)
+        top_rs = [int(r) for r in self.top_rows[i] if r >= 0]
         nb = self.sample_rows.shape[1]
-        quant = []
-        for b in range(nb - 1, -1, -1):
-            rs = [int(r) for r in self.sample_rows[i, b] if r >= 0]
-            quant.append((f"{b / nb:.0%}–{(b + 1) / nb:.0%} of max", tuple(self._context(r, i) for r in rs)))
+        bins = [[int(r) for r in self.sample_rows[i, b] if r >= 0] for b in range(nb - 1, -1, -1)]
+        ctx = self._contexts(top_rs + [r for rs in bins for r in rs], i)
+        top, at, quant = tuple(ctx[:len(top_rs)]), len(top_rs), []
+        for b, rs in zip(range(nb - 1, -1, -1), bins):
+            quant.append((f"{b / nb:.0%}–{(b + 1) / nb:.0%} of max", tuple(ctx[at:at + len(rs)])))
+            at += len(rs)
+        hist = None if self.act_hist is None else (HIST_EDGES, self.act_hist[i])
         return FeatureExamples(layer=self.layer, feature=i, max_value=float(self.max_value[i]),
                                frac_active=float(self.n_active[i]) / max(self.acts.n_tokens, 1),
-                               top=top, quantiles=tuple(quant), info=self.sae.info)
+                               top=top, quantiles=tuple(quant), info=self.sae.info, histogram=hist)
+
+    def activations(self, feature: int) -> np.ndarray:
+        """Feature ``feature``'s activation on every collected token (float32 [n_tokens]), by the
+        architecture's own rule; one matrix-vector product over the layer's stored activations."""
+        import torch
+
+        if not 0 <= int(feature) < self.n_features:
+            raise IndexError(f"feature {feature} out of range: layer {self.layer} has {self.n_features} features")
+        out = np.empty(self.acts.n_tokens, np.float32)
+        r = 0
+        w = self.sae
+        for x in self.acts.batches(self.layer, 16384):
+            with torch.no_grad():
+                out[r:r + x.shape[0]] = w.feature_activation(x, int(feature)).numpy()
+            r += x.shape[0]
+        return out
+
+    def top_tokens(self, n: int = 3, features: Any = None) -> list[tuple[str, ...]]:
+        """For every feature (or those in ``features``), the distinct tokens of its top
+        activations, most frequent first (at most ``n``): a one-glance summary for the finder."""
+        tid = self.acts.token_ids
+        rows = self.top_rows
+        out = []
+        for i in (range(rows.shape[0]) if features is None else [int(x) for x in features]):
+            rs = rows[i][rows[i] >= 0]
+            if rs.size == 0:
+                out.append(())
+                continue
+            ids, first, counts = np.unique(tid[rs], return_index=True, return_counts=True)
+            order = np.lexsort((first, -counts))
+            out.append(tuple(self.acts.token_str(int(t)) for t in ids[order][:n]))
+        return out
 
     __getitem__ = feature
 
@@ -159,6 +218,22 @@ class Examples:
         """The examples of every step of a FeatureTrace, side by side (an HTML object)."""
         return TraceExamples(trace, self, **kw)
 
+    def trace_correlations(self, trace: Any) -> dict[int, float]:
+        """Pearson's r of the feature's activations at every layer of ``trace`` with the origin's,
+        over the collected tokens (``{layer: r}``; 1 at the origin, NaN where a feature never fires):
+        how similar the traced features are *on data*, next to the data-free match."""
+        L0, f0 = int(trace.origin_layer), int(trace.origin_feature)
+        if L0 not in self.layers:
+            return {}
+        ref = self[L0].activations(f0).astype(np.float64)
+        out = {}
+        for L, f in zip(trace.layers, trace.features):
+            if f < 0 or int(L) not in self.layers:
+                continue
+            a = ref if (int(L), int(f)) == (L0, f0) else self[int(L)].activations(int(f)).astype(np.float64)
+            out[int(L)] = _pearson(ref, a)
+        return out
+
     def __repr__(self) -> str:
         return f"Examples(layers={sorted(self.layers)}, {self.stats.get('seconds', 0):.1f} s)"
 
@@ -166,7 +241,7 @@ class Examples:
 def collect_examples(
     acts: Activations, chain: Any = None, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
     layers: Sequence[int] | None = None, k: int = 10, n_bins: int = 4, per_bin: int = 3,
-    window: tuple[int, int] = (8, 4), batch_tokens: int | None = None, seed: int = 0, cache: bool = True,
+    window: tuple[int, int] = (20, 6), batch_tokens: int | None = None, seed: int = 0, cache: bool = True,
     cache_dir: str | os.PathLike | None = None, progress: bool = True,
 ) -> Examples:
     """Top-``k`` examples and ``per_bin`` samples in each of ``n_bins`` activation bins (fractions
@@ -192,7 +267,8 @@ def collect_examples(
         w = stack.weights(L)
         if w.d_in != acts.d_model:
             raise ValueError(f"SAE of layer {L} reads d_in={w.d_in} but activations have d_model={acts.d_model}")
-        key = hashlib.sha256(json.dumps([acts.key, L, stack.fingerprint(L), k, n_bins, per_bin, seed]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([acts.key, L, stack.fingerprint(L), k, n_bins, per_bin, seed,
+                                         _CACHE_VERSION]).encode()).hexdigest()[:20]
         root = cache_folder("examples", cache_dir)
         f = root / f"{key}.npz"
         arrays = None
@@ -247,6 +323,12 @@ def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
     return SAEStack.build(items, layers=acts.layers)
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
 def _group_top(group: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Indices of the entries that are among the ``k`` highest ``score`` of their ``group``."""
     order = np.lexsort((-score, group))
@@ -271,6 +353,8 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
     s_f = np.zeros(0, np.int64); s_b = np.zeros(0, np.int64); s_r = np.zeros(0, np.int64)
     s_v = np.zeros(0, np.float32); s_k = np.zeros(0, np.float64)
     run_max = np.zeros(n, np.float32); n_active = np.zeros(n, np.int64)
+    nh = HIST_EDGES.size - 1
+    hist = np.zeros(n * nh, np.int64)
     row0 = 0
     for x in acts.batches(L, bt):
         with torch.no_grad():
@@ -281,6 +365,8 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
         B = f.shape[0]
         n_active += np.bincount(ff, minlength=n)
         np.maximum.at(run_max, ff, vv)
+        hb = np.clip(np.searchsorted(HIST_EDGES, vv, side="right") - 1, 0, nh - 1)
+        hist += np.bincount(ff * nh + hb, minlength=n * nh)
         # running top-k per feature
         t_f = np.r_[t_f, ff]; t_r = np.r_[t_r, rr]; t_v = np.r_[t_v, vv]
         keep = _group_top(t_f, t_v, k)
@@ -331,7 +417,8 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
         s_rows[:, n_bins - 1] = -1
     return {"top_rows": top_r.numpy(), "top_vals": top_v.clamp_min(0).numpy().astype(np.float32),
             "sample_rows": s_rows.numpy(), "sample_vals": s_vals.numpy().astype(np.float32),
-            "max_value": run_max.numpy().astype(np.float32), "n_active": n_active.numpy()}
+            "max_value": run_max.numpy().astype(np.float32), "n_active": n_active.numpy(),
+            "act_hist": hist.reshape(n, nh).astype(np.int32)}
 
 
 class TraceExamples:

@@ -212,3 +212,31 @@ def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def cached_explanations(neuronpedia_id: Any, *, cache_dir: str | os.PathLike | None = None) -> dict[int, str]:
+    """The explanations of the features of one SAE already fetched with :func:`fetch_feature`
+    (``{index: "explanation; ..."}``), read from the cache only: no network, nothing fetched.
+    ``neuronpedia_id``: "model/source", or an SAEInfo / handle carrying one; {} without one."""
+    if not isinstance(neuronpedia_id, str):
+        info = neuronpedia_id if hasattr(neuronpedia_id, "neuronpedia_url") else getattr(neuronpedia_id, "info", None)
+        neuronpedia_id = getattr(info, "neuronpedia_id", None)
+        if not neuronpedia_id:
+            return {}
+    model_id, source = split_id(neuronpedia_id)
+    folder = cache_folder("neuronpedia", cache_dir) / model_id / source
+    out: dict[int, str] = {}
+    try:
+        files = list(folder.glob("*.json"))
+    except OSError:
+        return out
+    for p in files:
+        if not p.stem.isdigit():
+            continue
+        try:
+            feat = parse_feature(json.loads(p.read_text("utf-8")), model_id, source, int(p.stem))
+        except (OSError, ValueError):
+            continue  # a damaged entry is skipped here (fetch_feature fetches it again)
+        if feat.explanations:
+            out[int(p.stem)] = "; ".join(feat.explanations)
+    return out

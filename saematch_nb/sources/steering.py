@@ -50,7 +50,7 @@ DEFAULT_HOOK = "blocks.{L}.hook_resid_post"
 __all__ = [
     "SCHEDULES", "MODES", "SPANS", "SteeringPlan", "SteeringResult", "schedule_weights",
     "schedule_strengths", "plan_steering", "steering_hooks", "steer", "steered_logits",
-    "feature_logit_effect",
+    "feature_logit_effect", "strength_sweep", "direct_logit_effect",
 ]
 
 
@@ -461,6 +461,9 @@ class SteeringResult:
     steered: str
     plan: SteeringPlan
     options: dict = field(default_factory=dict)
+    #: the two generations split into the model's tokens (for the diff); () when not known
+    baseline_tokens: tuple = ()
+    steered_tokens: tuple = ()
 
     @property
     def changed(self) -> bool:
@@ -555,7 +558,21 @@ def steer(model: Any, *args: Any, max_new_tokens: int = 40, temperature: float =
     with model.hooks(fwd_hooks=hooks):  # removed on exit, also when generation raises
         steered = _generate(model, prompt, max_new_tokens, temperature, seed, generate_kw)
     return SteeringResult(prompt, baseline, steered, plan,
-                          {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed})
+                          {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
+                          baseline_tokens=_str_tokens(model, baseline), steered_tokens=_str_tokens(model, steered))
+
+
+def _str_tokens(model: Any, text: str) -> tuple[str, ...]:
+    """``text`` as the model's token strings (the diff's units); () when the model cannot say, and
+    the display then diffs words. Joined, they must give the text back, else words are safer."""
+    fn = getattr(model, "to_str_tokens", None)
+    if fn is None or not text:
+        return ()
+    try:
+        toks = tuple(str(t) for t in fn(text, prepend_bos=False))
+    except Exception:  # a tokenizer that cannot take this text: words instead
+        return ()
+    return toks if "".join(toks) == text else ()
 
 
 def steered_logits(model: Any, *args: Any, saes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -600,3 +617,85 @@ def feature_logit_effect(model: Any, *args: Any, k: int = 10, direction: str = "
     names = [tok.decode([i]) if tok is not None else str(i) for i in ids]
     return pd.DataFrame({"token": names, "token_id": ids,
                          "delta_logprob": vals.cpu().numpy().astype(np.float64)})
+
+
+def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str, *,
+                   strengths: Sequence[float] = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0), span: str = "trace",
+                   schedule: str = "constant", mode: str = "add", accepted_only: bool = True,
+                   target: str | int | None = None):
+    """How much steering changes the model's next-token predictions on ``prompt``, per strength.
+
+    One clean and one steered forward pass per strength (no generation). Columns: ``strength``;
+    ``kl``, the KL divergence KL(clean ‖ steered) of the next-token distributions, averaged over the
+    prompt's positions (nats; 0 = no change); ``target`` (the token followed) and
+    ``target_delta_logprob``, the mean change of its log-probability. ``target``: a token string
+    or id; by default the token that the strongest setting (farthest from the no-op) raises most.
+    ``strengths``: s in add mode (0 is the no-op), r in scale mode (1 is the no-op).
+    """
+    import pandas as pd
+
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("strength_sweep needs a non-empty prompt string")
+    values = [float(x) for x in strengths]
+    if not values or not all(math.isfinite(x) for x in values):
+        raise ValueError(f"strengths must be a non-empty list of finite numbers, got {strengths!r}")
+    plans = [plan_steering(chain, layer, feature, strength=x, span=span, schedule=schedule, mode=mode,
+                           accepted_only=accepted_only) for x in values]
+    tokens = model.to_tokens(prompt) if hasattr(model, "to_tokens") else prompt
+    with torch.no_grad():
+        clean = model(tokens).float().log_softmax(-1)
+        steered = []
+        for plan in plans:
+            with model.hooks(fwd_hooks=steering_hooks(plan, model=model)):
+                steered.append(model(tokens).float().log_softmax(-1))
+    tok = getattr(model, "tokenizer", None)
+    if target is None:  # the strongest push of the sweep decides what to follow
+        ref = max(range(len(values)), key=lambda k: abs(values[k] - (1.0 if mode == "scale" else 0.0)))
+        delta = (steered[ref] - clean).mean(dim=(0, 1))
+        tid = int(torch.argmax(delta))
+    elif isinstance(target, str):
+        ids = model.to_tokens(target, prepend_bos=False)[0] if hasattr(model, "to_tokens") else None
+        if ids is None or ids.numel() != 1:
+            raise ValueError(f"target {target!r} is not one token of this model")
+        tid = int(ids[0])
+    else:
+        tid = as_index(target, "target token id")
+    name = tok.decode([tid]) if tok is not None else str(tid)
+    rows = []
+    for x, lp in zip(values, steered):
+        kl = (clean.exp() * (clean - lp)).sum(-1).mean().item()
+        rows.append({"strength": x, "kl": float(kl), "target": name,
+                     "target_delta_logprob": float((lp[..., tid] - clean[..., tid]).mean().item())})
+    return pd.DataFrame(rows)
+
+
+def direct_logit_effect(model: Any, chain: Any, layer: int, feature: int, *, k: int = 5):
+    """The tokens whose logits the feature's decoder direction raises and lowers most, read
+    straight through the unembedding (``W_dec[f] · W_U``, after the final norm's centring and
+    scale; its data-dependent normalisation is left out): Neuronpedia's "top logits". No forward
+    pass: cheap enough for every step of a trace. Returns ``(up, down)``, lists of (token, value).
+    """
+    stack = getattr(chain, "stack", None)
+    if stack is None:
+        raise ValueError("this chain carries no SAEs (loaded without them): attach them with chain.attach(saes)")
+    W_U = getattr(model, "W_U", None)
+    if W_U is None:
+        raise ValueError(f"{type(model).__name__} has no unembedding W_U (a TransformerLens model has one)")
+    d = stack.weights(as_index(layer, "layer")).W_dec[as_index(feature, "feature")].detach().float()
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "normalization_type", None) in ("LN", "LNPre"):
+        d = d - d.mean()  # LayerNorm removes the mean of the residual before unembedding
+    w = getattr(getattr(model, "ln_final", None), "w", None)
+    if isinstance(w, torch.Tensor):
+        d = d * w.detach().float().to(d.device)
+    logits = d.to(W_U.device) @ W_U.detach().float()
+    k = max(1, min(int(k), logits.numel()))
+    tok = getattr(model, "tokenizer", None)
+
+    def name(i: int) -> str:
+        return tok.decode([i]) if tok is not None else str(i)
+
+    up = torch.topk(logits, k)
+    down = torch.topk(-logits, k)
+    return ([(name(int(i)), float(v)) for v, i in zip(up.values, up.indices)],
+            [(name(int(i)), -float(v)) for v, i in zip(down.values, down.indices)])

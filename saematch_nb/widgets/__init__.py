@@ -1,18 +1,24 @@
 """Thin ipywidgets panels (ipywidgets and plotly are imported only when a panel is used).
 
-- ``FeatureExplorer(chain, examples=None)``: a feature's trace across layers, with its figure and
-  activation examples; state in the ``layer`` / ``feature`` traitlets.
-- ``SteeringPanel(model, saes, chain)``: steer with a traced feature and compare generations.
+- ``FeatureExplorer(chain, examples=None, model=None)``: follow a feature through the layers: its
+  trace (clickable nodes), its figure and the examples of every step; back / forward.
+- ``FeatureFinder(chain, examples, explorer)``: rank and filter features, open one in the explorer.
+- ``ChainOverview(chain, explorer)``: accepted fraction and MSE per pair, the flow of the chosen
+  features, clickable.
+- ``SteeringPanel(model, chain)``: steer with a traced feature, compare generations, sweep.
+- ``backend``: Colab detection and the figure backend (``figure_backend``).
 """
 
-__all__ = ["FeatureExplorer", "SteeringPanel"]
+__all__ = ["FeatureExplorer", "SteeringPanel", "FeatureFinder", "ChainOverview"]
+_WHERE = {"FeatureExplorer": "explorer", "SteeringPanel": "explorer", "FeatureFinder": "finder",
+          "ChainOverview": "finder"}
 
 
 def __getattr__(name):
-    if name in __all__:
-        from . import explorer
+    if name in _WHERE:
+        import importlib
 
-        return getattr(explorer, name)
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'saematch_nb.widgets' has no attribute {name!r}")
 
 

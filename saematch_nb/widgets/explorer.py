@@ -13,60 +13,134 @@ from typing import Any
 import ipywidgets as W
 import traitlets
 
+from .backend import SnapshotMixin
+
 __all__ = ["FeatureExplorer", "SteeringPanel"]
 
 
-class FeatureExplorer(W.VBox):
-    """Pick a feature, slide across layers, see its trace (matched MSE and margin of every step),
-    its figure and, with ``examples``, its activation examples at the selected layer.
+class FeatureExplorer(SnapshotMixin, W.VBox):
+    """Follow a feature through the network: its trace (one clickable node per layer, the step's
+    MSE and margin between them), its figure and, with ``examples``, the examples of every step
+    side by side with their activation histograms (and, with ``model``, top logit effects).
 
-    ``chain``: a MatchChain. ``examples``: optional ``examples[layer][feature]`` -> FeatureExamples
-    (what ``saematch_nb.sources.examples.collect_examples`` returns). ``figure=False`` leaves out
-    the plotly figure (a ``plotly.graph_objects.FigureWidget``, updated in place).
+    ``chain``: a MatchChain. ``examples``: ``collect_examples``' result (or any
+    ``examples[layer][feature]`` -> FeatureExamples). ``model``: the TransformerLens model, for the
+    logit effects. ``figure``: "auto" (:func:`saematch_nb.widgets.backend.figure_backend`),
+    "widget", "output" or False (no figure).
 
-    The state is the ``layer`` and ``feature`` traitlets (linked both ways to the slider and the
-    feature box): set them from code, or ``ipywidgets.link`` them to another panel. A feature
-    that does not exist at the selected layer shows an error in the panel instead of raising.
+    State: the ``layer`` / ``feature`` traitlets (linked both ways to the slider and the feature
+    box) and ``origin``, the (layer, feature) the trace starts from. Typing a feature (or setting
+    ``feature``) starts a new trace there. Moving the layer (``layer``) *follows* the trace: the
+    feature becomes the traced partner at that layer (-1 where the trace does not reach it), the
+    trace keeps its origin (``follow=False`` restores re-anchoring). A node, a figure point or
+    :meth:`select` picks a feature; :meth:`back` / :meth:`forward` walk the features visited. A
+    bad layer or feature shows an error in the panel instead of raising.
     """
 
     layer = traitlets.Int(0)
     feature = traitlets.Int(0)
+    origin = traitlets.Tuple(traitlets.Int(), traitlets.Int(), default_value=(0, 0))
+    follow = traitlets.Bool(True)
 
-    def __init__(self, chain: Any, examples: Any = None, *, layer: int | None = None, feature: int = 0,
-                 figure: bool = True, accepted_only: bool = False, **kw: Any) -> None:
+    def __init__(self, chain: Any, examples: Any = None, *, model: Any = None, layer: int | None = None,
+                 feature: int = 0, figure: Any = "auto", accepted_only: bool = False, theme: str | None = None,
+                 history_size: int = 100, **kw: Any) -> None:
+        from .backend import figure_backend
+
         self.chain = chain
         self.examples = examples
+        self.model = model
         self.accepted_only = accepted_only
+        self.theme = theme
         self.trace = None  # the trace on display (None while an error is shown)
+        self.last_figure = None  # the plotly Figure last drawn (either backend)
+        self._drawn = None  # (trace, theme) that last_figure shows
+        self._history: list[tuple[tuple[int, int], int, int]] = []
+        self._pos = -1
+        self._history_size = max(2, int(history_size))
+        self._fx: dict[tuple[int, int], Any] = {}  # FeatureExamples built for this panel (LRU-ish)
+        self._logits: dict[tuple[int, int], Any] = {}
+        self._corr: dict[tuple[int, int], dict] = {}
         layers = list(chain.layers)
         start = layers[0] if layer is None else int(layer)
         if start not in layers:
             raise KeyError(f"layer {start} is not in the chain (layers {tuple(layers)})")
         self._ready = False
+        self._internal = False
         self.layer_slider = W.SelectionSlider(options=layers, value=start, description="layer",
                                               continuous_update=False)
         # IntText, not BoundedIntText: layers may differ in width, and a clamped value would
         # silently show another feature than the one asked for
         self.feature_box = W.IntText(value=int(feature), description="feature")
+        self.back_button = W.Button(description="◀", tooltip="back: the feature visited before", disabled=True,
+                                    layout=W.Layout(width="36px"))
+        self.forward_button = W.Button(description="▶", tooltip="forward", disabled=True,
+                                       layout=W.Layout(width="36px"))
+        self.anchor_button = W.Button(description="trace from here", tooltip=(
+            "start a new trace at the feature shown (its own birth and death)"), layout=W.Layout(width="auto"))
+        self.back_button.on_click(lambda _b: self.back())
+        self.forward_button.on_click(lambda _b: self.forward())
+        self.anchor_button.on_click(lambda _b: self.trace_from(self.layer, self.feature))
         self.status = W.HTML()
         self.trace_html = W.HTML()
-        self.examples_html = W.HTML()
+        # one button per layer, the step's numbers between them; a long chain scrolls sideways
+        self.node_buttons: list[Any] = []
+        self.edge_html: list[Any] = []
+        row = []
+        for k, L in enumerate(layers):
+            btn = W.Button(description=f"L{L}", layout=W.Layout(width="auto", min_width="72px", flex="0 0 auto"))
+            btn._smn_layer = L
+            btn.on_click(self._on_node)
+            self.node_buttons.append(btn)
+            row.append(btn)
+            if k + 1 < len(layers):
+                e = W.HTML(layout=W.Layout(flex="0 0 auto"))
+                self.edge_html.append(e)
+                row.append(e)
+        self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow="auto hidden", width="100%",
+                                                    align_items="center"))
+        self.node_row.add_class("smn-node-row")
+        self.examples_html = W.HTML(layout=W.Layout(width="100%"))
+        self.figure_backend = None if figure is False or figure is None else figure_backend(figure)
         self.figure = None
-        if figure:
+        if self.figure_backend == "widget":
             import plotly.graph_objects as go
 
             self.figure = go.FigureWidget()
-        children = [W.HBox([self.layer_slider, self.feature_box]), self.status, self.trace_html]
+        elif self.figure_backend == "output":
+            self.figure = W.Output(layout=W.Layout(width="100%"))
+        nav = W.HBox([self.back_button, self.forward_button, self.layer_slider, self.feature_box, self.anchor_button],
+                     layout=W.Layout(flex_flow="row wrap", align_items="center"))
+        children = [nav, self.status, self.trace_html, self.node_row]
         if self.figure is not None:
-            children.append(self.figure)
+            # the figure gets a width by the number of layers (below) and this box scrolls it
+            # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
+            self.figure_box = W.Box([self.figure], layout=W.Layout(overflow="auto hidden", width="100%"))
+            children.append(self.figure_box)
         children.append(self.examples_html)
+        kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=children, **kw)
+        self.add_class("smn-panel")
+        # DOM hooks for a browser (the CI's Playwright test, user CSS); they change nothing here
+        self.add_class("smn-explorer")
+        for w, c in ((self.layer_slider, "smn-layer-slider"), (self.feature_box, "smn-feature-box"),
+                     (self.trace_html, "smn-trace-head"), (self.examples_html, "smn-examples-box"),
+                     (self.back_button, "smn-back"), (self.forward_button, "smn-forward")):
+            w.add_class(c)
+        for b in self.node_buttons:
+            b.add_class("smn-node-button")
+        if self.figure is not None:
+            self.figure.add_class("smn-figure")
         self.layer, self.feature = start, int(feature)
+        self.origin = (start, int(feature))
         W.link((self.layer_slider, "value"), (self, "layer"))
         W.link((self.feature_box, "value"), (self, "feature"))
         self._ready = True
+        self._retrace()
+        self._push()
         self.refresh()
 
+    # -- state --------------------------------------------------------------------------------
     @traitlets.validate("layer")
     def _valid_layer(self, proposal: Any) -> int:
         value = int(proposal["value"])
@@ -74,68 +148,334 @@ class FeatureExplorer(W.VBox):
             raise traitlets.TraitError(f"layer {value} is not in the chain (layers {tuple(self.chain.layers)})")
         return value
 
-    @traitlets.observe("layer", "feature")
-    def _on_change(self, change: Any) -> None:
-        if self._ready:
-            self.refresh()
+    @traitlets.observe("layer")
+    def _on_layer(self, change: Any) -> None:
+        if not self._ready or self._internal:
+            return
+        if self.follow and self.trace is not None:  # move along the trace, keep its origin
+            self._set(feature=int(self.trace.feature_at(self.layer)))
+        else:
+            self.origin = (self.layer, self.feature)
+            self._retrace()
+        self._push()
+        self.refresh()
+
+    @traitlets.observe("feature")
+    def _on_feature(self, change: Any) -> None:
+        if not self._ready or self._internal:
+            return
+        self.origin = (self.layer, self.feature)  # a typed feature starts a new trace
+        self._retrace()
+        self._push()
+        self.refresh()
+
+    def _set(self, **values: Any) -> None:
+        self._internal = True
+        try:
+            for k, v in values.items():
+                setattr(self, k, v)
+        finally:
+            self._internal = False
+
+    def _retrace(self) -> None:
+        try:
+            self.trace = self.chain.trace(*self.origin, accepted_only=self.accepted_only)
+            self._error = None
+        except (IndexError, KeyError, ValueError) as err:
+            self.trace, self._error = None, err
 
     def current_trace(self):
         return self.chain.trace(self.layer, self.feature, accepted_only=self.accepted_only)
 
+    def select(self, layer: int, feature: int) -> None:
+        """Show feature ``feature`` of ``layer``: on the current trace the focus moves there (the
+        origin stays), anywhere else a new trace starts from it."""
+        layer, feature = int(layer), int(feature)
+        if layer not in self.chain.layers:
+            raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
+        on_trace = self.trace is not None and self.trace.feature_at(layer) == feature and feature >= 0
+        self._set(layer=layer, feature=feature)
+        if not on_trace:
+            self.origin = (layer, feature)
+            self._retrace()
+        self._push()
+        self.refresh()
+
+    def trace_from(self, layer: int, feature: int) -> None:
+        """Start a new trace at feature ``feature`` of ``layer`` (what the finder does)."""
+        self._set(layer=int(layer), feature=int(feature))
+        self.origin = (int(layer), int(feature))
+        self._retrace()
+        self._push()
+        self.refresh()
+
+    def _push(self) -> None:
+        state = (tuple(self.origin), int(self.layer), int(self.feature))
+        if 0 <= self._pos < len(self._history) and self._history[self._pos] == state:
+            return
+        del self._history[self._pos + 1:]
+        self._history.append(state)
+        if len(self._history) > self._history_size:
+            del self._history[0]
+        self._pos = len(self._history) - 1
+        self._nav_buttons()
+
+    def _nav_buttons(self) -> None:
+        self.back_button.disabled = self._pos <= 0
+        self.forward_button.disabled = self._pos >= len(self._history) - 1
+
+    @property
+    def history(self) -> list[tuple[tuple[int, int], int, int]]:
+        """The states visited, oldest first: ((origin layer, origin feature), layer, feature)."""
+        return list(self._history)
+
+    def _restore(self, pos: int) -> None:
+        self._pos = pos
+        origin, layer, feature = self._history[pos]
+        self._set(layer=layer, feature=feature)
+        if tuple(origin) != tuple(self.origin) or self.trace is None:
+            self.origin = origin
+            self._retrace()
+        self._nav_buttons()
+        self.refresh()
+
+    def back(self) -> None:
+        """The feature visited before (no-op at the first)."""
+        if self._pos > 0:
+            self._restore(self._pos - 1)
+
+    def forward(self) -> None:
+        if self._pos < len(self._history) - 1:
+            self._restore(self._pos + 1)
+
+    def _on_node(self, button: Any) -> None:
+        if self.trace is None:
+            return
+        L = button._smn_layer
+        f = int(self.trace.feature_at(L))
+        if f >= 0:
+            self.select(L, f)
+
+    def _on_point(self, trace: Any, points: Any, _state: Any = None) -> None:
+        """A click on a figure point: its customdata starts with the (layer, feature) it stands for."""
+        inds = list(getattr(points, "point_inds", []) or [])
+        if not inds or trace.customdata is None:
+            return
+        cd = trace.customdata[inds[0]]
+        L, f = int(cd[0]), int(cd[1])
+        if f >= 0:
+            self.select(L, f)
+
+    # -- drawing ------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Redraw from the current ``layer`` / ``feature``."""
+        """Redraw from the current state (origin, layer, feature)."""
         from ..display import html
 
-        try:
-            tr = self.current_trace()
-        except (IndexError, KeyError, ValueError) as err:
-            self.trace = None
+        tr = self.trace
+        if tr is None:
+            err = getattr(self, "_error", None) or ValueError("no trace")
             self.status.value = html.error_html(err.args[0] if err.args else err)
             self.trace_html.value = ""
             self.examples_html.value = ""
-            if self.figure is not None:  # nothing of the previous feature, its title included
+            for b in self.node_buttons:
+                b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
+            for e in self.edge_html:
+                e.value = ""
+            self.last_figure = self._drawn = None
+            if self.figure_backend == "widget":  # nothing of the previous feature, its title included
                 with self.figure.batch_update():
                     self.figure.data = ()
                     self.figure.layout = {}
+            elif self.figure_backend == "output":
+                self.figure.clear_output()
             return
-        self.trace = tr
         self.status.value = ""
-        self.trace_html.value = html.trace_html(tr)
+        # what the user looks at first goes first: each value is sent to the browser when set
+        self.trace_html.value = html.explorer_header_html(tr, self.layer)
         if self.figure is not None:
             self._draw(tr)
         self.examples_html.value = self._examples_html()
+        self._draw_nodes(tr)  # the node tooltips read the examples just loaded
 
-    def _draw(self, tr: Any) -> None:
+    def _node_extra(self, L: int, f: int) -> str:
+        fx = self._feature_examples(L, f)
+        if fx is None:
+            return ""
+        from ..display import fmt_float, fmt_pct
+
+        tops = [t for e in fx.top[:5] for t in (e.tokens[e.center],)]
+        uniq = list(dict.fromkeys(tops))[:3]
+        return (f"fires on {fmt_pct(fx.frac_active)} of tokens, max {fmt_float(fx.max_value, 3)}"
+                + (f"; top tokens {' '.join(repr(t) for t in uniq)}" if uniq else ""))
+
+    def _draw_nodes(self, tr: Any) -> None:
+        from ..display import text
+
+        alive = set(tr.alive_layers)
+        for b in self.node_buttons:
+            L = b._smn_layer
+            f = int(tr.feature_at(L))
+            if f < 0:
+                b.description, b.disabled, b.button_style = f"L{L} —", True, ""
+                b.tooltip = text.node_tip(tr, L)
+                continue
+            mark = "*" if L == tr.origin_layer else ""
+            b.description = f"L{L} #{f}{mark}"
+            b.disabled = False
+            b.button_style = "primary" if L == self.layer else ("" if L in alive else "warning")
+            b.tooltip = text.node_tip(tr, L, self._node_extra(L, f))
+        for e, L in zip(self.edge_html, tr.layers[:-1]):
+            s = tr.step_from(L)
+            e.value = "" if s is None else html_edge(s)
+
+    def _figure_obj(self, tr: Any):
         from ..display.figures import make_trace_figure
 
-        fig = make_trace_figure(tr)
+        return make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
+
+    def _draw(self, tr: Any) -> None:
+        if self.figure_backend == "widget" and self._drawn == (tr, self.theme) and self.last_figure is not None:
+            # the same trace, another focus: move the focus lines only (one small relayout in the
+            # browser instead of a new figure)
+            self._move_focus()
+            return
+        fig = self._figure_obj(tr)
+        # about 110 px per layer: the steps' markers and labels stay apart on long chains
+        fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
+        self.last_figure, self._drawn = fig, (tr, self.theme)
+        if self.figure_backend == "output":
+            from IPython.display import display
+
+            with self.figure:
+                self.figure.clear_output(wait=True)
+                display(fig)
+            return
+        if not self._update_in_place(fig):
+            with self.figure.batch_update():
+                self.figure.data = ()
+                self.figure.add_traces(fig.data)
+                self.figure.layout = fig.layout
+        for t in self.figure.data:
+            if t.customdata is not None and getattr(t, "mode", None) != "lines":
+                t.on_click(self._on_point)
+
+    def _move_focus(self) -> None:
         with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
+            for sh in self.figure.layout.shapes:
+                if sh.name == "focus":
+                    sh.x0 = sh.x1 = int(self.layer)
+        for sh in self.last_figure.layout.shapes:
+            if sh.name == "focus":
+                sh.x0 = sh.x1 = int(self.layer)
+
+    def _update_in_place(self, fig: Any) -> bool:
+        """Give the shown figure ``fig``'s data and annotations in one Plotly.update (a batch of
+        edits) when both have the same traces; three separate redraws otherwise (False)."""
+        old = self.figure.data
+        if not old or len(old) != len(fig.data) or any(
+                (a.type, a.name, a.xaxis, a.yaxis) != (b.type, b.name, b.xaxis, b.yaxis) for a, b in zip(old, fig.data)):
+            return False
+        with self.figure.batch_update():
+            for a, b in zip(old, fig.data):
+                props = b.to_plotly_json()
+                props.pop("type", None)
+                props.pop("uid", None)
+                a.update(props, overwrite=True)
+            lay = self.figure.layout
+            lay.title, lay.shapes, lay.annotations, lay.width = fig.layout.title, fig.layout.shapes, \
+                fig.layout.annotations, fig.layout.width
+        return True
+
+    def _feature_examples(self, L: int, f: int) -> Any:
+        if self.examples is None or f < 0:
+            return None
+        key = (int(L), int(f))
+        if key not in self._fx:
+            try:
+                self._fx[key] = self.examples[L][f]
+            except (KeyError, IndexError):
+                self._fx[key] = None
+            if len(self._fx) > 512:  # a long session's features are not all kept
+                self._fx.pop(next(iter(self._fx)))
+        return self._fx[key]
+
+    def _correlations(self, tr: Any) -> dict | None:
+        if self.examples is None or not hasattr(self.examples, "trace_correlations"):
+            return None
+        key = (int(tr.origin_layer), int(tr.origin_feature))
+        if key not in self._corr:
+            self._corr[key] = self.examples.trace_correlations(tr)
+        return self._corr[key]
+
+    def _logit_effects(self, tr: Any) -> dict | None:
+        if self.model is None or getattr(self.chain, "stack", None) is None:
+            return None
+        from ..sources.steering import direct_logit_effect
+
+        out = {}
+        for L, f in zip(tr.layers, tr.features):
+            if f < 0:
+                continue
+            key = (int(L), int(f))
+            if key not in self._logits:
+                self._logits[key] = direct_logit_effect(self.model, self.chain, L, f, k=5)
+            out[int(L)] = self._logits[key]
+        return out
 
     def _examples_html(self) -> str:
-        if self.examples is None:
+        if self.examples is None or self.trace is None:
             return ""
-        from ..display.examples import feature_examples_html
-        from ..display.html import error_html
+        from ..display.examples import trace_examples_html
 
-        try:
-            fx = self.examples[self.layer][self.feature]
-        except (KeyError, IndexError) as err:
-            return error_html(f"no activation examples: {err.args[0] if err.args else err}")
-        return feature_examples_html(fx)
+        tr = self.trace
+
+        class _Cached:  # the panel's memo in front of examples[layer][feature]
+            def __getitem__(_s, L):
+                return _Layer(L)
+
+        class _Layer:
+            def __init__(_s, L):
+                _s.L = L
+
+            def __getitem__(_s, f):
+                fx = self._feature_examples(_s.L, f)
+                if fx is None:
+                    raise KeyError(f"no activation examples for layer {_s.L} feature {f}")
+                return fx
+
+        return trace_examples_html(tr, _Cached(), logits=self._logit_effects(tr), focus=self.layer)
+
+    def snapshot_html(self) -> str:
+        """The panel's current state as static HTML: the trace, the focus and the examples."""
+        from ..display import html
+
+        if self.trace is None:
+            return html.panel_snapshot_html("FeatureExplorer", [self.status.value])
+        from ..display.html import trace_html
+
+        return html.panel_snapshot_html("FeatureExplorer", [
+            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.examples_html.value])
 
 
-class SteeringPanel(W.VBox):
+def html_edge(step: Any) -> str:
+    from ..display import html
+
+    return html.edge_html(step)
+
+
+class SteeringPanel(SnapshotMixin, W.VBox):
     """Steer the model with a traced feature: layer, feature, strength, span, schedule, mode and a
-    prompt -> baseline and steered generations side by side (``saematch_nb.sources.steering``).
+    (multi-line) prompt -> baseline and steered generations as text, the differing tokens marked
+    (``saematch_nb.sources.steering``), and a strength sweep.
 
-    ``strength`` is s in add mode (units of the feature's threshold activation) and r in scale mode
-    (0 removes the feature, 1 does nothing). :meth:`plan` is the plan the controls describe;
-    :meth:`run` (the Generate button) generates and shows the result, or the error; either way
-    no hook stays on the model. ``layer`` / ``feature`` / ``strength`` are traitlets: link them to
-    a FeatureExplorer with :meth:`follow`.
+    ``strength`` is s in add mode (s times the feature's folded decoder row is added: s = 1 is what
+    the feature writes when it fires at its threshold) and r in scale mode (0 removes the feature,
+    1 does nothing); the panel says so under the slider. :meth:`plan` is the plan the controls
+    describe; :meth:`run` (the Generate button, one run per click) generates and shows the result,
+    or the error; either way no hook stays on the model. :meth:`sweep` (the Sweep button) tabulates
+    and plots how far the next-token predictions move with the strength. A result whose controls
+    have changed since is marked stale. ``layer`` / ``feature`` / ``strength`` are traitlets: link
+    them to a FeatureExplorer with :meth:`follow`.
     """
 
     layer = traitlets.Int(0)
@@ -147,7 +487,8 @@ class SteeringPanel(W.VBox):
 
     def __init__(self, model: Any, chain: Any, *args: Any, saes: Any = None, layer: int | None = None,
                  feature: int = 0, strength: float = 4.0, span: str = "trace", schedule: str = "constant",
-                 mode: str = "add", prompt: str = "The", max_new_tokens: int = 30, **kw: Any) -> None:
+                 mode: str = "add", prompt: str = "The", max_new_tokens: int = 30,
+                 sweep_strengths: Any = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0), **kw: Any) -> None:
         from ..sources.steering import MODES, SCHEDULES, SPANS
 
         if args:  # the older form SteeringPanel(model, saes, chain)
@@ -160,16 +501,21 @@ class SteeringPanel(W.VBox):
         # None: the chain's own SAEs (given ones are checked against the chain when steering)
         self.model, self.saes, self.chain = model, saes, chain
         self.result = None
+        self.sweep_result = None
+        self.sweep_strengths = tuple(float(x) for x in sweep_strengths)
         layers = list(chain.layers)
         self.layer_box = W.Dropdown(options=layers, value=layers[0] if layer is None else int(layer),
                                     description="layer")
         self.feature_box = W.IntText(value=int(feature), description="feature")
         self.strength_slider = W.FloatSlider(value=float(strength), min=-20.0, max=20.0, step=0.25,
                                              description="strength")
+        self.units_html = W.HTML()
         self.span_box = W.Dropdown(options=list(SPANS), value=span, description="span")
         self.schedule_box = W.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
         self.mode_box = W.Dropdown(options=list(MODES), value=mode, description="mode")
-        self.prompt_box = W.Text(value=prompt, description="prompt")
+        # multi-line: a prompt such as "HAMLET.\n" keeps its newline
+        self.prompt_box = W.Textarea(value=prompt, description="prompt", rows=3,
+                                     layout=W.Layout(width="60%"))
         # at most what fits the model's context after a one-token prompt (steer checks the rest)
         n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
         top = 200 if not isinstance(n_ctx, int) else max(1, min(200, n_ctx))
@@ -178,19 +524,34 @@ class SteeringPanel(W.VBox):
                              f"tokens), got {max_new_tokens}")
         self.tokens_slider = W.IntSlider(value=int(max_new_tokens), min=1, max=top, description="tokens")
         self.button = W.Button(description="Generate", button_style="primary")
-        self.output = W.HTML()
+        self.sweep_button = W.Button(description="Sweep strength", tooltip=(
+            "next-token change (KL) and a target token's log-probability against the strength"))
+        self.stale_html = W.HTML()
+        self.output = W.HTML(layout=W.Layout(width="100%"))
+        self.sweep_html = W.HTML(layout=W.Layout(width="100%"))
         self._running = False
         self._ended = float("-inf")
+        self._shown_for = None  # the controls the shown result was made with
         self.button.on_click(self._on_click)
+        self.sweep_button.on_click(self._on_sweep_click)
         self.layer, self.feature, self.strength = self.layer_box.value, int(feature), float(strength)
         W.link((self.layer_box, "value"), (self, "layer"))
         W.link((self.feature_box, "value"), (self, "feature"))
         W.link((self.strength_slider, "value"), (self, "strength"))
+        for w in (self.span_box, self.schedule_box, self.mode_box, self.prompt_box, self.tokens_slider):
+            w.observe(self._on_control, names="value")
+        kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=[
             W.HBox([self.layer_box, self.feature_box]), W.HBox([self.strength_slider, self.mode_box]),
-            W.HBox([self.span_box, self.schedule_box]), W.HBox([self.prompt_box, self.tokens_slider]),
-            self.button, self.output,
+            self.units_html, W.HBox([self.span_box, self.schedule_box]), W.HBox([self.prompt_box, self.tokens_slider]),
+            W.HBox([self.button, self.sweep_button]), self.stale_html, self.output, self.sweep_html,
         ], **kw)
+        self.add_class("smn-panel")
+        self.add_class("smn-steering")
+        for w, c in ((self.button, "smn-generate"), (self.output, "smn-steer-output"),
+                     (self.prompt_box, "smn-prompt"), (self.sweep_button, "smn-sweep-button")):
+            w.add_class(c)
+        self._units()
 
     def follow(self, explorer: FeatureExplorer) -> "SteeringPanel":
         """Keep this panel's layer and feature in step with a FeatureExplorer's (both ways)."""
@@ -198,10 +559,51 @@ class SteeringPanel(W.VBox):
         W.link((explorer, "feature"), (self, "feature"))
         return self
 
+    # -- controls -------------------------------------------------------------------------------
+    def _controls(self) -> tuple:
+        return (self.layer, self.feature, float(self.strength), self.span_box.value, self.schedule_box.value,
+                self.mode_box.value, self.prompt_box.value, int(self.tokens_slider.value))
+
+    @traitlets.observe("layer", "feature", "strength")
+    def _on_trait(self, change: Any) -> None:
+        self._on_control(change)
+
+    def _on_control(self, change: Any) -> None:
+        if not hasattr(self, "stale_html"):
+            return  # still being built
+        if getattr(change, "owner", None) is self.mode_box or (isinstance(change, dict) and change.get("owner") is self.mode_box):
+            self._units()
+        self._mark_stale()
+
+    def _units(self) -> None:
+        from ..display import escape
+        from ..display.text import strength_units
+
+        self.units_html.value = f'<span class="smn-muted">{escape(strength_units(self.mode_box.value))}</span>'
+
+    def _mark_stale(self) -> None:
+        from ..display import escape
+
+        if self._shown_for is None:
+            self.stale_html.value = ""
+            return
+        if self._controls() == self._shown_for:
+            self.stale_html.value = ""
+            self.output.remove_class("smn-stale")
+            return
+        L, f, s = self._shown_for[:3]
+        self.stale_html.value = (f'<span class="smn-stale-note">stale: the result below was made with L{escape(L)} '
+                                 f'#{escape(f)}, strength {escape(s)}; the controls have changed since — press '
+                                 "Generate</span>")
+        self.output.add_class("smn-stale")
+
     def plan(self):
         """The SteeringPlan the controls describe (raises on a bad layer / feature)."""
         from ..sources.steering import plan_steering
 
+        if self.feature < 0:
+            raise ValueError(f"no feature at layer {self.layer}: the trace followed does not reach it; "
+                             "pick a feature")
         return plan_steering(self.chain, self.layer, self.feature, strength=self.strength,
                              span=self.span_box.value, schedule=self.schedule_box.value, mode=self.mode_box.value)
 
@@ -213,6 +615,18 @@ class SteeringPanel(W.VBox):
         finally:
             self._ended = time.monotonic()
 
+    def _on_sweep_click(self, _button: Any) -> None:
+        if self._running or time.monotonic() - self._ended < self.click_debounce_s:
+            return
+        try:
+            self.sweep()
+        finally:
+            self._ended = time.monotonic()
+
+    def _busy(self, on: bool) -> None:
+        self.button.disabled = self.sweep_button.disabled = on
+        self._running = on
+
     def run(self):
         """Generate baseline and steered text; show it (or the error) in the panel. Returns the
         SteeringResult, or None after an error. An interrupt (Ctrl-C, the kernel's stop button)
@@ -220,22 +634,61 @@ class SteeringPanel(W.VBox):
         from ..display import html
         from ..sources.steering import steer
 
-        self.button.disabled = True
-        self._running = True
+        self._busy(True)
+        controls = self._controls()
         self.output.value = '<span class="smn-muted">generating…</span>'
         try:
             self.result = steer(self.model, self.plan(), self.prompt_box.value, saes=self.saes,
                                 max_new_tokens=self.tokens_slider.value)
         except Exception as err:  # shown, not raised: a panel callback has nowhere to raise to
             self.result = None
+            self._shown_for = None
             self.output.value = html.error_html(f"{type(err).__name__}: {err.args[0] if err.args else err}")
+            self._mark_stale()
             return None
         except BaseException:  # KeyboardInterrupt & co.: never leave "generating…" on screen
             self.result = None
+            self._shown_for = None
             self.output.value = html.error_html("interrupted: nothing was generated")
+            self._mark_stale()
             raise
         finally:
-            self.button.disabled = False
-            self._running = False
+            self._busy(False)
         self.output.value = html.steering_html(self.result)
+        self._shown_for = controls
+        self._mark_stale()
         return self.result
+
+    def sweep(self, strengths: Any = None):
+        """Next-token change against the strength (``sources.steering.strength_sweep``) for the
+        controls' feature, span, schedule and mode: shown as a table and a small chart; returns the
+        DataFrame (None after an error)."""
+        from ..display import html
+        from ..sources.steering import strength_sweep
+
+        values = self.sweep_strengths if strengths is None else tuple(float(x) for x in strengths)
+        if self.mode_box.value == "scale" and strengths is None:
+            values = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0)  # r: 1 is the no-op
+        self._busy(True)
+        self.sweep_html.value = '<span class="smn-muted">sweeping…</span>'
+        try:
+            if self.feature < 0:
+                raise ValueError(f"no feature at layer {self.layer}: the trace followed does not reach it")
+            df = strength_sweep(self.model, self.chain, self.layer, self.feature, self.prompt_box.value,
+                                strengths=values, span=self.span_box.value, schedule=self.schedule_box.value,
+                                mode=self.mode_box.value)
+        except Exception as err:
+            self.sweep_result = None
+            self.sweep_html.value = html.error_html(f"{type(err).__name__}: {err.args[0] if err.args else err}")
+            return None
+        finally:
+            self._busy(False)
+        self.sweep_result = df
+        self.sweep_html.value = html.sweep_html(df, mode=self.mode_box.value, origin=(self.layer, self.feature))
+        return df
+
+    def snapshot_html(self) -> str:
+        from ..display import html
+
+        return html.panel_snapshot_html("SteeringPanel", [self.units_html.value, self.stale_html.value,
+                                                          self.output.value, self.sweep_html.value])

@@ -25,7 +25,7 @@ def test_mse_figure_counts_and_threshold(lm):
     assert [type(t).__name__ for t in fig.data] == ["Bar", "Bar"]
     m, u = fig.data
     assert int(np.sum(m.y)) == int(lm.matched.sum()) and int(np.sum(u.y)) == int((~lm.matched).sum())
-    assert m.name.startswith("matched (") and u.name.startswith("not matched (")
+    assert m.name.startswith("accepted (") and u.name.startswith("not accepted (")  # issue #13's one word
     assert fig.layout.barmode == "stack"
     assert _shapes_x(fig) == [pytest.approx(lm.threshold)]
     assert HOSTILE_ESCAPED in fig.layout.title.text and HOSTILE not in fig.layout.title.text
@@ -43,7 +43,7 @@ def test_threshold_line_only_where_it_means_an_mse():
 
 def test_margin_figure_points_and_subsampling(lm):
     fig = F.make_margin_figure(lm)
-    assert [t.name.split(" (")[0] for t in fig.data] == ["matched", "not matched"]
+    assert [t.name.split(" (")[0] for t in fig.data] == ["accepted", "not accepted"]
     assert sum(len(t.x) for t in fig.data) == lm.n_a
     m = fig.data[0]
     idx = np.asarray(m.customdata)[:, 0].astype(int)
@@ -54,7 +54,7 @@ def test_margin_figure_points_and_subsampling(lm):
 
 def test_chain_figure_single_and_overlaid(chain):
     fig = F.make_chain_figure(chain)
-    assert [t.name for t in fig.data] == ["matched fraction", "MSE q10–q90", "MSE median"]
+    assert [t.name for t in fig.data] == ["accepted fraction", "MSE q10–q90", "MSE median"]
     frac = fig.data[0]
     assert list(frac.x) == [0.0, 1.0, 2.0, 3.0]
     np.testing.assert_allclose(frac.y, [p.matched_fraction for p in chain.pairs])
@@ -63,7 +63,7 @@ def test_chain_figure_single_and_overlaid(chain):
     fig = F.make_chain_figure(runs, log_mse=True)
     assert len(fig.data) == 9
     names = [t.name for t in fig.data]
-    assert "folded: matched fraction" in names and "unfolded: MSE median" in names
+    assert "folded: accepted fraction" in names and "unfolded: MSE median" in names
     assert not any(HOSTILE in n for n in names) and any(HOSTILE_ESCAPED in n for n in names)
     assert fig.layout.yaxis2.type == "log"
     with pytest.raises(TypeError, match="MatchChain"):
@@ -71,15 +71,67 @@ def test_chain_figure_single_and_overlaid(chain):
 
 
 def test_trace_figure():
-    steps = (TraceStep(2, 7, 3, 5, 0.01, 0.02, True), TraceStep(3, 5, 4, 9, 0.05, -0.01, False))
+    """Issue #13: axes that mean something (step similarity against the acceptance bound, MSE and
+    margin per step), not feature ids as a line; integer layer ticks; facts in the hover."""
+    steps = (TraceStep(2, 7, 3, 5, 0.01, 0.02, True, score=0.1, threshold=0.3),
+             TraceStep(3, 5, 4, 9, 0.05, -0.01, False, score=0.5, threshold=0.3))
     tr = FeatureTrace(origin_layer=3, origin_feature=5, layers=(1, 2, 3, 4), features=(-1, 7, 5, 9),
                       steps=steps, born_layer=2, dies_layer=3)
     fig = F.make_trace_figure(tr)
-    assert [t.name for t in fig.data] == ["feature", "MSE per step", "margin"]
-    assert list(fig.data[0].x) == [2, 3, 4] and list(fig.data[0].y) == [7, 5, 9]
-    assert list(fig.data[1].y) == [0.01, 0.05] and list(fig.data[1].x) == [2.5, 3.5]
-    assert fig.data[1].marker.color[0] != fig.data[1].marker.color[1]  # matched vs rejected
-    assert "born at layer 2" in fig.layout.title.text and "dies at layer 3" in fig.layout.title.text
+    assert [t.name for t in fig.data] == ["step similarity", "acceptance bound", "MSE per step", "margin"]
+    sim = fig.data[0]
+    assert list(sim.x) == [2.5, 3.5] and list(sim.y) == pytest.approx([0.9, 0.5])
+    assert list(sim.text) == ["#7→#5", "#5→#9"]  # ids label the points, they are not the y values
+    assert [c[:2] for c in sim.customdata] == [[3, 5], [4, 9]]  # a click selects the feature led to
+    assert [v for v in fig.data[1].y if v is not None] == pytest.approx([0.7, 0.7, 0.7, 0.7])
+    assert list(fig.data[2].y) == [0.01, 0.05] and list(fig.data[2].x) == [2.5, 3.5]
+    assert fig.data[2].marker.color[0] != fig.data[2].marker.color[1]  # accepted vs rejected
+    assert "first seen at layer 2" in fig.layout.title.text and "last seen at layer 3" in fig.layout.title.text
+    assert list(fig.layout.xaxis2.tickvals) == [1, 2, 3, 4]
+    with_corr = F.make_trace_figure(tr, correlations={2: 0.8, 3: 1.0, 4: 0.4}, focus=4)
+    corr = next(t for t in with_corr.data if t.name == "activation correlation")
+    assert list(corr.x) == [2, 3, 4] and list(corr.y) == [0.8, 1.0, 0.4]
+    assert [list(c) for c in corr.customdata] == [[2, 7], [3, 5], [4, 9]]
+    assert any(sh.x0 == 4 for sh in with_corr.layout.shapes)  # the focus layer is marked
+
+
+def test_chain_figure_integer_ticks_and_one_legend_entry_per_run(chain):
+    fig = F.make_chain_figure(chain)
+    assert list(fig.layout.xaxis2.tickvals) == [0.0, 1.0, 2.0, 3.0]
+    assert list(fig.layout.xaxis2.ticktext) == ["0→1", "1→2", "2→3", "3→4"]
+    assert not any(t.showlegend for t in fig.data)  # one run: the panel titles say what is drawn
+    two = F.make_chain_figure({"a": chain, "b": make_chain(n_pairs=4, n=60)})
+    shown = [t for t in two.data if t.showlegend]
+    assert [t.name for t in shown] == ["a: accepted fraction", "b: accepted fraction"]
+    assert shown[0].line.color != shown[1].line.color
+
+
+def test_palette_is_colour_blind_safe_and_dark_theme_on_request(lm):
+    assert F.PALETTE[:4] == ("#0072B2", "#D55E00", "#E69F00", "#009E73")  # Okabe & Ito
+    assert list(F.make_mse_figure(lm).layout.template.layout.colorway)[:3] == list(F.PALETTE[:3])
+    dark = F.make_mse_figure(lm, theme="dark").layout.template.layout
+    import plotly.io as pio
+
+    assert dark.paper_bgcolor == pio.templates["plotly_dark"].layout.paper_bgcolor
+    F.set_theme("dark")
+    try:
+        assert F.make_mse_figure(lm).layout.template.layout.paper_bgcolor == dark.paper_bgcolor
+    finally:
+        F.set_theme("light")
+    with pytest.raises(ValueError, match="'light' or 'dark'"):
+        F.set_theme("blue")
+
+
+def test_paper_layout_presets():
+    fig = F.make_chain_figure(make_chain(n_pairs=2, n=20))
+    one = F.paper_layout(fig, "single")
+    assert (one.layout.width, one.layout.height) == (312, 230)  # 3.25 in x 2.4 in at 96 px/in
+    assert one.layout.font.size == pytest.approx(8 * 96 / 72)
+    two = F.paper_layout(fig, "double", height_in=3)
+    assert (two.layout.width, two.layout.height) == (648, 288)
+    assert fig.layout.width is None  # the original is left alone
+    with pytest.raises(ValueError, match="preset"):
+        F.paper_layout(fig, "poster")
 
 
 def test_flow_figure_from_chain_and_traces(chain):
@@ -92,6 +144,9 @@ def test_flow_figure_from_chain_and_traces(chain):
     assert len(sk.node.label) == len(present | ends)
     assert sum(sk.link.value) == sum(len(t.steps) for t in traces)
     assert all(0 < x < 1 for x in sk.node.x)
+    assert sk.textfont.shadow == "none"  # vector labels: a shadow is rasterised in PDF export
+    keys = [tuple(c) for c in sk.node.customdata]
+    assert len(set(keys)) == len(keys) and all(lbl.startswith(f"L{k[0]} ") for lbl, k in zip(sk.node.label, keys))
     same = F.make_flow_figure(traces=traces)
     assert list(same.data[0].node.label) == list(sk.node.label)
     single = F.make_flow_figure(chain, 2, 0)
@@ -125,15 +180,64 @@ def test_save_figure_without_browser_says_what_to_install(tmp_path, lm, monkeypa
     assert not (tmp_path / "mse.png").exists()
 
 
+def _crossings(sk):
+    """Crossing pairs of links between the same two columns (node y order)."""
+    y = list(sk.node.y)
+    x = list(sk.node.x)
+    ls = list(zip(sk.link.source, sk.link.target))
+    n = 0
+    for i, (a, b) in enumerate(ls):
+        for c, d in ls[i + 1:]:
+            if x[a] == x[c] and x[b] == x[d] and (y[a] - y[c]) * (y[b] - y[d]) < 0:
+                n += 1
+    return n
+
+
+def test_flow_figure_orders_nodes_to_avoid_crossings():
+    from saematch_nb.core.chain import MatchChain
+
+    # two layers whose partners reverse the order: index order crosses every pair of links
+    n = 6
+    lm = make_layer_match(0, n=n, seed=0, hostile=False)
+    from saematch_nb.core.results import LayerMatch
+
+    rev = np.arange(n)[::-1].copy()
+    lm = LayerMatch(permutation=rev, partner=rev, mse=np.full(n, 0.01), alt_mse=np.full(n, 0.05),
+                    score=np.full(n, 0.1), matched=np.ones(n, bool), threshold=0.3, n_a=n, n_b=n, d_in=4,
+                    info_a=lm.info_a, info_b=lm.info_b)
+    ch = MatchChain(pairs=(lm,), layers=(0, 1), infos=(lm.info_a, lm.info_b))
+    sk = F.make_flow_figure(ch, 0, list(range(n))).data[0]
+    assert len(sk.link.source) == n and _crossings(sk) == 0
+
+
 @pytest.mark.slow
 def test_save_figure_png_and_svg_with_chromium(tmp_path, lm):
     if F._find_browser() is None:
-        pytest.skip("no Chrome/Chromium on this machine (apt-get install -y chromium); the error path is tested above")
+        pytest.fail("no Chrome/Chromium on this machine: apt-get install -y chromium (.ci/run installs it)")
     png = F.save_figure(F.make_mse_figure(lm), tmp_path / "mse.png", width=500, height=300, scale=1)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = F.save_figure(F.make_chain_figure(make_chain(n_pairs=2, n=20)), tmp_path / "chain.svg")
     head = svg.read_text()[:400]
     assert "<svg" in head and "<script" not in svg.read_text()
+
+
+@pytest.mark.slow
+def test_pdf_and_svg_have_the_physical_size_and_vector_text(tmp_path):
+    """Issue #13: scale never applies to vector formats; presets give the column width; the Sankey
+    PDF holds no raster image (label shadows were rasterised)."""
+    if F._find_browser() is None:
+        pytest.fail("no Chrome/Chromium on this machine: apt-get install -y chromium (.ci/run installs it)")
+    ch = make_chain(n_pairs=3, n=30)
+    pdf = F.save_figure(F.make_flow_figure(ch, 1, [0, 1, 2, 3]), tmp_path / "flow.pdf", preset="single")
+    data = pdf.read_bytes()
+    box = [float(v) for v in re.search(rb"/MediaBox\s*\[([^\]]*)\]", data).group(1).split()]
+    assert box[2] == pytest.approx(3.25 * 72, abs=1) and box[3] == pytest.approx(2.4 * 72, abs=1)
+    assert b"/Subtype /Image" not in data
+    big = F.save_figure(F.make_chain_figure(ch), tmp_path / "chain.pdf", width=700, height=480, scale=4)
+    box = [float(v) for v in re.search(rb"/MediaBox\s*\[([^\]]*)\]", big.read_bytes()).group(1).split()]
+    assert box[2] == pytest.approx(700 * 72 / 96, abs=1)  # 7.3 in, not 14.6 (or 29)
+    svg = F.save_figure(F.make_chain_figure(ch), tmp_path / "chain.svg", preset="double").read_text()
+    assert re.search(r'<svg[^>]*width="648"', svg)
 
 
 def test_figures_respect_the_users_plotly_template(lm, monkeypatch):

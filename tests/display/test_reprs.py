@@ -183,7 +183,8 @@ def test_score_threshold_and_unmatched_status():
     assert "threshold 0.5" in t
     statuses = {r["status"] for r in text.layer_match_facts(lm)["worst"]} | {
         r["status"] for r in text.layer_match_facts(lm)["best"]}
-    assert statuses <= {"matched", "unmatched", "no partner"}
+    # one word per idea (issue #13): the criterion accepts or rejects the assigned partner
+    assert statuses <= {"accepted", "rejected", "no partner"}
 
 
 def test_chain_html_table_stats_and_pairs(chain):
@@ -219,10 +220,12 @@ def test_chain_with_duck_typed_stand_in():
 
 def test_trace_repr_marks_and_links():
     tr = _trace()
-    assert "dies at layer 3" in repr(tr) and all(str(f) in repr(tr) for f in tr.features if f >= 0)
+    assert "last seen at layer 3" in repr(tr) and all(str(f) in repr(tr) for f in tr.features if f >= 0)
     out = tr._repr_html_()
     seen = visible_text(rich_part(out))
-    assert "present from the first layer" in seen and "dies at layer 3" in seen
+    # issue #13's wording: where the accepted run starts and ends, never "dies at" its only layer
+    assert "present at layer 2, the chain's first" in seen and "last seen at layer 3" in seen
+    assert "the same feature on layers 2–3 (2 of 4 layers)" in seen
     f = text.trace_facts(tr)
     span = text.trace_span(f)
     assert span in seen and span in repr(tr)  # the same facts in text and HTML
@@ -239,7 +242,8 @@ def test_trace_repr_marks_and_links():
                        steps=(TraceStep(2, 7, 3, 5, 0.01, 0.02, True),), born_layer=3, dies_layer=None)
     out2 = html.trace_html(tr2)
     assert "smn-born" in out2 and "neuronpedia" not in out2
-    assert "survives to the last layer" in text.trace_text(tr2)
+    assert "still present at layer 3, the chain's last" in text.trace_text(tr2)
+    assert "first seen at layer 3" in text.trace_text(tr2)
 
 
 def test_handles_and_list(tmp_path):
@@ -279,4 +283,7 @@ def test_steering_result_repr_html_uses_display():
     assert "SteeringResult" in out and "smn-output" in out
     seen = visible_text(rich_part(out))
     assert "L3 #5" in seen and "L4 #9" in seen and "3.8" in seen and "max_new_tokens=12" in seen
-    assert repr(" dog " + HOSTILE) in seen  # generations shown as repr: whitespace and quotes visible
+    # generations as text (issue #13: not as Python reprs), newlines visible as ↵, differing tokens marked
+    assert "dog " + HOSTILE in seen and "cat sat" in seen and "↵" in seen and repr(" dog ") not in seen
+    assert 'class="smn-diff smn-diff-add"' in out and "differ from the baseline" in seen
+    assert "adds what the feature writes" in seen  # the strength's units are explained

@@ -152,3 +152,13 @@ def test_dataset_offline(model, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(ConnectionError("Couldn't reach 'org/corpus' on the Hub")))
     with pytest.raises(ActivationError, match=r"could not read dataset 'org/corpus'.*Couldn't reach.*connection"):
         collect_activations(model, "org/corpus", [0], cache=False, progress=False)
+
+
+def test_rows_of_agrees_with_row_of_everywhere(model, tmp_path):
+    acts = collect_activations(model, TEXTS, [0], cache_dir=tmp_path, batch_size=2, progress=False)
+    for d in range(len(TEXTS)):
+        ps = np.arange(-2, acts.doc_tokens(d).size + 3)  # BOS, every kept token, past the end
+        got = acts.rows_of(d, ps)
+        assert got.tolist() == [acts.row_of(d, int(p)) for p in ps]
+        assert (got[ps == 0] == -1).all() and (got[ps >= acts.doc_tokens(d).size] == -1).all()
+    assert acts.rows_of(len(TEXTS), np.arange(3)).tolist() == [-1, -1, -1]  # no such document

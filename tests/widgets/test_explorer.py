@@ -12,6 +12,8 @@ from saematch_nb.display.figures import make_trace_figure
 from saematch_nb.sources.examples import Example, FeatureExamples
 from saematch_nb.widgets import FeatureExplorer, SteeringPanel
 
+from tests.display.conftest import visible_text
+
 from .conftest import n_hooks
 
 
@@ -22,6 +24,8 @@ def fake_examples(layer: int, feature: int) -> FeatureExamples:
 
 # -- FeatureExplorer ------------------------------------------------------------------------------
 def test_explorer_follows_layer_and_feature(chain):
+    """Issue #13: moving the layer follows the trace (the traced partner there, same origin);
+    typing a feature starts a new trace (the earlier test asserted re-anchoring on a layer move)."""
     ex = FeatureExplorer(chain, layer=1, feature=4)
     assert (ex.layer, ex.feature) == (1, 4)
     assert ex.trace is not None and (ex.trace.origin_layer, ex.trace.origin_feature) == (1, 4)
@@ -29,14 +33,20 @@ def test_explorer_follows_layer_and_feature(chain):
     ex.feature = 17
     assert "feature 17 of layer 1" in ex.trace_html.value and ex.feature_box.value == 17
     ex.layer = 2
-    assert "feature 17 of layer 2" in ex.trace_html.value and ex.layer_slider.value == 2
-    assert ex.trace.features == chain.trace(2, 17).features
-    # the controls drive the traitlets too
+    partner = chain.trace(1, 17).feature_at(2)
+    assert (ex.layer, ex.feature, ex.origin) == (2, partner, (1, 17)) and ex.layer_slider.value == 2
+    assert ex.feature_box.value == partner and "feature 17 of layer 1" in ex.trace_html.value
+    assert f"layer 2: feature {partner}" in ex.trace_html.value
+    assert ex.trace.features == chain.trace(1, 17).features
+    # the controls drive the traitlets too: a typed feature re-anchors, the slider follows
     ex.feature_box.value = 3
+    assert ex.origin == (2, 3) and "feature 3 of layer 2" in ex.trace_html.value
     ex.layer_slider.value = 0
-    assert (ex.layer, ex.feature) == (0, 3)
-    assert "feature 3 of layer 0" in ex.trace_html.value
+    assert (ex.layer, ex.feature) == (0, chain.trace(2, 3).feature_at(0)) and ex.origin == (2, 3)
     assert ex.status.value == ""
+    ex.follow = False  # the old behaviour on request
+    ex.layer = 1
+    assert ex.origin == (1, ex.feature)
 
 
 def test_explorer_shows_errors_instead_of_raising(chain):
@@ -58,7 +68,7 @@ def test_explorer_shows_errors_instead_of_raising(chain):
 
 def test_explorer_figure_is_the_trace_figure(chain):
     ex = FeatureExplorer(chain, layer=1, feature=6)
-    assert isinstance(ex.figure, go.FigureWidget) and ex.figure in ex.children
+    assert isinstance(ex.figure, go.FigureWidget) and ex.figure_box in ex.children and ex.figure in ex.figure_box.children
     ref = make_trace_figure(chain.trace(1, 6))
     assert [tuple(t.y) for t in ex.figure.data] == [tuple(t.y) for t in ref.data]
     ex.feature = 7
@@ -118,7 +128,11 @@ def test_steering_panel_runs(model, planted, chain):
     assert "SteeringResult" in html and "baseline" in html and "steered" in html
     from saematch_nb.display._util import escape
 
-    assert escape(repr(res.baseline)) in html and escape(repr(res.steered)) in html
+    # issue #13: the generations are shown as text (not Python reprs), newlines visible as ↵
+    from saematch_nb.display.text import show_ws
+
+    plain = visible_text(html)
+    assert show_ws(res.baseline).replace("\n", " ").strip() in plain and escape(repr(res.baseline)) not in html
     assert n_hooks(model) == 0 and not panel.button.disabled
     panel.button.click()  # the button runs the same thing
     assert panel.result.baseline == res.baseline
@@ -160,5 +174,6 @@ def test_explorer_on_a_chain_that_does_not_start_at_layer_0():
     ch = smn.match_chain({5 + i: s for i, s in enumerate(pc.saes)}, cache=False, progress=False)
     ex = FeatureExplorer(ch, feature=2, figure=False)
     assert ex.layer == 5 and "feature 2 of layer 5" in ex.trace_html.value
-    ex.layer = 7
-    assert ex.trace.origin_layer == 7 and ex.layer_slider.value == 7
+    ex.layer = 7  # follows the trace of L5 #2 (issue #13), no longer re-anchors at L7 #2
+    assert ex.trace.origin_layer == 5 and ex.layer_slider.value == 7
+    assert ex.feature == ch.trace(5, 2).feature_at(7)
