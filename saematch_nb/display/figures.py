@@ -99,16 +99,17 @@ def template(theme: str | None = None):
     return _template(theme)
 
 
-def _layout(fig: Any, title: str | None, *, theme: str | None = None, **kw: Any) -> Any:
+def _layout(fig: Any, title: str | None, *, theme: str | None = None, with_template: bool = True, **kw: Any) -> Any:
     # plotly reads a small HTML subset in titles and labels: user strings are passed escaped
     import plotly.io as pio
 
-    # the user's template wins (e.g. plotly_dark set as plotly's default); plotly's stock default
-    # has a grey plot area that prints badly, so it is replaced by ours
-    user = pio.templates.default not in (None, "plotly")
-    tpl = pio.templates.default if (user and theme is None) else template(theme)
     kw.setdefault("margin", dict(l=60, r=20, t=70, b=50))
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), template=tpl, **kw)
+    if with_template:
+        # the user's template wins (e.g. plotly_dark set as plotly's default); plotly's stock
+        # default has a grey plot area that prints badly, so it is replaced by ours
+        user = pio.templates.default not in (None, "plotly")
+        kw["template"] = pio.templates.default if (user and theme is None) else template(theme)
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), **kw)
     return fig
 
 
@@ -291,7 +292,7 @@ def _focus_line(fig: Any, focus: int | None, rows: int) -> None:
 
 
 def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Mapping[int, float] | None = None,
-                      focus: int | None = None, theme: str | None = None):
+                      focus: int | None = None, theme: str | None = None, template: bool = True):
     """A feature across layers, on axes that mean something:
 
     - **direction similarity of each step** (1 − the criterion's score: the mean cosine of the two
@@ -304,7 +305,8 @@ def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Map
 
     Feature ids label the points (they are names, not values). ``focus``: a layer to mark (the
     explorer's current one). Points carry ``customdata = [layer, feature, ...]`` of the feature
-    they lead to, so a click can select it.
+    they lead to, so a click can select it. ``template=False`` leaves the template (``theme``) out:
+    for a panel that puts the data into a figure it already styled.
     """
     go = _go()
     steps = sorted(trace.steps, key=lambda s: (s.layer, s.next_layer))
@@ -374,7 +376,8 @@ def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Map
     layers = list(trace.layers)
     sub = f"{born_text(trace.born_layer, layers)}, {dies_text(trace.dies_layer, layers)}"
     return _layout(fig, title or f"feature {trace.origin_feature} of layer {trace.origin_layer}<br><sup>{sub}</sup>",
-                   theme=theme, height=600 if has_corr else 500, margin=dict(l=60, r=20, t=95, b=110),
+                   theme=theme, with_template=template, height=600 if has_corr else 500,
+                   margin=dict(l=60, r=20, t=95, b=110),
                    legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
 
 

@@ -53,8 +53,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.accepted_only = accepted_only
         self.theme = theme
         self.trace = None  # the trace on display (None while an error is shown)
-        self.last_figure = None  # the plotly Figure last drawn (either backend)
-        self._drawn = None  # (trace, theme) that last_figure shows
+        self._last_figure = None  # see the last_figure property
+        self._drawn = None  # (trace, theme) the panel's figure shows
         self._history: list[tuple[tuple[int, int], int, int]] = []
         self._pos = -1
         self._history_size = max(2, int(history_size))
@@ -281,7 +281,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
             for e in self.edge_html:
                 e.value = ""
-            self.last_figure = self._drawn = None
+            self._last_figure = self._drawn = None
             if self.figure_backend == "widget":  # nothing of the previous feature, its title included
                 with self.figure.batch_update():
                     self.figure.data = ()
@@ -328,21 +328,36 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             s = tr.step_from(L)
             e.value = "" if s is None else html_edge(s)
 
-    def _figure_obj(self, tr: Any):
+    def _figure_obj(self, tr: Any, template: bool = True):
         from ..display.figures import make_trace_figure
 
-        return make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
+        fig = make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme,
+                                template=template)
+        # about 110 px per layer: the steps' markers and labels stay apart on long chains
+        fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
+        return fig
+
+    @property
+    def last_figure(self) -> Any:
+        """The plotly Figure of what the panel shows (either backend; None without a trace): a
+        plain ``go.Figure`` to save or restyle. Built on first access after the panel drew its
+        figure without a template or moved only its focus lines."""
+        if self._last_figure is None and self._drawn is not None and self.trace is not None:
+            self._last_figure = self._figure_obj(self.trace)
+        return self._last_figure
 
     def _draw(self, tr: Any) -> None:
-        if self.figure_backend == "widget" and self._drawn == (tr, self.theme) and self.last_figure is not None:
+        shown = self.figure_backend == "widget" and self._drawn == (tr, self.theme) and bool(self.figure.data)
+        if shown:
             # the same trace, another focus: move the focus lines only (one small relayout in the
             # browser instead of a new figure)
             self._move_focus()
             return
-        fig = self._figure_obj(tr)
-        # about 110 px per layer: the steps' markers and labels stay apart on long chains
-        fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
-        self.last_figure, self._drawn = fig, (tr, self.theme)
+        # a figure already styled by this theme takes the new data in place: no template (copying
+        # plotly's template is a quarter of the figure's time on every click)
+        styled = self.figure_backend == "widget" and self._drawn is not None and self._drawn[1] == self.theme
+        fig = self._figure_obj(tr, template=not styled)
+        self._last_figure, self._drawn = (None if styled else fig), (tr, self.theme)
         if self.figure_backend == "output":
             from IPython.display import display
 
@@ -351,6 +366,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 display(fig)
             return
         if not self._update_in_place(fig):
+            if styled:
+                fig = self._last_figure = self._figure_obj(tr)
             with self.figure.batch_update():
                 self.figure.data = ()
                 self.figure.add_traces(fig.data)
@@ -364,9 +381,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             for sh in self.figure.layout.shapes:
                 if sh.name == "focus":
                     sh.x0 = sh.x1 = int(self.layer)
-        for sh in self.last_figure.layout.shapes:
-            if sh.name == "focus":
-                sh.x0 = sh.x1 = int(self.layer)
+        self._last_figure = None  # rebuilt for the new focus when asked for
 
     def _update_in_place(self, fig: Any) -> bool:
         """Give the shown figure ``fig``'s data and annotations in one Plotly.update (a batch of

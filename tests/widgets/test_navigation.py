@@ -302,3 +302,17 @@ def test_long_chains_get_a_wide_scrolling_figure():
     # ipywidgets 8 has only `overflow` (CSS "x y"); an unknown overflow_x would be dropped silently
     assert ex.figure_box.layout.overflow == "auto hidden" and ex.node_row.layout.overflow == "auto hidden"
     assert ex.node_row.layout.flex_flow == "row nowrap"
+
+
+def test_a_figure_updated_in_place_keeps_its_theme_and_last_figure_is_whole(chain):
+    from saematch_nb.display.figures import PALETTE, make_trace_figure
+
+    ex = FeatureExplorer(chain, layer=0, feature=5, theme="light")
+    ex.select(1, 7)  # drawn in place without a template
+    assert tuple(ex.figure.layout.template.layout.colorway) == tuple(PALETTE)  # the panel keeps its style
+    full = ex.last_figure  # what a user saves: the whole figure, template included, current focus
+    assert tuple(full.layout.template.layout.colorway) == tuple(PALETTE)
+    ref = make_trace_figure(chain.trace(1, 7), focus=1, theme="light")
+    assert [tuple(t.y) for t in full.data] == [tuple(t.y) for t in ref.data]
+    bare = make_trace_figure(chain.trace(1, 7), template=False)  # plotly's default, not ours
+    assert tuple(bare.to_plotly_json()["layout"]["template"]["layout"]["colorway"]) != tuple(PALETTE)
