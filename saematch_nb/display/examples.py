@@ -112,30 +112,38 @@ def feature_examples_html(fx: Any) -> str:
     return wrap_output(feature_examples_body(fx), feature_examples_text(fx), kind="examples")
 
 
+def trace_example_column(layer: Any, feat: Any, examples_by_layer: Any, *, max_top: int = 5, logits: Any = None,
+                         focused: bool = False) -> str:
+    """One column of :func:`trace_examples_body`: feature ``feat`` of ``layer`` (``logits``: its
+    ``(up, down)`` logit effects or None); ``focused`` outlines it."""
+    cls = "smn-ex-col smn-ex-col-focus" if focused else "smn-ex-col"
+    if feat is None or feat < 0:
+        return (f'<div class="{cls}"><div class="smn-sub">layer {escape(layer)}: {DASH} '
+                f'(the trace does not reach it)</div></div>')
+    try:
+        fx = examples_by_layer[layer][feat]
+    except (KeyError, IndexError):
+        return (f'<div class="{cls}"><div class="smn-sub">layer {escape(layer)} · feature '
+                f'{escape(feat)}: no activation examples collected</div></div>')
+    return f'<div class="{cls}">{feature_examples_body(fx, max_top=max_top, logits=logits)}</div>'
+
+
+def trace_examples_head(trace: Any) -> str:
+    return (f'<div class="smn-header"><span class="smn-kind">Trace examples</span><span class="smn-title">'
+            f'layer {escape(trace.origin_layer)} · feature {escape(trace.origin_feature)}</span>'
+            f'<span class="smn-sub">every step of the trace, side by side</span></div>')
+
+
 def trace_examples_body(trace: Any, examples_by_layer: Any, *, max_top: int = 5, logits: Any = None,
                         focus: Any = None) -> str:
     """One column per layer of ``trace`` (scrolling sideways on long chains): the feature's
     examples with its activation histogram and, with ``logits`` (``{layer: (up, down)}``), its
     top logit effects. ``focus``: the layer whose column is outlined."""
-    cols = []
-    for layer, feat in zip(trace.layers, trace.features):
-        cls = "smn-ex-col smn-ex-col-focus" if focus is not None and layer == focus else "smn-ex-col"
-        if feat is None or feat < 0:
-            cols.append(f'<div class="{cls}"><div class="smn-sub">layer {escape(layer)}: {DASH} '
-                        f'(the trace does not reach it)</div></div>')
-            continue
-        try:
-            fx = examples_by_layer[layer][feat]
-        except (KeyError, IndexError):
-            cols.append(f'<div class="{cls}"><div class="smn-sub">layer {escape(layer)} · feature '
-                        f'{escape(feat)}: no activation examples collected</div></div>')
-            continue
-        eff = logits.get(layer) if isinstance(logits, dict) else None
-        cols.append(f'<div class="{cls}">{feature_examples_body(fx, max_top=max_top, logits=eff)}</div>')
-    head = (f'<div class="smn-header"><span class="smn-kind">Trace examples</span><span class="smn-title">'
-            f'layer {escape(trace.origin_layer)} · feature {escape(trace.origin_feature)}</span>'
-            f'<span class="smn-sub">every step of the trace, side by side</span></div>')
-    return head + f'<div class="smn-ex-row">{"".join(cols)}</div>'
+    cols = [trace_example_column(layer, feat, examples_by_layer, max_top=max_top,
+                                 logits=logits.get(layer) if isinstance(logits, dict) else None,
+                                 focused=focus is not None and layer == focus)
+            for layer, feat in zip(trace.layers, trace.features)]
+    return trace_examples_head(trace) + f'<div class="smn-ex-row">{"".join(cols)}</div>'
 
 
 def trace_examples_text(trace: Any, examples_by_layer: Any, *, max_top: int = 2, logits: Any = None) -> str:

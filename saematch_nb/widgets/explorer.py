@@ -100,7 +100,16 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow="auto hidden", width="100%",
                                                     align_items="center"))
         self.node_row.add_class("smn-node-row")
-        self.examples_html = W.HTML(layout=W.Layout(width="100%"))
+        # the examples: a heading and one HTML per layer, so that moving the focus re-sends the
+        # two columns whose outline changes, not every column (~25 KB each; a 26-layer trace
+        # would send ~0.7 MB per click as one HTML)
+        self.examples_head = W.HTML(layout=W.Layout(width="100%"))
+        self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0"))
+                             for _ in layers]
+        self._col_keys: list[Any] = [None] * len(layers)
+        self.examples_row = W.HBox(self.example_cols, layout=W.Layout(
+            flex_flow="row nowrap", overflow="auto hidden", width="100%", align_items="flex-start"))
+        self.examples_box = W.VBox([self.examples_head, self.examples_row], layout=W.Layout(width="100%"))
         self.figure_backend = None if figure is False or figure is None else figure_backend(figure)
         self.figure = None
         if self.figure_backend == "widget":
@@ -117,14 +126,14 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
             self.figure_box = W.Box([self.figure], layout=W.Layout(overflow="auto hidden", width="100%"))
             children.append(self.figure_box)
-        children.append(self.examples_html)
+        children.append(self.examples_box)
         kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=children, **kw)
         self.add_class("smn-panel")
         # DOM hooks for a browser (the CI's Playwright test, user CSS); they change nothing here
         self.add_class("smn-explorer")
         for w, c in ((self.layer_slider, "smn-layer-slider"), (self.feature_box, "smn-feature-box"),
-                     (self.trace_html, "smn-trace-head"), (self.examples_html, "smn-examples-box"),
+                     (self.trace_html, "smn-trace-head"), (self.examples_box, "smn-examples-box"),
                      (self.back_button, "smn-back"), (self.forward_button, "smn-forward")):
             w.add_class(c)
         for b in self.node_buttons:
@@ -276,7 +285,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             err = getattr(self, "_error", None) or ValueError("no trace")
             self.status.value = html.error_html(err.args[0] if err.args else err)
             self.trace_html.value = ""
-            self.examples_html.value = ""
+            self._clear_examples()
             for b in self.node_buttons:
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
             for e in self.edge_html:
@@ -294,7 +303,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.trace_html.value = html.explorer_header_html(tr, self.layer)
         if self.figure is not None:
             self._draw(tr)
-        self.examples_html.value = self._examples_html()
+        self._draw_examples(tr)
         self._draw_nodes(tr)  # the node tooltips read the examples just loaded
 
     def _node_extra(self, L: int, f: int) -> str:
@@ -437,18 +446,19 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             out[int(L)] = self._logits[key]
         return out
 
-    def _examples_html(self) -> str:
-        if self.examples is None or self.trace is None:
-            return ""
-        from ..display.examples import trace_examples_html
+    def _clear_examples(self) -> None:
+        self.examples_head.value = ""
+        for k, w in enumerate(self.example_cols):
+            w.value, w.layout.display, self._col_keys[k] = "", "none", None
 
-        tr = self.trace
+    def _draw_examples(self, tr: Any) -> None:
+        if self.examples is None:
+            self._clear_examples()
+            return
+        from ..display._util import css
+        from ..display.examples import trace_example_column, trace_examples_head
 
-        class _Cached:  # the panel's memo in front of examples[layer][feature]
-            def __getitem__(_s, L):
-                return _Layer(L)
-
-        class _Layer:
+        class _Layer:  # the panel's memo in front of examples[layer][feature]
             def __init__(_s, L):
                 _s.L = L
 
@@ -458,7 +468,32 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                     raise KeyError(f"no activation examples for layer {_s.L} feature {f}")
                 return fx
 
-        return trace_examples_html(tr, _Cached(), logits=self._logit_effects(tr), focus=self.layer)
+        class _Cached:
+            def __getitem__(_s, L):
+                return _Layer(L)
+
+        head = (f'<div class="smn-output smn-out-trace-examples"><style>{css()}</style>'
+                f'<div class="smn-wrap">{trace_examples_head(tr)}</div></div>')
+        if self.examples_head.value != head:
+            self.examples_head.value = head
+        logits = self._logit_effects(tr) or {}
+        for k, (L, f) in enumerate(zip(tr.layers, tr.features)):
+            key = (int(L), int(f), L == self.layer, L in logits)
+            if self._col_keys[k] == key:
+                continue  # unchanged: nothing is sent
+            col = trace_example_column(L, f, _Cached(), logits=logits.get(L), focused=L == self.layer)
+            w = self.example_cols[k]
+            w.value = f'<div class="smn-output smn-out-trace-examples"><div class="smn-wrap">{col}</div></div>'
+            w.layout.display, self._col_keys[k] = None, key
+
+    @property
+    def examples_markup(self) -> str:
+        """The examples as the panel shows them (heading and columns), one HTML string; empty
+        without examples or trace."""
+        if not self.examples_head.value:
+            return ""
+        cols = "".join(w.value for w in self.example_cols if w.value)
+        return self.examples_head.value + f'<div class="smn-ex-row">{cols}</div>'
 
     def snapshot_html(self) -> str:
         """The panel's current state as static HTML: the trace, the focus and the examples."""
@@ -469,7 +504,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         from ..display.html import trace_html
 
         return html.panel_snapshot_html("FeatureExplorer", [
-            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.examples_html.value])
+            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.examples_markup])
 
 
 def html_edge(step: Any) -> str:

@@ -81,12 +81,12 @@ def test_explorer_figure_is_the_trace_figure(chain):
 def test_explorer_examples(chain):
     examples = {1: {6: fake_examples(1, 6)}}
     ex = FeatureExplorer(chain, examples, layer=1, feature=6, figure=False)
-    html = ex.examples_html.value
+    html = ex.examples_markup
     assert "zebra&lt;b&gt;" in html and "zebra<b>" not in html  # escaped
     ex.feature = 5
-    assert "no activation examples" in ex.examples_html.value
+    assert "no activation examples" in ex.examples_markup
     ex.layer = 0
-    assert "no activation examples" in ex.examples_html.value
+    assert "no activation examples" in ex.examples_markup
 
 
 def test_explorer_accepted_only(chain):

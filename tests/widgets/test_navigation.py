@@ -243,7 +243,7 @@ def test_examples_of_every_step_with_histogram_and_logits(tmp_path_factory):
     exs = smn.collect_examples(acts, ch, cache=False, progress=False)
     f = int(np.argmax(exs[0].n_active))
     ex = FeatureExplorer(ch, exs, model=model, layer=0, feature=f)
-    html = ex.examples_html.value
+    html = ex.examples_markup
     assert html.count('class="smn-ex-col') == 2  # one column per layer of the trace
     assert "smn-ex-col-focus" in html and "activation histogram" in html and "top logit effects" in html
     corr = next(t for t in ex.figure.data if t.name == "activation correlation")
@@ -316,3 +316,28 @@ def test_a_figure_updated_in_place_keeps_its_theme_and_last_figure_is_whole(chai
     assert [tuple(t.y) for t in full.data] == [tuple(t.y) for t in ref.data]
     bare = make_trace_figure(chain.trace(1, 7), template=False)  # plotly's default, not ours
     assert tuple(bare.to_plotly_json()["layout"]["template"]["layout"]["colorway"]) != tuple(PALETTE)
+
+
+def test_a_focus_move_resends_only_the_two_columns_whose_outline_changes(tmp_path_factory):
+    from tests import _saelens_doubles as fx
+    from saematch_nb.core.synthetic import planted_chain
+
+    model = fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=64)
+    pc = planted_chain(n_layers=3, n=24, d_in=64, seed=1)
+    ch = smn.match_chain(pc.saes, cache=False, progress=False)
+    acts = smn.collect_activations(model, ["The cat sat on the mat.", "A dog ran in the park today."] * 3,
+                                   ch.layers, cache_dir=tmp_path_factory.mktemp("acts"), progress=False)
+    exs = smn.collect_examples(acts, ch, cache=False, progress=False)
+    ex = FeatureExplorer(ch, exs, layer=0, feature=int(np.argmax(exs[0].n_active)), figure=False)
+    sent = []
+    for k, w in enumerate(ex.example_cols):
+        w.observe(lambda ch_, k=k: sent.append(k), "value")
+    ex.layer = 2
+    assert sorted(sent) == [0, 2]  # the old focus and the new one
+    assert "smn-ex-col-focus" in ex.example_cols[2].value and "smn-ex-col-focus" not in ex.example_cols[0].value
+    sent.clear()
+    ex.layer = 2
+    assert sent == []
+    ex.select(1, 3)  # a new trace: every column
+    assert sorted(set(sent)) == [0, 1, 2]
+    assert ex.examples_markup.count('class="smn-ex-col') == 3
