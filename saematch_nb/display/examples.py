@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._util import DASH, escape, fmt_float, fmt_pct, link, token_html, wrap_output
+from ._util import DASH, css, escape, fmt_float, fmt_pct, link, token_html, wrap_output
 
 
 def _example_html(ex: Any, max_value: float) -> str:
@@ -132,6 +132,20 @@ def trace_examples_head(trace: Any) -> str:
     return (f'<div class="smn-header"><span class="smn-kind">Trace examples</span><span class="smn-title">'
             f'layer {escape(trace.origin_layer)} · feature {escape(trace.origin_feature)}</span>'
             f'<span class="smn-sub">every step of the trace, side by side</span></div>')
+
+
+def panel_examples_head_html(trace: Any) -> str:
+    """The heading of a panel's trace examples, with the CSS (the panel sends it once per trace)."""
+    return (f'<div class="smn-output smn-out-trace-examples"><style>{css()}</style>'
+            f'<div class="smn-wrap">{trace_examples_head(trace)}</div></div>')
+
+
+def panel_example_column_html(layer: Any, feat: Any, examples_by_layer: Any, *, logits: Any = None,
+                              focused: bool = False) -> str:
+    """One column of a panel's trace examples (:func:`trace_example_column`), styled by the CSS of
+    :func:`panel_examples_head_html`: a panel re-sends only the columns that change."""
+    col = trace_example_column(layer, feat, examples_by_layer, logits=logits, focused=focused)
+    return f'<div class="smn-output smn-out-trace-examples"><div class="smn-wrap">{col}</div></div>'
 
 
 def trace_examples_body(trace: Any, examples_by_layer: Any, *, max_top: int = 5, logits: Any = None,

@@ -455,8 +455,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         if self.examples is None:
             self._clear_examples()
             return
-        from ..display._util import css
-        from ..display.examples import trace_example_column, trace_examples_head
+        from ..display.examples import panel_example_column_html, panel_examples_head_html
 
         class _Layer:  # the panel's memo in front of examples[layer][feature]
             def __init__(_s, L):
@@ -472,8 +471,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             def __getitem__(_s, L):
                 return _Layer(L)
 
-        head = (f'<div class="smn-output smn-out-trace-examples"><style>{css()}</style>'
-                f'<div class="smn-wrap">{trace_examples_head(tr)}</div></div>')
+        head = panel_examples_head_html(tr)
         if self.examples_head.value != head:
             self.examples_head.value = head
         logits = self._logit_effects(tr) or {}
@@ -481,9 +479,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             key = (int(L), int(f), L == self.layer, L in logits)
             if self._col_keys[k] == key:
                 continue  # unchanged: nothing is sent
-            col = trace_example_column(L, f, _Cached(), logits=logits.get(L), focused=L == self.layer)
             w = self.example_cols[k]
-            w.value = f'<div class="smn-output smn-out-trace-examples"><div class="smn-wrap">{col}</div></div>'
+            w.value = panel_example_column_html(L, f, _Cached(), logits=logits.get(L), focused=L == self.layer)
             w.layout.display, self._col_keys[k] = None, key
 
     @property
