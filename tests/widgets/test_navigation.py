@@ -230,17 +230,21 @@ def test_output_backend_keeps_a_plain_figure(chain):
     assert any(sh.x0 == 2 for sh in ex.last_figure.layout.shapes)
 
 
-def test_examples_of_every_step_with_histogram_and_logits(tmp_path_factory):
-    from tests.sources.test_examples import TEXTS  # noqa: F401  (the sources fixtures' texts)
+def _examples_setup(tmp_path_factory, n_layers):
+    """A tiny model, a planted chain over its layers and the examples of every feature."""
     from tests import _saelens_doubles as fx
     from saematch_nb.core.synthetic import planted_chain
 
-    model = fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=64)
-    pc = planted_chain(n_layers=2, n=24, d_in=64, seed=1)
+    model = fx.tiny_gemma2_model(seed=0, n_layers=n_layers, d_model=64)
+    pc = planted_chain(n_layers=n_layers, n=24, d_in=64, seed=1)
     ch = smn.match_chain(pc.saes, cache=False, progress=False)
     acts = smn.collect_activations(model, ["The cat sat on the mat.", "A dog ran in the park today."] * 3,
                                    ch.layers, cache_dir=tmp_path_factory.mktemp("acts"), progress=False)
-    exs = smn.collect_examples(acts, ch, cache=False, progress=False)
+    return model, ch, smn.collect_examples(acts, ch, cache=False, progress=False)
+
+
+def test_examples_of_every_step_with_histogram_and_logits(tmp_path_factory):
+    model, ch, exs = _examples_setup(tmp_path_factory, 2)
     f = int(np.argmax(exs[0].n_active))
     ex = FeatureExplorer(ch, exs, model=model, layer=0, feature=f)
     html = ex.examples_markup
@@ -319,15 +323,7 @@ def test_a_figure_updated_in_place_keeps_its_theme_and_last_figure_is_whole(chai
 
 
 def test_a_focus_move_resends_only_the_two_columns_whose_outline_changes(tmp_path_factory):
-    from tests import _saelens_doubles as fx
-    from saematch_nb.core.synthetic import planted_chain
-
-    model = fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=64)
-    pc = planted_chain(n_layers=3, n=24, d_in=64, seed=1)
-    ch = smn.match_chain(pc.saes, cache=False, progress=False)
-    acts = smn.collect_activations(model, ["The cat sat on the mat.", "A dog ran in the park today."] * 3,
-                                   ch.layers, cache_dir=tmp_path_factory.mktemp("acts"), progress=False)
-    exs = smn.collect_examples(acts, ch, cache=False, progress=False)
+    _model, ch, exs = _examples_setup(tmp_path_factory, 3)
     ex = FeatureExplorer(ch, exs, layer=0, feature=int(np.argmax(exs[0].n_active)), figure=False)
     sent = []
     for k, w in enumerate(ex.example_cols):
