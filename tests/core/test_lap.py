@@ -92,6 +92,12 @@ def test_auto_switches_at_the_documented_sizes():
             pick_solver(4, 4, memory_budget=bad)
 
 
+def test_auto_without_numba_keeps_scipy_up_to_4096(monkeypatch):
+    monkeypatch.setattr(lap, "_have_numba", lambda: False)
+    assert pick_solver(4096, 4096) == "dense" and pick_solver(4096, 4097) == "sparse"
+    assert pick_solver(2000, 2000, "jv") == "jv"  # an explicit choice stays
+
+
 def test_auto_hands_large_problems_to_the_jv_and_sparse_solvers(monkeypatch):
     X, Y = _xy(48, 48, seed=1)
     dense = solve(X, Y, solver="auto")

@@ -13,7 +13,9 @@ The front door is :func:`solve`; it picks one of three exact solvers, all return
   matrix plus working memory (:func:`jv_bytes`) fits ``memory_budget`` (default
   :data:`DEFAULT_MEMORY_BUDGET`, 1.5 GiB), else "sparse". Scanning whole rows wins once the
   matrix fits: on clustered pairs the optimal partners of the fresh features sit far down
-  their rows, which makes the sparse solver's candidate graph grow (issue #14).
+  their rows, which makes the sparse solver's candidate graph grow (issue #14). Without numba
+  (the ``scale`` extra) "auto" uses scipy up to ``4096²`` and "sparse" above (which then asks
+  for numba).
 
 Numba kernels are compiled once per installation (``cache=True``: next to the sources, or in
 numba's per-user cache directory when site-packages is read-only).
@@ -47,6 +49,7 @@ __all__ = ["solve", "solve_dense", "solve_jv", "solve_sparse", "verify_certifica
 
 SOLVERS = ("auto", "dense", "jv", "sparse")
 AUTO_SCIPY_MAX = 1024 ** 2
+NO_NUMBA_SCIPY_MAX = 4096 ** 2  # auto's scipy limit when numba (the `scale` extra) is missing
 DEFAULT_MEMORY_BUDGET = int(1.5 * 2 ** 30)
 
 
@@ -62,7 +65,15 @@ def pick_solver(n_a: int, n_b: int, solver: str = "auto", *, memory_budget: int 
         return solver
     if n_a * n_b <= AUTO_SCIPY_MAX:
         return "dense"
+    if not _have_numba():  # base install (no `scale` extra): scipy as far as it went before
+        return "dense" if n_a * n_b <= NO_NUMBA_SCIPY_MAX else "sparse"
     return "jv" if jv_bytes(n_a, n_b) <= budget else "sparse"
+
+
+def _have_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def _budget(memory_budget) -> int:

@@ -59,7 +59,13 @@ def jv_bytes(n_a: int, n_b: int) -> int:
 
 
 def _kernels():
-    from . import _jv, _numba  # numba import + cached compile only when the solver runs
+    try:
+        from . import _jv, _numba  # numba import + cached compile only when the solver runs
+    except ImportError as e:
+        if "numba" not in str(e):
+            raise
+        raise ImportError("solver='jv' needs numba: pip install 'saematch_nb[scale]' (or use "
+                          "solver='dense', scipy)") from e
     return _jv, _numba
 
 
