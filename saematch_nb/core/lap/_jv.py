@@ -304,6 +304,22 @@ def shortest_paths(C, v, w, col4row, row4col, free):
     return scans
 
 
+@njit(cache=True, parallel=True, fastmath=_FM)
+def sq_norms(X):
+    """Squared row norms in float64: a float32 square is exact in float64, so only the sum
+    rounds (any order); one read of X, no float64 copy (torch's took 0.4-1.3 s at 8k x 4608)."""
+    n, d = X.shape
+    out = np.empty(n)
+    for i in prange(n):
+        row = X[i]
+        acc = 0.0
+        for k in range(d):
+            x = np.float64(row[k])
+            acc += x * x
+        out[i] = acc
+    return out
+
+
 @njit(cache=True, parallel=True)
 def row_duals(C, v, w, col4row):
     """u_i = C_ij - v_j on the matched column (w_i on the dummy), float64."""

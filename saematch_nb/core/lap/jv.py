@@ -84,9 +84,9 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
     """
     from .sparse import _check_inputs, _tiny_input_shift, _unscale_result
 
-    w = _check_inputs(X, Y, unmatched_cost, who="dense solver")
+    w = _check_inputs(X, Y, unmatched_cost, who="solve_jv")
     if max_rounds < 1:
-        raise ValueError(f"dense solver: max_rounds must be >= 1, got {max_rounds}")
+        raise ValueError(f"solve_jv: max_rounds must be >= 1, got {max_rounds}")
     shift = _tiny_input_shift(X, Y)
     if shift:  # exact power-of-two rescale: same assignment, costs times 4^shift (undone below)
         f = 2.0 ** (shift // 2), 2.0 ** (shift - shift // 2)  # each factor fits float32
@@ -119,14 +119,17 @@ def _pick_device(device) -> torch.device:
 
 
 def _norms(Xd: torch.Tensor, what: str):
-    from .sparse import _sqnorm
-    n64 = _sqnorm(Xd)
+    if Xd.device.type == "cpu":
+        n64 = torch.from_numpy(_kernels()[0].sq_norms(Xd.numpy()))
+    else:
+        from .sparse import _sqnorm
+        n64 = _sqnorm(Xd)
     # float64 squares of float32 values cannot overflow: a non-finite norm means a NaN/inf entry
     if not bool(torch.isfinite(n64).all()):
-        raise ValueError(f"dense solver: {what} contains NaN/inf; check the SAE weights")
+        raise ValueError(f"solve_jv: {what} contains NaN/inf; check the SAE weights")
     n32 = n64.to(torch.float32)
     if not bool(torch.isfinite(n32).all()):
-        raise ValueError(f"dense solver: a squared row norm of {what} overflows float32 (> 3.4e38); rescale "
+        raise ValueError(f"solve_jv: a squared row norm of {what} overflows float32 (> 3.4e38); rescale "
                          "both by the same factor (the optimal assignment does not change)")
     return n32, n32.double().cpu().numpy()
 
@@ -137,7 +140,7 @@ def _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress):
     try:
         C = np.empty((n_a, n_b), np.float32)
     except MemoryError:
-        raise MemoryError(f"dense solver: the {n_a} x {n_b} float32 cost matrix needs "
+        raise MemoryError(f"solve_jv: the {n_a} x {n_b} float32 cost matrix needs "
                           f"{matrix_bytes(n_a, n_b) / 2**30:.2f} GiB, more than this machine can allocate; "
                           "use solver='sparse' (it never holds the matrix)") from None
     Ct = torch.from_numpy(C)
@@ -217,7 +220,7 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
     del lidx, lval, bound
     timing["paths"] = time.perf_counter() - t
     if (col4row < 0).any():  # only with infinite costs, which finite inputs cannot produce
-        raise RuntimeError("dense solver: Jonker-Volgenant left rows unassigned")
+        raise RuntimeError("solve_jv: Jonker-Volgenant left rows unassigned")
 
     # -- candidates with exact costs, warm exact re-solve, certificate over all pairs ----------
     t = time.perf_counter()
@@ -261,7 +264,7 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
         if nf:  # the candidates hold no matching for these rows: give them their whole row
             hall += 1
             if hall > max_rounds:
-                raise RuntimeError("dense solver: could not find a matching in the candidate graph")
+                raise RuntimeError("solve_jv: could not find a matching in the candidate graph")
             t = time.perf_counter()
             indptr, indices, cost, exact = _add_pairs(S, Xn, Yn, indptr, indices, cost, exact,
                                                       np.repeat(np.flatnonzero(failed), n_b),
