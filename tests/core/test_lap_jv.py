@@ -218,3 +218,13 @@ def test_bad_input_is_explained():
     big[0, 0] = 3e38
     with pytest.raises(ValueError, match="overflows float32.*rescale"):
         solve_jv(big, X)
+
+
+@pytest.mark.parametrize("sx,sy", [(1e-24, 1e-20), (1e-4, 1.0)])
+def test_rows_that_rank_columns_alike_do_not_stall_the_search(sx, sy):
+    """X far smaller than Y: every row ranks the columns almost by |y_j|, so the searches go
+    past the 64-column cores with cores that re-take to the same bound (an endless token loop
+    before the whole-row fallback)."""
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(142, 30, generator=g) * sx, torch.randn(154, 30, generator=g) * sy
+    check_equal(X, Y, solve_jv(X, Y))

@@ -623,6 +623,24 @@ def core_row_reduction(C, v, u, w, col4row, row4col, free, lidx, lval, bound, n_
 
 
 @njit(cache=True)
+def _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound, best_free, s):
+    """The search's heap from its labels and the scanned rows' tokens (drops stale entries)."""
+    hs = 0
+    for q in range(nt):
+        l = touched[q]
+        if not scanned[l] and d[l] < np.inf:
+            hs = _push(hk, hv, hs, d[l], l)
+    for q in range(nsr):
+        i2 = sr[q]
+        tb2 = d[col4row[i2]] - u[i2] + bound[i2]
+        if tb2 < best_free:
+            hs = _push(hk, hv, hs, tb2, -1 - i2)
+    if bound[s] - u[s] < best_free:
+        hs = _push(hk, hv, hs, bound[s] - u[s], -1 - s)
+    return hs
+
+
+@njit(cache=True)
 def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
     """Shortest augmenting paths (Dijkstra with a binary heap, as sparse augment_all) on the
     cores. A scanned row also pushes a token at its bound: the search reaches the token only
@@ -639,7 +657,8 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
     scanned = np.zeros(n_b, np.bool_)
     touched = np.empty(n_b, np.int64)
     sr = np.empty(n_a, np.int64)
-    cap = 4 * n_b + 16
+    # a rebuilt heap holds <= n_b labels + n_a + 1 tokens; a whole-row relaxation adds <= n_b
+    cap = 4 * n_b + 2 * n_a + 16
     hk = np.empty(cap, np.float64)
     hv = np.empty(cap, np.int64)  # >= 0: column; < 0: token of row -1 - value
     n_scans = 0
@@ -690,6 +709,27 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
                     base = d[col4row[i]] - u[i]
                 bound[i] = _take_core(C[i], v, K, lidx[i], lval[i])
                 refresh += 1
+                if base + bound[i] <= key:
+                    # no progress (the core did not move, or ties at the bound): a new token at
+                    # the same key would be popped forever; relax the whole row instead, once
+                    if hs + n_b + 2 >= cap:
+                        hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound,
+                                           best_free, s)
+                    row = C[i]
+                    for l in range(n_b):
+                        if scanned[l]:
+                            continue
+                        nd = base + row[l] - v[l]
+                        if nd < d[l] and nd < best_free:
+                            if d[l] == inf:
+                                touched[nt] = l
+                                nt += 1
+                            d[l] = nd
+                            pred[l] = i
+                            hs = _push(hk, hv, hs, nd, l)
+                            if row4col[l] < 0:
+                                best_free = nd
+                    continue
                 for t in range(K):
                     l = lidx[i, t]
                     if scanned[l]:
@@ -745,18 +785,7 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
             if tb < best_free and tb < bd:
                 hs = _push(hk, hv, hs, tb, -1 - i)
             if hs + K + 2 >= cap:  # heap full of stale entries: rebuild from the labels
-                hs = 0
-                for q in range(nt):
-                    l = touched[q]
-                    if not scanned[l] and d[l] < inf:
-                        hs = _push(hk, hv, hs, d[l], l)
-                for q in range(nsr):
-                    i2 = sr[q]
-                    tb2 = d[col4row[i2]] - u[i2] + bound[i2]
-                    if tb2 < best_free:
-                        hs = _push(hk, hv, hs, tb2, -1 - i2)
-                if bound[s] - u[s] < best_free:
-                    hs = _push(hk, hv, hs, bound[s] - u[s], -1 - s)
+                hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound, best_free, s)
         if sink < 0:
             if bd == inf:  # nothing reachable (cannot happen with finite costs)
                 for t in range(nt):
