@@ -1,16 +1,36 @@
-"""Sparse certified assignment (core/lap/sparse.py) against the dense baseline, in one run.
+"""Our exact assignment against the strongest peers, in one run, each solver in its own process.
 
-    nice .venv/bin/python benchmarks/bench_matching.py [--n 16384] [--d-in 2304] [--dups 0.3]
-        [--dense-timeout 1200] [--skip-dense] [--skip-product] [--device cpu|cuda] [--chain-layers 26]
+    nice .venv/bin/python benchmarks/bench_matching.py [--sizes 8192 16384] [--families clustered
+        unclustered gemma] [--scipy-max 8192] [--scipy-timeout 600] [--partial-65k] [--first-call]
 
-Builds a Gemma-shaped synthetic pair (core/synthetic_hard.py: anisotropic spectrum, per-feature
-thresholds and norms, near-duplicate groups, 70% planted partners, 30% fresh features), the
-folded encoder+decoder feature matrices, and runs each solver in its OWN subprocess (so peak
-RSS, ru_maxrss, does not mix): dense = full cost matrix (float64, blocked matmul) + scipy
-linear_sum_assignment; ours = solve_sparse. Prints both times and their ratio (a lower bound
-when the dense run hit --dense-timeout), both optimal totals recomputed exactly in float64 and
-their relative difference, ours' certified gap, planted-partner recovery, peak memory, and the
-solver's time beyond one plain blocked matrix product over all pairs (timed in the same child).
+Families (d_in 2304, Gemma-shaped: anisotropic spectrum, per-feature θ and norm spread, 30% fresh
+features; ``core/synthetic_hard.py:gemma_like_pair``):
+
+- ``clustered``: feature splitting, 60% of the features in groups of 2-8 near-duplicates;
+- ``unclustered``: no near-duplicate groups;
+- ``gemma``: the project's earlier benchmark pair (30% in groups of 2-4).
+
+Solvers, each in a fresh subprocess that loads the folded encoder+decoder feature matrices
+(float32) from disk; the peak is that process's VmHWM, "extra" the peak minus its RSS after
+loading the inputs:
+
+- ``scipy``: float64 cost matrix + ``scipy.optimize.linear_sum_assignment`` (only up to
+  ``--scipy-max``: projected far past the time cap above; killed after ``--scipy-timeout``);
+- ``lapjvs32``: blocked float32 GEMM into one preallocated matrix + ``lapx`` ``lapjvs`` (float32);
+- ``lapjv64``: the same float32 GEMM cast to float64 + ``lapx`` ``lapjv``;
+- ``ours``: ``saematch_nb.core.lap.solve`` with ``solver="auto"`` (the dense JV solver where its
+  matrix fits the 1.5 GiB budget, else the certified sparse solver), after a warm-up call on a
+  64 x 64 problem (numba kernels loaded from their cache; the first-call cost is measured
+  separately with ``--first-call``).
+
+Each optimum is re-priced exactly (float64 sums of float32 squared differences) in the parent;
+the table gives time, peak, extra peak, relative difference of the exact total to ours, the
+share of rows with the same partner as ours, ours' certified gap, and ours / best peer.
+
+``--partial-65k``: ours in the partial mode (``match(allow_unmatched=True)``'s problem: part-
+normalised directions, no-partner cost 2 x the calibrated threshold) on a 65536 clustered pair.
+``--first-call``: a fresh process solving a 2048 clustered pair twice, with the numba cache as
+installed and with an empty cache (``NUMBA_CACHE_DIR`` set for that child only).
 """
 
 from __future__ import annotations
@@ -30,279 +50,306 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+FAMILIES = {
+    "clustered": dict(dups=0.6, group_size=(2, 8)),
+    "unclustered": dict(dups=0.0),
+    "gemma": dict(dups=0.3, group_size=(2, 4)),
+}
+PEERS = ("scipy", "lapjvs32", "lapjv64")
 
-def _peak() -> int:
-    """Peak RSS of this process: VmHWM of its own address space. Not ru_maxrss: Linux folds
-    the parent's high-water mark into a spawned child's ru_maxrss at exec (the parent here
-    holds the generated pair), which overstated both solvers' peaks in earlier runs."""
+
+def _status(key: str) -> int:
+    """VmHWM / VmRSS of this process (not ru_maxrss: Linux folds the parent's high-water mark
+    into a spawned child's ru_maxrss at exec, overstating every child's peak)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _load(folder):
     import torch
-    X = torch.from_numpy(np.load(Path(folder) / "X.npy"))
-    Y = torch.from_numpy(np.load(Path(folder) / "Y.npy"))
-    return X, Y
+    return (torch.from_numpy(np.load(Path(folder) / "X.npy")),
+            torch.from_numpy(np.load(Path(folder) / "Y.npy")))
 
 
-def child_dense(folder: str, out: str) -> None:
-    import torch  # noqa: F401
-    from scipy.optimize import linear_sum_assignment
-    from saematch_nb.core.cost import dense_cost
-    X, Y = _load(folder)
-    rss0 = _rss()
-    t0 = time.perf_counter()
-    C = dense_cost(X, Y)
-    t1 = time.perf_counter()
-    r, c = linear_sum_assignment(C)
-    t2 = time.perf_counter()
-    col = np.full(X.shape[0], -1, np.int64)
-    col[r] = c
-    np.save(Path(out).with_suffix(".col.npy"), col)
-    json.dump({"cost_matrix_s": t1 - t0, "lsa_s": t2 - t1, "total_s": t2 - t0,
-               "rss_after_load": rss0, "peak_rss": _peak()}, open(out, "w"))
-
-
-def _time_product(Xd, Yd, dtype) -> float:
-    """One plain blocked product over all pairs in ``dtype``, nothing kept."""
+def _gemm32(X, Y):
+    """C = |x|^2 + |y|^2 - 2 X Y^T, float32, blocked straight into one preallocated matrix."""
     import torch
-    br = max(64, (1 << 26) // Yd.shape[0])
-    Yc = Yd.to(dtype)
-    if Yd.is_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    s = 0.0
+    n_a, n_b = X.shape[0], Y.shape[0]
+    C = np.empty((n_a, n_b), np.float32)
+    Ct = torch.from_numpy(C)
+    nx, ny = (X * X).sum(1), (Y * Y).sum(1)
+    br = max(64, (1 << 26) // n_b)
     with torch.no_grad():
-        for a in range(0, Xd.shape[0], br):
-            s += float((Xd[a:a + br].to(dtype) @ Yc.T).max())
-    if Yd.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+        for a in range(0, n_a, br):
+            b = min(a + br, n_a)
+            blk = Ct[a:b]
+            torch.matmul(X[a:b], Y.T, out=blk)
+            blk.mul_(-2.0).add_(ny[None, :]).add_(nx[a:b, None])
+    return C
 
 
-def child_sparse(folder: str, out: str, device: str | None, k: int, k_dot: int, product: bool = True,
-                 precision: str = "auto") -> None:
+def child(kind: str, folder: str, out: str) -> None:
     import torch
-    from saematch_nb.core.lap.sparse import solve_sparse
     X, Y = _load(folder)
-    rss0 = _rss()
-    # compile/cache the numba kernels on a tiny problem first: the JIT is not the algorithm
-    solve_sparse(X[:64], Y[:64], k=2, k_dot=2, device=device)
+    rss0 = _status("VmRSS")
+    res: dict = {}
+    if kind == "scipy":
+        from scipy.optimize import linear_sum_assignment
+        from saematch_nb.core.cost import dense_cost
+        t0 = time.perf_counter()
+        C = dense_cost(X, Y)
+        t1 = time.perf_counter()
+        r, c = linear_sum_assignment(C)
+        t2 = time.perf_counter()
+        col = np.full(X.shape[0], -1, np.int64)
+        col[r] = c
+        res.update(gemm_s=t1 - t0, lap_s=t2 - t1, total_s=t2 - t0)
+    elif kind in ("lapjvs32", "lapjv64"):
+        import lap
+        t0 = time.perf_counter()
+        C = _gemm32(X, Y)
+        if kind == "lapjv64":
+            C = C.astype(np.float64)
+        t1 = time.perf_counter()
+        if kind == "lapjvs32":
+            _, col, _ = lap.lapjvs(C, jvx_like=False, prefer_float32=True)
+        else:
+            _, col, _ = lap.lapjv(C, extend_cost=C.shape[0] != C.shape[1])
+        t2 = time.perf_counter()
+        col = np.asarray(col, np.int64)
+        res.update(gemm_s=t1 - t0, lap_s=t2 - t1, total_s=t2 - t0)
+    elif kind in ("ours", "ours_partial"):
+        from saematch_nb.core.lap import solve
+        g = torch.Generator().manual_seed(0)
+        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="jv")  # numba cache load
+        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="sparse")
+        w = np.load(Path(folder) / "w.npy") if kind == "ours_partial" else None
+        t0 = time.perf_counter()
+        r = solve(X, Y, unmatched_cost=w)
+        res["total_s"] = time.perf_counter() - t0
+        col = r.col
+        st = {k: v for k, v in r.stats.items() if k not in ("u", "v")}
+        res.update(gap=r.gap, via=st.get("solver"), stats=st, n_unmatched=int((col < 0).sum()))
+    else:
+        raise SystemExit(f"unknown child {kind}")
+    res.update(peak=_status("VmHWM"), rss_inputs=rss0, threads=torch.get_num_threads())
+    np.save(Path(out).with_suffix(".col.npy"), col)
+    json.dump(res, open(out, "w"), default=float)
+
+
+def child_first_call(folder: str, out: str) -> None:
+    """Fresh process: import, first solve (numba kernels loaded or compiled), second solve."""
     t0 = time.perf_counter()
-    res = solve_sparse(X, Y, k=k, k_dot=k_dot or None, device=device, progress=False, precision=precision)
-    t_solve = time.perf_counter() - t0
-    peak_solve = _peak()
-    # the references: one plain blocked product over all pairs, nothing kept, in float32 (the
-    # product the issue names) and, when the pass ran on bfloat16 inputs, in bfloat16 too
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    Xd, Yd = X.to(dev), Y.to(dev)
-    t_prod = _time_product(Xd, Yd, torch.float32) if product else float("nan")
-    bf16 = res.stats.get("precision") == "bfloat16"
-    t_prod16 = _time_product(Xd, Yd, torch.bfloat16) if product and bf16 else float("nan")
-    np.save(Path(out).with_suffix(".col.npy"), res.col)
-    st = {k_: v for k_, v in res.stats.items() if k_ not in ("u", "v")}
-    json.dump({"total_s": t_solve, "product_s": t_prod, "product_bf16_s": t_prod16, "gap": res.gap,
-               "total": res.total, "stats": st, "rss_after_load": rss0, "peak_rss": peak_solve},
-              open(out, "w"), default=float)
+    import torch  # noqa: F401
+    from saematch_nb.core.lap import solve
+    t_imp = time.perf_counter() - t0
+    X, Y = _load(folder)
+    times = {}
+    for solver in ("jv", "sparse"):
+        t = time.perf_counter()
+        solve(X, Y, solver=solver)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        solve(X, Y, solver=solver)
+        times[solver] = {"first_s": first, "warm_s": time.perf_counter() - t}
+    json.dump({"import_s": t_imp, **times}, open(out, "w"))
 
 
-def _run_child(args: list[str], timeout: float | None):
-    cmd = [sys.executable, __file__, *args]
+def _run(args, timeout=None, env=None):
     t0 = time.perf_counter()
     try:
-        p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, *args], timeout=timeout, capture_output=True, text=True,
+                           env=env)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - t0
     if p.returncode != 0:
-        raise RuntimeError(f"child {args[0]} failed:\n{p.stderr[-3000:]}")
+        raise RuntimeError(f"child {args[:2]} failed:\n{p.stderr[-3000:]}")
     return p, time.perf_counter() - t0
 
 
-def exact_total(X, Y, col):
-    from saematch_nb.core.lap.sparse import _kernels
+def _exact_total(X, Y, col, w=None):
+    from saematch_nb.core.lap._numba import exact_costs
     has = col >= 0
-    return float(_kernels().exact_costs(X, Y, np.flatnonzero(has), col[has]).sum())
+    t = float(exact_costs(X, Y, np.flatnonzero(has).astype(np.int64), col[has].astype(np.int64)).sum())
+    return t + (float(w[~has].sum()) if w is not None else 0.0)
 
 
-def bench_pair(a) -> dict:
+def make_pair(family: str, n: int, seed: int, tmp: Path):
     from saematch_nb.core.cost import feature_matrix
+    from saematch_nb.core.fold import fold
     from saematch_nb.core.synthetic_hard import gemma_like_pair
-    tmp = tempfile.mkdtemp(prefix="bench_matching_")
     t0 = time.perf_counter()
-    sa, sb, truth = gemma_like_pair(a.n, a.d_in, dups=a.dups, seed=a.seed)
-    X = feature_matrix(sa).numpy()
-    Y = feature_matrix(sb).numpy()
+    sa, sb, truth = gemma_like_pair(n, 2304, seed=seed, **FAMILIES[family])
+    X = np.ascontiguousarray(feature_matrix(fold(sa)).numpy())
+    Y = np.ascontiguousarray(feature_matrix(fold(sb)).numpy())
     del sa, sb
-    np.save(Path(tmp) / "X.npy", X)
-    np.save(Path(tmp) / "Y.npy", Y)
-    print(f"pair: n={a.n} d_in={a.d_in} D={X.shape[1]} dups={a.dups} (generated in {time.perf_counter() - t0:.1f} s)",
-          flush=True)
-    out = {"n": a.n, "d_in": a.d_in, "D": X.shape[1]}
-    ours_json = Path(tmp) / "ours.json"
-    p, wall = _run_child(["_sparse", tmp, str(ours_json), a.device or "", str(a.k), str(a.k_dot),
-                          "0" if a.skip_product else "1", a.precision], None)
-    ours = json.load(open(ours_json))
-    col_s = np.load(ours_json.with_suffix(".col.npy"))
-    out["ours"] = ours
-    out["ours_exact_total"] = exact_total(X, Y, col_s)
-    alive = truth >= 0
-    out["ours_recovery"] = float((col_s[alive] == truth[alive]).mean())
-    print(f"ours done in {ours['total_s']:.1f} s", flush=True)
-    if not a.skip_dense:
-        dj = Path(tmp) / "dense.json"
-        p, wall = _run_child(["_dense", tmp, str(dj)], a.dense_timeout)
+    np.save(tmp / "X.npy", X)
+    np.save(tmp / "Y.npy", Y)
+    print(f"\n## {family}, n = {n} (D = {X.shape[1]}; generated in {time.perf_counter() - t0:.0f} s)", flush=True)
+    return X, Y, truth
+
+
+def bench(family: str, n: int, a) -> list[dict]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_{family}_{n}_"))
+    X, Y, truth = make_pair(family, n, a.seed, tmp)
+    rows = []
+    for kind in ("ours", *PEERS):
+        row = {"family": family, "n": n, "solver": kind}
+        if kind == "scipy" and n > a.scipy_max:
+            row["skipped"] = (f"n > {a.scipy_max}: projected past the {a.scipy_timeout:.0f} s cap "
+                              "(its dense LSA grows about n^3: 8x the 8k time at 16k)")
+            print(f"{kind}: skipped ({row['skipped']})", flush=True)
+            rows.append(row)
+            continue
+        out = tmp / f"{kind}.json"
+        p, wall = _run([kind, str(tmp), str(out)], timeout=a.scipy_timeout if kind == "scipy" else None)
         if p is None:
-            out["dense"] = {"timeout": a.dense_timeout, "total_s": wall}
-        else:
-            out["dense"] = json.load(open(dj))
-            col_d = np.load(dj.with_suffix(".col.npy"))
-            out["dense_exact_total"] = exact_total(X, Y, col_d)
-            out["dense_recovery"] = float((col_d[alive] == truth[alive]).mean())
-            out["same_assignment"] = float((col_d == col_s).mean())
-    return out
+            row["skipped"] = f"timed out after {wall:.0f} s"
+            print(f"{kind}: {row['skipped']}", flush=True)
+            rows.append(row)
+            continue
+        r = json.load(open(out))
+        col = np.load(out.with_suffix(".col.npy"))
+        row.update(r)
+        row["exact_total"] = _exact_total(X, Y, col)
+        row["col"] = col
+        alive = truth >= 0
+        row["recovery"] = float((col[alive] == truth[alive]).mean())
+        print(f"{kind}: {r['total_s']:.1f} s, peak {r['peak'] / 2**30:.2f} GB "
+              f"(+{(r['peak'] - r['rss_inputs']) / 2**30:.2f} GB), total {row['exact_total']!r}"
+              + (f", gap {r['gap']}, via {r['via']}" if kind == "ours" else ""), flush=True)
+        if kind == "ours":
+            print(f"  ours phases: {json.dumps(r['stats'].get('phase_seconds'), default=float)}", flush=True)
+        rows.append(row)
+    ours = rows[0]
+    for row in rows[1:]:
+        if "col" in row:
+            row["rel_diff"] = (row["exact_total"] - ours["exact_total"]) / abs(ours["exact_total"])
+            row["same_rows"] = float((row["col"] == ours["col"]).mean())
+    peers = [r for r in rows[1:] if "total_s" in r]
+    if peers:
+        best = min(peers, key=lambda r: r["total_s"])
+        ours["ratio"] = ours["total_s"] / best["total_s"]
+        ours["best_peer"] = best["solver"]
+    for r in rows:
+        r.pop("col", None)
+    return rows
 
 
-def report(o: dict) -> None:
-    ours = o["ours"]
-    st = ours["stats"]
-    ph = st["phase_seconds"]
-    gb = 2 ** 30
-    print("\n| quantity | dense baseline (cost matrix + scipy LSA) | ours (solve_sparse) |")
-    print("|---|---|---|")
-    d = o.get("dense")
-    if d is None:
-        dtime = "skipped"
-        ratio = "n/a"
-    elif "timeout" in d:
-        dtime = f"> {d['timeout']:.0f} s (timed out)"
-        ratio = f"> {d['timeout'] / ours['total_s']:.1f}x (lower bound)"
-    else:
-        dtime = f"{d['total_s']:.1f} s (matrix {d['cost_matrix_s']:.1f} s + LSA {d['lsa_s']:.1f} s)"
-        ratio = f"{d['total_s'] / ours['total_s']:.1f}x"
-    print(f"| time | {dtime} | {ours['total_s']:.1f} s |")
-    print(f"| speed-up | | {ratio} |")
-    dtot = o.get("dense_exact_total")
-    print(f"| optimal total (exact float64) | {dtot if dtot is not None else 'n/a'} | {o['ours_exact_total']!r} |")
-    if dtot is not None:
-        rel = (o["ours_exact_total"] - dtot) / abs(dtot)
-        print(f"| relative difference (ours - dense) / dense | | {rel:.3e} |")
-        print(f"| same assignment | | {o['same_assignment'] * 100:.3f}% of rows |")
-    print(f"| certified gap | | {ours['gap']} (proven optimal: {st['proven_optimal']}) |")
-    drec = o.get("dense_recovery")
-    print(f"| planted-partner recovery | {f'{drec:.4f}' if drec is not None else 'n/a'} | {o['ours_recovery']:.4f} |")
-    dpk = f"{d['peak_rss'] / gb:.2f} GB" if d and "peak_rss" in d else "n/a"
-    print(f"| peak RSS (process) | {dpk} | {ours['peak_rss'] / gb:.2f} GB (inputs alone {ours['rss_after_load'] / gb:.2f} GB) |")
-    extra = ours["total_s"] - ph["pass"]
-    print(f"| pass precision | | {st.get('precision', 'float32')} (product error factor {st.get('product_error_factor', 0):.2e}) |")
-    for key, name in (("product_s", "float32"), ("product_bf16_s", "bfloat16")):
-        t = ours.get(key, float("nan"))
-        if t == t:  # not NaN (--skip-product; bfloat16 only when the pass used it)
-            print(f"| one plain blocked {name} product over all pairs | | {t:.1f} s |")
-            print(f"| our time beyond that {name} product | | {ours['total_s'] - t:.1f} s "
-                  f"({(ours['total_s'] - t) / t * 100:.0f}% of it) |")
-    print(f"| phases | | pass {ph['pass']:.1f} s, solve {ph['solve']:.1f} s, exact {ph['exact']:.1f} s, "
-          f"certify {ph['certify']:.1f} s, expand {ph['expand']:.1f} s (beyond the pass: {extra:.1f} s) |")
-    print(f"| candidate edges | | first pass {st['candidate_edges_first_pass']:,}, final {st['candidate_edges']:,}, "
-          f"exact {st['exact_edges']:,}; rounds {st['rounds']} (+{st.get('settle_rounds', 0)} settling, "
-          f"{st.get('hall_rounds', 0)} Hall), priced rows {st['expanded_rows']} |")
-
-
-def bench_chain(a) -> None:
-    """Chain of --chain-layers synthetic layers through match_chain (sparse solver), layers
-    written as params.npz and loaded two at a time; total time and peak RSS in a child."""
-    tmp = tempfile.mkdtemp(prefix="bench_chain_")
-    from saematch_nb.core.synthetic_hard import gemma_like_chain
-    paths = []
+def bench_partial(n: int, a) -> dict:
+    """The partial mode's problem as match(allow_unmatched=True) builds it (directions, no-partner
+    cost 2 x the calibrated threshold), prepared here so that the child times the solve only."""
+    import torch
+    from saematch_nb.core import criterion as crit
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_partial_{n}_"))
+    X, Y, truth = make_pair("clustered", n, a.seed, tmp)
     t0 = time.perf_counter()
-    for t, (sae, _) in enumerate(gemma_like_chain(a.chain_layers, a.n, a.d_in, dups=a.dups, seed=a.seed)):
-        p = Path(tmp) / f"layer_{t}" / "params.npz"
-        p.parent.mkdir()
-        np.savez(p, W_enc=sae.W_enc.numpy(), W_dec=sae.W_dec.numpy(), b_enc=sae.b_enc.numpy(),
-                 b_dec=sae.b_dec.numpy(), threshold=sae.threshold.numpy())
-        paths.append(str(p))
-    print(f"chain: {a.chain_layers} layers of {a.n} x {a.d_in} written in {time.perf_counter() - t0:.0f} s", flush=True)
-    out = Path(tmp) / "chain.json"
-    _run_child(["_chain", str(out), a.device or "", *paths], None)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    parts = crit.part_slices("encoder+decoder", X.shape[1] // 2)
+    cal = crit.calibrate(Xt, Yt, parts=parts)
+    del X, Y
+    X = crit.directions(Xt, parts).numpy()
+    del Xt
+    Y = crit.directions(Yt, parts).numpy()
+    del Yt
+    w = np.full(n, 2.0 * cal.threshold)
+    np.save(tmp / "X.npy", X)
+    np.save(tmp / "Y.npy", Y)
+    np.save(tmp / "w.npy", w)
+    print(f"partial problem prepared in {time.perf_counter() - t0:.0f} s (threshold {cal.threshold:.4f})", flush=True)
+    out = tmp / "ours_partial.json"
+    _run(["ours_partial", str(tmp), str(out)])
     r = json.load(open(out))
-    print(f"chain: {a.chain_layers - 1} pairs in {r['seconds']:.1f} s ({r['seconds'] / (a.chain_layers - 1):.1f} s/pair), "
-          f"peak RSS {r['peak_rss'] / 2**30:.2f} GB, all pairs proven optimal: {r['all_proven']}, "
-          f"via {r['via']}")
-    if r.get("pair_seconds"):
-        ps = np.array(r["pair_seconds"])
-        print(f"chain: per pair min {ps.min():.1f} s, median {np.median(ps):.1f} s, max {ps.max():.1f} s; "
-              f"extrapolated to 25 pairs (26 layers): {np.median(ps) * 25:.0f} s")
+    col = np.load(out.with_suffix(".col.npy"))
+    r["exact_total"] = _exact_total(X, Y, col, w)
+    alive = truth >= 0
+    r["recovery"] = float((col[alive] == truth[alive]).mean())
+    print(f"ours partial: {r['total_s']:.1f} s, peak {r['peak'] / 2**30:.2f} GB "
+          f"(+{(r['peak'] - r['rss_inputs']) / 2**30:.2f} GB), gap {r['gap']}, via {r['via']}, "
+          f"{r['n_unmatched']} rows without partner, total {r['exact_total']!r}", flush=True)
+    print(f"  phases: {json.dumps(r['stats'].get('phase_seconds'), default=float)}; rounds "
+          f"{r['stats'].get('rounds')}", flush=True)
+    return {"family": "clustered (partial)", "n": n, "solver": "ours", **r}
 
 
-def child_chain(out: str, device: str | None, paths: list[str]) -> None:
-    t0 = time.perf_counter()
-    try:
-        from saematch_nb.core.chain import match_chain
-        ch = match_chain(paths, cache=False, progress=False, solver="sparse", device=device)
-        gaps = [m.stats.get("gap", float("nan")) for m in ch.pairs]
-        via = "saematch_nb.match_chain"
-        try:
-            pair_s = [float(p_.get("seconds", float("nan"))) for p_ in ch.stats["pairs"]]
-        except Exception:  # noqa: BLE001 - older chain stats
-            pair_s = []
-    except ImportError:
-        from saematch_nb.core.cost import feature_matrix
-        from saematch_nb.core.lap.sparse import solve_sparse
-        from saematch_nb.core.weights import as_weights
-        gaps = []
-        Xp = feature_matrix(as_weights(paths[0]))
-        for p in paths[1:]:
-            Xn = feature_matrix(as_weights(p))
-            gaps.append(solve_sparse(Xp, Xn, device=device).gap)
-            Xp = Xn
-        via = "loop over solve_sparse"
-        pair_s = []
-    json.dump({"seconds": time.perf_counter() - t0, "peak_rss": _peak(), "via": via, "pair_seconds": pair_s,
-               "all_proven": bool(all(g == 0.0 for g in gaps)) if gaps else "n/a"}, open(out, "w"))
+def first_call(a) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench_first_"))
+    make_pair("clustered", 2048, a.seed, tmp)
+    res = {}
+    for label, env in (("cache as installed", None),
+                       ("empty cache (NUMBA_CACHE_DIR)", {**os.environ, "NUMBA_CACHE_DIR": str(tmp / "nc")})):
+        out = tmp / "first.json"
+        _run(["_first", str(tmp), str(out)], env=env)
+        res[label] = json.load(open(out))
+        r = res[label]
+        print(f"first call, {label}: import {r['import_s']:.2f} s; " + "; ".join(
+            f"{s}: first {r[s]['first_s']:.2f} s, warm {r[s]['warm_s']:.2f} s, overhead "
+            f"{r[s]['first_s'] - r[s]['warm_s']:.2f} s" for s in ("jv", "sparse")), flush=True)
+    return res
+
+
+def table(rows: list[dict]) -> None:
+    gb = 2 ** 30
+    print("\n| family | n | solver | seconds (GEMM + LAP) | peak GB (extra) | exact total rel. diff to ours | "
+          "same partner as ours | ours/best peer |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['family']} | {r['n']} | {r['solver']} | skipped: {r['skipped']} | | | | |")
+            continue
+        sec = f"{r['total_s']:.1f}"
+        if "gemm_s" in r:
+            sec += f" ({r['gemm_s']:.1f} + {r['lap_s']:.1f})"
+        elif "stats" in r:
+            sec += f" [{r['via']}, gap {r['gap']}]"
+        pk = f"{r['peak'] / gb:.2f} (+{(r['peak'] - r['rss_inputs']) / gb:.2f})"
+        rel = f"{r['rel_diff']:.1e}" if "rel_diff" in r else "—"
+        same = f"{r['same_rows'] * 100:.2f}%" if "same_rows" in r else "—"
+        ratio = f"{r['ratio']:.2f} (vs {r['best_peer']})" if "ratio" in r else ""
+        print(f"| {r['family']} | {r['n']} | {r['solver']} | {sec} | {pk} | {rel} | {same} | {ratio} |")
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_dense":
-        return child_dense(sys.argv[2], sys.argv[3])
-    if len(sys.argv) > 1 and sys.argv[1] == "_sparse":
-        return child_sparse(sys.argv[2], sys.argv[3], sys.argv[4] or None, int(sys.argv[5]), int(sys.argv[6]),
-                            sys.argv[7] == "1", sys.argv[8])
-    if len(sys.argv) > 1 and sys.argv[1] == "_chain":
-        return child_chain(sys.argv[2], sys.argv[3] or None, sys.argv[4:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_first":
+        return child_first_call(sys.argv[2], sys.argv[3])
+    if len(sys.argv) > 1 and sys.argv[1] in ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial"):
+        return child(sys.argv[1], sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=16384, help="features per SAE (Gemma Scope 16k)")
-    ap.add_argument("--d-in", type=int, default=2304)
-    ap.add_argument("--dups", type=float, default=0.3, help="fraction of features in near-duplicate groups")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--k-dot", type=int, default=0, help="0: the solver's default (auto_k_dot)")
-    ap.add_argument("--skip-dense", action="store_true")
-    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                    help="product precision of ours' pass (auto: bfloat16 on AMX CPUs, else float32)")
-    ap.add_argument("--skip-product", action="store_true",
-                    help="do not time the plain blocked product (the 'beyond the product' reference)")
-    ap.add_argument("--dense-timeout", type=float, default=1800.0, help="seconds; the ratio becomes a lower bound")
-    ap.add_argument("--chain-layers", type=int, default=0, help="also run a synthetic chain of this many layers")
-    ap.add_argument("--chain-only", action="store_true", help="only the chain (no single-pair benchmark)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch has one)")
+    ap.add_argument("--scipy-max", type=int, default=8192, help="largest n scipy runs at")
+    ap.add_argument("--scipy-timeout", type=float, default=600.0)
+    ap.add_argument("--partial-65k", action="store_true", help="also ours, partial mode, 65536 clustered")
+    ap.add_argument("--partial-n", type=int, default=65536)
+    ap.add_argument("--first-call", action="store_true", help="also first call vs warm in a fresh process")
+    ap.add_argument("--json", default=None, help="write all rows here")
     a = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; date {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
-    if not a.chain_only:
-        o = bench_pair(a)
-        report(o)
-    if a.chain_layers:
-        bench_chain(a)
+    import torch
+    flags = ""
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split()
+        flags = " ".join(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+    except (OSError, StopIteration):
+        pass
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"CPU flags: {flags}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    rows: list[dict] = []
+    extra = {}
+    if a.first_call:
+        extra["first_call"] = first_call(a)
+    for n in a.sizes:
+        for fam in a.families:
+            rows += bench(fam, n, a)
+            table(rows)
+    if a.partial_65k:
+        rows.append(bench_partial(a.partial_n, a))
+    table(rows)
+    if a.json:
+        json.dump({"rows": rows, **extra}, open(a.json, "w"), default=float, indent=1)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ MATCH_DEFAULTS: dict[str, Any] = {
     "solver": "auto",
 }
 # Options that change where/how fast a result is computed, never the result itself.
-_NOT_IN_KEY = {"device", "progress"}
+_NOT_IN_KEY = {"device", "progress", "memory_budget"}
 
 
 class CacheWarning(SaematchWarning):

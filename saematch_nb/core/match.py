@@ -29,7 +29,7 @@ def match(
     sae_a: Any, sae_b: Any, *, fold: bool = True, params: str = "encoder+decoder", method: str = "lap",
     allow_unmatched: bool = False, solver: str = "auto", device: Any = None, progress: bool = False,
     alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None, n_null: int = crit.DEFAULT_NULL_ROWS,
-    seed: int = 0, bad_threshold: str = "raise",
+    seed: int = 0, bad_threshold: str = "raise", memory_budget: int | None = None,
 ) -> LayerMatch:
     """Match the features of ``sae_a`` (layer t) to those of ``sae_b`` (layer t+1).
 
@@ -53,7 +53,12 @@ def match(
         threshold as every feature's no-partner cost, so that no feature is favoured for its norm
         (and ``fold`` makes no difference: directions do not change under folding).
     solver:
-        "auto", "dense" or "sparse" (see :mod:`saematch_nb.core.lap`).
+        "auto", "dense" (scipy), "jv" (dense float32 Jonker-Volgenant, certified) or "sparse"
+        (see :mod:`saematch_nb.core.lap`).
+    memory_budget:
+        Bytes of extra memory ``solver="auto"`` may spend on the "jv" solver's dense float32
+        cost matrix (None: 1.5 GiB, :data:`saematch_nb.core.lap.DEFAULT_MEMORY_BUDGET`); larger
+        problems go to the sparse solver.
     alpha:
         False-match rate of the criterion's null test (default 1%): a feature with no partner is
         accepted with about this probability.
@@ -81,7 +86,7 @@ def match(
     return match_weights(wa, wb, wa_f, wb_f, fold=fold, params=params, method=method,
                          allow_unmatched=allow_unmatched, solver=solver, device=device, progress=progress,
                          alpha=alpha, calibration=calibration, n_null=n_null, seed=seed,
-                         bad_threshold=bad_threshold)
+                         bad_threshold=bad_threshold, memory_budget=memory_budget)
 
 
 def _check_options(method: str, params: str, allow_unmatched: bool, alpha: float) -> None:
@@ -98,6 +103,7 @@ def match_weights(
     params: str = "encoder+decoder", method: str = "lap", allow_unmatched: bool = False, solver: str = "auto",
     device: Any = None, progress: bool = False, alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None,
     n_null: int = crit.DEFAULT_NULL_ROWS, seed: int = 0, bad_threshold: str = "raise",
+    memory_budget: int | None = None,
 ) -> LayerMatch:
     """:func:`match` on SAEWeights already converted and folded (``wa_f``/``wb_f`` the folded
     copies of ``wa``/``wb``): what a chain's SAE stack hands over, so that each SAE of an analysis
@@ -123,7 +129,7 @@ def match_weights(
     solve_stats: dict[str, Any] = {}
     total = float("nan"); gap = float("nan")
     if method == "lap":
-        which = pick_solver(n_a, n_b, solver)
+        which = pick_solver(n_a, n_b, solver, memory_budget=memory_budget)
         if allow_unmatched:
             # the criterion's statistic as the cost (|X̃ - Ỹ|² = 2 s), no-partner cost 2·threshold
             Xd, Yd = crit.directions(Xf, parts), crit.directions(Yf, parts)

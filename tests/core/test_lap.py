@@ -11,7 +11,8 @@ import torch
 
 from saematch_nb.core import lap
 from saematch_nb.core.cost import dense_cost
-from saematch_nb.core.lap import AUTO_DENSE_MAX, AssignmentResult, pick_solver, solve, solve_dense
+from saematch_nb.core.lap import (AUTO_SCIPY_MAX, DEFAULT_MEMORY_BUDGET, AssignmentResult, jv_bytes, pick_solver,
+                                  solve, solve_dense)
 
 
 def _xy(n_a, n_b, d=8, seed=0):
@@ -68,25 +69,44 @@ def test_solver_choice():
     assert pick_solver(16, 16, "dense") == "dense"
     with pytest.raises(ValueError, match="solver must be one of"):
         pick_solver(4, 4, "fast")
-    big = pick_solver(5000, 5000)
-    # the sparse solver is part of the package (no "is it installed?" switch any more)
-    assert 5000 * 5000 > AUTO_DENSE_MAX and big == "sparse"
+    # the dense float32 matrix of a 5000 x 5000 problem fits the default budget: the JV solver
+    assert pick_solver(5000, 5000) == "jv"
+    # a 65k x 65k matrix (16 GiB) does not: the sparse solver
+    assert pick_solver(65536, 65536) == "sparse"
 
 
 # -- the front door's own tests ----------------------------------------------------------------
-def test_auto_switches_at_the_documented_size():
-    assert AUTO_DENSE_MAX == 4096 ** 2
-    assert pick_solver(4096, 4096) == "dense"
-    assert pick_solver(4096, 4097) == "sparse"
+def test_auto_switches_at_the_documented_sizes():
+    # (changed in issue #14: auto used to hand everything above 4096² to the sparse solver)
+    assert AUTO_SCIPY_MAX == 1024 ** 2 and DEFAULT_MEMORY_BUDGET == int(1.5 * 2 ** 30)
+    assert pick_solver(1024, 1024) == "dense"
+    assert pick_solver(1024, 1025) == "jv"
+    assert pick_solver(16384, 16384) == "jv"  # 1 GiB matrix + working memory < 1.5 GiB
+    assert jv_bytes(16384, 16384) <= DEFAULT_MEMORY_BUDGET < jv_bytes(20000, 20000)
+    assert pick_solver(20000, 20000) == "sparse"
+    assert pick_solver(20000, 20000, memory_budget=2 * 2 ** 30) == "jv"
+    assert pick_solver(16384, 16384, memory_budget=2 ** 30) == "sparse"
     assert pick_solver(4096, 4097, "dense") == "dense" and pick_solver(2, 2, "sparse") == "sparse"
+    for bad in (-1, "1GB", True, float("nan")):
+        with pytest.raises(ValueError, match="memory_budget must be a number of bytes"):
+            pick_solver(4, 4, memory_budget=bad)
 
 
-def test_auto_hands_large_problems_to_the_sparse_solver(monkeypatch):
+def test_auto_without_numba_keeps_scipy_up_to_4096(monkeypatch):
+    monkeypatch.setattr(lap, "_have_numba", lambda: False)
+    assert pick_solver(4096, 4096) == "dense" and pick_solver(4096, 4097) == "sparse"
+    assert pick_solver(2000, 2000, "jv") == "jv"  # an explicit choice stays
+
+
+def test_auto_hands_large_problems_to_the_jv_and_sparse_solvers(monkeypatch):
     X, Y = _xy(48, 48, seed=1)
     dense = solve(X, Y, solver="auto")
     assert dense.stats["solver"] == "dense"
-    monkeypatch.setattr(lap, "AUTO_DENSE_MAX", 48 * 48 - 1)  # the same problem is now "large"
-    sparse = solve(X, Y, solver="auto", k=8)  # a sparse option passes through
+    monkeypatch.setattr(lap, "AUTO_SCIPY_MAX", 48 * 48 - 1)  # the same problem is now "large"
+    jv = solve(X, Y, solver="auto")
+    assert jv.stats["solver"] == "jv" and jv.gap == 0.0
+    np.testing.assert_array_equal(jv.col, dense.col)
+    sparse = solve(X, Y, solver="auto", memory_budget=0, k=8)  # a sparse option passes through
     assert sparse.stats["solver"] == "sparse" and sparse.gap == 0.0
     assert isinstance(sparse, AssignmentResult) and type(sparse) is type(dense)
     np.testing.assert_array_equal(sparse.col, dense.col)

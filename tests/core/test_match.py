@@ -137,17 +137,18 @@ def test_save_load_roundtrip_and_mismatch(tmp_path, planted, planted_fresh):
         LayerMatch.load(p, planted_fresh[0], b)
 
 
+@pytest.mark.parametrize("other", ["sparse", "jv"])
 @pytest.mark.parametrize("allow_unmatched", [False, True])
-def test_sparse_solver_gives_the_same_match(allow_unmatched):
+def test_sparse_and_jv_solvers_give_the_same_match(allow_unmatched, other):
     a, b, _ = planted_pair(256, 64, fresh_fraction=0.3, gain_spread=1.5, fresh_scale=0.05,
                            noise=0.3, seed=0)
     d = match(a, b, allow_unmatched=allow_unmatched, solver="dense")
-    s = match(a, b, allow_unmatched=allow_unmatched, solver="sparse")
-    assert s.stats["solver"] == "sparse" and s.stats["gap"] == 0.0
+    s = match(a, b, allow_unmatched=allow_unmatched, solver=other)
+    assert s.stats["solver"] == other and s.stats["gap"] == 0.0
     for name in ("partner", "permutation", "matched"):
         assert np.array_equal(getattr(d, name), getattr(s, name)), name
     assert np.allclose(d.mse, s.mse) and np.allclose(d.score, s.score)
-    # alt_mse comes from the sparse solver's own lists (no second pass) in the bijective mode;
+    # alt_mse comes from the solver's own lists (no second pass) in the bijective mode;
     # its costs are exact, the dense matrix has float32 cancellation on tiny costs
     assert np.allclose(d.alt_mse, s.alt_mse, rtol=1e-4, atol=1e-6 * float(d.alt_mse.max()))
 
@@ -174,3 +175,18 @@ def test_bad_thresholds_reach_match_and_chain(tmp_path):
         match_chain([bad, b], cache_dir=tmp_path, progress=False)
     chain = match_chain([bad, b], cache_dir=tmp_path, progress=False, bad_threshold="skip")
     assert np.array_equal(chain.pair(chain.layers[0]).permutation, lm.permutation)
+
+
+def test_auto_picks_jv_above_the_scipy_size_and_respects_the_budget(monkeypatch):
+    import saematch_nb.core.lap as lap
+
+    a, b, truth = planted_pair(200, 32, fresh_fraction=0.2, noise=0.1, seed=3)
+    monkeypatch.setattr(lap, "AUTO_SCIPY_MAX", 100)  # this pair is now "large"
+    jv = match(a, b)
+    assert jv.stats["solver"] == "jv" and jv.stats["gap"] == 0.0
+    sp = match(a, b, memory_budget=0)  # nothing fits: the sparse solver
+    assert sp.stats["solver"] == "sparse"
+    for name in ("partner", "permutation", "matched"):
+        assert np.array_equal(getattr(jv, name), getattr(sp, name)), name
+    alive = truth >= 0
+    assert (jv.permutation[alive] == truth[alive]).mean() > 0.95

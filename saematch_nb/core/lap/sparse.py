@@ -92,27 +92,27 @@ def _pick_device(device) -> torch.device:
     return torch.device(device)
 
 
-def _check_inputs(X, Y, unmatched_cost):
+def _check_inputs(X, Y, unmatched_cost, who="solve_sparse"):
     for name, t in (("X", X), ("Y", Y)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"solve_sparse: {name} must be a torch.Tensor [n, D], got {type(t).__name__}; "
+            raise TypeError(f"{who}: {name} must be a torch.Tensor [n, D], got {type(t).__name__}; "
                             "build it with core.cost.feature_matrix(...) or torch.as_tensor(...)")
         if t.ndim != 2:
-            raise ValueError(f"solve_sparse: {name} must be 2-D [n, D], got shape {tuple(t.shape)}")
+            raise ValueError(f"{who}: {name} must be 2-D [n, D], got shape {tuple(t.shape)}")
         if t.shape[0] == 0:
-            raise ValueError(f"solve_sparse: {name} has no rows")
+            raise ValueError(f"{who}: {name} has no rows")
     if X.shape[1] != Y.shape[1]:
-        raise ValueError(f"solve_sparse: X and Y need the same feature length D, got {X.shape[1]} and "
+        raise ValueError(f"{who}: X and Y need the same feature length D, got {X.shape[1]} and "
                          f"{Y.shape[1]}; build both with the same feature_matrix(params=..., fold=...)")
     if unmatched_cost is not None:
         w = np.asarray(unmatched_cost, dtype=np.float64)
         if w.ndim == 0:
             w = np.full(X.shape[0], float(w))
         if w.shape != (X.shape[0],):
-            raise ValueError(f"solve_sparse: unmatched_cost must be a scalar or have shape ({X.shape[0]},), "
+            raise ValueError(f"{who}: unmatched_cost must be a scalar or have shape ({X.shape[0]},), "
                              f"got {w.shape}")
         if not np.isfinite(w).all():
-            raise ValueError("solve_sparse: unmatched_cost must be finite")
+            raise ValueError(f"{who}: unmatched_cost must be finite")
         return w
     return None
 
