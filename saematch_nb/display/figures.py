@@ -279,16 +279,78 @@ def make_chain_figure(chain_or_dict: Any, *, title: str | None = None, log_mse: 
     return _layout(fig, title or "SAE Match across depth", theme=theme, height=560)
 
 
-def _focus_line(fig: Any, focus: int | None, rows: int) -> None:
-    if focus is None:
-        return
-    # one vertical line per row, as add_vline draws it, in one layout update (add_vline validates
-    # each shape on its own: a third of the figure's time in the explorer). Named: a panel moving
-    # the focus along the same trace moves these shapes only.
-    lines = [dict(type="line", name="focus", x0=int(focus), x1=int(focus), y0=0, y1=1,
-                  xref="x" if r == 1 else f"x{r}", yref="y domain" if r == 1 else f"y{r} domain",
-                  line=dict(color=COLORS["focus"], width=2), opacity=0.5) for r in range(1, rows + 1)]
-    fig.update_layout(shapes=list(fig.layout.shapes) + lines)
+def trace_figure_data(trace: Any, *, title: str | None = None, correlations: Mapping[int, float] | None = None,
+                      focus: int | None = None) -> dict:
+    """The content of :func:`make_trace_figure` as plain dicts (no plotly objects): ``rows``,
+    ``traces`` (a list of ``(row, trace dict)``) and ``layout`` (the layout properties that differ
+    from one trace to the next: title, axis ranges and ticks, focus lines). A panel showing one
+    chain's traces updates its figure from these without building a new one."""
+    steps = sorted(trace.steps, key=lambda s: (s.layer, s.next_layer))
+    has_corr = bool(correlations)
+    rows = 3 if has_corr else 2
+    xs = [(s.layer + s.next_layer) / 2 for s in steps]
+    status = ["accepted" if s.matched else ("no partner" if s.next_feature < 0 else "rejected") for s in steps]
+    sim = [1.0 - float(getattr(s, "score", float("nan"))) for s in steps]
+    bound = [1.0 - float(getattr(s, "threshold", float("nan"))) for s in steps]
+    step_data = [[s.next_layer, s.next_feature, s.layer, s.feature, st, fmt_float(s.mse), fmt_float(s.margin)]
+                 for s, st in zip(steps, status)]
+    traces: list[tuple[int, dict]] = [(1, dict(
+        type="scatter", x=xs, y=sim, mode="markers+text", name="step similarity",
+        text=[f"#{s.feature}→#{s.next_feature}" if s.next_feature >= 0 else f"#{s.feature}→·" for s in steps],
+        textposition="top center", textfont=dict(size=10),
+        marker=dict(size=11, color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps],
+                    symbol=["circle" if s.matched else "x" for s in steps]),
+        customdata=step_data,
+        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
+                       "similarity %{y:.3f} (%{customdata[4]})<br>mse %{customdata[5]}, margin %{customdata[6]}"
+                       "<extra></extra>")))]
+    if any(np.isfinite(bound)):
+        bx, by = [], []
+        for s, b in zip(steps, bound):  # one flat segment per step: each pair has its own bound
+            bx += [s.layer + 0.15, s.next_layer - 0.15, None]
+            by += [b, b, None]
+        traces.append((1, dict(type="scatter", x=bx, y=by, mode="lines", name="acceptance bound",
+                               line=dict(color=COLORS["threshold"], dash="dash", width=1.5), hoverinfo="skip")))
+    layout: dict = {"yaxis.range": [min([0.0] + [v for v in sim if np.isfinite(v)]) - 0.05, 1.08]}
+    if has_corr:
+        present = [(int(l), int(f)) for l, f in zip(trace.layers, trace.features) if f >= 0 and int(l) in correlations]
+        traces.append((2, dict(
+            type="scatter", x=[l for l, _ in present], y=[float(correlations[l]) for l, _ in present],
+            mode="lines+markers+text", name="activation correlation", text=[f"#{f}" for _, f in present],
+            textposition="top center", textfont=dict(size=10), line=dict(color=COLORS["correlation"]),
+            marker=dict(size=[13 if l == trace.origin_layer else 9 for l, _ in present], color=COLORS["correlation"]),
+            customdata=[[l, f] for l, f in present],
+            hovertemplate="L%{customdata[0]} #%{customdata[1]}<br>r with the origin %{y:.3f}<extra></extra>")))
+        layout["yaxis2.range"] = [-0.05, 1.1]
+    traces.append((rows, dict(
+        type="bar", x=xs, y=[s.mse for s in steps], name="MSE per step", width=0.5,
+        marker=dict(color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps]),
+        customdata=step_data,
+        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
+                       "mse %{y:.4g} (%{customdata[4]})<extra></extra>"))))
+    traces.append((rows, dict(
+        type="scatter", x=xs, y=[s.margin for s in steps], mode="markers", name="margin",
+        marker=dict(symbol="diamond", size=9, color=COLORS["margin"]), customdata=step_data,
+        hovertemplate="margin %{y:.4g}<extra></extra>")))
+    ls = sorted({int(x) for x in trace.layers})
+    step = max(1, int(np.ceil(len(ls) / 14)))  # integer layer ticks, thinned on long chains
+    for r in range(1, rows + 1):
+        ax = "xaxis" if r == 1 else f"xaxis{r}"
+        layout[f"{ax}.range"] = [min(trace.layers) - 0.4, max(trace.layers) + 0.4]
+        layout[f"{ax}.tickmode"], layout[f"{ax}.tickvals"] = "array", ls[::step]
+        layout[f"{ax}.ticktext"] = [str(x) for x in ls[::step]]
+    # one vertical line per row, as add_vline draws it; named: a panel moving the focus along the
+    # same trace moves these shapes only
+    layout["shapes"] = [] if focus is None else [
+        dict(type="line", name="focus", x0=int(focus), x1=int(focus), y0=0, y1=1,
+             xref="x" if r == 1 else f"x{r}", yref="y domain" if r == 1 else f"y{r} domain",
+             line=dict(color=COLORS["focus"], width=2), opacity=0.5) for r in range(1, rows + 1)]
+    from .text import born_text, dies_text
+
+    layers = list(trace.layers)
+    sub = f"{born_text(trace.born_layer, layers)}, {dies_text(trace.dies_layer, layers)}"
+    layout["title.text"] = title or f"feature {trace.origin_feature} of layer {trace.origin_layer}<br><sup>{sub}</sup>"
+    return {"rows": rows, "traces": traces, "layout": layout}
 
 
 def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Mapping[int, float] | None = None,
@@ -306,79 +368,24 @@ def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Map
     Feature ids label the points (they are names, not values). ``focus``: a layer to mark (the
     explorer's current one). Points carry ``customdata = [layer, feature, ...]`` of the feature
     they lead to, so a click can select it. ``template=False`` leaves the template (``theme``) out:
-    for a panel that puts the data into a figure it already styled.
+    for a panel that puts the data into a figure it already styled. The content, as plain dicts:
+    :func:`trace_figure_data`.
     """
-    go = _go()
-    steps = sorted(trace.steps, key=lambda s: (s.layer, s.next_layer))
-    has_corr = bool(correlations)
-    rows = 3 if has_corr else 2
+    d = trace_figure_data(trace, title=title, correlations=correlations, focus=focus)
+    rows = d["rows"]
     titles = (("direction similarity of each step (1 − score)", "activation correlation with the origin",
-               "MSE to the partner and margin, per step") if has_corr else
+               "MSE to the partner and margin, per step") if rows == 3 else
               ("direction similarity of each step (1 − score)", "MSE to the partner and margin, per step"))
     fig = _subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.09, subplot_titles=titles,
-                    row_heights=[0.4, 0.3, 0.3] if has_corr else [0.55, 0.45])
-    xs = [(s.layer + s.next_layer) / 2 for s in steps]
-    status = ["accepted" if s.matched else ("no partner" if s.next_feature < 0 else "rejected") for s in steps]
-    sim = [1.0 - float(getattr(s, "score", float("nan"))) for s in steps]
-    bound = [1.0 - float(getattr(s, "threshold", float("nan"))) for s in steps]
-    step_data = [[s.next_layer, s.next_feature, s.layer, s.feature, st, fmt_float(s.mse), fmt_float(s.margin)]
-                 for s, st in zip(steps, status)]
-    fig.add_trace(go.Scatter(
-        x=xs, y=sim, mode="markers+text", name="step similarity",
-        text=[f"#{s.feature}→#{s.next_feature}" if s.next_feature >= 0 else f"#{s.feature}→·" for s in steps],
-        textposition="top center", textfont=dict(size=10),
-        marker=dict(size=11, color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps],
-                    symbol=["circle" if s.matched else "x" for s in steps]),
-        customdata=step_data,
-        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
-                       "similarity %{y:.3f} (%{customdata[4]})<br>mse %{customdata[5]}, margin %{customdata[6]}"
-                       "<extra></extra>"),
-    ), row=1, col=1)
-    if any(np.isfinite(bound)):
-        bx, by = [], []
-        for s, b in zip(steps, bound):  # one flat segment per step: each pair has its own bound
-            bx += [s.layer + 0.15, s.next_layer - 0.15, None]
-            by += [b, b, None]
-        fig.add_trace(go.Scatter(x=bx, y=by, mode="lines", name="acceptance bound",
-                                 line=dict(color=COLORS["threshold"], dash="dash", width=1.5), hoverinfo="skip"),
-                      row=1, col=1)
-    if has_corr:
-        present = [(int(l), int(f)) for l, f in zip(trace.layers, trace.features) if f >= 0 and int(l) in correlations]
-        fig.add_trace(go.Scatter(
-            x=[l for l, _ in present], y=[float(correlations[l]) for l, _ in present], mode="lines+markers+text",
-            name="activation correlation", text=[f"#{f}" for _, f in present], textposition="top center",
-            textfont=dict(size=10), line=dict(color=COLORS["correlation"]),
-            marker=dict(size=[13 if l == trace.origin_layer else 9 for l, _ in present], color=COLORS["correlation"]),
-            customdata=[[l, f] for l, f in present],
-            hovertemplate="L%{customdata[0]} #%{customdata[1]}<br>r with the origin %{y:.3f}<extra></extra>",
-        ), row=2, col=1)
-        fig.update_yaxes(range=[-0.05, 1.1], row=2, col=1)
-    last = rows
-    fig.add_trace(go.Bar(
-        x=xs, y=[s.mse for s in steps], name="MSE per step", width=0.5,
-        marker_color=[COLORS["matched"] if s.matched else COLORS["unmatched"] for s in steps],
-        customdata=step_data,
-        hovertemplate=("L%{customdata[2]} #%{customdata[3]} → L%{customdata[0]} #%{customdata[1]}<br>"
-                       "mse %{y:.4g} (%{customdata[4]})<extra></extra>"),
-    ), row=last, col=1)
-    fig.add_trace(go.Scatter(
-        x=xs, y=[s.margin for s in steps], mode="markers", name="margin",
-        marker=dict(symbol="diamond", size=9, color=COLORS["margin"]), customdata=step_data,
-        hovertemplate="margin %{y:.4g}<extra></extra>",
-    ), row=last, col=1)
-    fig.update_yaxes(range=[min([0.0] + [v for v in sim if np.isfinite(v)]) - 0.05, 1.08], row=1, col=1)
-    _int_layer_axis(fig, trace.layers)
-    fig.update_xaxes(range=[min(trace.layers) - 0.4, max(trace.layers) + 0.4])
-    fig.update_xaxes(title_text="layer", row=last, col=1)
-    _focus_line(fig, focus, rows)
-    from .text import born_text, dies_text
-
-    layers = list(trace.layers)
-    sub = f"{born_text(trace.born_layer, layers)}, {dies_text(trace.dies_layer, layers)}"
-    return _layout(fig, title or f"feature {trace.origin_feature} of layer {trace.origin_layer}<br><sup>{sub}</sup>",
-                   theme=theme, with_template=template, height=600 if has_corr else 500,
-                   margin=dict(l=60, r=20, t=95, b=110),
-                   legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
+                    row_heights=[0.4, 0.3, 0.3] if rows == 3 else [0.55, 0.45])
+    for row, t in d["traces"]:
+        fig.add_trace(t, row=row, col=1)
+    fig.update_xaxes(title_text="layer", row=rows, col=1)
+    lay = dict(d["layout"])
+    title_text = lay.pop("title.text")
+    fig.update_layout(lay)
+    return _layout(fig, title_text, theme=theme, with_template=template, height=600 if rows == 3 else 500,
+                   margin=dict(l=60, r=20, t=95, b=110), legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
 
 
 def _order_columns(per_col: dict[int, list[tuple[int, int]]], links: Mapping[tuple[tuple[int, int], tuple[int, int]], Any],

@@ -337,11 +337,10 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             s = tr.step_from(L)
             e.value = "" if s is None else html_edge(s)
 
-    def _figure_obj(self, tr: Any, template: bool = True):
+    def _figure_obj(self, tr: Any):
         from ..display.figures import make_trace_figure
 
-        fig = make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme,
-                                template=template)
+        fig = make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
         # about 110 px per layer: the steps' markers and labels stay apart on long chains
         fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
         return fig
@@ -362,11 +361,14 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             # browser instead of a new figure)
             self._move_focus()
             return
-        # a figure already styled by this theme takes the new data in place: no template (copying
-        # plotly's template is a quarter of the figure's time on every click)
-        styled = self.figure_backend == "widget" and self._drawn is not None and self._drawn[1] == self.theme
-        fig = self._figure_obj(tr, template=not styled)
-        self._last_figure, self._drawn = (None if styled else fig), (tr, self.theme)
+        if (self.figure_backend == "widget" and self._drawn is not None and self._drawn[1] == self.theme
+                and self._update_in_place(tr)):
+            # the figure already styled takes the new trace's data in one Plotly.update; no plotly
+            # figure is built (its validation was most of the kernel's time per click)
+            self._last_figure, self._drawn = None, (tr, self.theme)
+            return
+        fig = self._figure_obj(tr)
+        self._last_figure, self._drawn = fig, (tr, self.theme)
         if self.figure_backend == "output":
             from IPython.display import display
 
@@ -374,13 +376,10 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output(wait=True)
                 display(fig)
             return
-        if not self._update_in_place(fig):
-            if styled:
-                fig = self._last_figure = self._figure_obj(tr)
-            with self.figure.batch_update():
-                self.figure.data = ()
-                self.figure.add_traces(fig.data)
-                self.figure.layout = fig.layout
+        with self.figure.batch_update():
+            self.figure.data = ()
+            self.figure.add_traces(fig.data)
+            self.figure.layout = fig.layout
         for t in self.figure.data:
             if t.customdata is not None and getattr(t, "mode", None) != "lines":
                 t.on_click(self._on_point)
@@ -392,22 +391,20 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                     sh.x0 = sh.x1 = int(self.layer)
         self._last_figure = None  # rebuilt for the new focus when asked for
 
-    def _update_in_place(self, fig: Any) -> bool:
-        """Give the shown figure ``fig``'s data and annotations in one Plotly.update (a batch of
-        edits) when both have the same traces; three separate redraws otherwise (False)."""
+    def _update_in_place(self, tr: Any) -> bool:
+        """Give the shown figure the data of ``tr`` (:func:`trace_figure_data`) in one batch of
+        edits when it has the same traces; False (nothing changed) otherwise."""
+        from ..display.figures import trace_figure_data
+
+        d = trace_figure_data(tr, correlations=self._correlations(tr), focus=self.layer)
         old = self.figure.data
-        if not old or len(old) != len(fig.data) or any(
-                (a.type, a.name, a.xaxis, a.yaxis) != (b.type, b.name, b.xaxis, b.yaxis) for a, b in zip(old, fig.data)):
+        want = [("y" if r == 1 else f"y{r}", t["type"], t["name"]) for r, t in d["traces"]]
+        if [(a.yaxis, a.type, a.name) for a in old] != want:
             return False
         with self.figure.batch_update():
-            for a, b in zip(old, fig.data):
-                props = b.to_plotly_json()
-                props.pop("type", None)
-                props.pop("uid", None)
-                a.update(props, overwrite=True)
-            lay = self.figure.layout
-            lay.title, lay.shapes, lay.annotations, lay.width = fig.layout.title, fig.layout.shapes, \
-                fig.layout.annotations, fig.layout.width
+            for a, (_r, t) in zip(old, d["traces"]):
+                a.update({k: v for k, v in t.items() if k != "type"}, overwrite=True)
+            self.figure.layout.update(d["layout"])
         return True
 
     def _feature_examples(self, L: int, f: int) -> Any:
