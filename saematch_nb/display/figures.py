@@ -113,15 +113,6 @@ def _layout(fig: Any, title: str | None, *, theme: str | None = None, with_templ
     return fig
 
 
-def _int_layer_axis(fig: Any, layers: Sequence[int], **sel: Any) -> None:
-    """Integer layer ticks (plotly otherwise picks 0.5 steps on short chains); thinned for long ones."""
-    ls = sorted({int(x) for x in layers})
-    if not ls:
-        return
-    step = max(1, int(np.ceil(len(ls) / 14)))
-    fig.update_xaxes(tickmode="array", tickvals=ls[::step], ticktext=[str(x) for x in ls[::step]], **sel)
-
-
 # -- one pair ------------------------------------------------------------------------------------
 def _threshold_on_mse(lm: Any) -> bool:
     """The criterion's threshold is on ``score``; it is an MSE cut-off only when score is the MSE."""
