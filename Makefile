@@ -16,16 +16,22 @@ PY310 := $(VENV310)/bin/python
 # The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
 SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_lap.py tests/core/test_match.py
 
-.PHONY: demo test test-avx2 test-py310 lab install clean bench notebooks
+.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
+	# compile the solvers' numba kernels now, not in the first match() of a notebook
+	$(PY) -m saematch_nb warmup
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# again after a numba upgrade or on another CPU model (numba's cache is per CPU and version)
+warmup: $(STAMP)
+	$(PY) -m saematch_nb warmup
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m saematch_nb.demo --out out
@@ -42,6 +48,7 @@ $(VENV310)/.installed: pyproject.toml
 	$(PY310) -m pip install -q --upgrade pip
 	$(PY310) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY310) -m pip install -q -e ".[dev]"
+	$(PY310) -m saematch_nb warmup
 	touch $@
 
 # core and sources (numerics, cache, loaders, steering) under Python 3.10

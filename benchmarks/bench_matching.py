@@ -30,7 +30,8 @@ share of rows with the same partner as ours, ours' certified gap, and ours / bes
 ``--partial-65k``: ours in the partial mode (``match(allow_unmatched=True)``'s problem: part-
 normalised directions, no-partner cost 2 x the calibrated threshold) on a 65536 clustered pair.
 ``--first-call``: a fresh process solving a 2048 clustered pair twice, with the numba cache as
-installed and with an empty cache (``NUMBA_CACHE_DIR`` set for that child only).
+installed, with an empty cache (``NUMBA_CACHE_DIR`` set for that child only), and with an empty
+cache filled by ``python -m saematch_nb warmup`` (the install step) in a process before it.
 """
 
 from __future__ import annotations
@@ -121,14 +122,14 @@ def child(kind: str, folder: str, out: str) -> None:
         t2 = time.perf_counter()
         col = np.asarray(col, np.int64)
         res.update(gemm_s=t1 - t0, lap_s=t2 - t1, total_s=t2 - t0)
-    elif kind in ("ours", "ours_partial"):
+    elif kind in ("ours", "ours_partial", "sparse", "sparse_partial"):
         from saematch_nb.core.lap import solve
         g = torch.Generator().manual_seed(0)
         solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="jv")  # numba cache load
         solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="sparse")
-        w = np.load(Path(folder) / "w.npy") if kind == "ours_partial" else None
+        w = np.load(Path(folder) / "w.npy") if kind.endswith("_partial") else None
         t0 = time.perf_counter()
-        r = solve(X, Y, unmatched_cost=w)
+        r = solve(X, Y, unmatched_cost=w, solver="sparse" if kind.startswith("sparse") else "auto")
         res["total_s"] = time.perf_counter() - t0
         col = r.col
         st = {k: v for k, v in r.stats.items() if k not in ("u", "v")}
@@ -239,53 +240,142 @@ def bench(family: str, n: int, a) -> list[dict]:
     return rows
 
 
-def bench_partial(n: int, a) -> dict:
-    """The partial mode's problem as match(allow_unmatched=True) builds it (directions, no-partner
-    cost 2 x the calibrated threshold), prepared here so that the child times the solve only."""
+def _prepare_partial(tmp: Path, X, Y):
+    """The partial mode's problem as match(allow_unmatched=True) builds it: part-normalised
+    directions and a no-partner cost of 2 x the calibrated threshold; saved for a child."""
     import torch
     from saematch_nb.core import criterion as crit
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench_partial_{n}_"))
-    X, Y, truth = make_pair("clustered", n, a.seed, tmp)
     t0 = time.perf_counter()
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
     parts = crit.part_slices("encoder+decoder", X.shape[1] // 2)
     cal = crit.calibrate(Xt, Yt, parts=parts)
-    del X, Y
-    X = crit.directions(Xt, parts).numpy()
-    del Xt
-    Y = crit.directions(Yt, parts).numpy()
-    del Yt
-    w = np.full(n, 2.0 * cal.threshold)
-    np.save(tmp / "X.npy", X)
-    np.save(tmp / "Y.npy", Y)
+    Xd = crit.directions(Xt, parts).numpy()
+    Yd = crit.directions(Yt, parts).numpy()
+    w = np.full(X.shape[0], 2.0 * cal.threshold)
+    np.save(tmp / "X.npy", Xd)
+    np.save(tmp / "Y.npy", Yd)
     np.save(tmp / "w.npy", w)
     print(f"partial problem prepared in {time.perf_counter() - t0:.0f} s (threshold {cal.threshold:.4f})", flush=True)
-    out = tmp / "ours_partial.json"
-    _run(["ours_partial", str(tmp), str(out)])
+    return Xd, Yd, w
+
+
+def _run_ours(kind, tmp, X, Y, w, truth):
+    out = tmp / f"{kind}.json"
+    _run([kind, str(tmp), str(out)])
     r = json.load(open(out))
     col = np.load(out.with_suffix(".col.npy"))
     r["exact_total"] = _exact_total(X, Y, col, w)
     alive = truth >= 0
     r["recovery"] = float((col[alive] == truth[alive]).mean())
-    print(f"ours partial: {r['total_s']:.1f} s, peak {r['peak'] / 2**30:.2f} GB "
+    st = r["stats"]
+    print(f"{kind}: {r['total_s']:.1f} s, peak {r['peak'] / 2**30:.2f} GB "
           f"(+{(r['peak'] - r['rss_inputs']) / 2**30:.2f} GB), gap {r['gap']}, via {r['via']}, "
           f"{r['n_unmatched']} rows without partner, total {r['exact_total']!r}", flush=True)
-    print(f"  phases: {json.dumps(r['stats'].get('phase_seconds'), default=float)}; rounds "
-          f"{r['stats'].get('rounds')}", flush=True)
+    print(f"  phases: {json.dumps(st.get('phase_seconds'), default=float)}; rounds {st.get('rounds')}; "
+          f"edges {st.get('candidate_edges_first_pass')} -> {st.get('candidate_edges')}", flush=True)
+    return r
+
+
+def bench_partial(n: int, a) -> dict:
+    """Ours in the partial mode on a clustered pair, prepared here so that the child times the solve only."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_partial_{n}_"))
+    X, Y, truth = make_pair("clustered", n, a.seed, tmp)
+    X, Y, w = _prepare_partial(tmp, X, Y)
+    r = _run_ours("ours_partial", tmp, X, Y, w, truth)
     return {"family": "clustered (partial)", "n": n, "solver": "ours", **r}
+
+
+def _fit(ns, ys):
+    """Non-negative least squares of y = a n^2 + b n (relative residuals): the blocked product and
+    the pricing of failed rows read every pair (n^2 D flops), lists and graph work are per row."""
+    from scipy.optimize import nnls
+    ns, ys = np.asarray(ns, float), np.asarray(ys, float)
+    A = np.stack([ns ** 2, ns], 1) / ys[:, None]
+    (a2, a1), _ = nnls(A, np.ones_like(ys))
+    return lambda n: a2 * n ** 2 + a1 * n, (a2, a1)
+
+
+def scaling(a) -> list[dict]:
+    """The sparse solver (forced) on the clustered family at each size, bijective and partial;
+    then a fit of time (a n^2 + b n) and of extra memory (linear) on all sizes but the largest,
+    checked against the largest, and refitted on all of them to project ``--project-n``."""
+    D = 4608
+    rows = []
+    for n in a.scaling:
+        tmp = Path(tempfile.mkdtemp(prefix=f"bench_scaling_{n}_"))
+        X, Y, truth = make_pair("clustered", n, a.seed, tmp)
+        r = _run_ours("sparse", tmp, X, Y, None, truth)
+        rows.append({"family": "clustered", "mode": "bijective", "n": n, "solver": "sparse", **r})
+        X, Y, w = _prepare_partial(tmp, X, Y)
+        r = _run_ours("sparse_partial", tmp, X, Y, w, truth)
+        rows.append({"family": "clustered", "mode": "partial", "n": n, "solver": "sparse", **r})
+        del X, Y
+        for f in tmp.glob("*.npy"):
+            f.unlink()
+    gb = 2 ** 30
+    print("\n| mode | n | seconds (pass + rest) | rounds | edges first / final | peak GB (inputs) | gap |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        st = r["stats"]
+        ps = st["phase_seconds"]["pass"]
+        print(f"| {r['mode']} | {r['n']} | {r['total_s']:.1f} ({ps:.1f} + {r['total_s'] - ps:.1f}) | {st['rounds']} | "
+              f"{st['candidate_edges_first_pass'] / 1e6:.1f} M / {st['candidate_edges'] / 1e6:.1f} M | "
+              f"{r['peak'] / gb:.2f} ({r['rss_inputs'] / gb:.2f}) | {r['gap']} |")
+    N = a.project_n
+    for mode in ("bijective", "partial"):
+        rs = [r for r in rows if r["mode"] == mode]
+        if len(rs) < 3:
+            continue
+        ns = np.array([r["n"] for r in rs], float)
+        t = np.array([r["total_s"] for r in rs])
+        extra = np.array([(r["peak"] - r["rss_inputs"]) / gb for r in rs])
+        f, _ = _fit(ns[:-1], t[:-1])
+        pred = f(ns[-1])
+        err = pred / t[-1] - 1
+        b1, b0 = np.polyfit(ns[:-1], extra[:-1], 1)
+        pred_x = b0 + b1 * ns[-1]
+        f2, (a2, a1) = _fit(ns, t)
+        share = a2 * N ** 2 / f2(N)
+        b1a, b0a = np.polyfit(ns, extra, 1)
+        inputs = 2 * N * D * 4 / gb
+        t_n = f2(N)
+        x_n = b0a + b1a * N
+        print(f"\n{mode}: time = a n^2 + b n fitted on n <= {int(ns[-2])} predicts {pred:.0f} s at n = {int(ns[-1])}, "
+              f"measured {t[-1]:.0f} s ({err * 100:+.0f}%); extra memory (linear in n) predicts {pred_x:.2f} GB, "
+              f"measured {extra[-1]:.2f} GB", flush=True)
+        print(f"{mode}: fitted on all sizes: projected {t_n:.0f} s ({t_n / 3600:.1f} h; the n^2 term "
+              f"{share * 100:.0f}%) at n = {N} on this machine; memory: inputs {inputs:.1f} GB + extra "
+              f"{x_n:.1f} GB = {inputs + x_n:.1f} GB", flush=True)
+        rows.append({"mode": mode, "projection_n": N, "holdout_pred_s": pred,
+                     "holdout_err": err, "fit_n2_n": [a2, a1], "projected_s": t_n, "projected_inputs_gb": inputs,
+                     "projected_extra_gb": x_n})
+    return rows
 
 
 def first_call(a) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench_first_"))
     make_pair("clustered", 2048, a.seed, tmp)
     res = {}
-    for label, env in (("cache as installed", None),
-                       ("empty cache (NUMBA_CACHE_DIR)", {**os.environ, "NUMBA_CACHE_DIR": str(tmp / "nc")})):
+    cases = (("cache as installed", None, False),
+             ("empty cache (NUMBA_CACHE_DIR)", tmp / "nc", False),
+             ("empty cache, then python -m saematch_nb warmup", tmp / "nc_warm", True))
+    for label, cache, warm in cases:
+        env = None if cache is None else {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+        warm_s = None
+        if warm:  # the install step: its own process, before the user's first one
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "saematch_nb", "warmup"], env=env, capture_output=True,
+                               text=True, cwd=ROOT)
+            if p.returncode != 0:
+                raise RuntimeError(f"warmup failed:\n{p.stderr[-3000:]}")
+            warm_s = time.perf_counter() - t
         out = tmp / "first.json"
         _run(["_first", str(tmp), str(out)], env=env)
-        res[label] = json.load(open(out))
-        r = res[label]
-        print(f"first call, {label}: import {r['import_s']:.2f} s; " + "; ".join(
+        res[label] = r = json.load(open(out))
+        if warm_s is not None:
+            r["warmup_process_s"] = warm_s
+        print(f"first call, {label}: " + (f"warm-up process {warm_s:.1f} s; " if warm_s is not None else "")
+              + f"import {r['import_s']:.2f} s; " + "; ".join(
             f"{s}: first {r[s]['first_s']:.2f} s, warm {r[s]['warm_s']:.2f} s, overhead "
             f"{r[s]['first_s'] - r[s]['warm_s']:.2f} s" for s in ("jv", "sparse")), flush=True)
     return res
@@ -315,7 +405,8 @@ def table(rows: list[dict]) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_first":
         return child_first_call(sys.argv[2], sys.argv[3])
-    if len(sys.argv) > 1 and sys.argv[1] in ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial", "sparse",
+                                             "sparse_partial"):
         return child(sys.argv[1], sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
@@ -326,6 +417,10 @@ def main() -> None:
     ap.add_argument("--partial-65k", action="store_true", help="also ours, partial mode, 65536 clustered")
     ap.add_argument("--partial-n", type=int, default=65536)
     ap.add_argument("--first-call", action="store_true", help="also first call vs warm in a fresh process")
+    ap.add_argument("--scaling", type=int, nargs="+", default=None, metavar="N",
+                    help="only the sparse solver (forced), clustered, bijective and partial, at these sizes, "
+                         "with a time/memory fit checked on the largest and a projection to --project-n")
+    ap.add_argument("--project-n", type=int, default=262144)
     ap.add_argument("--json", default=None, help="write all rows here")
     a = ap.parse_args()
     import torch
@@ -339,6 +434,11 @@ def main() -> None:
           f"CPU flags: {flags}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     rows: list[dict] = []
     extra = {}
+    if a.scaling:
+        rows = scaling(a)
+        if a.json:
+            json.dump({"rows": rows}, open(a.json, "w"), default=float, indent=1)
+        return
     if a.first_call:
         extra["first_call"] = first_call(a)
     for n in a.sizes:

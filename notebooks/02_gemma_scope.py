@@ -55,7 +55,10 @@ SAEMATCH_REPO = "https://github.com/OWNER/saematch_nb"  # where this notebook's 
 if "google.colab" in sys.modules:  # Colab: install the toolkit first (elsewhere nothing happens)
     import subprocess
 
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", f"saematch_nb[notebook] @ git+{SAEMATCH_REPO}"])
+    # `scale`: numba, for the solvers of 16k-and-wider SAEs; warmup compiles their kernels once, now
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           f"saematch_nb[notebook,scale] @ git+{SAEMATCH_REPO}"])
+    subprocess.check_call([sys.executable, "-m", "saematch_nb", "warmup"])
 
 import time
 

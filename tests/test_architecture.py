@@ -22,7 +22,7 @@ DOC = PKG_DIR.parent / "docs" / "ARCHITECTURE.md"
 # Bottom to top. A layer imports its own modules and the layers listed for it, at import time
 # or inside functions alike; everything else is an upward (or sideways) import and fails,
 # except the lazy imports in LAZY below.
-LAYERS = ("leaf", "display", "core", "sources", "demo", "widgets")
+LAYERS = ("leaf", "display", "core", "sources", "demo", "widgets", "cli")
 ALLOWED = {
     "face": {"leaf"},  # saematch_nb/__init__.py: the lazy table, nothing else at import time
     "leaf": set(),  # saematch_nb/_version.py, saematch_nb/errors.py
@@ -31,6 +31,7 @@ ALLOWED = {
     "sources": {"leaf", "core"},
     "demo": {"leaf", "core", "sources", "display", "face"},
     "widgets": {"leaf", "core", "sources", "display", "face"},
+    "cli": {"leaf", "core", "demo"},  # saematch_nb/__main__.py: python -m saematch_nb warmup | demo
 }
 # Lazy imports (inside a function, never at import time) allowed across the layers:
 # (importing layer, imported layer) -> which functions may hold them.
@@ -150,6 +151,8 @@ def layer(mod: str) -> str:
         return "face"
     if parts[1] in ("_version", "errors"):
         return "leaf"
+    if parts[1] == "__main__":
+        return "cli"
     if parts[1] in LAYERS:
         return parts[1]
     raise AssertionError(f"{mod} is in no layer: put it in one of {LAYERS} (docs/ARCHITECTURE.md)")

@@ -11,7 +11,7 @@ from saematch_nb.core.synthetic_hard import gemma_like_pair
 from tests._fpmode import denormal_mode
 
 DEV = "cpu"
-# both product precisions of the pass run on any CPU ("auto" picks bfloat16 only with AMX)
+# both product precisions of the pass run on any CPU ("auto" picks bfloat16 only with AMX or AVX-512 BF16)
 PRECS = ["float32", "bfloat16"]
 
 
@@ -396,7 +396,7 @@ def test_bfloat16_pass_error_is_within_its_bound(scale, flush):
         assert P.precision == "bfloat16" and P.tie_break > 0
         C = dense(X, Y)
         G = torch.empty(300, 280)
-        P._dot(P.Xd, P.Yb, G)
+        P._dot(P.Xd, P.Yp, G)  # Yp: the bfloat16 copy (the pass dropped it; made again)
     Ca = P.nx64[:, None] + P.ny64[None, :] - 2.0 * G.double().numpy()
     err = P.eta_x[:, None] + P.eta_y[None, :]
     assert np.all(np.abs(C - Ca) <= err)
@@ -405,7 +405,7 @@ def test_bfloat16_pass_error_is_within_its_bound(scale, flush):
     # when this CPU flushed them to zero (decided from the product, not from the CPU model).
     # a bfloat16 denormal output is a multiple of 2^-133, so with gradual underflow a product
     # above 2^-130 never comes out as zero; a flushed one does
-    exact = P.Xd.bfloat16().double() @ P.Yb.double().T
+    exact = P.Xd.bfloat16().double() @ P.Yp.double().T
     flushed = bool(((G == 0) & (exact.abs() > 2.0 ** -130)).any())
     if scale == 1e-20 and flush:
         assert flushed  # set_flush_denormal(True) flushes on every x86-64 CPU
@@ -471,10 +471,10 @@ def test_rescaled_partial_and_transposed_results_are_in_input_units():
 
 
 def test_precision_choice_and_errors():
-    from saematch_nb.core.lap.sparse import _amx_bf16, _pick_precision
+    from saematch_nb.core.lap.sparse import _native_bf16, _pick_precision
 
     cpu = torch.device("cpu")
-    assert _pick_precision("auto", cpu) == ("bfloat16" if _amx_bf16() else "float32")
+    assert _pick_precision("auto", cpu) == ("bfloat16" if _native_bf16() else "float32")
     assert _pick_precision("auto", torch.device("cuda")) == "float32"
     assert _pick_precision("float32", cpu) == "float32"
     with pytest.raises(ValueError, match="precision must be"):
@@ -495,7 +495,7 @@ def test_bfloat16_bound_holds_over_long_reductions():
     Y = torch.rand(200, 4608, generator=g) + 0.5
     P = _problem(X, Y, 2, 3, precision="bfloat16")
     G = torch.empty(64, 200)
-    P._dot(P.Xd, P.Yb, G)
+    P._dot(P.Xd, P.Yp, G)  # Yp: the bfloat16 copy (the pass dropped it; made again)
     Gd = X.double() @ Y.double().T
     err2 = 2 * (Gd - G.double()).abs().numpy()  # cost error = 2 x dot error
     bound = P.eta_x[:, None] + P.eta_y[None, :]
@@ -566,3 +566,24 @@ def test_column_dot_buffers_keep_the_top_values_with_ties():
         np.testing.assert_array_equal(np.sort(cd_v[j, :mm]), np.sort(ref[j]))
         assert cd_v[j, 0] == cd_v[j, :mm].min()  # the bound sits where a heap root would
         np.testing.assert_array_equal(orig[j, cd_i[j, :mm]], cd_v[j, :mm])
+
+
+def test_native_bf16_follows_the_cpu_and_the_onednn_limit(monkeypatch):
+    from saematch_nb.core.lap import sparse
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for isa in ("AVX2", "avx512_core", "AVX512_CORE_VNNI"):  # below native bfloat16: never, whatever the CPU
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        assert sparse._native_bf16() is False
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: False)
+    monkeypatch.setattr(sparse, "_cpu_flag", lambda name: name == "avx512_bf16")  # e.g. AMD Zen 4
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert sparse._native_bf16() is True
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert sparse._native_bf16() is True
+    monkeypatch.setattr(sparse, "_cpu_flag", lambda name: False)  # AVX2-only or AVX-512 without BF16
+    assert sparse._native_bf16() is False
+    monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: True)  # AMX
+    assert sparse._native_bf16() is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert sparse._native_bf16() is False

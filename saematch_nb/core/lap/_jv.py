@@ -1,16 +1,16 @@
-"""Numba kernels of the dense solver (private; see dense.py): a Jonker-Volgenant solver on one
+"""Numba kernels of the dense solver (private; see jv.py): a Jonker-Volgenant solver on one
 float32 cost matrix that returns its dual potentials, and the passes that certify its
 assignment against the exact costs.
 
 The solver follows LAPJV (Jonker & Volgenant 1987): column reduction, reduction transfer,
 augmenting row reduction, then shortest augmenting paths. What differs from the C/Rust
 implementations of lapx: the column reduction reads the matrix row by row (a column-wise scan
-of a 1 GB row-major matrix is one cache miss per entry); the shortest-path search keeps no
-todo list but relaxes whole rows with branchless, SIMD-friendly loops and finds the smallest
-label through per-block minima on an order-preserving integer view of the float32 labels
-(LLVM vectorises integer, not float, min reductions); augmenting row reduction stops pushing a
-displaced row to the front once the price step is below a tolerance (zero-increment auctions
-on near-ties otherwise run millions of moves); and the duals come back, which is what the
+of a 1 GB row-major matrix is one cache miss per entry); augmenting row reduction and the
+shortest augmenting paths read each row's "core" first, its 64 cheapest columns at the current
+duals plus a bound on the rest, and scan a whole row again only when the search reaches that
+bound (most rows of a layer pair never do); augmenting row reduction stops pushing a displaced
+row to the front once the price step is below a tolerance (zero-increment auctions on near-ties
+otherwise run millions of moves); and the duals come back, which is what the
 certificate needs (lapx returns assignments only).
 
 Columns: 0..n_b-1 real; in partial mode row i also has a private dummy column of cost w[i]
@@ -30,14 +30,6 @@ from ._numba import _pop, _push
 
 # reassociation lets LLVM vectorise the loops; no 'nnan'/'ninf': labels use +-inf on purpose
 _FM = {"nsz", "arcp", "contract", "reassoc"}
-_B = 256  # label block: the search keeps one minimum per block of columns
-_IMAX = 2147483647
-
-
-@njit(cache=True, inline="always")
-def _ord(t):
-    """Order-preserving integer key of a float32's bits (negative floats reversed)."""
-    return t ^ ((t >> 31) & 0x7FFFFFFF)
 
 
 @njit(cache=True, parallel=True)
@@ -107,201 +99,6 @@ def reduction_transfer(C, v, col4row, once):
     for i in range(n_a):
         if once[i] and np.isfinite(dec[i]):
             v[col4row[i]] -= dec[i]
-
-
-@njit(cache=True)
-def row_reduction(C, v, w, col4row, row4col, free, n_passes, tol, max_steps):
-    """Augmenting row reduction (an auction with zero increment) on the free rows: a row takes
-    its cheapest column j1 and lowers v[j1] to its second cheapest; the row it displaces is
-    served next, but only while the step exceeds ``tol`` and fewer than ``max_steps`` moves were
-    made (otherwise it waits for the next pass, then for shortest paths). With ``w`` (partial
-    mode) the row's own dummy column, cost w[i], competes too; a row that takes it keeps it.
-    Returns the rows left free."""
-    n_a, n_b = C.shape
-    has_w = w.size > 0
-    buf = free.copy()
-    n_free = buf.size
-    steps = 0
-    for _ in range(n_passes):
-        k = 0
-        nf = 0
-        while k < n_free:
-            i = buf[k]
-            k += 1
-            steps += 1
-            row = C[i]
-            u1 = np.inf
-            u2 = np.inf
-            j1 = -1
-            j2 = -1
-            for j in range(n_b):
-                h = row[j] - v[j]
-                if h < u2:
-                    if h < u1:
-                        u2 = u1
-                        j2 = j1
-                        u1 = h
-                        j1 = j
-                    else:
-                        u2 = h
-                        j2 = j
-            if has_w:
-                h = w[i]
-                if h < u1:  # the dummy is the best: no competition for it
-                    col4row[i] = n_b + i
-                    continue
-                if h < u2:
-                    u2 = h
-                    j2 = n_b + i
-            if j1 < 0:  # no finite option: shortest paths will report it
-                buf[nf] = i
-                nf += 1
-                continue
-            gap = u2 - u1
-            i0 = row4col[j1]
-            if gap > 0 and u2 < np.inf:
-                v[j1] -= gap
-            elif i0 >= 0:  # a tie: take the second best column, nobody is priced out
-                if j2 < 0:
-                    buf[nf] = i
-                    nf += 1
-                    continue
-                gap = 0.0
-                j1 = j2
-                if j1 >= n_b:
-                    col4row[i] = j1
-                    continue
-                i0 = row4col[j1]
-            if i0 >= 0:
-                col4row[i0] = -1
-            col4row[i] = j1
-            row4col[j1] = i
-            if i0 >= 0:
-                if gap > tol and steps <= max_steps:
-                    k -= 1
-                    buf[k] = i0
-                else:
-                    buf[nf] = i0
-                    nf += 1
-        n_free = nf
-    return buf[:n_free].copy()
-
-
-@njit(cache=True, fastmath=_FM)
-def _init_labels(r, vv, key, pred, i, n):
-    for j in range(n):
-        key[j] = r[j] - vv[j]
-        pred[j] = i
-
-
-@njit(cache=True, fastmath=_FM)
-def _relax(r, vv, key, pred, i, h, n):
-    # branchless: LLVM turns it into compares and blends (no scalar branch per column)
-    for j in range(n):
-        c = r[j] - vv[j] - h
-        k = key[j]
-        b = c < k
-        key[j] = c if b else k
-        pred[j] = i if b else pred[j]
-
-
-@njit(cache=True, fastmath=_FM)
-def _pick(ki, n):
-    """Index of the smallest float32 label (ki: the labels' int32 view)."""
-    best = _IMAX
-    bb = 0
-    nb = (n + _B - 1) // _B
-    for b in range(nb):
-        lo = b * _B
-        hi = min(n, lo + _B)
-        m = _IMAX
-        for j in range(lo, hi):
-            t = _ord(ki[j])
-            m = t if t < m else m
-        if m < best:
-            best = m
-            bb = b
-    lo = bb * _B
-    for j in range(lo, min(n, lo + _B)):
-        if _ord(ki[j]) == best:
-            return j
-    return lo
-
-
-@njit(cache=True)
-def shortest_paths(C, v, w, col4row, row4col, free):
-    """Shortest augmenting path (Dijkstra on reduced costs) from each free row, dense rows.
-    ``v`` float32 [n_b] is updated in place; rows of partial mode may end on their dummy.
-    Returns the number of rows scanned."""
-    n_a, n_b = C.shape
-    has_w = w.size > 0
-    inf = np.float32(np.inf)
-    vv = v.copy()  # v, with -inf on scanned columns (their label then never changes)
-    key = np.empty(n_b, np.float32)
-    ki = key.view(np.int32)
-    pred = np.empty(n_b, np.int32)
-    popped = np.empty(n_b, np.int64)
-    pd = np.empty(n_b, np.float32)
-    scans = 0
-    for s in free:
-        if col4row[s] >= 0:
-            continue
-        _init_labels(C[s], vv, key, pred, np.int32(s), n_b)
-        bd = w[s] if has_w else inf  # best dummy end seen, and whose
-        bd_row = s
-        npop = 0
-        endp = -1
-        mn = inf
-        while True:
-            j = _pick(ki, n_b)
-            mn = key[j]
-            if has_w and bd <= mn:
-                mn = bd
-                endp = n_b + bd_row
-                break
-            if row4col[j] < 0:
-                endp = j
-                break
-            if mn == inf:  # nothing reachable (infinite costs): leave the row free
-                break
-            popped[npop] = j
-            pd[npop] = mn
-            npop += 1
-            key[j] = inf
-            vj = vv[j]
-            vv[j] = -inf
-            i = row4col[j]
-            scans += 1
-            r = C[i]
-            h = r[j] - vj - mn
-            _relax(r, vv, key, pred, np.int32(i), h, n_b)
-            if has_w:
-                c = w[i] - h
-                if c < bd:
-                    bd = c
-                    bd_row = i
-        for t in range(npop):
-            j1 = popped[t]
-            v[j1] = v[j1] + pd[t] - mn
-            vv[j1] = v[j1]
-        if endp < 0:
-            continue
-        if endp >= n_b:  # the path ends on a row's own dummy column
-            i = endp - n_b
-            nxt = col4row[i]
-            col4row[i] = endp
-            if i == s:
-                continue
-            endp = nxt
-        while True:
-            i = pred[endp]
-            row4col[endp] = i
-            j1 = endp
-            endp = col4row[i]
-            col4row[i] = j1
-            if i == s:
-                break
-    return scans
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -555,7 +352,10 @@ def _core_two(lidx, lval, v, w_i):
 
 @njit(cache=True)
 def core_row_reduction(C, v, u, w, col4row, row4col, free, lidx, lval, bound, n_passes, tol, max_steps):
-    """Augmenting row reduction (see :func:`row_reduction`) reading each row's core; a row whose
+    """Augmenting row reduction (an auction with zero increment, as in LAPJV: a free row takes its
+    cheapest column j1 and lowers v[j1] to its second cheapest; the row it displaces is served
+    next while the step exceeds ``tol`` and fewer than ``max_steps`` moves were made) reading
+    each row's core; a row whose
     two best are not proven by its bound (second best above it) re-takes its core first.
     Sets u_i (the row's reduced price) of every row it assigns. Returns (rows left free,
     number of core refreshes)."""

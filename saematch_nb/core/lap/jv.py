@@ -66,8 +66,8 @@ def _kernels():
     except ImportError as e:
         if "numba" not in str(e):
             raise
-        raise ImportError("solver='jv' needs numba: pip install 'saematch_nb[scale]' (or use "
-                          "solver='dense', scipy)") from e
+        raise ImportError("solver='jv' needs numba: pip install 'saematch_nb[scale]', then run "
+                          "python -m saematch_nb warmup once (or use solver='dense', scipy)") from e
     return _jv, _numba
 
 

@@ -2,8 +2,8 @@
 
 Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 
-1. ONE blocked pass over all pairs (``G = X Y^T`` in float32, or from bfloat16 inputs on AMX
-   CPUs: see below; on CPU a numba kernel reads each block once, on GPU torch top-k) keeps,
+1. ONE blocked pass over all pairs (``G = X Y^T`` in float32, or from bfloat16 inputs on CPUs
+   with native bfloat16: see below; on CPU a numba kernel reads each block once, on GPU torch top-k) keeps,
    per row AND per column (row-only lists can leave a column without an edge), the k cheapest
    partners and the k_dot largest dot products, plus the k-th value of each list: ``r_i``,
    ``s_j`` (cost) and ``rho_i``, ``rho_c_j`` (dot). The dot lists matter because duals absorb
@@ -39,9 +39,10 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
    (``gap = 0.0``) or, after ``max_rounds``, with the certified gap
    ``total - (sum_i min(u_i, proven row bound) + sum_j v_j)``.
 
-Product precision (``precision="auto"``): on a CPU with AMX the pass and the pricing multiply
-bfloat16 copies of X and Y (float32 accumulation, bfloat16 output; 4.6x faster than float32
-here). Their error is bounded the same way, with a larger factor (:func:`_bf16_error_factor`:
+Product precision (``precision="auto"``): on a CPU with native bfloat16 products (AMX, or
+AVX-512 BF16 as on AMD Zen 4) the pass and the pricing multiply bfloat16 copies of X and Y
+(float32 accumulation, bfloat16 output; 4.6x faster than float32 on an AMX machine, 2.9x on a
+2-core AMD EPYC with AVX-512 BF16). Their error is bounded the same way, with a larger factor (:func:`_bf16_error_factor`:
 input rounding measured per row, accumulation, output rounding; about 0.009
 instead of 0.00055 at D = 4608), so the certificate still proves optimality for the exact
 float64 costs; the result is the same optimum. bfloat16 output rounding makes many approximate
@@ -82,7 +83,14 @@ _SUSPECT_FULL = 0.75  # pricing recomputes whole rows once this share of columns
 
 
 def _kernels():
-    from . import _numba  # numba import + cached compile only when the solver runs
+    try:
+        from . import _numba  # numba import + cached compile only when the solver runs
+    except ImportError as e:
+        if "numba" not in str(e):
+            raise
+        raise ImportError("the sparse solver (solver='sparse', and solver='auto' above 4096 x 4096 without "
+                          "numba) needs numba: pip install 'saematch_nb[scale]', then run "
+                          "python -m saematch_nb warmup once") from e
     return _numba
 
 
@@ -161,7 +169,6 @@ class _Problem:
             self.c_err = _bf16_error_factor(self.Xd, self.Yd, self.Yb, gamma)
         else:
             self.c_err = 2 * gamma + 4 * _U32
-        self.Yp = self.Yb if self.Yb is not None else self.Yd  # the Y every pass/pricing product uses
         # relative part (rounding) + absolute part (underflow: no relative bound covers a product
         # that is flushed to zero or rounded in the denormal range, in either precision)
         self.eta_x = self.c_err * self.nx64 + _underflow_slack(self.D, self.nx64)
@@ -187,6 +194,17 @@ class _Problem:
         self.n_exact = 0
         self.lower_cache = None
         self.torch_pass = False  # True: torch top-k pass on CPU too (what a GPU runs; for tests)
+
+    @property
+    def Yp(self) -> torch.Tensor:
+        """The Y of every pass / pricing product: Yd, or its bfloat16 copy. The CPU pass drops the
+        copy when its products are done and pricing makes it again (the same values, a fraction
+        of a second): the list merge after the pass is the memory peak (0.6 GB less at 65k)."""
+        if self.precision != "bfloat16":
+            return self.Yd
+        if self.Yb is None:
+            self.Yb = self.Yd.to(torch.bfloat16)
+        return self.Yb
 
     def _blocks(self, xb, nxb):
         """Float32 dot-product block x.y and cost block |x|^2 + |y|^2 - 2 x.y."""
@@ -234,6 +252,7 @@ class _Problem:
             K_.block_lists(G.numpy(), a, self.nx64, self.ny64, rc_v, rc_i, rd_v, rd_i,
                            cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks)
         del G
+        self.Yb = None  # see Yp
         cd_v = np.empty((n_b, kcd)); cd_i = np.empty((n_b, kcd), np.int64); cd_n = np.zeros(n_b, np.int64)
         K_.finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n)
         del cb_v, cb_i, cb_n, cb_t
@@ -596,17 +615,32 @@ def _underflow_slack(D: int, n2: np.ndarray) -> np.ndarray:
     return 2.0 ** -125 * (np.sqrt(D) * (1.0 + n2) + D) + 2.0 ** -124
 
 
-def _amx_bf16() -> bool:
-    """True when this CPU runs bfloat16 matrix products on AMX tiles (where they are ~4.6x
-    faster than float32 here; on CPUs without AMX bfloat16 is not faster, so it is not used).
-    oneDNN limited below AMX (``ONEDNN_MAX_CPU_ISA=AVX2`` etc.) counts as no AMX."""
+def _native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 natively, where the bfloat16 pass is much faster
+    than float32: AMX tiles (4.6x on the AMX machine of benchmarks/README.md) or AVX-512 BF16
+    (``vdpbf16ps``; 2.9x on a 2-core AMD EPYC). Elsewhere oneDNN emulates bfloat16 and it is not
+    faster, so it is not used. oneDNN limited below those ISAs (``ONEDNN_MAX_CPU_ISA=AVX2``,
+    ``AVX512_CORE`` ...) counts as no native bfloat16."""
     isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    if isa and isa != "ALL" and "AMX" not in isa:
+    if isa and isa != "ALL" and not any(t in isa for t in ("AMX", "BF16", "FP16", "AVX10")):
         return False
     try:
-        return bool(torch._C._cpu._init_amx())
+        if bool(torch._C._cpu._init_amx()):
+            return True
     except Exception:  # older/other torch builds: no AMX query
-        return False
+        pass
+    return _cpu_flag("avx512_bf16")
+
+
+def _cpu_flag(name: str) -> bool:
+    try:  # Linux; elsewhere no flag list to read (no native bfloat16 assumed: float32, still exact)
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return name in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return False
 
 
 def _pick_precision(precision: str, dev: torch.device) -> str:
@@ -615,9 +649,9 @@ def _pick_precision(precision: str, dev: torch.device) -> str:
     if precision == "auto":
         # GPUs keep float32: a bfloat16 GPU product may reduce in reduced precision, which the
         # error bound here does not cover
-        return "bfloat16" if dev.type == "cpu" and _amx_bf16() else "float32"
+        return "bfloat16" if dev.type == "cpu" and _native_bf16() else "float32"
     if precision == "bfloat16" and dev.type != "cpu":
-        raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX); use 'float32' on GPU")
+        raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX / AVX-512 BF16); use 'float32' on GPU")
     return precision
 
 
@@ -809,7 +843,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     ``return_duals``: put the dual potentials in ``stats["u"]``, ``stats["v"]`` (v: n_b real
     columns, then the n_a dummy columns in partial mode) for :func:`verify_certificate`.
     ``precision``: product precision of the blocked pass and pricing: "auto" (bfloat16 on a CPU
-    with AMX, where it is ~4.6x faster; float32 elsewhere), "float32" or "bfloat16" (CPU only).
+    with AMX or AVX-512 BF16, where it is 2.9-4.6x faster; float32 elsewhere), "float32" or
+    "bfloat16" (CPU only).
     Either way the error is bounded and the result certified against exact float64 costs;
     ``stats["precision"]`` and ``stats["product_error_factor"]`` say which ran.
     """

@@ -1,0 +1,106 @@
+"""The install-time warm-up (``python -m saematch_nb warmup``) compiles every kernel a user's
+analysis reaches: after it, a fresh process running other problems (other sizes, families,
+modes) compiles nothing and only loads kernels from numba's cache.
+
+Counted, not timed: numba's per-dispatcher cache statistics (a miss = a signature compiled in
+that process). Each child gets its own empty NUMBA_CACHE_DIR (set for the child only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba")
+
+pytestmark = pytest.mark.slow
+
+# What a user's analysis runs after installing: the public match() on families the warm-up does not
+# use (planted pairs of other sizes and widths, a Gemma-like clustered pair), in every mode and through
+# every solver, plus the certificate check.
+USER = textwrap.dedent("""
+    import json
+    import numpy as np, torch
+    from saematch_nb.core.match import match
+    from saematch_nb.core.synthetic import planted_pair
+    from saematch_nb.core.synthetic_hard import gemma_like_pair
+    from saematch_nb.core.lap import solve_sparse, verify_certificate
+    from saematch_nb.core.lap.warmup import kernel_stats
+    a, b, _ = planted_pair(300, 40, fresh_fraction=0.3, seed=3)
+    c, d, _ = gemma_like_pair(520, 24, dups=0.6, group_size=(2, 8), seed=4)
+    e, f, _ = planted_pair(200, 40, n_b=350, seed=5)
+    for sa, sb in ((a, b), (c, d), (e, f), (b, a)):
+        for solver in ("jv", "sparse"):
+            for partial in (False, True):
+                match(sa, sb, solver=solver, allow_unmatched=partial)
+    X = torch.randn(90, 16, dtype=torch.float64)
+    Y = torch.randn(130, 16, dtype=torch.float64)
+    r = solve_sparse(X, Y, k=1, return_duals=True)
+    verify_certificate(X, Y, r.col, r.stats["u"], r.stats["v"])
+    print(json.dumps(kernel_stats()))
+""")
+
+
+def _child(code: str, cache: str) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_after_warmup_a_fresh_process_compiles_nothing(tmp_path):
+    cache = str(tmp_path / "numba_cache")
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    p = subprocess.run([sys.executable, "-m", "saematch_nb", "warmup"], env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "not reached" not in p.stdout, p.stdout
+    # in an empty cache everything is compiled: the miss counter the assertion below reads works
+    compiled = int(re.search(r"\((\d+) compiled, 0 loaded", p.stdout).group(1))
+    assert compiled >= 30, p.stdout
+    stats = _child(USER, cache)
+    missed = {k: s["cache_misses"] for k, s in stats.items() if s["cache_misses"]}
+    assert missed == {}, f"compiled after the warm-up (not covered by it): {missed}"
+    assert sum(s["cache_hits"] for s in stats.values()) >= 20  # the user's run did load kernels
+
+
+def test_warmup_reports_counts_in_process():
+    from saematch_nb.core.lap.warmup import warm_up
+
+    r = warm_up()
+    assert r["not_reached"] == []
+    assert r["signatures"] >= 30
+    assert r["compiled"] + r["loaded"] <= r["signatures"]
+
+
+NO_NUMBA = textwrap.dedent("""
+    import sys
+    sys.modules["numba"] = None  # as if the `scale` extra were not installed
+    import torch
+    from saematch_nb.core.lap import pick_solver, solve
+    assert pick_solver(5000, 5000) == "sparse"  # auto, above scipy's limit without numba
+    X = torch.randn(8, 4)
+    for solver in ("jv", "sparse"):
+        try:
+            solve(X, X, solver=solver)
+        except ImportError as e:
+            print(solver, "|", e)
+    from saematch_nb.__main__ import main
+    print("warmup rc", main(["warmup"]))
+""")
+
+
+def test_without_numba_every_numba_path_says_what_to_install():
+    p = subprocess.run([sys.executable, "-c", NO_NUMBA], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    assert [ln.split(" |")[0] for ln in lines[:2]] == ["jv", "sparse"], p.stdout
+    for ln in lines[:2]:
+        assert "pip install 'saematch_nb[scale]'" in ln and "python -m saematch_nb warmup" in ln, ln
+    assert lines[-1] == "warmup rc 1"
+    assert "needs numba" in p.stderr
