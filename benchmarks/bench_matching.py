@@ -297,7 +297,7 @@ def _fit(ns, ys):
 
 def scaling(a) -> list[dict]:
     """The sparse solver (forced) on the clustered family at each size, bijective and partial;
-    then a fit of time (a n^2 + b n) and of extra memory (linear) on all sizes but the largest,
+    then a fit of time (a n^2 + b n) and of extra memory (c1 n + c2 n k_dot(n)) on all sizes but the largest,
     checked against the largest, and refitted on all of them to project ``--project-n``."""
     D = 4608
     rows = []
@@ -312,6 +312,23 @@ def scaling(a) -> list[dict]:
         del X, Y
         for f in tmp.glob("*.npy"):
             f.unlink()
+    return rows + report_scaling(rows, a.project_n)
+
+
+def _mem_fit(ns, gbs):
+    """Least squares of extra GB = c1 n + c2 n k_dot(n): the lists and the candidate graph grow
+    with the rows times their list length, and k_dot grows with n above 16k (auto_k_dot)."""
+    from saematch_nb.core.lap.sparse import auto_k_dot
+    ns = np.asarray(ns, float)
+    A = np.stack([ns, ns * np.array([auto_k_dot(int(n)) for n in ns])], 1)
+    (c1, c2), *_ = np.linalg.lstsq(A, np.asarray(gbs, float), rcond=None)
+    return lambda n: c1 * n + c2 * n * auto_k_dot(int(n))
+
+
+def report_scaling(rows: list[dict], N: int) -> list[dict]:
+    """Tables, fits and the projection to n = N from scaling rows (also: --refit JSON)."""
+    D = 4608
+    rows = [r for r in rows if "stats" in r]
     gb = 2 ** 30
     print("\n| mode | n | seconds (pass + rest) | rounds | edges first / final | peak GB (inputs) | gap |")
     print("|---|---|---|---|---|---|---|")
@@ -321,7 +338,7 @@ def scaling(a) -> list[dict]:
         print(f"| {r['mode']} | {r['n']} | {r['total_s']:.1f} ({ps:.1f} + {r['total_s'] - ps:.1f}) | {st['rounds']} | "
               f"{st['candidate_edges_first_pass'] / 1e6:.1f} M / {st['candidate_edges'] / 1e6:.1f} M | "
               f"{r['peak'] / gb:.2f} ({r['rss_inputs'] / gb:.2f}) | {r['gap']} |")
-    N = a.project_n
+    out = []
     for mode in ("bijective", "partial"):
         rs = [r for r in rows if r["mode"] == mode]
         if len(rs) < 3:
@@ -332,24 +349,24 @@ def scaling(a) -> list[dict]:
         f, _ = _fit(ns[:-1], t[:-1])
         pred = f(ns[-1])
         err = pred / t[-1] - 1
-        b1, b0 = np.polyfit(ns[:-1], extra[:-1], 1)
-        pred_x = b0 + b1 * ns[-1]
+        mem = _mem_fit(ns[:-1], extra[:-1])
+        pred_x = mem(ns[-1])
         f2, (a2, a1) = _fit(ns, t)
         share = a2 * N ** 2 / f2(N)
-        b1a, b0a = np.polyfit(ns, extra, 1)
+        mem_all = _mem_fit(ns, extra)
         inputs = 2 * N * D * 4 / gb
         t_n = f2(N)
-        x_n = b0a + b1a * N
+        x_n = mem_all(N)
         print(f"\n{mode}: time = a n^2 + b n fitted on n <= {int(ns[-2])} predicts {pred:.0f} s at n = {int(ns[-1])}, "
-              f"measured {t[-1]:.0f} s ({err * 100:+.0f}%); extra memory (linear in n) predicts {pred_x:.2f} GB, "
+              f"measured {t[-1]:.0f} s ({err * 100:+.0f}%); extra memory (c1 n + c2 n k_dot(n)) predicts {pred_x:.2f} GB, "
               f"measured {extra[-1]:.2f} GB", flush=True)
         print(f"{mode}: fitted on all sizes: projected {t_n:.0f} s ({t_n / 3600:.1f} h; the n^2 term "
               f"{share * 100:.0f}%) at n = {N} on this machine; memory: inputs {inputs:.1f} GB + extra "
               f"{x_n:.1f} GB = {inputs + x_n:.1f} GB", flush=True)
-        rows.append({"mode": mode, "projection_n": N, "holdout_pred_s": pred,
-                     "holdout_err": err, "fit_n2_n": [a2, a1], "projected_s": t_n, "projected_inputs_gb": inputs,
-                     "projected_extra_gb": x_n})
-    return rows
+        out.append({"mode": mode, "projection_n": N, "holdout_pred_s": pred,
+                    "holdout_err": err, "fit_n2_n": [a2, a1], "projected_s": t_n, "projected_inputs_gb": inputs,
+                    "projected_extra_gb": x_n})
+    return out
 
 
 def first_call(a) -> dict:
@@ -421,6 +438,7 @@ def main() -> None:
                     help="only the sparse solver (forced), clustered, bijective and partial, at these sizes, "
                          "with a time/memory fit checked on the largest and a projection to --project-n")
     ap.add_argument("--project-n", type=int, default=262144)
+    ap.add_argument("--refit", default=None, metavar="JSON", help="the --scaling report again from its --json file")
     ap.add_argument("--json", default=None, help="write all rows here")
     a = ap.parse_args()
     import torch
@@ -434,6 +452,9 @@ def main() -> None:
           f"CPU flags: {flags}; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     rows: list[dict] = []
     extra = {}
+    if a.refit:
+        report_scaling(json.load(open(a.refit))["rows"], a.project_n)
+        return
     if a.scaling:
         rows = scaling(a)
         if a.json:
