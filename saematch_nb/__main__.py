@@ -8,18 +8,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo's own options (and --help) go to it unchanged
+        from .demo.__main__ import main as demo_main
+        return demo_main(argv[1:]) or 0
     ap = argparse.ArgumentParser(prog="python -m saematch_nb")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("warmup", help="compile the numba kernels of the 'jv' and 'sparse' solvers into numba's "
                                   "cache, so that a first match() in a new process does not compile them")
-    sub.add_parser("demo", help="run the bundled demo (the same as python -m saematch_nb.demo; "
-                                "its options: python -m saematch_nb.demo --help)")
-    args, rest = ap.parse_known_args(argv)
-    if args.command == "demo":
-        from .demo.__main__ import main as demo_main
-        return demo_main(rest) or 0
-    if rest:
-        ap.error(f"warmup takes no arguments, got {rest}")
+    sub.add_parser("demo", help="run the bundled demo, as make demo (its options: python -m saematch_nb demo "
+                                "--help)")
+    ap.parse_args(argv)
     from .core.lap.warmup import warm_up
     try:
         r = warm_up(progress=sys.stderr.isatty())

@@ -70,12 +70,15 @@ def test_after_warmup_a_fresh_process_compiles_nothing(tmp_path):
 
 
 def test_warmup_reports_counts_in_process():
-    from saematch_nb.core.lap.warmup import warm_up
+    from saematch_nb.core.lap.warmup import kernel_stats, warm_up
 
     r = warm_up()
-    assert r["not_reached"] == []
-    assert r["signatures"] >= 30
-    assert r["compiled"] + r["loaded"] <= r["signatures"]
+    stats = kernel_stats()
+    public = [k for k in stats if not k.split(".")[1].startswith("_")]  # the others run inside them
+    assert len(public) >= 25 and r["kernels"] == len(stats)
+    assert r["not_reached"] == []  # every public kernel has a signature in this process
+    # ... compiled here or loaded from the cache (counts are per process: whichever test ran first)
+    assert r["signatures"] >= len(public) and r["compiled"] + r["loaded"] >= len(public)
 
 
 NO_NUMBA = textwrap.dedent("""
