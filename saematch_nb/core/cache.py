@@ -55,8 +55,9 @@ if TYPE_CHECKING:
     from .results import LayerMatch
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
-# 2: results of the null-calibrated criterion (older entries are never read: other keys)
-CACHE_VERSION = 2
+# 2: results of the null-calibrated criterion; 3: the leave-one-out null (criterion version 3).
+# Older entries are never read: other keys.
+CACHE_VERSION = 3
 
 # Defaults of saematch_nb.match: normalising them means match_chain(saes) and
 # match_chain(saes, fold=True) share cache entries.

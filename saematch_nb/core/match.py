@@ -123,7 +123,10 @@ def match_weights(
         del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
-    cal = crit.resolve(calibration, Xf, Yf, parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
+    # each row's and column's nearest in direction distance: the mutual test and the calibration's pi0
+    near_dir = crit.direction_pass(Xf, Yf, parts, device=dev)
+    cal = crit.resolve(calibration, Xf, Yf, parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev,
+                       nearest=near_dir)
 
     nearest = best = second = None  # each row's two cheapest columns on the folded cost
     solve_stats: dict[str, Any] = {}
@@ -171,7 +174,7 @@ def match_weights(
     tol = 1e-6 if allow_unmatched else 0.0
     below = (partner >= 0) & (score <= cal.threshold + tol)
     # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
-    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, device=dev)
+    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir)
     matched = below & mutual
     if allow_unmatched:  # the partial mode's partners are its accepted matches
         partner = np.where(matched, partner, -1)

@@ -124,12 +124,13 @@ class LayerMatch:
     @property
     def expected_false_matches(self) -> float:
         """Expected number of accepted matches that are false (features without a partner that
-        pass the null test: alpha · pi0 · n_a); NaN for an expert threshold."""
+        the rule accepts: accept_rate · pi0 · n_a); NaN for an expert threshold."""
         c = self.calibration
-        a, pi0 = c.get("alpha"), c.get("pi0")
-        if c.get("expert") or a is None or pi0 is None:
+        if c.get("expert") or c.get("alpha") is None or c.get("pi0") is None:
             return float("nan")
-        return float(a) * float(pi0) * self.n_a
+        from .criterion import Calibration
+
+        return Calibration.from_dict(c).expected_false_matches(self.n_a)
 
     @property
     def false_match_rate(self) -> float:
@@ -165,7 +166,7 @@ class LayerMatch:
             "threshold": float(self.threshold),
             "alpha": self.calibration.get("alpha"),
             "null_threshold": self.calibration.get("null_threshold"),
-            "persist_threshold": self.calibration.get("persist_threshold"),
+            "accept_rate": self.calibration.get("accept_rate"),
             "expected_false_matches": self.expected_false_matches,
             "false_match_rate": self.false_match_rate,
         }

@@ -180,12 +180,11 @@ def criterion_line(lm: Any) -> str:
         return f"threshold {fmt_float(lm.threshold)} on the score"
     if c.get("expert"):
         return f"threshold {fmt_float(c.get('threshold'))} on the direction distance (expert), mutual best"
-    null, pers = c.get("null_threshold"), c.get("persist_threshold")
-    binding = "persistence bound" if (pers is not None and null is not None and pers < null) else "null test"
     exp = getattr(lm, "expected_false_matches", float("nan"))
-    pers_s = fmt_float(pers) if pers is not None and np.isfinite(pers) else "not estimated"
-    return (f"threshold {fmt_float(c.get('threshold'))} on the direction distance (set by the {binding}: null "
-            f"{fmt_pct(c.get('alpha'))} quantile {fmt_float(null)}, persistence bound {pers_s}), mutual best; "
+    dup = c.get("n_duplicates") or 0
+    dup_s = f", {dup} within-SAE duplicates left out" if dup else ""
+    return (f"threshold {fmt_float(c.get('threshold'))} on the direction distance (the null's "
+            f"{fmt_pct(c.get('alpha'))} quantile: each SAE's features against their own{dup_s}), mutual best; "
             f"about {fmt_float(exp, 2)} false matches expected")
 
 
