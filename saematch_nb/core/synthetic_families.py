@@ -18,6 +18,14 @@ way real layer pairs differ:
   across layers), placed in some of B's fresh slots;
 - ``null=True``: B is drawn independently of A (nothing persists): the pure null pair.
 
+A second generator (``kind="drift"``, :func:`drift_pair`) makes the structures of real layer pairs
+the first lacks, with its own knobs: ``shared_centres`` feature families (clusters) that BOTH
+layers draw their features from (``member_cos``: a member's cosine to its centre, ±0.1), so that
+unrelated features of the two layers are close by chance; persisting features that turn by an
+angle, a ``stable_share`` of them by ``stable_deg`` degrees and the rest (a drifting minority) by
+``drift_deg``; and ``duplicates``, a share of each SAE's features that are a near-copy (turned by
+``duplicate_deg``) of another feature of the same SAE.
+
 ``truth[i]`` is the planted partner of A-feature i in B, -1 when it dies. :data:`FAMILIES` holds the
 named families the tests and benchmarks/bench_criterion.py use; :func:`family` draws one by name.
 """
@@ -102,6 +110,14 @@ class FamilySpec:
     split_fraction: float = 0.0
     split_spread: float = 0.45
     null: bool = False
+    kind: str = "noise"  # "noise": family_pair's perturbation model; "drift": drift_pair
+    shared_centres: int = 0
+    member_cos: float = 0.6
+    stable_share: float = 1.0
+    stable_deg: tuple[float, float] = (1.0, 4.0)
+    drift_deg: tuple[float, float] = (10.0, 35.0)
+    duplicates: float = 0.0
+    duplicate_deg: float = 8.0
     name: str = "custom"
     description: str = ""
     extra: dict = field(default_factory=dict)
@@ -111,6 +127,10 @@ def family_pair(spec: FamilySpec | None = None, *, seed: int = 0, **overrides: A
                 ) -> tuple[SAEWeights, SAEWeights, np.ndarray]:
     """``(sae_a, sae_b, truth)`` drawn from ``spec`` (with ``overrides``); see the module docstring."""
     spec = replace(spec or FamilySpec(), **overrides)
+    if spec.kind == "drift":
+        return drift_pair(spec, seed=seed)
+    if spec.kind != "noise":
+        raise ValueError(f"kind must be 'noise' or 'drift', got {spec.kind!r}")
     n, d = spec.n, spec.d_in
     n_b = n if spec.n_b is None else spec.n_b
     if n_b < n:
@@ -157,6 +177,80 @@ def family_pair(spec: FamilySpec | None = None, *, seed: int = 0, **overrides: A
     return unfold(fa, theta_a, info=info(0)), unfold(fb, theta_b, info=info(1)), truth
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _turn(u: np.ndarray, deg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each unit row of ``u`` turned by its angle (degrees) in a random plane."""
+    w = rng.standard_normal(u.shape)
+    w = _unit(w - (w * u).sum(1, keepdims=True) * u)
+    phi = np.deg2rad(np.asarray(deg, np.float64))[:, None]
+    return np.cos(phi) * u + np.sin(phi) * w
+
+
+def drift_pair(spec: FamilySpec, *, seed: int = 0) -> tuple[SAEWeights, SAEWeights, np.ndarray]:
+    """``(sae_a, sae_b, truth)`` of the "drift" kind (module docstring): unit directions made in
+    folded coordinates (decoder and encoder turned alike), lognormal norms, unfolded with per-layer
+    thresholds."""
+    n, d = spec.n, spec.d_in
+    n_b = n if spec.n_b is None else spec.n_b
+    if n_b < n:
+        raise ValueError("family_pair needs n_b >= n (match the pair the other way round)")
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, d + 1) ** -spec.spectrum_decay if spec.spectrum_decay else np.ones(d)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+
+    def isotropic(m):
+        return _unit((rng.standard_normal((m, d)) * scale) @ basis)
+
+    if spec.shared_centres:
+        centres = isotropic(spec.shared_centres)
+
+        def new(m):
+            c = centres[rng.integers(0, spec.shared_centres, m)]
+            cos = np.clip(rng.uniform(spec.member_cos - 0.1, spec.member_cos + 0.1, m), -1, 1)[:, None]
+            w = rng.standard_normal(c.shape)
+            w = _unit(w - (w * c).sum(1, keepdims=True) * c)
+            return cos * c + np.sqrt(1 - cos ** 2) * w
+    else:
+        new = isotropic
+
+    def encoder(u):  # trained encoders read roughly along their decoder direction
+        return _unit(u + 0.3 * _unit(rng.standard_normal(u.shape)))
+
+    ua, ub = new(n), new(n_b)
+    ea, eb = encoder(ua), encoder(ub)
+    for u, e in ((ua, ea), (ub, eb)):
+        m = int(spec.duplicates * u.shape[0]) // 2
+        if m:
+            idx = rng.choice(u.shape[0], 2 * m, replace=False)
+            deg = np.full(m, spec.duplicate_deg)
+            u[idx[m:]], e[idx[m:]] = _turn(u[idx[:m]], deg, rng), _turn(e[idx[:m]], deg, rng)
+    truth = np.full(n, -1, np.int64)
+    na, nb = rng.lognormal(0, spec.norm_spread, n), rng.lognormal(0, spec.norm_spread, n_b)
+    if not spec.null:
+        k = int(round((1 - spec.fresh_fraction) * n))
+        alive = rng.choice(n, k, replace=False)
+        slots = rng.permutation(n_b)[:k]
+        stable = rng.random(k) < spec.stable_share
+        deg = np.where(stable, rng.uniform(*spec.stable_deg, k), rng.uniform(*spec.drift_deg, k))
+        ub[slots], eb[slots] = _turn(ua[alive], deg, rng), _turn(ea[alive], deg, rng)
+        nb[slots] = na[alive] * rng.lognormal(0, 0.1, k)
+        truth[alive] = slots
+
+    def sae(u, e, g, theta, t):
+        f = FoldedFeatures((e / g[:, None]).T.astype(np.float32),
+                           (-0.5 + 0.1 * rng.standard_normal(u.shape[0])).astype(np.float32),
+                           (u * g[:, None]).astype(np.float32))
+        return unfold(f, theta, info=SAEInfo(layer=t, hook_name=f"blocks.{t}.hook_resid_post",
+                                             sae_id=f"family/{spec.name}/{t}"))
+
+    theta_a = rng.lognormal(0.0, spec.theta_spread, n)
+    theta_b = spec.theta_growth * rng.lognormal(0.0, spec.theta_spread, n_b)
+    return sae(ua, ea, na, theta_a, 0), sae(ub, eb, nb, theta_b, 1), truth
+
+
 #: Named families: each sets its knobs independently of the others (sizes are CI sizes).
 FAMILIES: dict[str, FamilySpec] = {
     "isotropic": FamilySpec(n=512, d_in=64, fresh_fraction=0.3, noise=0.1,
@@ -183,6 +277,19 @@ FAMILIES: dict[str, FamilySpec] = {
                                               "a lot), clusters, and newborn siblings in B"),
     "null": FamilySpec(n=512, d_in=64, null=True, spectrum_decay=0.3, clusters=0.3,
                        description="two unrelated SAEs (nothing persists)"),
+    "drifting-minority": FamilySpec(kind="drift", n=1024, d_in=96, fresh_fraction=0.25, stable_share=0.8,
+                                    stable_deg=(1, 4), drift_deg=(10, 35), norm_spread=0.6,
+                                    description="80% of persisting features turn 1-4°, 20% drift 10-35°, 25% fresh"),
+    "shared-drift": FamilySpec(kind="drift", n=1024, d_in=96, shared_centres=128, member_cos=0.6,
+                               fresh_fraction=0.3, stable_share=0.0, drift_deg=(10, 35),
+                               description="both layers around 128 shared centres (cos 0.6), 70% persist "
+                                           "drifting 10-35°"),
+    "shared-null": FamilySpec(kind="drift", n=1024, d_in=96, shared_centres=128, member_cos=0.6, null=True,
+                              description="both layers around 128 shared centres (cos 0.6), nothing persists"),
+    "duplicates": FamilySpec(kind="drift", n=1024, d_in=96, duplicates=0.05, fresh_fraction=0.25,
+                             stable_share=0.7, drift_deg=(10, 30),
+                             description="5% of each SAE's features near-copies (8°) of another, 30% of "
+                                         "persisting features drift 10-30°"),
 }
 
 
