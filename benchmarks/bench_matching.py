@@ -32,6 +32,14 @@ normalised directions, no-partner cost 2 x the calibrated threshold) on a 65536 
 ``--first-call``: a fresh process solving a 2048 clustered pair twice, with the numba cache as
 installed, with an empty cache (``NUMBA_CACHE_DIR`` set for that child only), and with an empty
 cache filled by ``python -m saematch_nb warmup`` (the install step) in a process before it.
+
+``--gpu`` (with ``--device cuda``): the GPU rows, within ``--budget`` seconds (rows that would
+start past it are listed as skipped): clustered pairs at ``--gpu-n`` bijective and partial and
+at ``--gpu-partial-n`` partial; per pair ours as a user calls it (``match(..., device=...)``,
+the criterion included; its ``partner`` is compared) and the bare solve (``solve(X, Y,
+device=...)``), and for the bijective pair the peer a GPU user would write: float32 GEMM on the
+GPU into one host matrix + ``lapx.lapjvs`` (when lapx is importable). One table at the end.
+benchmarks/gpu_check.sh runs it.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ FAMILIES = {
     "gemma": dict(dups=0.3, group_size=(2, 4)),
 }
 PEERS = ("scipy", "lapjvs32", "lapjv64")
+CHILDREN = ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial", "sparse", "sparse_partial",
+            "match", "match_partial", "gemm_lapjvs")
 
 
 def _status(key: str) -> int:
@@ -92,12 +102,51 @@ def _gemm32(X, Y):
     return C
 
 
-def child(kind: str, folder: str, out: str) -> None:
+def child(kind: str, folder: str, out: str, device: str | None = None) -> None:
     import torch
     X, Y = _load(folder)
     rss0 = _status("VmRSS")
     res: dict = {}
-    if kind == "scipy":
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if kind in ("match", "match_partial"):
+        import pickle
+        from saematch_nb.core.match import match
+        from saematch_nb.core.synthetic import planted_pair
+        a, b, _ = planted_pair(96, 16, seed=1)
+        match(a, b, device=device, allow_unmatched=kind == "match_partial")  # kernels loaded, CUDA context up
+        with open(Path(folder) / "saes.pkl", "rb") as fh:
+            sa, sb = pickle.load(fh)
+        _sync(cuda)
+        t0 = time.perf_counter()
+        lm = match(sa, sb, device=device, allow_unmatched=kind == "match_partial")
+        _sync(cuda)
+        res["total_s"] = time.perf_counter() - t0
+        col = np.asarray(lm.partner, np.int64)
+        st = {k: v for k, v in lm.stats.items() if isinstance(v, (int, float, str, bool, dict))}
+        res.update(gap=lm.stats.get("gap"), via=lm.stats.get("solver"), stats=st, n_unmatched=int((col < 0).sum()),
+                   n_matched=int(lm.matched.sum()))
+    elif kind == "gemm_lapjvs":
+        import lap  # lapx
+        dev = torch.device(device or "cpu")
+        g = torch.randn(256, 256, device=dev)
+        (g @ g).sum().item()  # CUDA context and cuBLAS up before the clock starts
+        t0 = time.perf_counter()
+        Xd, Yd = X.to(dev), Y.to(dev)
+        n_a, n_b = X.shape[0], Y.shape[0]
+        C = np.empty((n_a, n_b), np.float32)
+        nx, ny = (Xd * Xd).sum(1), (Yd * Yd).sum(1)
+        br = max(64, (1 << 26) // n_b)
+        with torch.no_grad():
+            for a in range(0, n_a, br):
+                b = min(a + br, n_a)
+                blk = torch.addmm(nx[a:b, None] + ny[None, :], Xd[a:b], Yd.T, alpha=-2.0)
+                C[a:b] = blk.cpu().numpy()
+        t1 = time.perf_counter()
+        _, col, _ = lap.lapjvs(C, jvx_like=False, prefer_float32=True)
+        t2 = time.perf_counter()
+        col = np.asarray(col, np.int64)
+        res.update(gemm_s=t1 - t0, lap_s=t2 - t1, total_s=t2 - t0)
+    elif kind == "scipy":
         from scipy.optimize import linear_sum_assignment
         from saematch_nb.core.cost import dense_cost
         t0 = time.perf_counter()
@@ -125,11 +174,14 @@ def child(kind: str, folder: str, out: str) -> None:
     elif kind in ("ours", "ours_partial", "sparse", "sparse_partial"):
         from saematch_nb.core.lap import solve
         g = torch.Generator().manual_seed(0)
-        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="jv")  # numba cache load
-        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="sparse")
+        # numba cache load (and the CUDA context on a GPU)
+        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="jv", device=device)
+        solve(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), solver="sparse", device=device)
         w = np.load(Path(folder) / "w.npy") if kind.endswith("_partial") else None
+        _sync(cuda)
         t0 = time.perf_counter()
-        r = solve(X, Y, unmatched_cost=w, solver="sparse" if kind.startswith("sparse") else "auto")
+        r = solve(X, Y, unmatched_cost=w, solver="sparse" if kind.startswith("sparse") else "auto", device=device)
+        _sync(cuda)
         res["total_s"] = time.perf_counter() - t0
         col = r.col
         st = {k: v for k, v in r.stats.items() if k not in ("u", "v")}
@@ -137,8 +189,16 @@ def child(kind: str, folder: str, out: str) -> None:
     else:
         raise SystemExit(f"unknown child {kind}")
     res.update(peak=_status("VmHWM"), rss_inputs=rss0, threads=torch.get_num_threads())
+    if cuda:
+        res["gpu_peak"] = int(torch.cuda.max_memory_allocated(torch.device(device)))
     np.save(Path(out).with_suffix(".col.npy"), col)
     json.dump(res, open(out, "w"), default=float)
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+        torch.cuda.synchronize()
 
 
 def child_first_call(folder: str, out: str) -> None:
@@ -240,7 +300,7 @@ def bench(family: str, n: int, a) -> list[dict]:
     return rows
 
 
-def _prepare_partial(tmp: Path, X, Y):
+def _prepare_partial(tmp: Path, X, Y, device=None):
     """The partial mode's problem as match(allow_unmatched=True) builds it: part-normalised
     directions and a no-partner cost of 2 x the calibrated threshold; saved for a child."""
     import torch
@@ -248,7 +308,7 @@ def _prepare_partial(tmp: Path, X, Y):
     t0 = time.perf_counter()
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
     parts = crit.part_slices("encoder+decoder", X.shape[1] // 2)
-    cal = crit.calibrate(Xt, Yt, parts=parts)
+    cal = crit.calibrate(Xt, Yt, parts=parts, device=device)
     Xd = crit.directions(Xt, parts).numpy()
     Yd = crit.directions(Yt, parts).numpy()
     w = np.full(X.shape[0], 2.0 * cal.threshold)
@@ -398,6 +458,120 @@ def first_call(a) -> dict:
     return res
 
 
+def gpu_rows(a) -> list[dict]:
+    """The GPU rows (--gpu): each pair generated here, each solver in its own child on
+    ``a.device``, the whole within ``a.budget`` seconds."""
+    import pickle
+    import importlib.util
+    import torch
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {a.device}: torch {torch.__version__} sees no CUDA device")
+        print(f"GPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+    has_lapx = importlib.util.find_spec("lap") is not None
+    deadline = time.perf_counter() + a.budget
+    # ours first (bijective and partial at each size), the peer last: at 16k it takes minutes
+    plan = [(n, "bijective", ["match", "ours"]) for n in a.gpu_n]
+    plan += [(n, "partial", ["match_partial", "ours_partial"]) for n in a.gpu_n]
+    plan += [(n, "partial", ["ours_partial", "match_partial"]) for n in a.gpu_partial_n]
+    if has_lapx:
+        plan += [(n, "bijective", ["gemm_lapjvs"]) for n in a.gpu_n]
+    else:
+        print("lapx not importable: no GEMM + lapjvs peer row", flush=True)
+    rows: list[dict] = []
+    made: dict = {}
+    root = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
+    for n, mode, kinds in plan:
+        if time.perf_counter() > deadline - 20:
+            rows += [{"n": n, "mode": mode, "solver": k, "skipped": "budget spent"} for k in kinds]
+            continue
+        if n not in made:
+            tmp = root / str(n)
+            tmp.mkdir()
+            from saematch_nb.core.synthetic_hard import gemma_like_pair
+            sa, sb, truth = gemma_like_pair(n, 2304, seed=a.seed, **FAMILIES["clustered"])
+            with open(tmp / "saes.pkl", "wb") as fh:  # match() children load the SAEs themselves
+                pickle.dump((sa, sb), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            del sa, sb
+            X, Y, _ = make_pair("clustered", n, a.seed, tmp)
+            made[n] = {"bijective": (tmp, X, Y, None), "truth": truth}
+        if mode not in made[n]:  # the partial problem, in its own folder (the peer reads the raw pair)
+            tmp0, X, Y, _ = made[n]["bijective"]
+            tmp = tmp0 / "partial"
+            tmp.mkdir()
+            (tmp / "saes.pkl").symlink_to(tmp0 / "saes.pkl")
+            Xp, Yp, w = _prepare_partial(tmp, X, Y, device=a.device)
+            made[n][mode] = (tmp, Xp, Yp, w)
+        tmp, Xp, Yp, w = made[n][mode]
+        truth = made[n]["truth"]
+        for kind in kinds:
+            left = deadline - time.perf_counter()
+            row = {"n": n, "mode": mode, "solver": kind}
+            rows.append(row)
+            if left < 10:
+                row["skipped"] = "budget spent"
+                continue
+            out = tmp / f"{kind}.json"
+            try:
+                p, wall = _run([kind, str(tmp), str(out), a.device], timeout=left)
+            except RuntimeError as e:
+                row["skipped"] = "failed"
+                print(f"{n} {mode} {kind}: FAILED\n{e}", flush=True)
+                continue
+            if p is None:
+                row["skipped"] = f"stopped after {wall:.0f} s (budget)"
+                print(f"{n} {mode} {kind}: {row['skipped']}", flush=True)
+                continue
+            r = json.load(open(out))
+            col = np.load(out.with_suffix(".col.npy"))
+            row.update(r)
+            row["exact_total"] = _exact_total(Xp, Yp, col, w)
+            kept, fresh = truth >= 0, truth < 0
+            row["recovery"] = float((col[kept] == truth[kept]).mean())
+            row["fresh_partnered"] = float((col[fresh] >= 0).mean()) if fresh.any() else float("nan")
+            print(f"{n} {mode} {kind}: {r['total_s']:.1f} s" + (f", gap {r.get('gap')}, via {r.get('via')}"
+                  if "via" in r else f" (GEMM {r['gemm_s']:.1f} + LAP {r['lap_s']:.1f})")
+                  + (f", GPU peak {r['gpu_peak'] / 2**30:.2f} GB" if "gpu_peak" in r else ""), flush=True)
+            if "stats" in r:
+                print(f"  phases: {json.dumps(r['stats'].get('phase_seconds'), default=float)}", flush=True)
+        # the bare solve is the reference of each (n, mode)
+        ref = next((r for r in rows if r["n"] == n and r["mode"] == mode and r["solver"].startswith("ours")
+                    and "exact_total" in r), None)
+        for r in rows:
+            if ref is not None and r["n"] == n and r["mode"] == mode and "exact_total" in r:
+                r["rel_diff"] = (r["exact_total"] - ref["exact_total"]) / abs(ref["exact_total"])
+                if r is not ref and "gemm_s" in r:
+                    ref["ratio"] = ref["total_s"] / r["total_s"]
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+    gpu_table(rows, a.device)
+    return rows
+
+
+def gpu_table(rows: list[dict], device: str) -> None:
+    gb = 2 ** 30
+    names = {"match": "ours: match()", "match_partial": "ours: match(allow_unmatched=True)",
+             "ours": "ours: solve()", "ours_partial": "ours: solve(unmatched_cost=...)",
+             "gemm_lapjvs": f"GEMM on {device} + lapx.lapjvs"}
+    print(f"\n| n | mode | solver ({device}) | seconds | gap / via | GPU peak GB | host peak GB | "
+          "exact total rel. diff to solve() | kept with true partner | fresh partnered |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        name = names.get(r["solver"], r["solver"])
+        if "skipped" in r:
+            print(f"| {r['n']} | {r['mode']} | {name} | skipped: {r['skipped']} | | | | | | |")
+            continue
+        sec = f"{r['total_s']:.1f}" + (f" ({r['gemm_s']:.1f} + {r['lap_s']:.1f})" if "gemm_s" in r else "")
+        if "ratio" in r:
+            sec += f"; {r['ratio']:.2f}x the peer"
+        gv = f"{r.get('gap')} / {r.get('via')}" if "via" in r else "—"
+        gpk = f"{r['gpu_peak'] / gb:.2f}" if "gpu_peak" in r else "—"
+        rel = f"{r['rel_diff']:.1e}" if "rel_diff" in r else "—"
+        print(f"| {r['n']} | {r['mode']} | {name} | {sec} | {gv} | {gpk} | {r['peak'] / gb:.2f} | {rel} | "
+              f"{r['recovery'] * 100:.2f}% | {r['fresh_partnered'] * 100:.1f}% |")
+
+
 def table(rows: list[dict]) -> None:
     gb = 2 ** 30
     print("\n| family | n | solver | seconds (GEMM + LAP) | peak GB (extra) | exact total rel. diff to ours | "
@@ -422,9 +596,8 @@ def table(rows: list[dict]) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_first":
         return child_first_call(sys.argv[2], sys.argv[3])
-    if len(sys.argv) > 1 and sys.argv[1] in ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial", "sparse",
-                                             "sparse_partial"):
-        return child(sys.argv[1], sys.argv[2], sys.argv[3])
+    if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
+        return child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -440,6 +613,11 @@ def main() -> None:
     ap.add_argument("--project-n", type=int, default=262144)
     ap.add_argument("--refit", default=None, metavar="JSON", help="the --scaling report again from its --json file")
     ap.add_argument("--json", default=None, help="write all rows here")
+    ap.add_argument("--gpu", action="store_true", help="only the GPU rows (see above), on --device")
+    ap.add_argument("--device", default="cuda", help="device of the --gpu rows (default cuda)")
+    ap.add_argument("--gpu-n", type=int, nargs="*", default=[16384], help="--gpu: bijective and partial pairs")
+    ap.add_argument("--gpu-partial-n", type=int, nargs="*", default=[65536], help="--gpu: partial-only pairs")
+    ap.add_argument("--budget", type=float, default=420.0, help="--gpu: seconds for all rows")
     a = ap.parse_args()
     import torch
     flags = ""
@@ -457,6 +635,11 @@ def main() -> None:
         return
     if a.scaling:
         rows = scaling(a)
+        if a.json:
+            json.dump({"rows": rows}, open(a.json, "w"), default=float, indent=1)
+        return
+    if a.gpu:
+        rows = gpu_rows(a)
         if a.json:
             json.dump({"rows": rows}, open(a.json, "w"), default=float, indent=1)
         return

@@ -1,15 +1,16 @@
 """Helpers for fault tests: caches that cannot be written, and running as an unprivileged user.
 
-``as_unprivileged``: for tests of file permissions (root ignores them). Not root: the function runs here, as this user. Root: it runs in a forked child that drops to
-``nobody`` first (a fork, not a new interpreter: the interpreter may live where ``nobody`` cannot
-read, and everything the function needs is imported before the fork). The child's return value,
-its warnings and any exception come back pickled; the child never returns into pytest.
+``as_unprivileged``: for tests of file permissions (root ignores them). Not root: the function
+runs here, as this user. Root: it runs in a spawned child (not a fork: a fork of a process that
+has initialised CUDA cannot use CUDA) that imports and warms up as root, then drops to
+``nobody`` (the interpreter may live where ``nobody`` cannot read). The child's return value, its
+warnings and any exception come back pickled.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import pickle
 import traceback
 import warnings
 from pathlib import Path
@@ -45,49 +46,53 @@ def unwritable_warning(rec: list, folder: Any) -> str:
     return msgs[0]
 
 
-def as_unprivileged(fn: Callable[[], Any]) -> tuple[Any, list[warnings.WarningMessage]]:
-    """(fn's result, the warnings it raised), run without root's rights. Re-raises its error."""
+def as_unprivileged(fn: Callable[..., Any], *args: Any,
+                    prepare: Callable[..., Any] | None = None) -> tuple[Any, list[warnings.WarningMessage]]:
+    """(fn(*args), the warnings it raised), run without root's rights. Re-raises its error.
+
+    Not root: ``fn(*args)`` here. Root: in a spawned child (``fn``, ``prepare`` and ``args`` must
+    pickle: module-level functions) that first runs ``prepare(*args)`` as root, then drops to
+    nobody and runs ``fn(*args)``."""
     if os.geteuid() != 0:
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
-            return fn(), list(rec)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never leave this branch except through os._exit
-        code = 0
-        try:
-            os.close(r)
-            import torch
-
-            torch.set_num_threads(1)  # no thread pool across a fork
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            with warnings.catch_warnings(record=True) as rec:
-                warnings.simplefilter("always")
-                out = ("ok", fn(), [(x.category, str(x.message)) for x in rec])
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            out = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", [])
-        try:
-            data = pickle.dumps(out)
-            while data:
-                data = data[os.write(w, data):]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    with os.fdopen(r, "rb") as fh:
-        while True:
-            b = fh.read(1 << 16)
-            if not b:
-                break
-            chunks.append(b)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0 and chunks, f"the unprivileged child failed (wait status {status})"
-    kind, value, warned = pickle.loads(b"".join(chunks))
+            return fn(*args), list(rec)
+    # spawn, never fork: a forked child of a process that has initialised CUDA cannot use it
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_unprivileged_child, args=(send, fn, args, prepare))
+    proc.start()
+    send.close()
+    try:
+        kind, value, warned = recv.recv()
+    except EOFError:  # the child died before answering
+        kind, value, warned = "error", "the child exited without a result", []
+    finally:
+        recv.close()
+        proc.join(60)
+    assert proc.exitcode == 0, f"the unprivileged child failed (exit code {proc.exitcode}): {value}"
     if kind == "error":
         raise AssertionError(f"as the unprivileged user: {value}")
     msgs = [warnings.WarningMessage(m, c, "<child>", 0) for c, m in warned]
     return value, msgs
+
+
+def _unprivileged_child(conn: Any, fn: Callable[..., Any], args: tuple, prepare: Callable[..., Any] | None) -> None:
+    try:
+        if prepare is not None:
+            # as root: imports and compiled kernels are in memory before the rights go (the
+            # interpreter and the sources may live where nobody cannot read)
+            prepare(*args)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            out = ("ok", fn(*args), [(x.category, str(x.message)) for x in rec])
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        out = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", [])
+    try:
+        conn.send(out)
+    except Exception as e:  # noqa: BLE001 - a result that does not pickle
+        conn.send(("error", f"the child's result could not be sent back: {type(e).__name__}: {e}", []))
+    conn.close()

@@ -4,13 +4,38 @@
   rescaled per feature (θ × U[0.3, 3]), perturbed (noise 0.1). Returns ``(sae_a, sae_b, truth)``.
 - ``planted_fresh``: the same with 30% of A's features dying (their B slot holds a fresh one).
 - ``chain``: a 4-layer planted chain (``PlantedChain`` with ``.saes`` and ``.truths``).
+- ``test_device``: the device of tests whose result depends on it, from the environment variable
+  ``SAEMATCH_TEST_DEVICE`` (default "cpu"; ``SAEMATCH_TEST_DEVICE=cuda`` on a GPU machine, as
+  benchmarks/gpu_check.sh runs them). Module-level constants use :func:`device_under_test`.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from saematch_nb.core.synthetic import planted_chain, planted_pair
+
+
+def device_under_test() -> str:
+    """``SAEMATCH_TEST_DEVICE`` (default "cpu"), checked: a GPU asked for but absent is an error,
+    not a silent CPU run."""
+    name = os.environ.get("SAEMATCH_TEST_DEVICE", "").strip() or "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"SAEMATCH_TEST_DEVICE={name!r} is not a torch device ({e}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"SAEMATCH_TEST_DEVICE={name!r} but torch sees no CUDA device here "
+                                f"(torch {torch.__version__}); unset it to test on the CPU")
+    return name
+
+
+@pytest.fixture(scope="session")
+def test_device() -> str:
+    return device_under_test()
 
 
 @pytest.fixture(scope="session")

@@ -32,17 +32,19 @@ def test_unknown_params_lists_choices(planted):
         assert c in str(e.value)
 
 
-def test_cost_blocks_match_direct_distances():
+def test_cost_blocks_match_direct_distances(test_device):
     g = torch.Generator().manual_seed(0)
     X, Y = torch.randn(37, 9, generator=g), torch.randn(53, 9, generator=g)
     want = torch.cdist(X.double(), Y.double()) ** 2
     starts = []
-    for r0, blk in cost_blocks(X, Y, block_rows=10):
+    for r0, blk in cost_blocks(X, Y, block_rows=10, device=test_device):
         starts.append(r0)
+        assert blk.device.type == torch.device(test_device).type
+        blk = blk.cpu()
         assert blk.dtype == torch.float32 and (blk >= 0).all()
         assert torch.allclose(blk.double(), want[r0:r0 + blk.shape[0]], rtol=1e-4, atol=1e-4)
     assert starts == [0, 10, 20, 30]
-    C = dense_cost(X, Y, block_rows=7)
+    C = dense_cost(X, Y, block_rows=7, device=test_device)
     assert C.dtype == np.float64 and C.shape == (37, 53)
     assert np.allclose(C, want.numpy(), rtol=1e-4, atol=1e-4)
     assert np.allclose(pair_cost(X, Y, np.arange(5), np.arange(5)), want.numpy()[np.arange(5), np.arange(5)])

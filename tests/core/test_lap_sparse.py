@@ -9,10 +9,16 @@ from scipy.optimize import linear_sum_assignment
 from saematch_nb.core.lap.sparse import solve_sparse, verify_certificate
 from saematch_nb.core.synthetic_hard import gemma_like_pair
 from tests._fpmode import denormal_mode
+from tests.conftest import device_under_test
 
-DEV = "cpu"
+DEV = device_under_test()  # SAEMATCH_TEST_DEVICE: "cuda" runs the GPU pass (torch top-k lists, GPU pricing)
 # both product precisions of the pass run on any CPU ("auto" picks bfloat16 only with AMX or AVX-512 BF16)
 PRECS = ["float32", "bfloat16"]
+
+
+def _dev(prec: str) -> str:
+    """The device of a pass in ``prec``: bfloat16 is a CPU pass (solve_sparse refuses it elsewhere)."""
+    return "cpu" if prec == "bfloat16" else DEV
 
 
 def dense(X, Y):
@@ -66,7 +72,7 @@ def test_random_square_equals_dense(n, D, seed, prec):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, D, generator=g)
     Y = torch.randn(n, D, generator=g)
-    res = solve_sparse(X, Y, k=4, k_dot=8, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=4, k_dot=8, device=_dev(prec), precision=prec)
     assert res.stats["precision"] == prec
     check_equal(X, Y, res)
 
@@ -76,7 +82,7 @@ def test_planted_gemma_like_small(prec):
     a, b, truth = gemma_like_pair(600, 48, dups=0.3, seed=3)
     X = torch.cat([a.W_dec * a.threshold[:, None], (a.W_enc / a.threshold).T], 1)
     Y = torch.cat([b.W_dec * b.threshold[:, None], (b.W_enc / b.threshold).T], 1)
-    res = solve_sparse(X, Y, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, device=_dev(prec), precision=prec)
     check_equal(X, Y, res)
     alive = truth >= 0
     assert (res.col[alive] == truth[alive]).mean() > 0.9
@@ -87,10 +93,10 @@ def test_rectangular_and_transposed(prec):
     g = torch.Generator().manual_seed(4)
     X = torch.randn(300, 16, generator=g)
     Y = torch.randn(520, 16, generator=g)
-    res = solve_sparse(X, Y, k=3, k_dot=6, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=3, k_dot=6, device=_dev(prec), precision=prec)
     check_equal(X, Y, res)
     assert (res.col >= 0).all()
-    rt = solve_sparse(Y, X, k=3, k_dot=6, device=DEV, precision=prec)  # n_a > n_b: 220 rows stay without partner
+    rt = solve_sparse(Y, X, k=3, k_dot=6, device=_dev(prec), precision=prec)  # n_a > n_b: 220 rows stay without partner
     assert (rt.col >= 0).sum() == 300 and (rt.col < 0).sum() == 220
     assert rt.total == pytest.approx(res.total, rel=1e-9)
     np.testing.assert_array_equal(rt.col[res.col], np.arange(300))
@@ -103,7 +109,7 @@ def test_partial_mode_covers_dummy_columns(prec):
     Y = torch.randn(450, 12, generator=g)
     C = dense(X, Y)
     w = np.quantile(C.min(1), 0.6) * (0.5 + np.random.default_rng(0).random(500))
-    res = solve_sparse(X, Y, unmatched_cost=w, k=4, k_dot=8, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, unmatched_cost=w, k=4, k_dot=8, device=_dev(prec), precision=prec)
     check_equal(X, Y, res, w)
     assert 0 < (res.col < 0).sum() < 500
     # -1 rows report the cost to their nearest column
@@ -120,7 +126,7 @@ def test_hubness_rows_share_one_nearest_column(prec):
     Y[1:40] *= 0.05  # more small-norm hubs
     X = torch.randn(800, D, generator=g)
     assert (np.argmin(dense(X, Y), 1) <= 40).mean() > 0.9
-    res = solve_sparse(X, Y, k=2, k_dot=4, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=2, k_dot=4, device=_dev(prec), precision=prec)
     check_equal(X, Y, res)
 
 
@@ -130,7 +136,7 @@ def test_exact_ties_total_equals_dense(prec):
     base = torch.randint(-2, 3, (50, 6), generator=g).float()
     X = base.repeat(4, 1)  # every row four times, integer costs: many optimal assignments
     Y = torch.randint(-2, 3, (200, 6), generator=g).float()
-    res = solve_sparse(X, Y, k=2, k_dot=2, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=2, k_dot=2, device=_dev(prec), precision=prec)
     check_equal(X, Y, res, unique=False)
 
 
@@ -139,7 +145,7 @@ def test_tiny_k_needs_the_violating_pairs_loop(prec):
     g = torch.Generator().manual_seed(8)
     X = torch.randn(700, 10, generator=g)
     Y = torch.randn(700, 10, generator=g)
-    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=1, k_dot=1, device=_dev(prec), precision=prec)
     assert res.stats["rounds"] > 1 and res.stats["expanded_rows"] > 0
     check_equal(X, Y, res)
     assert res.stats["candidate_edges"] < 700 * 700 / 2  # never went dense
@@ -362,7 +368,7 @@ def test_hall_violation_in_the_candidate_graph_is_repaired(prec):
     Y[0] = 0.0
     Y[1:40] *= 0.05
     X = torch.randn(800, 20, generator=g)
-    res = solve_sparse(X, Y, k=1, k_dot=1, device=DEV, precision=prec)
+    res = solve_sparse(X, Y, k=1, k_dot=1, device=_dev(prec), precision=prec)
     assert res.stats["hall_rounds"] >= 1
     check_equal(X, Y, res)
 
@@ -439,7 +445,7 @@ def test_certificate_is_sound_when_products_underflow(flush, prec, rescale, monk
         monkeypatch.setattr(lap, "_RESCALE_BELOW", 0.0, raising=False)
     X, Y = _tiny_planted(1000, 64, 5)
     with denormal_mode(flush):
-        res = solve_sparse(X, Y, device=DEV, precision=prec)
+        res = solve_sparse(X, Y, device=_dev(prec), precision=prec)
         C = dense(X, Y)
     col, opt = scipy_opt(C)
     got = exact_total(X, Y, res.col)
@@ -528,9 +534,10 @@ def test_bfloat16_falls_back_to_float32_near_the_float32_range():
     X = torch.randn(150, 8, generator=g)
     Y = torch.randn(150, 8, generator=g)
     s = 3e18  # squared norms ~ 1e38
-    res = solve_sparse(X * s, Y * s, k=3, k_dot=4, precision="bfloat16")
+    # bfloat16 is a CPU pass: named here, or a GPU machine's default device would refuse it
+    res = solve_sparse(X * s, Y * s, k=3, k_dot=4, precision="bfloat16", device="cpu")
     assert res.stats["precision"] == "float32"
-    ref = solve_sparse(X, Y, k=3, k_dot=4, precision="bfloat16")
+    ref = solve_sparse(X, Y, k=3, k_dot=4, precision="bfloat16", device="cpu")
     assert ref.stats["precision"] == "bfloat16"
     np.testing.assert_array_equal(res.col, ref.col)
     check_equal(X, Y, ref)

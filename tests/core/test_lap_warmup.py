@@ -107,3 +107,49 @@ def test_without_numba_every_numba_path_says_what_to_install():
         assert "pip install 'saematch_nb[scale]'" in ln and "python -m saematch_nb warmup" in ln, ln
     assert lines[-1] == "warmup rc 1"
     assert "needs numba" in p.stderr
+
+
+def test_warm_devices_follow_cuda_availability(monkeypatch):
+    import torch
+
+    from saematch_nb.core.lap.warmup import precisions, warm_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert warm_devices() == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert warm_devices() == ["cpu", "cuda"]
+    assert precisions("cpu") == ("float32", "bfloat16")
+    assert precisions("cuda") == precisions("cuda:1") == ("float32",)
+
+
+def test_warmup_on_a_cuda_machine_names_devices_and_keeps_bfloat16_on_the_cpu(monkeypatch):
+    """A GPU machine as the warm-up sees it: torch.cuda.is_available() is True, so a call without
+    ``device=`` resolves to CUDA. Every solver call is recorded, checked the way the solver checks
+    it (sparse._pick_precision raises for bfloat16 off the CPU), then run on the CPU (no GPU here)."""
+    import torch
+
+    import saematch_nb.core.lap as lap
+    from saematch_nb.core.lap import sparse
+    from saematch_nb.core.lap.warmup import warm_up
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+
+    def recorder(name, real):
+        def fn(*args, device=None, **kw):
+            dev = sparse._pick_device(device)  # what the solver would run on: CUDA when not named
+            calls.append((name, device, dev.type, kw.get("precision", "auto")))
+            if name == "solve_sparse":
+                sparse._pick_precision(kw.get("precision", "auto"), dev)
+            return real(*args, device="cpu", **kw)
+        return fn
+
+    for name in ("solve_jv", "solve_sparse", "verify_certificate"):
+        monkeypatch.setattr(lap, name, recorder(name, getattr(lap, name)))
+    r = warm_up()
+    assert r["devices"] == ["cpu", "cuda"] and r["not_reached"] == []
+    assert all(device is not None for _, device, _, _ in calls), "a warm-up call left its device to the default"
+    assert not [c for c in calls if c[3] == "bfloat16" and c[2] != "cpu"]
+    assert {c[3] for c in calls if c[0] == "solve_sparse" and c[2] == "cpu"} >= {"float32", "bfloat16"}
+    on_gpu = {name for name, _, dev, _ in calls if dev == "cuda"}
+    assert on_gpu == {"solve_jv", "solve_sparse", "verify_certificate"}, on_gpu

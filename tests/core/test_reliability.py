@@ -73,25 +73,31 @@ def test_unwritable_default_cache_location(planted, reference, tmp_path, monkeyp
     unwritable_warning(rec, home / ".cache" / "saematch_nb")
 
 
-def test_read_only_cache_as_an_unprivileged_user(planted, reference):
+def _chains_in(saes, base):
+    """Two chains with read-only caches: an explicit cache_dir, and ~/.cache/saematch_nb."""
+    os.environ.pop("SAEMATCH_CACHE_DIR", None)  # in the child of as_unprivileged (or a monkeypatched env)
+    os.environ["HOME"] = str(base / "home")
+    a = match_chain(saes, cache_dir=base / "cache", progress=False)
+    b = match_chain(saes, progress=False)  # ~/.cache/saematch_nb
+    return [[lm.partner for lm in c.pairs] for c in (a, b)]
+
+
+def _warm_chain(saes, base):
+    match_chain(saes, cache=False, progress=False)  # imports and kernels, before the rights go
+
+
+def test_read_only_cache_as_an_unprivileged_user(planted, reference, monkeypatch):
     """Real permissions: as this user when it is not root, else as nobody (root ignores them)."""
-    # everything the chain needs is imported before the fork
-    match_chain(planted.saes, cache=False, progress=False)
     base = Path(tempfile.mkdtemp(prefix="smn_ro_", dir="/tmp"))
+    # not root, _chains_in runs in this process: its environment changes are undone after the test
+    monkeypatch.setenv("HOME", os.environ.get("HOME", "/"))
+    monkeypatch.delenv("SAEMATCH_CACHE_DIR", raising=False)
     try:
         (base / "cache").mkdir()
         (base / "home").mkdir()
         for p in (base, base / "cache", base / "home"):
             p.chmod(0o555)  # readable, not writable (and owned by root when run as root)
-
-        def chains():
-            os.environ.pop("SAEMATCH_CACHE_DIR", None)
-            os.environ["HOME"] = str(base / "home")
-            a = match_chain(planted.saes, cache_dir=base / "cache", progress=False)
-            b = match_chain(planted.saes, progress=False)  # ~/.cache/saematch_nb
-            return [[lm.partner for lm in c.pairs] for c in (a, b)]
-
-        got, rec = as_unprivileged(chains)
+        got, rec = as_unprivileged(_chains_in, planted.saes, base, prepare=_warm_chain)
         want = [lm.partner for lm in reference.pairs]
         assert all(np.array_equal(x, y) for g in got for x, y in zip(g, want))
         cw = [w for w in rec if issubclass(w.category, CacheWarning)]

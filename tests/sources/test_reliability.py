@@ -4,6 +4,7 @@ SAEs that are not the chain's or past the model's context, an interrupt mid-gene
 
 from __future__ import annotations
 
+import functools
 import gc
 import shutil
 import signal
@@ -36,9 +37,15 @@ def n_hooks(model) -> int:
     return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
 
 
+@functools.lru_cache(maxsize=1)
+def _tiny_model():
+    # seeded: a spawned child (as_unprivileged) builds the same model instead of unpickling one
+    return fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=16)
+
+
 @pytest.fixture(scope="module")
 def model():
-    return fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=16)
+    return _tiny_model()
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +79,24 @@ def test_default_location_unwritable(model, saes, tmp_path, monkeypatch):
     assert acts.n_tokens > 0
 
 
+def _collect_in(base):
+    acts = collect_activations(_tiny_model(), TEXTS, [0], cache_dir=base, progress=False)
+    out, where = np.array(acts[0]), acts.path
+    del acts
+    gc.collect()  # its uncached folder goes with it (the child exits without atexit)
+    return out, where
+
+
+def _warm_collect(base):
+    collect_activations(_tiny_model(), TEXTS, [0], cache=False, progress=False)  # imports, before the rights go
+
+
 def test_read_only_activation_cache_as_an_unprivileged_user(model):
-    ref = collect_activations(model, TEXTS, [0], cache=False, progress=False)  # imports done before the fork
+    ref = collect_activations(model, TEXTS, [0], cache=False, progress=False)
     base = Path(tempfile.mkdtemp(prefix="smn_ro_", dir="/tmp"))
     try:
         base.chmod(0o555)
-
-        def collect():
-            acts = collect_activations(model, TEXTS, [0], cache_dir=base, progress=False)
-            out, where = np.array(acts[0]), acts.path
-            del acts
-            gc.collect()  # its uncached folder goes with it (the child exits without atexit)
-            return out, where
-
-        (got, where), rec = as_unprivileged(collect)
+        (got, where), rec = as_unprivileged(_collect_in, base, prepare=_warm_collect)
         np.testing.assert_array_equal(got, ref[0])
         assert "Permission" in unwritable_warning(rec, base)
         assert list(base.iterdir()) == [] and not where.exists()

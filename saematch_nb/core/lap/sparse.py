@@ -992,14 +992,14 @@ def _transpose_result(res, X, Y):
     col = np.full(n_a, -1, np.int64)
     col[res.col] = np.arange(res.col.size)
     from ._numba import exact_costs
-    Xn = np.ascontiguousarray(X.detach().cpu().float().numpy())
-    Yn = np.ascontiguousarray(Y.detach().cpu().float().numpy())
+    Xc, Yc = X.detach().cpu().float(), Y.detach().cpu().float()  # inputs may live on a GPU
+    Xn, Yn = np.ascontiguousarray(Xc.numpy()), np.ascontiguousarray(Yc.numpy())
     has = col >= 0
     cost = np.full(n_a, np.nan)
     cost[has] = exact_costs(Xn, Yn, np.flatnonzero(has), col[has])
     # rows of X without partner: their cheapest column, found in float32 then recomputed exactly
     alt = np.full(n_a, np.nan)
-    C = torch.cdist(X.float(), Y.float()) if n_a * Y.shape[0] <= 4_000_000 else None
+    C = torch.cdist(Xc, Yc) if n_a * Y.shape[0] <= 4_000_000 else None
     if C is not None:
         C = C.pow(2)
         C[torch.from_numpy(np.flatnonzero(has)), torch.from_numpy(col[has])] = float("inf")

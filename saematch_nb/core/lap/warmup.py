@@ -3,8 +3,11 @@
 ``python -m saematch_nb warmup`` (run by ``make install``; after ``pip install
 'saematch_nb[scale]'`` run it once yourself) solves a set of tiny problems that walk every code
 path of the "jv" and "sparse" solvers: square, rectangular both ways, partial mode, float32 and
-bfloat16 products, the tiny-input rescale and the certificate check. Each kernel signature they
-reach is compiled and written to numba's cache (next to the sources, or numba's per-user cache
+bfloat16 products, the tiny-input rescale and the certificate check; on a machine with a CUDA
+GPU the float32 paths again with ``device="cuda"`` (the GPU path reaches the same host kernels
+through other code: torch top-k lists, GPU pricing; bfloat16 is a CPU pass only). Every call
+names its device: a bare call would default to CUDA there. Each kernel signature they reach is
+compiled and written to numba's cache (next to the sources, or numba's per-user cache
 folder where site-packages is read-only), so a user's first ``match`` in a fresh process only
 loads them (about 1 s) instead of compiling them (22-34 s on a 2-core machine).
 
@@ -19,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["warm_up", "kernel_stats"]
+__all__ = ["warm_up", "warm_devices", "precisions", "kernel_stats"]
 
 
 def _dispatchers() -> dict:
@@ -56,39 +59,71 @@ def _problems():
     return X, Y
 
 
+def warm_devices() -> list[str]:
+    """The devices whose solve paths the warm-up walks: always "cpu"; "cuda" too when torch sees
+    a GPU. The kernels are host code either way, but the GPU path reaches them through other code
+    (torch top-k lists instead of the numba pass, GPU pricing), hence other signatures."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def precisions(device: str) -> tuple[str, ...]:
+    """Product precisions of the sparse pass on ``device``: bfloat16 is a CPU pass only (its
+    error bound assumes float32 accumulation, which a GPU bfloat16 product does not promise)."""
+    return ("float32", "bfloat16") if torch.device(device).type == "cpu" else ("float32",)
+
+
+def _steps(X, Y, w, devices) -> list:
+    """(name, thunk) per warm-up solve; every call names its device and, for the sparse pass,
+    its precision, so a GPU machine (where the default device is CUDA) never asks for a CPU-only
+    mode."""
+    from . import solve_jv, solve_sparse, verify_certificate
+
+    n = X.shape[0]
+    steps = []
+    for dev in devices:
+        tag = "" if dev == "cpu" else f" [{dev}]"
+        steps += [
+            (f"jv square{tag}", lambda d=dev: solve_jv(X, Y, device=d)),
+            (f"jv rectangular{tag}", lambda d=dev: solve_jv(X[: n // 2], Y, device=d)),
+            (f"jv tall{tag}", lambda d=dev: solve_jv(X, Y[: n // 2], device=d)),
+            (f"jv partial{tag}", lambda d=dev: solve_jv(X, Y, unmatched_cost=w, device=d)),
+            (f"jv partial tall{tag}", lambda d=dev: solve_jv(X, Y[: n // 2], unmatched_cost=w, device=d)),
+            (f"jv float64 input{tag}", lambda d=dev: solve_jv(X.double(), Y.double(), device=d)),
+        ]
+        for prec in precisions(dev):
+            kw = {"k": 2, "precision": prec}
+            steps += [
+                (f"sparse {prec} square{tag}",
+                 lambda d=dev, kw=kw: solve_sparse(X, Y, k_dot=2, device=d, **kw)),
+                (f"sparse {prec} rectangular{tag}", lambda d=dev, kw=kw: solve_sparse(X[: n // 2], Y, device=d, **kw)),
+                (f"sparse {prec} tall{tag}", lambda d=dev, kw=kw: solve_sparse(X, Y[: n // 2], device=d, **kw)),
+                (f"sparse {prec} partial{tag}",
+                 lambda d=dev, kw=kw: solve_sparse(X, Y, unmatched_cost=w, device=d, **kw)),
+            ]
+        # "auto" precision: whatever this machine picks for the device (bfloat16 only on a CPU
+        # that multiplies it natively)
+        steps += [
+            (f"sparse tiny inputs{tag}", lambda d=dev: solve_sparse(X * 1e-20, Y * 1e-20, k=2, device=d)),
+            (f"sparse float64 input{tag}", lambda d=dev: solve_sparse(X.double(), Y.double(), k=2, device=d)),
+            (f"certificate{tag}", lambda d=dev: _certify(X, Y, verify_certificate, solve_sparse, None, d)),
+            (f"certificate partial{tag}", lambda d=dev: _certify(X, Y, verify_certificate, solve_sparse, w, d)),
+        ]
+    return steps
+
+
 def warm_up(*, progress: bool = False) -> dict:
-    """Run the tiny problems through both numba solvers; return seconds and kernel counts.
+    """Run the tiny problems through both numba solvers, on every device of :func:`warm_devices`;
+    return seconds and kernel counts.
 
     Raises ImportError (with the install hint) when numba is missing."""
-    from . import solve_jv, solve_sparse, verify_certificate
     from .jv import _kernels
 
     _kernels()  # the install hint when numba is missing
     t0 = time.perf_counter()
     X, Y = _problems()
-    n = X.shape[0]
-    w = np.full(n, float(torch.cdist(X, Y).pow(2).median()) * 0.5)
-    steps = [
-        ("jv square", lambda: solve_jv(X, Y)),
-        ("jv rectangular", lambda: solve_jv(X[: n // 2], Y)),
-        ("jv tall", lambda: solve_jv(X, Y[: n // 2])),
-        ("jv partial", lambda: solve_jv(X, Y, unmatched_cost=w)),
-        ("jv partial tall", lambda: solve_jv(X, Y[: n // 2], unmatched_cost=w)),
-        ("jv float64 input", lambda: solve_jv(X.double(), Y.double())),
-    ]
-    for prec in ("float32", "bfloat16"):
-        steps += [
-            (f"sparse {prec} square", lambda p=prec: solve_sparse(X, Y, k=2, k_dot=2, precision=p)),
-            (f"sparse {prec} rectangular", lambda p=prec: solve_sparse(X[: n // 2], Y, k=2, precision=p)),
-            (f"sparse {prec} tall", lambda p=prec: solve_sparse(X, Y[: n // 2], k=2, precision=p)),
-            (f"sparse {prec} partial", lambda p=prec: solve_sparse(X, Y, unmatched_cost=w, k=2, precision=p)),
-        ]
-    steps += [
-        ("sparse tiny inputs", lambda: solve_sparse(X * 1e-20, Y * 1e-20, k=2)),
-        ("sparse float64 input", lambda: solve_sparse(X.double(), Y.double(), k=2)),
-        ("certificate", lambda: _certify(X, Y, verify_certificate, solve_sparse)),
-        ("certificate partial", lambda: _certify(X, Y, verify_certificate, solve_sparse, w)),
-    ]
+    w = np.full(X.shape[0], float(torch.cdist(X, Y).pow(2).median()) * 0.5)
+    devices = warm_devices()
+    steps = _steps(X, Y, w, devices)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="compiling solver kernels", unit="problem")
@@ -96,6 +131,7 @@ def warm_up(*, progress: bool = False) -> dict:
         fn()
     stats = kernel_stats()
     return {"seconds": time.perf_counter() - t0,
+            "devices": devices,
             "kernels": len(stats),
             "signatures": sum(s["signatures"] for s in stats.values()),
             "compiled": sum(s["cache_misses"] for s in stats.values()),
@@ -105,6 +141,6 @@ def warm_up(*, progress: bool = False) -> dict:
                                   if s["signatures"] == 0 and not k.split(".")[1].startswith("_"))}
 
 
-def _certify(X, Y, verify_certificate, solve_sparse, w=None):
-    r = solve_sparse(X, Y, unmatched_cost=w, k=2, return_duals=True)
-    return verify_certificate(X, Y, r.col, r.stats["u"], r.stats["v"], unmatched_cost=w)
+def _certify(X, Y, verify_certificate, solve_sparse, w, device):
+    r = solve_sparse(X, Y, unmatched_cost=w, k=2, return_duals=True, device=device)
+    return verify_certificate(X, Y, r.col, r.stats["u"], r.stats["v"], unmatched_cost=w, device=device)
