@@ -9,6 +9,7 @@ direction distance, which folding does not change (:mod:`saematch_nb.core.criter
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -190,6 +191,7 @@ def match_weights(
     if method == "lap" and fold and not allow_unmatched:
         total = float(cost_f.sum())
     n_matched = int(matched.sum())
+    efm = _expected_false(cal, near_dir, partner if allow_unmatched else permutation, n_a, n_b)
 
     return LayerMatch(
         permutation=permutation, partner=partner, mse=cost_f / D, alt_mse=alt_f / D,
@@ -205,8 +207,27 @@ def match_weights(
                "solver": solve_stats.get("solver", solver), "n_unmatched": int((partner < 0).sum()),
                "n_matched": n_matched, "n_below_threshold": int(below.sum()),
                "n_not_mutual": int((below & ~mutual).sum()),
-               "expected_false_matches": cal.expected_false_matches(n_a)},
+               "expected_false_matches": efm},
     )
+
+
+def _expected_false(cal, near: "crit.DirectionPass", partner: np.ndarray, n_a: int, n_b: int) -> float:
+    """The calibration's expected false matches (accept_rate · pi0 · n_a: features that the null
+    says a free B feature would accept by chance) corrected for what the pair itself shows: a
+    chance candidate is lost when its nearest B feature is claimed by a closer row (a persisting
+    feature's partner: the share ``claimed`` of B's columns are mutual candidates within the
+    threshold), and, in the bijective mode, when the assignment gives its column to another row
+    (``kept``: the share of mutual candidates that keep their nearest)."""
+    base = cal.expected_false_matches(n_a)
+    if not math.isfinite(base):
+        return base
+    rows = np.arange(n_a)
+    cand = (near.row_s <= cal.threshold) & (near.col_arg[near.row_arg] == rows)
+    if not cand.any():
+        return base
+    claimed = float(cand.sum()) / n_b
+    kept = float(np.mean(partner[cand] == near.row_arg[cand]))
+    return float(base * (1.0 - claimed) * kept)
 
 
 def _top1_cosine(wa, wb, fold: bool, dev: torch.device) -> np.ndarray:

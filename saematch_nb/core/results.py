@@ -123,11 +123,15 @@ class LayerMatch:
 
     @property
     def expected_false_matches(self) -> float:
-        """Expected number of accepted matches that are false (features without a partner that
-        the rule accepts: accept_rate · pi0 · n_a); NaN for an expert threshold."""
+        """Expected number of accepted matches that are false: features without a partner that the
+        rule accepts (accept_rate · pi0 · n_a, corrected for the B features that persisting ones
+        claim and, bijective, for candidates the assignment gives away); NaN for an expert threshold."""
         c = self.calibration
         if c.get("expert") or c.get("alpha") is None or c.get("pi0") is None:
             return float("nan")
+        if "expected_false_matches" in self.stats and c.get("version", 0) >= 3:
+            # match's estimate, corrected for the columns persisting features claim (core/match.py)
+            return float(self.stats["expected_false_matches"])
         from .criterion import Calibration
 
         return Calibration.from_dict(c).expected_false_matches(self.n_a)

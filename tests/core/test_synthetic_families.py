@@ -30,8 +30,25 @@ def test_every_family_has_its_shape(name):
     assert abs(float(np.mean(~alive)) - spec.fresh_fraction) < 0.01
     assert len(set(truth[alive].tolist())) == alive.sum()  # a partner is used once
     s = _dist(a, b, np.where(alive, truth, -1))[alive]
+    if spec.kind == "drift":
+        # a partner turned by phi in both parts: s = 1 - cos(phi), within the planted angles
+        lo = 1 - np.cos(np.deg2rad(min(spec.stable_deg[0], spec.drift_deg[0]))) if spec.stable_share < 1 else 0
+        hi = 1 - np.cos(np.deg2rad(max(spec.drift_deg[1] if spec.stable_share < 1 else 0, spec.stable_deg[1])))
+        assert (s >= lo - 1e-4).all() and (s <= hi + 1e-4).all(), (s.min(), s.max(), lo, hi)
+        return
     # planted partners are close in direction: about noise^2 / 2 (per-feature levels spread it)
     assert np.median(s) < 2 * spec.noise ** 2 + 0.01
+
+
+def test_drift_families_share_their_clusters():
+    """shared-null: unrelated features of the two layers sit around the same centres, so they are
+    closer by chance than those of an unclustered null pair."""
+    shared, _, _ = family("shared-null", seed=0), None, None
+    a, b, _ = shared
+    plain_a, plain_b, _ = family("shared-null", seed=0, shared_centres=0)
+    parts = crit.part_slices("encoder+decoder", a.d_in)
+    near = lambda x, y: crit.nearest_direction(crit.directions(feature_matrix(x), parts), feature_matrix(y), parts)[1]  # noqa: E731
+    assert np.median(near(a, b)) < 0.9 * np.median(near(plain_a, plain_b))
 
 
 def test_seed_and_overrides():
