@@ -57,7 +57,7 @@ feature displace a small-norm one).
 
 Cost: one blocked pass over all pairs (:func:`direction_pass`: each row's and each column's
 nearest, for the mutual test and ``pi0``), plus two passes of ``n_null`` sampled rows within A and
-within B (default 2048 each; every row for smaller SAEs), and a small pass for the mutual check of
+within B (default 1024 each; every row for smaller SAEs), and a small pass for the mutual check of
 the rows that pass the threshold. No eigendecomposition.
 """
 
@@ -75,8 +75,10 @@ from .cost import check_compatible, default_device
 
 #: default false-match rate of the null test
 DEFAULT_ALPHA = 0.01
-#: rows sampled on each side for the leave-one-out null (every row for smaller SAEs)
-DEFAULT_NULL_ROWS = 2048
+#: rows sampled on each side for the leave-one-out null (every row for smaller SAEs): 2 x 1024
+#: null distances put the threshold at about 0.6 alpha (the lower bound below) for a pass of
+#: 2048 rows, a quarter of the cost pass at 8k features
+DEFAULT_NULL_ROWS = 1024
 #: null distances below this quantile of the log-normal fitted to the null's bulk are duplicates
 DUPLICATE_TAIL = 1e-4
 #: quantiles of the null's log distances the bulk model is matched to
@@ -106,14 +108,22 @@ def directions(X: torch.Tensor, parts: Sequence[slice] | None = None) -> torch.T
 
 def direction_distance(X: torch.Tensor, Y: torch.Tensor, col: np.ndarray,
                        parts: Sequence[slice] | None = None) -> np.ndarray:
-    """``s_i = 1 - mean_k cos`` of row i and column ``col[i]`` (NaN where col = -1)."""
+    """``s_i = 1 - mean_k cos`` of row i and column ``col[i]`` (NaN where col = -1), in float64."""
     col = np.asarray(col)
     ok = col >= 0
     out = np.full(col.shape[0], np.nan)
     if ok.any():
-        Xd = directions(X.cpu()[torch.as_tensor(np.flatnonzero(ok))], parts).double()
-        Yd = directions(Y.cpu()[torch.as_tensor(col[ok])], parts).double()
-        out[ok] = np.clip((1.0 - (Xd * Yd).sum(1)).numpy(), 0.0, 2.0)
+        rows, cols = torch.as_tensor(np.flatnonzero(ok)), torch.as_tensor(col[ok])
+        Xc, Yc = X.cpu(), Y.cpu()
+        parts = list(parts) if parts else [slice(0, X.shape[1])]
+        cos = torch.zeros(rows.shape[0], dtype=torch.float64)
+        for p in parts:  # per part, in row blocks: no float64 copy of the whole matrices
+            for r0 in range(0, rows.shape[0], 4096):
+                a = Xc[rows[r0:r0 + 4096], p].double()
+                b = Yc[cols[r0:r0 + 4096], p].double()
+                na, nb = a.norm(dim=1).clamp_min(1e-12), b.norm(dim=1).clamp_min(1e-12)
+                cos[r0:r0 + 4096] += (a * b).sum(1) / (na * nb)
+        out[ok] = np.clip((1.0 - cos / len(parts)).numpy(), 0.0, 2.0)
     return out
 
 
@@ -220,6 +230,14 @@ class DirectionPass:
     col_s: np.ndarray
 
 
+def pass_from_cosines(cp: Mapping[str, np.ndarray]) -> DirectionPass:
+    """The :class:`DirectionPass` a solver read off its own product (``AssignmentResult.cosine_pass``:
+    largest mean part cosine per row and column)."""
+    dist = lambda c: np.clip(1.0 - np.asarray(c, np.float64), 0.0, 2.0)  # noqa: E731
+    return DirectionPass(np.asarray(cp["row_arg"], np.int64), dist(cp["row_cos"]),
+                         np.asarray(cp["col_arg"], np.int64), dist(cp["col_cos"]))
+
+
 def direction_pass(X: torch.Tensor, Y: torch.Tensor, parts: Sequence[slice] | None, *, device: Any = None,
                    block_rows: int | None = None) -> DirectionPass:
     """One blocked pass over all pairs (see :class:`DirectionPass`)."""
@@ -251,19 +269,53 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
 
 
-def _loo(Z: torch.Tensor, rows: np.ndarray, parts, device) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out nearest neighbour of the sampled ``rows`` of Z within Z: (neighbour, distance)."""
+def _nearest_unit(Q: torch.Tensor, Zd: torch.Tensor, exclude: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_direction`` for rows already part-normalised on both sides (one direction copy of
+    the SAE, made once per side), leaving out ``exclude[q]``."""
+    dev = default_device(device)
+    Qd = Q.to(dev, torch.float32)
+    ex = torch.as_tensor(np.asarray(exclude, np.int64), device=dev)
+    best = torch.empty(Qd.shape[0], dtype=torch.float32, device=dev)
+    arg = torch.empty(Qd.shape[0], dtype=torch.long, device=dev)
+    rb = int(max(1, min(Qd.shape[0], _COL_BLOCK_BYTES // max(1, 4 * Zd.shape[0]))))
+    for r0 in range(0, Qd.shape[0], rb):
+        G = Qd[r0:r0 + rb] @ Zd.T
+        G[torch.arange(G.shape[0], device=dev), ex[r0:r0 + rb]] = -float("inf")
+        best[r0:r0 + rb], arg[r0:r0 + rb] = G.max(dim=1)
+    return arg.cpu().numpy().astype(np.int64), (1.0 - best.double()).clamp(0.0, 2.0).cpu().numpy()
+
+
+def _loo(Z: torch.Tensor, rows: np.ndarray, parts, device) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Leave-one-out nearest neighbour of the sampled ``rows`` of Z within Z: (neighbour, distance,
+    Z's directions on the device, for :func:`_mutual_within`)."""
     if Z.shape[0] < 2:
-        return np.zeros(0, np.int64), np.zeros(0)
-    return nearest_direction(directions(Z[torch.as_tensor(rows)], parts), Z, parts, device, exclude=rows)
+        return np.zeros(0, np.int64), np.zeros(0), None
+    Zd = directions(Z.to(default_device(device)), parts)
+    nbr, d = _nearest_unit(Zd[torch.as_tensor(rows, device=Zd.device)], Zd, rows, device)
+    return nbr, d, Zd
 
 
-def _mutual_within(Z: torch.Tensor, rows: np.ndarray, nbr: np.ndarray, parts, device) -> np.ndarray:
+def _mutual_within(Zd, rows: np.ndarray, nbr: np.ndarray, device) -> np.ndarray:
     """``ok[k]``: row ``rows[k]`` is its neighbour ``nbr[k]``'s own leave-one-out nearest row."""
     if rows.size == 0:
         return np.zeros(0, bool)
-    back, _ = nearest_direction(directions(Z[torch.as_tensor(nbr)], parts), Z, parts, device, exclude=nbr)
+    back, _ = _nearest_unit(Zd[torch.as_tensor(nbr, device=Zd.device)], Zd, nbr, device)
     return back == rows
+
+
+def _storey(s1: np.ndarray, null_median: float) -> float:
+    """Storey's pi0: rows whose nearest distance lies past the null's median are (about half of)
+    the rows with no partner."""
+    return float(min(1.0, np.mean(np.asarray(s1) > null_median) / 0.5))
+
+
+def with_pi0(cal: Calibration, nearest: DirectionPass) -> Calibration:
+    """``cal`` with pi0 from every row's nearest distance (a calibration made with ``pi0_later``)."""
+    from dataclasses import replace
+
+    if cal.expert or math.isfinite(cal.pi0) or not math.isfinite(cal.null_median):
+        return cal
+    return replace(cal, pi0=_storey(nearest.row_s, cal.null_median))
 
 
 def _lower_quantile(v: np.ndarray, alpha: float) -> float:
@@ -282,10 +334,11 @@ def _lower_quantile(v: np.ndarray, alpha: float) -> float:
 
 def calibrate(X: torch.Tensor, Y: torch.Tensor, *, parts: Sequence[slice] | None = None,
               alpha: float = DEFAULT_ALPHA, n_null: int = DEFAULT_NULL_ROWS, seed: int = 0,
-              device: Any = None, nearest: DirectionPass | None = None) -> Calibration:
+              device: Any = None, nearest: DirectionPass | None = None, pi0_later: bool = False) -> Calibration:
     """The :class:`Calibration` of the pair (X: A's feature vectors, Y: B's), see the module
     docstring. ``nearest``: the pair's :func:`direction_pass` when the caller has it (it gives
-    ``pi0`` on every row; else a sample of rows is searched). Deterministic for a given ``seed``."""
+    ``pi0`` on every row; else a sample of rows is searched, or, with ``pi0_later``, pi0 is left NaN
+    for :func:`with_pi0` once the caller has the pass). Deterministic for a given ``seed``."""
     check_compatible(X, Y)
     alpha = _check_alpha(alpha)
     n_null = int(n_null)
@@ -297,8 +350,8 @@ def calibrate(X: torch.Tensor, Y: torch.Tensor, *, parts: Sequence[slice] | None
     parts = list(parts) if parts else [slice(0, X.shape[1])]
     rng = np.random.default_rng(seed)
     rows_a, rows_b = _sample(n_a, n_null, rng), _sample(n_b, n_null, rng)
-    nbr_a, d_a = _loo(X, rows_a, parts, device)
-    nbr_b, d_b = _loo(Y, rows_b, parts, device)
+    nbr_a, d_a, Xd = _loo(X, rows_a, parts, device)
+    nbr_b, d_b, Yd = _loo(Y, rows_b, parts, device)
     null = np.concatenate([d_a, d_b])
     if null.size == 0:  # one feature on each side: no null to learn from; 1 = unrelated directions
         return Calibration(threshold=1.0, alpha=alpha, null_threshold=1.0, method="no null (one feature per SAE)")
@@ -314,16 +367,17 @@ def calibrate(X: torch.Tensor, Y: torch.Tensor, *, parts: Sequence[slice] | None
     med = float(np.median(clean))
     # accepted by chance: within the threshold AND mutual (the neighbour's own nearest is the row)
     hits = 0
-    for Z, rows, nbr, d, k in ((X, rows_a, nbr_a, d_a, keep[:d_a.size]), (Y, rows_b, nbr_b, d_b, keep[d_a.size:])):
+    for Zd, rows, nbr, d, k in ((Xd, rows_a, nbr_a, d_a, keep[:d_a.size]), (Yd, rows_b, nbr_b, d_b, keep[d_a.size:])):
         near = np.flatnonzero(k & (d <= thr))
-        hits += int(_mutual_within(Z, rows[near], nbr[near], parts, device).sum())
+        hits += int(_mutual_within(Zd, rows[near], nbr[near], device).sum())
+    del Xd, Yd
     accept_rate = hits / clean.size
     if nearest is not None:
-        s1 = nearest.row_s
+        pi0 = _storey(nearest.row_s, med)
+    elif pi0_later:
+        pi0 = float("nan")
     else:
-        _, s1 = nearest_direction(directions(X[torch.as_tensor(rows_a)], parts), Y, parts, device)
-    # Storey: rows past the null's median are (about half of) the rows with no partner
-    pi0 = float(min(1.0, np.mean(s1 > med) / 0.5))
+        pi0 = _storey(nearest_direction(directions(X[torch.as_tensor(rows_a)], parts), Y, parts, device)[1], med)
     return Calibration(
         threshold=thr, alpha=alpha, null_threshold=thr, null_median=med, bulk_centre=float(math.exp(hi)),
         bulk_spread=spread, duplicate_cut=cut, n_duplicates=int((~keep).sum()), accept_rate=float(accept_rate),
@@ -359,15 +413,16 @@ def resolve(calibration: Any, X: torch.Tensor, Y: torch.Tensor, **kw: Any) -> Ca
 
 def mutual_best(X: torch.Tensor, Y: torch.Tensor, partner: np.ndarray, parts: Sequence[slice] | None,
                 *, device: Any = None, block_rows: int | None = None, rtol: float = 1e-5,
-                nearest: DirectionPass | None = None) -> np.ndarray:
+                nearest: DirectionPass | None = None, distance: np.ndarray | None = None) -> np.ndarray:
     """``ok[i]``: the partner of row i is its nearest column AND row i is the partner's nearest row
     in direction distance (ties within ``rtol`` count as nearest). One blocked pass over all pairs
-    (none when the pair's ``nearest`` :func:`direction_pass` is given). False where ``partner = -1``."""
+    (none when the pair's ``nearest`` :func:`direction_pass` is given; ``distance``: the pairs'
+    direction distances when the caller has them). False where ``partner = -1``."""
     partner = np.asarray(partner)
     if nearest is None:
         nearest = direction_pass(X, Y, parts, device=device, block_rows=block_rows)
     has = partner >= 0
-    s = direction_distance(X, Y, partner, parts)
+    s = direction_distance(X, Y, partner, parts) if distance is None else np.asarray(distance)
     ok = np.zeros(partner.shape[0], bool)
     j = partner[has]
     tol = rtol + 1e-6  # float32 products against float64 pair distances

@@ -124,21 +124,30 @@ def match_weights(
         del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
-    # each row's and column's nearest in direction distance: the mutual test and the calibration's pi0
-    near_dir = crit.direction_pass(Xf, Yf, parts, device=dev)
-    cal = crit.resolve(calibration, Xf, Yf, parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev,
-                       nearest=near_dir)
+    kw_cal = dict(parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
+    if int(n_null) < 64:
+        raise ValueError(f"n_null must be at least 64 (null distances drawn per side), got {n_null}")
+    # a given calibration (expert threshold or reused) is checked before any work; the pair's own
+    # is made once the direction pass is there (the solver's product gives it, see below)
+    cal = None if calibration is None else crit.resolve(calibration, Xf, Yf, **kw_cal)
+    near_dir = None  # each row's and column's nearest in direction distance (mutual test, pi0)
 
     nearest = best = second = None  # each row's two cheapest columns on the folded cost
     solve_stats: dict[str, Any] = {}
     total = float("nan"); gap = float("nan")
     if method == "lap":
         which = pick_solver(n_a, n_b, solver, memory_budget=memory_budget)
+        # the dense JV solver reads the direction pass off its own product (no second n x n pass);
+        # directions do not change under folding, so the unfolded solve gives it too
+        cos_parts = parts if which == "jv" else None
         if allow_unmatched:
+            # the threshold is the no-partner cost: calibrate first, pi0 once the pass is there
+            if cal is None:
+                cal = crit.calibrate(Xf, Yf, **kw_cal, pi0_later=True)
             # the criterion's statistic as the cost (|X̃ - Ỹ|² = 2 s), no-partner cost 2·threshold
             Xd, Yd = crit.directions(Xf, parts), crit.directions(Yf, parts)
             res: AssignmentResult = solve(Xd, Yd, unmatched_cost=np.full(n_a, 2.0 * cal.threshold),
-                                          solver=which, device=dev, progress=progress)
+                                          solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             del Xd, Yd
         elif fold and which == "dense":
             # the dense cost matrix is built once: the solver reads each row's nearest costs off it
@@ -147,10 +156,12 @@ def match_weights(
         else:
             X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
                                           feature_matrix(wb, params, fold=False))
-            res = solve(X, Y, solver=which, device=dev, progress=progress)
+            res = solve(X, Y, solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             if fold and res.nearest_cost is not None and res.second_cost is not None:
                 # the sparse solver's candidate lists hold each row's two cheapest columns
                 nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
+        if res.cosine_pass is not None:
+            near_dir = crit.pass_from_cosines(res.cosine_pass)
         partner = res.col.copy()
         permutation = partner  # rows left without partner are pointed at their nearest below
         total, gap = float(res.total), float(res.gap)
@@ -169,13 +180,17 @@ def match_weights(
         partner = permutation.copy()
         solve_stats = {"solver": "cosine"}
 
+    if near_dir is None:
+        near_dir = crit.direction_pass(Xf, Yf, parts, device=dev)
+    cal = crit.calibrate(Xf, Yf, **kw_cal, nearest=near_dir) if cal is None else crit.with_pi0(cal, near_dir)
     s = crit.direction_distance(Xf, Yf, partner, parts)
     score = np.where(np.isnan(s), np.inf, s)
     # float32 solves may put a partial-mode partner a rounding error past the threshold
     tol = 1e-6 if allow_unmatched else 0.0
     below = (partner >= 0) & (score <= cal.threshold + tol)
     # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
-    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir)
+    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir,
+                              distance=np.where(below, s, np.nan))
     matched = below & mutual
     if allow_unmatched:  # the partial mode's partners are its accepted matches
         partner = np.where(matched, partner, -1)

@@ -330,3 +330,28 @@ def test_nearest_direction_streams_columns():
     S = 1 - (crit.directions(X, parts) @ crit.directions(Y, parts).T).double().numpy()
     assert np.array_equal(near, S.argmin(1))
     assert np.allclose(s, S.min(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["square", "wide", "tall", "unfolded", "partial", "decoder"])
+def test_the_jv_solvers_direction_pass_is_the_criterions(case):
+    """The dense JV solver reads each row's and column's nearest direction off its own product
+    (no second pass over all pairs): the same pass, and so the same verdicts, as the blocked one."""
+    a, b, truth = family("shared-drift", seed=4, n=300, n_b=420 if case in ("wide", "tall") else None)
+    if case == "tall":
+        a, b = b, a
+    kw = {"unfolded": dict(fold=False), "partial": dict(allow_unmatched=True),
+          "decoder": dict(params="decoder")}.get(case, {})
+    via_jv, via_dense = match(a, b, solver="jv", **kw), match(a, b, solver="dense", **kw)
+    assert via_jv.stats["solver"] == "jv"
+    assert np.array_equal(via_jv.partner, via_dense.partner)
+    assert np.array_equal(via_jv.matched, via_dense.matched)
+    assert via_jv.calibration == via_dense.calibration
+    params = kw.get("params", "encoder+decoder")
+    X, Y = feature_matrix(a, params), feature_matrix(b, params)
+    parts = crit.part_slices(params, a.d_in)
+    from saematch_nb.core.lap import solve
+    res = solve(X, Y, solver="jv", cosine_parts=parts)
+    got, want = crit.pass_from_cosines(res.cosine_pass), crit.direction_pass(X, Y, parts)
+    assert np.array_equal(got.row_arg, want.row_arg) and np.array_equal(got.col_arg, want.col_arg)
+    assert np.allclose(got.row_s, want.row_s, atol=2e-6) and np.allclose(got.col_s, want.col_s, atol=2e-6)
+    assert solve(X, Y, solver="dense", cosine_parts=parts).cosine_pass is None

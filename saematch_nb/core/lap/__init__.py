@@ -87,13 +87,15 @@ def _budget(memory_budget) -> int:
 def solve(
     X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost: np.ndarray | None = None,
     solver: str = "auto", device: Any = None, progress: bool = False, memory_budget: int | None = None,
-    **kw: Any,
+    cosine_parts: Any = None, **kw: Any,
 ) -> AssignmentResult:
     """Minimum-cost assignment of the rows of X to the rows of Y (cost = squared distance).
 
     ``unmatched_cost`` (float64 [n_a]) enables the partial mode. ``memory_budget``: see
     :func:`pick_solver`. ``**kw`` go to the sparse solver (e.g. ``k``). See the module docstring
-    for shapes and the partial formulation.
+    for shapes and the partial formulation. ``cosine_parts``: the dense JV solver also returns
+    each row's and column's largest mean part cosine (``AssignmentResult.cosine_pass``); the other
+    solvers ignore it (``cosine_pass`` None).
     """
     check_compatible(X, Y)
     n_a, n_b = X.shape[0], Y.shape[0]
@@ -110,5 +112,6 @@ def solve(
         raise TypeError(f"the {which} solver takes no options {sorted(kw)}; they are the sparse solver's "
                         "(solver='sparse')")
     if which == "jv":
-        return solve_jv(X, Y, unmatched_cost=unmatched_cost, device=device, progress=progress)
+        return solve_jv(X, Y, unmatched_cost=unmatched_cost, device=device, progress=progress,
+                        cosine_parts=cosine_parts)
     return solve_dense(dense_cost(X, Y, device=device, progress=progress), unmatched_cost=unmatched_cost)

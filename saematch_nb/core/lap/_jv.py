@@ -62,6 +62,58 @@ def column_min(C, n_chunks):
     return v, im
 
 
+@njit(cache=True, parallel=True)
+def cost_and_cosines(P0, P1, two, ix0, iy0, ix1, iy1, nx, ny, r0, row_cos, row_arg, col_cos, col_arg, n_chunks):
+    """One block of the cost matrix from its parts' products, in place, with the criterion's
+    direction maxima in the same read (jv.py:_cost_matrix). ``P0`` [rows, n_b]: part 0's
+    product, overwritten with ``C = (-2 (P0 + P1) + ny) + nx`` in float32 (the operation order the
+    error bound is stated for; P0 + P1 is one more summation order of the same terms); ``P1``
+    part 1's product when ``two``. Mean-cosine numerator ``g = P0 ix0 iy0 (+ P1 ix1 iy1)``: each
+    row's largest into ``row_cos[r0 + i]`` / ``row_arg``, each column's merged into ``col_cos`` /
+    ``col_arg`` (row indices offset by r0)."""
+    rows, n_b = P0.shape
+    n_chunks = max(1, min(n_chunks, rows))
+    cb = np.full((n_chunks, n_b), -np.inf, np.float32)
+    ca = np.zeros((n_chunks, n_b), np.int64)
+    step = (rows + n_chunks - 1) // n_chunks
+    m2 = np.float32(-2.0)
+    for t in prange(n_chunks):
+        a = t * step
+        b = min(rows, a + step)
+        cbt = cb[t]
+        cat = ca[t]
+        for i in range(a, b):
+            gi = r0 + i
+            x0 = ix0[gi]
+            x1 = ix1[gi] if two else np.float32(0.0)
+            nxi = nx[gi]
+            best = np.float32(-np.inf)
+            barg = 0
+            row = P0[i]
+            for j in range(n_b):
+                p0 = row[j]
+                g = (p0 * x0) * iy0[j]
+                sm = p0
+                if two:
+                    p1 = P1[i, j]
+                    g = g + (p1 * x1) * iy1[j]
+                    sm = p0 + p1
+                row[j] = (m2 * sm + ny[j]) + nxi
+                if g > best:
+                    best = g
+                    barg = j
+                if g > cbt[j]:
+                    cbt[j] = g
+                    cat[j] = gi
+            row_cos[gi] = best
+            row_arg[gi] = barg
+    for t in range(n_chunks):
+        for j in range(n_b):
+            if cb[t, j] > col_cos[j]:
+                col_cos[j] = cb[t, j]
+                col_arg[j] = ca[t, j]
+
+
 @njit(cache=True)
 def column_reduction_start(im, col4row, row4col):
     """LAPJV's column reduction assignment (columns in reverse order): a column goes to its

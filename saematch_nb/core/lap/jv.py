@@ -73,7 +73,7 @@ def _kernels():
 
 def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=None, progress: bool = False,
              max_rounds: int = 20, eps_rel: float = 1e-10, block_rows: int | None = None,
-             return_duals: bool = False) -> AssignmentResult:
+             return_duals: bool = False, cosine_parts=None) -> AssignmentResult:
     """Exact assignment of rows of X to rows of Y for ``C = ||X_i - Y_j||^2``, certified, on one
     float32 cost matrix (4 n_a n_b bytes; see the module docstring).
 
@@ -82,7 +82,9 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
     optimal over all pairs), ``nearest`` with ``nearest_cost`` / ``second_cost`` (the exact
     costs of each row's cheapest float32 columns) and ``stats``. ``return_duals`` puts the
     potentials in ``stats["u"]`` / ``stats["v"]`` (v: n_b columns, then the n_a dummy columns in
-    partial mode) for :func:`saematch_nb.core.lap.verify_certificate`.
+    partial mode) for :func:`saematch_nb.core.lap.verify_certificate`. ``cosine_parts`` (column
+    slices of X and Y): also the largest mean part cosine per row and column, read off the same
+    product (``AssignmentResult.cosine_pass``; the match criterion's direction pass).
     """
     from .sparse import _check_inputs, _tiny_input_shift, _unscale_result
 
@@ -94,8 +96,12 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
         f = 2.0 ** (shift // 2), 2.0 ** (shift - shift // 2)  # each factor fits float32
         res = solve_jv(X * f[0] * f[1], Y * f[0] * f[1], unmatched_cost=None if w is None else w * 4.0 ** shift,
                        device=device, progress=progress, max_rounds=max_rounds, eps_rel=eps_rel,
-                       block_rows=block_rows, return_duals=return_duals)
-        return _unscale_result(res, shift)
+                       block_rows=block_rows, return_duals=return_duals, cosine_parts=cosine_parts)
+        out = _unscale_result(res, shift)
+        if res.cosine_pass is not None and out.cosine_pass is None:  # cosines are scale-free
+            from dataclasses import replace
+            out = replace(out, cosine_pass=res.cosine_pass)
+        return out
     transposed = w is None and X.shape[0] > Y.shape[0]
     t0 = time.perf_counter()
     prev = torch.get_float32_matmul_precision()
@@ -103,7 +109,8 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
     try:
         with torch.no_grad():
             A, B = (Y, X) if transposed else (X, Y)
-            out = _solve(A, B, w, device, progress, max_rounds, eps_rel, block_rows, transposed)
+            parts = [p if isinstance(p, slice) else slice(*p) for p in cosine_parts] if cosine_parts else None
+            out = _solve(A, B, w, device, progress, max_rounds, eps_rel, block_rows, transposed, parts)
     finally:
         torch.set_float32_matmul_precision(prev)
     res = out.pop("result")
@@ -136,8 +143,13 @@ def _norms(Xd: torch.Tensor, what: str):
     return n32, n32.double().cpu().numpy()
 
 
-def _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress):
-    """C32 = (ny - 2 X Y^T) + nx in float32, the sparse pass's operation order (its error bound)."""
+def _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress, parts=None):
+    """C32 = (ny - 2 X Y^T) + nx in float32, the sparse pass's operation order (its error bound).
+
+    With ``parts`` (column slices), each part's product is taken on its own and C gets their sum
+    (another summation order of the same terms: the error bound holds for any order), and each
+    part's product, divided by the two rows' part norms, gives that part's cosine: the largest
+    mean part cosine per row and per column is returned too (float32), else None."""
     n_a, n_b = Xd.shape[0], Yd.shape[0]
     try:
         C = np.empty((n_a, n_b), np.float32)
@@ -146,27 +158,78 @@ def _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress):
                           f"{matrix_bytes(n_a, n_b) / 2**30:.2f} GiB, more than this machine can allocate; "
                           "use solver='sparse' (it never holds the matrix)") from None
     Ct = torch.from_numpy(C)
-    br = block_rows or max(64, min(n_a, (1 << 26) // max(n_b, 1)))
+    # two more block buffers with parts: keep each block at 64 MiB then
+    budget = (1 << 24) if parts else (1 << 26)
+    br = block_rows or max(64, min(n_a, budget // max(n_b, 1)))
     starts = range(0, n_a, br)
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="cost matrix", unit="block")
     cpu = Xd.device.type == "cpu"
     nyr = ny32.unsqueeze(0)
+    if parts:
+        if len(parts) > 2:
+            raise ValueError(f"solve_jv: cosine_parts takes one or two column slices, got {len(parts)}")
+        inv = lambda T, p: (1.0 / T[:, p].norm(dim=1).clamp_min(1e-12)).contiguous()  # noqa: E731  (as criterion.directions)
+        ix = [inv(Xd, p) for p in parts]
+        iy = [inv(Yd, p) for p in parts]
+        Yp = [Yd[:, p].T for p in parts]
+        dev = Xd.device
+        row_cos = torch.empty(n_a, dtype=torch.float32, device=dev)
+        row_arg = torch.empty(n_a, dtype=torch.long, device=dev)
+        col_cos = torch.full((n_b,), -float("inf"), dtype=torch.float32, device=dev)
+        col_arg = torch.zeros(n_b, dtype=torch.long, device=dev)
+        if cpu:  # one fused pass over each block (numba) instead of a dozen torch passes
+            K = _kernels()[0]
+            two = len(parts) == 2
+            ixn = [t.numpy() for t in ix] + ([] if two else [ix[0].numpy()])
+            iyn = [t.numpy() for t in iy] + ([] if two else [iy[0].numpy()])
+            nxn, nyn = nx32.numpy(), ny32.numpy()
+            rc, ra, cc, ca = row_cos.numpy(), row_arg.numpy(), col_cos.numpy(), col_arg.numpy()
+            tmp_buf = np.empty((br, n_b), np.float32) if two else np.empty((0, 0), np.float32)
+            nch = 2 * max(1, torch.get_num_threads())
     for a in starts:
         b = min(a + br, n_a)
-        if cpu:
-            blk = Ct[a:b]
-            torch.matmul(Xd[a:b], Yd.T, out=blk)
+        if not parts:
+            if cpu:
+                blk = Ct[a:b]
+                torch.matmul(Xd[a:b], Yd.T, out=blk)
+            else:
+                blk = Xd[a:b] @ Yd.T
+        elif cpu:
+            torch.matmul(Xd[a:b, parts[0]], Yp[0], out=Ct[a:b])
+            P1 = tmp_buf[: b - a]
+            if two:
+                torch.matmul(Xd[a:b, parts[1]], Yp[1], out=torch.from_numpy(P1))
+            K.cost_and_cosines(C[a:b], P1, two, ixn[0], iyn[0], ixn[1], iyn[1], nxn, nyn, a, rc, ra, cc, ca, nch)
+            continue
         else:
-            blk = Xd[a:b] @ Yd.T
+            blk = Xd[a:b, parts[0]] @ Yp[0]
+            g = blk * ix[0][a:b].unsqueeze(1)
+            g.mul_(iy[0].unsqueeze(0))
+            for k in range(1, len(parts)):
+                tmp = Xd[a:b, parts[k]] @ Yp[k]
+                blk.add_(tmp)
+                g.add_(tmp.mul_(ix[k][a:b].unsqueeze(1)).mul_(iy[k].unsqueeze(0)))
+                del tmp
+            v, j = g.max(dim=1)
+            row_cos[a:b], row_arg[a:b] = v, j
+            cv, ci = g.max(dim=0)
+            better = cv > col_cos
+            col_cos = torch.where(better, cv, col_cos)
+            col_arg = torch.where(better, ci + a, col_arg)
+            del g
         blk.mul_(-2.0).add_(nyr).add_(nx32[a:b].unsqueeze(1))
         if not cpu:
             Ct[a:b].copy_(blk)
-    return C
+    if not parts:
+        return C, None
+    P = float(len(parts))
+    return C, {"row_arg": row_arg.cpu().numpy().astype(np.int64), "row_cos": (row_cos / P).cpu().numpy(),
+               "col_arg": col_arg.cpu().numpy().astype(np.int64), "col_cos": (col_cos / P).cpu().numpy()}
 
 
-def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transposed):
+def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transposed, parts=None):
     from .sparse import _U32, _peak_bytes, _underflow_slack
     K, S = _kernels()
     dev = _pick_device(device)
@@ -182,7 +245,7 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
     c_err = 2 * gamma + 4 * _U32
     eta_x = c_err * nx64 + _underflow_slack(D, nx64)
     eta_y = c_err * ny64 + _underflow_slack(D, ny64)
-    C = _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress)
+    C, cos_pass = _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress, parts)
     timing["product"] = time.perf_counter() - t
 
     # -- LAPJV on the float32 matrix ----------------------------------------------------------
@@ -344,6 +407,12 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
         "peak_memory_bytes": _peak_bytes(dev),
     }
     res.stats.update(stats)
+    if cos_pass is not None:
+        if transposed:  # the solved rows are the caller's columns
+            cos_pass = {"row_arg": cos_pass["col_arg"], "row_cos": cos_pass["col_cos"],
+                        "col_arg": cos_pass["row_arg"], "col_cos": cos_pass["row_cos"]}
+        from dataclasses import replace
+        res = replace(res, cosine_pass=cos_pass)
     return {"result": res, "u": u.copy(), "v": v.copy()}
 
 

@@ -25,6 +25,10 @@ class AssignmentResult:
       the solver has them (the dense solver reads them off its matrix, the sparse one off its
       candidate lists; ``match`` then skips a second pass over all pairs). None after a transposed
       sparse solve (n_a > n_b), whose lists are per column of the original problem.
+    - ``cosine_pass`` dict or None: with ``cosine_parts=`` (the dense JV solver), each row's and
+      each column's largest *mean part cosine* (``row_arg``/``row_cos`` [n_a], ``col_arg``/``col_cos``
+      [n_b], float32 products), read off the solver's own product (the criterion's mutual test
+      and nearest distances, without a second pass over all pairs).
     """
 
     col: np.ndarray
@@ -36,6 +40,7 @@ class AssignmentResult:
     stats: dict = field(default_factory=dict)
     nearest_cost: np.ndarray | None = None
     second_cost: np.ndarray | None = None
+    cosine_pass: dict | None = None
 
     @property
     def n_unmatched(self) -> int:

@@ -89,6 +89,10 @@ def _steps(X, Y, w, devices) -> list:
             (f"jv partial{tag}", lambda d=dev: solve_jv(X, Y, unmatched_cost=w, device=d)),
             (f"jv partial tall{tag}", lambda d=dev: solve_jv(X, Y[: n // 2], unmatched_cost=w, device=d)),
             (f"jv float64 input{tag}", lambda d=dev: solve_jv(X.double(), Y.double(), device=d)),
+            # match()'s call: the criterion's direction pass read off the product (one and two parts)
+            (f"jv with cosines{tag}", lambda d=dev: solve_jv(X, Y, device=d, cosine_parts=[slice(0, 6), slice(6, 12)])),
+            (f"jv with cosines, one part{tag}", lambda d=dev: solve_jv(X, Y[: n // 2], device=d,
+                                                                       cosine_parts=[slice(0, 12)])),
         ]
         for prec in precisions(dev):
             kw = {"k": 2, "precision": prec}
