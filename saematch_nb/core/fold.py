@@ -115,12 +115,19 @@ def _fold_weights(w: SAEWeights, bad_threshold: str, topk_rtol: float) -> SAEWei
         return replace(w, folded=True)
     dt = w.W_enc.dtype
     s_t = s.to(device=w.W_enc.device, dtype=torch.float64)
+    # float32 weights and float32 scales: one float32 product or quotient is correctly rounded, and
+    # so bit for bit what the float64 detour rounds back to (53 >= 2*24 + 2 bits: double rounding is
+    # harmless for * and /), without float64 copies of the matrices
+    tensors = (w.W_enc, w.b_enc, w.W_dec) + (() if w.threshold is None else (w.threshold,))
+    s32 = s_t.to(torch.float32)
+    direct = all(t.dtype == torch.float32 for t in tensors) and bool(torch.equal(s32.double(), s_t))
+    work, s_w = (torch.float32, s32) if direct else (torch.float64, s_t)
     thr = None
     if w.threshold is not None:
-        thr = (w.threshold.to(torch.float64) / s_t).to(w.threshold.dtype)
-    W_enc = (w.W_enc.to(torch.float64) / s_t[None, :]).to(dt)
-    b_enc = (w.b_enc.to(torch.float64) / s_t).to(w.b_enc.dtype)
-    W_dec = (w.W_dec.to(torch.float64) * s_t[:, None]).to(w.W_dec.dtype)
+        thr = (w.threshold.to(work) / s_w).to(w.threshold.dtype)
+    W_enc = (w.W_enc.to(work) / s_w[None, :]).to(dt)
+    b_enc = (w.b_enc.to(work) / s_w).to(w.b_enc.dtype)
+    W_dec = (w.W_dec.to(work) * s_w[:, None]).to(w.W_dec.dtype)
     _check_folded(label, s_t, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec)
     return replace(w, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, threshold=thr, folded=True)
 

@@ -201,7 +201,11 @@ def match_weights(
         # rows without partner point at their nearest B-feature on the folded cost (the one their
         # mse / alt_mse / margin describe)
         permutation = np.where(partner >= 0, partner, nearest)
-    cost_f = pair_cost(Xf, Yf, np.arange(n_a), permutation)
+    if method == "lap" and fold and not allow_unmatched and which != "dense" and res.nearest is not None \
+            and np.array_equal(permutation, np.where(res.col >= 0, res.col, res.nearest)):
+        cost_f = np.asarray(res.cost, np.float64)  # the solver's exact (float64) costs of these pairs
+    else:
+        cost_f = pair_cost(Xf, Yf, np.arange(n_a), permutation)
     alt_f = crit.alt_costs(permutation, nearest, best, second)
     if method == "lap" and fold and not allow_unmatched:
         total = float(cost_f.sum())

@@ -206,3 +206,20 @@ def test_one_root_and_a_folder_per_kind(tmp_path, monkeypatch):
     assert MatchCache().dir == cache_mod.cache_folder("matches")
     with pytest.raises(ValueError, match=r"unknown cache kind 'match'.*'matches'"):
         cache_mod.cache_folder("match")
+
+
+def test_results_of_the_previous_criterion_are_recomputed(planted, tmp_path, monkeypatch):
+    """Issue #18: entries written by the previous criterion (cache version 2) are never read: the
+    new criterion recomputes them, and its results say which criterion made them."""
+    from saematch_nb.core import criterion as crit
+    cdir = tmp_path / "c"
+    real = cache_mod.CACHE_VERSION
+    assert real >= 3 and crit.CRITERION_VERSION == 3  # bumped with the leave-one-out criterion
+    monkeypatch.setattr(cache_mod, "CACHE_VERSION", 2)
+    old = run(planted.saes[:3], cdir)
+    assert old.stats["computed"] == 2
+    monkeypatch.setattr(cache_mod, "CACHE_VERSION", real)
+    new = run(planted.saes[:3], cdir)
+    assert new.stats["cache_hits"] == 0 and new.stats["computed"] == 2
+    assert run(planted.saes[:3], cdir).stats["cache_hits"] == 2  # and the new entries are read
+    assert all(p.calibration["version"] == crit.CRITERION_VERSION for p in new.pairs)

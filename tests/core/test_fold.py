@@ -162,3 +162,16 @@ def test_match_takes_saelens_objects_and_fold_is_idempotent_for_matching(saelens
     assert np.array_equal(lm.permutation, np.arange(40))
     assert np.allclose(lm.mse, 0.0, atol=1e-9)
     assert lm.fingerprint_a == w.fingerprint()
+
+
+def test_float32_fold_is_bit_for_bit_the_float64_detour():
+    """fold computes float32 weights with float32 scales directly: the same bits as dividing /
+    multiplying in float64 and rounding back (double rounding is harmless for one * or /)."""
+    from saematch_nb.core.synthetic import planted_pair
+    from saematch_nb.core.fold import fold
+    a, _, _ = planted_pair(300, 40, seed=3)
+    f = fold(a)
+    s = a.threshold.double()
+    assert torch.equal(f.W_enc, (a.W_enc.double() / s[None, :]).float())
+    assert torch.equal(f.W_dec, (a.W_dec.double() * s[:, None]).float())
+    assert torch.equal(f.b_enc, (a.b_enc.double() / s).float())
