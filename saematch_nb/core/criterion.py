@@ -55,10 +55,11 @@ statistic with the same threshold as the per-feature "no partner" cost, so every
 judged on the same scale whatever its norm (an absolute-cost no-partner option lets a large-norm
 feature displace a small-norm one).
 
-Cost: one blocked pass over all pairs (:func:`direction_pass`: each row's and each column's
-nearest, for the mutual test and ``pi0``), plus two passes of ``n_null`` sampled rows within A and
-within B (default 1024 each; every row for smaller SAEs), and a small pass for the mutual check of
-the rows that pass the threshold. No eigendecomposition.
+Cost: one pass over all pairs for each row's and each column's nearest (the mutual test and
+``pi0``): read off the dense JV solver's own product when it runs (``solve(..., cosine_parts=)``,
+the parts multiplied apart), else :func:`direction_pass`; plus two passes of ``n_null`` sampled
+rows within A and within B (default 1024 each; every row for smaller SAEs), and a small pass for
+the mutual check of the null rows that pass the threshold. No eigendecomposition.
 """
 
 from __future__ import annotations
