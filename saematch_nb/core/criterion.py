@@ -184,6 +184,13 @@ class Calibration:
         return cls(**known)
 
 
+def check_n_null(n_null: Any) -> int:
+    n = int(n_null)
+    if n < 64:
+        raise ValueError(f"n_null must be at least 64 (null distances drawn per side), got {n_null}")
+    return n
+
+
 def _check_alpha(alpha: float) -> float:
     try:
         a = float(alpha)
@@ -342,9 +349,7 @@ def calibrate(X: torch.Tensor, Y: torch.Tensor, *, parts: Sequence[slice] | None
     for :func:`with_pi0` once the caller has the pass). Deterministic for a given ``seed``."""
     check_compatible(X, Y)
     alpha = _check_alpha(alpha)
-    n_null = int(n_null)
-    if n_null < 64:
-        raise ValueError(f"n_null must be at least 64 (null distances drawn per side), got {n_null}")
+    n_null = check_n_null(n_null)
     n_a, n_b = X.shape[0], Y.shape[0]
     if n_a == 0 or n_b == 0:
         raise ValueError("calibrate needs SAEs with at least one feature each")

@@ -125,8 +125,7 @@ def match_weights(
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
     kw_cal = dict(parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
-    if int(n_null) < 64:
-        raise ValueError(f"n_null must be at least 64 (null distances drawn per side), got {n_null}")
+    crit.check_n_null(n_null)  # before the solve: the pair's calibration comes after it
     # a given calibration (expert threshold or reused) is checked before any work; the pair's own
     # is made once the direction pass is there (the solver's product gives it, see below)
     cal = None if calibration is None else crit.resolve(calibration, Xf, Yf, **kw_cal)
