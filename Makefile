@@ -16,7 +16,7 @@ PY310 := $(VENV310)/bin/python
 # The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
 SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_lap.py tests/core/test_match.py
 
-.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks
+.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks gemma3 gemma3-experiments
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,8 +62,17 @@ lab: $(STAMP)
 	$(PIP) install -q jupyterlab
 	$(VENV)/bin/jupyter lab notebooks/
 
+# Gemma 3 270M (offline, from PyPI) with an SAE on each of its 18 layers: docs/GEMMA3.md. The SAEs ship
+# in saematch_nb/gemma3/assets; this rebuilds them (resumable: rerun after an interruption).
+gemma3: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) scripts/build_gemma3.py --out .gemma3_build --assets saematch_nb/gemma3/assets $(GEMMA3_ARGS)
+
+# The paper's experiments on it: tables and figures in docs/gemma3/ (~15 min on 2 cores)
+gemma3-experiments: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gemma3_experiments.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_matching.py
 
 clean:
-	rm -rf $(VENV) $(VENV310) out .saematch_cache
+	rm -rf $(VENV) $(VENV310) out .saematch_cache .gemma3_build

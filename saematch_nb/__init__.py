@@ -51,12 +51,12 @@ _LAZY = {
     "SaematchWarning": "errors:SaematchWarning",
 }
 
-__all__ = sorted(_LAZY) + ["demo", "__version__"]
+__all__ = sorted(_LAZY) + ["demo", "gemma3", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "demo":
-        return importlib.import_module(".demo", __name__)
+    if name in ("demo", "gemma3"):  # the bundled demo; Gemma 3 270M with its shipped SAEs
+        return importlib.import_module(f".{name}", __name__)
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'saematch_nb' has no attribute {name!r}")

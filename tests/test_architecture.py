@@ -153,6 +153,8 @@ def layer(mod: str) -> str:
         return "leaf"
     if parts[1] == "__main__":
         return "cli"
+    if parts[1] == "gemma3":  # the Gemma 3 bundle: a demo-like bundle of shipped assets
+        return "demo"
     if parts[1] in LAYERS:
         return parts[1]
     raise AssertionError(f"{mod} is in no layer: put it in one of {LAYERS} (docs/ARCHITECTURE.md)")

@@ -16,7 +16,7 @@ IDS = [p.stem for p in NOTEBOOKS]
 
 def test_notebooks_exist():
     assert NOTEBOOKS, "notebooks/ has no py:percent notebooks"
-    assert {"01_quickstart", "02_gemma_scope"} <= set(IDS)
+    assert {"01_quickstart", "02_gemma_scope", "03_gemma3"} <= set(IDS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -42,12 +42,15 @@ def test_paired_ipynb_in_sync_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, tmp_path, monkeypatch, request):
     import jupytext
     from nbclient import NotebookClient
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("SAEMATCH_CACHE_DIR", str(tmp_path / "cache"))
+    if path.stem == "03_gemma3":  # the real Gemma: its de-quantized checkpoint, built once per session
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "models").symlink_to(request.getfixturevalue("gemma3_models"))
     monkeypatch.delenv("SAEMATCH_USE_GEMMA", raising=False)  # CI runs the demo path
     # One intra-op thread in the kernel: on a 2-core runner shared with other jobs, torch's default
     # (one thread per core) oversubscribes and a forward pass of the demo model goes from ~0.1 s
@@ -70,6 +73,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             assert "<script" not in html.lower() or "plotly" in html.lower()
             assert "Traceback" not in html, (i, html[:500])
     assert n_rich >= 5, f"only {n_rich} HTML outputs: the rich reprs did not render"
+    if path.stem == "03_gemma3":  # it ran on Gemma, not the skip path
+        said = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                       if o.get("output_type") == "stream")
+        assert "ran in" in said and "Gemma 3 270M" in said and "skipped" not in said, said[-2000:]
     if path.stem == "02_gemma_scope":  # without the switch it must say it runs on the demo
         switch = next(c for c in nb.cells if c.cell_type == "code")
         said = "".join(o.get("text", "") for o in switch.outputs if o.get("output_type") == "stream")
