@@ -65,7 +65,7 @@ SIZES = {
                  batch=1024, lr=1e-3, eps=0.01, buffer=65536, reuse=1, fwd_batch=32,
                  eval_tokens=65536, ceiling_layer=8, texts=240),
     "toy": dict(layers=[0, 1], width=256, target_l0=16.0, n_ctx=32, tokens=6000, batch=256, lr=2e-3,
-                eps=0.01, buffer=2048, reuse=2, fwd_batch=16, eval_tokens=2048, ceiling_layer=1, texts=12),
+                eps=0.01, buffer=2048, reuse=2, fwd_batch=16, eval_tokens=2048, ceiling_layer=0, texts=12),
 }
 # the literature part is small (~80k tokens): a tenth of the stream keeps it under two passes
 STYLE_WEIGHTS = {"python-docs": 0.45, "python-code": 0.45, "literature": 0.1}
@@ -507,7 +507,8 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
 
     dev = args.device
     model = load_model("gemma-3-270m", device=dev, dtype=torch.float32)
-    saes = [h.load() for h in load_saes([str(out / j["folder"]) for j in jobs], device=dev)]
+    # one at a time: load_saes orders what it is given by layer, and the seed ceiling shares one
+    saes = [load_saes([str(out / j["folder"])], device=dev)[0].load() for j in jobs]
     layers = sorted({j["layer"] for j in jobs})
     row = {l: i for i, l in enumerate(layers)}
     K = len(jobs)

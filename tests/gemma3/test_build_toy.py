@@ -43,7 +43,9 @@ def test_toy_build_end_to_end_and_exact_resume(tmp_path, models):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((full / "metrics.json").read_text())
     res = m["eval"]["saes"]
-    assert set(res) == {"saes/layer_0", "saes/layer_1", "seed_ceiling/layer_1"}
+    # the seed ceiling is a second SAE of layer 0, listed after layer 1: each SAE must be evaluated
+    # on its own layer (load_saes orders by layer; a mix-up gives a negative EV here)
+    assert set(res) == {"saes/layer_0", "saes/layer_1", "seed_ceiling/layer_0"}
     for v in res.values():
         assert v["explained_variance"] > 0.3 and 0 < v["l0"] < 256  # trained, not an untouched init
     cfg = json.loads((full / "saes/layer_1/cfg.json").read_text())
