@@ -541,7 +541,30 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
                             "threshold_spread_q90_q10": round((th.quantile(0.9) / th.quantile(0.1).clamp_min(1e-12)).item(), 3),
                             "resid_norm": round(norms[row[j["layer"]]].item() / N, 1)}
     del model
-    return {"tokens": N, "saes": res}
+    # EV alone does not say the dictionary converged (a random decoder with a trained encoder
+    # reaches a high EV): how far each decoder moved from its random init, and how far two seeds
+    # of one layer agree (the seed ceiling: the most any matcher can accept between layers)
+    for k, j in enumerate(jobs):
+        W0 = torch.randn(saes[k].W_dec.shape, generator=torch.Generator().manual_seed(j["seed"]))
+        cos = torch.nn.functional.cosine_similarity(saes[k].W_dec.detach().float().cpu(), W0, dim=1)
+        res[j["folder"]]["decoder_cos_with_init_median"] = round(cos.median().item(), 3)
+    twins = {}
+    for k, j in enumerate(jobs):
+        twins.setdefault(j["layer"], []).append(k)
+    seed = {}
+    for layer, ks in twins.items():
+        if len(ks) == 2 and not args.sweep:
+            from saematch_nb.core.match import match
+
+            a, b = (saes[i] for i in ks)
+            da = torch.nn.functional.normalize(a.W_dec.detach().float().cpu(), dim=1)
+            db = torch.nn.functional.normalize(b.W_dec.detach().float().cpu(), dim=1)
+            top = (da @ db.T).max(1).values
+            lm = match(a, b)
+            seed = {"layer": layer, "matched_fraction": round(lm.matched_fraction, 4),
+                    "top1_decoder_cos_median": round(top.median().item(), 3),
+                    "share_top1_cos_above_0.7": round((top > 0.7).float().mean().item(), 4)}
+    return {"tokens": N, "saes": res, "seed_agreement": seed}
 
 
 def texts_for_assets(docs: list[dict], n: int, seed: int) -> list[dict]:
@@ -559,11 +582,13 @@ def make_jobs(sz, args) -> list[dict]:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else sz["layers"]
     targets = [float(x) for x in args.target_l0.split(",")] if args.target_l0 else [sz["target_l0"]]
     jobs = []
-    if args.sweep:  # every layer x every target, one SAE each: a sweep shares the stream
+    if args.sweep:  # every layer x every target (x seeds), one SAE each: a sweep shares the stream
         for l in layers:
             for t in targets:
-                jobs.append({"layer": l, "seed": args.seed + 100 + l, "target_l0": t,
-                             "folder": f"sweep/layer_{l}_l0_{t:g}", "sae_id": f"layer_{l}/l0_{t:g}"})
+                for k in range(args.sweep_seeds):
+                    tag = f"_seed{k}" if args.sweep_seeds > 1 else ""
+                    jobs.append({"layer": l, "seed": args.seed + 100 + l + 1000 * k, "target_l0": t,
+                                 "folder": f"sweep/layer_{l}_l0_{t:g}{tag}", "sae_id": f"layer_{l}/l0_{t:g}{tag}"})
         return jobs
     t = targets[0]
     for l in layers:
@@ -584,6 +609,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="one SAE per (layer, target L0); no seed ceiling")
     ap.add_argument("--layers", default=None, help="comma-separated layers (default: all 18)")
     ap.add_argument("--target-l0", default=None, help="target L0 (comma-separated with --sweep)")
+    ap.add_argument("--sweep-seeds", type=int, default=1, help="with --sweep: SAEs per (layer, target), "
+                    "each its own seed (how far two seeds agree: the seed ceiling)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-docs", action="store_true", help="corpus without Debian's Python documentation")
     ap.add_argument("--model-dtype", default=None, help="model dtype for the stream (default: bfloat16 where native)")
@@ -633,6 +660,8 @@ def main(argv=None) -> int:
     for name, r in q["saes"].items():
         log(f"{name}: EV {r['explained_variance']:.3f}  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.3f}  "
             f"θ median {r['threshold_median']:.3g}  |resid| {r['resid_norm']:.4g}")
+    if q["seed_agreement"]:
+        log("seed ceiling (two seeds of one layer): " + ", ".join(f"{k} {v}" for k, v in q["seed_agreement"].items()))
     import platform
 
     metrics = {"model": "Gemma 3 270M (community Q4_K_M GGUF from PyPI, de-quantized)", "release": RELEASE,

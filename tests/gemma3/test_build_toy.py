@@ -48,6 +48,8 @@ def test_toy_build_end_to_end_and_exact_resume(tmp_path, models):
     assert set(res) == {"saes/layer_0", "saes/layer_1", "seed_ceiling/layer_0"}
     for v in res.values():
         assert v["explained_variance"] > 0.3 and 0 < v["l0"] < 256  # trained, not an untouched init
+    assert set(m["eval"]["seed_agreement"]) >= {"layer", "matched_fraction", "top1_decoder_cos_median"}
+    assert all(0 < v["decoder_cos_with_init_median"] < 1 for v in res.values())
     cfg = json.loads((full / "saes/layer_1/cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu"
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
