@@ -56,14 +56,15 @@ def test_bundle_sae_reconstructs_real_activations(bundle):
         assert ev > 0.5, (L, float(ev))  # one document: looser than the 0.7 of the held-out set
 
 
-def test_folding_changes_the_match_where_scales_grow(bundle):
+def test_matching_late_layers_finds_more_than_its_null_and_folding_changes_it(bundle):
     chain = smn.match_chain(bundle.handles[12:15], cache=False, progress=False)
     unf = smn.match_chain(bundle.handles[12:15], cache=False, progress=False, fold=False)
     assert chain.layers == (12, 13, 14)
     for a, b in zip(chain.pairs, unf.pairs):
-        assert a.matched_fraction > 0.2
+        # docs/GEMMA3.md: 12-15 % accepted with 3.5-6 false matches expected
+        assert int(a.matched.sum()) > 10 * a.expected_false_matches, (a.matched.sum(), a.expected_false_matches)
         same = float(np.mean(a.permutation == b.permutation))
-        assert same < 0.999, same  # thresholds vary per feature: the two objectives differ
+        assert same < 0.8, same  # thresholds grow 61x over depth: folding moves most partners
 
 
 def test_repr_says_what_it_is(bundle):
