@@ -43,7 +43,7 @@ def test_every_kind_lands_in_its_folder_under_the_root(tmp_path, monkeypatch):
     assert len(list(root.glob("*.npz"))) == 1  # matches stay at the root (where they always were)
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["activations", "examples", "neuronpedia"]
     assert {cache_mod.cache_folder(k) for k in cache_mod.KINDS} == {
-        root, root / "activations", root / "examples", root / "neuronpedia"}
+        root, root / "activations", root / "examples", root / "neuronpedia", root / "models"}
 
 
 def test_only_the_cache_module_knows_the_root():

@@ -235,8 +235,13 @@ def test_sigint_during_steered_generation_leaves_no_hook(steering_setup, monkeyp
         return real(*a, **kw)
 
     monkeypatch.setattr(model, "generate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        steer(model, {0: pc.saes[0], 1: pc.saes[1]}, plan, "The quick", max_new_tokens=3)
+    # Python's own Ctrl-C handler, whatever an earlier test or library left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            steer(model, {0: pc.saes[0], 1: pc.saes[1]}, plan, "The quick", max_new_tokens=3)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen == [0, 2] and n_hooks(model) == 0
 
 
