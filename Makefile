@@ -67,7 +67,7 @@ lab: $(STAMP)
 gemma3: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) scripts/build_gemma3.py --out .gemma3_build --assets saematch_nb/gemma3/assets $(GEMMA3_ARGS)
 
-# The paper's experiments on it: tables and figures in docs/gemma3/ (~15 min on 2 cores)
+# The paper's experiments on it: tables and figures in docs/gemma3/ (about an hour on 2 cores)
 gemma3-experiments: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gemma3_experiments.py
 

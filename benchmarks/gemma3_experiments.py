@@ -18,7 +18,7 @@ Writes tables (CSV + one markdown file) and figures (PNG through kaleido, HTML o
 6. compose   composition vs direct matches (hypothesis 3): P(t→t+k) vs P(t+k-1→t+k)···P(t→t+1).
 7. contrast  early (pairs from layers 0-8) vs late (9-16) means of the above.
 
-    python benchmarks/gemma3_experiments.py                       # ~15 min on 2 CPU cores
+    python benchmarks/gemma3_experiments.py                       # about an hour on 2 CPU cores
     python benchmarks/gemma3_experiments.py --assets .gemma3_build --out /tmp/g3x --tokens 4096 --eval-tokens 256
 """
 
