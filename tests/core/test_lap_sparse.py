@@ -527,6 +527,85 @@ def test_csr_merge_skips_present_edges_and_keeps_rows_sorted():
     np.testing.assert_array_equal(ex, [True, True, False, True, False, True, True, False])
 
 
+def test_in_place_csr_merge_equals_the_copying_merge():
+    """The graph grows in place (arrays resized, rows merged from the back): on random graphs
+    and batches, with present edges, empty rows and rows without new edges, it gives what the
+    copying merge gives."""
+    from saematch_nb.core.lap._numba import csr_merge, csr_merge_inplace, csr_merge_plan
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        deg = rng.integers(0, min(m, 8) + 1, n) * (rng.random(n) > 0.2)
+        indptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int64)
+        indices = np.concatenate([np.sort(rng.choice(m, d, replace=False)) for d in deg]).astype(np.int64)
+        cost = rng.random(indices.size)
+        exact = rng.random(indices.size) > 0.5
+        keys = np.unique(rng.integers(0, n, 50) * m + rng.integers(0, m, 50))[: int(rng.integers(0, 50))]
+        nr, nc = keys // m, keys % m
+        nv = rng.random(keys.size)
+        ref = csr_merge(indptr, indices, cost, exact, nr, nc, nv, True)
+        keep, nptr, out_ptr = csr_merge_plan(indptr, indices, nr, nc)
+        ind, c, ex = indices.copy(), cost.copy(), exact.copy()
+        for a in (ind, c, ex):
+            a.resize(int(out_ptr[-1]), refcheck=False)
+        csr_merge_inplace(indptr, ind, c, ex, out_ptr, nptr, keep, nc, nv, True)
+        assert out_ptr[-1] - indptr[-1] == ref[4]
+        for got, want in zip((out_ptr, ind, c, ex), ref[:4]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_graph_from_the_lists_has_every_listed_pair_once_with_its_pass_cost():
+    """csr_row_counts / csr_fill_rows / csr_fill_cols / csr_sort_dedupe (the graph built in its
+    own arrays, each list freed when copied): every pair of the pass's row and column lists,
+    once, rows sorted, at the pass's float32 cost."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(220, 12, generator=g)
+    Y = torch.randn(180, 12, generator=g)
+    P = _problem(X, Y, 3, 6)
+    G = (X @ Y.T).numpy().astype(np.float64)
+    C32 = P.nx64[:, None] + P.ny64[None, :] - 2 * G
+    want = set()
+    for i in range(220):
+        want |= {(i, j) for j in np.argsort(C32[i], kind="stable")[:3]} | {(i, j) for j in np.argsort(-G[i])[:6]}
+    for j in range(180):
+        want |= {(i, j) for i in np.argsort(C32[:, j])[:3]} | {(i, j) for i in np.argsort(-G[:, j])[:6]}
+    rows = P.rows
+    got = set(zip(rows.tolist(), P.indices.tolist()))
+    assert len(got) == P.n_edges  # no repeats
+    assert all(np.all(np.diff(P.indices[P.indptr[i]:P.indptr[i + 1]]) > 0) for i in range(220))
+    # ties at the k-th value may pick another partner: compare away from ties
+    assert len(want - got) <= 0.01 * len(want) and len(got - want) <= 0.01 * len(got)
+    np.testing.assert_allclose(P.cost, C32[rows, P.indices], rtol=1e-6, atol=1e-5)
+    assert P.indices.flags.owndata and P.cost.flags.owndata  # what the in-place merge resizes
+
+
+def test_dot_lists_shorten_to_the_memory_at_hand(monkeypatch):
+    """_k_dot_for_memory: the default list length fits 3/4 of the memory at hand; a solve with
+    little memory gets shorter lists, says so, and finds the same certified optimum."""
+    from saematch_nb.core.lap import sparse
+
+    gb = 1 << 30
+    n = 262144
+    assert sparse._k_dot_for_memory(n, n, 4608, 8, available=64 * gb) >= 1024
+    kd = sparse._k_dot_for_memory(n, n, 4608, 8, available=13 * gb)  # a 24 GB machine after the inputs
+    assert 256 <= kd < 1024 and kd % 64 == 0
+    assert 24 * 2 * n * kd + 2 * n * 4608 <= 0.75 * 13 * gb
+    assert sparse._k_dot_for_memory(n, n, 4608, 8, available=1 * gb) == 64  # the floor
+    g = torch.Generator().manual_seed(9)
+    X = torch.randn(900, 16, generator=g)
+    Y = torch.randn(900, 16, generator=g)
+    full = solve_sparse(X, Y, device="cpu", precision="float32")
+    assert not full.stats["k_dot_memory_limited"]
+    monkeypatch.setattr(sparse, "_available_bytes", lambda: 1 << 20)
+    short = solve_sparse(X, Y, device="cpu", precision="float32")
+    assert short.stats["k_dot_memory_limited"] and short.stats["k_dot"] == 64 < full.stats["k_dot"]
+    np.testing.assert_array_equal(short.col, full.col)
+    check_equal(X, Y, short)
+    explicit = solve_sparse(X, Y, k_dot=100, device="cpu", precision="float32")  # the user's value stands
+    assert explicit.stats["k_dot"] == 100 and not explicit.stats["k_dot_memory_limited"]
+
+
 def test_bfloat16_falls_back_to_float32_near_the_float32_range():
     """|x.y| up to |x||y| ~ 1e38 could round up to inf in a bfloat16 output: the solver runs the
     float32 pass instead, and says so."""

@@ -463,80 +463,6 @@ def finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n):
 
 
 @njit(cache=True, parallel=True)
-def lists_to_csr(rc_i, rc_v, rd_i, rd_v, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n, nx, ny):
-    """The candidate graph straight from the pass's four lists (block_lists layout: cost heaps
-    hold -C, dot heaps hold x.y): per row its own lists plus every column list that names it,
-    sorted by column, duplicates dropped. Returns (indptr, indices, cost) with the float64
-    cost ``|x|^2 + |y|^2 - 2 x.y`` of the float32 dot (the same expression block_lists ranks
-    by). No edge-key sort over the whole graph."""
-    n_a, k = rc_i.shape
-    kd = rd_i.shape[1]
-    n_b = cc_i.shape[0]
-    ptr = np.zeros(n_a + 1, np.int64)
-    for i in range(n_a):
-        ptr[i + 1] = k + kd
-    for j in range(n_b):
-        for q in range(cc_n[j]):
-            ptr[cc_i[j, q] + 1] += 1
-        for q in range(cd_n[j]):
-            ptr[cd_i[j, q] + 1] += 1
-    for i in range(n_a):
-        ptr[i + 1] += ptr[i]
-    col = np.empty(ptr[n_a], np.int64)
-    val = np.empty(ptr[n_a])
-    fill = ptr[:n_a].copy()
-    for i in prange(n_a):
-        f = fill[i]
-        for q in range(k):
-            col[f] = rc_i[i, q]
-            val[f] = -rc_v[i, q]
-            f += 1
-        for q in range(kd):
-            j = rd_i[i, q]
-            col[f] = j
-            val[f] = nx[i] + ny[j] - 2.0 * rd_v[i, q]
-            f += 1
-        fill[i] = f
-    for j in range(n_b):  # scatter into rows: serial (rows collide)
-        for q in range(cc_n[j]):
-            i = cc_i[j, q]
-            col[fill[i]] = j
-            val[fill[i]] = -cc_v[j, q]
-            fill[i] += 1
-        for q in range(cd_n[j]):
-            i = cd_i[j, q]
-            col[fill[i]] = j
-            val[fill[i]] = nx[i] + ny[j] - 2.0 * cd_v[j, q]
-            fill[i] += 1
-    cnt = np.empty(n_a, np.int64)
-    for i in prange(n_a):
-        a = ptr[i]
-        b = ptr[i + 1]
-        o = np.argsort(col[a:b])
-        cs = col[a:b][o]
-        vs = val[a:b][o]
-        m = 0
-        for t in range(b - a):
-            if t == 0 or cs[t] != cs[t - 1]:
-                col[a + m] = cs[t]
-                val[a + m] = vs[t]
-                m += 1
-        cnt[i] = m
-    indptr = np.zeros(n_a + 1, np.int64)
-    for i in range(n_a):
-        indptr[i + 1] = indptr[i] + cnt[i]
-    indices = np.empty(indptr[n_a], np.int64)
-    cost = np.empty(indptr[n_a])
-    for i in prange(n_a):
-        a = ptr[i]
-        o = indptr[i]
-        for t in range(cnt[i]):
-            indices[o + t] = col[a + t]
-            cost[o + t] = val[a + t]
-    return indptr, indices, cost
-
-
-@njit(cache=True, parallel=True)
 def csr_merge(indptr, indices, cost, exact, nrows, ncols, nvals, nexact):
     """Add edges to a row-sorted CSR graph. New edges come sorted by (row, col) without
     duplicates; those already present are skipped. Returns (indptr, indices, cost, exact,
@@ -588,6 +514,164 @@ def csr_merge(indptr, indices, cost, exact, nrows, ncols, nvals, nexact):
     return out_ptr, o_ind, o_cost, o_ex, tot - indptr[n]
 
 
+# --- the candidate graph built and grown in place (no second copy of a multi-GB graph) -------
+# The arrays are allocated by the caller (numpy owns them, so ndarray.resize can shrink or grow
+# them: realloc of a large block remaps pages instead of copying them).
+
+@njit(cache=True)
+def csr_row_counts(n_a, per_row, cc_i, cc_n, cd_i, cd_n):
+    """Row pointers of the pass's lists before duplicates are dropped: ``per_row`` entries of
+    each row's own lists plus every column-list entry that names the row."""
+    ptr = np.zeros(n_a + 1, np.int64)
+    for i in range(n_a):
+        ptr[i + 1] = per_row
+    for j in range(cc_i.shape[0]):
+        for q in range(cc_n[j]):
+            ptr[cc_i[j, q] + 1] += 1
+        for q in range(cd_n[j]):
+            ptr[cd_i[j, q] + 1] += 1
+    for i in range(n_a):
+        ptr[i + 1] += ptr[i]
+    return ptr
+
+
+@njit(cache=True, parallel=True)
+def csr_fill_rows(ptr, fill, col, val, rc_i, rc_v, rd_i, rd_v, nx, ny):
+    """Each row's own lists into its range (block_lists layout: the cost heap holds -C, the dot
+    list x.y); ``fill`` = next free slot per row."""
+    k = rc_i.shape[1]
+    kd = rd_i.shape[1]
+    for i in prange(ptr.size - 1):
+        f = ptr[i]
+        for q in range(k):
+            col[f] = rc_i[i, q]
+            val[f] = -rc_v[i, q]
+            f += 1
+        for q in range(kd):
+            j = rd_i[i, q]
+            col[f] = j
+            val[f] = nx[i] + ny[j] - 2.0 * np.float64(rd_v[i, q])
+            f += 1
+        fill[i] = f
+
+
+@njit(cache=True)
+def csr_fill_cols(fill, col, val, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n, nx, ny):
+    """Every column list's entries into the rows they name (serial: rows collide)."""
+    for j in range(cc_i.shape[0]):
+        for q in range(cc_n[j]):
+            i = cc_i[j, q]
+            col[fill[i]] = j
+            val[fill[i]] = -cc_v[j, q]
+            fill[i] += 1
+        for q in range(cd_n[j]):
+            i = cd_i[j, q]
+            col[fill[i]] = j
+            val[fill[i]] = nx[i] + ny[j] - 2.0 * np.float64(cd_v[j, q])
+            fill[i] += 1
+
+
+@njit(cache=True, parallel=True)
+def csr_sort_dedupe(ptr, col, val):
+    """Sort each row by column and drop repeats (equal values: every list prices a pair by the
+    same expression), then close the gaps in place. Returns the new row pointers; the caller
+    shrinks col / val to ``indptr[-1]``."""
+    n_a = ptr.size - 1
+    cnt = np.empty(n_a, np.int64)
+    for i in prange(n_a):
+        a = ptr[i]
+        b = ptr[i + 1]
+        o = np.argsort(col[a:b])
+        cs = col[a:b][o]
+        vs = val[a:b][o]
+        m = 0
+        for t in range(b - a):
+            if t == 0 or cs[t] != cs[t - 1]:
+                col[a + m] = cs[t]
+                val[a + m] = vs[t]
+                m += 1
+        cnt[i] = m
+    indptr = np.zeros(n_a + 1, np.int64)
+    for i in range(n_a):
+        indptr[i + 1] = indptr[i] + cnt[i]
+    for i in range(n_a):  # moves left only (indptr[i] <= ptr[i]): in place, in row order
+        a = ptr[i]
+        o = indptr[i]
+        if o != a:
+            for t in range(cnt[i]):
+                col[o + t] = col[a + t]
+                val[o + t] = val[a + t]
+    return indptr
+
+
+@njit(cache=True, parallel=True)
+def csr_merge_plan(indptr, indices, nrows, ncols):
+    """For csr_merge_inplace: which new edges (sorted by (row, col), no repeats) are not yet in
+    the graph, their row pointers, and the merged graph's row pointers."""
+    n = indptr.size - 1
+    m = nrows.size
+    keep = np.zeros(m, np.bool_)
+    cnt = np.zeros(n, np.int64)
+    nptr = np.zeros(n + 1, np.int64)
+    for e in range(m):
+        nptr[nrows[e] + 1] += 1
+    for i in range(n):
+        nptr[i + 1] += nptr[i]
+    for i in prange(n):
+        c = 0
+        for e in range(nptr[i], nptr[i + 1]):
+            if not _has(indices, indptr[i], indptr[i + 1], ncols[e]):
+                keep[e] = True
+                c += 1
+        cnt[i] = c
+    out_ptr = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        out_ptr[i + 1] = out_ptr[i] + (indptr[i + 1] - indptr[i]) + cnt[i]
+    return keep, nptr, out_ptr
+
+
+@njit(cache=True)
+def csr_merge_inplace(indptr, indices, cost, exact, out_ptr, nptr, keep, ncols, nvals, nexact):
+    """Merge the kept new edges into a graph whose arrays were already grown to ``out_ptr[-1]``.
+    Rows from the last, each from its end: out_ptr[i] >= indptr[i] and the write position
+    never passes the next unread old entry, so nothing unread is overwritten."""
+    n = indptr.size - 1
+    for i in range(n - 1, -1, -1):
+        a = indptr[i + 1] - 1
+        a0 = indptr[i]
+        e = nptr[i + 1] - 1
+        e0 = nptr[i]
+        o = out_ptr[i + 1] - 1
+        if o == a:  # nothing new in this row and no shift
+            continue
+        while a >= a0 or e >= e0:
+            if e >= e0 and not keep[e]:
+                e -= 1
+                continue
+            if e < e0 or (a >= a0 and indices[a] > ncols[e]):
+                indices[o] = indices[a]
+                cost[o] = cost[a]
+                exact[o] = exact[a]
+                a -= 1
+            else:
+                indices[o] = ncols[e]
+                cost[o] = nvals[e]
+                exact[o] = nexact
+                e -= 1
+            o -= 1
+
+
+@njit(cache=True, parallel=True)
+def jitter_csr(indptr, indices, cost, eta_x, eta_y, n_b, frac):
+    """jitter_down over a whole CSR graph (no edge-sized row array)."""
+    for i in prange(indptr.size - 1):
+        for e in range(indptr[i], indptr[i + 1]):
+            j = indices[e]
+            if j >= n_b:
+                continue
+            cost[e] -= frac * (eta_x[i] + eta_y[j]) * _hash01(i, j)
+
+
 @njit(cache=True, parallel=True)
 def jitter_down(rows, cols, vals, eta_x, eta_y, n_b, frac):
     """vals[e] -= frac * (eta_x_i + eta_y_j) * h(i, j), h a fixed hash in [0, 1), for real
@@ -600,12 +684,17 @@ def jitter_down(rows, cols, vals, eta_x, eta_y, n_b, frac):
         if j >= n_b:
             continue
         i = rows[e]
-        h = (np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(j) * np.uint64(0xC2B2AE3D27D4EB4F))
-        h ^= h >> np.uint64(29)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(32)
-        r = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-        vals[e] -= frac * (eta_x[i] + eta_y[j]) * r
+        vals[e] -= frac * (eta_x[i] + eta_y[j]) * _hash01(i, j)
+
+
+@njit(cache=True, inline="always")
+def _hash01(i, j):
+    """A fixed hash of the pair (i, j) in [0, 1)."""
+    h = (np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(j) * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(32)
+    return np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 @njit(cache=True)

@@ -52,8 +52,11 @@ most 10% of the error band breaks the ties (a lower bound stays a lower bound). 
 could round up to inf) fall back to it too.
 
 The candidate graph is CSR only (indptr, indices, cost, exact: 17 bytes per edge), built from
-the lists without a global sort and merged row by row (numba), so the graph is never held twice
-with its key arrays.
+the lists without a global sort, each list freed once copied, and grown in place when edges are
+added (numpy-owned arrays resized by realloc, then merged from the back), so the graph is never
+held twice. The dot lists are float32 + int32. Where the default lists would not fit 3/4 of the
+memory at hand, k_dot is shortened (:func:`_k_dot_for_memory`): a 262k x 262k pair runs on a
+24 GB machine.
 
 eps = ``eps_rel * (mean |x|^2 + mean |y|^2)`` (default 1e-10 of the cost scale) absorbs float64
 rounding of the duals; "proven optimal" means optimal up to ``n_a * eps`` in total.
@@ -233,7 +236,9 @@ class _Problem:
         k, kd = self.k, self.k_dot
         kc, kcd = int(min(k, n_a)), int(min(kd, n_a))
         rc_v = np.empty((n_a, k)); rc_i = np.empty((n_a, k), np.int64)
-        rd_v = np.empty((n_a, kd)); rd_i = np.empty((n_a, kd), np.int64)
+        # dot lists hold float32 values (exact: G is float32) and int32 ids: half the bytes of
+        # float64 / int64, and they are the pass's largest arrays (262k x 1024: 2 GB each way)
+        rd_v = np.empty((n_a, kd), np.float32); rd_i = np.empty((n_a, kd), np.int32)
         cc_v = np.empty((n_b, kc)); cc_i = np.empty((n_b, kc), np.int64); cc_n = np.zeros(n_b, np.int64)
         # column dot lists: append buffers of 2 kcd float32 values / int32 rows (block_lists)
         cb_v = np.empty((n_b, 2 * kcd), np.float32); cb_i = np.empty((n_b, 2 * kcd), np.int32)
@@ -253,28 +258,41 @@ class _Problem:
                            cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks)
         del G
         self.Yb = None  # see Yp
-        cd_v = np.empty((n_b, kcd)); cd_i = np.empty((n_b, kcd), np.int64); cd_n = np.zeros(n_b, np.int64)
+        cd_v = np.empty((n_b, kcd), np.float32); cd_i = np.empty((n_b, kcd), np.int32)
+        cd_n = np.zeros(n_b, np.int64)
         K_.finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n)
         del cb_v, cb_i, cb_n, cb_t
         # bounds: the root of each full heap; a list holding every partner bounds nothing
         self.r = -rc_v[:, 0] if k < n_b else np.full(n_a, np.inf)
-        self.rho = rd_v[:, 0].copy() if kd < n_b else np.full(n_a, -np.inf)
+        self.rho = rd_v[:, 0].astype(np.float64) if kd < n_b else np.full(n_a, -np.inf)
         self.s = -cc_v[:, 0] if kc < n_a else np.full(n_b, np.inf)
-        self.rho_c = cd_v[:, 0].copy() if kcd < n_a else np.full(n_b, -np.inf)
+        self.rho_c = cd_v[:, 0].astype(np.float64) if kcd < n_a else np.full(n_b, -np.inf)
         if k >= n_b or kd >= n_b or kc >= n_a or kcd >= n_a:  # every pair is a candidate
             self.r[:] = np.inf
             self.rho[:] = -np.inf
-        indptr, indices, cost = K_.lists_to_csr(rc_i, rc_v, rd_i, rd_v, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n,
-                                                self.nx64, self.ny64)
-        del rc_v, rc_i, rd_v, rd_i, cc_v, cc_i, cd_v, cd_i
-        self._set_edges(indptr, indices, cost)
+        # the graph straight from the lists, without a global key sort, each list freed as soon
+        # as it is copied: the peak is the lists plus one graph (no second copy of either)
+        ptr = K_.csr_row_counts(n_a, k + kd, cc_i, cc_n, cd_i, cd_n)
+        col = np.empty(int(ptr[-1]), np.int64)
+        val = np.empty(int(ptr[-1]))
+        fill = np.empty(n_a, np.int64)
+        K_.csr_fill_rows(ptr, fill, col, val, rc_i, rc_v, rd_i, rd_v, self.nx64, self.ny64)
+        del rc_v, rc_i, rd_v, rd_i
+        K_.csr_fill_cols(fill, col, val, cc_i, cc_v, cc_n, cd_i, cd_v, cd_n, self.nx64, self.ny64)
+        del cc_v, cc_i, cd_v, cd_i, fill
+        indptr = K_.csr_sort_dedupe(ptr, col, val)
+        del ptr
+        n_e = int(indptr[-1])
+        col.resize(n_e, refcheck=False)  # shrink in place (realloc): no copy of the graph
+        val.resize(n_e, refcheck=False)
+        self._set_edges(indptr, col, val)
 
     def _set_edges(self, indptr, indices, cost) -> None:
         """The candidate graph from a row-sorted CSR of approximate costs (no key sort)."""
         self.indptr, self.indices, self.cost = indptr, indices, cost
         self.exact = np.zeros(cost.size, np.bool_)
         if self.tie_break:
-            _kernels().jitter_down(self.rows, indices, cost, self.eta_x, self.eta_y, self.n_b, self.tie_break)
+            _kernels().jitter_csr(indptr, indices, cost, self.eta_x, self.eta_y, self.n_b, self.tie_break)
         if self.w is not None:  # private dummy column per row: always a candidate, exact cost
             n_a = self.n_a
             self._merge(np.arange(n_a, dtype=np.int64) * self.n_cols + self.n_b + np.arange(n_a), self.w, True)
@@ -386,10 +404,24 @@ class _Problem:
         vals = np.array(vals)
         if self.tie_break and not exact:
             _kernels().jitter_down(rows, cols, vals, self.eta_x, self.eta_y, self.n_b, self.tie_break)
-        indptr, indices, cost, ex, added = _kernels().csr_merge(
-            self.indptr, self.indices, self.cost, self.exact, rows, cols, vals, bool(exact))
-        self.indptr, self.indices, self.cost, self.exact = indptr, indices, cost, ex
-        return int(added)
+        del keys
+        K_ = _kernels()
+        keep, nptr, out_ptr = K_.csr_merge_plan(self.indptr, self.indices, rows, cols)
+        added = int(out_ptr[-1] - self.indptr[-1])
+        if added:
+            # grown in place (realloc remaps a large block's pages: the graph is never held twice);
+            # the CSR arrays are this object's own, no view of them outlives a call
+            n_e = int(out_ptr[-1])
+            for name in ("indices", "cost", "exact"):
+                arr = getattr(self, name)
+                if not arr.flags.owndata or arr.base is not None:
+                    arr = arr.copy()
+                arr.resize(n_e, refcheck=False)
+                setattr(self, name, arr)
+            K_.csr_merge_inplace(self.indptr, self.indices, self.cost, self.exact, out_ptr, nptr, keep, cols, vals,
+                                 bool(exact))
+            self.indptr = out_ptr
+        return added
 
     def make_exact(self, edges):
         """Replace the float32 cost of these edge positions by the exact float64 cost."""
@@ -412,7 +444,7 @@ class _Problem:
         pos[cols] = np.arange(cols.size)
         has = np.flatnonzero((self.indices < self.n_b) & (pos[np.minimum(self.indices, self.n_b - 1)] >= 0)
                              & np.isin(self.indices, cols))
-        er = torch.from_numpy(self.rows[has]).to(self.dev)
+        er = torch.from_numpy(self.edge_rows(has)).to(self.dev)  # not self.rows: an edge-sized array
         ec = torch.from_numpy(pos[self.indices[has]]).to(self.dev)
         C[er, ec] = float("inf")
         G[er, ec] = -float("inf")
@@ -823,6 +855,36 @@ def auto_k_dot(n_b: int) -> int:
     return int(min(1024, max(128, n_b // 128)))
 
 
+def _available_bytes() -> int | None:
+    """Memory a new allocation can take now (Linux MemAvailable; elsewhere free physical pages);
+    None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _k_dot_for_memory(n_a: int, n_b: int, D: int, k: int, available: int | None = None) -> int:
+    """The longest dot lists whose pass fits 3/4 of the memory at hand (a multiple of 64, at
+    least 64). The pass's peak is the lists and one graph: about 24 (n_a + n_b) k_dot bytes
+    (float32 + int32 lists of rows and columns, float64 + int64 graph edges from both), plus
+    a bfloat16 copy of Y. Shorter lists only mean weaker bounds and more pricing: the result
+    is still certified. A 262k x 262k pair at d_in 2304 on a 24 GB machine gets 512, not 1024."""
+    available = _available_bytes() if available is None else available
+    if available is None:
+        return 1 << 30
+    fixed = 2 * n_b * D + 16 * (n_a + n_b) * k + (256 << 20)
+    kd = (0.75 * available - fixed) / (24.0 * (n_a + n_b))
+    return int(max(64, (kd // 64) * 64))
+
+
 def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: int = 8, k_dot: int | None = None,
                  block_rows: int | None = None, device=None, progress: bool = False,
                  max_rounds: int = 30, eps_rel: float = 1e-10, return_duals: bool = False,
@@ -836,7 +898,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     ``nearest`` and ``stats``.
 
     ``k`` / ``k_dot``: per row, the k cheapest columns and the k_dot (default
-    :func:`auto_k_dot` of the column count) largest dot products kept
+    :func:`auto_k_dot` of the column count, shortened where the lists would not fit the memory
+    at hand: ``stats["k_dot_memory_limited"]``) largest dot products kept
     from the blocked pass (the dot list is what the duals of a bijective problem rank by,
     since ``C = |x|^2 + |y|^2 - 2 x.y``); rows the certificate rejects get more, locally.
     ``max_rounds``: solve/certify rounds before giving up with a certified gap.
@@ -857,8 +920,10 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
                            max_rounds=max_rounds, eps_rel=eps_rel, return_duals=return_duals,
                            precision=precision)
         return _unscale_result(res, shift)
+    k_dot_auto = None
     if k_dot is None:
-        k_dot = auto_k_dot(max(X.shape[0], Y.shape[0]) if w is None else Y.shape[0])
+        k_dot = k_dot_auto = auto_k_dot(max(X.shape[0], Y.shape[0]) if w is None else Y.shape[0])
+        k_dot = min(k_dot, _k_dot_for_memory(X.shape[0], Y.shape[0], X.shape[1], k))
     if k < 1 or k_dot < 1:
         raise ValueError(f"solve_sparse: k and k_dot must be >= 1, got {k} and {k_dot}")
     if w is None and X.shape[0] > Y.shape[0]:
@@ -891,6 +956,8 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "device": str(dev),
         "k": int(k),
         "k_dot": int(k_dot),
+        # the default list length, when the memory at hand made it shorter (more pricing, same optimum)
+        "k_dot_memory_limited": bool(k_dot_auto is not None and k_dot < k_dot_auto),
         "block_rows": P.block_rows,
         "seconds": time.perf_counter() - t0,
         "phase_seconds": dict(timing),
