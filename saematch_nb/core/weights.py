@@ -301,11 +301,34 @@ def _from_saelens_object(sae: Any) -> SAEWeights:
         neuronpedia_id=_cfg_get(meta, "neuronpedia_id"),
     )
     k = _cfg_get(cfg, "k")
+    arch_name = _cfg_get(cfg, "architecture")
+    arch_name = str(arch_name() if callable(arch_name) else arch_name or "")
+    if "transcoder" in arch_name:
+        _warn_transcoder(arch_name, hook, _cfg_get(meta, "hook_name_out") or _cfg_get(cfg, "hook_name_out"),
+                         getattr(sae, "W_skip", None) is not None)
     return SAEWeights(
         W_enc=_as_f32(sae.W_enc), b_enc=_as_f32(sae.b_enc), W_dec=_as_f32(sae.W_dec),
         b_dec=_as_f32(sae.b_dec), threshold=None if (thr is None or arch != "jumprelu") else _as_f32(thr),
         architecture=arch, k=int(k) if (arch == "topk" and k) else None,
         apply_b_dec_to_input=bool(_cfg_get(cfg, "apply_b_dec_to_input", False)), info=info,
+    )
+
+
+def _warn_transcoder(arch: str, hook_in: str | None, hook_out: str | None, skip: bool) -> None:
+    """A transcoder fits SAEWeights (encoder, threshold, decoder, biases), but it is not an SAE of one
+    activation: say what its vectors are, once per conversion."""
+    import warnings
+
+    warnings.warn(
+        f"{arch} ({hook_in or 'its input hook'} -> {hook_out or 'its output hook'}) converted to SAEWeights: "
+        f"W_enc reads {hook_in or 'the input hook'} and the decoder rows W_dec, the feature vectors "
+        f"that matching compares, are directions written to {hook_out or 'the output hook'}, not "
+        "reconstructions of the input; b_dec is the output's bias. "
+        + ("The affine skip connection W_skip (input -> output, outside the features) is left out. "
+           if skip else "")
+        + "Measures that decode back into the input (explained variance of the input, splicing the "
+        "reconstruction in at one hook) do not apply to it as they do to an SAE.",
+        UserWarning, stacklevel=3,
     )
 
 

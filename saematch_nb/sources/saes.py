@@ -1,4 +1,4 @@
-"""Loading SAEs: sae-lens releases (Gemma Scope first), local folders, lazy handles.
+"""Loading SAEs: sae-lens releases (Gemma Scope 1 and 2 first), local folders, lazy handles.
 
 ``load_saes`` only *names* SAEs: it reads sae-lens' directory of pretrained releases (the YAML file
 shipped inside the package, parsed here without importing sae-lens, which takes seconds) and
@@ -6,7 +6,7 @@ returns :class:`SAEHandle` objects. Nothing is downloaded until ``handle.load()`
 ``handle.to_weights()``; then sae-lens' own loaders run (``SAE.from_pretrained`` for releases,
 ``SAE.load_from_disk`` for folders), so its converters, configs and name folding apply.
 
-Selecting Gemma Scope SAEs (release ``gemma-scope-2b-pt-res-canonical`` or ``gemma-scope-2b-pt-res``):
+Selecting Gemma Scope SAEs (Gemma 2; release ``gemma-scope-2b-pt-res-canonical`` or ``gemma-scope-2b-pt-res``):
 
 - ``layers``: ``None`` (all layers the release has at that width), an int, or an iterable of ints.
 - ``width``: ``"16k"``, ``"65k"``, ``"1m"``, ... or the int 16384 etc.
@@ -20,6 +20,29 @@ Selecting Gemma Scope SAEs (release ``gemma-scope-2b-pt-res-canonical`` or ``gem
       useful because each layer has its own set of L0 values.
     * ``None``: the only SAE at that layer and width; an error listing the choices if several.
 - ``sae_ids``: explicit ids of any sae-lens release (then ``layers``/``width``/``l0`` are unused).
+
+Selecting Gemma Scope 2 SAEs (Gemma 3; releases ``gemma-scope-2-{270m,1b,4b,12b,27b}-{pt,it}-{res,mlp,
+att,transcoders}``, each also with ``-all``; ids ``layer_{L}_width_{W}_l0_{small|medium|big}``):
+
+- ``layers`` and ``width`` as above. The ``-all`` releases have every layer at widths 16k and
+  262k with L0 small and big; the others have 4 layers, widths 16k/65k/262k (and 1m for some).
+- ``l0``: the label ``"small"``, ``"medium"`` or ``"big"``; ``"nearest:N"`` (by the L0 that
+  sae-lens lists for each id); ``None`` (the only one). There is no default: Gemma Scope 2 has no
+  canonical SAEs, so the default ``l0="canonical"`` raises an error that lists the labels (and
+  their L0s) at the layers asked. Neuronpedia hosts the ``"medium"`` residual SAEs.
+- ``seed``: 0 (default) or 1: ``_seed_1`` ids, a second training run of the same SAE (residual,
+  width 262k, L0 medium), for a seed ceiling: how well two runs of one SAE match each other.
+- ``affine``: transcoder releases have plain (``jumprelu_transcoder``) and skip
+  (``jumprelu_skip_transcoder``, ``_affine`` ids) transcoders; ``None``/``False`` picks the plain
+  ones, ``True`` the skip ones. Other releases: ``True`` is an error.
+- Hooks (as sae-lens names them): res ``blocks.L.hook_resid_post``; mlp ``blocks.L.hook_mlp_out``;
+  att ``blocks.L.attn.hook_z``, before the output projection, so those SAEs live in
+  n_heads × d_head, not d_model; transcoders read ``blocks.L.hook_mlp_in`` (``hook_name``) and
+  write ``blocks.L.hook_mlp_out`` (``hook_name_out``). A transcoder's decoder rows are directions
+  in the MLP output, and the skip connection of ``_affine`` ones is not part of any feature:
+  ``to_weights()`` keeps the features and says so in a warning.
+- Loading goes through sae-lens' ``gemma_3`` loader, which asks the hub for each file's tensor
+  shapes even when the file is cached: Gemma Scope 2 weights need the hub.
 
 Other sae-lens releases: pass ``sae_ids``, or ``layers`` when the release has one SAE per layer.
 Local SAEs: ``release`` is a folder (or a list of folders) holding ``cfg.json`` +
@@ -113,6 +136,19 @@ def _offline_message(what: str, cause: BaseException | None = None) -> str:
     return (
         f"The Hugging Face hub is unreachable, so {what} cannot be downloaded, and it is not in "
         f"the local cache{why}. " + OFFLINE_HELP.format(hf_home=_hf_home())
+    )
+
+
+def _gemma_3_offline_message(what: str, cause: BaseException) -> str:
+    # sae-lens' gemma_3 loader asks the hub for the tensor shapes (get_safetensors_tensor_shapes:
+    # plain HTTP range requests), which the HF cache cannot answer: a cached file does not help.
+    why = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})"
+    return (
+        f"The Hugging Face hub is unreachable, so {what} cannot be loaded{why}. Its "
+        "params.safetensors is in the local cache, but sae-lens' Gemma Scope 2 loader reads the "
+        "tensor shapes from the hub with HTTP range requests, which the cache does not serve: "
+        "loading a Gemma Scope 2 SAE through sae-lens needs the hub. Connect (and unset "
+        "HF_HUB_OFFLINE), or use the bundled demo, saematch_nb.demo.load()."
     )
 
 
@@ -216,6 +252,7 @@ class SAEHandle:
     repo_id: str | None = None
     folder: str | None = None  # folder inside repo_id
     conversion_func: str | None = None
+    hook_name_out: str | None = None  # transcoders: where the decoder writes (hook_name: what W_enc reads)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -281,9 +318,10 @@ class SAEHandle:
             if isinstance(exc, SourceError):
                 raise
             if _is_hub_unreachable(exc):
-                raise SAEHubUnavailableError(
-                    _offline_message(f"SAE {self.release!r} / {self.sae_id!r}", exc)
-                ) from exc
+                what = f"SAE {self.release!r} / {self.sae_id!r}"
+                if self.conversion_func == "gemma_3" and self.cached:
+                    raise SAEHubUnavailableError(_gemma_3_offline_message(what, exc)) from exc
+                raise SAEHubUnavailableError(_offline_message(what, exc)) from exc
             if type(exc).__name__ == "GatedRepoError":
                 raise SAELoadError(
                     f"{self.repo_id} is gated on the Hugging Face hub: accept its licence there and "
@@ -352,6 +390,11 @@ class SAEList(list):
 # naming helpers
 # --------------------------------------------------------------------------------------------
 _GEMMA_ID = re.compile(r"^layer_(\d+)/width_(\w+?)/(canonical|average_l0_(\d+))$")
+# Gemma Scope 2 (Gemma 3): layer, width, L0 label, optional second training seed, optional affine
+# skip connection (transcoders); the non-"-all" transcoder releases prefix "transcoder/".
+_GEMMA2_ID = re.compile(
+    r"^(?:transcoder/)?layer_(\d+)_width_(\w+?)_l0_(small|medium|big)(?:_seed_(\d+))?(_affine)?$")
+_L0_LABELS = ("small", "medium", "big")
 _WIDTHS = {"4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072,
            "262k": 262144, "524k": 524288, "1m": 1048576}
 
@@ -388,6 +431,26 @@ def _gemma_2_hook(repo_id: str, folder: str) -> tuple[int | None, str | None]:
     return layer, hook
 
 
+def _gemma_3_hook(folder: str) -> tuple[int | None, str | None, str | None]:
+    """Layer, hook and output hook as sae-lens' ``get_gemma_3_config_from_hf`` names them from the
+    folder (same order of tests; mirrored so that naming needs no sae-lens import; a test checks
+    they agree). Attention SAEs read ``attn.hook_z``, before the output projection: their inputs
+    are n_heads × d_head wide, not d_model. Transcoders read ``hook_mlp_in``, write ``hook_mlp_out``."""
+    m = re.search(r"layer_(\d+)", folder)
+    if m is None:
+        return None, None, None
+    L = int(m.group(1))
+    if "resid_post" in folder:
+        return L, f"blocks.{L}.hook_resid_post", None
+    if "attn_out" in folder:
+        return L, f"blocks.{L}.attn.hook_z", None
+    if "mlp_out" in folder:
+        return L, f"blocks.{L}.hook_mlp_out", None
+    if "transcoder" in folder or "clt" in folder:
+        return L, f"blocks.{L}.hook_mlp_in", f"blocks.{L}.hook_mlp_out"
+    return L, None, None
+
+
 def _parse_layer(text: str) -> int | None:
     for pat in (r"blocks\.(\d+)\.", r"layer[_s]?\.?(\d+)", r"(?:^|[/_.-])l(\d+)(?:[/_.-]|$)",
                 r"(?:^|[/_.-])(\d+)(?:[/_.-]|$)"):
@@ -404,6 +467,8 @@ def _hook_from_id(sae_id: str) -> str | None:
 def _hub_weight_filename(h: SAEHandle) -> str | None:
     if h.conversion_func == "gemma_2":
         return "params.npz"
+    if h.conversion_func == "gemma_3":
+        return "params.safetensors"
     if h.conversion_func is None:
         return "sae_weights.safetensors"
     return None
@@ -425,8 +490,14 @@ def _cached_cfg(repo_id: str, folder: str) -> dict | None:
 def _handle_for(rel: _Release, sae_id: str, device: str, dtype: str) -> SAEHandle:
     folder = rel.saes[sae_id]
     npid = rel.neuronpedia.get(sae_id)
-    width = l0 = None
-    if rel.conversion_func == "gemma_2":
+    width = l0 = hook_out = None
+    g3 = _gemma_3_hook(folder) if rel.conversion_func == "gemma_3" else (None, None, None)
+    if g3[1] is not None:  # Gemma Scope 2: names from the folder; L0 as sae-lens lists it
+        layer, hook, hook_out = g3
+        m = _GEMMA2_ID.match(sae_id)
+        width = _WIDTHS.get(m.group(2)) if m else None
+        l0 = float(rel.l0.get(sae_id) or 0) or None
+    elif rel.conversion_func == "gemma_2":
         layer, hook = _gemma_2_hook(rel.repo_id, folder)
         m = re.search(r"width_(\w+?)/", folder + "/")
         width = _WIDTHS.get(m.group(1)) if m else None
@@ -444,7 +515,7 @@ def _handle_for(rel: _Release, sae_id: str, device: str, dtype: str) -> SAEHandl
     return SAEHandle(
         release=rel.name, sae_id=sae_id, layer=layer, hook_name=hook, model_name=rel.model,
         neuronpedia_id=npid, device=device, dtype=dtype, width=width, l0=l0,
-        repo_id=rel.repo_id, folder=folder, conversion_func=rel.conversion_func,
+        repo_id=rel.repo_id, folder=folder, conversion_func=rel.conversion_func, hook_name_out=hook_out,
     )
 
 
@@ -468,17 +539,26 @@ def load_saes(
     *,
     width: str | int = "16k",
     l0: str | int | None = "canonical",
+    seed: int = 0,
+    affine: bool | None = None,
     sae_ids: Sequence[str] | None = None,
     device: str = "cpu",
     dtype: str = "float32",
 ) -> SAEList:
     """Name SAEs of a sae-lens release or on disk; returns lazy :class:`SAEHandle` s in layer order.
 
-    Example: ``load_saes("gemma-scope-2b-pt-res-canonical", layers=range(10, 15))``.
-    See the module docstring for the meaning of ``width``, ``l0`` and ``sae_ids``. Nothing is
-    downloaded here; ``handle.to_weights()`` / ``handle.load()`` fetch through sae-lens.
+    Examples: ``load_saes("gemma-scope-2b-pt-res-canonical", layers=range(10, 15))``;
+    ``load_saes("gemma-scope-2-1b-pt-res-all", layers=range(3), width="16k", l0="small")``.
+    See the module docstring for the meaning of ``width``, ``l0``, ``seed``, ``affine`` and
+    ``sae_ids``. Nothing is downloaded here; ``handle.to_weights()`` / ``handle.load()`` fetch
+    through sae-lens.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SAELoadError(f"seed must be an int >= 0 (0: the first training seed), got {seed!r}")
+    if affine is not None and not isinstance(affine, bool):
+        raise SAELoadError(f"affine must be True, False or None, got {affine!r}")
     if isinstance(release, (list, tuple)) or _looks_like_path(release):
+        _no_gemma_2_variants(seed, affine, "local folders")
         paths = [release] if not isinstance(release, (list, tuple)) else list(release)
         return _load_local(paths, layers, width=width, l0=l0, device=device, dtype=dtype)
     release = str(release)
@@ -498,15 +578,27 @@ def load_saes(
     if sae_ids is not None:
         if layers is not None:
             raise SAELoadError("give either sae_ids or layers, not both (sae_ids already fix the layers)")
+        _no_gemma_2_variants(seed, affine, "sae_ids (the ids already name the seed and the skip connection)")
         ids = [sae_ids] if isinstance(sae_ids, str) else list(sae_ids)
         for sid in ids:
             _check_id(rel, sid)
-    elif rel.conversion_func == "gemma_2" and any(_GEMMA_ID.match(s) for s in rel.saes):
-        ids = _select_gemma(rel, layers, width, l0)
+    elif _is_gemma_scope_2(rel):
+        ids = _select_gemma_2(rel, layers, width, l0, seed, affine)
     else:
-        ids = _select_generic(rel, layers)
+        _no_gemma_2_variants(seed, affine, f"release {rel.name!r}")
+        if rel.conversion_func == "gemma_2" and any(_GEMMA_ID.match(s) for s in rel.saes):
+            ids = _select_gemma(rel, layers, width, l0)
+        else:
+            ids = _select_generic(rel, layers)
     handles = [_handle_for(rel, sid, device, dtype) for sid in ids]
     return SAEList(_sorted(handles))
+
+
+def _no_gemma_2_variants(seed: int, affine: bool | None, where: str) -> None:
+    if seed != 0 or affine is not None:
+        raise SAELoadError(
+            f"seed= and affine= choose among Gemma Scope 2 ids (`_seed_1`: a second training seed; "
+            f"`_affine`: skip transcoders); they do not apply to {where}")
 
 
 def _sorted(handles: list[SAEHandle]) -> list[SAEHandle]:
@@ -516,14 +608,20 @@ def _sorted(handles: list[SAEHandle]) -> list[SAEHandle]:
 def _check_id(rel: _Release, sid: str) -> None:
     if sid in rel.saes:
         return
-    m = _GEMMA_ID.match(sid)
-    at_layer = [s for s in rel.saes if m and s.startswith(f"layer_{m.group(1)}/")]
+    L = _id_layer(sid)
+    at_layer = [s for s in rel.saes if L is not None and _id_layer(s) == L]
     choices = at_layer or difflib.get_close_matches(sid, rel.saes, n=10, cutoff=0.3) or list(rel.saes)[:10]
     raise UnknownSAEIdError(
         f"SAE id {sid!r} is not in release {rel.name!r} ({len(rel.saes)} ids). "
         + (f"Ids at that layer: {', '.join(sorted(choices))}" if at_layer
            else f"Closest valid ids: {', '.join(choices)}")
     )
+
+
+def _id_layer(sid: str) -> int | None:
+    """The layer of a Gemma Scope 1 or 2 id, also of a misspelt one ("layer_7_width_16k_l0_tiny")."""
+    m = re.match(r"^(?:transcoder/)?layer_(\d+)[/_]", sid)
+    return int(m.group(1)) if m else None
 
 
 def _gemma_table(rel: _Release) -> dict[tuple[int, str], dict[str, str]]:
@@ -542,7 +640,9 @@ def _select_gemma(rel: _Release, layers: Any, width: Any, l0: Any) -> list[str]:
                             canonical_hint=not rel.name.endswith("canonical"))
 
 
-def _select_by_table(table, where: str, layers, width, l0, canonical_hint=False) -> list[str]:
+def _select_by_table(table, where: str, layers, width, l0, canonical_hint=False, choose=None) -> list[str]:
+    """Layers and width from ``table`` ((layer, width) -> options); then, per layer, ``choose(L, w,
+    options)`` (default: Gemma Scope's L0 rules, ``_choose_gemma_1``) names the SAE."""
     w = _norm_width(width)
     avail_layers = sorted({L for (L, ww) in table if ww == w})
     if not avail_layers:
@@ -551,48 +651,154 @@ def _select_by_table(table, where: str, layers, width, l0, canonical_hint=False)
     wanted = avail_layers if layers is None else _layer_list(layers)
     bad = [L for L in wanted if L not in avail_layers]
     if bad:
-        contiguous = avail_layers == list(range(avail_layers[0], avail_layers[-1] + 1))
-        valid = (f"{avail_layers[0]}..{avail_layers[-1]}" if contiguous else str(avail_layers))
+        valid = _span(avail_layers)
+        elsewhere = sorted({ww for (L, ww) in table if L in bad}, key=lambda x: _WIDTHS.get(x, 0))
         raise LayerOutOfRangeError(
             f"layer(s) {bad} out of range for {where} at width {w}: valid layers are {valid}"
+            + (f" (widths at layer(s) {bad}: {elsewhere})" if elsewhere else "")
         )
-    out = []
-    for L in wanted:
-        opts = table[(L, w)]
-        l0s = sorted(int(k) for k in opts if k != "canonical")
-        listing = f"L0s available at layer {L}, width {w}: {l0s}" + (
-            " (and 'canonical')" if "canonical" in opts else "")
-        if l0 == "canonical":
-            if "canonical" not in opts:
-                hint = (" Use release 'gemma-scope-2b-pt-res-canonical' (same files), or pick "
-                        "l0=<int> or l0='nearest:<N>'." if canonical_hint else "")
-                raise UnknownSAEIdError(f"{where} has no canonical SAE at layer {L}, width {w}.{hint} {listing}")
-            out.append(opts["canonical"])
-        elif l0 is None:
-            if len(opts) != 1:
+    if choose is None:
+        choose = functools.partial(_choose_gemma_1, where=where, l0=l0, canonical_hint=canonical_hint)
+    return [choose(L, w, table[(L, w)]) for L in wanted]
+
+
+def _choose_gemma_1(L: int, w: str, opts: dict[str, str], *, where: str, l0: Any, canonical_hint: bool) -> str:
+    l0s = sorted(int(k) for k in opts if k != "canonical")
+    listing = f"L0s available at layer {L}, width {w}: {l0s}" + (
+        " (and 'canonical')" if "canonical" in opts else "")
+    if l0 == "canonical":
+        if "canonical" not in opts:
+            hint = (" Use release 'gemma-scope-2b-pt-res-canonical' (same files), or pick "
+                    "l0=<int> or l0='nearest:<N>'." if canonical_hint else "")
+            raise UnknownSAEIdError(f"{where} has no canonical SAE at layer {L}, width {w}.{hint} {listing}")
+        return opts["canonical"]
+    if l0 is None:
+        if len(opts) != 1:
+            raise UnknownSAEIdError(
+                f"l0=None needs exactly one SAE per layer, but layer {L} width {w} has "
+                f"{len(opts)}: choose l0=<int> or l0='nearest:<N>'. {listing}")
+        return next(iter(opts.values()))
+    if isinstance(l0, str) and l0.startswith("nearest:"):
+        target = _nearest_target(l0)
+        if not l0s:
+            return opts["canonical"]
+        best = min(l0s, key=lambda v: (abs(v - target), v))
+        return opts[str(best)]
+    if isinstance(l0, (int, float)) and not isinstance(l0, bool) or (isinstance(l0, str) and l0.isdigit()):
+        key = str(int(l0))
+        if key not in opts:
+            raise UnknownSAEIdError(f"no SAE with average L0 {key} in {where}. {listing}")
+        return opts[key]
+    raise SAELoadError(
+        f"l0={l0!r} not understood: use 'canonical', an int, 'nearest:<N>' or None")
+
+
+def _nearest_target(l0: str) -> float:
+    try:
+        return float(l0.split(":", 1)[1])
+    except ValueError:
+        raise SAELoadError(f"l0={l0!r}: expected 'nearest:<number>', e.g. 'nearest:80'") from None
+
+
+# -- Gemma Scope 2 -----------------------------------------------------------------------------
+def _is_gemma_scope_2(rel: _Release) -> bool:
+    return rel.conversion_func == "gemma_3" and any(_GEMMA2_ID.match(s) for s in rel.saes)
+
+
+def _gemma_2_table(rel: _Release) -> dict[tuple[int, str], dict[tuple[str, int, bool], str]]:
+    """(layer, width) -> {(L0 label, seed, affine): sae_id}; ids without ``_seed_`` are seed 0."""
+    table: dict[tuple[int, str], dict[tuple[str, int, bool], str]] = {}
+    for sid in rel.saes:
+        m = _GEMMA2_ID.match(sid)
+        if m:
+            key = (m.group(3), int(m.group(4) or 0), bool(m.group(5)))
+            table.setdefault((int(m.group(1)), m.group(2)), {})[key] = sid
+    return table
+
+
+def _select_gemma_2(rel: _Release, layers: Any, width: Any, l0: Any, seed: int, affine: bool | None) -> list[str]:
+    table = _gemma_2_table(rel)
+    transcoders = any(a for opts in table.values() for (_, _, a) in opts)
+    if affine and not transcoders:
+        raise SAELoadError(
+            f"affine=True picks skip transcoders (`_affine` ids); {rel.name} has none. Releases with "
+            "them: gemma-scope-2-<size>-<pt|it>-transcoders and -transcoders-all")
+    variant = (seed, bool(affine))
+    name = _variant_name(seed, bool(affine), transcoders)
+    if l0 == "canonical" or l0 is not None and not isinstance(l0, str) or (
+            isinstance(l0, str) and l0 not in _L0_LABELS and not l0.startswith("nearest:")):
+        # say what exists at the layers asked (layers and width checked first, so it is valid)
+        _select_by_table(table, rel.name, layers, width, None, choose=lambda L, w, opts: "")
+        w = _norm_width(width)
+        asked = sorted({L for (L, ww) in table if ww == w}) if layers is None else _layer_list(layers)
+        why = ("none of its SAEs is canonical (that is Gemma Scope 1's naming)" if l0 == "canonical" else
+               f"l0={l0!r} is not one of its L0 labels")
+        raise UnknownSAEIdError(
+            f"{rel.name} is a Gemma Scope 2 release, which names each SAE's sparsity by label: "
+            f"pass l0='small', 'medium' or 'big', or l0='nearest:<N>' (by the L0 sae-lens lists); "
+            f"{why}. {_gemma_2_listing(rel, table, asked, w)}")
+
+    def choose(L: int, w: str, opts: dict) -> str:
+        labels = {k[0]: sid for k, sid in opts.items() if k[1:] == variant}
+        if not labels:
+            there = sorted({ww for (LL, ww), o in table.items() if LL == L and any(k[1:] == variant for k in o)},
+                           key=lambda x: _WIDTHS.get(x, 0))
+            raise UnknownSAEIdError(
+                f"{rel.name} has no {name + ' ' if name else ''}SAE at layer {L}, width {w}"
+                + (f" (it has {name} SAEs at layer {L} at width(s) {there})" if there else "") + ". "
+                + _gemma_2_listing(rel, table, [L], w))
+        if l0 is None:
+            if len(labels) != 1:
                 raise UnknownSAEIdError(
-                    f"l0=None needs exactly one SAE per layer, but layer {L} width {w} has "
-                    f"{len(opts)}: choose l0=<int> or l0='nearest:<N>'. {listing}")
-            out.append(next(iter(opts.values())))
-        elif isinstance(l0, str) and l0.startswith("nearest:"):
-            try:
-                target = float(l0.split(":", 1)[1])
-            except ValueError:
-                raise SAELoadError(f"l0={l0!r}: expected 'nearest:<number>', e.g. 'nearest:80'") from None
-            if not l0s:
-                out.append(opts["canonical"])
-                continue
-            best = min(l0s, key=lambda v: (abs(v - target), v))
-            out.append(opts[str(best)])
-        elif isinstance(l0, (int, float)) and not isinstance(l0, bool) or (isinstance(l0, str) and l0.isdigit()):
-            key = str(int(l0))
-            if key not in opts:
-                raise UnknownSAEIdError(f"no SAE with average L0 {key} in {where}. {listing}")
-            out.append(opts[key])
-        else:
-            raise SAELoadError(
-                f"l0={l0!r} not understood: use 'canonical', an int, 'nearest:<N>' or None")
-    return out
+                    f"l0=None needs exactly one SAE per layer, but {rel.name} has {len(labels)} at "
+                    f"layer {L}, width {w}: choose l0='small', 'medium' or 'big'. "
+                    f"{_gemma_2_listing(rel, table, [L], w)}")
+            return next(iter(labels.values()))
+        if l0.startswith("nearest:"):
+            target = _nearest_target(l0)
+            return min(labels.values(), key=lambda sid: (abs(rel.l0.get(sid, 0) - target), rel.l0.get(sid, 0)))
+        if l0 not in labels:
+            raise UnknownSAEIdError(
+                f"{rel.name} has no l0={l0!r} {name + ' ' if name else ''}SAE at layer {L}, width {w}. "
+                f"{_gemma_2_listing(rel, table, [L], w)}")
+        return labels[l0]
+
+    return _select_by_table(table, rel.name, layers, width, l0, choose=choose)
+
+
+def _variant_name(seed: int, affine: bool, transcoders: bool) -> str:
+    """How errors and listings name a variant: "" for the plain SAEs, else "seed=1", "affine=True"..."""
+    parts = ([f"seed={seed}"] if seed else []) + ([f"affine={affine}"] if transcoders else [])
+    return ", ".join(parts)
+
+
+def _gemma_2_listing(rel: _Release, table: dict, layers: list[int], w: str) -> str:
+    """What exists at ``layers`` and width ``w``, e.g. "At layer 7, width 262k: small (L0 18),
+    medium (L0 54), big (L0 132); seed=1: medium (L0 54)." Layers with the same choices are
+    listed once."""
+    transcoders = any(a for opts in table.values() for (_, _, a) in opts)
+    groups: dict[str, list[int]] = {}
+    for L in layers:
+        by_variant: dict[tuple[int, bool], list[str]] = {}
+        for (label, seed, affine), sid in sorted(table.get((L, w), {}).items(),
+                                                 key=lambda kv: (kv[0][1], kv[0][2], _L0_LABELS.index(kv[0][0]))):
+            by_variant.setdefault((seed, affine), []).append(f"{label} (L0 {rel.l0.get(sid, 0):g})")
+        parts = [(f"{_variant_name(*v, transcoders)}: " if _variant_name(*v, transcoders) else "")
+                 + ", ".join(labels) for v, labels in sorted(by_variant.items())]
+        groups.setdefault("; ".join(parts) or "nothing", []).append(L)
+    out = []
+    for i, (text, Ls) in enumerate(groups.items()):
+        if i == 6:
+            out.append(f"... ({len(groups) - 6} more)")
+            break
+        where = f"layer {Ls[0]}" if len(Ls) == 1 else f"layers {_span(Ls)}"
+        out.append(f"At {where}, width {w}: {text}.")
+    return " ".join(out)
+
+
+def _span(Ls: list[int]) -> str:
+    """[0, 1, ..., 25] -> "0..25"; a short or gapped list as it is."""
+    return f"{Ls[0]}..{Ls[-1]}" if len(Ls) > 2 and Ls == list(range(Ls[0], Ls[-1] + 1)) else str(Ls)
 
 
 def _layer_list(layers: Any) -> list[int]:
