@@ -15,9 +15,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..errors import SaematchWarning
 from . import architectures
 
 ARCHITECTURES = tuple(architectures.ARCHITECTURES)
+
+
+class TranscoderWarning(SaematchWarning):
+    """A transcoder was converted to SAEWeights: its decoder writes another hook than its encoder reads."""
 
 
 @dataclass(frozen=True)
@@ -328,7 +333,7 @@ def _warn_transcoder(arch: str, hook_in: str | None, hook_out: str | None, skip:
            if skip else "")
         + "Measures that decode back into the input (explained variance of the input, splicing the "
         "reconstruction in at one hook) do not apply to it as they do to an SAE.",
-        UserWarning, stacklevel=3,
+        TranscoderWarning, stacklevel=3,
     )
 
 

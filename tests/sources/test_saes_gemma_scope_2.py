@@ -249,7 +249,9 @@ def test_transcoders_load_with_a_statement(routed_hub_2, gemma_scope_2_snapshot,
     assert ("affine_skip_connection" in ref) is affine
     if affine:  # stored [d_in, d_out]; sae-lens' W_skip is [d_out, d_in]
         assert torch.equal(sae.W_skip.detach(), ref["affine_skip_connection"].T)
-    with pytest.warns(UserWarning) as record:
+    from saematch_nb.core.weights import TranscoderWarning
+
+    with pytest.warns(TranscoderWarning) as record:
         w = h.to_weights()
     said = " ".join(str(r.message) for r in record)
     assert "W_enc reads blocks.7.hook_mlp_in" in said and "written to blocks.7.hook_mlp_out" in said
