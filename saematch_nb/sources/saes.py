@@ -788,8 +788,9 @@ def _gemma_2_listing(rel: _Release, table: dict, layers: list[int], w: str) -> s
         groups.setdefault("; ".join(parts) or "nothing", []).append(L)
     out = []
     for i, (text, Ls) in enumerate(groups.items()):
-        if i == 6:
-            out.append(f"... ({len(groups) - 6} more)")
+        if i == 6:  # keep the message readable: name the other layers only
+            rest = sorted(L for Ls_ in list(groups.values())[6:] for L in Ls_)
+            out.append(f"(Layers {_span(rest)} not shown; pass layers=[...] to see them.)")
             break
         where = f"layer {Ls[0]}" if len(Ls) == 1 else f"layers {_span(Ls)}"
         out.append(f"At {where}, width {w}: {text}.")

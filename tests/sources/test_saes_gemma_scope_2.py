@@ -152,6 +152,10 @@ def test_errors_list_what_exists():
         assert f"At layer {L}, width 16k: small (L0 {small}), big (L0 {big})." in msg
     rel = S._directory()[RES_ALL]
     assert rel.l0["layer_2_width_16k_l0_big"] == 73  # the listing is the directory's
+    with pytest.raises(S.UnknownSAEIdError) as e:  # all 26 layers: the first six, then their names
+        load_saes(RES_ALL)
+    assert "At layer 5, width 16k: small (L0 15), big (L0 94). (Layers 6..25 not shown" in str(e.value)
+    assert "At layer 6," not in str(e.value)
     with pytest.raises(S.UnknownSAEIdError, match=r"l0='tiny' is not one of its L0 labels\. At layer 3"):
         load_saes(RES_ALL, 3, l0="tiny")
     with pytest.raises(S.UnknownSAEIdError, match="l0=20 is not one of its L0 labels"):
