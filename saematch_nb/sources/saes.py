@@ -42,13 +42,22 @@ att,transcoders}``, each also with ``-all``; ids ``layer_{L}_width_{W}_l0_{small
   in the MLP output, and the skip connection of ``_affine`` ones is not part of any feature:
   ``to_weights()`` keeps the features and says so in a warning.
 - Loading goes through sae-lens' ``gemma_3`` loader, which asks the hub for each file's tensor
-  shapes even when the file is cached: Gemma Scope 2 weights need the hub.
+  shapes (HTTP range requests) even when the file is cached. So when the hub is out of reach, or
+  huggingface_hub is offline (``HF_HUB_OFFLINE=1``), and ``params.safetensors`` is in the HF cache,
+  ``load()`` / ``to_weights()`` read the cached ``params.safetensors`` (+ ``config.json``; without
+  it, the config sae-lens infers from the folder name) with a converter that mirrors sae-lens'
+  (same keys, W_skip transposed, dtype cast, no scaling) and hand it to ``SAE.from_pretrained``:
+  the same SAE and SAEWeights as online. Not cached: the usual offline error.
 
 Other sae-lens releases: pass ``sae_ids``, or ``layers`` when the release has one SAE per layer.
 Local SAEs: ``release`` is a folder (or a list of folders) holding ``cfg.json`` +
-``sae_weights.safetensors`` (sae-lens) or ``params.npz`` (Gemma Scope); a folder that contains
-several such folders (e.g. a downloaded Gemma Scope snapshot) is searched and filtered with
-``layers``/``width``/``l0`` like a release.
+``sae_weights.safetensors`` (sae-lens), ``params.npz`` (Gemma Scope) or ``params.safetensors`` +
+``config.json`` (Gemma Scope 2, as on the hub: layer and hooks from config.json's
+``hf_hook_point_in``/``_out``, else from the hub's folder names; ``to_weights()`` needs no
+sae-lens). A folder that contains several such folders (e.g. a downloaded Gemma Scope snapshot, or
+one Gemma Scope 2 kind such as ``resid_post_all/``, also with ``seed``/``affine``) is searched and
+filtered with ``layers``/``width``/``l0`` like a release; a folder with Gemma Scope 2 SAEs of
+several kinds (the repo root) is an error naming them.
 """
 
 from __future__ import annotations
@@ -63,7 +72,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..core.weights import SAEInfo, SAEWeights, as_weights
+from ..core.weights import (
+    SAEInfo,
+    SAEWeights,
+    _gemma_scope_2_hooks,
+    _gemma_scope_2_model_name,
+    _read_gemma_scope_2,
+    _read_json,
+    as_weights,
+)
 from ..errors import SaematchError
 
 __all__ = [
@@ -115,7 +132,8 @@ class SAEHubUnavailableError(SAELoadError, HubUnavailableError):
 
 OFFLINE_HELP = (
     "Options: (1) load SAEs you already have on disk with saematch_nb.load_saes(path) "
-    "(a folder with cfg.json + sae_weights.safetensors, or a Gemma Scope params.npz folder); "
+    "(a folder with cfg.json + sae_weights.safetensors, a Gemma Scope params.npz folder, or a "
+    "Gemma Scope 2 params.safetensors + config.json folder); "
     "(2) use the bundled demo, saematch_nb.demo.load(), which needs no network; "
     "(3) point HF_HOME at a Hugging Face cache that already holds these files "
     "(current HF_HOME: {hf_home}), or connect and unset HF_HUB_OFFLINE."
@@ -136,19 +154,6 @@ def _offline_message(what: str, cause: BaseException | None = None) -> str:
     return (
         f"The Hugging Face hub is unreachable, so {what} cannot be downloaded, and it is not in "
         f"the local cache{why}. " + OFFLINE_HELP.format(hf_home=_hf_home())
-    )
-
-
-def _gemma_3_offline_message(what: str, cause: BaseException) -> str:
-    # sae-lens' gemma_3 loader asks the hub for the tensor shapes (get_safetensors_tensor_shapes:
-    # plain HTTP range requests), which the HF cache cannot answer: a cached file does not help.
-    why = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})"
-    return (
-        f"The Hugging Face hub is unreachable, so {what} cannot be loaded{why}. Its "
-        "params.safetensors is in the local cache, but sae-lens' Gemma Scope 2 loader reads the "
-        "tensor shapes from the hub with HTTP range requests, which the cache does not serve: "
-        "loading a Gemma Scope 2 SAE through sae-lens needs the hub. Connect (and unset "
-        "HF_HUB_OFFLINE), or use the bundled demo, saematch_nb.demo.load()."
     )
 
 
@@ -304,12 +309,22 @@ class SAEHandle:
 
         if self.path is not None:
             p = Path(self.path)
-            if (p / "params.npz").exists() and not (p / "sae_weights.safetensors").exists():
+            if (p / "sae_weights.safetensors").exists():
+                return SAE.load_from_disk(p, device=self.device, dtype=self.dtype)
+            if (p / "params.npz").exists():
                 return SAE.load_from_disk(
                     p, device=self.device, dtype=self.dtype,
                     converter=functools.partial(_npz_disk_loader, handle=self),
                 )
-            return SAE.load_from_disk(p, device=self.device, dtype=self.dtype)
+            return SAE.load_from_disk(
+                p, device=self.device, dtype=self.dtype,
+                converter=functools.partial(_gemma_3_disk_loader, handle=self),
+            )
+        if self.conversion_func == "gemma_3" and _hub_offline():
+            # sae-lens would fail at its HTTP shape request; the cached files are all it needs
+            files = _gemma_3_cached_files(self)
+            if files is not None:
+                return self._load_gemma_3_cached(files)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*repo_id.*directly.*")
@@ -318,9 +333,10 @@ class SAEHandle:
             if isinstance(exc, SourceError):
                 raise
             if _is_hub_unreachable(exc):
+                files = _gemma_3_cached_files(self) if self.conversion_func == "gemma_3" else None
+                if files is not None:
+                    return self._load_gemma_3_cached(files)
                 what = f"SAE {self.release!r} / {self.sae_id!r}"
-                if self.conversion_func == "gemma_3" and self.cached:
-                    raise SAEHubUnavailableError(_gemma_3_offline_message(what, exc)) from exc
                 raise SAEHubUnavailableError(_offline_message(what, exc)) from exc
             if type(exc).__name__ == "GatedRepoError":
                 raise SAELoadError(
@@ -329,12 +345,29 @@ class SAEHandle:
                 ) from exc
             raise
 
+    def _load_gemma_3_cached(self, files: tuple[str, str | None]) -> Any:
+        """sae-lens' own from_pretrained, with the gemma_3 converter swapped for one that reads the
+        cached files: everything else (directory overrides, SAE class, dtype) stays sae-lens'."""
+        import warnings
+
+        from sae_lens import SAE
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*repo_id.*directly.*")
+            return SAE.from_pretrained(self.release, self.sae_id, device=self.device, dtype=self.dtype,
+                                       converter=functools.partial(_gemma_3_cache_loader, files=files))
+
     def to_weights(self) -> SAEWeights:
         """SAEWeights (float32, CPU) with this handle's identity attached."""
         if self.path is not None and (Path(self.path) / "sae_weights.safetensors").exists():
             w = as_weights(self.path)  # no sae-lens import needed for its own folder format
-        elif self.path is not None:
+        elif self.path is not None and (Path(self.path) / "params.npz").exists():
             w = SAEWeights.from_npz(Path(self.path) / "params.npz")
+        elif self.path is not None:  # Gemma Scope 2 folder, read without sae-lens
+            try:
+                w = as_weights(self.path)
+            except KeyError as exc:  # not the Gemma Scope 2 keys
+                raise SAELoadError(exc.args[0]) from None
         else:
             w = as_weights(self.load())
         return w.with_info(**{k: v for k, v in self.info.to_dict().items() if v is not None})
@@ -436,19 +469,7 @@ def _gemma_3_hook(folder: str) -> tuple[int | None, str | None, str | None]:
     folder (same order of tests; mirrored so that naming needs no sae-lens import; a test checks
     they agree). Attention SAEs read ``attn.hook_z``, before the output projection: their inputs
     are n_heads × d_head wide, not d_model. Transcoders read ``hook_mlp_in``, write ``hook_mlp_out``."""
-    m = re.search(r"layer_(\d+)", folder)
-    if m is None:
-        return None, None, None
-    L = int(m.group(1))
-    if "resid_post" in folder:
-        return L, f"blocks.{L}.hook_resid_post", None
-    if "attn_out" in folder:
-        return L, f"blocks.{L}.attn.hook_z", None
-    if "mlp_out" in folder:
-        return L, f"blocks.{L}.hook_mlp_out", None
-    if "transcoder" in folder or "clt" in folder:
-        return L, f"blocks.{L}.hook_mlp_in", f"blocks.{L}.hook_mlp_out"
-    return L, None, None
+    return _gemma_scope_2_hooks(folder)
 
 
 def _parse_layer(text: str) -> int | None:
@@ -551,16 +572,15 @@ def load_saes(
     ``load_saes("gemma-scope-2-1b-pt-res-all", layers=range(3), width="16k", l0="small")``.
     See the module docstring for the meaning of ``width``, ``l0``, ``seed``, ``affine`` and
     ``sae_ids``. Nothing is downloaded here; ``handle.to_weights()`` / ``handle.load()`` fetch
-    through sae-lens.
+    through sae-lens (Gemma Scope 2 weights already in the HF cache load without the hub).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SAELoadError(f"seed must be an int >= 0 (0: the first training seed), got {seed!r}")
     if affine is not None and not isinstance(affine, bool):
         raise SAELoadError(f"affine must be True, False or None, got {affine!r}")
     if isinstance(release, (list, tuple)) or _looks_like_path(release):
-        _no_gemma_2_variants(seed, affine, "local folders")
         paths = [release] if not isinstance(release, (list, tuple)) else list(release)
-        return _load_local(paths, layers, width=width, l0=l0, device=device, dtype=dtype)
+        return _load_local(paths, layers, width=width, l0=l0, seed=seed, affine=affine, device=device, dtype=dtype)
     release = str(release)
     directory = _directory()
     if release not in directory:
@@ -733,10 +753,12 @@ def _select_gemma_2(rel: _Release, layers: Any, width: Any, l0: Any, seed: int, 
         asked = sorted({L for (L, ww) in table if ww == w}) if layers is None else _layer_list(layers)
         why = ("none of its SAEs is canonical (that is Gemma Scope 1's naming)" if l0 == "canonical" else
                f"l0={l0!r} is not one of its L0 labels")
+        folder = os.sep in rel.name  # a local folder of them: its L0s come from config.json
         raise UnknownSAEIdError(
-            f"{rel.name} is a Gemma Scope 2 release, which names each SAE's sparsity by label: "
-            f"pass l0='small', 'medium' or 'big', or l0='nearest:<N>' (by the L0 sae-lens lists); "
-            f"{why}. {_gemma_2_listing(rel, table, asked, w)}")
+            f"{rel.name} is a Gemma Scope 2 {'folder' if folder else 'release'}, which names each SAE's "
+            f"sparsity by label: pass l0='small', 'medium' or 'big', or l0='nearest:<N>' (by the L0 "
+            f"{'in each config.json' if folder else 'sae-lens lists'}); {why}. "
+            f"{_gemma_2_listing(rel, table, asked, w)}")
 
     def choose(L: int, w: str, opts: dict) -> str:
         labels = {k[0]: sid for k, sid in opts.items() if k[1:] == variant}
@@ -849,36 +871,43 @@ def _looks_like_path(x: Any) -> bool:
     return os.path.exists(os.path.expanduser(s)) or s.startswith(("/", "./", "../", "~"))
 
 
+# the weights file of each folder format: sae-lens, Gemma Scope (Gemma 2), Gemma Scope 2 (Gemma 3)
+_WEIGHT_FILES = ("sae_weights.safetensors", "params.npz", "params.safetensors")
+_FORMATS = ("cfg.json + sae_weights.safetensors (sae-lens), params.npz (Gemma Scope) or "
+            "params.safetensors + config.json (Gemma Scope 2)")
+
+
 def _is_sae_folder(p: Path) -> bool:
-    return (p / "sae_weights.safetensors").exists() or (p / "params.npz").exists()
+    return any((p / name).exists() for name in _WEIGHT_FILES)
 
 
 def _weights_file(p: Path) -> Path:
-    for name in ("sae_weights.safetensors", "params.npz"):
+    for name in _WEIGHT_FILES:
         if (p / name).exists():
             return p / name
-    raise SAELoadError(f"{p} is not an SAE folder: it has neither sae_weights.safetensors nor params.npz")
+    raise SAELoadError(f"{p} is not an SAE folder: it holds none of {_FORMATS}")
 
 
-def _load_local(paths, layers, *, width, l0, device, dtype) -> SAEList:
+def _load_local(paths, layers, *, width, l0, seed, affine, device, dtype) -> SAEList:
     direct: list[Path] = []  # SAE folders given as such: `layers` filters them
     chosen: list[Path] = []  # picked inside a folder of many SAEs: `layers` already applied
     for raw in paths:
         p = Path(os.path.expanduser(str(raw)))
-        if p.is_file() and p.name in ("params.npz", "sae_weights.safetensors", "cfg.json"):
+        if p.is_file() and p.name in (*_WEIGHT_FILES, "cfg.json", "config.json"):
             p = p.parent
         if not p.exists():
-            raise SAELoadError(
-                f"{p} does not exist. Give a folder with cfg.json + sae_weights.safetensors (sae-lens) "
-                "or params.npz (Gemma Scope), or a sae-lens release name.")
+            raise SAELoadError(f"{p} does not exist. Give a folder with {_FORMATS}, or a sae-lens release name.")
         if _is_sae_folder(p):
+            _no_gemma_2_variants(seed, affine, f"an SAE folder given as such ({p.name}: its name fixes them)")
             direct.append(p)
             continue
-        found = sorted({q.parent for pat in ("params.npz", "sae_weights.safetensors")
+        if not p.is_dir():
+            raise SAELoadError(f"{p} is a file, not an SAE folder: give the folder that holds {_FORMATS}.")
+        found = sorted({q.parent for pat in _WEIGHT_FILES
                         for q in p.rglob(pat) if len(q.relative_to(p).parts) <= 6})
         if not found:
-            raise SAELoadError(f"no SAE found under {p} (looked for params.npz and sae_weights.safetensors)")
-        chosen.extend(_select_in_snapshot(p, found, layers, width, l0))
+            raise SAELoadError(f"no SAE found in or under {p}: an SAE folder holds {_FORMATS}.")
+        chosen.extend(_select_in_snapshot(p, found, layers, width, l0, seed, affine))
     handles = [_local_handle(f, device, dtype) for f in chosen]
     direct_handles = [_local_handle(f, device, dtype) for f in direct]
     if layers is not None:
@@ -892,9 +921,13 @@ def _load_local(paths, layers, *, width, l0, device, dtype) -> SAEList:
     return SAEList(_sorted(handles + direct_handles))
 
 
-def _select_in_snapshot(root: Path, found: list[Path], layers, width, l0) -> list[Path]:
+def _select_in_snapshot(root: Path, found: list[Path], layers, width, l0, seed, affine) -> list[Path]:
     """A folder holding many SAEs (e.g. a Gemma Scope snapshot): choose like a release."""
     rels = {f: "/".join(f.relative_to(root).parts) for f in found}
+    gs2 = {f: r for f, r in rels.items() if (f / "params.safetensors").exists() and _GEMMA2_ID.match(f.name)}
+    if gs2:
+        return _select_in_gemma_2_snapshot(root, gs2, layers, width, l0, seed, affine)
+    _no_gemma_2_variants(seed, affine, f"{root} (not a folder of Gemma Scope 2 SAEs)")
     table: dict[tuple[int, str], dict[str, str]] = {}
     canonical = _canonical_folders()
     for f, r in rels.items():
@@ -908,6 +941,26 @@ def _select_in_snapshot(root: Path, found: list[Path], layers, width, l0) -> lis
         return found
     chosen = set(_select_by_table(table, str(root), layers, width, l0))
     return [f for f, r in rels.items() if r in chosen]
+
+
+def _select_in_gemma_2_snapshot(root: Path, rels: dict[Path, str], layers, width, l0, seed, affine) -> list[Path]:
+    """Gemma Scope 2 folders under ``root``: chosen like a release (the folder names are the ids;
+    L0s from each config.json). One kind per call: the hub repo keeps residual, MLP, attention and
+    transcoder SAEs side by side, with the same ids in each."""
+    sites = sorted({str(Path(r).parent) for r in rels.values()})
+    if len(sites) > 1:
+        raise SAELoadError(
+            f"{root} holds Gemma Scope 2 SAEs of {len(sites)} kinds ({', '.join(sites)}), with the same "
+            f"ids in each: give the folder of one kind, e.g. load_saes({str(root / sites[0])!r}, ...)")
+    by_id = {f.name: f for f in rels}
+    l0s = {}
+    for name, f in by_id.items():
+        try:
+            l0s[name] = float(_read_json(f / "config.json").get("l0") or 0)
+        except (ValueError, TypeError, OSError):  # an unreadable config only loses the listed L0
+            l0s[name] = 0.0
+    rel = _Release(str(root), "", "", "gemma_3", {n: n for n in by_id}, {}, l0s)
+    return [by_id[n] for n in _select_gemma_2(rel, layers, width, l0, seed, affine)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -932,6 +985,8 @@ def _local_handle(p: Path, device: str, dtype: str) -> SAEHandle:
             neuronpedia_id=meta.get("neuronpedia_id") or cfg.get("neuronpedia_id"),
             path=str(p), device=device, dtype=dtype, width=cfg.get("d_sae"),
         )
+    if not (p / "params.npz").exists():
+        return _local_gemma_2_handle(p, device, dtype)
     # Gemma Scope params.npz: the name is all we have; read it the way sae-lens' gemma_2 loader does
     repo = _repo_from_path(p)
     parts = p.parts
@@ -951,6 +1006,40 @@ def _local_handle(p: Path, device: str, dtype: str) -> SAEHandle:
         device=device, dtype=dtype, width=_WIDTHS.get(m.group(1)) if m else None,
         l0=float(l0m.group(1)) if l0m else None, repo_id=repo, folder=folder,
         conversion_func="gemma_2",
+    )
+
+
+def _local_gemma_2_handle(p: Path, device: str, dtype: str) -> SAEHandle:
+    """A Gemma Scope 2 folder: hooks from its config.json (else from the hub's folder names); id,
+    L0 and Neuronpedia id from sae-lens' directory when the path is the hub's layout."""
+    try:
+        cfg = _read_json(p / "config.json")
+    except ValueError as exc:
+        raise SAELoadError(f"{p / 'config.json'} is not valid JSON ({exc}); take it from the hub again") from None
+    folder = "/".join(p.parts[-2:])
+    layer, hook, hook_out = _gemma_scope_2_hooks(folder, cfg)
+    if hook is None:
+        raise SAELoadError(
+            f"{p} holds a params.safetensors, but neither a config.json naming its hook point "
+            "(hf_hook_point_in) nor the hub's folder names (resid_post/, attn_out/, mlp_out/, transcoder/ "
+            "... + layer_<L>_width_...) say which hook it reads. Put the folder's config.json from the hub "
+            "next to it, or keep the hub's folder layout.")
+    repo = _repo_from_path(p)
+    sid = npid = l0 = None
+    for rel in _directory().values() if repo is not None else ():
+        if rel.repo_id == repo and rel.conversion_func == "gemma_3":
+            for s, f in rel.saes.items():
+                if f == folder:
+                    sid, npid, l0 = s, rel.neuronpedia.get(s), float(rel.l0.get(s) or 0) or None
+    m = _GEMMA2_ID.match(p.name)
+    if l0 is None and isinstance(cfg.get("l0"), (int, float)):
+        l0 = float(cfg["l0"]) or None
+    model = _gemma_scope_2_model_name(cfg.get("model_name")) or (_model_from_repo(repo) if repo else None)
+    return SAEHandle(
+        release=None, sae_id=sid or (p.name if m else None), layer=layer, hook_name=hook, model_name=model,
+        neuronpedia_id=npid, path=str(p), device=device, dtype=dtype,
+        width=_WIDTHS.get(m.group(2)) if m else None, l0=l0, repo_id=repo, folder=folder,
+        conversion_func="gemma_3", hook_name_out=hook_out,
     )
 
 
@@ -994,3 +1083,103 @@ def _npz_disk_loader(path, device, cfg_overrides=None, *, handle: SAEHandle):
     if cfg_overrides:
         cfg.update(cfg_overrides)
     return cfg, {k: v.to(device or "cpu") for k, v in sd.items()}
+
+
+# -- Gemma Scope 2 without the hub -------------------------------------------------------------
+# sae-lens' gemma_3 loader (get_gemma_3_config_from_hf + gemma_3_sae_huggingface_loader) reads the
+# tensor shapes over HTTP even for a cached file. The converters below build the same config and
+# state dict from files on disk: same key renames (w_enc -> W_enc ...), W_skip the transposed
+# affine_skip_connection, tensors cast to the config's dtype, nothing rescaled. A test compares
+# both paths on the same files.
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _gemma_3_cached_files(h: SAEHandle) -> tuple[str, str | None] | None:
+    """(params.safetensors, config.json or None) of a hub handle from the local HF cache, without
+    network; None when the weights are not cached (or for CLT files, which sae-lens reads otherwise)."""
+    if h.repo_id is None or h.folder is None or "clt" in h.folder:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    params = try_to_load_from_cache(h.repo_id, f"{h.folder}/params.safetensors")
+    if not isinstance(params, str):
+        return None
+    cfg = try_to_load_from_cache(h.repo_id, f"{h.folder}/config.json")
+    return params, cfg if isinstance(cfg, str) else None
+
+
+def _gemma_3_cache_loader(repo_id, folder_name, device="cpu", force_download=False, cfg_overrides=None,
+                          *, files: tuple[str, str | None]):
+    """sae-lens converter (the gemma_3 one's signature) reading the cached files."""
+    params, cfg_file = files
+    if cfg_file is not None:
+        raw_cfg = json.loads(Path(cfg_file).read_text())
+    else:  # what sae-lens does when the repo has no config.json for the folder
+        from sae_lens.loading.pretrained_sae_loaders import _infer_gemma_3_raw_cfg_dict
+
+        raw_cfg = _infer_gemma_3_raw_cfg_dict(repo_id, folder_name)
+    return (*_gemma_3_convert(Path(params), raw_cfg, _gemma_3_hook(folder_name), device, cfg_overrides,
+                              where=f"{repo_id}/{folder_name}"), None)
+
+
+def _gemma_3_disk_loader(path, device, cfg_overrides=None, *, handle: SAEHandle):
+    """sae-lens disk converter for a Gemma Scope 2 folder; hooks as the handle read them from
+    config.json (or the folder name)."""
+    path = Path(path)
+    raw_cfg = _read_json(path / "config.json")
+    if not raw_cfg:  # no config.json: the architecture is known, the model from the handle
+        raw_cfg = {"architecture": "jump_relu", "model_name": handle.model_name}
+    overrides = {"neuronpedia_id": handle.neuronpedia_id} if handle.neuronpedia_id else {}
+    overrides.update(cfg_overrides or {})
+    return _gemma_3_convert(path / "params.safetensors", raw_cfg,
+                            (handle.layer, handle.hook_name, handle.hook_name_out), device, overrides, where=str(path))
+
+
+def _gemma_3_convert(params: Path, raw_cfg: dict, hooks: tuple, device, cfg_overrides, *, where: str):
+    """(config dict, state dict) as sae-lens' gemma_3 loader builds them, from a local file."""
+    import torch
+
+    if raw_cfg.get("architecture") != "jump_relu":
+        raise SAELoadError(f"{where}: config.json says architecture {raw_cfg.get('architecture')!r}; "
+                           "Gemma Scope 2 SAEs are 'jump_relu' (is this a Gemma Scope 2 folder?)")
+    _, hook, hook_out = hooks
+    if hook is None:
+        raise SAELoadError(f"{where}: cannot tell which hook this Gemma Scope 2 SAE reads")
+    model_name = _gemma_scope_2_model_name(raw_cfg.get("model_name"))
+    architecture, d_out = "jumprelu", None
+    dtype = str({"dtype": "float32", **(cfg_overrides or {})}["dtype"]).removeprefix("torch.")
+    try:
+        raw = _read_gemma_scope_2(params, dtype=getattr(torch, dtype))
+    except KeyError as exc:
+        raise SAELoadError(exc.args[0]) from None
+    d_in, d_sae = (int(n) for n in raw["w_enc"].shape)
+    if hook_out is not None:
+        # sae-lens reads affine_connection (default False); without the key, the file decides
+        skip = raw_cfg.get("affine_connection", "affine_skip_connection" in raw)
+        architecture = "jumprelu_skip_transcoder" if skip else "jumprelu_transcoder"
+        d_out = int(raw["w_dec"].shape[-1])
+    cfg = {
+        "architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32",
+        "model_name": model_name, "hook_name": hook, "hook_head_index": None,
+        "finetuning_scaling_factor": False, "sae_lens_training_version": None, "prepend_bos": True,
+        "dataset_path": "monology/pile-uncopyrighted", "context_size": 1024,
+        "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
+        "hf_hook_name": raw_cfg.get("hf_hook_point_in"),
+    }
+    if hook_out is not None:
+        cfg["hook_name_out"] = hook_out
+        cfg["hf_hook_name_out"] = raw_cfg.get("hf_hook_point_out")
+    if d_out is not None:
+        cfg["d_out"] = d_out
+    if device is not None:
+        cfg["device"] = device
+    cfg.update(cfg_overrides or {})
+    dev = device or "cpu"
+    state = {"W_enc": raw["w_enc"], "W_dec": raw["w_dec"], "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
+             "threshold": raw["threshold"]}
+    if "affine_skip_connection" in raw:  # stored [d_in, d_out]; sae-lens' W_skip is [d_out, d_in]
+        state["W_skip"] = raw["affine_skip_connection"].T.contiguous()
+    return cfg, {k: v.to(dev) for k, v in state.items()}

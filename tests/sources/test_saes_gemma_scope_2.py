@@ -285,12 +285,30 @@ def test_hook_naming_matches_sae_lens(routed_hub_2):
         assert cfg["d_sae"] == 64
 
 
-def test_gemma_scope_2_offline(monkeypatch, tmp_path):
-    """No hub: the usual offline error; with the file in the HF cache, the reason it still fails
-    (sae-lens reads the tensor shapes over HTTP), checked on sae-lens' real code path."""
+# -- offline: cached hub files, and downloaded folders ------------------------------------------
+CASES = [  # release, layer, selection, handle dtype
+    (RES, 7, dict(l0="small"), "float32"),
+    (RES, 7, dict(width="262k", l0="medium", seed=1), "bfloat16"),  # the cast happens as in sae-lens
+    ("gemma-scope-2-1b-pt-att", 7, dict(l0="big"), "float32"),
+    ("gemma-scope-2-1b-pt-transcoders", 7, dict(width="262k", l0="small"), "float32"),
+    ("gemma-scope-2-1b-pt-transcoders", 7, dict(width="262k", l0="small", affine=True), "float32"),
+]
+
+
+def _hf_cache(monkeypatch, tmp_path, release, sae_ids, config=True):
+    """``sae_ids`` of ``release`` in an HF cache at tmp_path, laid out as huggingface_hub stores them."""
     import huggingface_hub.constants as c
 
-    h = load_saes(RES, 7, l0="small")[0]
+    repo_dir = tmp_path / "models--google--gemma-scope-2-1b-pt"
+    snap = fx.write_gemma_scope_2_snapshot(repo_dir / "snapshots" / ("c" * 40), release, sae_ids=sae_ids,
+                                           config=config)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text("c" * 40)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    return snap
+
+
+def _refuse_network(monkeypatch) -> list:
     attempts = []
 
     def refuse(*a, **k):
@@ -299,23 +317,189 @@ def test_gemma_scope_2_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def _through_sae_lens(h, snapshot):
+    """h.load() and h.to_weights() (with its warnings) through sae-lens' own gemma_3 loader, the hub
+    online and routed to ``snapshot``."""
+    import huggingface_hub.constants as c
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(c, "HF_HUB_OFFLINE", False)
+        log = fx.route_hub_to(mp, {REPO: snapshot})
+        sae = h.load()
+        w, said = _to_weights_saying(h)
+    assert any("#bytes=" in f for _, f in log), "sae-lens' loader did not run"
+    return sae, w, said
+
+
+def _to_weights_saying(h):
+    """h.to_weights() and the warnings it gave, as (category, text)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        w = h.to_weights()
+    return w, [(m.category, str(m.message)) for m in said]
+
+
+def _same_sae(a, b):
+    assert type(a) is type(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    for k in ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations"):
+        assert getattr(a.cfg, k) == getattr(b.cfg, k), k
+    assert a.cfg.to_dict() == b.cfg.to_dict()
+
+
+def _same_weights(a, b):
+    for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert (a.architecture, a.apply_b_dec_to_input) == (b.architecture, b.apply_b_dec_to_input) == ("jumprelu", False)
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("release,layer,kw,dtype", CASES)
+def test_cached_gemma_scope_2_loads_offline(monkeypatch, tmp_path, release, layer, kw, dtype):
+    """Weights in the HF cache load with the hub out of reach, from the cached files, into what
+    sae-lens' own loader gives for the same files: the same SAE object, SAEWeights and warnings."""
+    import huggingface_hub.constants as c
+
+    h = load_saes(release, layer, dtype=dtype, **kw)[0]
+    snap = _hf_cache(monkeypatch, tmp_path, release, [h.sae_id])
+    ref_sae, ref_w, ref_said = _through_sae_lens(h, snap)
+    assert ref_sae.cfg.dtype == dtype and ref_w.W_enc.dtype == torch.float32
+    attempts = _refuse_network(monkeypatch)
+    # HF_HUB_OFFLINE (set for every test here): straight to the cache, no attempt at the network
+    assert c.HF_HUB_OFFLINE is True
+    sae = h.load()
+    _same_sae(sae, ref_sae)
+    w, said = _to_weights_saying(h)
+    _same_weights(w, ref_w)
+    assert w.info == ref_w.info == h.info and said == ref_said
+    assert bool(said) is (h.hook_name_out is not None)  # the transcoder statement, and only there
+    assert attempts == []
+    # online but unreachable: sae-lens fails at its HTTP shape request, then the cached files serve
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    _same_sae(h.load(), ref_sae)
+    assert attempts, "the hub was not even tried"
+
+
+def test_cached_gemma_scope_2_without_its_config(monkeypatch, tmp_path):
+    """params.safetensors cached, config.json not: the config sae-lens infers for a folder that has
+    none; not cached at all: the usual offline error."""
+    h = load_saes("gemma-scope-2-1b-pt-transcoders", 7, width="262k", l0="small", affine=True)[0]
     assert h.cached is False
     with pytest.raises(S.HubUnavailableError) as e:
         h.load()
     assert "not in the local cache" in str(e.value) and "saematch_nb.demo.load()" in str(e.value)
-    # the same SAE, cached as huggingface_hub stores it
-    repo_dir = tmp_path / "models--google--gemma-scope-2-1b-pt"
-    fx.write_gemma_scope_2_snapshot(repo_dir / "snapshots" / ("c" * 40), RES, sae_ids=[h.sae_id])
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text("c" * 40)
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
-    assert h.cached is True
-    attempts.clear()
-    with pytest.raises(S.SAEHubUnavailableError) as e:
-        h.load()
+    snap = _hf_cache(monkeypatch, tmp_path, "gemma-scope-2-1b-pt-transcoders", [h.sae_id], config=False)
+    assert h.cached is True and not (snap / h.folder / "config.json").exists()
+    ref_sae, _, _ = _through_sae_lens(h, snap)
+    sae = h.load()
+    _same_sae(sae, ref_sae)
+    assert type(sae).__name__ == "JumpReLUSkipTranscoder" and sae.cfg.metadata.model_name == "google/gemma-3-1b-pt"
+
+
+@pytest.mark.parametrize("release,layer,kw,dtype", CASES)
+def test_downloaded_gemma_scope_2_folder(monkeypatch, tmp_path, release, layer, kw, dtype):
+    """load_saes(folder) on a downloaded Gemma Scope 2 folder (here: the HF cache's own path): the
+    same identity as the hub handle, and the same weights as sae-lens' loader gives for the files."""
+    hub = load_saes(release, layer, dtype=dtype, **kw)[0]
+    snap = _hf_cache(monkeypatch, tmp_path, release, [hub.sae_id])
+    ref_sae, ref_w, ref_said = _through_sae_lens(hub, snap)
+    h = load_saes(snap / hub.folder, dtype=dtype)[0]
+    for k in ("layer", "hook_name", "hook_name_out", "model_name", "sae_id", "neuronpedia_id", "width", "l0",
+              "repo_id", "folder", "conversion_func"):
+        assert getattr(h, k) == getattr(hub, k), k
+    assert h.release is None and h.path == str((snap / hub.folder).resolve())
+    w, said = _to_weights_saying(h)  # read without sae-lens
+    if dtype == "float32":
+        _same_weights(w, ref_w)  # the folder is read as stored, like a sae-lens folder
+    assert said == ref_said
+    assert w.info.path == h.path and w.info.hook_name == hub.hook_name and w.info.sae_id == hub.sae_id
+    sae = h.load()  # sae-lens' load_from_disk with the Gemma Scope 2 converter
+    assert type(sae) is type(ref_sae) and sae.cfg.dtype == dtype
+    for k, v in ref_sae.state_dict().items():
+        assert torch.equal(sae.state_dict()[k], v), k
+    assert (sae.cfg.metadata.hook_name, sae.cfg.metadata.model_name, sae.cfg.metadata.neuronpedia_id) == (
+        ref_sae.cfg.metadata.hook_name, ref_sae.cfg.metadata.model_name, ref_sae.cfg.metadata.neuronpedia_id)
+    assert h.cache_key.startswith("path|") and h.cache_key.split("|")[1].endswith("params.safetensors")
+
+
+def test_downloaded_folder_hooks_come_from_config_json(tmp_path):
+    """Moved out of the hub's layout, a folder is still read by its config.json; without one, an
+    error says what is missing."""
+    import shutil
+
+    snap = fx.write_gemma_scope_2_snapshot(tmp_path / "hub", "gemma-scope-2-1b-pt-att",
+                                           sae_ids=["layer_7_width_16k_l0_big"])
+    att = tmp_path / "my_saes" / "att7"
+    shutil.copytree(snap / "attn_out" / "layer_7_width_16k_l0_big", att)
+    h = load_saes(att)[0]
+    assert (h.layer, h.hook_name, h.hook_name_out, h.model_name) == (
+        7, "blocks.7.attn.hook_z", None, "google/gemma-3-1b-pt")
+    assert h.sae_id is None and h.neuronpedia_id is None
+    assert h.to_weights().d_in == 32
+    tc = fx.write_gemma_scope_2_snapshot(tmp_path / "hub", "gemma-scope-2-1b-pt-transcoders",
+                                         sae_ids=["transcoder/layer_7_width_16k_l0_big_affine"])
+    mine = tmp_path / "my_saes" / "tc"
+    shutil.copytree(tc / "transcoder" / "layer_7_width_16k_l0_big_affine", mine)
+    h = load_saes(mine)[0]
+    assert (h.hook_name, h.hook_name_out) == ("blocks.7.hook_mlp_in", "blocks.7.hook_mlp_out")
+    from saematch_nb.core.weights import TranscoderWarning
+
+    with pytest.warns(TranscoderWarning, match="W_skip"):
+        h.to_weights()
+    (att / "config.json").unlink()
+    with pytest.raises(S.SAELoadError, match="neither a config.json naming its hook point"):
+        load_saes(att)
+    (mine / "params.safetensors").write_bytes(b"")  # not what it says it is
+    from safetensors.torch import save_file
+
+    save_file({"W": torch.zeros(2)}, str(mine / "params.safetensors"))
+    with pytest.raises(S.SAELoadError, match=r"is not a Gemma Scope 2 file: it lacks \['w_enc'"):
+        load_saes(mine)[0].to_weights()
+
+
+def test_folder_of_gemma_scope_2_saes_is_selected_like_a_release(gemma_scope_2_snapshot, tmp_path):
+    hs = load_saes(gemma_scope_2_snapshot / "resid_post_all", layers=[0, 2], width="16k", l0="small")
+    assert [h.folder for h in hs] == [f"resid_post_all/layer_{L}_width_16k_l0_small" for L in (0, 2)]
+    assert [h.hook_name for h in hs] == ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert load_saes(gemma_scope_2_snapshot / "resid_post_all", 1, l0="nearest:60")[0].l0 == 66  # L0s from config.json
+    with pytest.raises(S.UnknownSAEIdError) as e:  # the default l0: the labels that exist
+        load_saes(gemma_scope_2_snapshot / "resid_post_all", layers=[0])
     msg = str(e.value)
-    assert "is in the local cache" in msg and "HTTP range requests" in msg and "needs the hub" in msg
-    assert attempts, "sae-lens no longer asks the hub for the shapes: the message above is out of date"
+    assert "is a Gemma Scope 2 folder" in msg and "At layer 0, width 16k: small (L0 10), big (L0 60)." in msg
+    hs = load_saes(gemma_scope_2_snapshot / "transcoder", 7, width="65k", l0="big", affine=True)
+    assert [h.folder for h in hs] == ["transcoder/layer_7_width_65k_l0_big_affine"]
+    with pytest.raises(S.SAELoadError, match=r"holds Gemma Scope 2 SAEs of 6 kinds \(attn_out, mlp_out, resid_post"):
+        load_saes(gemma_scope_2_snapshot, 7, l0="small")
+    with pytest.raises(S.SAELoadError, match="do not apply to an SAE folder given as such"):
+        load_saes(gemma_scope_2_snapshot / hs[0].folder, seed=1)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "weights.pt").write_bytes(b"x")
+    with pytest.raises(S.SAELoadError) as e:
+        load_saes(tmp_path / "notes")
+    msg = str(e.value)
+    assert "no SAE found in or under" in msg and "params.safetensors + config.json (Gemma Scope 2)" in msg
+
+
+def test_downloaded_folder_loads_without_sae_lens(gemma_scope_2_snapshot):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = gemma_scope_2_snapshot / "mlp_out" / "layer_7_width_16k_l0_small"
+    code = ("import sys, warnings, saematch_nb as s; h = s.load_saes(sys.argv[1])[0]; w = h.to_weights(); "
+            "print(h.hook_name, w.d_in, w.d_sae, 'sae_lens' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).parents[2]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["blocks.7.hook_mlp_out", "16", "64", "False"]
 
 
 def test_fixture_config_is_what_sae_lens_infers(gemma_scope_2_snapshot):
