@@ -118,8 +118,8 @@ saes
 # The `-all` releases cover every layer (widths 16k and 262k, L0 small and big); the others four
 # layers at more widths, and the residual ones a second training seed (`seed=1`) of their 262k
 # medium SAEs, for a seed ceiling. Naming reads sae-lens' directory only, so this cell runs
-# offline in every mode; weights are downloaded when a pair is matched (Gemma Scope 2 needs the
-# hub for that even when cached: sae-lens reads the tensor shapes over HTTP).
+# offline in every mode; weights are downloaded when a pair is matched, and once in the Hugging
+# Face cache they load offline too.
 
 # %%
 gemma_2 = smn.load_saes("gemma-scope-2b-pt-res-canonical", layers=[7, 13], width="16k")
