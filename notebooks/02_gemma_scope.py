@@ -107,6 +107,47 @@ else:
     saes, model = bundle.handles, bundle.model
 saes
 
+# %% [markdown]
+# ### Gemma 3 and Gemma Scope 2, next to Gemma 2 and Gemma Scope
+#
+# Gemma Scope 2 (Gemma 3 270M–27B, pretrained and instruction-tuned) is chosen the same way.
+# Its ids name the sparsity by label, `layer_{L}_width_{W}_l0_{small|medium|big}`, where Gemma
+# Scope's give the average L0 (`layer_{L}/width_{W}/average_l0_{N}`, and the `-canonical` release
+# names one per layer and width `canonical`). Gemma Scope 2 has no canonical SAEs, so `l0` is
+# given (`"nearest:N"` works too, by the L0 sae-lens lists for each label).
+# The `-all` releases cover every layer (widths 16k and 262k, L0 small and big); the others four
+# layers at more widths, and the residual ones a second training seed (`seed=1`) of their 262k
+# medium SAEs, for a seed ceiling. Naming reads sae-lens' directory only, so this cell runs
+# offline in every mode; weights are downloaded when a pair is matched, and once in the Hugging
+# Face cache they load offline too.
+
+# %%
+gemma_2 = smn.load_saes("gemma-scope-2b-pt-res-canonical", layers=[7, 13], width="16k")
+gemma_3 = smn.load_saes("gemma-scope-2-1b-pt-res", layers=[7, 13], width="16k", l0="medium")
+display(gemma_2, gemma_3)  # same layers, both with Neuronpedia ids
+every_layer = smn.load_saes("gemma-scope-2-1b-pt-res-all", width="262k", l0="small")
+seeds = smn.load_saes("gemma-scope-2-1b-pt-res", 13, width="262k", l0="medium", seed=1)
+print(f"{len(every_layer)} residual SAEs of Gemma 3 1B, layers {every_layer.layers[0]}–{every_layer.layers[-1]};",
+      f"second seed of layer 13: {seeds[0].sae_id}")
+
+# %% [markdown]
+# The other sites have their own hooks: MLP SAEs read `hook_mlp_out`; attention SAEs read
+# `attn.hook_z`, before the output projection (so they live in n_heads × d_head, not d_model);
+# transcoders read `hook_mlp_in` and write `hook_mlp_out` (`hook_name_out`), with `affine=True` for
+# the skip transcoders. Neuronpedia ids are there where sae-lens lists one. A missing choice is an
+# error that lists what exists at the layers asked:
+
+# %%
+sites = smn.load_saes("gemma-scope-2-1b-pt-mlp", 7, l0="small") + smn.load_saes(
+    "gemma-scope-2-1b-pt-att", 7, l0="small") + smn.load_saes(
+    "gemma-scope-2-1b-pt-transcoders", 7, l0="small", affine=True)
+for h in sites:
+    print(f"{h.sae_id:45s} {h.hook_name:24s} -> {h.hook_name_out or '':22s} neuronpedia: {h.neuronpedia_id}")
+try:
+    smn.load_saes("gemma-scope-2-1b-pt-res-all", layers=range(3), width="16k")  # no l0
+except smn.SaematchError as err:
+    print(f"\n{type(err).__name__}: {err}")
+
 # %%
 texts, styles, _ = smn.demo.load_texts()  # held-out Shakespeare, Milton, Bible, Jargon File
 texts = texts[::max(1, len(texts) // N_DOCS)][:N_DOCS]

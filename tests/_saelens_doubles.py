@@ -7,10 +7,14 @@ tests/ because it monkeypatches sae-lens and huggingface_hub: no part of the pac
 - :func:`write_gemma_scope_snapshot`: a Hugging Face snapshot of ``google/gemma-scope-2b-pt-res``
   with the real layout ``layer_{L}/width_16k/average_l0_{N}/params.npz`` (real key names
   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, threshold; float32), tiny sizes.
+- :func:`write_gemma_scope_2_snapshot`: a Hugging Face snapshot of a Gemma Scope 2 repository
+  (``google/gemma-scope-2-{size}-{pt,it}``) with the real layout ``{site}/{sae_id}/params.safetensors``
+  + ``config.json`` (folders from sae-lens' directory; keys w_enc, w_dec, b_enc, b_dec, threshold and,
+  for skip transcoders, affine_skip_connection; float32), tiny sizes.
 - :func:`write_saelens_folder`: ``cfg.json`` + ``sae_weights.safetensors`` as ``SAE.save_model``
   writes them in sae-lens 6.
-- :func:`route_hub_to`: monkeypatches sae-lens' download call so the *real* sae-lens loaders
-  (``SAE.from_pretrained`` -> gemma_2 converter -> config -> state dict) read the fixtures.
+- :func:`route_hub_to`: monkeypatches sae-lens' download calls so the *real* sae-lens loaders
+  (``SAE.from_pretrained`` -> gemma_2 / gemma_3 converter -> config -> state dict) read the fixtures.
 - :func:`tiny_gemma2_model`: a randomly initialised HookedTransformer (or HookedSAETransformer)
   with TransformerLens' own Gemma 2 configuration at toy size, and a local tokenizer.
 """
@@ -86,6 +90,89 @@ def real_l0s(layer: int, width: str = "16k") -> list[int]:
     return out
 
 
+def gemma_scope_2_arrays(folder: str, d_in: int, d_sae: int, d_out: int | None = None,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """The tensors of one Gemma Scope 2 ``params.safetensors``, under the file's own (lower-case)
+    names: w_enc [d_in, d_sae], w_dec [d_sae, d_out], b_enc, b_dec [d_out], threshold, and for
+    ``_affine`` transcoders affine_skip_connection [d_in, d_out]. Deterministic per folder."""
+    import zlib
+
+    d_out = d_in if d_out is None else d_out
+    rng = np.random.default_rng(seed * 1_000_003 + zlib.crc32(folder.encode()))
+    out = {
+        "w_enc": (rng.standard_normal((d_in, d_sae)) / np.sqrt(d_in)).astype(np.float32),
+        "w_dec": (rng.standard_normal((d_sae, d_out)) / np.sqrt(d_out)).astype(np.float32),
+        "b_enc": (0.1 * rng.standard_normal(d_sae)).astype(np.float32),
+        "b_dec": (0.1 * rng.standard_normal(d_out)).astype(np.float32),
+        # thresholds well away from 1: a loader that dropped or rescaled them would show
+        "threshold": rng.uniform(0.05, 0.5, d_sae).astype(np.float32),
+    }
+    if folder.endswith("_affine"):
+        out["affine_skip_connection"] = (0.1 * rng.standard_normal((d_in, d_out))).astype(np.float32)
+    return out
+
+
+def gemma_scope_2_config(repo_id: str, folder: str, l0: float | None = None, width: int | None = None) -> dict:
+    """A Gemma Scope 2 ``config.json``: the keys sae-lens' gemma_3 loader reads (architecture,
+    model_name, hf_hook_point_in, hf_hook_point_out, affine_connection) with the values its
+    fallback ``_infer_gemma_3_raw_cfg_dict`` gives for the same folder, plus width and l0."""
+    from sae_lens.loading.pretrained_sae_loaders import _infer_gemma_3_raw_cfg_dict
+
+    cfg = dict(_infer_gemma_3_raw_cfg_dict(repo_id, folder))
+    if width is not None:
+        cfg["width"] = width
+    if l0 is not None:
+        cfg["l0"] = l0
+    return cfg
+
+
+def write_gemma_scope_2_snapshot(
+    root: str | Path,
+    release: str = "gemma-scope-2-1b-pt-res-all",
+    layers: Sequence[int] | None = (0, 1, 2),
+    *,
+    sae_ids: Sequence[str] | None = None,
+    d_in: int = 16,
+    d_sae: int = 64,
+    d_in_att: int = 32,
+    config: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write the SAEs of a Gemma Scope 2 ``release`` into ``root`` as the hub repo lays them out:
+    ``root/{folder}/params.safetensors`` and ``root/{folder}/config.json``, with ``folder`` the
+    path sae-lens' directory gives (e.g. ``resid_post_all/layer_0_width_16k_l0_small``). Return root.
+
+    ``sae_ids`` picks ids; else every id of the release at ``layers`` (None: every layer). Several
+    releases of one model share a repo, so several calls may write into one root. Attention SAEs
+    read ``hook_z`` (n_heads × d_head wide, not d_model): they get ``d_in_att`` inputs.
+    ``config=False`` leaves config.json out (sae-lens then infers it from the folder name).
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from saematch_nb.sources.saes import _directory
+
+    rel = _directory()[release]
+    if sae_ids is None:
+        import re
+
+        sae_ids = [s for s in rel.saes
+                   if layers is None or int(re.search(r"layer_(\d+)", s).group(1)) in set(layers)]
+    root = Path(root)
+    for sid in sae_ids:
+        folder = rel.saes[sid]
+        n_in = d_in_att if folder.startswith("attn_out") else d_in
+        arrays = gemma_scope_2_arrays(folder, n_in, d_sae, seed=seed)
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        save_file({k: torch.from_numpy(v) for k, v in arrays.items()}, str(root / folder / "params.safetensors"))
+        if config:
+            cfg = gemma_scope_2_config(rel.repo_id, folder, l0=rel.l0.get(sid), width=d_sae)
+            (root / folder / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
 def write_saelens_folder(
     path: str | Path,
     *,
@@ -150,6 +237,11 @@ def route_hub_to(monkeypatch: Any, snapshots: Mapping[str, str | Path]) -> list[
     - ``get_gemma_2_config_from_hf``: the real function still runs (hook, model name, flags),
       then d_in / d_sae are taken from the fixture's params.npz, because sae-lens hard-codes
       d_in = 2304 for "2b" repos and d_sae from the width name (16k -> 16384).
+    - ``_get_with_rate_limit_retry`` (a plain ``requests.get``: how the gemma_3 loader's
+      ``get_safetensors_tensor_shapes`` reads a params.safetensors header by HTTP range requests,
+      bypassing the HF cache): the URL ``hf_hub_url`` built is mapped back to the fixture file and
+      the requested bytes are served from it, so the real header parsing runs. A repo not in
+      ``snapshots`` raises ``requests.ConnectionError``, as an unreachable hub does.
     """
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     from sae_lens.loading import pretrained_sae_loaders as psl
@@ -179,8 +271,32 @@ def route_hub_to(monkeypatch: Any, snapshots: Mapping[str, str | Path]) -> list[
                 cfg["d_in"], cfg["d_sae"] = (int(s) for s in z["W_enc"].shape)
         return cfg
 
+    def fake_http_range_get(url: str, headers: Mapping[str, Any], max_attempts: int = 5) -> Any:
+        import re
+        import types
+        from urllib.parse import unquote
+
+        import requests
+
+        m = re.match(r"^https?://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/[^/]+/(?P<file>.+)$", url)
+        rng = re.match(r"bytes=(\d+)-(\d+)$", str(headers.get("Range", "")))
+        if m is None or rng is None:
+            raise AssertionError(f"unexpected HTTP request from sae-lens: {url} {headers.get('Range')}")
+        repo_id, rel = m.group("repo"), unquote(m.group("file"))
+        log.append((repo_id, f"{rel}#bytes={rng.group(1)}-{rng.group(2)}"))
+        if repo_id not in roots:
+            raise requests.ConnectionError(f"test: {url} is not routed to a fixture (hub unreachable)")
+        p = roots[repo_id] / rel
+        if not p.exists():
+            raise requests.HTTPError(f"404: {rel} not in fixture snapshot of {repo_id}")
+        with open(p, "rb") as f:
+            f.seek(int(rng.group(1)))
+            data = f.read(int(rng.group(2)) - int(rng.group(1)) + 1)
+        return types.SimpleNamespace(content=data, status_code=206, headers={})
+
     monkeypatch.setattr(psl, "hf_hub_download", fake_hf_hub_download)
     monkeypatch.setattr(psl, "get_gemma_2_config_from_hf", tiny_gemma_2_config)
+    monkeypatch.setattr(psl, "_get_with_rate_limit_retry", fake_http_range_get)
     return log
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,9 +16,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..errors import SaematchWarning
 from . import architectures
 
 ARCHITECTURES = tuple(architectures.ARCHITECTURES)
+
+
+class TranscoderWarning(SaematchWarning):
+    """A transcoder was converted to SAEWeights: its decoder writes another hook than its encoder reads."""
 
 
 @dataclass(frozen=True)
@@ -247,9 +253,10 @@ def as_weights(obj: Any) -> SAEWeights:
     """Convert what a user has in hand into :class:`SAEWeights`.
 
     Accepts: SAEWeights; a lazy handle (anything with ``to_weights()``, e.g. sources' SAEHandle);
-    a path to a Gemma Scope ``params.npz`` or a sae-lens folder (``cfg.json`` +
-    ``sae_weights.safetensors``); a mapping of arrays; or a sae-lens SAE object (recognised by its
-    W_enc/W_dec/b_enc/b_dec attributes and ``cfg``).
+    a path to a Gemma Scope ``params.npz``, a sae-lens folder (``cfg.json`` +
+    ``sae_weights.safetensors``) or a Gemma Scope 2 folder (``params.safetensors`` + ``config.json``);
+    a mapping of arrays; or a sae-lens SAE object (recognised by its W_enc/W_dec/b_enc/b_dec
+    attributes and ``cfg``).
     """
     if isinstance(obj, SAEWeights):
         return obj
@@ -263,8 +270,13 @@ def as_weights(obj: Any) -> SAEWeights:
             return SAEWeights.from_npz(p)
         if p.is_dir() and (p / "sae_weights.safetensors").exists():
             return _from_saelens_folder(p)
+        if p.name == "params.safetensors" and p.is_file():
+            p = p.parent
+        if p.is_dir() and (p / "params.safetensors").exists():
+            return _from_gemma_scope_2_folder(p)
         raise FileNotFoundError(
-            f"{p} is neither a params.npz file nor a sae-lens folder (cfg.json + sae_weights.safetensors)"
+            f"{p} is neither a params.npz file nor a sae-lens folder (cfg.json + sae_weights.safetensors) "
+            "nor a Gemma Scope 2 folder (params.safetensors + config.json)"
         )
     if isinstance(obj, Mapping):
         return SAEWeights.from_arrays(obj)
@@ -301,11 +313,34 @@ def _from_saelens_object(sae: Any) -> SAEWeights:
         neuronpedia_id=_cfg_get(meta, "neuronpedia_id"),
     )
     k = _cfg_get(cfg, "k")
+    arch_name = _cfg_get(cfg, "architecture")
+    arch_name = str(arch_name() if callable(arch_name) else arch_name or "")
+    if "transcoder" in arch_name:
+        _warn_transcoder(arch_name, hook, _cfg_get(meta, "hook_name_out") or _cfg_get(cfg, "hook_name_out"),
+                         getattr(sae, "W_skip", None) is not None)
     return SAEWeights(
         W_enc=_as_f32(sae.W_enc), b_enc=_as_f32(sae.b_enc), W_dec=_as_f32(sae.W_dec),
         b_dec=_as_f32(sae.b_dec), threshold=None if (thr is None or arch != "jumprelu") else _as_f32(thr),
         architecture=arch, k=int(k) if (arch == "topk" and k) else None,
         apply_b_dec_to_input=bool(_cfg_get(cfg, "apply_b_dec_to_input", False)), info=info,
+    )
+
+
+def _warn_transcoder(arch: str, hook_in: str | None, hook_out: str | None, skip: bool) -> None:
+    """A transcoder fits SAEWeights (encoder, threshold, decoder, biases), but it is not an SAE of one
+    activation: say what its vectors are, once per conversion."""
+    import warnings
+
+    warnings.warn(
+        f"{arch} ({hook_in or 'its input hook'} -> {hook_out or 'its output hook'}) converted to SAEWeights: "
+        f"W_enc reads {hook_in or 'the input hook'} and the decoder rows W_dec, the feature vectors "
+        f"that matching compares, are directions written to {hook_out or 'the output hook'}, not "
+        "reconstructions of the input; b_dec is the output's bias. "
+        + ("The affine skip connection W_skip (input -> output, outside the features) is left out. "
+           if skip else "")
+        + "Measures that decode back into the input (explained variance of the input, splicing the "
+        "reconstruction in at one hook) do not apply to it as they do to an SAE.",
+        TranscoderWarning, stacklevel=3,
     )
 
 
@@ -331,6 +366,98 @@ def _from_saelens_folder(path: Path) -> SAEWeights:
         arrays, architecture=arch if arch in ARCHITECTURES else None, info=info,
         k=int(k) if k else None, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
     )
+
+
+# -- Gemma Scope 2 (Gemma 3) folders: params.safetensors + config.json, as the hub lays them out ----
+# sae-lens' gemma_3 loader is the reference (sources/saes.py mirrors it for the sae-lens object);
+# this reads the same file without sae-lens: same key renames, no transposes, no scaling.
+_GEMMA_SCOPE_2_KEYS = {"w_enc": "W_enc", "w_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec",
+                       "threshold": "threshold"}
+
+
+def _gemma_scope_2_hooks(folder: str, cfg: Mapping[str, Any] | None = None
+                         ) -> tuple[int | None, str | None, str | None]:
+    """Layer, hook and output hook (transcoders) of a Gemma Scope 2 SAE, in TransformerLens names.
+
+    From ``cfg`` (the folder's config.json: ``hf_hook_point_in`` / ``hf_hook_point_out``, Hugging
+    Face module names) when it names a known hook point, else from ``folder`` (``site/id``) with
+    sae-lens' ``get_gemma_3_config_from_hf`` rules (same order of tests)."""
+    cfg = cfg or {}
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", str(cfg.get("hf_hook_point_in") or ""))
+    if m:
+        L, point = int(m.group(1)), m.group(2)
+        transcoder = "affine_connection" in cfg or bool(cfg.get("hf_hook_point_out"))
+        hook = {"output": f"blocks.{L}.hook_resid_post",
+                "self_attn.o_proj.input": f"blocks.{L}.attn.hook_z",
+                "post_feedforward_layernorm.output": f"blocks.{L}.hook_mlp_out",
+                "pre_feedforward_layernorm.output": f"blocks.{L}.hook_mlp_in"}.get(point)
+        if transcoder and point == "pre_feedforward_layernorm.output":
+            return L, hook, f"blocks.{L}.hook_mlp_out"
+        if hook is not None and not transcoder:
+            return L, hook, None
+    m = re.search(r"layer_(\d+)", folder)
+    if m is None:
+        return None, None, None
+    L = int(m.group(1))
+    if "resid_post" in folder:
+        return L, f"blocks.{L}.hook_resid_post", None
+    if "attn_out" in folder:
+        return L, f"blocks.{L}.attn.hook_z", None
+    if "mlp_out" in folder:
+        return L, f"blocks.{L}.hook_mlp_out", None
+    if "transcoder" in folder or "clt" in folder:
+        return L, f"blocks.{L}.hook_mlp_in", f"blocks.{L}.hook_mlp_out"
+    return L, None, None
+
+
+def _gemma_scope_2_model_name(raw: str | None) -> str | None:
+    """config.json's model_name as sae-lens' gemma_3 loader rewrites it (google/ prefix, -v3 -> -3,
+    and the 270m model, which has no -pt suffix on the hub)."""
+    if not raw:
+        return None
+    name = raw if "google" in raw else "google/" + raw
+    name = name.replace("-v3", "-3")
+    return name.replace("-pt", "") if "270m" in name else name
+
+
+def _read_gemma_scope_2(params: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a Gemma Scope 2 params.safetensors under their own names, cast to ``dtype``
+    as sae-lens' ``load_safetensors_weights`` does (None: as stored)."""
+    from safetensors.torch import load_file
+
+    raw = load_file(str(params))
+    if dtype is not None:
+        raw = {k: v.to(dtype=dtype) for k, v in raw.items()}
+    missing = [k for k in _GEMMA_SCOPE_2_KEYS if k not in raw]
+    if missing:
+        raise KeyError(
+            f"{params} is not a Gemma Scope 2 file: it lacks {missing} (it has {sorted(raw)}); "
+            "expected w_enc, w_dec, b_enc, b_dec, threshold"
+        )
+    return raw
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _from_gemma_scope_2_folder(path: Path) -> SAEWeights:
+    """SAEWeights of a Gemma Scope 2 folder, read without sae-lens. Transcoders get the same
+    TranscoderWarning as through sae-lens; their affine skip connection is left out."""
+    path = Path(path)
+    cfg = _read_json(path / "config.json")
+    raw = _read_gemma_scope_2(path / "params.safetensors")
+    layer, hook, hook_out = _gemma_scope_2_hooks("/".join(path.parts[-2:]), cfg)
+    if hook_out is not None:
+        # as sae-lens: the skip class comes from config.json (the file's keys when there is none)
+        skip = bool(cfg["affine_connection"]) if "affine_connection" in cfg else "affine_skip_connection" in raw
+        _warn_transcoder("jumprelu_skip_transcoder" if skip else "jumprelu_transcoder", hook, hook_out, skip)
+    info = SAEInfo(layer=layer, hook_name=hook, model_name=_gemma_scope_2_model_name(cfg.get("model_name")),
+                   path=str(path))
+    return SAEWeights.from_arrays({ours: raw[theirs] for theirs, ours in _GEMMA_SCOPE_2_KEYS.items()},
+                                  architecture="jumprelu", info=info)
 
 
 def _layer_from_hook(hook: str | None) -> int | None:

@@ -433,7 +433,7 @@ def trace_text(tr: Any) -> str:
 
 
 # -- SAE handles and weights ------------------------------------------------------------------------
-_HANDLE_FIELDS = ("release", "sae_id", "layer", "hook_name", "model_name", "neuronpedia_id", "path",
+_HANDLE_FIELDS = ("release", "sae_id", "layer", "hook_name", "hook_name_out", "model_name", "neuronpedia_id", "path",
                   "width", "l0", "device", "dtype")
 
 

@@ -197,6 +197,45 @@ def test_as_weights_on_every_kind(tmp_path):
         as_weights(tmp_path / "sl" / "cfg.json")
 
 
+def test_as_weights_reads_a_gemma_scope_2_folder(tmp_path):
+    """params.safetensors (lower-case keys, stored as the SAE uses them) + config.json (hook points in
+    Hugging Face names): no transposes, no scaling; hooks in TransformerLens names."""
+    from safetensors.torch import save_file
+
+    from saematch_nb.core.weights import TranscoderWarning
+
+    arrays = {k: torch.from_numpy(v) for k, v in fx.jumprelu_arrays(8, 16, seed=2).items()}
+    stored = {"w_enc": arrays["W_enc"], "w_dec": arrays["W_dec"], "b_enc": arrays["b_enc"],
+              "b_dec": arrays["b_dec"], "threshold": arrays["threshold"]}
+    folder = tmp_path / "attn_out" / "layer_5_width_16k_l0_big"
+    folder.mkdir(parents=True)
+    save_file(stored, str(folder / "params.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "jump_relu", "model_name": "gemma-v3-270m-pt",
+        "hf_hook_point_in": "model.layers.5.self_attn.o_proj.input"}))
+    w = as_weights(folder)
+    assert w.fingerprint() == SAEWeights.from_arrays(arrays).fingerprint() and w.architecture == "jumprelu"
+    # sae-lens' model name rewrite: google/ prefix, -v3 -> -3, no -pt for 270m
+    assert (w.info.layer, w.info.hook_name, w.info.model_name, w.info.path) == (
+        5, "blocks.5.attn.hook_z", "google/gemma-3-270m", str(folder))
+    assert as_weights(folder / "params.safetensors").fingerprint() == w.fingerprint()
+    # a transcoder, by its config.json alone (the folder name says nothing)
+    tc = tmp_path / "mine"
+    tc.mkdir()
+    save_file({**stored, "affine_skip_connection": torch.zeros(8, 8)}, str(tc / "params.safetensors"))
+    (tc / "config.json").write_text(json.dumps({
+        "architecture": "jump_relu", "model_name": "google/gemma-3-1b-pt", "affine_connection": True,
+        "hf_hook_point_in": "model.layers.3.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.3.post_feedforward_layernorm.output"}))
+    said = r"jumprelu_skip_transcoder \(blocks.3.hook_mlp_in -> blocks.3.hook_mlp_out\).*W_skip"
+    with pytest.warns(TranscoderWarning, match=said):
+        w = as_weights(tc)
+    assert w.info.hook_name == "blocks.3.hook_mlp_in" and torch.equal(w.W_dec, arrays["W_dec"])
+    save_file({"W_enc": arrays["W_enc"]}, str(tc / "params.safetensors"))
+    with pytest.raises(KeyError, match="is not a Gemma Scope 2 file"):
+        as_weights(tc)
+
+
 def test_as_weights_reads_the_architecture_of_other_saes(tmp_path):
     from safetensors.torch import save_file
 

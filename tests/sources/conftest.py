@@ -4,6 +4,9 @@
   would download fails at once with the real offline error instead of retrying for ~25 s.
 - ``gemma_scope_snapshot``: tiny Gemma Scope hub snapshot (layers 0..2, d_in 16, d_sae 64).
 - ``routed_hub``: sae-lens' hub downloads routed to that snapshot (returns the request log).
+- ``gemma_scope_2_snapshot``: tiny snapshot of the Gemma Scope 2 repo google/gemma-scope-2-1b-pt
+  (res-all layers 0..2, res / mlp / att / transcoders layer 7, transcoders-all layer 0; d_in 16,
+  attention d_in 32, d_sae 64); ``routed_hub_2`` routes sae-lens to it.
 - ``saelens_folder``: one sae-lens cfg.json + sae_weights.safetensors folder.
 - ``tiny_model``: session-wide random Gemma-2-architecture HookedSAETransformer (2 layers,
   d_model 64). Tests that add SAEs or hooks must remove them (reset_saes / model.hooks context).
@@ -42,3 +45,21 @@ def saelens_folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model():
     return fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=64, sae_transformer=True)
+
+
+GEMMA_SCOPE_2_REPO = "google/gemma-scope-2-1b-pt"
+
+
+@pytest.fixture(scope="session")
+def gemma_scope_2_snapshot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gemma-scope-2-1b-pt")
+    fx.write_gemma_scope_2_snapshot(root, "gemma-scope-2-1b-pt-res-all", layers=(0, 1, 2))
+    for release in ("res", "mlp", "att", "transcoders"):
+        fx.write_gemma_scope_2_snapshot(root, f"gemma-scope-2-1b-pt-{release}", layers=(7,))
+    fx.write_gemma_scope_2_snapshot(root, "gemma-scope-2-1b-pt-transcoders-all", layers=(0,))
+    return root
+
+
+@pytest.fixture
+def routed_hub_2(monkeypatch, gemma_scope_2_snapshot):
+    return fx.route_hub_to(monkeypatch, {GEMMA_SCOPE_2_REPO: gemma_scope_2_snapshot})
