@@ -40,7 +40,8 @@ import torch
 
 from ..core._checks import as_index
 from ..core.fold import fold
-from ..core.weights import SAEWeights, _layer_from_hook, as_weights
+from ..core.weights import SAEInfo, SAEWeights, _layer_from_hook, as_weights
+from ..errors import InvalidArgumentError
 
 SCHEDULES = ("constant", "linear", "exponential")
 MODES = ("add", "scale")
@@ -181,8 +182,8 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
 
 # -- hooks ----------------------------------------------------------------------------------------
 def _peek_hook(obj: Any) -> str | None:
-    """The hook an SAE reads, without loading or converting its weights (None = unknown)."""
-    info = getattr(obj, "info", None)
+    """The hook an SAE (or an SAEInfo) reads, without loading or converting its weights (None = unknown)."""
+    info = obj if isinstance(obj, SAEInfo) else getattr(obj, "info", None)
     hook = getattr(info, "hook_name", None) if info is not None else None
     cfg = getattr(obj, "cfg", None)
     if not hook and cfg is not None:
@@ -192,12 +193,22 @@ def _peek_hook(obj: Any) -> str | None:
 
 
 def _peek_layer(obj: Any) -> int | None:
-    """The layer an SAE reads, without loading or converting its weights."""
-    info = getattr(obj, "info", None)
+    """The layer an SAE (or an SAEInfo) reads, without loading or converting its weights."""
+    info = obj if isinstance(obj, SAEInfo) else getattr(obj, "info", None)
     if info is not None and getattr(info, "layer", None) is not None:
         return int(info.layer)
     layer = _layer_from_hook(_peek_hook(obj))
     return None if layer is None else int(layer)
+
+
+def check_reads_layer(sae: Any, layer: int, what: str = "map each layer to its own SAE (the ones the chain "
+                                                         "was built from)") -> None:
+    """InvalidArgumentError when the SAE (or SAEInfo) says it reads another layer than ``layer``,
+    the one it is about to be run on (unknown is let through); ``what``: what to do instead."""
+    reads = _peek_layer(sae)
+    if reads is not None and reads != layer:
+        raise InvalidArgumentError(
+            f"the SAE given for layer {layer} reads layer {reads} ({_peek_hook(sae) or 'its info.layer'}): {what}")
 
 
 def _sae_for_layer(saes: Any, layer: int) -> Any:
@@ -207,11 +218,7 @@ def _sae_for_layer(saes: Any, layer: int) -> Any:
             raise KeyError(f"no SAE for steered layer {layer}: SAEs are given for layers {sorted(by)}")
         sae = by[layer]
         # the mapping says which layer an SAE is for; the SAE itself says which layer it reads
-        reads = _peek_layer(sae)
-        if reads is not None and reads != layer:
-            raise ValueError(
-                f"the SAE given for layer {layer} reads layer {reads} ({_peek_hook(sae) or 'its info.layer'}): "
-                "map each layer to its own SAE (the ones the chain was built from)")
+        check_reads_layer(sae, layer)
         return sae
     items = list(saes)
     found = {}
