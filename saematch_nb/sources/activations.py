@@ -5,7 +5,9 @@ run in batches, and each layer's activations stream into a ``.npy`` memmap [n_to
 The BOS position of every document is excluded, as in the paper. Results are cached under
 ``cache_dir`` keyed by the model's identity, a hash of the token ids and the options; a run writes
 into a temporary folder renamed into place only when complete, so an interrupted or failed run
-never leaves a half-written cache.
+never leaves a half-written cache. A run killed outright (kill -9) leaves its temporary folder;
+the next collection in that folder removes it once its writer is gone (see
+:func:`remove_stale_temp_folders`).
 """
 
 from __future__ import annotations
@@ -283,8 +285,10 @@ def collect_activations(
     ``datasets`` package; streamed, its first ``max_docs`` documents, default 100; the form
     ``("dataset_name", n_docs)`` says the same wherever texts are taken). ``max_docs``: use at
     most this many documents (of a list too).
-    ``context``: tokens per document (default the model's n_ctx); ``max_tokens``: stop after this
-    many kept tokens in total (whole documents only, the last one truncated). ``dtype``: storage
+    ``context``: tokens per document, at least 2 (None: the model's n_ctx; 0 is an error, not the
+    default); ``max_tokens``: stop after this many kept tokens in total, a positive integer (whole
+    documents only, the last one truncated; None: all). Token ids must be integers (floats are
+    refused, not cut) in [0, d_vocab); ``layers`` integers (a string such as "12" is refused). ``dtype``: storage
     ("float32" or "float16"). ``cache``: reuse a finished collection with the same model, tokens
     and options under ``cache_dir`` (default ``$SAEMATCH_CACHE_DIR/activations``).
     """

@@ -526,6 +526,11 @@ class SteeringPanel(SnapshotMixin, W.VBox):
     and plots how far the next-token predictions move with the strength. A result whose controls
     have changed since is marked stale. ``layer`` / ``feature`` / ``strength`` are traitlets: link
     them to a FeatureExplorer with :meth:`follow`.
+
+    Arguments are checked when the panel is made: ``layer`` one of the chain's layers and
+    ``feature`` an integer (a KeyError / TypeError, not a bare TraitError or a truncated 1.9),
+    ``strength`` a finite number; the slider spans ±20 and reaches further to hold a larger
+    ``strength`` given (it is never clamped).
     """
 
     layer = traitlets.Int(0)
