@@ -47,9 +47,15 @@ def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
 def finite_number(value: Any, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float (bools and strings refused); ``positive``: > 0, ``minimum``:
     >= it. NaN and ±inf never pass (they would make a comparison silently false)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # real numbers, numpy scalars and 0-d tensors (anything float() takes) but not bools or text
+    is_bool = isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+    if is_bool or isinstance(value, (str, bytes, complex)) or not (
+            isinstance(value, numbers.Real) or hasattr(value, "__float__")):
         raise ArgumentTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):  # e.g. a tensor of several values
+        raise ArgumentTypeError(f"{name} must be a single number, got {value!r}") from None
     if not math.isfinite(v):
         raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
     if positive and not v > 0:
