@@ -13,7 +13,7 @@ for a class outside the family.
 
 from __future__ import annotations
 
-__all__ = ["SaematchError", "SaematchWarning"]
+__all__ = ["SaematchError", "SaematchWarning", "InvalidArgumentError", "ArgumentTypeError"]
 
 
 class SaematchError(Exception):
@@ -22,3 +22,13 @@ class SaematchError(Exception):
 
 class SaematchWarning(SaematchError, UserWarning):
     """Base class of saematch_nb's warnings (a ``UserWarning``, shown once per place by default)."""
+
+
+class InvalidArgumentError(SaematchError, ValueError):
+    """An argument of the right kind with a value the call cannot use (``n=-1``, ``dpi=0``,
+    ``temperature=nan``); the message says what was wrong and what to pass instead."""
+
+
+class ArgumentTypeError(SaematchError, TypeError):
+    """An argument of the wrong kind (a float where a layer or feature index is needed: ``int(1.9)``
+    would silently mean 1); the message says what was given and what is expected."""

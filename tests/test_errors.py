@@ -54,6 +54,9 @@ BUILTIN_BASE = {
     "saematch_nb.sources.activations.ActivationError": ValueError,
     "saematch_nb.sources.neuronpedia.NeuronpediaUnavailableError": RuntimeError,
     "saematch_nb.demo.MissingAssetsError": FileNotFoundError,
+    "saematch_nb.demo.BrokenAssetsError": FileNotFoundError,
+    "saematch_nb.errors.InvalidArgumentError": ValueError,
+    "saematch_nb.errors.ArgumentTypeError": TypeError,
 }
 
 

@@ -22,21 +22,52 @@ from ..errors import SaematchError
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODEL_NAME = "saematch-demo"
 
-__all__ = ["ASSETS", "DemoBundle", "MissingAssetsError", "assets_dir", "available", "load", "load_texts",
-           "sae_paths", "metrics", "seed_ceiling_path"]
+__all__ = ["ASSETS", "DemoBundle", "MissingAssetsError", "BrokenAssetsError", "assets_dir", "available", "load",
+           "load_texts", "sae_paths", "metrics", "seed_ceiling_path"]
+
+_REBUILD = "rebuild the assets (docs/DEMO.md: python scripts/build_demo.py)"
 
 
 class MissingAssetsError(SaematchError, FileNotFoundError):
     """The demo's assets are not where they should be."""
 
 
+class BrokenAssetsError(MissingAssetsError):
+    """A demo asset is there but cannot be read (truncated, not JSON, ...); the message names the
+    file. A MissingAssetsError, so code that handles missing assets handles these too."""
+
+
+def _read_json(f: Path) -> Any:
+    """A JSON asset, or a BrokenAssetsError naming the file (not a bare JSONDecodeError)."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BrokenAssetsError(f"demo asset {f} is not valid JSON ({e}); {_REBUILD}") from None
+
+
+def _sae_layer(p: Path) -> int | None:
+    tail = p.name.split("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
 def assets_dir(path: str | os.PathLike | None = None) -> Path:
-    """The assets folder (``path``, or the shipped one), checked to hold every file the demo needs."""
+    """The assets folder (``path``, or the shipped one), checked to hold every file the demo needs:
+    the model, its config, the tokenizer, the texts, and one SAE folder ``saes/layer_{L}`` (cfg.json
+    + sae_weights.safetensors) for every layer of the model: a missing layer is named, never
+    skipped (the next SAE would be taken for it)."""
     root = Path(path) if path is not None else ASSETS
     need = ["model.safetensors", "model_cfg.json", "tokenizer/tokenizer.json", "texts.jsonl"]
     missing = [n for n in need if not (root / n).exists()]
     if not missing and not sorted(root.glob("saes/layer_*/sae_weights.safetensors")):
         missing.append("saes/layer_*/")
+    if not missing:
+        cfg = _read_json(root / "model_cfg.json")
+        n_layers = cfg.get("n_layers") if isinstance(cfg, dict) else None
+        if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 1:
+            raise BrokenAssetsError(f"demo asset {root / 'model_cfg.json'} has no positive n_layers "
+                                    f"(got {n_layers!r}); {_REBUILD}")
+        missing = [f"saes/layer_{L}/{n}" for L in range(n_layers) for n in ("cfg.json", "sae_weights.safetensors")
+                   if not (root / "saes" / f"layer_{L}" / n).exists()]
     if missing:
         raise MissingAssetsError(
             f"demo assets missing in {root}: {', '.join(missing)}. Build them with\n"
@@ -55,22 +86,43 @@ def available(path: str | os.PathLike | None = None) -> bool:
 
 
 def sae_paths(path: str | os.PathLike | None = None) -> list[Path]:
-    """The SAE folders (sae-lens on-disk format), in layer order."""
+    """The SAE folders (sae-lens on-disk format), in layer order: ``saes/layer_0`` .. one per
+    layer of the model (:func:`assets_dir` checks that none is missing); other names are ignored."""
     root = assets_dir(path)
-    return sorted(root.glob("saes/layer_*"), key=lambda p: int(p.name.split("_")[1]))
+    found = [(L, p) for p in root.glob("saes/layer_*") if (L := _sae_layer(p)) is not None]
+    return [p for _, p in sorted(found)]
 
 
 def metrics(path: str | os.PathLike | None = None) -> dict:
     """What the build measured (held-out loss, per-SAE quality, samples); {} if not recorded."""
     f = assets_dir(path) / "metrics.json"
-    return json.loads(f.read_text()) if f.exists() else {}
+    return _read_json(f) if f.exists() else {}
 
 
 def load_texts(path: str | os.PathLike | None = None) -> tuple[list[str], list[str], list[str]]:
     """Held-out documents: (texts, styles, ids). Needs no torch."""
-    rows = [json.loads(line) for line in (assets_dir(path) / "texts.jsonl").read_text().splitlines()
-            if line.strip()]
-    return [r["text"] for r in rows], [r["style"] for r in rows], [r["id"] for r in rows]
+    f = assets_dir(path) / "texts.jsonl"
+    rows = []
+    for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            rows.append((str(r["text"]), str(r["style"]), str(r["id"])))
+        except (ValueError, KeyError, TypeError) as e:  # the line is named: a bare KeyError says nothing
+            raise BrokenAssetsError(f"demo asset {f}, line {i}, is not a text record "
+                                    f'{{"text", "style", "id"}} ({type(e).__name__}: {e}); {_REBUILD}') from None
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def _load_sae(h: Any, folder: Path) -> Any:
+    """One SAE of the demo through its handle, or a BrokenAssetsError naming the file at fault."""
+    try:
+        return h.load()
+    except Exception as e:  # sae-lens / safetensors errors do not say which file they read
+        name = "sae_weights.safetensors" if "safetensor" in f"{type(e).__name__} {e}".lower() else "cfg.json"
+        raise BrokenAssetsError(f"demo SAE {folder / name} cannot be loaded ({type(e).__name__}: {e}); "
+                                f"{_REBUILD}") from e
 
 
 @dataclass(frozen=True, repr=False)
@@ -124,9 +176,20 @@ def load(path: str | os.PathLike | None = None, *, sae_transformer: bool = True,
     try:
         model = load_saved_model(root, device=device, sae_transformer=sae_transformer)
     except ModelLoadError as e:
-        raise MissingAssetsError(f"{e}; rebuild the assets (docs/DEMO.md)") from e
-    hs = load_saes([str(p) for p in sae_paths(root)], device=device)
-    saes = tuple(h.load() for h in hs)  # sae-lens' SAE.load_from_disk, through the handles
+        raise BrokenAssetsError(f"{e}; rebuild the assets (docs/DEMO.md)") from e
+    paths = sae_paths(root)
+    if len(paths) != model.cfg.n_layers:  # one SAE per layer, no more (assets_dir named the missing)
+        raise BrokenAssetsError(f"demo assets in {root}: {len(paths)} SAE folders (saes/layer_*) for a model of "
+                                f"{model.cfg.n_layers} layers; {_REBUILD}")
+    for p in paths:  # a garbage config is named as such (the handles read them first)
+        _read_json(p / "cfg.json")
+    try:
+        hs = load_saes([str(p) for p in paths], device=device)
+    except Exception as e:
+        raise BrokenAssetsError(f"demo SAEs in {root / 'saes'} cannot be read ({type(e).__name__}: {e}); "
+                                f"{_REBUILD}") from e
+    # sae-lens' SAE.load_from_disk, through the handles
+    saes = tuple(_load_sae(h, p) for h, p in zip(hs, paths))
     texts, styles, ids = load_texts(root)
     if not handles:
         hs = None

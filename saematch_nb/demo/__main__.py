@@ -10,7 +10,9 @@ and the explained variance of the next-hidden-state approximation (docs/DEMO.md)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,22 +95,60 @@ def sae_table(bundle) -> "object":
     return pd.DataFrame(rows).set_index("layer")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: 0 tokens would end in an empty table and exit 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of tokens, got {v}")
+    return v
+
+
+def out_folder_problem(out: Path) -> str | None:
+    """Why ``out`` cannot take report.html (None: it can). Checked before the run, not after it:
+    the folder is created and a probe file written and removed."""
+    try:
+        if out.exists() and not out.is_dir():
+            return f"{out} is an existing file, not a folder; give a folder (it is created if missing)"
+        up = out
+        while not up.exists() and up.parent != up:
+            up = up.parent
+        if up.exists() and not up.is_dir():
+            return f"{up} is a file, so no folder {out} can be made under it; give another --out"
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        return f"{out} cannot be written ({type(e).__name__}: {e.strerror or e}); give a writable folder"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m saematch_nb.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="out", help="folder for report.html (default: out)")
+    ap.add_argument("--out", default="out", help="folder for report.html, created if missing and checked "
+                                                 "before the run (default: out)")
     ap.add_argument("--assets", default=None, help="assets folder (default: the shipped one)")
-    ap.add_argument("--max-tokens", type=int, default=8192, help="tokens for the hidden-state check")
+    ap.add_argument("--max-tokens", type=_positive_int, default=8192, help="tokens for the hidden-state check")
     ap.add_argument("--check", action="store_true",
                     help="also measure the baselines (unfolded / identity matching) and the next-hidden-state "
                          "approximation (several minutes on 2 CPU cores)")
     args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    problem = out_folder_problem(out)
+    if problem:
+        print(f"saematch_nb.demo: --out: {problem}", file=sys.stderr)
+        return 2
 
     from . import MissingAssetsError, load
 
     t0 = time.perf_counter()
     try:
         bundle = load(args.assets)
+        ceiling_sae = _ceiling_weights(args.assets)  # read now: a broken file is known before the run
     except MissingAssetsError as e:
         print(f"saematch_nb.demo: {e}", file=sys.stderr)
         return 1
@@ -129,14 +169,11 @@ def main(argv=None) -> int:
             ["layer_a", "layer_b", "mse_mean", "mse_median", "matched_fraction"]]
         print(pairs.to_string())
         from ..core.match import match
-        from ..core.weights import as_weights
-        from . import seed_ceiling_path
 
         weights = [chain.stack.weights(L) for L in chain.layers]  # the chain's own, converted once
         ceiling = None
-        cp = seed_ceiling_path(args.assets)
-        if cp is not None:
-            wc = as_weights(str(cp))
+        if ceiling_sae is not None:
+            wc = ceiling_sae
             layer = wc.info.layer
             ceiling = (layer, match(weights[layer], wc), weights[layer], wc)
         crit_df = criterion_table(chain, weights, ceiling)
@@ -172,11 +209,41 @@ def main(argv=None) -> int:
                           intro=(f"{bundle.n_layers} JumpReLU SAEs of {bundle.saes[0].cfg.d_sae} features on "
                                  "blocks.{L}.hook_resid_post of a small model trained on Shakespeare, Milton, "
                                  "the King James Bible and the Jargon File."), sections=sections)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(page, encoding="utf-8")
+    tmp = out / f".report.html.{os.getpid()}.tmp"
+    try:  # written whole or not at all (the folder was checked before the run, but may have gone)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out / "report.html")
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        print(f"saematch_nb.demo: --out: cannot write {out / 'report.html'} ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 1
     print(f"\nwrote {out / 'report.html'} in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _ceiling_weights(assets):
+    """The seed-ceiling SAE's weights (None in builds without one); a broken one is a
+    BrokenAssetsError naming its folder."""
+    from ..core.weights import as_weights
+    from . import BrokenAssetsError, seed_ceiling_path
+
+    cp = seed_ceiling_path(assets)
+    if cp is None:
+        return None
+    try:
+        w = as_weights(str(cp))
+    except Exception as e:
+        raise BrokenAssetsError(f"the seed-ceiling SAE {cp} cannot be loaded ({type(e).__name__}: {e}); "
+                                "rebuild the assets (docs/DEMO.md)") from e
+    if w.info.layer is None:
+        raise BrokenAssetsError(f"the seed-ceiling SAE {cp} does not say which layer it reads (cfg.json "
+                                "metadata.hook_name); rebuild the assets (docs/DEMO.md)")
+    return w
 
 
 if __name__ == "__main__":

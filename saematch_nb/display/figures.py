@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SaematchError
+from ..errors import ArgumentTypeError, InvalidArgumentError, SaematchError
 from ._util import escape, fmt_float
 
 __all__ = [
@@ -497,14 +497,13 @@ def paper_layout(fig: Any, preset: str = "single", *, width_in: float | None = N
     "double" (text width, 6.75 in, 9 pt) or "slide"; ``width_in`` / ``height_in`` / ``font_pt``
     override the preset. Sizes are physical: :func:`save_figure` writes PDF and SVG at exactly
     this size (1 in = 96 plotly pixels) and raster images at ``dpi``."""
-    if preset not in PAPER_PRESETS:
+    if not isinstance(preset, str) or preset not in PAPER_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {tuple(PAPER_PRESETS)}")
     p = PAPER_PRESETS[preset]
-    w = float(width_in if width_in is not None else p["width_in"])
-    h = float(height_in if height_in is not None else p["height_in"])
-    pt = float(font_pt if font_pt is not None else p["font_pt"])
-    if not (w > 0 and h > 0 and pt > 0):
-        raise ValueError(f"width_in, height_in and font_pt must be positive, got {w}, {h}, {pt}")
+    # finite and positive: inf overflowed in round(), 0 or less made an empty page
+    w = _finite_number(width_in if width_in is not None else p["width_in"], "width_in (inches)", positive=True)
+    h = _finite_number(height_in if height_in is not None else p["height_in"], "height_in (inches)", positive=True)
+    pt = _finite_number(font_pt if font_pt is not None else p["font_pt"], "font_pt (points)", positive=True)
     go = _go()
     out = go.Figure(fig)
     px = pt * _PX_PER_PT
@@ -529,6 +528,34 @@ _BROWSER_HELP = (
     "Install one (Debian/Ubuntu: `apt-get install -y chromium`; or run `plotly_get_chrome`), or set "
     "BROWSER_PATH to a Chrome/Chromium executable. Saving as .html works without it."
 )
+
+
+# plotly's size for a figure that sets none; Chromium draws nothing larger than 16384 px a side
+_PLOTLY_DEFAULT_PX = (700, 500)
+MAX_IMAGE_SIDE_PX = 16384
+
+
+def _check_pixels(w: float, h: float, scale: float, dpi: float | None) -> None:
+    """A raster image of at least one and at most MAX_IMAGE_SIDE_PX pixels a side."""
+    px = (int(w * scale), int(h * scale))  # whole pixels, as the browser draws them (0.7 px is none)
+    how = f"dpi={dpi:g}" if dpi is not None else f"scale={scale:g}"
+    if min(px) < 1:
+        raise InvalidArgumentError(f"{how} gives a {px[0]}×{px[1]} pixel image of a {w:g}×{h:g} px figure: "
+                                   "nothing to see; use a larger dpi / scale (e.g. dpi=300)")
+    if max(px) > MAX_IMAGE_SIDE_PX:
+        raise InvalidArgumentError(f"{how} gives a {px[0]}×{px[1]} pixel image, more than the {MAX_IMAGE_SIDE_PX} "
+                                   "pixels a side a browser can draw; use a smaller dpi / scale, or .pdf / .svg")
+
+
+def _finite_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float (> 0 with ``positive``); display's own copy of core's check
+    (display sits below core and imports only the leaf)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not np.isfinite(v) or (positive and not v > 0):
+        raise InvalidArgumentError(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return v
 
 
 def _find_browser() -> str | None:
@@ -570,6 +597,11 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
     height and font size, with ``width_in`` / ``height_in`` / ``font_pt`` to adjust
     (:func:`paper_layout`). Images go through kaleido, which needs Chrome/Chromium (``apt-get
     install -y chromium`` on Debian); a clear error says so if it is missing.
+
+    Every size is checked before anything is written: ``width`` / ``height`` / ``scale`` /
+    ``dpi`` / ``width_in`` / ``height_in`` / ``font_pt`` finite and positive, ``preset`` one of
+    the named ones, and a raster image between 1 and :data:`MAX_IMAGE_SIDE_PX` pixels a side
+    (``dpi=0.1`` would make a 0-pixel "PNG", ``dpi=1e6`` one no browser can draw).
     """
     path = Path(path)
     ext = path.suffix.lower().lstrip(".")
@@ -577,14 +609,22 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
         raise TypeError(f"save_figure expects a plotly Figure, got {type(fig).__name__}")
     if ext not in ("html", "htm", "json") + _IMAGE_FORMATS:
         raise ValueError(f"cannot save a figure as {path.name!r}: use .html, .json, .png, .pdf, .svg, .jpeg or .webp")
+    # plotly and kaleido ignore or mangle bad sizes (width=-10 ignored, scale 0 taken as 1): refuse them
+    for name, v in (("width", width), ("height", height)):
+        if v is not None:  # checked; passed on as given (plotly takes the number it was given)
+            _finite_number(v, f"{name} (plotly pixels)", positive=True)
+    scale = _finite_number(scale, "scale", positive=True)
     if preset is not None or width_in is not None or height_in is not None or font_pt is not None:
-        fig = paper_layout(fig, preset or "single", width_in=width_in, height_in=height_in, font_pt=font_pt)
+        # "" is no preset name (it was taken as "single"); only None means the default
+        fig = paper_layout(fig, "single" if preset is None else preset, width_in=width_in, height_in=height_in,
+                           font_pt=font_pt)
     if dpi is not None:
-        if not dpi > 0:
-            raise ValueError(f"dpi must be positive, got {dpi}")
-        scale = float(dpi) / _PX_PER_IN
+        scale = _finite_number(dpi, "dpi", positive=True) / _PX_PER_IN
     if ext in _VECTOR_FORMATS:
         scale = 1.0  # kaleido would otherwise enlarge the page (a 700 px figure at scale 2: 14.6 in)
+    elif ext not in ("html", "htm", "json"):
+        _check_pixels(width or fig.layout.width or _PLOTLY_DEFAULT_PX[0],
+                      height or fig.layout.height or _PLOTLY_DEFAULT_PX[1], scale, dpi)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -5,7 +5,9 @@ run in batches, and each layer's activations stream into a ``.npy`` memmap [n_to
 The BOS position of every document is excluded, as in the paper. Results are cached under
 ``cache_dir`` keyed by the model's identity, a hash of the token ids and the options; a run writes
 into a temporary folder renamed into place only when complete, so an interrupted or failed run
-never leaves a half-written cache.
+never leaves a half-written cache. A run killed outright (kill -9) leaves its temporary folder;
+the next collection in that folder removes it once its writer is gone (see
+:func:`remove_stale_temp_folders`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,6 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..core._checks import as_index, as_indices
 from ..core.cache import cache_folder, warn_unwritable
 from ..errors import SaematchError
 
@@ -70,13 +74,14 @@ class Activations:
         return int(self.doc_offsets.shape[0] - 1)
 
     def hook_name(self, layer: int) -> str:
-        return self.hook.format(L=layer)
+        return self.hook.format(L=as_index(layer, "layer"))
 
     def layer(self, layer: int) -> np.ndarray:
-        if int(layer) not in self.layers:
+        layer = as_index(layer, "layer")  # int(1.9) would silently give layer 1
+        if layer not in self.layers:
             raise KeyError(f"layer {layer} was not collected (layers {self.layers}); "
                            "collect it with collect_activations(..., layers=[...])")
-        return np.load(self.path / f"layer_{int(layer)}.npy", mmap_mode="r")
+        return np.load(self.path / f"layer_{layer}.npy", mmap_mode="r")
 
     __getitem__ = layer
 
@@ -208,6 +213,11 @@ def tokenize(model: Any, texts: Any, *, context: int | None = None, max_docs: in
     to ``context`` tokens (default: the model's n_ctx); at most ``max_docs`` documents."""
     texts = _resolve_texts(texts, max_docs)
     n_ctx = int(getattr(getattr(model, "cfg", None), "n_ctx", 0) or 0) or None
+    if context is not None:  # 0 is not "the default": only None is
+        context = as_index(context, "context")
+        if context < 2:
+            raise ActivationError(f"context must be at least 2 tokens per document (BOS and one token), "
+                                  f"got {context}; pass None for the model's n_ctx")
     context = context or n_ctx
     if context is not None and n_ctx is not None and context > n_ctx:
         raise ActivationError(f"context={context} is longer than the model's n_ctx={n_ctx}")
@@ -225,9 +235,16 @@ def tokenize(model: Any, texts: Any, *, context: int | None = None, max_docs: in
             ids = np.asarray(model.to_tokens(t, prepend_bos=True, truncate=False)[0].cpu().numpy(), np.int64)
         else:
             try:
-                ids = np.asarray(t.cpu().numpy() if hasattr(t, "cpu") else t, dtype=np.int64).reshape(-1)
+                raw = np.asarray(t.cpu().numpy() if hasattr(t, "cpu") else t).reshape(-1)
             except (TypeError, ValueError):
                 raise ActivationError(f"document {i} is neither a string nor a list of token ids: {type(t).__name__}") from None
+            # ids are integers as given: a cast would read 5.9 as token 5 and True as token 1
+            if raw.size and raw.dtype.kind not in "iu":
+                raise ActivationError(f"document {i} has token ids of type {raw.dtype} ({raw[:3].tolist()}...); "
+                                      "token ids must be integers (a list of ints or an integer tensor)")
+            if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
+                raise ActivationError(f"document {i} has token ids outside the int64 range")
+            ids = raw.astype(np.int64)
             d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
             if ids.size and (ids.min() < 0 or (d_vocab and ids.max() >= d_vocab)):
                 raise ActivationError(f"document {i} has token ids outside [0, {d_vocab})")
@@ -268,8 +285,10 @@ def collect_activations(
     ``datasets`` package; streamed, its first ``max_docs`` documents, default 100; the form
     ``("dataset_name", n_docs)`` says the same wherever texts are taken). ``max_docs``: use at
     most this many documents (of a list too).
-    ``context``: tokens per document (default the model's n_ctx); ``max_tokens``: stop after this
-    many kept tokens in total (whole documents only, the last one truncated). ``dtype``: storage
+    ``context``: tokens per document, at least 2 (None: the model's n_ctx; 0 is an error, not the
+    default); ``max_tokens``: stop after this many kept tokens in total, a positive integer (whole
+    documents only, the last one truncated; None: all). Token ids must be integers (floats are
+    refused, not cut) in [0, d_vocab); ``layers`` integers (a string such as "12" is refused). ``dtype``: storage
     ("float32" or "float16"). ``cache``: reuse a finished collection with the same model, tokens
     and options under ``cache_dir`` (default ``$SAEMATCH_CACHE_DIR/activations``).
     """
@@ -277,15 +296,21 @@ def collect_activations(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    layers = (int(layers),) if isinstance(layers, (int, np.integer)) else tuple(int(x) for x in layers)
+    # ints only: int(1.9) would be layer 1 and tuple(int(c) for c in "12") layers (1, 2)
+    layers = ((as_index(layers, "layers"),) if isinstance(layers, (int, np.integer))
+              else as_indices(layers, "layers"))
     if not layers:
         raise ActivationError("layers is empty: name at least one layer")
     n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
     if n_layers is not None and any(not 0 <= L < n_layers for L in layers):
         raise ActivationError(f"layers {layers} out of range: the model has layers 0..{n_layers - 1}")
-    if "{L}" not in hook:
+    if not isinstance(hook, str) or "{L}" not in hook:
         raise ActivationError(f"hook must contain '{{L}}' (e.g. {DEFAULT_HOOK!r}), got {hook!r}")
-    hook_names = [hook.format(L=L) for L in layers]
+    try:
+        hook_names = [hook.format(L=L) for L in layers]
+    except (KeyError, IndexError, ValueError, AttributeError) as e:  # '{x}', '{0}', '{L', '{L.x}'
+        raise ActivationError(f"hook {hook!r} is not a template with the one field {{L}} "
+                              f"({type(e).__name__}: {e}); e.g. {DEFAULT_HOOK!r}") from None
     known = getattr(model, "hook_dict", None)
     if known is not None:
         missing = [h for h in hook_names if h not in known]
@@ -293,8 +318,11 @@ def collect_activations(
             raise ActivationError(f"the model has no hook point(s) {missing}")
     if dtype not in ("float32", "float16"):
         raise ActivationError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    if batch_size < 1:
+    if as_index(batch_size, "batch_size") < 1:
         raise ActivationError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and as_index(max_tokens, "max_tokens") < 1:
+        raise ActivationError(f"max_tokens must be a positive number of tokens (or None: every token), "
+                              f"got {max_tokens}")
 
     docs = tokenize(model, texts, context=context, max_docs=max_docs)
     first = 1 if exclude_bos else 0
@@ -332,15 +360,19 @@ def collect_activations(
             shutil.rmtree(final, ignore_errors=True)
 
     tmp = None
+    removed = 0
     if cache:
         try:
             root.mkdir(parents=True, exist_ok=True)
+            removed = remove_stale_temp_folders(root)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         except OSError as e:  # the collection runs all the same, uncached
             warn_unwritable(root, e, "activations")
             cache = False
     if tmp is None:
-        tmp = Path(tempfile.mkdtemp(prefix="saematch_acts_"))
+        removed += remove_stale_temp_folders(Path(tempfile.gettempdir()))
+        tmp = Path(tempfile.mkdtemp(prefix=_UNCACHED_PREFIX))
+    lock = _hold_writer_lock(tmp)
     try:
         np_dtype = np.float16 if dtype == "float16" else np.float32
         mms = {L: np.lib.format.open_memmap(tmp / f"layer_{L}.npy", mode="w+", dtype=np_dtype,
@@ -392,14 +424,110 @@ def collect_activations(
                 else:  # kept where it is, removed with the result (as with cache=False)
                     warn_unwritable(root, e, "activations")
                     cache = False
+        acts = _load(path, model, all_tokens, doc_offsets, doc, pos, token_ids,
+                     stats_extra={"cached": False, "seconds": time.perf_counter() - t0,
+                                  "stale_temp_removed": removed})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _release_writer_lock(lock, None)
         raise
-    acts = _load(path, model, all_tokens, doc_offsets, doc, pos, token_ids,
-                 stats_extra={"cached": False, "seconds": time.perf_counter() - t0})
-    if not cache:
-        weakref.finalize(acts, shutil.rmtree, str(path), True)
+    if cache:
+        _release_writer_lock(lock, path)
+    else:  # a temp folder in use: locked (never "stale") until the result is dropped with it
+        weakref.finalize(acts, _remove_locked, str(path), lock)
     return acts
+
+
+def _remove_locked(path: str, lock: int | None) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    _release_writer_lock(lock, None)
+
+
+# -- temporary folders: a writer lock, and the folders of killed runs removed ----------------------
+# A run writes into ``.<key>.<8 random>`` under the cache folder (``saematch_acts_<8 random>`` in the
+# system temp folder when uncached) and holds an exclusive flock on its ``writer.lock`` until it is
+# done; the kernel drops that lock when the process dies, kill -9 included. So a temp folder whose
+# lock can be taken has no writer left and is removed by the next collection. A folder without a
+# lock file (made by a version before the lock, or where flock does not exist) is removed only
+# once it is older than STALE_AFTER_S: a live writer of that kind cannot be asked.
+_LOCK_NAME = "writer.lock"
+_UNCACHED_PREFIX = "saematch_acts_"
+_TEMP_NAME = re.compile(r"(\.[0-9a-f]{20}\.|saematch_acts_)[a-z0-9_]{8}")
+STALE_AFTER_S = 24 * 3600
+
+
+def _hold_writer_lock(folder: Path) -> int | None:
+    """An open, exclusively flocked ``folder/writer.lock`` (None where flock does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the age rule alone
+        return None
+    fd = os.open(folder / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking; the lock is what counts
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_writer_lock(fd: int | None, folder: Path | None) -> None:
+    """Drop the lock file from a finished folder (not part of the entry), then the lock itself."""
+    if folder is not None:
+        try:
+            (folder / _LOCK_NAME).unlink(missing_ok=True)
+        except OSError:
+            pass
+    if fd is not None:
+        os.close(fd)
+
+
+def _writer_gone(folder: Path) -> bool:
+    """True when no process writes ``folder`` any more (see the comment above). Only our own
+    folders: another user's (a shared temp or cache folder) is never ours to judge."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        fcntl = None
+    try:
+        st = folder.stat()
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            return False
+        lock = folder / _LOCK_NAME
+        if fcntl is None or not lock.exists():
+            return time.time() - st.st_mtime > STALE_AFTER_S
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:  # cannot look: not ours to remove
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its writer is running
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def remove_stale_temp_folders(folder: Path) -> int:
+    """Remove the temporary folders of collections killed in ``folder`` (only names of this
+    module's own making, only when their writer is gone); returns how many were removed."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        try:
+            if not (_TEMP_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)):
+                continue
+        except OSError:
+            continue
+        p = Path(e.path)
+        if _writer_gone(p):
+            shutil.rmtree(p, ignore_errors=True)
+            n += not p.exists()
+    return n
 
 
 def _exists(p: Path) -> bool:

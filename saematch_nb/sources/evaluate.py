@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..core._checks import positive_int
 from ..core.metrics import EVAccumulator
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEWeights, as_weights
@@ -149,6 +150,10 @@ def evaluate(
     """
     if transfer not in ("folded", "raw"):
         raise ValueError(f"transfer must be 'folded' or 'raw', got {transfer!r}")
+    # max_tokens=0 gave loss and ΔL 0.0 and EV NaN, a table of nothing
+    if max_tokens is not None:
+        max_tokens = positive_int(max_tokens, "max_tokens (tokens to evaluate on; None for all)")
+    batch_size = positive_int(batch_size, "batch_size")
     import pandas as pd
     import torch
     from tqdm.auto import tqdm

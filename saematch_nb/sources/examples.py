@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..core._checks import as_index, as_indices
 from ..core.cache import cache_folder
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEInfo, SAEWeights
@@ -145,9 +146,9 @@ class LayerExamples:
         return out
 
     def feature(self, i: int) -> FeatureExamples:
-        if not 0 <= int(i) < self.n_features:
+        i = as_index(i, "feature")  # int(2.7) would silently show feature 2
+        if not 0 <= i < self.n_features:
             raise IndexError(f"feature {i} out of range: layer {self.layer} has {self.n_features} features")
-        i = int(i)
         top_rs = [int(r) for r in self.top_rows[i] if r >= 0]
         nb = self.sample_rows.shape[1]
         bins = [[int(r) for r in self.sample_rows[i, b] if r >= 0] for b in range(nb - 1, -1, -1)]
@@ -166,14 +167,15 @@ class LayerExamples:
         architecture's own rule; one matrix-vector product over the layer's stored activations."""
         import torch
 
-        if not 0 <= int(feature) < self.n_features:
+        feature = as_index(feature, "feature")
+        if not 0 <= feature < self.n_features:
             raise IndexError(f"feature {feature} out of range: layer {self.layer} has {self.n_features} features")
         out = np.empty(self.acts.n_tokens, np.float32)
         r = 0
         w = self.sae
         for x in self.acts.batches(self.layer, 16384):
             with torch.no_grad():
-                out[r:r + x.shape[0]] = w.feature_activation(x, int(feature)).numpy()
+                out[r:r + x.shape[0]] = w.feature_activation(x, feature).numpy()
             r += x.shape[0]
         return out
 
@@ -183,7 +185,7 @@ class LayerExamples:
         tid = self.acts.token_ids
         rows = self.top_rows
         out = []
-        for i in (range(rows.shape[0]) if features is None else [int(x) for x in features]):
+        for i in (range(rows.shape[0]) if features is None else as_indices(features, "features")):
             rs = rows[i][rows[i] >= 0]
             if rs.size == 0:
                 out.append(())
@@ -209,8 +211,9 @@ class Examples:
     stats: Mapping[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, layer: int) -> LayerExamples:
+        layer = as_index(layer, "layer")  # int(1.9) would silently give layer 1
         try:
-            return self.layers[int(layer)]
+            return self.layers[layer]
         except KeyError:
             raise KeyError(f"no examples for layer {layer} (layers {sorted(self.layers)})") from None
 
@@ -250,21 +253,34 @@ def collect_examples(
     ``chain``: the MatchChain of the analysis (its SAEs are used; ``saes=`` given as well are
     checked against them), or the SAEs themselves: one per collected layer, a list in
     ``acts.layers`` order or a ``{layer: sae}`` mapping (``collect_examples(acts, saes)``).
+    An SAE that says which layer it reads (its hook ``blocks.{L}...`` or ``info.layer``) must
+    read the layer whose activations it is run on; one that does not say is taken as given.
     """
     from tqdm.auto import tqdm
 
+    from .steering import check_reads_layer
+
     t0 = time.perf_counter()
     stack = _examples_stack(acts, chain, saes)
-    layers = list(acts.layers if layers is None else layers)
+    # integers only: a layer 1.9 would be run as layer 1 and keyed 1.9
+    layers = list(acts.layers if layers is None else as_indices(layers, "layers"))
+    k, n_bins, per_bin = as_index(k, "k"), as_index(n_bins, "n_bins"), as_index(per_bin, "per_bin")
     if k < 1 or n_bins < 1 or per_bin < 0:
         raise ValueError("k and n_bins must be >= 1 and per_bin >= 0")
     out = {}
     unwritable = False  # warned once per call, not once per layer
     bar = tqdm(total=len(layers) * acts.n_tokens, desc="examples", unit="tok", disable=not progress)
-    for L in layers:
+    for L in layers:  # every check before the first layer is scanned
         if L not in stack:
             raise KeyError(f"no SAE given for layer {L} (SAEs for layers {stack.layers})")
+        if L not in acts.layers:
+            raise KeyError(f"layer {L} was not collected (layers {acts.layers})")
+        # an SAE of another layer would run on these activations without a sound (as steering
+        # checks); here what is known without loading, below the loaded SAE's own info
+        check_reads_layer(stack.source(L), L, _OTHER_LAYER.format(L=L))
+    for L in layers:
         w = stack.weights(L)
+        check_reads_layer(w, L, _OTHER_LAYER.format(L=L))
         if w.d_in != acts.d_model:
             raise ValueError(f"SAE of layer {L} reads d_in={w.d_in} but activations have d_model={acts.d_model}")
         key = hashlib.sha256(json.dumps([acts.key, L, stack.fingerprint(L), k, n_bins, per_bin, seed,
@@ -303,6 +319,10 @@ def collect_examples(
         out[L] = LayerExamples(layer=L, acts=acts, stack=stack, window=tuple(window), **arrays)
     bar.close()
     return Examples(out, {"seconds": time.perf_counter() - t0})
+
+
+_OTHER_LAYER = ("its features would be read off the activations of layer {L}; key each SAE by the layer it "
+                "reads ({{layer: sae}}) and collect that layer's activations")
 
 
 def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:

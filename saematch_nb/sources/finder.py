@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..core._checks import as_index, finite_number, positive_int
+from ..errors import ArgumentTypeError, InvalidArgumentError
+
 SORTS = ("persistence", "lifetime", "mse", "margin", "density", "max_activation")
 # how each sort orders (True: largest first); ties fall to the lowest MSE, then the index
 _DESCENDING = {"persistence": True, "lifetime": True, "mse": False, "margin": True, "density": True,
@@ -33,25 +36,44 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     forward / backward); ``partner``, ``mse``, ``margin`` and ``accepted`` of its step to the next
     layer (NaN / -1 at the last layer); with ``examples`` (``collect_examples``): ``density``
     (share of tokens it fires on), ``max_activation`` and ``top_tokens`` (distinct tokens of its
-    top activations); ``explanation`` when Neuronpedia explanations are known (``explanations=``
-    {(layer, feature): text}, else those cached by ``fetch_feature`` for the chain's SAEs).
+    top activations, shown as Python literals: ``'\\n'`` is a newline); ``explanation`` when
+    Neuronpedia explanations are known (``explanations=`` {(layer, feature): text}, else those
+    cached by ``fetch_feature`` for the chain's SAEs).
 
     Filters: ``layer``; ``min_persistence``; ``accepted_only`` (the next step accepted);
-    ``token`` (a top token contains it, case-insensitive); ``explanation`` (the explanation
-    contains it); ``min_density``. ``sort``: one of :data:`SORTS`. ``n``: rows kept (None: all).
+    ``token`` (one of the feature's top tokens contains it, case-insensitive: the tokens
+    themselves, so ``"\\n"`` finds newline tokens and ``"'"`` tokens with a quote); ``explanation``
+    (the explanation contains it); ``min_density`` (a share in [0, 1]). ``sort``: one of
+    :data:`SORTS`. ``n``: rows kept, a positive integer (None: all).
+
+    ``examples`` must be of the chain's SAEs (checked by weights hash where the chain recorded one).
     """
     import pandas as pd
 
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; choose one of {SORTS}")
+    # checked up front: n=-1 kept all but the last row, n=2.7 two rows, min_density=NaN none
+    n = None if n is None else positive_int(n, "n (the number of rows; None for all)")
+    min_density = finite_number(min_density, "min_density", minimum=0.0)
+    if min_density > 1:
+        raise InvalidArgumentError(f"min_density is a share of tokens in [0, 1], got {min_density}")
+    min_persistence = as_index(min_persistence, "min_persistence")
+    for name, v in (("token", token), ("explanation", explanation)):
+        if v is not None and not isinstance(v, str):
+            raise ArgumentTypeError(f"{name} must be a string (or None), got {v!r} ({type(v).__name__})")
+    given = None if explanations is None else _given_explanations(explanations)
     if (token or sort in ("density", "max_activation") or min_density) and examples is None:
         raise ValueError(f"sorting or filtering by tokens or activations needs the examples: "
                          f"find_features(chain, examples, ...) with examples = collect_examples(acts, chain)")
-    layers = list(chain.layers) if layer is None else [int(layer)]
+    layers = list(chain.layers) if layer is None else [as_index(layer, "layer")]
     for L in layers:
         if L not in chain.layers:
             raise KeyError(f"layer {L} is not in the chain (layers {tuple(chain.layers)})")
+    if examples is not None:
+        for L in layers:
+            _check_examples(chain, L, examples[L])
     pers = chain.persistence()
+    tokens: list[tuple[str, ...]] = []
     frames = []
     for L in layers:
         p = chain.layers.index(L)
@@ -73,8 +95,10 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
             le = examples[L]
             df["density"] = np.asarray(le.n_active, dtype=np.float64) / max(le.acts.n_tokens, 1)
             df["max_activation"] = np.asarray(le.max_value, dtype=np.float64)
-            df["top_tokens"] = [" ".join(repr(t) for t in toks) for toks in le.top_tokens()]
-        expl = _explanations(chain, L, explanations, cache_dir)
+            toks_l = le.top_tokens()
+            tokens += toks_l
+            df["top_tokens"] = [" ".join(repr(t) for t in toks) for toks in toks_l]
+        expl = _explanations(chain, L, given, cache_dir)
         if expl:
             df["explanation"] = [expl.get(i, "") for i in range(nf)]
         frames.append(df)
@@ -84,8 +108,9 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
         keep &= df["accepted"]
     if min_density:
         keep &= df["density"] >= float(min_density)
-    if token:
-        keep &= df["top_tokens"].str.lower().str.contains(str(token).lower(), regex=False)
+    if token:  # the tokens themselves, not the column's text of their reprs
+        want = token.lower()
+        keep &= np.array([any(want in t.lower() for t in toks) for toks in tokens], dtype=bool)
     if explanation:
         if "explanation" not in df:
             raise ValueError("no Neuronpedia explanations are known for these SAEs: fetch some with "
@@ -97,12 +122,46 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     order = np.lexsort((df["feature"].to_numpy(), df["mse"].fillna(np.inf).to_numpy(),
                         -key.to_numpy() if desc else key.to_numpy()))
     df = df.iloc[order].reset_index(drop=True)
-    return df if n is None else df.head(int(n))
+    return df if n is None else df.head(n)
+
+
+def _check_examples(chain: Any, layer: int, le: Any) -> None:
+    """The examples of ``layer`` must come from the chain's SAE there: same width, and the same
+    weights hash where the chain recorded one (examples of other SAEs would describe other features)."""
+    width = getattr(le, "n_features", None)
+    if width is not None and width != chain.n_features(layer):
+        raise InvalidArgumentError(
+            f"the examples of layer {layer} are of an SAE with {width} features, the chain's has "
+            f"{chain.n_features(layer)}: collect them from the chain, collect_examples(acts, chain)")
+    want = chain.fingerprint(layer) if hasattr(chain, "fingerprint") else ""
+    stack = getattr(le, "stack", None)
+    if not want or stack is None or stack is getattr(chain, "stack", None):
+        return  # nothing recorded to compare, or the chain's own SAEs
+    got = stack.fingerprint(layer)
+    if got != want:
+        raise InvalidArgumentError(
+            f"the examples of layer {layer} were collected with another SAE (weights hash {got}) than the "
+            f"chain's (hash {want}): collect them from the chain, collect_examples(acts, chain)")
+
+
+def _given_explanations(given: Any) -> dict[tuple[int, int], str]:
+    """``{(layer, feature): text}`` checked: the keys are pairs of integers, the texts strings."""
+    if not isinstance(given, Mapping):
+        raise ArgumentTypeError(f"explanations must be a mapping {{(layer, feature): text}}, got {type(given).__name__}")
+    out = {}
+    for key, text in given.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ArgumentTypeError(f"explanations keys must be (layer, feature) pairs of integers, got {key!r}")
+        L, f = as_index(key[0], f"the layer of explanations key {key!r}"), as_index(key[1], f"the feature of explanations key {key!r}")
+        if not isinstance(text, str):
+            raise ArgumentTypeError(f"explanations[{key!r}] must be a string, got {type(text).__name__}")
+        out[(L, f)] = text
+    return out
 
 
 def _explanations(chain: Any, layer: int, given: Mapping | None, cache_dir: Any) -> dict[int, str]:
     if given is not None:
-        return {int(f): str(t) for (L, f), t in given.items() if int(L) == layer}
+        return {f: t for (L, f), t in given.items() if L == layer}
     info = chain.infos[chain.layers.index(layer)]
     if not getattr(info, "neuronpedia_id", None):
         return {}

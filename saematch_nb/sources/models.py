@@ -146,10 +146,11 @@ def _torch_dtype(dtype: Any) -> Any:
 
     if dtype is None:
         return torch.float32
+    given = dtype  # named in the error: the lookup below turns 'bogus' into None
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.replace("torch.", ""), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use a floating dtype, e.g. 'float32' or 'bfloat16'")
+        raise ModelLoadError(f"unknown dtype {given!r}; use a floating dtype, e.g. 'float32' or 'bfloat16'")
     return dtype
 
 
@@ -177,19 +178,35 @@ def load_saved_model(path: Any, *, device: str = "cpu", sae_transformer: bool = 
                              "(expected model_cfg.json, model.safetensors and tokenizer/)")
     # a saved PreTrainedTokenizerFast folder: an in-memory tokenizer with a BOS token would make
     # TransformerLens reload it from the hub (docs/METHOD.md §7)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
-    cfg_dict = json.loads((root / "model_cfg.json").read_text())
+    # every file read is named when it cannot be read (a truncated file says nothing on its own)
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"the tokenizer in {root / 'tokenizer'} cannot be loaded ({type(e).__name__}: {e})") from e
+    try:
+        cfg_dict = json.loads((root / "model_cfg.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{root / 'model_cfg.json'} is not valid JSON ({e})") from None
+    if not isinstance(cfg_dict, dict):
+        raise ModelLoadError(f"{root / 'model_cfg.json'} holds {type(cfg_dict).__name__}, not a config object")
     with warnings.catch_warnings():  # deliberate, see the module docstring
         warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
         from transformer_lens import HookedTransformerConfig
 
-        cfg = HookedTransformerConfig(**{**cfg_dict, "device": device})
+        try:
+            cfg = HookedTransformerConfig(**{**cfg_dict, "device": device})
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ModelLoadError(f"{root / 'model_cfg.json'} is not a HookedTransformerConfig "
+                                 f"({type(e).__name__}: {e})") from e
         if sae_transformer:
             from sae_lens import HookedSAETransformer as cls
         else:
             from transformer_lens import HookedTransformer as cls
         model = cls(cfg, tokenizer=tokenizer)
-    state = load_file(str(root / "model.safetensors"), device=device)
+    try:
+        state = load_file(str(root / "model.safetensors"), device=device)
+    except Exception as e:  # safetensors' own errors do not name the file
+        raise ModelLoadError(f"{root / 'model.safetensors'} cannot be read ({type(e).__name__}: {e})") from e
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith((".IGNORE", ".mask"))]
     if missing or unexpected:

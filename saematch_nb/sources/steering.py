@@ -38,9 +38,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..core._checks import as_index
+from ..core._checks import as_index, finite_number, positive_int
 from ..core.fold import fold
-from ..core.weights import SAEWeights, _layer_from_hook, as_weights
+from ..core.weights import SAEInfo, SAEWeights, _layer_from_hook, as_weights
+from ..errors import InvalidArgumentError
 
 SCHEDULES = ("constant", "linear", "exponential")
 MODES = ("add", "scale")
@@ -110,7 +111,9 @@ class SteeringPlan:
 
 
 def schedule_weights(layers: Sequence[int], schedule: str = "constant", alpha: float = -0.05) -> list[float]:
-    """Per-layer weight of the intervention (see the module docstring); ``layers`` in depth order."""
+    """Per-layer weight of the intervention (see the module docstring); ``layers`` in depth order.
+    ``alpha`` (exponential) must keep every weight a finite float: ``e^{α·l}`` above ~1.8e308
+    is an error, not an overflow deep in the math."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     n = len(layers)
@@ -118,7 +121,14 @@ def schedule_weights(layers: Sequence[int], schedule: str = "constant", alpha: f
         return [1.0] * n
     if schedule == "linear":
         return [(n - k) / n for k in range(n)]
-    return [math.exp(alpha * int(l)) for l in layers]
+    alpha = finite_number(alpha, "alpha")
+    try:
+        return [math.exp(alpha * int(l)) for l in layers]
+    except OverflowError:
+        top = max(int(l) for l in layers)
+        raise InvalidArgumentError(
+            f"alpha={alpha:g} makes the exponential schedule's weight e^(alpha*layer) overflow at layer {top}; "
+            f"keep alpha*layer below ~709 (the paper uses alpha=-0.05)") from None
 
 
 def schedule_strengths(layers: Sequence[int], strength: float, schedule: str = "constant",
@@ -127,9 +137,12 @@ def schedule_strengths(layers: Sequence[int], strength: float, schedule: str = "
     if mode not in MODES:
         raise ValueError(f"unknown steering mode {mode!r}; choose one of {MODES}")
     w = schedule_weights(layers, schedule, alpha)
-    if mode == "add":
-        return [float(strength) * x for x in w]
-    return [1.0 + (float(strength) - 1.0) * x for x in w]
+    strength = finite_number(strength, "strength")
+    out = [strength * x for x in w] if mode == "add" else [1.0 + (strength - 1.0) * x for x in w]
+    if not all(math.isfinite(x) for x in out):  # a huge strength times a huge weight
+        raise InvalidArgumentError(f"strength={strength:g} with the {schedule} schedule (alpha={alpha:g}) gives "
+                                   f"strengths {out} beyond a float; use a smaller strength or alpha")
+    return out
 
 
 def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0, span: str = "trace",
@@ -181,8 +194,8 @@ def plan_steering(chain: Any, layer: int, feature: int, *, strength: float = 4.0
 
 # -- hooks ----------------------------------------------------------------------------------------
 def _peek_hook(obj: Any) -> str | None:
-    """The hook an SAE reads, without loading or converting its weights (None = unknown)."""
-    info = getattr(obj, "info", None)
+    """The hook an SAE (or an SAEInfo) reads, without loading or converting its weights (None = unknown)."""
+    info = obj if isinstance(obj, SAEInfo) else getattr(obj, "info", None)
     hook = getattr(info, "hook_name", None) if info is not None else None
     cfg = getattr(obj, "cfg", None)
     if not hook and cfg is not None:
@@ -192,12 +205,22 @@ def _peek_hook(obj: Any) -> str | None:
 
 
 def _peek_layer(obj: Any) -> int | None:
-    """The layer an SAE reads, without loading or converting its weights."""
-    info = getattr(obj, "info", None)
+    """The layer an SAE (or an SAEInfo) reads, without loading or converting its weights."""
+    info = obj if isinstance(obj, SAEInfo) else getattr(obj, "info", None)
     if info is not None and getattr(info, "layer", None) is not None:
         return int(info.layer)
     layer = _layer_from_hook(_peek_hook(obj))
     return None if layer is None else int(layer)
+
+
+def check_reads_layer(sae: Any, layer: int, what: str = "map each layer to its own SAE (the ones the chain "
+                                                         "was built from)") -> None:
+    """InvalidArgumentError when the SAE (or SAEInfo) says it reads another layer than ``layer``,
+    the one it is about to be run on (unknown is let through); ``what``: what to do instead."""
+    reads = _peek_layer(sae)
+    if reads is not None and reads != layer:
+        raise InvalidArgumentError(
+            f"the SAE given for layer {layer} reads layer {reads} ({_peek_hook(sae) or 'its info.layer'}): {what}")
 
 
 def _sae_for_layer(saes: Any, layer: int) -> Any:
@@ -207,11 +230,7 @@ def _sae_for_layer(saes: Any, layer: int) -> Any:
             raise KeyError(f"no SAE for steered layer {layer}: SAEs are given for layers {sorted(by)}")
         sae = by[layer]
         # the mapping says which layer an SAE is for; the SAE itself says which layer it reads
-        reads = _peek_layer(sae)
-        if reads is not None and reads != layer:
-            raise ValueError(
-                f"the SAE given for layer {layer} reads layer {reads} ({_peek_hook(sae) or 'its info.layer'}): "
-                "map each layer to its own SAE (the ones the chain was built from)")
+        check_reads_layer(sae, layer)
         return sae
     items = list(saes)
     found = {}
@@ -539,7 +558,8 @@ def steer(model: Any, *args: Any, max_new_tokens: int = 40, temperature: float =
     ``steer(model, saes, plan, prompt)``) steers with SAEs given explicitly, checked against the
     chain's weights hashes.
 
-    ``temperature`` 0 (default) is greedy decoding. ``generate_kw`` go to ``model.generate``.
+    ``temperature`` 0 (default) is greedy decoding, > 0 samples (a finite number; anything else is
+    an error). ``generate_kw`` go to ``model.generate``.
     The hooks live only inside ``model.hooks(...)``: they are gone when this returns or raises.
     """
     given, plan, rest = _plan_args(args, "steer")
@@ -552,6 +572,9 @@ def steer(model: Any, *args: Any, max_new_tokens: int = 40, temperature: float =
     max_new_tokens = as_index(max_new_tokens, "max_new_tokens")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    # NaN or -1 would silently decode greedily (temperature > 0 is False for both)
+    temperature = finite_number(temperature, "temperature (0 for greedy decoding, > 0 to sample)", minimum=0.0)
+    seed = as_index(seed, "seed")
     check_context(model, prompt, max_new_tokens, generate_kw.get("prepend_bos"))
     hooks = steering_hooks(plan, saes, model=model)  # all checks before anything is generated
     baseline = _generate(model, prompt, max_new_tokens, temperature, seed, generate_kw)
@@ -575,13 +598,41 @@ def _str_tokens(model: Any, text: str) -> tuple[str, ...]:
     return toks if "".join(toks) == text else ()
 
 
+def _d_vocab(model: Any) -> int | None:
+    n = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    W_U = getattr(model, "W_U", None)
+    return int(W_U.shape[-1]) if isinstance(W_U, torch.Tensor) else None
+
+
+def check_token_ids(model: Any, ids: Any, what: str = "tokens") -> None:
+    """Token ids must be integers in [0, d_vocab): a negative id would index the vocabulary from
+    its end (-3 read as d_vocab - 3), a float would be cut. Strings pass (the model tokenizes them)."""
+    if isinstance(ids, str):
+        return
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise InvalidArgumentError(f"{what} must be a string or integer token ids, got {type(ids).__name__}") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InvalidArgumentError(f"{what} must be integer token ids, got {t.dtype}")
+    n = _d_vocab(model)
+    if t.numel() and (int(t.min()) < 0 or (n is not None and int(t.max()) >= n)):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise InvalidArgumentError(f"{what} holds token id {bad}: token ids must be in [0, "
+                                   f"{n if n is not None else 'd_vocab'}) for this model")
+
+
 def steered_logits(model: Any, *args: Any, saes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``steered_logits(model, plan, tokens)``: (clean logits, steered logits) of one forward pass
-    on the same tokens (a string or ids); ``(model, saes, plan, tokens)`` is accepted too."""
+    on the same tokens (a string, or integer ids in [0, d_vocab)); ``(model, saes, plan, tokens)``
+    is accepted too."""
     given, plan, rest = _plan_args(args, "steered_logits")
     if len(rest) != 1:
         raise TypeError("steered_logits(model, plan, tokens): give the tokens once")
     tokens = rest[0]
+    check_token_ids(model, tokens)
     hooks = steering_hooks(plan, given if given is not None else saes, model=model)
     with torch.no_grad():
         clean = model(tokens)
@@ -608,9 +659,10 @@ def feature_logit_effect(model: Any, *args: Any, k: int = 10, direction: str = "
         direction = rest[2]
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+    k = positive_int(k, "k")
     clean, steered = steered_logits(model, plan, tokens, saes=given if given is not None else saes)
     delta = (steered.float().log_softmax(-1) - clean.float().log_softmax(-1)).mean(dim=(0, 1))
-    vals, idx = torch.topk(delta if direction == "up" else -delta, min(int(k), delta.numel()))
+    vals, idx = torch.topk(delta if direction == "up" else -delta, min(k, delta.numel()))
     vals = vals if direction == "up" else -vals
     tok = getattr(model, "tokenizer", None)
     ids = [int(i) for i in idx]
@@ -636,6 +688,12 @@ def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str
 
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("strength_sweep needs a non-empty prompt string")
+    if target is not None and not isinstance(target, str):  # checked before any forward pass
+        tid = as_index(target, "target token id")
+        n = _d_vocab(model)
+        if tid < 0 or (n is not None and tid >= n):  # -5 overflowed in the tokenizer's decode
+            raise InvalidArgumentError(f"target token id {tid} is not in [0, {n if n is not None else 'd_vocab'}) "
+                                       "for this model; give a token id in range or a token string")
     values = [float(x) for x in strengths]
     if not values or not all(math.isfinite(x) for x in values):
         raise ValueError(f"strengths must be a non-empty list of finite numbers, got {strengths!r}")
@@ -659,7 +717,7 @@ def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str
             raise ValueError(f"target {target!r} is not one token of this model")
         tid = int(ids[0])
     else:
-        tid = as_index(target, "target token id")
+        tid = as_index(target, "target token id")  # its range is checked above
     name = tok.decode([tid]) if tok is not None else str(tid)
     rows = []
     for x, lp in zip(values, steered):
@@ -681,7 +739,11 @@ def direct_logit_effect(model: Any, chain: Any, layer: int, feature: int, *, k: 
     W_U = getattr(model, "W_U", None)
     if W_U is None:
         raise ValueError(f"{type(model).__name__} has no unembedding W_U (a TransformerLens model has one)")
-    d = stack.weights(as_index(layer, "layer")).W_dec[as_index(feature, "feature")].detach().float()
+    layer, feature, k = as_index(layer, "layer"), as_index(feature, "feature"), positive_int(k, "k")
+    W_dec = stack.weights(layer).W_dec
+    if not 0 <= feature < W_dec.shape[0]:  # -1 would index the last feature
+        raise IndexError(f"feature {feature} is out of range for the layer-{layer} SAE (d_sae={W_dec.shape[0]})")
+    d = W_dec[feature].detach().float()
     cfg = getattr(model, "cfg", None)
     if getattr(cfg, "normalization_type", None) in ("LN", "LNPre"):
         d = d - d.mean()  # LayerNorm removes the mean of the residual before unembedding
@@ -689,7 +751,7 @@ def direct_logit_effect(model: Any, chain: Any, layer: int, feature: int, *, k: 
     if isinstance(w, torch.Tensor):
         d = d * w.detach().float().to(d.device)
     logits = d.to(W_U.device) @ W_U.detach().float()
-    k = max(1, min(int(k), logits.numel()))
+    k = min(k, logits.numel())
     tok = getattr(model, "tokenizer", None)
 
     def name(i: int) -> str:

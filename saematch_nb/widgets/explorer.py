@@ -13,6 +13,7 @@ from typing import Any
 import ipywidgets as W
 import traitlets
 
+from ..core._checks import as_index, finite_number
 from .backend import SnapshotMixin
 
 __all__ = ["FeatureExplorer", "SteeringPanel"]
@@ -62,7 +63,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self._logits: dict[tuple[int, int], Any] = {}
         self._corr: dict[tuple[int, int], dict] = {}
         layers = list(chain.layers)
-        start = layers[0] if layer is None else int(layer)
+        # integers only: int(1.9) would silently open layer 1
+        start = layers[0] if layer is None else as_index(layer, "layer")
+        feature = as_index(feature, "feature")
         if start not in layers:
             raise KeyError(f"layer {start} is not in the chain (layers {tuple(layers)})")
         self._ready = False
@@ -199,7 +202,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def select(self, layer: int, feature: int) -> None:
         """Show feature ``feature`` of ``layer``: on the current trace the focus moves there (the
         origin stays), anywhere else a new trace starts from it."""
-        layer, feature = int(layer), int(feature)
+        layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
         if layer not in self.chain.layers:
             raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
         on_trace = self.trace is not None and self.trace.feature_at(layer) == feature and feature >= 0
@@ -212,8 +215,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def trace_from(self, layer: int, feature: int) -> None:
         """Start a new trace at feature ``feature`` of ``layer`` (what the finder does)."""
-        self._set(layer=int(layer), feature=int(feature))
-        self.origin = (int(layer), int(feature))
+        layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
+        if layer not in self.chain.layers:
+            raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
+        self._set(layer=layer, feature=feature)
+        self.origin = (layer, feature)
         self._retrace()
         self._push()
         self.refresh()
@@ -520,6 +526,11 @@ class SteeringPanel(SnapshotMixin, W.VBox):
     and plots how far the next-token predictions move with the strength. A result whose controls
     have changed since is marked stale. ``layer`` / ``feature`` / ``strength`` are traitlets: link
     them to a FeatureExplorer with :meth:`follow`.
+
+    Arguments are checked when the panel is made: ``layer`` one of the chain's layers and
+    ``feature`` an integer (a KeyError / TypeError, not a bare TraitError or a truncated 1.9),
+    ``strength`` a finite number; the slider spans ±20 and reaches further to hold a larger
+    ``strength`` given (it is never clamped).
     """
 
     layer = traitlets.Int(0)
@@ -546,13 +557,25 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         self.model, self.saes, self.chain = model, saes, chain
         self.result = None
         self.sweep_result = None
-        self.sweep_strengths = tuple(float(x) for x in sweep_strengths)
+        self.sweep_strengths = tuple(finite_number(x, "each of sweep_strengths") for x in sweep_strengths)
         layers = list(chain.layers)
-        self.layer_box = W.Dropdown(options=layers, value=layers[0] if layer is None else int(layer),
-                                    description="layer")
-        self.feature_box = W.IntText(value=int(feature), description="feature")
-        self.strength_slider = W.FloatSlider(value=float(strength), min=-20.0, max=20.0, step=0.25,
-                                             description="strength")
+        # checked here: int(1.9) would be layer 1, and a layer not in the chain a bare TraitError
+        layer = layers[0] if layer is None else as_index(layer, "layer")
+        if layer not in layers:
+            raise KeyError(f"layer {layer} is not in the chain (layers {tuple(layers)}); pick one of them")
+        feature = as_index(feature, "feature")
+        strength = finite_number(strength, "strength")
+        for name, value, choices in (("span", span, SPANS), ("schedule", schedule, SCHEDULES), ("mode", mode, MODES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+        max_new_tokens = as_index(max_new_tokens, "max_new_tokens")
+        self.layer_box = W.Dropdown(options=layers, value=layer, description="layer")
+        self.feature_box = W.IntText(value=feature, description="feature")
+        # the range reaches a strength given outside ±20 (a slider would clamp it silently)
+        self.strength_slider = W.FloatSlider(value=strength, min=min(-20.0, strength), max=max(20.0, strength),
+                                             step=0.25, description="strength")
         self.units_html = W.HTML()
         self.span_box = W.Dropdown(options=list(SPANS), value=span, description="span")
         self.schedule_box = W.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
@@ -563,10 +586,10 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         # at most what fits the model's context after a one-token prompt (steer checks the rest)
         n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
         top = 200 if not isinstance(n_ctx, int) else max(1, min(200, n_ctx))
-        if not 1 <= int(max_new_tokens) <= top:
+        if not 1 <= max_new_tokens <= top:
             raise ValueError(f"max_new_tokens must be between 1 and {top} (the model's context is {n_ctx} "
                              f"tokens), got {max_new_tokens}")
-        self.tokens_slider = W.IntSlider(value=int(max_new_tokens), min=1, max=top, description="tokens")
+        self.tokens_slider = W.IntSlider(value=max_new_tokens, min=1, max=top, description="tokens")
         self.button = W.Button(description="Generate", button_style="primary")
         self.sweep_button = W.Button(description="Sweep strength", tooltip=(
             "next-token change (KL) and a target token's log-probability against the strength"))
@@ -578,7 +601,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         self._shown_for = None  # the controls the shown result was made with
         self.button.on_click(self._on_click)
         self.sweep_button.on_click(self._on_sweep_click)
-        self.layer, self.feature, self.strength = self.layer_box.value, int(feature), float(strength)
+        self.layer, self.feature, self.strength = self.layer_box.value, feature, strength
         W.link((self.layer_box, "value"), (self, "layer"))
         W.link((self.feature_box, "value"), (self, "feature"))
         W.link((self.strength_slider, "value"), (self, "strength"))

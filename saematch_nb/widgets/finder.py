@@ -7,6 +7,7 @@ controls and forwards a choice to a FeatureExplorer.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import ipywidgets as W
@@ -29,12 +30,25 @@ def _row_label(r: Any, has_ex: bool) -> str:
     return s
 
 
+_BOX_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def box_token(text: str) -> str | None:
+    """The token filter a top-token box's text asks for: as typed, except the escapes the list
+    shows for characters a text box cannot hold (``\\n``, ``\\t``, ``\\r``; ``\\\\`` for a
+    backslash); "" is no filter."""
+    if not text:
+        return None
+    return re.sub(r"\\([ntr\\])", lambda m: _BOX_ESCAPES[m.group(1)], text)
+
+
 class FeatureFinder(SnapshotMixin, W.VBox):
     """Rank and filter the features of a chain and open one in a FeatureExplorer.
 
     Controls: the layer (or all), the sort (persistence, lifetime, MSE, margin, density, max
     activation), the least persistence, "next step accepted", a top-token and a Neuronpedia
-    explanation filter. The list shows ``n`` rows of :func:`saematch_nb.sources.finder.find_features`
+    explanation filter. The top-token box matches the tokens themselves (:func:`box_token`: type
+    ``\\n`` for a newline, as the list shows it). The list shows ``n`` rows of :func:`saematch_nb.sources.finder.find_features`
     (``self.table`` holds the DataFrame); choosing a row opens it in ``explorer``
     (``FeatureExplorer.trace_from``).
     """
@@ -45,7 +59,10 @@ class FeatureFinder(SnapshotMixin, W.VBox):
                  explanations: Any = None, **kw: Any) -> None:
         from ..sources.finder import SORTS
 
-        self.chain, self.examples, self.explorer, self.n = chain, examples, explorer, int(n)
+        from ..core._checks import positive_int
+
+        self.chain, self.examples, self.explorer = chain, examples, explorer
+        self.n = positive_int(n, "n (rows shown)")
         self.explanations = explanations
         self.table = None
         sorts = [s for s in SORTS if examples is not None or s not in ("density", "max_activation")]
@@ -54,7 +71,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         self.sort_box = W.Dropdown(options=sorts, value="persistence", description="sort by")
         self.min_box = W.IntSlider(value=1, min=1, max=len(chain.layers), description="persists ≥")
         self.accepted_box = W.Checkbox(value=False, description="next step accepted")
-        self.token_box = W.Text(value="", description="top token", placeholder="contains…",
+        self.token_box = W.Text(value="", description="top token", placeholder="contains… (\\n: newline)",
                                 disabled=examples is None)
         self.expl_box = W.Text(value="", description="explanation", placeholder="Neuronpedia text contains…")
         self.header = W.HTML()
@@ -76,7 +93,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
     def query(self) -> dict:
         """The keyword arguments of find_features the controls describe."""
         return dict(layer=self.layer_box.value, sort=self.sort_box.value, min_persistence=self.min_box.value,
-                    accepted_only=self.accepted_box.value, token=self.token_box.value or None,
+                    accepted_only=self.accepted_box.value, token=box_token(self.token_box.value),
                     explanation=self.expl_box.value or None, explanations=self.explanations, n=self.n)
 
     def refresh(self) -> None:
@@ -85,7 +102,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
 
         try:
             df = find_features(self.chain, self.examples, **self.query())
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             self.table = None
             self.status.value = html.error_html(err.args[0] if err.args else err)
             self.rows.options = []

@@ -241,3 +241,50 @@ def test_seed_ceiling_sae_ships_and_agrees_with_its_layer(bundle):
     assert cos_same >= max(cos_adj) - 0.02, (cos_same, cos_adj)
     m = demo.metrics()
     assert m["seed_ceiling"]["layer"] == layer
+
+
+# -- issue #22 item 15: broken assets are named ------------------------------------------------------
+def broken_assets(root, kind):
+    """A copy of the shipped assets (links) with one defect: ``kind`` names it."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(root)
+    (root / "saes").mkdir(parents=True)
+    for p in demo.ASSETS.iterdir():
+        if p.name != "saes":
+            (root / p.name).symlink_to(p)
+    for p in demo.ASSETS.glob("saes/layer_*"):
+        if not (kind == "missing_layer" and p.name == "layer_3"):
+            shutil.copytree(p, root / "saes" / p.name)
+    if kind == "sae_cfg":
+        (root / "saes/layer_1/cfg.json").write_text("{not json")
+    elif kind == "sae_weights":
+        f = root / "saes/layer_2/sae_weights.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+    elif kind in ("model_weights", "model_cfg", "texts"):
+        name = {"model_weights": "model.safetensors", "model_cfg": "model_cfg.json", "texts": "texts.jsonl"}[kind]
+        src = (root / name).resolve()
+        (root / name).unlink()
+        data = src.read_bytes()
+        (root / name).write_bytes(data[:200] if kind == "model_weights" else
+                                  b"[1, 2" if kind == "model_cfg" else data[:5000] + b'\n{"text": 1}\n')
+    return root
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("missing_layer", r"missing in .*saes/layer_3/cfg.json, saes/layer_3/sae_weights.safetensors"),
+    ("sae_cfg", r"saes/layer_1/cfg.json is not valid JSON"),
+    ("sae_weights", r"saes/layer_2/sae_weights.safetensors cannot be loaded"),
+    ("model_weights", r"model.safetensors cannot be read"),
+    ("model_cfg", r"model_cfg.json is not valid JSON"),
+    ("texts", r"texts.jsonl, line \d+, is not a text record"),
+])
+def test_issue22_broken_assets_name_the_file(tmp_path, kind, says):
+    """A missing SAE layer is named (the next SAE was taken for it), a broken file too (raw
+    JSONDecodeError / SafetensorError before); all are MissingAssetsError, which the CLI reports."""
+    root = broken_assets(tmp_path / "assets", kind)
+    with pytest.raises(demo.MissingAssetsError, match=says):
+        demo.load(root)
+    if kind == "missing_layer":
+        assert not demo.available(root)

@@ -127,3 +127,73 @@ def test_demo_matches_afresh_and_leaves_the_cache_alone(demo_run):
     assert cached and max(cached) == 0
     cache_dir = out.parent / "cache"
     assert not cache_dir.exists() or not any(cache_dir.rglob("*.npz")), sorted(cache_dir.rglob("*"))
+
+
+# -- issue #22 items 10 and 15: bad arguments and broken assets end early, with a clear message -------
+@pytest.fixture
+def no_run(monkeypatch, tmp_path):
+    """The demo must stop before loading anything: loading is a test failure here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "load", lambda *a, **k: pytest.fail("the demo ran (loaded its assets)"))
+
+
+def test_issue22_max_tokens_must_be_positive(no_run, tmp_path, capsys):
+    """Item 10: --check --max-tokens 0 exited 0 with an empty table."""
+    from saematch_nb.demo.__main__ import main
+
+    for bad in ("0", "-5", "x"):
+        with pytest.raises(SystemExit) as e:
+            main(["--check", "--max-tokens", bad, "--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        assert "--max-tokens" in capsys.readouterr().err
+
+
+def test_issue22_unusable_out_is_refused_before_the_run(no_run, tmp_path, capsys):
+    """Item 15: an --out that is a file, or under a file, ended in a traceback after the whole run."""
+    from saematch_nb.demo.__main__ import main
+
+    f = tmp_path / "a_file"
+    f.write_text("keep me")
+    for out, says in ((f, "is an existing file, not a folder"), (f / "sub", "is a file, so no folder")):
+        assert main(["--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert f.read_text() == "keep me"
+
+
+def test_issue22_read_only_out_is_refused(tmp_path):
+    """Item 15: a read-only --out folder (as a non-root user; root may write anywhere)."""
+    import shutil
+    import tempfile
+
+    from saematch_nb.demo.__main__ import out_folder_problem
+    from tests._faults import as_unprivileged
+
+    base = Path(tempfile.mkdtemp(prefix="smn_ro_out_", dir="/tmp"))
+    try:
+        base.chmod(0o555)
+        for out in (base, base / "new"):
+            problem, _ = as_unprivileged(out_folder_problem, out)
+            assert problem and "cannot be written" in problem and str(out) in problem
+        assert list(base.iterdir()) == []  # nothing made, no probe left
+    finally:
+        base.chmod(0o755)
+        shutil.rmtree(base)
+    assert out_folder_problem(tmp_path / "fine" / "deep") is None and (tmp_path / "fine" / "deep").is_dir()
+    assert list((tmp_path / "fine" / "deep").iterdir()) == []
+
+
+def test_issue22_broken_assets_end_the_cli_with_the_file_named(tmp_path, monkeypatch, capsys):
+    """Item 15: a missing saes/layer_3 exited 0 with "5 layers" (the layer-4 SAE labelled layer 3);
+    a broken file ended in a traceback that did not name it."""
+    import saematch_nb
+    from saematch_nb.demo.__main__ import main
+    from tests.demo.test_assets import broken_assets
+
+    monkeypatch.setattr(saematch_nb, "match_chain", lambda *a, **k: pytest.fail("the demo ran on broken assets"))
+    for kind, says in (("missing_layer", "saes/layer_3/cfg.json"), ("sae_cfg", "layer_1/cfg.json is not valid JSON"),
+                       ("sae_weights", "layer_2/sae_weights.safetensors cannot be loaded")):
+        root = broken_assets(tmp_path / kind, kind)
+        assert main(["--assets", str(root), "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err

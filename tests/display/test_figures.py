@@ -247,3 +247,37 @@ def test_figures_respect_the_users_plotly_template(lm, monkeypatch):
     monkeypatch.setattr(pio.templates, "default", "plotly_dark")
     dark = F.make_mse_figure(lm).layout.template.layout.paper_bgcolor
     assert dark == pio.templates["plotly_dark"].layout.paper_bgcolor
+
+
+# -- issue #22 item 11: every size is checked before anything is written ------------------------------
+@pytest.mark.parametrize("ext, kw, says", [
+    ("png", {"dpi": 0.1}, r"dpi=0.1 gives a 0×0 pixel image"),
+    ("png", {"dpi": 0.05, "preset": "single"}, r"dpi=0.05 gives a 0×0 pixel image"),
+    ("png", {"dpi": 1e6}, r"more than the 16384 pixels a side"),
+    ("png", {"dpi": float("inf")}, r"dpi must be a finite positive number"),
+    ("png", {"dpi": 0}, r"dpi must be a finite positive number"),
+    ("png", {"scale": 0}, r"scale must be a finite positive number"),
+    ("png", {"scale": -2}, r"scale must be a finite positive number"),
+    ("png", {"scale": float("nan")}, r"scale must be a finite positive number"),
+    ("html", {"width": -10}, r"width \(plotly pixels\) must be a finite positive number"),
+    ("png", {"height": 0}, r"height \(plotly pixels\) must be a finite positive number"),
+    ("html", {"preset": ""}, r"unknown preset ''"),
+    ("pdf", {"preset": "A4"}, r"unknown preset 'A4'"),
+    ("pdf", {"width_in": float("inf")}, r"width_in \(inches\) must be a finite positive number"),
+    ("pdf", {"height_in": -1.0}, r"height_in \(inches\) must be a finite positive number"),
+    ("svg", {"font_pt": float("nan")}, r"font_pt \(points\) must be a finite positive number"),
+])
+def test_issue22_bad_sizes_are_refused_before_writing(tmp_path, lm, monkeypatch, ext, kw, says):
+    """dpi <= 0.1 wrote a 3-byte ".png"; scale 0 / -2 and dpi=inf a scale-1 image; width=-10 was
+    ignored; preset="" taken as "single"; width_in=inf an OverflowError."""
+    monkeypatch.setattr(F, "_find_browser", lambda: pytest.fail("got as far as looking for a browser"))
+    with pytest.raises(ValueError, match=says):
+        F.save_figure(F.make_mse_figure(lm), tmp_path / f"fig.{ext}", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_issue22_sizes_that_are_fine_still_pass(tmp_path, lm):
+    assert F.save_figure(F.make_mse_figure(lm), tmp_path / "a.html", width=640, height=480.5).exists()
+    assert F.save_figure(F.make_mse_figure(lm), tmp_path / "b.json", preset="double", width_in=5).exists()
+    with pytest.raises(TypeError, match="scale must be a number"):
+        F.save_figure(F.make_mse_figure(lm), tmp_path / "c.png", scale="2")

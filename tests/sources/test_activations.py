@@ -162,3 +162,115 @@ def test_rows_of_agrees_with_row_of_everywhere(model, tmp_path):
         assert got.tolist() == [acts.row_of(d, int(p)) for p in ps]
         assert (got[ps == 0] == -1).all() and (got[ps >= acts.doc_tokens(d).size] == -1).all()
     assert acts.rows_of(len(TEXTS), np.arange(3)).tolist() == [-1, -1, -1]  # no such document
+
+
+# -- issue #22: bad input is a clear error, before anything runs or is written -----------------------
+def test_issue22_layers_must_be_integers(model, tmp_path):
+    """Item 9: a float, a bool or a string of digits is not a layer (int() truncated them)."""
+    for bad in ("12", [1.9], [True], 1.0):
+        with pytest.raises(TypeError, match="layers"):
+            collect_activations(model, TEXTS, bad, cache_dir=tmp_path, progress=False)
+    acts = collect_activations(model, TEXTS, np.array([0, 1]), cache_dir=tmp_path, progress=False)
+    assert acts.layers == (0, 1) and acts.layer(np.int64(1)).shape[0] == acts.n_tokens
+    for bad in (1.9, True, "1"):
+        with pytest.raises(TypeError, match="layer must be an integer"):
+            acts.layer(bad)
+        with pytest.raises(TypeError, match="layer must be an integer"):
+            acts[bad]
+
+
+def test_issue22_counts_context_hook_and_token_ids(model, tmp_path):
+    """Item 13: max_tokens <= 0, context <= 1 (0 is not "the default"), a hook template with
+    another field and float token ids are explained up front; nothing is written."""
+    for bad in (0, -5):
+        with pytest.raises(ActivationError, match="max_tokens must be a positive"):
+            collect_activations(model, TEXTS, [0], cache_dir=tmp_path, max_tokens=bad, progress=False)
+    with pytest.raises(TypeError, match="max_tokens"):
+        collect_activations(model, TEXTS, [0], cache_dir=tmp_path, max_tokens=2.5, progress=False)
+    for bad in (-1, 0, 1):
+        with pytest.raises(ActivationError, match="context must be at least 2"):
+            collect_activations(model, TEXTS, [0], cache_dir=tmp_path, context=bad, progress=False)
+    for bad in ("blocks.{L}.{x}", "blocks.{0}.{L}", "blocks.{L"):
+        with pytest.raises(ActivationError, match="hook"):
+            collect_activations(model, TEXTS, [0], cache_dir=tmp_path, hook=bad, progress=False)
+    for bad in ([0.0, 5.9, 17.2], np.array([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0]), [True, False, True]):
+        with pytest.raises(ActivationError, match="token ids must be integers"):
+            collect_activations(model, [bad], [0], cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+    # what does work: integer ids of any integer dtype, context=None for n_ctx
+    ok = collect_activations(model, [np.array([1, 5, 17], np.int32)], [0], cache_dir=tmp_path, progress=False)
+    assert ok.token_ids.tolist() == [5, 17]
+
+
+def _fake_temp(root, name, *, lock=None, age_s=0.0):
+    import os
+    import time
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "layer_0.npy").write_bytes(b"\0" * 64)
+    if lock is not None:
+        (d / "writer.lock").write_text("1\n")
+    if age_s:
+        t = time.time() - age_s
+        os.utime(d, (t, t))
+    return d
+
+
+def test_issue22_stale_temp_folders_of_killed_runs_are_removed(model, tmp_path):
+    """Item 13: a kill -9 leaves ``.<key>.xxxxxxxx``; the next collection removes it when its writer
+    is gone (its lock can be taken, or, without a lock file, when it is a day old), and nothing
+    else: a folder whose writer holds the lock, a fresh lockless one, other names."""
+    import fcntl
+    import os
+
+    key = "0123456789abcdef0123"
+    dead = _fake_temp(tmp_path, f".{key}.abc_1234", lock=True)
+    old = _fake_temp(tmp_path, f".{key}.oldoldol", age_s=2 * 86400)
+    fresh = _fake_temp(tmp_path, f".{key}.fresh_00")
+    alive = _fake_temp(tmp_path, f".{key}.alive_00", lock=True)
+    other = _fake_temp(tmp_path, ".not-ours.abcdefgh", lock=True, age_s=2 * 86400)
+    held = os.open(alive / "writer.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a writer that is still running
+    try:
+        acts = collect_activations(model, TEXTS, [0], cache_dir=tmp_path, progress=False)
+        assert acts.stats["stale_temp_removed"] == 2
+        assert not dead.exists() and not old.exists()
+        assert fresh.exists() and alive.exists() and other.exists()
+        assert not (acts.path / "writer.lock").exists()  # the lock is no part of the entry
+    finally:
+        os.close(held)
+
+
+def test_issue22_kill_9_during_collection_leaves_nothing_behind(tmp_path):
+    """Item 13, the real thing: a collection killed with SIGKILL mid-run leaves its temp folder;
+    the next collection in that cache removes it and writes the entry."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tests import _saelens_doubles as fx
+        from saematch_nb.sources.activations import collect_activations
+        model = fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=32)
+        real = model.run_with_cache
+        def dying(*a, **k):
+            real(*a, **k)
+            os.kill(os.getpid(), signal.SIGKILL)
+        model.run_with_cache = dying
+        collect_activations(model, {TEXTS!r}, [0], cache_dir={str(tmp_path)!r}, batch_size=1, progress=False)
+    """)
+    import os
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == -9, r.stderr[-2000:]
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and (left[0] / "layer_0.npy").exists()
+    from tests import _saelens_doubles as fx
+
+    acts = collect_activations(fx.tiny_gemma2_model(seed=0, n_layers=3, d_model=32), TEXTS, [0],
+                               cache_dir=tmp_path, progress=False)
+    assert acts.stats["stale_temp_removed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [acts.key]

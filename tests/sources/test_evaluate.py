@@ -265,3 +265,21 @@ def test_coactivation_checks_the_saes_against_the_chain(saes):
     other = saes[2].with_info(layer=1)
     with pytest.raises(ValueError, match=r"pair 0->1: .*other SAEs .* layer 1 .*weight hashes.*match_chain"):
         coactivation(chain, SameStream(), {0: saes[0], 1: other}, progress=False)
+
+
+def test_issue22_max_tokens_must_be_positive(model, saes, monkeypatch):
+    """Item 10: max_tokens <= 0 reported loss and ΔL 0.0 and EV NaN (a table of nothing); now an
+    error before the model runs, as are a float count and context 0 (not "the default")."""
+    from saematch_nb.sources.activations import ActivationError
+
+    chain = match_chain(saes, cache=False, progress=False)
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=r"max_tokens .* must be an integer >= 1"):
+            evaluate(chain, model, TEXTS, max_tokens=bad, progress=False)
+    with pytest.raises(TypeError, match="max_tokens"):
+        evaluate(chain, model, TEXTS, max_tokens=2.5, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(chain, model, TEXTS, batch_size=0, progress=False)
+    with pytest.raises(ActivationError, match="context must be at least 2"):
+        evaluate(chain, model, TEXTS, context=0, progress=False)

@@ -104,3 +104,47 @@ def test_trace_side_by_side(setup):
     gone = FeatureTrace(origin_layer=0, origin_feature=3, layers=(0, 1), features=(3, -1), steps=(),
                         born_layer=0, dies_layer=0)
     assert "layer 1: —" in repr(exs.for_trace(gone))
+
+
+# -- issue #22 --------------------------------------------------------------------------------------
+def _sae(layer, seed, hook=True):
+    info = SAEInfo(hook_name=f"blocks.{layer}.hook_resid_post") if hook else SAEInfo(layer=layer)
+    return SAEWeights.from_arrays(fx.jumprelu_arrays(16, 48, seed=seed), info=info)
+
+
+def test_issue22_an_sae_of_another_layer_is_refused(setup, tmp_path):
+    """Item 2: ``match_chain({0: saes[3], 1: saes[4]})`` then collect_examples on activations of
+    layers [0, 1] ran the layer-3 SAE on layer 0's activations without a word; steering refuses
+    that mix, and so do examples now, before anything is scanned or cached."""
+    _, acts, _ = setup
+    for given in ({0: _sae(3, 0), 1: _sae(4, 1)}, [_sae(3, 0), _sae(4, 1)], {0: _sae(0, 0, hook=False), 1: _sae(4, 1)}):
+        with pytest.raises(ValueError, match=r"SAE given for layer \d reads layer [34].*key each SAE by the layer"):
+            collect_examples(acts, given, cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+    # the same check through a chain, and SAEs that do not say which layer they read are taken as given
+    from saematch_nb.core.stack import SAEStack
+
+    with pytest.raises(ValueError, match="reads layer 3"):
+        collect_examples(acts, SAEStack.build({0: _sae(3, 0), 1: _sae(1, 1)}), cache=False, progress=False)
+    anon = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 48, seed=s)) for s in (0, 1)]
+    assert sorted(collect_examples(acts, anon, k=2, cache=False, progress=False).layers) == [0, 1]
+
+
+def test_issue22_layers_and_features_must_be_integers(setup):
+    """Item 9: a float layer gave results keyed 1.9 computed with layer 1; a float feature was cut."""
+    _, acts, saes = setup
+    for bad in ([1.9], [True], "01"):
+        with pytest.raises(TypeError, match="layers"):
+            collect_examples(acts, saes, layers=bad, cache=False, progress=False)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        collect_examples(acts, saes, k=2.5, cache=False, progress=False)
+    exs = collect_examples(acts, saes, layers=[np.int64(1)], k=2, cache=False, progress=False)
+    assert list(exs.layers) == [1] and type(next(iter(exs.layers))) is int
+    for bad in (1.9, True):
+        with pytest.raises(TypeError, match="layer must be an integer"):
+            exs[bad]
+        with pytest.raises(TypeError, match="feature must be an integer"):
+            exs[1][bad]
+        with pytest.raises(TypeError, match="feature must be an integer"):
+            exs[1].activations(bad)
+    assert exs[np.int64(1)][np.int32(0)].feature == 0

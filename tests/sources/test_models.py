@@ -266,3 +266,13 @@ def test_load_saved_model_reads_the_demo_layout(tmp_path):
         (bad / name).symlink_to(demo.ASSETS / name)
     with pytest.raises(demo.MissingAssetsError, match="does not fit model_cfg.json.*rebuild the assets"):
         demo.load(bad)
+
+
+def test_issue22_unknown_dtype_is_named():
+    """Item 16: load_model(dtype='bogus') said "unknown dtype None"; the error names what was
+    given, before anything is loaded."""
+    import torch
+
+    for bad, shown in (("bogus", "'bogus'"), ("nn", "'nn'"), (torch.int64, "torch.int64"), (3, "3")):
+        with pytest.raises(M.ModelLoadError, match=f"unknown dtype {shown}; use a floating dtype"):
+            M.load_model("demo", dtype=bad)

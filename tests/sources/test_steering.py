@@ -366,3 +366,64 @@ def test_hooks_follow_the_activation_dtype(saes):
         else:
             a = w.encode(x.float())[..., 7:8].double()
             assert torch.allclose(y, x - a * w.W_dec[7].double(), atol=1e-5)
+
+
+# -- issue #22 item 14: bad input is a clear error, checked before any forward pass -----------------
+def test_issue22_token_ids_must_be_in_the_vocabulary(tiny_model, saes, chain):
+    """steered_logits read token id -3 as d_vocab - 3 (and cut float ids)."""
+    plan = plan_steering(chain, 0, 3, span="single", strength=2.0)
+    n = tiny_model.cfg.d_vocab
+    for bad in (torch.tensor([[1, -3, 5]]), [[1, n, 2]], torch.tensor([[1.0, 2.0]]), np.array([[0.5, 2]])):
+        with pytest.raises(ValueError, match=r"token id|integer token ids"):
+            steered_logits(tiny_model, saes, plan, bad)
+        with pytest.raises(ValueError, match=r"token id|integer token ids"):
+            feature_logit_effect(tiny_model, saes, plan, bad)
+    ok = tiny_model.to_tokens(PROMPT)
+    assert steered_logits(tiny_model, saes, plan, ok)[0].shape[-1] == n
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        feature_logit_effect(tiny_model, saes, plan, ok, k=0)
+
+
+def test_issue22_direct_logit_effect_feature_in_range(tiny_model, chain):
+    """direct_logit_effect(..., -1) used the last feature."""
+    from saematch_nb.sources.steering import direct_logit_effect
+
+    for bad in (-1, 32):
+        with pytest.raises(IndexError, match=f"feature {bad} is out of range for the layer-0 SAE"):
+            direct_logit_effect(tiny_model, chain, 0, bad)
+    with pytest.raises(TypeError, match="feature must be an integer"):
+        direct_logit_effect(tiny_model, chain, 0, 1.5)
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        direct_logit_effect(tiny_model, chain, 0, 1, k=0)
+    up, down = direct_logit_effect(tiny_model, chain, 0, 31, k=3)
+    assert len(up) == len(down) == 3
+
+
+def test_issue22_temperature_must_be_finite_and_not_negative(tiny_model, saes, chain, monkeypatch):
+    """temperature NaN or -1 decoded greedily without a word."""
+    plan = plan_steering(chain, 0, 3, span="single", strength=2.0)
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: pytest.fail("generated"))
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            steer(tiny_model, plan, "The", max_new_tokens=2, temperature=bad)
+    with pytest.raises(TypeError, match="temperature"):
+        steer(tiny_model, plan, "The", max_new_tokens=2, temperature="hot")
+
+
+def test_issue22_overflows_are_explained(tiny_model, chain3, chain):
+    """An exponential schedule with alpha=1000 and strength_sweep(target=-5) raised raw OverflowErrors."""
+    from saematch_nb.errors import InvalidArgumentError
+    from saematch_nb.sources.steering import strength_sweep
+
+    with pytest.raises(InvalidArgumentError, match=r"alpha=1000 .*overflow at layer 2"):
+        plan_steering(chain3, 0, 1, schedule="exponential", alpha=1000.0)
+    with pytest.raises(InvalidArgumentError, match="alpha must be a finite number"):
+        schedule_weights([0, 1], "exponential", alpha=float("nan"))
+    with pytest.raises(InvalidArgumentError, match="beyond a float"):
+        schedule_strengths([0, 1, 2], 1e300, "exponential", alpha=10.0)
+    assert schedule_weights([0, 700], "exponential", alpha=1.0)[1] == pytest.approx(math.exp(700))
+    for bad in (-5, tiny_model.cfg.d_vocab, 2**70):
+        with pytest.raises(InvalidArgumentError, match="target token id .* is not in"):
+            strength_sweep(tiny_model, chain, 0, 3, "The quick", strengths=(0.0, 2.0), target=bad)
+    df = strength_sweep(tiny_model, chain, 0, 3, "The quick", strengths=(0.0, 2.0), target=5)
+    assert list(df["strength"]) == [0.0, 2.0]

@@ -3,6 +3,7 @@ traitlets, the controls and the HTML they hold can be driven and read from here.
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 
@@ -177,3 +178,37 @@ def test_explorer_on_a_chain_that_does_not_start_at_layer_0():
     ex.layer = 7  # follows the trace of L5 #2 (issue #13), no longer re-anchors at L7 #2
     assert ex.trace.origin_layer == 5 and ex.layer_slider.value == 7
     assert ex.feature == ch.trace(5, 2).feature_at(7)
+
+
+# -- issue #22 ---------------------------------------------------------------------------------------
+def test_issue22_explorer_layers_and_features_must_be_integers(chain):
+    """Item 9: FeatureExplorer(layer=1.9) opened layer 1, feature=2.7 feature 2."""
+    for kw in ({"layer": 1.9}, {"layer": True}, {"feature": 2.7}, {"feature": "3"}):
+        with pytest.raises(TypeError, match="must be an integer"):
+            FeatureExplorer(chain, figure=False, **kw)
+    ex = FeatureExplorer(chain, layer=np.int64(1), feature=np.int32(2), figure=False)
+    assert (ex.layer, ex.feature) == (1, 2)
+    for call in (ex.select, ex.trace_from):
+        with pytest.raises(TypeError, match="must be an integer"):
+            call(1.9, 2)
+        with pytest.raises(TypeError, match="must be an integer"):
+            call(1, 2.7)
+    with pytest.raises(KeyError, match="layer 9 is not in the chain"):
+        ex.trace_from(9, 0)
+    assert (ex.layer, ex.feature, ex.origin) == (1, 2, (1, 2))  # nothing moved
+
+
+def test_issue22_steering_panel_arguments_are_checked(model, planted, chain):
+    """Items 9 and 14: SteeringPanel(layer=9) was a bare TraitError, layer=1.9 layer 1; a strength
+    beyond the slider's ±20 was clamped to 20 without a word."""
+    with pytest.raises(KeyError, match=r"layer 9 is not in the chain \(layers \(0, 1, 2\)\)"):
+        SteeringPanel(model, chain, layer=9)
+    for kw in ({"layer": 1.9}, {"feature": 2.7}, {"layer": True}, {"max_new_tokens": 3.5}):
+        with pytest.raises(TypeError, match="must be an integer"):
+            SteeringPanel(model, chain, **kw)
+    for kw in ({"strength": float("nan")}, {"span": "everything"}, {"mode": "multiply"}):
+        with pytest.raises(ValueError):
+            SteeringPanel(model, chain, **kw)
+    panel = SteeringPanel(model, chain, layer=np.int64(2), feature=np.int64(1), strength=40.0)
+    assert (panel.layer, panel.feature, panel.strength) == (2, 1, 40.0)
+    assert panel.plan().strengths[0] == 40.0
