@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +112,16 @@ def _layer(n: int, d: int, seed: int, tag: int, out: np.ndarray, where: np.ndarr
 def generate(n: int, d: int, seed: int, folder: Path, mode: str) -> None:
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, 0])
-    X = np.empty((n, 2 * d), np.float32)
+    # written straight into the .npy files (page cache, not this process's memory): with the
+    # calibration's own copies, X and Y in memory would need ~20 GB at 262k
+    X = np.lib.format.open_memmap(folder / "X.npy", mode="w+", dtype=np.float32, shape=(n, 2 * d))
     _layer(n, d, seed, 1, X, rng.permutation(n), n)
     n_fresh = int(round(FRESH * n))
     dying = np.zeros(n, bool)
     dying[rng.choice(n, n_fresh, replace=False)] = True
     perm = rng.permutation(n)
     truth = np.where(dying, -1, perm)
-    Y = np.empty_like(X)
+    Y = np.lib.format.open_memmap(folder / "Y.npy", mode="w+", dtype=np.float32, shape=(n, 2 * d))
     alive = np.flatnonzero(~dying)
     for a in range(0, alive.size, CHUNK):
         i = alive[a:a + CHUNK]
@@ -133,12 +136,18 @@ def generate(n: int, d: int, seed: int, folder: Path, mode: str) -> None:
         for Z in (X, Y):  # part-normalised directions, in place (what match(allow_unmatched=True) solves on)
             for a in range(0, n, CHUNK):
                 Z[a:a + CHUNK] = crit.directions(torch.from_numpy(Z[a:a + CHUNK]), parts).numpy()
+    X.flush()
+    Y.flush()
+    if mode == "partial":
+        # calibrate on read-only maps: it makes its own direction copies of X and Y (9 GiB at 262k)
+        del X, Y
+        X, Y = (np.load(folder / f, mmap_mode="r") for f in ("X.npy", "Y.npy"))
         t = time.perf_counter()
-        cal = crit.calibrate(torch.from_numpy(X), torch.from_numpy(Y), parts=parts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch: the mapped arrays are read-only (never written)
+            cal = crit.calibrate(torch.from_numpy(X), torch.from_numpy(Y), parts=parts)
         np.save(folder / "w.npy", np.full(n, 2.0 * cal.threshold))
         print(f"calibrated in {time.perf_counter() - t:.0f} s: threshold {cal.threshold:.4f}", flush=True)
-    np.save(folder / "X.npy", X)
-    np.save(folder / "Y.npy", Y)
     print(f"generate: peak {_status('VmHWM') / 2**30:.2f} GiB, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
