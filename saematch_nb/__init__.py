@@ -24,6 +24,9 @@ _LAZY = {
     "match_chain": "core.runner:match_chain",
     "SAEStack": "core.stack:SAEStack",
     "MatchChain": "core.chain:MatchChain",
+    "feature_flow": "core.flow:feature_flow",
+    "FeatureFlow": "core.flow:FeatureFlow",
+    "FlowGraph": "core.flow:FlowGraph",
     # sources
     "load_saes": "sources.saes:load_saes",
     "SAEHandle": "sources.saes:SAEHandle",
@@ -38,6 +41,7 @@ _LAZY = {
     "plan_steering": "sources.steering:plan_steering",
     "steer": "sources.steering:steer",
     "SteeringPlan": "sources.steering:SteeringPlan",
+    "attention_out_proj": "sources.flow:attention_out_proj",
     # display
     "save_figure": "display.figures:save_figure",
     # widgets

@@ -165,3 +165,115 @@ def planted_chain(n_layers: int = 5, n: int = 128, d_in: int = 32, *, fresh_frac
         truths.append(truth)
         theta_mean *= theta_growth
     return PlantedChain(saes, truths)
+
+
+# -- Feature Flow: residual features made from the layer before, the MLP and the attention ------------
+@dataclass(frozen=True)
+class PlantedFlow:
+    """Residual, MLP-output and attention SAEs (at ``hook_z``) with planted Feature Flow classes.
+
+    ``res``: {layer: SAEWeights} at ``blocks.L.hook_resid_post`` for layers 0..n_layers-1; ``mlp``
+    and ``att``: {layer: SAEWeights} for layers 1..n_layers-1, ``att`` at ``blocks.L.attn.hook_z``
+    (decoder rows in n_heads * d_head); ``attn_out_proj``: {layer: W_O [n_heads, d_head, d_model]};
+    ``truth``: {layer: class index per residual feature} in ``saematch_nb.core.flow.CLASSES`` order
+    (0 translated, 1 processed, 2 newborn, 3 unexplained); ``source``: {layer: (module, index)
+    per residual feature}: the planted predecessor ("R" at the layer before, "M" or "A" at the
+    layer; processed features have their module one here and their residual one in
+    ``residual_source``), ("", -1) for unexplained ones; ``residual_source``: {layer: index in the
+    layer before, -1 = none}.
+    """
+
+    res: dict
+    mlp: dict
+    att: dict
+    attn_out_proj: dict
+    truth: dict
+    source: dict
+    residual_source: dict
+
+
+def _sae_from_directions(dec: np.ndarray, info: SAEInfo, rng: np.random.Generator) -> SAEWeights:
+    """A JumpReLU SAE whose decoder rows are ``dec`` (norms spread like trained SAEs'), encoder along them."""
+    g = rng.lognormal(0.0, 0.3, size=dec.shape[0])[:, None]
+    W_dec = (dec * g).astype(np.float32)
+    d_in = dec.shape[1]
+    return SAEWeights(W_enc=torch.from_numpy(np.ascontiguousarray((dec / g).T, dtype=np.float32)),
+                      b_enc=torch.zeros(dec.shape[0]), W_dec=torch.from_numpy(W_dec), b_dec=torch.zeros(d_in),
+                      threshold=torch.ones(dec.shape[0]), architecture="jumprelu", info=info)
+
+
+def planted_flow(n_layers: int = 3, n: int = 256, d_in: int = 128, *, n_heads: int = 4, d_head: int = 16,
+                 shares: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2), noise: float = 0.05,
+                 spectrum_decay: float = 0.0, seed: int = 0) -> PlantedFlow:
+    """Residual SAEs whose features at layer L>=1 are, in the proportions ``shares`` (translated,
+    processed, newborn, unexplained): a feature of layer L-1 plus noise; the normalised sum of a
+    feature of layer L-1 and an MLP or attention feature of layer L (cosine ~0.7 with each); an MLP
+    or attention feature (its d_model direction, through W_O for attention); a random direction.
+    Module features are used once each; half of the module-made features come from each module.
+    ``noise``: relative Gaussian noise on every planted direction. ``spectrum_decay``: anisotropic
+    directions (see :func:`random_features`) for every SAE."""
+    rng = np.random.default_rng(seed)
+    sh = np.asarray(shares, np.float64)
+    if sh.shape != (4,) or (sh < 0).any() or sh.sum() <= 0:
+        raise ValueError(f"shares must be four non-negative numbers (translated, processed, newborn, unexplained), got {shares}")
+    counts = np.floor(sh / sh.sum() * n).astype(int)
+    counts[0] += n - counts.sum()
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def directions(k: int, d: int) -> np.ndarray:
+        return unit(random_features(k, d, rng, spectrum_decay=spectrum_decay).dec.astype(np.float64))
+
+    def noisy(x: np.ndarray) -> np.ndarray:
+        return unit(unit(x) + noise * rng.standard_normal(x.shape) / np.sqrt(x.shape[-1]))
+
+    res, mlp, att, proj, truth, source, rsource = {}, {}, {}, {}, {}, {}, {}
+    prev = directions(n, d_in)
+    res[0] = _sae_from_directions(prev, SAEInfo(layer=0, hook_name="blocks.0.hook_resid_post",
+                                                sae_id="synthetic/res/0"), rng)
+    for L in range(1, n_layers):
+        m_dirs = directions(n, d_in)
+        z = directions(n, n_heads * d_head)
+        W_O = rng.standard_normal((n_heads, d_head, d_in)) / np.sqrt(n_heads * d_head)
+        a_dirs = unit(z @ W_O.reshape(n_heads * d_head, d_in))
+        cls = rng.permutation(np.repeat(np.arange(4), counts))
+        out = np.empty((n, d_in))
+        src = [("", -1)] * n
+        rsrc = np.full(n, -1, np.int64)
+        r_pick = iter(rng.permutation(n).tolist())
+        m_pick, a_pick = iter(rng.permutation(n).tolist()), iter(rng.permutation(n).tolist())
+        use_attn = False
+        for j in range(n):
+            c = int(cls[j])
+            if c in (1, 2):
+                use_attn = not use_attn
+                k = next(a_pick) if use_attn else next(m_pick)
+                mod = a_dirs[k] if use_attn else m_dirs[k]
+                src[j] = ("A" if use_attn else "M", k)
+            if c in (0, 1):
+                r = next(r_pick)
+                rsrc[j] = r
+                if c == 0:
+                    src[j] = ("R", r)
+            if c == 0:
+                out[j] = noisy(prev[r])
+            elif c == 1:
+                out[j] = noisy(unit(prev[r]) + unit(mod))
+            elif c == 2:
+                out[j] = noisy(mod)
+            else:
+                out[j] = directions(1, d_in)[0]
+        res[L] = _sae_from_directions(out, SAEInfo(layer=L, hook_name=f"blocks.{L}.hook_resid_post",
+                                                   sae_id=f"synthetic/res/{L}"), rng)
+        mlp[L] = _sae_from_directions(m_dirs, SAEInfo(layer=L, hook_name=f"blocks.{L}.hook_mlp_out",
+                                                      sae_id=f"synthetic/mlp/{L}"), rng)
+        att[L] = _sae_from_directions(z, SAEInfo(layer=L, hook_name=f"blocks.{L}.attn.hook_z",
+                                                 sae_id=f"synthetic/att/{L}"), rng)
+        proj[L] = W_O.astype(np.float32)
+        truth[L] = cls.astype(np.int8)
+        source[L] = src
+        rsource[L] = rsrc
+        prev = out
+    return PlantedFlow(res=res, mlp=mlp, att=att, attn_out_proj=proj, truth=truth, source=source,
+                       residual_source=rsource)

@@ -20,7 +20,8 @@ from ._util import escape, fmt_float
 
 __all__ = [
     "make_mse_figure", "make_margin_figure", "make_chain_figure", "make_trace_figure",
-    "make_flow_figure", "save_figure", "FigureExportError", "COLORS", "PALETTE", "PAPER_PRESETS",
+    "make_flow_figure", "make_feature_flow_figure", "make_flow_graph_figure", "FLOW_CLASS_COLORS",
+    "save_figure", "FigureExportError", "COLORS", "PALETTE", "PAPER_PRESETS",
     "paper_layout", "set_theme", "get_theme", "template",
 ]
 
@@ -489,6 +490,102 @@ def make_flow_figure(chain: Any = None, layer: int | None = None, features: int 
     return _layout(fig, title or f"feature flow from layer {traces[0].origin_layer}: "
                    + ", ".join(f"#{tr.origin_feature}" for tr in traces[:8]) + (" …" if len(traces) > 8 else ""),
                    theme=theme, height=max(320, 34 * tallest + 140), margin=dict(l=20, r=20, t=70, b=20))
+
+
+#: Feature Flow's classes and their colours (the same as the HTML repr's)
+FLOW_CLASS_COLORS = {"translated": PALETTE[0], "processed": PALETTE[3], "newborn": PALETTE[2],
+                     "unexplained": "#999999"}
+_FLOW_NODE = {"residual": (PALETTE[0], "circle"), "mlp": (PALETTE[3], "square"), "attn": (PALETTE[4], "diamond")}
+
+
+def make_feature_flow_figure(flow: Any, *, title: str | None = None, theme: str | None = None):
+    """Stacked shares of Feature Flow's classes (translated, processed, newborn, unexplained) per
+    layer of a :class:`~saematch_nb.core.flow.FeatureFlow`; the hover names each layer's
+    calibrated thresholds t_R, t_M, t_A."""
+    go = _go()
+    per = list(getattr(flow, "by_layer", ()) or ())
+    if not per:
+        raise ValueError("make_feature_flow_figure needs a FeatureFlow with at least one layer")
+    xs = [int(fl.layer) for fl in per]
+    shares = [fl.shares() for fl in per]
+
+    def t(fl: Any, m: str) -> str:
+        v = float(fl.thresholds.get(m, float("nan")))
+        return fmt_float(v, 3) if np.isfinite(v) else "—"
+
+    thr = [f"t_R {t(fl, 'R')}, t_M {t(fl, 'M')}, t_A {t(fl, 'A')}" for fl in per]
+    fig = go.Figure()
+    for k, color in FLOW_CLASS_COLORS.items():
+        fig.add_trace(go.Bar(
+            x=xs, y=[sh[k] for sh in shares], name=k, marker=dict(color=color),
+            customdata=np.stack([thr, [fmt_float(fl.n, 6) for fl in per]], axis=1),
+            hovertemplate=f"layer %{{x}}: {k} %{{y:.1%}} of %{{customdata[1]}} features<br>%{{customdata[0]}}"
+                          "<extra></extra>"))
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="share of the layer's features")
+    fig.update_xaxes(tickmode="array", tickvals=xs, title_text="residual layer")
+    alpha = getattr(flow, "alpha", None)
+    sub = f"<br><sup>thresholds per layer and module from a null, alpha {fmt_float(alpha)}</sup>" if alpha else ""
+    return _layout(fig, title or f"Feature Flow classes per layer{sub}", theme=theme, height=420)
+
+
+def make_flow_graph_figure(graph: Any, *, title: str | None = None, theme: str | None = None):
+    """A :class:`~saematch_nb.core.flow.FlowGraph` drawn by layer: residual features on the middle
+    rows, MLP features above and attention features below, each module node half a layer before the
+    residual feature it writes into; edge width and opacity follow the top-1 cosine, dashed edges are
+    below the layer's calibrated threshold. Each node's ``customdata`` is ``[kind, layer, feature]``."""
+    go = _go()
+    nodes = list(getattr(graph, "nodes", ()) or ())
+    if not nodes:
+        raise ValueError("make_flow_graph_figure needs a FlowGraph with at least one node")
+    pos: dict[int, tuple[float, float]] = {}
+    by_col: dict[tuple[str, int], list[int]] = {}
+    for i, n in enumerate(nodes):
+        by_col.setdefault((n.kind, int(n.layer)), []).append(i)
+    tallest = max(len(v) for k, v in by_col.items() if k[0] == "residual") if any(
+        k[0] == "residual" for k in by_col) else 1
+    for (kind, L), idx in by_col.items():
+        idx.sort(key=lambda i: nodes[i].feature)
+        for r, i in enumerate(idx):
+            if kind == "residual":
+                pos[i] = (float(L), r - (len(idx) - 1) / 2.0)
+            else:
+                base = tallest / 2.0 + 1.0
+                off = base + r if kind == "mlp" else -(base + r)
+                pos[i] = (L - 0.5, off)
+    fig = go.Figure()
+    for e in getattr(graph, "edges", ()):
+        (x0, y0), (x1, y1) = pos[e.source], pos[e.target]
+        w = float(e.weight)
+        color = _FLOW_NODE.get(e.kind, _FLOW_NODE["residual"])[0]
+        fig.add_trace(go.Scatter(
+            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, opacity=0.35 + 0.65 * max(0.0, min(1.0, w)),
+            line=dict(color=color, width=1 + 5 * max(0.0, w), dash="solid" if e.high else "dash"),
+            hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=[(x0 + x1) / 2], y=[(y0 + y1) / 2], mode="markers", showlegend=False, marker=dict(size=8, opacity=0),
+            hovertemplate=escape(f"{nodes[e.source].label} → {nodes[e.target].label}: {e.kind} s={fmt_float(w, 3)}"
+                                 + ("" if e.high else " (below threshold)")) + "<extra></extra>"))
+    for kind, (color, symbol) in _FLOW_NODE.items():
+        idx = [i for i, n in enumerate(nodes) if n.kind == kind]
+        if not idx:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[pos[i][0] for i in idx], y=[pos[i][1] for i in idx], mode="markers+text", name=kind,
+            text=[f"#{nodes[i].feature}" for i in idx], textposition="top center",
+            marker=dict(color=color, symbol=symbol, size=[18 if nodes[i].origin else 12 for i in idx],
+                        line=dict(width=[3 if nodes[i].origin else 0 for i in idx], color="#000000")),
+            customdata=[[kind, int(nodes[i].layer), int(nodes[i].feature)] for i in idx],
+            hovertext=[escape(nodes[i].label + (f" ({nodes[i].cls})" if nodes[i].cls else "")) for i in idx],
+            hovertemplate="%{hovertext}<extra></extra>"))
+    layers = sorted({int(n.layer) for n in nodes})
+    fig.update_xaxes(tickmode="array", tickvals=layers, ticktext=[f"L{L}" for L in layers], title_text="layer",
+                     zeroline=False)
+    fig.update_yaxes(visible=False)
+    head = f"flow of feature {graph.origin_feature} of layer {graph.origin_layer}"
+    sub = (f"<br><sup>residual steps with s(R) ≥ {fmt_float(graph.min_residual)}, modules with s ≥ "
+           f"{fmt_float(graph.min_module)}; dashed: below the calibrated threshold</sup>")
+    return _layout(fig, title or head + sub, theme=theme, height=max(360, 60 * (tallest + 4)))
 
 
 def paper_layout(fig: Any, preset: str = "single", *, width_in: float | None = None, height_in: float | None = None,

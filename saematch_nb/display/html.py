@@ -22,7 +22,8 @@ __all__ = [
     "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
     "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
     "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
-    "saes_body", "weights_body", "svg_line_chart",
+    "saes_body", "weights_body", "svg_line_chart", "feature_flow_html", "feature_flow_body", "flow_graph_html",
+    "flow_graph_body",
 ]
 
 _ARROW = '<span class="smn-arrow"> → </span>'
@@ -567,3 +568,103 @@ def finder_table_html(df: Any) -> str:
     rows = [[cell(c, r[c]) for c in cols] for r in df.to_dict("records")]
     body = _table([(c, c in num) for c in cols], rows, caption="features found")
     return wrap_output(body, df.to_string(index=False) if len(df) else "(no features)", kind="finder")
+
+
+# -- FeatureFlow, FlowGraph (core/flow.py) --------------------------------------------------------
+def _class_stack(fracs: Mapping[str, float], shares: Mapping[str, str]) -> str:
+    segs = "".join(
+        f'<span class="smn-stack-seg smn-cls-{k}" style="width: {100.0 * max(0.0, min(1.0, fracs[k])):.1f}%" '
+        f"title={attr(f'{k} {shares[k]}')}></span>" for k in _text.FLOW_CLASSES)
+    return f'<span class="smn-stack">{segs}</span>'
+
+
+def _class_legend() -> str:
+    return ('<div class="smn-legend">' + "".join(
+        f'<span class="smn-swatch smn-cls-{k}"></span>{escape(k)}' for k in _text.FLOW_CLASSES) + "</div>")
+
+
+def feature_flow_body(flow: Any) -> str:
+    f = _text.feature_flow_facts(flow)
+    title = f"{escape(f['n_layers'])} layers ({escape(f['layer_range'])}), modules {escape(f['modules'])}"
+    parts = [_header("FeatureFlow", title, escape(f["model"]) if f["model"] else ""),
+             _grid([("rule", escape(f["rule"])), ("options", _kv_html(f["options"])), ("time", escape(f["seconds"]))])]
+    head = [("layer", True), ("from", True), ("features", True), ("t_R", True), ("t_M", True), ("t_A", True),
+            ("classes", False)] + [(k, True) for k in _text.FLOW_CLASSES]
+    cells = [[escape(r["layer"]), escape(r["prev"]), escape(r["n"]), escape(r["t"]["R"]), escape(r["t"]["M"]),
+              escape(r["t"]["A"]), _class_stack(r["fracs"], r["shares"])]
+             + [escape(r["shares"][k]) for k in _text.FLOW_CLASSES] for r in f["rows"]]
+    parts.append(_table(head, cells, caption="class shares per layer (thresholds t: calibrated per layer and module)"))
+    parts.append(_class_legend())
+    details = []
+    for r in f["rows"]:
+        body = _grid([(k, f'<span class="smn-mono">{escape(v)}</span>') for k, v in r["saes"]]
+                     + [(f"null {k}", escape(v)) for k, v in r["nulls"]])
+        details.append(_details(f"layer {escape(r['layer'])}", body))
+    parts.append(_details('SAEs and nulls <span class="smn-sub">(per layer)</span>', "".join(details)))
+    return "".join(parts)
+
+
+def feature_flow_html(flow: Any) -> str:
+    return wrap_output(feature_flow_body(flow), _text.feature_flow_text(flow), kind="flow")
+
+
+def _flow_node_html(n: Mapping[str, Any]) -> str:
+    cls = "smn-node smn-flow-node smn-flow-" + escape(n["kind"]) + (" smn-node-origin" if n["origin"] else "")
+    badge = (f'<span class="smn-badge smn-cls-text-{escape(n["cls"])}">{escape(n["cls"])}</span>'
+             if n["cls"] else "")
+    kind = "" if n["kind"] == "residual" else escape(n["kind"].upper() if n["kind"] == "mlp" else n["kind"])
+    return (f'<div class="{cls}" title={attr(n["label"])}><span class="smn-node-layer">{kind} L{escape(n["layer"])}'
+            f'</span><span class="smn-node-feat">#{escape(n["feature"])}</span>{badge}</div>')
+
+
+def flow_graph_body(g: Any) -> str:
+    f = _text.flow_graph_facts(g)
+    c = f["counts"]
+    sub = (f"{c['residual']} residual, {c['mlp']} MLP, {c['attn']} attention nodes; {f['n_edges']} edges; {f['cuts']}"
+           + ("; successors truncated" if f["truncated"] else ""))
+    parts = [_header("FlowGraph", escape(f["origin"]), escape(sub))]
+    layers = sorted({n["layer"] for n in f["nodes"]})
+    cols = []
+    for L in layers:
+        here = [n for n in f["nodes"] if n["layer"] == L]
+        order = {"mlp": 0, "attn": 1, "residual": 2}
+        here.sort(key=lambda n: (order[n["kind"]], n["feature"]))
+        cols.append(f'<div class="smn-flow-col"><div class="smn-section-title">L{escape(L)}</div>'
+                    + "".join(_flow_node_html(n) for n in here) + "</div>")
+    parts.append(f'<div class="smn-flow-cols">{"".join(cols)}</div>')
+    if f["edges"]:
+        cells = [[escape(e["source"]), _ARROW, escape(e["target"]), escape(e["kind"]), escape(e["weight"]),
+                  '<span class="smn-ok">above</span>' if e["high"] else '<span class="smn-no">below</span>']
+                 for e in f["edges"]]
+        parts.append(_table([("from", False), ("", False), ("to", False), ("kind", False), ("s", True),
+                             ("threshold", False)], cells,
+                            caption="edges (weight: top-1 cosine; threshold: the layer's calibrated one)"))
+    else:
+        parts.append('<div class="smn-muted">no edge passes the cuts</div>')
+    return "".join(parts)
+
+
+def flow_graph_html(g: Any) -> str:
+    return wrap_output(flow_graph_body(g), _text.flow_graph_text(g), kind="flow-graph")
+
+
+def flow_predecessors_html(flow: Any, layer: int, feature: int) -> str:
+    """A feature's module predecessors as the explorer shows them (read-only): per module (residual
+    of the layer before, MLP, attention) its top-1 feature, the cosine s, the layer's calibrated
+    threshold and whether s reaches it, and the feature's class. ``flow``: a FeatureFlow."""
+    title = f"Feature Flow: where L{escape(layer)} #{escape(feature)} comes from"
+    try:
+        preds = flow.predecessors(layer, feature)
+        cls = str(flow.layer(layer).classes[int(feature)])
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        msg = e.args[0] if getattr(e, "args", None) else e
+        return (f'<div class="smn-section"><div class="smn-section-title">{title}</div>'
+                f'<div class="smn-muted">{escape(msg)}</div></div>')
+    names = {"R": "residual (layer before)", "M": "MLP", "A": "attention"}
+    cells = [[escape(names.get(m, m)), f"L{escape(p['layer'])} #{escape(p['feature'])}", escape(fmt_float(p["s"], 3)),
+              escape(fmt_float(p["threshold"], 3)),
+              '<span class="smn-ok">above</span>' if p["high"] else '<span class="smn-no">below</span>']
+             for m, p in preds.items()]
+    table = _table([("module", False), ("top-1", False), ("s", True), ("threshold", True), ("", False)], cells)
+    return (f'<div class="smn-section"><div class="smn-section-title">{title} '
+            f'<span class="smn-badge smn-cls-text-{escape(cls)}">{escape(cls)}</span></div>{table}</div>')

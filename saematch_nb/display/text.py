@@ -20,6 +20,7 @@ __all__ = [
     "layer_match_facts", "chain_facts", "trace_facts", "handle_facts", "weights_facts",
     "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS", "token_diff", "show_ws",
     "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
+    "feature_flow_text", "feature_flow_facts", "flow_graph_text", "flow_graph_facts", "FLOW_CLASSES",
 ]
 
 N_EXTREMES = 5  # best / worst matches shown
@@ -601,4 +602,120 @@ def steering_text(res: Any) -> str:
     lines += [f"  L{l} #{feat}  strength {s}  at {h}" for l, feat, h, s in f["rows"]]
     lines += _block("prompt", f["prompt"]) + _block("baseline", f["baseline"]) + _block("steered", f["steered"])
     lines.append(f"  {f['diff_line']}")
+    return "\n".join(lines)
+
+
+# -- FeatureFlow (core/flow.py) ---------------------------------------------------------------------
+FLOW_CLASSES = ("translated", "processed", "newborn", "unexplained")
+_FLOW_MODULES = (("R", "residual"), ("M", "mlp"), ("A", "attn"))
+
+
+def _thr(x: Any) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return DASH
+    return DASH if not np.isfinite(v) else fmt_float(v)
+
+
+def feature_flow_facts(flow: Any) -> dict[str, Any]:
+    """Everything the FeatureFlow reprs show, formatted once."""
+    per = list(getattr(flow, "by_layer", ()) or ())
+    alpha = getattr(flow, "alpha", None)
+    rows = []
+    models = set()
+    for fl in per:
+        shares = fl.shares()
+        infos = dict(fl.infos)
+        for inf in infos.values():
+            if inf is not None and getattr(inf, "model_name", None):
+                models.add(str(inf.model_name))
+        cal = dict(fl.calibration)
+        saes = []
+        for key, name in (("res", "residual"), ("R", "before"), ("M", "mlp"), ("A", "attn")):
+            inf = infos.get(key)
+            if inf is not None:
+                extra = " (through W_O)" if key == "A" and cal.get("A", {}).get("projected_through_W_O") else ""
+                saes.append((name, f"{inf.label}{extra}"))
+        nulls = []
+        for m, name in _FLOW_MODULES:
+            c = cal.get(m)
+            if c:
+                q = c.get("quantiles", {})
+                nulls.append((name, f"t={_thr(c.get('threshold'))} (null median {_thr(q.get('0.5'))}, q99 "
+                                    f"{_thr(q.get('0.99'))}, {fmt_int(c.get('n_null'))} values)"))
+        rows.append({
+            "layer": _layer(fl.layer), "prev": _layer(fl.prev_layer), "n": fmt_int(fl.n),
+            "t": {m: _thr(fl.thresholds.get(m)) for m, _ in _FLOW_MODULES},
+            "n_mod": {m: fmt_int(fl.n_modules.get(m, 0)) if fl.n_modules.get(m, 0) else DASH for m, _ in _FLOW_MODULES},
+            "shares": {k: fmt_pct(shares[k]) for k in FLOW_CLASSES},
+            "fracs": {k: float(shares[k]) if np.isfinite(shares[k]) else 0.0 for k in FLOW_CLASSES},
+            "saes": saes, "nulls": nulls,
+        })
+    layers = [int(fl.layer) for fl in per]
+    modules = [name for m, name in _FLOW_MODULES if any(fl.n_modules.get(m, 0) for fl in per)]
+    a = fmt_float(alpha) if alpha is not None else DASH
+    rule = (f"alpha={a} per module test: each threshold is the (1 - alpha) point of its pair's null (the "
+            "layer's features reflected about their mean in their principal axes, against the module's decoders); "
+            "a feature with no counterpart in a module passes it with probability <= alpha")
+    stats = dict(getattr(flow, "stats", {}) or {})
+    return {
+        "kind": "FeatureFlow", "n_layers": fmt_int(len(per)),
+        "layer_range": f"{layers[0]} … {layers[-1]}" if layers else DASH,
+        "model": ", ".join(sorted(models)) if models else None, "modules": ", ".join(modules) or DASH,
+        "alpha": a, "rule": rule, "rows": rows,
+        "options": _options(getattr(flow, "options", None)),
+        "seconds": fmt_seconds(stats["seconds"]) if stats.get("seconds") is not None else DASH,
+    }
+
+
+def feature_flow_text(flow: Any) -> str:
+    f = feature_flow_facts(flow)
+    model = f" ({f['model']})" if f["model"] else ""
+    lines = [f"FeatureFlow: {f['n_layers']} layers ({f['layer_range']}), modules {f['modules']}{model}",
+             f"  {f['rule']}", f"  options    {_kv_line(f['options'])}; {f['seconds']}"]
+    table = [("layer", "from", "features", "t_R", "t_M", "t_A") + FLOW_CLASSES]
+    for r in f["rows"]:
+        table.append((r["layer"], r["prev"], r["n"], r["t"]["R"], r["t"]["M"], r["t"]["A"])
+                     + tuple(r["shares"][k] for k in FLOW_CLASSES))
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    for row in table:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in f["rows"]:
+        lines.append(f"  layer {r['layer']} SAEs: " + ", ".join(f"{k} {v}" for k, v in r["saes"]))
+    return "\n".join(lines)
+
+
+def flow_graph_facts(g: Any) -> dict[str, Any]:
+    nodes = list(getattr(g, "nodes", ()) or ())
+    edges = []
+    for e in getattr(g, "edges", ()) or ():
+        s, t = nodes[e.source], nodes[e.target]
+        edges.append({"source": s.label, "target": t.label, "kind": str(e.kind), "weight": fmt_float(e.weight, 3),
+                      "high": bool(e.high), "layer": int(t.layer), "source_layer": int(s.layer)})
+    edges.sort(key=lambda r: (r["layer"], r["kind"] != "residual", r["target"]))
+    counts = {k: sum(1 for n in nodes if n.kind == k) for k in ("residual", "mlp", "attn")}
+    return {
+        "kind": "FlowGraph", "origin": f"feature {fmt_int(g.origin_feature)} of layer {_layer(g.origin_layer)}",
+        "n_nodes": fmt_int(len(nodes)), "n_edges": fmt_int(len(edges)), "counts": counts,
+        "cuts": f"residual steps cut where s(R) < {fmt_float(g.min_residual)}, module nodes below "
+                f"{fmt_float(g.min_module)} dropped",
+        "truncated": bool(getattr(g, "truncated", False)),
+        "nodes": [{"label": n.label, "kind": n.kind, "layer": int(n.layer), "feature": int(n.feature),
+                   "cls": n.cls, "origin": bool(n.origin)} for n in nodes],
+        "edges": edges, "labels": dict(getattr(g, "labels", {}) or {}),
+    }
+
+
+def flow_graph_text(g: Any) -> str:
+    f = flow_graph_facts(g)
+    c = f["counts"]
+    lines = [f"FlowGraph: {f['origin']} ({c['residual']} residual, {c['mlp']} MLP, {c['attn']} attention nodes; "
+             f"{f['n_edges']} edges)", f"  {f['cuts']}" + ("; successors truncated" if f["truncated"] else "")]
+    res = sorted((n for n in f["nodes"] if n["kind"] == "residual"), key=lambda n: (n["layer"], n["feature"]))
+    lines.append("  residual: " + ", ".join(f"{n['label']}{' *' if n['origin'] else ''}"
+                                          f"{' (' + n['cls'] + ')' if n['cls'] else ''}" for n in res))
+    for e in f["edges"]:
+        lines.append(f"  {e['source']} → {e['target']}  {e['kind']}  s={e['weight']}"
+                     f"{' (above threshold)' if e['high'] else ''}")
     return "\n".join(lines)

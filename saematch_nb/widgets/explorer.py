@@ -27,7 +27,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     ``chain``: a MatchChain. ``examples``: ``collect_examples``' result (or any
     ``examples[layer][feature]`` -> FeatureExamples). ``model``: the TransformerLens model, for the
     logit effects. ``figure``: "auto" (:func:`saematch_nb.widgets.backend.figure_backend`),
-    "widget", "output" or False (no figure).
+    "widget", "output" or False (no figure). ``flow``: a FeatureFlow (``saematch_nb.feature_flow``)
+    of the same residual SAEs: a read-only section shows the module predecessors of the feature
+    in focus (residual of the layer before, MLP, attention: top-1, cosine, threshold, class).
 
     State: the ``layer`` / ``feature`` traitlets (linked both ways to the slider and the feature
     box) and ``origin``, the (layer, feature) the trace starts from. Typing a feature (or setting
@@ -45,10 +47,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def __init__(self, chain: Any, examples: Any = None, *, model: Any = None, layer: int | None = None,
                  feature: int = 0, figure: Any = "auto", accepted_only: bool = False, theme: str | None = None,
-                 history_size: int = 100, **kw: Any) -> None:
+                 history_size: int = 100, flow: Any = None, **kw: Any) -> None:
         from .backend import figure_backend
 
         self.chain = chain
+        self.flow = flow
         self.examples = examples
         self.model = model
         self.accepted_only = accepted_only
@@ -86,6 +89,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.anchor_button.on_click(lambda _b: self.trace_from(self.layer, self.feature))
         self.status = W.HTML()
         self.trace_html = W.HTML()
+        self.flow_html = W.HTML()  # the module predecessors (with flow=)
         # one button per layer, the step's numbers between them; a long chain scrolls sideways
         self.node_buttons: list[Any] = []
         self.edge_html: list[Any] = []
@@ -124,6 +128,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         nav = W.HBox([self.back_button, self.forward_button, self.layer_slider, self.feature_box, self.anchor_button],
                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
         children = [nav, self.status, self.trace_html, self.node_row]
+        if flow is not None:
+            children.append(self.flow_html)
         if self.figure is not None:
             # the figure gets a width by the number of layers (below) and this box scrolls it
             # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
@@ -291,6 +297,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             err = getattr(self, "_error", None) or ValueError("no trace")
             self.status.value = html.error_html(err.args[0] if err.args else err)
             self.trace_html.value = ""
+            self.flow_html.value = ""
             self._clear_examples()
             for b in self.node_buttons:
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
@@ -307,10 +314,19 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.status.value = ""
         # what the user looks at first goes first: each value is sent to the browser when set
         self.trace_html.value = html.explorer_header_html(tr, self.layer)
+        self._draw_flow()
         if self.figure is not None:
             self._draw(tr)
         self._draw_examples(tr)
         self._draw_nodes(tr)  # the node tooltips read the examples just loaded
+
+    def _draw_flow(self) -> None:
+        if self.flow is None:
+            return
+        from ..display import html
+
+        f = int(self.feature)
+        self.flow_html.value = "" if f < 0 else html.flow_predecessors_html(self.flow, self.layer, f)
 
     def _node_extra(self, L: int, f: int) -> str:
         fx = self._feature_examples(L, f)
@@ -504,7 +520,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         from ..display.html import trace_html
 
         return html.panel_snapshot_html("FeatureExplorer", [
-            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.examples_markup])
+            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.flow_html.value,
+            self.examples_markup])
 
 
 def html_edge(step: Any) -> str:
