@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from . import criterion as crit
-from .lap import AssignmentResult, pick_solver, solve, solve_dense
-from .cost import (check_params, check_same_d_in, cost_blocks, default_device, dense_cost,
-                   feature_matrix, pair_cost)
+from .lap import AssignmentResult, pick_solver, solve
+from .cost import check_params, check_same_d_in, cost_blocks, default_device, feature_matrix, pair_cost
 from .results import LayerMatch
 from .weights import SAEWeights, as_weights
 
@@ -148,16 +147,13 @@ def match_weights(
             res: AssignmentResult = solve(Xd, Yd, unmatched_cost=np.full(n_a, 2.0 * cal.threshold),
                                           solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             del Xd, Yd
-        elif fold and which == "dense":
-            # the dense cost matrix is built once: the solver reads each row's nearest costs off it
-            res = solve_dense(dense_cost(Xf, Yf, device=dev, progress=progress))
-            nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         else:
             X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
                                           feature_matrix(wb, params, fold=False))
             res = solve(X, Y, solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             if fold and res.nearest_cost is not None and res.second_cost is not None:
-                # the sparse solver's candidate lists hold each row's two cheapest columns
+                # the dense solver's matrix and the sparse one's candidate lists hold each row's
+                # two cheapest columns: no second pass
                 nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         if res.cosine_pass is not None:
             near_dir = crit.pass_from_cosines(res.cosine_pass)
