@@ -19,7 +19,8 @@ The front door is :func:`solve`; it picks one of three exact solvers, all return
   for numba).
 
 Numba kernels are compiled once per installation (``cache=True``: next to the sources, or in
-numba's per-user cache directory when site-packages is read-only).
+numba's per-user cache directory when site-packages is read-only; where neither can be written,
+``NUMBA_CACHE_DIR`` must name a folder that can: ``warmup.NumbaCacheError`` says so).
 
 Shapes: ``n_a <= n_b`` is the usual rectangular case (every row gets a distinct column). For
 ``n_a > n_b`` the dense solver assigns the ``n_b`` rows whose assignment is cheapest overall and
