@@ -97,9 +97,24 @@ class MatchChain:
 
     def attach(self, saes: Any) -> "MatchChain":
         """This chain with its SAEs attached (e.g. after :meth:`load`), checked layer by layer
-        against the weights hashes its matches recorded."""
-        st = SAEStack.build(saes, layers=None if isinstance(saes, Mapping) or isinstance(saes, SAEStack)
-                            else (self.layers if len(list(saes)) == len(self.layers) else None))
+        against the weights hashes its matches recorded. A list as long as the chain is taken in the
+        chain's layer order, or, failing that, in the SAEs' own depth order (as match_chain took it)."""
+        if not isinstance(saes, (Mapping, SAEStack, str, os.PathLike)) and hasattr(saes, "__iter__"):
+            saes = list(saes)  # a generator is read once
+        if isinstance(saes, (Mapping, SAEStack)) or len(saes) != len(self.layers):
+            return self._attached(SAEStack.build(saes))
+        try:
+            return self._attached(SAEStack.build(saes, layers=self.layers))
+        except ResultMismatchError as first:
+            try:
+                st = SAEStack.build(saes)
+            except ValueError:
+                raise first from None
+            if tuple(st.layers) != self.layers:
+                raise first from None
+            return self._attached(st)
+
+    def _attached(self, st: SAEStack) -> "MatchChain":
         if tuple(st.layers) != self.layers:
             raise ValueError(f"the SAEs given are for layers {st.layers}, the chain has layers {self.layers}")
         for L in self.layers:

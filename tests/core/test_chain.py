@@ -358,3 +358,17 @@ def test_handles_without_cache_key_stay_lazy(tmp_path):
     assert PEAK["loads"] == 4 + 4  # once to fingerprint, once to match
     assert match_chain(handles, cache_dir=tmp_path / "cache", progress=False).stats["cache_hits"] == 3
     assert ch.stats["max_saes_held"] == 2
+
+
+# -- issue 22 item 16: a generator of SAEs is read once --------------------------------------------------
+def test_match_chain_and_attach_take_a_generator(tmp_path):
+    pc = planted_chain(n_layers=3, n=32, d_in=16, seed=2)
+    want = match_chain(pc.saes, cache=False, progress=False)
+    got = match_chain((w for w in pc.saes), cache=False, progress=False)
+    assert got.layers == want.layers and len(got.pairs) == 2
+    for a, b in zip(got.pairs, want.pairs):
+        assert np.array_equal(a.partner, b.partner)
+    back = MatchChain.load(got.save(tmp_path / "c"), saes=(w for w in pc.saes))
+    assert back.stack is not None and back.fingerprints == want.fingerprints
+    with pytest.raises(ValueError, match="at least two SAEs, got 1"):
+        match_chain((w for w in pc.saes[:1]), cache=False, progress=False)
