@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from .cache import CacheWarning, MatchCache, identity, normalize_options, pair_key
-from .chain import MatchChain
+from .chain import MatchChain, _inconsistent
 from .results import LayerMatch
 from .stack import SAEStack, _weights_bytes, check_one_per_layer
 from .weights import SAEInfo, SAEWeights, as_weights
@@ -104,19 +104,6 @@ def _stale(lm: LayerMatch, a: tuple | None, b: tuple | None) -> str | None:
             return f"SAE {side} now has weights hash {now[0]}, the cached match was made from {then[0]}"
         if now[1] != then[1]:
             return f"SAE {side} now has {now[1]} features, the cached match has {then[1]}"
-    return None
-
-
-def _inconsistent(pairs: list, t: int) -> str | None:
-    """Why cached pairs t and t+1 cannot both be right: they disagree about the SAE they share."""
-    x, y = pairs[t], pairs[t + 1]
-    if x is None or y is None:
-        return None
-    if x.n_b != y.n_a:
-        return f"pair {t} ends with {x.n_b} features but pair {t + 1} starts with {y.n_a}"
-    if x.fingerprint_b and y.fingerprint_a and x.fingerprint_b != y.fingerprint_a:
-        return (f"pair {t} ends with an SAE of weights hash {x.fingerprint_b} but pair {t + 1} starts "
-                f"with one of hash {y.fingerprint_a}")
     return None
 
 
