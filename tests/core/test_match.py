@@ -216,7 +216,7 @@ def test_an_all_zero_sae_is_a_clear_error_not_100_percent_matched(arch):
         with pytest.raises(ValueError, match=side + r" .*has no non-zero feature.*Check the weights"):
             match(x, y)
     with pytest.raises(ValueError, match="no non-zero feature"):
-        saematch_nb.match_chain([z, z, b], cache=False, progress=False)
+        saematch_nb.match_chain({0: z, 1: b}, cache=False, progress=False)
 
 
 def test_zero_features_are_unmatched_with_a_reason():
