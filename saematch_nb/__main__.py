@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="run the bundled demo, as make demo (its options: python -m saematch_nb demo "
                                 "--help)")
     ap.parse_args(argv)
-    from .core.lap.warmup import warm_up
+    from .core.lap.warmup import NumbaCacheError, warm_up
     try:
         r = warm_up(progress=sys.stderr.isatty())
-    except ImportError as e:  # numba (the `scale` extra) missing: nothing to compile
+    except (ImportError, NumbaCacheError) as e:  # numba missing, or nowhere to write its cache
         print(f"saematch_nb warmup: {e}", file=sys.stderr)
         return 1
     print(f"saematch_nb warmup: {r['kernels']} kernels, {r['signatures']} signatures ready "

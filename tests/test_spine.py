@@ -88,9 +88,12 @@ def test_a_loaded_chain_needs_its_saes_once(bundle, tmp_path):
     assert full.stack is not None and full.fingerprints == chain.fingerprints
     plan = smn.plan_steering(full, 0, 0, span="single")
     assert isinstance(smn.steer(bundle.model, plan, "The", max_new_tokens=2).steered, str)
+    # a list is taken in depth order (issue 22 item 3): the same SAEs reversed are the chain's SAEs
     shuffled = list(bundle.saes)[::-1]
+    assert smn.MatchChain.load(tmp_path / "chain", saes=shuffled).fingerprints == chain.fingerprints
+    wrong = [bundle.saes[1], *list(bundle.saes)[1:]]  # layer 1's SAE given for layer 0
     with pytest.raises(smn.core.results.ResultMismatchError, match="not the one this chain was matched on"):
-        smn.MatchChain.load(tmp_path / "chain", saes=shuffled)
+        smn.MatchChain.load(tmp_path / "chain", saes=wrong)
 
 
 def test_replace_does_not_carry_stale_traces(bundle):

@@ -55,9 +55,10 @@ if TYPE_CHECKING:
     from .results import LayerMatch
 
 ENV_VAR = "SAEMATCH_CACHE_DIR"
-# 2: results of the null-calibrated criterion; 3: the leave-one-out null (criterion version 3).
-# Older entries are never read: other keys.
-CACHE_VERSION = 3
+# 2: results of the null-calibrated criterion; 3: the leave-one-out null (criterion version 3);
+# 4: the scipy path on float64 costs, zero features never matched (issue #22: an all-zero SAE's
+# cached "100% matched" must not be read again). Older entries are never read: other keys.
+CACHE_VERSION = 4
 
 # Defaults of saematch_nb.match: normalising them means match_chain(saes) and
 # match_chain(saes, fold=True) share cache entries.

@@ -9,8 +9,12 @@ SAEs again. Building a chain (cache, executors, memory accounting) is core/runne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import secrets
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -97,9 +101,24 @@ class MatchChain:
 
     def attach(self, saes: Any) -> "MatchChain":
         """This chain with its SAEs attached (e.g. after :meth:`load`), checked layer by layer
-        against the weights hashes its matches recorded."""
-        st = SAEStack.build(saes, layers=None if isinstance(saes, Mapping) or isinstance(saes, SAEStack)
-                            else (self.layers if len(list(saes)) == len(self.layers) else None))
+        against the weights hashes its matches recorded. A list as long as the chain is taken in the
+        chain's layer order, or, failing that, in the SAEs' own depth order (as match_chain took it)."""
+        if not isinstance(saes, (Mapping, SAEStack, str, os.PathLike)) and hasattr(saes, "__iter__"):
+            saes = list(saes)  # a generator is read once
+        if isinstance(saes, (Mapping, SAEStack)) or len(saes) != len(self.layers):
+            return self._attached(SAEStack.build(saes))
+        try:
+            return self._attached(SAEStack.build(saes, layers=self.layers))
+        except ResultMismatchError as first:
+            try:
+                st = SAEStack.build(saes)
+            except ValueError:
+                raise first from None
+            if tuple(st.layers) != self.layers:
+                raise first from None
+            return self._attached(st)
+
+    def _attached(self, st: SAEStack) -> "MatchChain":
         if tuple(st.layers) != self.layers:
             raise ValueError(f"the SAEs given are for layers {st.layers}, the chain has layers {self.layers}")
         for L in self.layers:
@@ -388,31 +407,66 @@ class MatchChain:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to a folder: one LayerMatch ``pair_NNN.npz`` per pair + ``chain.json`` (last)."""
-        d = Path(path)
+        """Write to a folder: one LayerMatch ``pair_NNN.npz`` per pair + ``chain.json``.
+
+        Atomic for the whole folder: the chain is written to a hidden sibling folder, then swapped
+        in by renames, so an interrupted save (Ctrl-C, kill, full disk) leaves the old chain or the
+        new one, whole, never a mix. The folder is the chain's own: an existing folder must be
+        empty or hold a chain (other files there are an error, never deleted). ``chain.json``
+        records each pair file's sha256, each layer's weights hash and a checksum of the layer
+        list, which :meth:`load` verifies."""
+        d = _target(path, saving=True)
         if d.exists() and not d.is_dir():
             raise NotADirectoryError(f"{d} exists and is not a folder: MatchChain.save needs a folder")
-        d.mkdir(parents=True, exist_ok=True)
-        files = []
-        for t, lm in enumerate(self.pairs):
-            files.append(lm.save(d / f"pair_{t:03d}.npz").name)
-        meta = {
-            "format_version": FORMAT_VERSION, "kind": "MatchChain", "layers": list(self.layers),
-            "infos": [i.to_dict() for i in self.infos], "options": _jsonable(self.options),
-            "stats": _jsonable(self.stats), "files": files,
-        }
-        tmp = d / f".chain.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, d / "chain.json")  # the chain is complete once chain.json is there
+        if d.is_dir():
+            foreign = sorted(x.name for x in d.iterdir() if not _CHAIN_ENTRY.fullmatch(x.name))
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise FileExistsError(
+                    f"{d} holds files MatchChain.save did not write ({shown}): a saved chain is a folder of "
+                    "its own, replaced whole by the next save. Save to a new or empty folder (e.g. "
+                    f"{d / 'chain'}), or move those files out")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _sibling(d, "saving")
+        tmp.mkdir()
+        try:
+            records = []
+            for t, lm in enumerate(self.pairs):
+                f = lm.save(tmp / f"pair_{t:03d}.npz")
+                records.append({"file": f.name, "sha256": _sha256(f)})
+            meta = {
+                "format_version": FORMAT_VERSION, "kind": "MatchChain", "layers": list(self.layers),
+                "infos": [i.to_dict() for i in self.infos], "options": _jsonable(self.options),
+                "stats": _jsonable(self.stats), "files": [r["file"] for r in records], "pairs": records,
+                "fingerprints": list(self.fingerprints),
+            }
+            meta["digest"] = _digest(meta)
+            (tmp / "chain.json").write_text(json.dumps(meta, indent=1))
+            _swap_in(tmp, d)
+        except BaseException:  # nothing half-written is left behind, and the old chain stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _remove_leftovers(d)
         return d
 
     @classmethod
     def load(cls, path: str | os.PathLike, saes: Any = None) -> "MatchChain":
         """Read a chain written by :meth:`save`; with ``saes``, attach them (checked against the
-        chain's weights hashes) so that later steps need not be given them."""
-        d = Path(path)
+        chain's weights hashes) so that later steps need not be given them.
+
+        The pair files are checked against ``chain.json`` (their sha256, the weights hashes of
+        each layer, the checksum of the layer list) and against each other (pair t's SAE B is pair
+        t+1's SAE A): a pair file from another chain, swapped files or an edited layer list are a
+        :class:`ResultFileError` naming the file, never a silently wrong chain."""
+        d = _target(path)
         f = d / "chain.json"
         if not f.exists():
+            aside = [x for x in sorted(d.parent.glob(f".{d.name}.old-*")) if (x / "chain.json").exists()] \
+                if not d.exists() and d.parent.is_dir() else []
+            if aside:
+                raise FileNotFoundError(
+                    f"{d} does not exist, but {aside[-1]} holds the chain an interrupted MatchChain.save "
+                    f"moved aside: rename it to {d} (or save the chain again)")
             raise FileNotFoundError(f"{d} holds no chain.json: not a folder written by MatchChain.save")
         try:
             meta = json.loads(f.read_text())
@@ -423,10 +477,38 @@ class MatchChain:
             kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
             raise ResultFileError(f"{f} describes a {kind!r}, not a MatchChain")
         check_format_version(meta, f, "MatchChain", FORMAT_VERSION)
-        pairs = tuple(LayerMatch.load(d / name) for name in meta["files"])
-        chain = cls(pairs=pairs, layers=tuple(meta["layers"]),
-                    infos=tuple(SAEInfo.from_dict(i) for i in meta["infos"]),
-                    options=meta.get("options", {}), stats=meta.get("stats", {}))
+        layers, infos, files, records, fps = _read_meta(meta, f)
+        pairs = []
+        for t, name in enumerate(files):
+            p = d / name
+            if not p.is_file():
+                raise ResultFileError(f"{f} lists the pair file {name}, but {p} is missing: the folder is "
+                                      "incomplete; save the chain again")
+            if records is not None and _sha256(p) != records[t]["sha256"]:
+                raise ResultFileError(
+                    f"{p} is not the pair file this chain saved (its content differs from the sha256 in "
+                    f"{f.name}): it was replaced, copied from another chain or damaged; save the chain again")
+            pairs.append(LayerMatch.load(p))
+        for t in range(len(pairs) - 1):
+            why = _inconsistent(pairs, t)
+            if why:
+                why = why.replace(f"pair {t + 1}", files[t + 1]).replace(f"pair {t}", files[t])
+                raise ResultFileError(
+                    f"{d}: the pair files do not come from one chain ({why}): they were swapped or copied "
+                    "from another chain; save the chain again")
+        if fps is not None:
+            for t, lm in enumerate(pairs):
+                for side, got, want in (("A", lm.fingerprint_a, fps[t]), ("B", lm.fingerprint_b, fps[t + 1])):
+                    if want and got and got != want:
+                        raise ResultFileError(
+                            f"{d / files[t]} matches an SAE {side} of weights hash {got}, but {f.name} says "
+                            f"layer {layers[t if side == 'A' else t + 1]} has hash {want}: the pair file comes "
+                            "from another chain; save the chain again")
+        try:
+            chain = cls(pairs=tuple(pairs), layers=tuple(layers), infos=tuple(infos),
+                        options=meta.get("options") or {}, stats=meta.get("stats") or {})
+        except ValueError as e:
+            raise ResultFileError(f"{f} does not describe its pair files: {e}; save the chain again") from e
         return chain if saes is None else chain.attach(saes)
 
     # -- reprs ----------------------------------------------------------------------------------
@@ -440,6 +522,156 @@ class MatchChain:
 
         return html.chain_html(self)
 
+
+
+def _inconsistent(pairs: Sequence[LayerMatch | None], t: int) -> str | None:
+    """Why pairs t and t+1 cannot both be right: they disagree about the SAE they share (cached
+    pairs in match_chain, saved pair files in MatchChain.load)."""
+    x, y = pairs[t], pairs[t + 1]
+    if x is None or y is None:
+        return None
+    if x.n_b != y.n_a:
+        return f"pair {t} ends with {x.n_b} features but pair {t + 1} starts with {y.n_a}"
+    if x.fingerprint_b and y.fingerprint_a and x.fingerprint_b != y.fingerprint_a:
+        return (f"pair {t} ends with an SAE of weights hash {x.fingerprint_b} but pair {t + 1} starts "
+                f"with one of hash {y.fingerprint_a}")
+    return None
+
+
+# -- the saved folder -----------------------------------------------------------------------------
+# what MatchChain.save writes into its folder (and older versions' temporary files)
+_CHAIN_ENTRY = re.compile(r"chain\.json|pair_\d{3,}\.npz|\.chain\.json\.\d+\.tmp|\.pair_\d{3,}\.npz\.\d+\.tmp")
+# the fields of chain.json the checksum covers: what says which SAE and file is at which layer
+_DIGESTED = ("layers", "infos", "files", "pairs", "fingerprints")
+
+
+def _target(path: str | os.PathLike, saving: bool = False) -> Path:
+    d = Path(os.path.abspath(os.fspath(path)))
+    if d.is_symlink():  # the folder it names is replaced, not the link
+        d = d.resolve()
+    cwd = Path.cwd()
+    if saving and (d == cwd or d in cwd.parents):  # renamed under the process, it would be nowhere
+        raise ValueError(f"{d} is the current folder or one above it: save the chain to a sub-folder "
+                         f"(e.g. {d / 'chain'})")
+    return d
+
+
+def _sibling(d: Path, kind: str) -> Path:
+    return d.parent / f".{d.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(meta: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: meta.get(k) for k in _DIGESTED}, sort_keys=True).encode()).hexdigest()
+
+
+def _swap_in(tmp: Path, d: Path) -> None:
+    """Put the finished folder ``tmp`` at ``d`` by renames: at every moment ``d`` is the old chain or
+    the new one (between the two renames, the old one is whole in a ``.<name>.old-*`` sibling,
+    which :meth:`MatchChain.load` points to)."""
+    if not d.exists():
+        try:
+            os.rename(tmp, d)
+            return
+        except OSError:  # made meanwhile (another save): swap below
+            pass
+    old = _sibling(d, "old")
+    moved = False
+    try:
+        os.rename(d, old)
+        moved = True
+        os.rename(tmp, d)
+    except BaseException:
+        if moved and not d.exists():
+            os.rename(old, d)  # the old chain back where it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(d: Path) -> None:
+    """Folders of saves to ``d`` that a killed process left behind (``d`` now holds a whole chain)."""
+    for x in d.parent.glob(f".{d.name}.*-*-*"):
+        kind, _, rest = x.name[len(d.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("saving", "old") or not pid.isdigit() or not x.is_dir():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another save in progress
+        shutil.rmtree(x, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
+
+
+def _read_meta(meta: Mapping[str, Any], f: Path):
+    """The fields of chain.json, checked: one ResultFileError naming the file and the field."""
+    def bad(field_: str, what: str) -> ResultFileError:
+        return ResultFileError(f"{f}: the field {field_!r} {what}; the file is damaged or was edited: "
+                               "save the chain again (MatchChain.save), or recompute it")
+
+    for name in ("layers", "infos", "files"):
+        if name not in meta:
+            raise bad(name, "is missing")
+        if not isinstance(meta[name], list):
+            raise bad(name, f"must be a list, got {type(meta[name]).__name__}")
+    layers, infos, files = meta["layers"], meta["infos"], meta["files"]
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in layers):
+        raise bad("layers", f"must hold integers, got {layers!r}")
+    if len(layers) < 2 or len(set(layers)) != len(layers):
+        raise bad("layers", f"must hold at least two distinct layers, got {layers!r}")
+    if len(files) != len(layers) - 1:
+        raise bad("files", f"must name {len(layers) - 1} pair files for {len(layers)} layers, got {len(files)}")
+    for x in files:  # plain names inside the folder: never a path elsewhere
+        if not isinstance(x, str) or not re.fullmatch(r"[^/\\]+\.npz", x) or x.startswith("."):
+            raise bad("files", f"must hold pair file names (pair_NNN.npz), got {x!r}")
+    if len(infos) != len(layers):
+        raise bad("infos", f"must hold one entry per layer ({len(layers)}), got {len(infos)}")
+    out_infos = []
+    for x in infos:
+        if not isinstance(x, dict):
+            raise bad("infos", f"must hold objects, got {type(x).__name__}")
+        for k in SAEInfo.__dataclass_fields__:
+            v = x.get(k)
+            ok = v is None or ((isinstance(v, int) and not isinstance(v, bool)) if k == "layer" else isinstance(v, str))
+            if not ok:
+                raise bad("infos", f"has {k}={v!r}, which must be {'an integer' if k == 'layer' else 'a string'} "
+                                   "or null")
+        out_infos.append(SAEInfo.from_dict(x))
+    for name in ("options", "stats"):
+        if meta.get(name) is not None and not isinstance(meta[name], dict):
+            raise bad(name, f"must be an object, got {type(meta[name]).__name__}")
+    # written since issue 22; chains saved before have none of them (checked for continuity only)
+    records = meta.get("pairs")
+    if records is not None:
+        if not (isinstance(records, list) and len(records) == len(files) and all(
+                isinstance(r, dict) and r.get("file") == x and isinstance(r.get("sha256"), str)
+                for r, x in zip(records, files))):
+            raise bad("pairs", "must hold one {file, sha256} per pair file, in the order of 'files'")
+    fps = meta.get("fingerprints")
+    if fps is not None and not (isinstance(fps, list) and len(fps) == len(layers)
+                                and all(isinstance(x, str) for x in fps)):
+        raise bad("fingerprints", "must hold one weights hash (a string) per layer")
+    digest = meta.get("digest")
+    if digest is not None and digest != _digest(meta):
+        raise ResultFileError(
+            f"{f} was edited: its layers, SAE identities or pair files no longer agree with the checksum "
+            "MatchChain.save wrote (a chain's layers come from the SAEs it was matched on: pass a "
+            "{layer: sae} mapping to match_chain to number them); save the chain again")
+    return layers, out_infos, files, records, fps
 
 
 def __getattr__(name: str) -> Any:

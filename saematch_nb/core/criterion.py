@@ -10,7 +10,9 @@ vectors (:func:`directions`), so blocked matmuls compute it. True partners sit n
 **Rule.** ``matched = partner >= 0 & s <= threshold & mutual best``: the partner is the row's
 nearest column and the row is the partner's nearest row (:func:`mutual_best`). A dying feature
 whose nearest candidate is a surviving sibling's partner (feature splitting) fails the mutual test
-(the partner prefers the sibling), whatever its distance; so does a forced match.
+(the partner prefers the sibling), whatever its distance; so does a forced match. A feature with an
+all-zero decoder row or encoder column has no direction (:func:`zero_rows`): it is never matched
+and stays out of the null; an SAE with no other feature is an error (``match`` says so).
 
 **The null: each SAE against itself** (:func:`calibrate`). A feature of A with no partner in B
 reaches its nearest B feature only by chance, and how close chance comes depends on the pair's
@@ -126,6 +128,17 @@ def direction_distance(X: torch.Tensor, Y: torch.Tensor, col: np.ndarray,
                 cos[r0:r0 + 4096] += (a * b).sum(1) / (na * nb)
         out[ok] = np.clip((1.0 - cos / len(parts)).numpy(), 0.0, 2.0)
     return out
+
+
+def zero_rows(X: torch.Tensor, parts: Sequence[slice] | None = None) -> np.ndarray:
+    """``zero[i]``: a part of row i (its decoder row or encoder column) is all zero, so the feature
+    has no direction. Its direction distance to anything would read 1 (cosine 0 by convention):
+    such a feature is never matched, and left out of the null (that 1 is not a chance closeness)."""
+    parts = list(parts) if parts else [slice(0, X.shape[1])]
+    zero = torch.zeros(X.shape[0], dtype=torch.bool)
+    for p in parts:
+        zero |= (X[:, p] == 0).all(dim=1).cpu()
+    return zero.numpy()
 
 
 # -- the calibration ------------------------------------------------------------------------------
@@ -355,7 +368,13 @@ def calibrate(X: torch.Tensor, Y: torch.Tensor, *, parts: Sequence[slice] | None
         raise ValueError("calibrate needs SAEs with at least one feature each")
     parts = list(parts) if parts else [slice(0, X.shape[1])]
     rng = np.random.default_rng(seed)
-    rows_a, rows_b = _sample(n_a, n_null, rng), _sample(n_b, n_null, rng)
+    # features without a direction are no sample of chance closeness (their distance 1 is a convention)
+    live_a, live_b = np.flatnonzero(~zero_rows(X, parts)), np.flatnonzero(~zero_rows(Y, parts))
+    for side, live in (("A", live_a), ("B", live_b)):
+        if live.size == 0:
+            raise ValueError(f"calibrate: every feature of SAE {side} is zero (no direction to compare): "
+                             "check the weights that were loaded")
+    rows_a, rows_b = live_a[_sample(live_a.size, n_null, rng)], live_b[_sample(live_b.size, n_null, rng)]
     nbr_a, d_a, Xd = _loo(X, rows_a, parts, device)
     nbr_b, d_b, Yd = _loo(Y, rows_b, parts, device)
     null = np.concatenate([d_a, d_b])

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from . import criterion as crit
-from .lap import AssignmentResult, pick_solver, solve, solve_dense
-from .cost import (check_params, check_same_d_in, cost_blocks, default_device, dense_cost,
-                   feature_matrix, pair_cost)
+from .lap import AssignmentResult, pick_solver, solve
+from .cost import check_params, check_same_d_in, cost_blocks, default_device, feature_matrix, pair_cost
 from .results import LayerMatch
 from .weights import SAEWeights, as_weights
 
@@ -124,6 +123,24 @@ def match_weights(
         del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
+    # a feature with an all-zero decoder row or encoder column has no direction: never matched (an
+    # all-zero SAE would otherwise be "100% matched": every distance 1, a null of 1s, threshold 1)
+    zero_a, zero_b = crit.zero_rows(Xf, parts), crit.zero_rows(Yf, parts)
+    for side, w, zero in (("A", wa, zero_a), ("B", wb, zero_b)):
+        if zero.all():
+            raise ValueError(
+                f"SAE {side} ({w.info.label}) has no non-zero feature: every one of its {zero.size} features "
+                "has an all-zero decoder row or encoder column, so none has a direction to match. Check the "
+                "weights that were loaded (an untrained, blanked or wrongly converted SAE)")
+    if zero_a.any() or zero_b.any():
+        import warnings
+
+        from ..errors import SaematchWarning
+
+        warnings.warn(
+            f"match: {int(zero_a.sum())} of SAE A's and {int(zero_b.sum())} of SAE B's features are zero (an "
+            "all-zero decoder row or encoder column: no direction); they are never matched "
+            "(stats n_zero_a / n_zero_b)", SaematchWarning, stacklevel=3)
     kw_cal = dict(parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
     crit.check_n_null(n_null)  # before the solve: the pair's calibration comes after it
     # a given calibration (expert threshold or reused) is checked before any work; the pair's own
@@ -148,16 +165,13 @@ def match_weights(
             res: AssignmentResult = solve(Xd, Yd, unmatched_cost=np.full(n_a, 2.0 * cal.threshold),
                                           solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             del Xd, Yd
-        elif fold and which == "dense":
-            # the dense cost matrix is built once: the solver reads each row's nearest costs off it
-            res = solve_dense(dense_cost(Xf, Yf, device=dev, progress=progress))
-            nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         else:
             X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
                                           feature_matrix(wb, params, fold=False))
             res = solve(X, Y, solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
             if fold and res.nearest_cost is not None and res.second_cost is not None:
-                # the sparse solver's candidate lists hold each row's two cheapest columns
+                # the dense solver's matrix and the sparse one's candidate lists hold each row's
+                # two cheapest columns: no second pass
                 nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         if res.cosine_pass is not None:
             near_dir = crit.pass_from_cosines(res.cosine_pass)
@@ -190,7 +204,10 @@ def match_weights(
     # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
     mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir,
                               distance=np.where(below, s, np.nan))
-    matched = below & mutual
+    has = partner >= 0
+    no_direction = zero_a.copy()
+    no_direction[has] |= zero_b[partner[has]]
+    matched = below & mutual & ~no_direction
     if allow_unmatched:  # the partial mode's partners are its accepted matches
         partner = np.where(matched, partner, -1)
         score = np.where(matched, score, np.inf)
@@ -225,6 +242,7 @@ def match_weights(
                "solver": solve_stats.get("solver", solver), "n_unmatched": int((partner < 0).sum()),
                "n_matched": n_matched, "n_below_threshold": int(below.sum()),
                "n_not_mutual": int((below & ~mutual).sum()),
+               "n_zero_a": int(zero_a.sum()), "n_zero_b": int(zero_b.sum()),
                "expected_false_matches": efm},
     )
 

@@ -23,9 +23,9 @@ from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from .cache import CacheWarning, MatchCache, identity, normalize_options, pair_key
-from .chain import MatchChain
+from .chain import MatchChain, _inconsistent
 from .results import LayerMatch
-from .stack import SAEStack, _weights_bytes
+from .stack import SAEStack, _weights_bytes, check_one_per_layer
 from .weights import SAEInfo, SAEWeights, as_weights
 
 # Where the pair matcher lives, as "module:function" so that worker processes can import it.
@@ -107,19 +107,6 @@ def _stale(lm: LayerMatch, a: tuple | None, b: tuple | None) -> str | None:
     return None
 
 
-def _inconsistent(pairs: list, t: int) -> str | None:
-    """Why cached pairs t and t+1 cannot both be right: they disagree about the SAE they share."""
-    x, y = pairs[t], pairs[t + 1]
-    if x is None or y is None:
-        return None
-    if x.n_b != y.n_a:
-        return f"pair {t} ends with {x.n_b} features but pair {t + 1} starts with {y.n_a}"
-    if x.fingerprint_b and y.fingerprint_a and x.fingerprint_b != y.fingerprint_a:
-        return (f"pair {t} ends with an SAE of weights hash {x.fingerprint_b} but pair {t + 1} starts "
-                f"with one of hash {y.fingerprint_a}")
-    return None
-
-
 def _match_held(stack: SAEStack, pa: int, pb: int, call_kw: dict) -> LayerMatch:
     """Match the stack's SAEs at positions ``pa`` and ``pb``: converted, hashed and folded by
     the stack (once per analysis), not again here. A matcher put in ``_MATCH_TARGET`` instead of
@@ -170,8 +157,11 @@ def match_chain(
 ) -> MatchChain:
     """Match every neighbouring pair of ``saes`` with :func:`saematch_nb.match`.
 
-    ``saes``: a list (or ``{layer: sae}`` mapping) of anything ``as_weights`` accepts, or an
-    :class:`~saematch_nb.core.stack.SAEStack`. Prefer lazy handles (``saematch_nb.load_saes``) or
+    ``saes``: a list (or any iterable, read once; or a ``{layer: sae}`` mapping) of anything
+    ``as_weights`` accepts, or an :class:`~saematch_nb.core.stack.SAEStack`. SAEs are matched in
+    depth order: a mapping by its keys, a list by the layers its SAEs say (sorted; two SAEs on one
+    layer are an error), else, where a layer is unknown before loading, in list order (see
+    :meth:`SAEStack.build <saematch_nb.core.stack.SAEStack.build>`). Prefer lazy handles (``saematch_nb.load_saes``) or
     paths: they are loaded two at a time and dropped as soon as their pairs are done, and their
     identity (for the cache) needs no loading. ``match_kwargs`` go to ``match`` (fold, params,
     method, allow_unmatched, solver, device, alpha, ...). The chain keeps the SAE stack: later
@@ -201,13 +191,15 @@ def match_chain(
     if isinstance(saes, (str, os.PathLike)) or not (hasattr(saes, "__iter__") or isinstance(saes, SAEStack)):
         raise TypeError("match_chain needs a list of SAEs (handles, paths or weights), "
                         f"got {type(saes).__name__}")
+    if not isinstance(saes, (Mapping, SAEStack)):
+        saes = list(saes)  # a generator (or any one-pass iterable) is read once, here
     match_fn = _resolve(_MATCH_TARGET)
     try:  # a misspelt option fails here, not in every worker
         inspect.signature(match_fn).bind(None, None, **match_kwargs)
     except TypeError as e:
         raise TypeError(f"match_chain: {e}; options are passed to saematch_nb.match "
                         "(fold, params, method, allow_unmatched, solver, device, ...)") from None
-    n_given = len(saes) if isinstance(saes, SAEStack) else len(saes if isinstance(saes, Mapping) else list(saes))
+    n_given = len(saes)
     if n_given < 2:
         raise ValueError(f"match_chain needs at least two SAEs, got {n_given}")
     # In-memory SAEs become SAEWeights once (tensors are shared); handles and paths stay lazy.
@@ -300,8 +292,21 @@ def match_chain(
         infos.append(info)
     layers = list(stack.layers)
     if not isinstance(saes, Mapping) and not isinstance(saes, SAEStack):
-        ls = [i.layer for i in infos]  # a lazy handle may say its layer only once loaded
-        if layers == list(range(T)) and None not in ls and len(set(ls)) == len(ls):
+        ls = [i.layer for i in infos]  # a lazy handle or a path may say its layer only once loaded
+        if layers == list(range(T)) and None not in ls and ls != layers:
+            # matched in list order (the layers were unknown before loading): fine in depth order,
+            # never renumbered otherwise
+            done = ("; the finished pairs are cached: the corrected call reuses them" if store is not None
+                    and not store.write_failures else "")
+            try:
+                check_one_per_layer(ls, " once loaded")
+            except ValueError as e:
+                raise ValueError(f"{e}{done}") from None
+            if ls != sorted(ls):
+                raise ValueError(
+                    f"the SAEs read layers {ls} once loaded, but were matched in list order (their layers "
+                    "are not known before loading): pass them in depth order (sorted by layer) or as a "
+                    f"{{layer: sae}} mapping{done}")
             layers = ls
             stack.layers = tuple(ls)
 

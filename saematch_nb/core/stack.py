@@ -74,8 +74,15 @@ class SAEStack:
     @classmethod
     def build(cls, saes: Any, *, layers: Sequence[int] | None = None, max_held: int = DEFAULT_MAX_HELD,
               fold_budget_bytes: int = DEFAULT_FOLD_BUDGET) -> "SAEStack":
-        """From a list (layers read from each SAE's hook, else positions 0..n-1), a
-        ``{layer: sae}`` mapping, or another stack (returned as it is)."""
+        """From a list, a ``{layer: sae}`` mapping, or another stack (returned as it is).
+
+        A list is put in depth order, as a mapping is: when every SAE says its layer (its hook, known
+        without loading: in-memory SAEs, handles with ``info``), the stack is sorted by it, so
+        ``[sae_2, sae_0, sae_1]`` matches 0 → 1 → 2, never 2 → 0 → 1. Two SAEs that say the same
+        layer are an error (a mapping says which layer each stands for), never renumbered. When a
+        layer is unknown (paths, bare handles), the list keeps its order and the layers are its
+        positions 0..n-1 (``match_chain`` reads them off the SAEs once loaded). ``layers=``: the
+        layer of each SAE of the list, in list order (kept as given)."""
         if isinstance(saes, SAEStack):
             return saes
         given: list[int] | None = None
@@ -95,26 +102,38 @@ class SAEStack:
             given = layers
         if max_held < 1:
             raise ValueError(f"max_held must be at least 1, got {max_held}")
-        stack = cls(layers=(), sources=tuple(items), max_held=int(max_held),
-                    fold_budget_bytes=int(fold_budget_bytes))
         # in-memory SAEs become SAEWeights once, now (their identity is in their weights)
-        for pos, x in enumerate(items):
+        kept: list[SAEWeights | None] = []
+        infos: list[SAEInfo | None] = []
+        converted = 0
+        for x in items:
             if not is_lazy_source(x):
                 w = x if isinstance(x, SAEWeights) else as_weights(x)
-                if not isinstance(x, SAEWeights):
-                    stack.stats["converted"] += 1
-                stack._kept[pos] = w
-                stack._infos[pos] = w.info
+                converted += not isinstance(x, SAEWeights)
+                kept.append(w)
+                infos.append(w.info)
             else:
-                info = peek_info(x)
-                if info is not None:
-                    stack._infos[pos] = info
+                kept.append(None)
+                infos.append(peek_info(x))
+        order = list(range(len(items)))
         if given is None:
-            ls = [stack._infos.get(p, SAEInfo()).layer for p in range(len(items))]
-            given = ls if (None not in ls and len(set(ls)) == len(ls)) else list(range(len(items)))
+            ls = [None if i is None else i.layer for i in infos]
+            check_one_per_layer(ls)
+            if None in ls:  # unknown before loading: list order, positions as layers
+                given = list(order)
+            else:  # depth order, as a mapping's keys
+                order.sort(key=lambda p: ls[p])
+                given = [ls[p] for p in order]
         if len(set(given)) != len(given):
             raise ValueError(f"two SAEs are given for one layer: layers {given}")
-        stack.layers = tuple(int(x) for x in given)
+        stack = cls(layers=tuple(int(x) for x in given), sources=tuple(items[p] for p in order),
+                    max_held=int(max_held), fold_budget_bytes=int(fold_budget_bytes))
+        stack.stats["converted"] += converted
+        for pos, p in enumerate(order):
+            if kept[p] is not None:
+                stack._kept[pos] = kept[p]
+            if infos[p] is not None:
+                stack._infos[pos] = infos[p]
         return stack
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -247,6 +266,21 @@ class SAEStack:
         kinds = sorted({type(s).__name__ for s in self.sources})
         return (f"SAEStack(layers={list(self.layers)}, {len(self)} SAEs ({', '.join(kinds)}), "
                 f"held {len(self._held)}/{self.max_held} lazy, stats={self.stats})")
+
+
+def check_one_per_layer(layers: Sequence[int | None], when: str = "") -> None:
+    """Two SAEs of a list that say the same layer (None = unknown) are an error: renumbering them
+    would run one of them on another layer's activations downstream."""
+    seen: dict[int, int] = {}
+    for p, L in enumerate(layers):
+        if L is None:
+            continue
+        if L in seen:
+            raise ValueError(
+                f"SAEs {seen[L]} and {p} of the list both read layer {L}{when} (layers {list(layers)}): a chain "
+                "has one SAE per layer. Leave one out, or pass a {layer: sae} mapping to say which layer "
+                "each SAE stands for")
+        seen[L] = p
 
 
 def _looks_like_arrays(obj: Any) -> bool:

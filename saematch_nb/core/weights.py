@@ -91,6 +91,8 @@ class SAEWeights:
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; expected one of {ARCHITECTURES}"
             )
+        _check_float(f"SAE weights ({self.info.label})", W_enc=self.W_enc, b_enc=self.b_enc, W_dec=self.W_dec,
+                     b_dec=self.b_dec, threshold=self.threshold)
         d_in, d_sae = self.W_enc.shape if self.W_enc.ndim == 2 else (None, None)
         problems = []
         if self.W_enc.ndim != 2:
@@ -210,11 +212,11 @@ class SAEWeights:
                 f"SAE weights are missing {missing}; expected keys W_enc, b_enc, W_dec, b_dec "
                 f"(and threshold for JumpReLU), got {sorted(arrays)}"
             )
-        t = {k: _as_f32(arrays[k]) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        t = {k: _as_f32(arrays[k], k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
         thr = arrays.get("threshold")
         if thr is None and "log_threshold" in arrays:
-            thr = torch.exp(_as_f32(arrays["log_threshold"]))
-        thr = None if thr is None else _as_f32(thr)
+            thr = torch.exp(_as_f32(arrays["log_threshold"], "log_threshold"))
+        thr = None if thr is None else _as_f32(thr, "threshold")
         arch = architecture or ("jumprelu" if thr is not None else "relu")
         return cls(threshold=thr, architecture=arch, info=info or SAEInfo(), **t, **kw)
 
@@ -243,10 +245,39 @@ def _hash_weights(w: SAEWeights) -> str:
     return h.hexdigest()[:16]
 
 
-def _as_f32(a: Any) -> torch.Tensor:
+_FLOAT_HINT = ("SAE weights must be floating point (float32, float16, bfloat16 or float64); integer, bool "
+               "or complex weights are not an SAE's (a cast such as .to(torch.int64) truncates them, and "
+               "folding would truncate again). Load or keep the weights as floats (e.g. .float(), "
+               "np.asarray(w, np.float32)) and check where the other dtype came from")
+
+
+def _not_float(name: str, dtype: Any) -> TypeError:
+    return TypeError(f"{name} has dtype {str(dtype).replace('torch.', '')}: {_FLOAT_HINT}")
+
+
+def _check_float(label: str, **tensors: Any) -> None:
+    """Every parameter a torch float tensor: an int SAE folded by θ = 2 is truncated to zeros, a
+    bool one matches everything; both silently, so they are refused where SAEWeights are made."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{label}: {name} must be a torch.Tensor, got "
+                            f"{type(t).__name__} (SAEWeights.from_arrays / saematch_nb.as_weights convert arrays)")
+        if not t.is_floating_point():
+            raise _not_float(f"{label}: {name}", t.dtype)
+
+
+def _as_f32(a: Any, name: str = "a weight") -> torch.Tensor:
+    # refused before the float32 cast, which would hide where integers came from
     if isinstance(a, torch.Tensor):
+        if not a.is_floating_point():
+            raise _not_float(name, a.dtype)
         return a.detach().to(torch.float32).cpu()
-    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise _not_float(name, arr.dtype)
+    return torch.as_tensor(arr, dtype=torch.float32)
 
 
 def as_weights(obj: Any) -> SAEWeights:
@@ -319,8 +350,9 @@ def _from_saelens_object(sae: Any) -> SAEWeights:
         _warn_transcoder(arch_name, hook, _cfg_get(meta, "hook_name_out") or _cfg_get(cfg, "hook_name_out"),
                          getattr(sae, "W_skip", None) is not None)
     return SAEWeights(
-        W_enc=_as_f32(sae.W_enc), b_enc=_as_f32(sae.b_enc), W_dec=_as_f32(sae.W_dec),
-        b_dec=_as_f32(sae.b_dec), threshold=None if (thr is None or arch != "jumprelu") else _as_f32(thr),
+        W_enc=_as_f32(sae.W_enc, "W_enc"), b_enc=_as_f32(sae.b_enc, "b_enc"), W_dec=_as_f32(sae.W_dec, "W_dec"),
+        b_dec=_as_f32(sae.b_dec, "b_dec"),
+        threshold=None if (thr is None or arch != "jumprelu") else _as_f32(thr, "threshold"),
         architecture=arch, k=int(k) if (arch == "topk" and k) else None,
         apply_b_dec_to_input=bool(_cfg_get(cfg, "apply_b_dec_to_input", False)), info=info,
     )

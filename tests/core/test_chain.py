@@ -358,3 +358,197 @@ def test_handles_without_cache_key_stay_lazy(tmp_path):
     assert PEAK["loads"] == 4 + 4  # once to fingerprint, once to match
     assert match_chain(handles, cache_dir=tmp_path / "cache", progress=False).stats["cache_hits"] == 3
     assert ch.stats["max_saes_held"] == 2
+
+
+# -- issue 22 item 16: a generator of SAEs is read once --------------------------------------------------
+def test_match_chain_and_attach_take_a_generator(tmp_path):
+    pc = planted_chain(n_layers=3, n=32, d_in=16, seed=2)
+    want = match_chain(pc.saes, cache=False, progress=False)
+    got = match_chain((w for w in pc.saes), cache=False, progress=False)
+    assert got.layers == want.layers and len(got.pairs) == 2
+    for a, b in zip(got.pairs, want.pairs):
+        assert np.array_equal(a.partner, b.partner)
+    back = MatchChain.load(got.save(tmp_path / "c"), saes=(w for w in pc.saes))
+    assert back.stack is not None and back.fingerprints == want.fingerprints
+    with pytest.raises(ValueError, match="at least two SAEs, got 1"):
+        match_chain((w for w in pc.saes[:1]), cache=False, progress=False)
+
+
+# -- issue 22 item 1: MatchChain.save is atomic for the whole folder, load checks the pair files ------
+import json  # noqa: E402
+import os  # noqa: E402
+
+from saematch_nb.core.results import LayerMatch, ResultFileError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def two_chains():
+    """Two chains of the same SAEs and widths with other matches (other options): pair files of one
+    fit the other's shapes, so only their identity tells them apart."""
+    pc = planted_chain(n_layers=3, n=48, d_in=16, fresh_fraction=0.2, seed=21)
+    a = match_chain(pc.saes, cache=False, progress=False)
+    b = match_chain(pc.saes, cache=False, progress=False, fold=False, params="decoder")
+    other = match_chain(planted_chain(n_layers=3, n=48, d_in=16, seed=22).saes, cache=False, progress=False)
+    assert not np.array_equal(a.pairs[0].permutation, b.pairs[0].permutation)
+    return a, b, other
+
+
+def _same(x: MatchChain, y: MatchChain) -> bool:
+    return x.layers == y.layers and all(np.array_equal(p.permutation, q.permutation) and p.options == q.options
+                                        for p, q in zip(x.pairs, y.pairs))
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_an_interrupted_save_leaves_the_old_chain_whole(two_chains, tmp_path, monkeypatch):
+    a, b, _ = two_chains
+    d = a.save(tmp_path / "chain")
+    real_save = LayerMatch.save
+    calls = []
+
+    def interrupted(self, path):  # Ctrl-C while the second pair file is written
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(self, path)
+
+    monkeypatch.setattr(LayerMatch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        b.save(d)
+    monkeypatch.undo()
+    assert _same(MatchChain.load(d), a) and _hidden(tmp_path) == []
+    # interrupted between the renames that swap the folders: the old chain is put back
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(dst) == str(d) and ".saving-" in str(src):
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        b.save(d)
+    monkeypatch.undo()
+    assert _same(MatchChain.load(d), a) and _hidden(tmp_path) == []
+    assert _same(MatchChain.load(b.save(d)), b) and _hidden(tmp_path) == []
+
+
+def test_a_chain_moved_aside_by_a_killed_save_is_pointed_to_and_cleaned_up(two_chains, tmp_path):
+    a, b, _ = two_chains
+    d = a.save(tmp_path / "chain")
+    aside = tmp_path / ".chain.old-99999999-0000"  # a save killed between its two renames
+    os.rename(d, aside)
+    with pytest.raises(FileNotFoundError, match=r"\.chain\.old-99999999-0000 holds the chain an interrupted "
+                                                r"MatchChain\.save moved aside: rename it"):
+        MatchChain.load(d)
+    (tmp_path / ".chain.saving-99999999-0001").mkdir()  # a save killed while writing
+    b.save(d)
+    assert _same(MatchChain.load(d), b) and _hidden(tmp_path) == []
+
+
+def test_save_never_deletes_other_files(two_chains, tmp_path):
+    a, _, _ = two_chains
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files MatchChain.save did not write \(notes.txt\)"):
+        a.save(d)
+    assert (d / "notes.txt").read_text() == "mine" and sorted(os.listdir(d)) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _same(MatchChain.load(a.save(empty)), a)
+
+
+def _edit(d, **fields):
+    f = d / "chain.json"
+    meta = json.loads(f.read_text())
+    for k, v in fields.items():
+        if v is _DROP:
+            meta.pop(k, None)
+        else:
+            meta[k] = v(meta[k]) if callable(v) else v
+    f.write_text(json.dumps(meta))
+
+
+_DROP = object()
+_LEGACY = dict(pairs=_DROP, fingerprints=_DROP, digest=_DROP)  # chain.json as saved before issue 22
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["checksums", "older chain.json"])
+def test_load_refuses_pair_files_of_another_chain_or_swapped(two_chains, tmp_path, legacy):
+    a, b, other = two_chains
+    src = other.save(tmp_path / "other")
+    d = a.save(tmp_path / "a")
+    if legacy:
+        _edit(d, **_LEGACY)
+    (d / "pair_001.npz").write_bytes((src / "pair_001.npz").read_bytes())  # same widths, other SAEs
+    with pytest.raises(ResultFileError, match="pair_001.npz") as ei:
+        MatchChain.load(d)
+    assert "another chain" in str(ei.value) and "save the chain again" in str(ei.value)
+
+    d = a.save(tmp_path / "a")  # swapped pair files
+    if legacy:
+        _edit(d, **_LEGACY)
+    os.rename(d / "pair_000.npz", d / "x")
+    os.rename(d / "pair_001.npz", d / "pair_000.npz")
+    os.rename(d / "x", d / "pair_001.npz")
+    with pytest.raises(ResultFileError, match="pair_00[01].npz"):
+        MatchChain.load(d)
+
+
+def test_load_refuses_a_pair_file_of_the_same_saes_with_other_options(two_chains, tmp_path):
+    """What an interrupted save over an existing folder left before issue 22: a new pair 0 next to
+    the old pair 1 (same SAEs, so the weights hashes agree)."""
+    a, b, _ = two_chains
+    src = b.save(tmp_path / "b")
+    d = a.save(tmp_path / "a")
+    (d / "pair_000.npz").write_bytes((src / "pair_000.npz").read_bytes())
+    with pytest.raises(ResultFileError, match=r"pair_000.npz is not the pair file this chain saved"):
+        MatchChain.load(d)
+
+
+def test_load_refuses_an_edited_layer_list(two_chains, tmp_path):
+    a, _, _ = two_chains
+    d = a.save(tmp_path / "a")
+    _edit(d, layers=[0, 1, 3])
+    with pytest.raises(ResultFileError, match=r"chain.json was edited: its layers"):
+        MatchChain.load(d)
+
+
+# -- issue 22 item 16: a damaged chain.json is one error naming the file and the field -----------------
+@pytest.mark.parametrize("field_, value, says", [
+    ("files", _DROP, "'files' is missing"),
+    ("files", 3, "'files' must be a list, got int"),
+    ("files", ["pair_000.npz"], "'files' must name 2 pair files for 3 layers"),
+    ("files", ["../../elsewhere.npz", "pair_001.npz"], "'files' must hold pair file names"),
+    ("files", [7, "pair_001.npz"], "'files' must hold pair file names"),
+    ("layers", _DROP, "'layers' is missing"),
+    ("layers", ["0", "1", "2"], "'layers' must hold integers"),
+    ("layers", [0, 1, 1], "'layers' must hold at least two distinct layers"),
+    ("infos", "x", "'infos' must be a list, got str"),
+    ("infos", [1, 2, 3], "'infos' must hold objects, got int"),
+    ("infos", lambda v: [{**v[0], "layer": "zero"}, *v[1:]], "'infos' has layer='zero'"),
+    ("infos", lambda v: v[:2], "'infos' must hold one entry per layer"),
+    ("options", [1], "'options' must be an object"),
+    ("stats", "fast", "'stats' must be an object"),
+    ("pairs", [{"file": "pair_000.npz"}], "'pairs' must hold one {file, sha256} per pair file"),
+    ("fingerprints", [1, 2, 3], "'fingerprints' must hold one weights hash"),
+])
+def test_a_damaged_chain_json_names_the_file_and_the_field(two_chains, tmp_path, field_, value, says):
+    a, _, _ = two_chains
+    d = a.save(tmp_path / "a")
+    _edit(d, **{field_: value, "digest": _DROP})
+    with pytest.raises(ResultFileError) as ei:
+        MatchChain.load(d)
+    msg = str(ei.value)
+    assert str(d / "chain.json") in msg and says in msg and "save the chain again" in msg, msg
+
+
+def test_a_missing_pair_file_names_it(two_chains, tmp_path):
+    a, _, _ = two_chains
+    d = a.save(tmp_path / "a")
+    (d / "pair_001.npz").unlink()
+    with pytest.raises(ResultFileError, match=r"lists the pair file pair_001.npz, but .*pair_001.npz is missing"):
+        MatchChain.load(d)

@@ -175,3 +175,15 @@ def test_float32_fold_is_bit_for_bit_the_float64_detour():
     assert torch.equal(f.W_enc, (a.W_enc.double() / s[None, :]).float())
     assert torch.equal(f.W_dec, (a.W_dec.double() * s[:, None]).float())
     assert torch.equal(f.b_enc, (a.b_enc.double() / s).float())
+
+
+# -- issue 22 item 7: an integer SAE is never folded by truncation -----------------------------------
+def test_fold_refuses_integer_weights_of_a_saelens_like_module():
+    import types
+
+    sae = types.SimpleNamespace(W_enc=torch.full((4, 3), 3, dtype=torch.int64), b_enc=torch.zeros(3, dtype=torch.int64),
+                                W_dec=torch.ones(3, 4, dtype=torch.int64), b_dec=torch.zeros(4, dtype=torch.int64),
+                                threshold=torch.full((3,), 2, dtype=torch.int64),
+                                cfg={"architecture": "jumprelu"})
+    with pytest.raises(TypeError, match=r"fold\(.*\): W_enc has dtype int64.*must be floating point"):
+        fold(sae)

@@ -139,7 +139,7 @@ def test_more_rows_than_columns_dense_and_sparse_agree():
     assert np.isclose(d.total, s.total, rtol=1e-6)
     # a row left over reports what its best option would have cost
     left = np.flatnonzero(d.col < 0)
-    np.testing.assert_allclose(d.cost[left], C[left].min(1))
+    np.testing.assert_allclose(d.cost[left], C[left].min(1), rtol=1e-6)  # C: dense_cost's float32 blocks
 
 
 def test_square_and_rectangular_shapes():
@@ -210,3 +210,64 @@ def test_match_reads_nearest_costs_from_the_dense_solve(monkeypatch, planted):
     lm = match(a, b, solver="dense")
     assert calls == {"solver": 1, "criterion": 0}
     assert lm.stats["solver"] == "dense" and np.array_equal(lm.permutation, truth)
+
+
+# -- issue 22 item 8: the scipy path's gap is a proof, on float64 costs -------------------------------
+def _exact_reference(X, Y):
+    """The optimum on costs computed as sums of squared differences in float64 (no cancellation)."""
+    from scipy.optimize import linear_sum_assignment
+
+    C = torch.cdist(X.double(), Y.double(), compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
+    r, c = linear_sum_assignment(C)
+    col = np.full(X.shape[0], -1)
+    col[r] = c
+    return col, float(C[r, c].sum())
+
+
+@pytest.mark.parametrize("ratio", [1e6, 1e8])
+def test_dense_path_is_exact_when_norms_are_orders_of_magnitude_apart(ratio):
+    g = torch.Generator().manual_seed(0)
+    n, d = 256, 64
+    Y = torch.randn(n, d, generator=g)
+    perm = torch.randperm(n, generator=g)
+    X = (Y[perm] + 0.05 * torch.randn(n, d, generator=g)) * ratio  # float32, as feature matrices are
+    res = solve(X, Y, solver="dense", device="cpu")
+    want, total = _exact_reference(X, Y)
+    assert np.array_equal(res.col, want) and np.array_equal(res.col, perm.numpy())
+    assert res.total == pytest.approx(total, rel=1e-12)
+    # 0.0 is claimed with its proof: the float64 matrix's rounding bound within the tolerance
+    assert res.gap == 0.0 and res.stats["proven_optimal"] is True
+    assert res.stats["cost_error_bound"] <= n * res.stats["eps"]
+
+
+def test_dense_path_sums_squared_differences_where_products_would_cancel():
+    g = torch.Generator().manual_seed(1)
+    n, d = 128, 4096
+    Y = torch.randn(n, d, generator=g)
+    perm = torch.randperm(n, generator=g)
+    X = Y[perm] + 0.01 * torch.randn(n, d, generator=g)
+    Y[7] *= 1e7  # one column far out: the GEMM's rounding bound exceeds the tolerance
+    res = solve(X, Y, solver="dense", device="cpu")
+    assert res.stats["cost_precision"] == "float64 differences"
+    want, total = _exact_reference(X, Y)
+    assert np.array_equal(res.col, want) and res.total == pytest.approx(total, rel=1e-12)
+    assert res.gap == 0.0 and res.stats["proven_optimal"] is True
+
+
+def test_dense_gap_is_the_bound_when_it_cannot_be_proven():
+    from saematch_nb.core.lap.dense import solve_dense_xy
+
+    X, Y = _xy(40, 40, d=16, seed=3)
+    res = solve_dense_xy(X, Y, device="cpu", eps_rel=1e-30)  # a tolerance no rounding bound meets
+    assert res.stats["proven_optimal"] is False
+    assert res.gap == res.stats["cost_error_bound"] > 0.0
+    assert np.array_equal(res.col, solve(X, Y, solver="dense", device="cpu").col)
+
+
+@pytest.mark.parametrize("solver", ["dense", "jv", "sparse"])
+def test_huge_norms_give_every_solver_the_same_overflow_message(solver):
+    X, Y = _xy(16, 16, d=8, seed=4)
+    with pytest.raises(ValueError, match=r"overflows float32 \(> 3.4e38\); rescale both by the same factor"):
+        solve(X * 1e20, Y, solver=solver, device="cpu")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        solve(torch.where(X > 1, float("nan"), X), Y, solver=solver, device="cpu")

@@ -153,3 +153,62 @@ def test_warmup_on_a_cuda_machine_names_devices_and_keeps_bfloat16_on_the_cpu(mo
     assert {c[3] for c in calls if c[0] == "solve_sparse" and c[2] == "cpu"} >= {"float32", "bfloat16"}
     on_gpu = {name for name, _, dev, _ in calls if dev == "cuda"}
     assert on_gpu == {"solve_jv", "solve_sparse", "verify_certificate"}, on_gpu
+
+
+# -- issue 22 item 5: no writable numba cache folder -------------------------------------------------
+def unwritable_numba_cache(monkeypatch):
+    """What a read-only installation with an unwritable home looks like to numba: no cache locator
+    applies, so ``@njit(cache=True)`` fails when the kernel modules are imported. The kernel modules
+    are imported afresh (they are put back afterwards)."""
+    from numba.core import caching
+
+    import saematch_nb.core.lap as lap_pkg
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.59
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    monkeypatch.setattr(caching.config, "CACHE_LOCATOR_CLASSES", "", raising=False)
+    for name in ("_numba", "_jv"):
+        monkeypatch.delitem(sys.modules, f"saematch_nb.core.lap.{name}", raising=False)
+        monkeypatch.delattr(lap_pkg, name, raising=False)
+
+
+@pytest.mark.parametrize("solver", ["jv", "sparse"])
+def test_no_writable_numba_cache_says_to_set_numba_cache_dir(monkeypatch, solver):
+    import torch
+
+    import saematch_nb
+    from saematch_nb.core.lap import solve
+
+    unwritable_numba_cache(monkeypatch)
+    env = dict(os.environ)
+    with pytest.raises(RuntimeError, match=r"Set the environment variable NUMBA_CACHE_DIR to a writable "
+                                           r"folder.*no locator available") as ei:
+        solve(torch.randn(8, 4), torch.randn(8, 4), solver=solver, device="cpu")
+    assert isinstance(ei.value, saematch_nb.SaematchError)
+    assert "solver='dense'" in str(ei.value)
+    assert dict(os.environ) == env  # the library never sets the variable itself
+
+
+def test_a_numba_cache_dir_set_after_numba_was_imported_is_read(monkeypatch):
+    """The retry reads numba's settings again: a NUMBA_CACHE_DIR set in a notebook cell counts."""
+    from numba.core import caching, config
+
+    from saematch_nb.core.lap import warmup
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    real = list(impl._locator_classes)
+    unwritable_numba_cache(monkeypatch)
+    # the user sets NUMBA_CACHE_DIR: numba's locators apply again once its settings are re-read
+    monkeypatch.setattr(config, "reload_config", lambda: impl.__dict__["_locator_classes"].extend(real))
+    (mod,) = warmup.load_kernels("_numba")
+    assert hasattr(mod, "augment_all")
+
+
+def test_warmup_command_prints_the_hint_instead_of_a_traceback(monkeypatch, capsys):
+    from saematch_nb.__main__ import main
+
+    unwritable_numba_cache(monkeypatch)
+    assert main(["warmup"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("saematch_nb warmup: numba cannot cache the solver kernels")
+    assert "NUMBA_CACHE_DIR" in err and "Traceback" not in err

@@ -190,3 +190,52 @@ def test_auto_picks_jv_above_the_scipy_size_and_respects_the_budget(monkeypatch)
         assert np.array_equal(getattr(jv, name), getattr(sp, name)), name
     alive = truth >= 0
     assert (jv.permutation[alive] == truth[alive]).mean() > 0.95
+
+
+# -- issue 22 item 12: features without a direction are never matched --------------------------------
+def _zeroed(w: SAEWeights, rows=None) -> SAEWeights:
+    """``w`` with the decoder rows and encoder columns of ``rows`` (all when None) set to zero."""
+    from dataclasses import replace
+
+    W_dec, W_enc = w.W_dec.clone(), w.W_enc.clone()
+    idx = slice(None) if rows is None else torch.as_tensor(rows)
+    W_dec[idx] = 0
+    W_enc[:, idx] = 0
+    return replace(w, W_dec=W_dec, W_enc=W_enc)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu"])
+def test_an_all_zero_sae_is_a_clear_error_not_100_percent_matched(arch):
+    a, b, _ = planted_pair(64, 16, seed=0)
+    if arch == "relu":
+        from dataclasses import replace
+
+        a, b = (replace(w, threshold=None, architecture="relu") for w in (a, b))
+    z = _zeroed(a)
+    for x, y, side in ((z, z, "SAE A"), (z, b, "SAE A"), (a, _zeroed(b), "SAE B")):
+        with pytest.raises(ValueError, match=side + r" .*has no non-zero feature.*Check the weights"):
+            match(x, y)
+    with pytest.raises(ValueError, match="no non-zero feature"):
+        saematch_nb.match_chain({0: z, 1: b}, cache=False, progress=False)
+
+
+def test_zero_features_are_unmatched_with_a_reason():
+    a, b, truth = planted_pair(64, 16, seed=0)
+    dead_a = np.arange(10)
+    dead_b = truth[20:25]  # the partners of A's features 20..24
+    with pytest.warns(saematch_nb.SaematchWarning, match="10 of SAE A's and 5 of SAE B's features are zero"):
+        lm = match(_zeroed(a, dead_a), _zeroed(b, dead_b))
+    assert not lm.matched[:10].any() and not lm.matched[20:25].any()
+    assert lm.stats["n_zero_a"] == 10 and lm.stats["n_zero_b"] == 5
+    rest = np.setdiff1d(np.arange(64), np.r_[dead_a, 20:25])
+    assert lm.matched[rest].mean() > 0.9  # the others keep their partners
+    assert lm.threshold < 0.5  # the null was not filled with the zero features' convention of 1
+
+
+def test_calibrate_refuses_an_all_zero_side():
+    from saematch_nb.core import criterion as crit
+
+    a, b, _ = planted_pair(64, 16, seed=0)
+    X, Y = feature_matrix(a), feature_matrix(b)
+    with pytest.raises(ValueError, match="every feature of SAE B is zero"):
+        crit.calibrate(X, torch.zeros_like(Y), parts=crit.part_slices("encoder+decoder", 16))

@@ -274,3 +274,31 @@ def test_replace_never_carries_a_stale_fingerprint():
     assert other._cache == {} and other.fingerprint() != fp
     assert w.to(dtype=torch.float32)._cache.get("fingerprint") == fp
     assert "fingerprint" not in w.to(dtype=torch.float64)._cache
+
+
+# -- issue 22 item 7: integer, bool and complex weights are refused where weights enter --------------
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_float_weights_are_a_clear_error(dtype):
+    w = tiny()
+    raw = {k: v.to(dtype) for k, v in w.state_dict().items()}
+    with pytest.raises(TypeError, match=r"W_enc has dtype .*must be floating point"):
+        SAEWeights(**raw)
+    with pytest.raises(TypeError, match="must be floating point"):
+        w.to(dtype=dtype)  # the cast itself: never "threshold <= 0" from truncated thresholds later
+    with pytest.raises(TypeError, match="W_enc has dtype .*must be floating point"):
+        as_weights(raw)  # torch tensors in a mapping
+    with pytest.raises(TypeError, match="must be floating point"):
+        as_weights({k: v.numpy() for k, v in raw.items()})  # numpy arrays in a mapping
+    obj = types.SimpleNamespace(**raw, cfg={"architecture": "jumprelu"})
+    with pytest.raises(TypeError, match="must be floating point"):
+        as_weights(obj)  # a sae-lens-like object
+
+
+def test_integer_weights_from_a_list_are_refused_too():
+    with pytest.raises(TypeError, match=r"W_enc has dtype int64"):
+        as_weights({"W_enc": [[1, 0], [0, 1]], "b_enc": [0.0, 0.0], "W_dec": [[1.0, 0.0], [0.0, 1.0]],
+                    "b_dec": [0.0, 0.0]})
+    # float input of any precision is still accepted (converted to float32)
+    w = as_weights({"W_enc": np.eye(2), "b_enc": np.zeros(2, np.float16), "W_dec": np.eye(2, dtype=np.float32),
+                    "b_dec": np.zeros(2)})
+    assert w.W_enc.dtype == torch.float32

@@ -3,7 +3,8 @@
 The front door is :func:`solve`; it picks one of three exact solvers, all returning
 :class:`AssignmentResult` (``result.py``):
 
-- ``"dense"`` (``dense.py``: scipy ``linear_sum_assignment`` on the full float64 matrix; no JIT,
+- ``"dense"`` (``dense.py``: scipy ``linear_sum_assignment`` on the full float64 matrix, built in
+  float64 with its rounding bounded, so that ``gap`` 0.0 is a proof as the others' is; no JIT,
   best for small problems);
 - ``"jv"`` (``jv.py``: one float32 cost matrix from a blocked GEMM, a Jonker-Volgenant solve with
   duals, certified against the exact float64 costs; kernels in ``_jv.py``);
@@ -18,7 +19,8 @@ The front door is :func:`solve`; it picks one of three exact solvers, all return
   for numba).
 
 Numba kernels are compiled once per installation (``cache=True``: next to the sources, or in
-numba's per-user cache directory when site-packages is read-only).
+numba's per-user cache directory when site-packages is read-only; where neither can be written,
+``NUMBA_CACHE_DIR`` must name a folder that can: ``warmup.NumbaCacheError`` says so).
 
 Shapes: ``n_a <= n_b`` is the usual rectangular case (every row gets a distinct column). For
 ``n_a > n_b`` the dense solver assigns the ``n_b`` rows whose assignment is cheapest overall and
@@ -38,13 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cost import check_compatible, dense_cost
-from .dense import solve_dense
+from ..cost import check_compatible
+from .dense import solve_dense, solve_dense_xy
 from .jv import jv_bytes, solve_jv
 from .result import AssignmentResult
 from .sparse import solve_sparse, verify_certificate
 
-__all__ = ["solve", "solve_dense", "solve_jv", "solve_sparse", "verify_certificate", "pick_solver",
+__all__ = ["solve", "solve_dense", "solve_dense_xy", "solve_jv", "solve_sparse", "verify_certificate", "pick_solver",
            "jv_bytes", "AssignmentResult", "SOLVERS", "AUTO_SCIPY_MAX", "DEFAULT_MEMORY_BUDGET"]
 
 SOLVERS = ("auto", "dense", "jv", "sparse")
@@ -114,4 +116,4 @@ def solve(
     if which == "jv":
         return solve_jv(X, Y, unmatched_cost=unmatched_cost, device=device, progress=progress,
                         cosine_parts=cosine_parts)
-    return solve_dense(dense_cost(X, Y, device=device, progress=progress), unmatched_cost=unmatched_cost)
+    return solve_dense_xy(X, Y, unmatched_cost=unmatched_cost, device=device)

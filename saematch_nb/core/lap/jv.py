@@ -61,8 +61,10 @@ def jv_bytes(n_a: int, n_b: int) -> int:
 
 
 def _kernels():
-    try:
-        from . import _jv, _numba  # numba import + cached compile only when the solver runs
+    from .warmup import load_kernels
+
+    try:  # numba import + cached compile only when the solver runs
+        _jv, _numba = load_kernels("_jv", "_numba")
     except ImportError as e:
         if "numba" not in str(e):
             raise

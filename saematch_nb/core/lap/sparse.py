@@ -86,8 +86,10 @@ _SUSPECT_FULL = 0.75  # pricing recomputes whole rows once this share of columns
 
 
 def _kernels():
-    try:
-        from . import _numba  # numba import + cached compile only when the solver runs
+    from .warmup import load_kernels
+
+    try:  # numba import + cached compile only when the solver runs
+        (_numba,) = load_kernels("_numba")
     except ImportError as e:
         if "numba" not in str(e):
             raise
