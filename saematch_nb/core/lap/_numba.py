@@ -468,24 +468,7 @@ def csr_merge(indptr, indices, cost, exact, nrows, ncols, nvals, nexact):
     duplicates; those already present are skipped. Returns (indptr, indices, cost, exact,
     added): new arrays, rows merged in parallel; only the old and the new graph are held."""
     n = indptr.size - 1
-    m = nrows.size
-    keep = np.zeros(m, np.bool_)
-    cnt = np.zeros(n, np.int64)
-    nptr = np.zeros(n + 1, np.int64)
-    for e in range(m):
-        nptr[nrows[e] + 1] += 1
-    for i in range(n):
-        nptr[i + 1] += nptr[i]
-    for i in prange(n):
-        c = 0
-        for e in range(nptr[i], nptr[i + 1]):
-            if not _has(indices, indptr[i], indptr[i + 1], ncols[e]):
-                keep[e] = True
-                c += 1
-        cnt[i] = c
-    out_ptr = np.zeros(n + 1, np.int64)
-    for i in range(n):
-        out_ptr[i + 1] = out_ptr[i] + (indptr[i + 1] - indptr[i]) + cnt[i]
+    keep, nptr, out_ptr = csr_merge_plan(indptr, indices, nrows, ncols)
     tot = out_ptr[n]
     o_ind = np.empty(tot, np.int64)
     o_cost = np.empty(tot)
