@@ -56,6 +56,14 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_TEXTS = ROOT / "saematch_nb" / "demo" / "assets" / "texts.jsonl"
 RELEASE = "saematch-gemma-3-270m-res"
+# where each SAE reads: the hook, the folder under --out / --assets, its release, and a seed offset per
+# site so that no two SAEs share an initialisation
+SITES = {
+    "attn_out": {"hook": "blocks.{l}.hook_attn_out", "folder": "attn", "release": "saematch-gemma-3-270m-att", "seed": 3100},
+    "mlp_out": {"hook": "blocks.{l}.hook_mlp_out", "folder": "mlp", "release": "saematch-gemma-3-270m-mlp", "seed": 2100},
+    "resid_post": {"hook": "blocks.{l}.hook_resid_post", "folder": "saes", "release": RELEASE, "seed": 100},
+}
+HOOK_SITE = {"hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "hook_resid_post": "resid_post"}
 MODEL_NAME = "google/gemma-3-270m"
 
 SIZES = {
@@ -207,16 +215,21 @@ def stage_tokens(args, sz, out: Path, docs, tokenizer) -> tuple[np.ndarray, np.n
 # 3. the stream and the stacked trainer
 # ----------------------------------------------------------------------------------------------
 
+def hook_layer(hook: str) -> int:
+    return int(hook.split(".")[1])
+
+
 @torch.no_grad()
-def resid(model, toks: torch.Tensor, layers: list[int], dtype) -> torch.Tensor:
-    """[len(layers), n_windows*(n_ctx-1), d] residual stream after each layer, BOS dropped."""
-    names = {f"blocks.{l}.hook_resid_post": i for i, l in enumerate(layers)}
-    got: list = [None] * len(layers)
+def stream(model, toks: torch.Tensor, hooks: list[str], dtype) -> torch.Tensor:
+    """[len(hooks), n_windows*(n_ctx-1), d] activations at each hook (residual stream after a layer,
+    or a module's output), BOS dropped; the forward stops after the deepest layer asked."""
+    names = {h: i for i, h in enumerate(hooks)}
+    got: list = [None] * len(hooks)
 
     def hook(x, hook):
         got[names[hook.name]] = x[:, 1:].reshape(-1, x.shape[-1]).to(dtype)
 
-    model.run_with_hooks(toks.to(model.cfg.device), stop_at_layer=max(layers) + 1,
+    model.run_with_hooks(toks.to(model.cfg.device), stop_at_layer=max(map(hook_layer, hooks)) + 1,
                          fwd_hooks=[(n, hook) for n in names])
     return torch.stack(got)
 
@@ -278,6 +291,33 @@ class Stack:
         self.l0_ema = self.targets.clone()
         self.last_fire = torch.zeros(K, F, dtype=torch.long)
         self.step = 0
+
+    @torch.no_grad()
+    def init_from_data(self, xn: torch.Tensor, n_cal: int = 8192) -> None:
+        """Decoder rows at the directions of the SAE's own input tokens (a seeded sample of the first
+        buffer, normalised), encoder = decoder^T, and each threshold at the quantile of its
+        pre-activations that fires target_l0 / F of the time. With random rows the decoders stayed at
+        cosine 0.97-0.98 of their init after 800 steps (docs/GEMMA3.md): the encoder learns, the
+        dictionary does not; starting on the data puts every feature where tokens are."""
+        K, F = len(self.src), self.p["W_dec"].shape[1]
+        for k in range(K):
+            x = xn[self.src[k]]
+            g = torch.Generator().manual_seed(self.seeds[k])
+            idx = torch.randperm(x.shape[0], generator=g)[:F].to(x.device)
+            W = torch.nn.functional.normalize(x[idx].float(), dim=-1)
+            self.p["W_dec"][k].copy_(W)
+            self.p["W_enc"][k].copy_(W.T)
+            xc = x[torch.randint(x.shape[0], (n_cal,), generator=g).to(x.device)].float()
+            pre = xc @ W.T
+            q = 1 - float(self.targets[k]) / F
+            theta = pre.quantile(q, dim=0).clamp_min(1e-3)
+            # rows drawn from the data crowd into its dominant directions, so target_l0 of them add up to
+            # many times |x|: scale the encoder (and thresholds) by the least-squares factor of the first
+            # reconstruction, else the first steps blow up (seen: EV -5000)
+            xh = (pre * (pre > theta)) @ W
+            c = float((xh * xc).sum() / xh.pow(2).sum().clamp_min(1e-12))
+            self.p["W_enc"][k].mul_(c)
+            self.p["log_theta"][k, 0].copy_((theta * c).log())
 
     def state(self) -> dict:
         return {"p": {k: v.detach().cpu() for k, v in self.p.items()}, "opt": self.opt.state_dict(),
@@ -373,8 +413,8 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
     t0 = time.time()
     model = load_model("gemma-3-270m", device=dev, dtype=mdt)
     log(f"model: Gemma 3 270M (Q4_K_M, de-quantized) in {mdt} on {dev}, {time.time() - t0:.1f}s")
-    layers = sorted({j["layer"] for j in jobs})
-    row = {l: i for i, l in enumerate(layers)}
+    hooks = job_hooks(jobs)
+    row = {h: i for i, h in enumerate(hooks)}
     d, F = model.cfg.d_model, sz["width"]
     n_ctx = sz["n_ctx"]
     per_win = n_ctx - 1
@@ -382,7 +422,7 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
     fb = sz["fwd_batch"]
     total = int(sz["tokens"] * sz["reuse"] // B)
     steps_per_round = max(1, H * sz["reuse"] // B)
-    stack = Stack([row[j["layer"]] for j in jobs], [j["seed"] for j in jobs], [j["target_l0"] for j in jobs], d, F, sz, dev)
+    stack = Stack([row[j["hook"]] for j in jobs], [j["seed"] for j in jobs], [j["target_l0"] for j in jobs], d, F, sz, dev)
     state_path = out / "train_state.pt"
     win_next = 0
 
@@ -392,7 +432,7 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
         while got < n_tok:
             w = torch.from_numpy(train_w[win_next % len(train_w): win_next % len(train_w) + fb])
             win_next += len(w)
-            a = resid(model, w, layers, torch.bfloat16)
+            a = stream(model, w, hooks, torch.bfloat16)
             parts.append(a)
             got += a.shape[1]
         return torch.cat(parts, 1)[:, :n_tok].to(dev)
@@ -418,8 +458,10 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
         mu = xs.mean(1).cpu()
         s = (xs - mu[:, None].to(dev)).pow(2).sum(-1).mean(1).sqrt().cpu()
         del xs
+        if args.init == "data":
+            stack.init_from_data(((buf.float() - mu.to(dev)[:, None]) / s.to(dev)[:, None, None]))
     mu_d, s_d = mu.to(dev)[:, None], s.to(dev)[:, None, None]
-    ev_x = torch.cat([resid(model, torch.from_numpy(eval_w[i:i + fb]), layers, torch.bfloat16)
+    ev_x = torch.cat([stream(model, torch.from_numpy(eval_w[i:i + fb]), hooks, torch.bfloat16)
                       for i in range(0, min(len(eval_w), max(1, 8192 // per_win)), fb)], 1).to(dev)
     ev_x = ((ev_x.float() - mu_d) / s_d)[stack.src]
     bar = tqdm(total=total, initial=stack.step, desc="SAEs (all layers, one stream)", mininterval=5)
@@ -454,7 +496,7 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
     bar.close()
     info = {"train_seconds": round(time.time() - t_train, 1), "steps": stack.step, "history": hist,
             "model_dtype": str(mdt).replace("torch.", ""), "mu_norm": mu.norm(dim=-1).tolist(),
-            "input_scale": s.tolist(), "layers": layers, "windows_used": win_next}
+            "input_scale": s.tolist(), "hooks": hooks, "windows_used": win_next}
     del model
     return stack, {"mu": mu, "s": s, "row": row, "info": info}
 
@@ -467,7 +509,7 @@ def _windows_in(n_tok: int, per_win: int, fb: int) -> int:
 # 4. sae-lens folders, 5. held-out evaluation
 # ----------------------------------------------------------------------------------------------
 
-def sae_cfg(layer: int, d_in: int, d_sae: int, sae_id: str, extra: dict) -> dict:
+def sae_cfg(hook: str, release: str, d_in: int, d_sae: int, sae_id: str, extra: dict) -> dict:
     """cfg.json of sae-lens' on-disk format (as JumpReLUSAE.save_model writes it)."""
     from importlib.metadata import version
 
@@ -475,8 +517,8 @@ def sae_cfg(layer: int, d_in: int, d_sae: int, sae_id: str, extra: dict) -> dict
     return {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
             "metadata": {"sae_lens_version": v, "sae_lens_training_version": v,
-                         "hook_name": f"blocks.{layer}.hook_resid_post", "model_name": MODEL_NAME,
-                         "release": RELEASE, "sae_id": sae_id, "hook_head_index": None,
+                         "hook_name": hook, "model_name": MODEL_NAME,
+                         "release": release, "sae_id": sae_id, "hook_head_index": None,
                          "prepend_bos": True, "context_size": None, "dataset_path": None, **extra},
             "architecture": "jumprelu"}
 
@@ -489,10 +531,10 @@ def stage_saes(stack: Stack, norm: dict, jobs: list[dict], out: Path) -> None:
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        r = norm["row"][j["layer"]]
+        r = norm["row"][j["hook"]]
         p = stack.export(k, norm["mu"][r], float(norm["s"][r]))
         save_file({n: t.contiguous() for n, t in p.items()}, str(tmp / "sae_weights.safetensors"))
-        cfg = sae_cfg(j["layer"], p["W_enc"].shape[0], p["W_enc"].shape[1], j["sae_id"],
+        cfg = sae_cfg(j["hook"], SITES[j["site"]]["release"], p["W_enc"].shape[0], p["W_enc"].shape[1], j["sae_id"],
                       {"seed": j["seed"], "target_l0": j["target_l0"]})
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=1))
         shutil.rmtree(dst, ignore_errors=True)
@@ -509,20 +551,20 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
     model = load_model("gemma-3-270m", device=dev, dtype=torch.float32)
     # one at a time: load_saes orders what it is given by layer, and the seed ceiling shares one
     saes = [load_saes([str(out / j["folder"])], device=dev)[0].load() for j in jobs]
-    layers = sorted({j["layer"] for j in jobs})
-    row = {l: i for i, l in enumerate(layers)}
+    hooks = job_hooks(jobs)
+    row = {h: i for i, h in enumerate(hooks)}
     K = len(jobs)
     F = saes[0].cfg.d_sae
     err, l0 = torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
     sx, sxx = torch.zeros(K, saes[0].cfg.d_in, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
     fired, N = torch.zeros(K, F, dtype=torch.bool), 0
-    norms = torch.zeros(len(layers), dtype=torch.float64)
+    norms = torch.zeros(len(hooks), dtype=torch.float64)
     n_win = max(1, sz["eval_tokens"] // (sz["n_ctx"] - 1))
     for i in tqdm(range(0, min(n_win, len(eval_w)), sz["fwd_batch"]), desc="held-out evaluation", mininterval=5):
-        a = resid(model, torch.from_numpy(eval_w[i:i + sz["fwd_batch"]]), layers, torch.float32)
+        a = stream(model, torch.from_numpy(eval_w[i:i + sz["fwd_batch"]]), hooks, torch.float32)
         norms += a.norm(dim=-1).sum(1).double().cpu()
         for k, (j, sae) in enumerate(zip(jobs, saes)):
-            x = a[row[j["layer"]]]
+            x = a[row[j["hook"]]]
             f = sae.encode(x)
             err[k] += (sae.decode(f) - x).pow(2).sum().item()
             l0[k] += (f > 0).sum().item()
@@ -534,12 +576,12 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
     res = {}
     for k, (j, sae) in enumerate(zip(jobs, saes)):
         th = sae.threshold.detach().float().cpu()
-        res[j["folder"]] = {"layer": j["layer"], "seed": j["seed"], "target_l0": j["target_l0"],
+        res[j["folder"]] = {"layer": j["layer"], "hook": j["hook"], "seed": j["seed"], "target_l0": j["target_l0"],
                             "explained_variance": round(1 - err[k].item() / var[k].item(), 4),
                             "l0": round(l0[k].item() / N, 2), "dead_fraction": round(1 - fired[k].float().mean().item(), 4),
                             "threshold_median": round(th.median().item(), 4),
                             "threshold_spread_q90_q10": round((th.quantile(0.9) / th.quantile(0.1).clamp_min(1e-12)).item(), 3),
-                            "resid_norm": round(norms[row[j["layer"]]].item() / N, 1)}
+                            "resid_norm": round(norms[row[j["hook"]]].item() / N, 1)}
     del model
     # EV alone does not say the dictionary converged (a random decoder with a trained encoder
     # reaches a high EV): how far each decoder moved from its random init, and how far two seeds
@@ -550,9 +592,9 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
         res[j["folder"]]["decoder_cos_with_init_median"] = round(cos.median().item(), 3)
     twins = {}
     for k, j in enumerate(jobs):
-        twins.setdefault(j["layer"], []).append(k)
+        twins.setdefault(j["hook"], []).append(k)
     seed = {}
-    for layer, ks in twins.items():
+    for hook, ks in twins.items():
         if len(ks) == 2 and not args.sweep:
             from saematch_nb.core.match import match
 
@@ -561,7 +603,7 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
             db = torch.nn.functional.normalize(b.W_dec.detach().float().cpu(), dim=1)
             top = (da @ db.T).max(1).values
             lm = match(a, b)
-            seed = {"layer": layer, "matched_fraction": round(lm.matched_fraction, 4),
+            seed = {"layer": hook_layer(hook), "hook": hook, "matched_fraction": round(lm.matched_fraction, 4),
                     "top1_decoder_cos_median": round(top.median().item(), 3),
                     "share_top1_cos_above_0.7": round((top > 0.7).float().mean().item(), 4)}
     return {"tokens": N, "saes": res, "seed_agreement": seed}
@@ -578,6 +620,31 @@ def texts_for_assets(docs: list[dict], n: int, seed: int) -> list[dict]:
     return rows
 
 
+def job_hooks(jobs: list[dict]) -> list[str]:
+    """The hooks the stream reads, in depth order (a layer's attention, MLP, then residual)."""
+    order = {s: i for i, s in enumerate(SITES)}
+    return sorted({j["hook"] for j in jobs}, key=lambda h: (hook_layer(h), order[HOOK_SITE[h.split(".")[-1]]]))
+
+
+def flow_jobs(args, first: int, last: int, t: float) -> list[dict]:
+    """Feature Flow's layers first..last: the residual stream of first-1..last (the predecessor R of
+    layer first is the residual after layer first-1), and the MLP and attention outputs of
+    first..last; every SAE its own seed (a shared init would link decoders across sites)."""
+    jobs = []
+    for site, layers in (("resid_post", range(first - 1, last + 1)), ("attn_out", range(first, last + 1)),
+                         ("mlp_out", range(first, last + 1))):
+        for l in layers:
+            jobs.append(site_job(args, site, l, t))
+    return jobs
+
+
+def site_job(args, site: str, layer: int, t: float) -> dict:
+    s = SITES[site]
+    return {"layer": layer, "site": site, "hook": s["hook"].format(l=layer), "seed": args.seed + s["seed"] + layer,
+            "target_l0": t, "folder": f"{s['folder']}/layer_{layer}",
+            "sae_id": f"layer_{layer}" if site == "resid_post" else f"{site}/layer_{layer}"}
+
+
 def make_jobs(sz, args) -> list[dict]:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else sz["layers"]
     targets = [float(x) for x in args.target_l0.split(",")] if args.target_l0 else [sz["target_l0"]]
@@ -587,16 +654,24 @@ def make_jobs(sz, args) -> list[dict]:
             for t in targets:
                 for k in range(args.sweep_seeds):
                     tag = f"_seed{k}" if args.sweep_seeds > 1 else ""
-                    jobs.append({"layer": l, "seed": args.seed + 100 + l + 1000 * k, "target_l0": t,
+                    jobs.append({"layer": l, "site": "resid_post", "hook": f"blocks.{l}.hook_resid_post",
+                                 "seed": args.seed + 100 + l + 1000 * k, "target_l0": t,
                                  "folder": f"sweep/layer_{l}_l0_{t:g}{tag}", "sae_id": f"layer_{l}/l0_{t:g}{tag}"})
         return jobs
     t = targets[0]
-    for l in layers:
-        jobs.append({"layer": l, "seed": args.seed + 100 + l, "target_l0": t, "folder": f"saes/layer_{l}",
-                     "sae_id": f"layer_{l}"})
+    if args.flow:
+        first, last = (int(x) for x in args.flow.split("-"))
+        if not 1 <= first <= last:
+            sys.exit(f"build_gemma3: --flow {args.flow}: give FIRST-LAST with 1 <= FIRST <= LAST (layer FIRST-1's "
+                     "residual SAE is the predecessor of layer FIRST)")
+        jobs = flow_jobs(args, first, last, t)
+    else:
+        jobs = [site_job(args, "resid_post", l, t) for l in layers]
     cl = sz["ceiling_layer"] if sz["ceiling_layer"] in layers else layers[len(layers) // 2]
-    jobs.append({"layer": cl, "seed": args.seed + 900 + cl, "target_l0": t, "folder": f"seed_ceiling/layer_{cl}",
-                 "sae_id": f"layer_{cl}/seed_{args.seed + 900 + cl}"})
+    if args.flow:
+        cl = (first + last) // 2
+    jobs.append({"layer": cl, "site": "resid_post", "hook": f"blocks.{cl}.hook_resid_post", "seed": args.seed + 900 + cl,
+                 "target_l0": t, "folder": f"seed_ceiling/layer_{cl}", "sae_id": f"layer_{cl}/seed_{args.seed + 900 + cl}"})
     return jobs
 
 
@@ -608,6 +683,10 @@ def main(argv=None) -> int:
     ap.add_argument("--toy", action="store_true", help="2 layers, width 256, a few thousand tokens (CI)")
     ap.add_argument("--sweep", action="store_true", help="one SAE per (layer, target L0); no seed ceiling")
     ap.add_argument("--layers", default=None, help="comma-separated layers (default: all 18)")
+    ap.add_argument("--flow", default=None, metavar="FIRST-LAST",
+                    help="Feature Flow's SAEs instead: the residual stream of layers FIRST-1..LAST and the attention "
+                         "and MLP outputs (hook_attn_out, hook_mlp_out) of FIRST..LAST, plus a second seed of one "
+                         "middle residual layer (the seed ceiling)")
     ap.add_argument("--target-l0", default=None, help="target L0 (comma-separated with --sweep)")
     ap.add_argument("--sweep-seeds", type=int, default=1, help="with --sweep: SAEs per (layer, target), "
                     "each its own seed (how far two seeds agree: the seed ceiling)")
@@ -618,6 +697,8 @@ def main(argv=None) -> int:
     for k in ("tokens", "width", "batch", "buffer", "reuse", "eval_tokens"):
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"override size {k}")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--init", default="random", choices=["random", "data"],
+                    help="decoder init: random unit rows (the shipped SAEs) or the directions of input tokens")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("build_gemma3: --device cuda but torch sees no CUDA device")

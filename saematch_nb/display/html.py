@@ -668,3 +668,20 @@ def flow_predecessors_html(flow: Any, layer: int, feature: int) -> str:
     table = _table([("module", False), ("top-1", False), ("s", True), ("threshold", True), ("", False)], cells)
     return (f'<div class="smn-section"><div class="smn-section-title">{title} '
             f'<span class="smn-badge smn-cls-text-{escape(cls)}">{escape(cls)}</span></div>{table}</div>')
+
+
+# -- small result tables (flow checks) --------------------------------------------------------------
+def table_html(df: Any, *, title: str, kind: str = "table") -> str:
+    """A pandas DataFrame as one output: header ``title``, the table (numbers right-aligned, floats to
+    4 significant digits), the text fallback ``title`` + ``df.to_string()``. Every cell is escaped."""
+    cols = [str(c) for c in df.columns]
+    num = [df[c].dtype.kind in "fiu" for c in df.columns]
+
+    def cell(v: Any, is_num: bool) -> str:
+        if is_num and isinstance(v, float):
+            return escape(fmt_float(v))
+        return escape(str(v))
+
+    rows = [[cell(v, n) for v, n in zip(r, num)] for r in df.itertuples(index=False)]
+    body = _header(kind, escape(title)) + _table(list(zip(cols, num)), rows)
+    return wrap_output(body, f"{title}\n{df.to_string(index=False)}")

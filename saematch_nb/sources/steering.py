@@ -76,6 +76,9 @@ class SteeringPlan:
     n_features: tuple[int, ...] = ()  # d_sae of each layer's SAE as the chain saw it (() = unknown)
     #: the SAEs of the chain the plan was made from: steer(model, plan, prompt) needs no SAEs
     stack: Any = field(default=None, repr=False, compare=False)
+    #: one SAE per entry, for plans over several SAEs of a layer (a flow graph's residual and module
+    #: features: ``plan_flow_steering``); () = the chain's stack or the ``saes`` given to the hooks
+    saes: tuple = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("layers", "features", "hook_names", "strengths", "fingerprints", "n_features"):
@@ -88,7 +91,8 @@ class SteeringPlan:
         if not (len(self.features) == len(self.hook_names) == len(self.strengths) == n):
             raise ValueError("SteeringPlan: layers, features, hook_names and strengths must have equal length, "
                              f"got {n}, {len(self.features)}, {len(self.hook_names)}, {len(self.strengths)}")
-        for name in ("fingerprints", "n_features"):
+        object.__setattr__(self, "saes", tuple(self.saes))
+        for name in ("fingerprints", "n_features", "saes"):
             if getattr(self, name) and len(getattr(self, name)) != n:
                 raise ValueError(f"SteeringPlan: {name} must be empty or one per layer ({n}), "
                                  f"got {len(getattr(self, name))}")
@@ -427,7 +431,7 @@ def steering_hooks(plan: SteeringPlan, saes: Any = None, *, model: Any = None) -
     from their hook name. ``model``: when given, hook names are checked against it and routed
     into SAEs spliced in with ``HookedSAETransformer.add_sae``. Nothing is attached here.
     """
-    if saes is None and plan.stack is None:
+    if saes is None and plan.stack is None and not plan.saes:
         raise ValueError("this plan carries no SAEs (it was not made by plan_steering from a chain that "
                          "has them): pass saes=[...] (the SAEs the chain was built from)")
     if model is not None:  # a plan for layers the model lacks: say that first
@@ -435,9 +439,13 @@ def steering_hooks(plan: SteeringPlan, saes: Any = None, *, model: Any = None) -
     hooks = []
     fps = plan.fingerprints or ("",) * len(plan.layers)
     widths = plan.n_features or (None,) * len(plan.layers)
-    for l, f, name, s, fp, n in zip(plan.layers, plan.features, plan.hook_names, plan.strengths, fps, widths):
-        p = (_stack_feature_params(plan.stack, l, f, fp, n) if saes is None
-             else _feature_params(_sae_for_layer(saes, l), l, f, fp, n))
+    for k, (l, f, name, s, fp, n) in enumerate(zip(plan.layers, plan.features, plan.hook_names, plan.strengths,
+                                                   fps, widths)):
+        if plan.saes:
+            p = _feature_params(plan.saes[k], l, f, fp, n)
+        else:
+            p = (_stack_feature_params(plan.stack, l, f, fp, n) if saes is None
+                 else _feature_params(_sae_for_layer(saes, l), l, f, fp, n))
         wrapper = _attached_sae(model, name) if model is not None else None
         if wrapper is not None:
             d_sae = int(wrapper.sae.cfg.d_sae)
