@@ -729,7 +729,7 @@ def flow_graph_text(g: Any) -> str:
 NBSP = "\u00a0"
 # key, header, right-aligned
 _FINDER_LINE_COLS = (
-    ("layer", "layer", True), ("feature", "feature", True), ("persistence", "persists", True),
+    ("layer", "layer", False), ("feature", "feature", True), ("persistence", "persists", True),
     ("age", "age", True), ("lifetime", "lifetime", True), ("mse", "mse", True), ("margin", "margin", True),
     ("accepted", "accepted", False), ("density", "fires", True), ("max_activation", "max act", True),
     ("explanation", "explanation", False), ("top_tokens", "top tokens", False),
@@ -740,7 +740,11 @@ SORT_MARK = {True: "↓", False: "↑"}  # largest first / smallest first
 
 def _finder_cell(key: str, r: Mapping[str, Any]) -> str:
     v = r.get(key)
-    if key in ("layer", "feature", "persistence", "age", "lifetime"):
+    if key == "layer":  # "L2 ... #170": as the explorer's nodes and the finder's notice name it
+        return f"L{int(v)}"
+    if key == "feature":
+        return f"#{int(v)}"
+    if key in ("persistence", "age", "lifetime"):
         return str(int(v))
     if key in ("mse", "margin", "max_activation"):
         return DASH if v is None or v != v else fmt_float(v, 3)

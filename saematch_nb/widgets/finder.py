@@ -31,6 +31,7 @@ def box_token(text: str) -> str | None:
     return re.sub(r"\\([ntr\\])", lambda m: _BOX_ESCAPES[m.group(1)], text)
 
 
+_LIST_HEIGHT = "240px"  # the list's and its row slider's (the slider's track spans the list)
 ALL_LAYERS = "all"  # the layer box's value for every layer (a Dropdown shows None as a blank)
 _KEYS_HINT = ("click a row to open it in the explorer; to step with the keyboard, click the slider at the "
               "list's right and use ↑ ↓ (PgUp PgDn, Home End)")
@@ -77,25 +78,29 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         self.layer_box = W.Dropdown(options=[("all", ALL_LAYERS)] + [(str(L), L) for L in chain.layers],
                                     value=ALL_LAYERS, description="layer")
         self.sort_box = W.Dropdown(options=sorts, value="persistence", description="sort by")
+        # no description: a ToggleButtons' label sits above its buttons; the buttons say it
         self.order_box = W.ToggleButtons(options=[("↓ largest first", True), ("↑ smallest first", False)],
-                                         value=natural_descending("persistence"), description="order",
-                                         style={"button_width": "auto"})
+                                         value=natural_descending("persistence"),
+                                         tooltips=["the sort's largest values first", "its smallest values first"],
+                                         style={"button_width": "auto"}, layout=W.Layout(width="auto"))
         self.min_box = W.IntSlider(value=1, min=1, max=n_layers, description="persists ≥")
         self.max_box = W.IntSlider(value=n_layers, min=1, max=n_layers, description="persists ≤")
-        self.newborn_box = W.Checkbox(value=False, description="newborn (no accepted step in)")
-        self.dying_box = W.Checkbox(value=False, description="dying (no accepted step out)")
-        self.accepted_box = W.Checkbox(value=False, description="next step accepted")
+        flag = dict(value=False, indent=False, style={"description_width": "initial"},
+                    layout=W.Layout(width="auto", margin="0 1.5em 0 0"))
+        self.newborn_box = W.Checkbox(description="newborn here (no accepted step in)", **flag)
+        self.dying_box = W.Checkbox(description="dying here (no accepted step out)", **flag)
+        self.accepted_box = W.Checkbox(description="next step accepted", **flag)
         self.token_box = W.Text(value="", description="top token", placeholder="contains… (\\n: newline)",
                                 disabled=examples is None)
         self.expl_box = W.Text(value="", description="explanation", placeholder="Neuronpedia text contains…")
         self.header = W.HTML()
-        self.rows = W.Select(options=[], rows=12, layout=W.Layout(width="auto", flex="1 1 auto"))
+        self.rows = W.Select(options=[], rows=12, layout=W.Layout(width="auto", flex="1 1 auto", height=_LIST_HEIGHT))
         self.rows.add_class("smn-finder-row")
         # the keyboard's way through the list: value 0 is no row, -k the k-th row (a vertical
         # slider has its largest value on top, and the list's first row is on top)
         self.row_slider = W.IntSlider(value=0, min=0, max=0, orientation="vertical", readout=False,
                                       continuous_update=False, description="", tooltip=_KEYS_HINT,
-                                      layout=W.Layout(height="auto", width="28px"))
+                                      layout=W.Layout(height=_LIST_HEIGHT, width="28px"))
         self.row_slider.add_class("smn-finder-keys")
         self.notice = W.HTML()
         self.status = W.HTML()
@@ -111,10 +116,12 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         wrap = W.Layout(flex_flow="row wrap")
         super().__init__(children=[
             W.HBox([self.layer_box, self.sort_box, self.order_box], layout=wrap),
-            W.HBox([self.min_box, self.max_box, self.newborn_box, self.dying_box], layout=wrap),
-            W.HBox([self.accepted_box, self.token_box, self.expl_box], layout=wrap),
+            W.HBox([self.min_box, self.max_box], layout=wrap),
+            W.HBox([self.newborn_box, self.dying_box, self.accepted_box],
+                   layout=W.Layout(flex_flow="row wrap", padding="0 0 0 1em")),
+            W.HBox([self.token_box, self.expl_box], layout=wrap),
             self.status, self.header,
-            W.HBox([self.rows, self.row_slider], layout=W.Layout(width="100%", align_items="stretch")),
+            W.HBox([self.rows, self.row_slider], layout=W.Layout(width="100%")),
             self.notice], **kw)
         self.add_class("smn-panel")
         self.add_class("smn-finder")
