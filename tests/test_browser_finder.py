@@ -137,5 +137,6 @@ def test_finder_list_reads_and_answers_mouse_and_keys(tmp_path):
         _wait(lambda: _selected_index(page) == 3 and _state(page) == (key3, key3), "one row up by keys")
         assert _lab.active_cell(page) == cell0
         assert f"opened layer {key3[0]} · #{key3[1]}" in _lab.text_of(page, ".smn-finder .smn-finder-notice")
+        finder.screenshot(path=str(tmp_path / "finder-keys.png"))
         errors = [e for e in lab.console_errors if not e.startswith("Failed to load resource")]
         assert errors == [], lab.console_errors
