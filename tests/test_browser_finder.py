@@ -88,7 +88,8 @@ def test_finder_list_reads_and_answers_mouse_and_keys(tmp_path):
             getComputedStyle(document.querySelector('.smn-finder .smn-finder-cols')).fontFamily]""")
         assert fonts[0] == fonts[1] and "mono" in fonts[0].lower() and "arial" not in fonts[0].lower(), fonts
         x = page.evaluate(f"""() => {{
-            const s = document.querySelector('{SEL}'), o = s.options[0], h = document.querySelector('.smn-finder .smn-finder-cols');
+            const s = document.querySelector('{SEL}'), o = s.options[0];
+            const h = document.querySelector('.smn-finder .smn-finder-cols');
             const cs = getComputedStyle(s), os = getComputedStyle(o), hs = getComputedStyle(h);
             return [s.getBoundingClientRect().left + parseFloat(cs.borderLeftWidth) + parseFloat(cs.paddingLeft)
                     + parseFloat(os.paddingLeft), h.getBoundingClientRect().left + parseFloat(hs.paddingLeft)];
