@@ -288,3 +288,28 @@ def figure_signature(page: Any) -> str:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+# -- asking the kernel (tests/test_browser_finder.py) ---------------------------------------------
+def kernel_eval(page: Any, code: str, *, timeout_s: float = 60.0) -> str:
+    """Run ``code`` in the open notebook's kernel (no cell, no history) and return what it printed:
+    what a panel did with an input, read from the panel's own state."""
+    return page.evaluate(
+        """async ([code, ms]) => {
+          const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+          const fut = k.requestExecute({code, silent: false, store_history: false});
+          let out = '';
+          fut.onIOPub = (msg) => {
+            const t = msg.header.msg_type;
+            if (t === 'stream') out += msg.content.text;
+            if (t === 'error') out += 'ERROR ' + msg.content.ename + ': ' + msg.content.evalue;
+          };
+          const timer = new Promise((_, no) => setTimeout(() => no(new Error('kernel_eval timed out')), ms));
+          await Promise.race([fut.done, timer]);
+          return out;
+        }""", [code, timeout_s * 1000])
+
+
+def active_cell(page: Any) -> int:
+    """The index of JupyterLab's active cell (what arrow keys move in command mode)."""
+    return page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCellIndex")

@@ -21,6 +21,7 @@ __all__ = [
     "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
     "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
     "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
+    "finder_notice_html", "finder_query_text", "finder_count_text",
     "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
     "saes_body", "weights_body", "svg_line_chart", "feature_flow_html", "feature_flow_body", "flow_graph_html",
     "flow_graph_body",
@@ -530,22 +531,55 @@ def chain_summary_html(chain: Any) -> str:
     return chain_html(chain)
 
 
-def finder_header_html(n_rows: int, query: Mapping[str, Any]) -> str:
-    """What the finder lists: the query in words."""
-    parts = [f"sorted by {query.get('sort')}"]
+def finder_query_text(query: Mapping[str, Any]) -> str:
+    """The finder's query in words: "sorted by margin (largest first), layer 2, ..."."""
+    sort = query.get("sort")
+    desc = query.get("descending")
+    order = "" if desc is None else (" (largest first)" if desc else " (smallest first)")
+    parts = [f"sorted by {sort}{order}"]
     if query.get("layer") is not None:
         parts.append(f"layer {query['layer']}")
-    if query.get("min_persistence"):
-        parts.append(f"persisting on ≥ {query['min_persistence']} layers")
+    lo, hi = query.get("min_persistence") or 0, query.get("max_persistence")
+    if lo > 1 and hi is not None:  # (every feature persists on one layer, its own)
+        parts.append(f"persisting on {lo} to {hi} layers")
+    elif lo > 1:
+        parts.append(f"persisting on ≥ {lo} layers")
+    elif hi is not None:
+        parts.append(f"persisting on ≤ {hi} layers (short-lived)")
+    if query.get("newborn"):
+        parts.append("newborn (no accepted step in)")
+    if query.get("dying"):
+        parts.append("dying (no accepted step out)")
     if query.get("accepted_only"):
         parts.append("next step accepted")
     if query.get("token"):
         parts.append(f"a top token contains {query['token']!r}")
     if query.get("explanation"):
         parts.append(f"explanation contains {query['explanation']!r}")
-    text = f"{n_rows} features, " + ", ".join(parts)
-    return wrap_output(_header("FeatureFinder", escape(text), "choose a row to open it in the explorer"),
-                       f"FeatureFinder: {text}", kind="finder")
+    return ", ".join(parts)
+
+
+def finder_count_text(n_rows: int, total: int | None = None) -> str:
+    """"showing 20 of 1,234 features" when the list is cut, else "12 features"."""
+    if total is not None and total > n_rows:
+        return f"showing {n_rows:,} of {total:,} features"
+    return f"{n_rows:,} feature" + ("" if n_rows == 1 else "s")
+
+
+def finder_header_html(n_rows: int, query: Mapping[str, Any], total: int | None = None,
+                       columns: str | None = None, hint: str = "choose a row to open it in the explorer") -> str:
+    """What the finder lists: how many of how many, the query in words, and (``columns``) the
+    header line of the list's columns (``display.text.finder_lines``), in the list's font."""
+    text = f"{finder_count_text(n_rows, total)}, {finder_query_text(query)}"
+    body = _header("FeatureFinder", escape(text), escape(hint))
+    if columns:
+        body += f'<div class="smn-finder-cols">{escape(columns)}</div>'
+    return wrap_output(body, f"FeatureFinder: {text}" + (f"\n{columns}" if columns else ""), kind="finder")
+
+
+def finder_notice_html(text: str) -> str:
+    """The finder's line under its list: what choosing a row did."""
+    return wrap_output(f'<div class="smn-finder-notice">{escape(text)}</div>', text, kind="finder")
 
 
 _FINDER_COLS = ("layer", "feature", "persistence", "lifetime", "age", "partner", "mse", "margin", "accepted",

@@ -21,6 +21,7 @@ __all__ = [
     "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS", "token_diff", "show_ws",
     "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
     "feature_flow_text", "feature_flow_facts", "flow_graph_text", "flow_graph_facts", "FLOW_CLASSES",
+    "finder_lines", "NBSP", "SORT_MARK",
 ]
 
 N_EXTREMES = 5  # best / worst matches shown
@@ -719,3 +720,65 @@ def flow_graph_text(g: Any) -> str:
         lines.append(f"  {e['source']} → {e['target']}  {e['kind']}  s={e['weight']}"
                      f"{' (above threshold)' if e['high'] else ''}")
     return "\n".join(lines)
+
+
+# -- the finder's list (widgets/finder.py) ---------------------------------------------------------
+# One line per feature in fixed-width columns, laid out for a monospace <select>. A browser
+# collapses runs of spaces in an <option> whatever its CSS says, so the padding (and the spaces
+# inside tokens) are no-break spaces; the header line uses the same widths.
+NBSP = "\u00a0"
+# key, header, right-aligned
+_FINDER_LINE_COLS = (
+    ("layer", "layer", False), ("feature", "feature", True), ("persistence", "persists", True),
+    ("age", "age", True), ("lifetime", "lifetime", True), ("mse", "mse", True), ("margin", "margin", True),
+    ("accepted", "accepted", False), ("density", "fires", True), ("max_activation", "max act", True),
+    ("explanation", "explanation", False), ("top_tokens", "top tokens", False),
+)
+FINDER_EXPLANATION_CHARS = 48
+SORT_MARK = {True: "↓", False: "↑"}  # largest first / smallest first
+
+
+def _finder_cell(key: str, r: Mapping[str, Any]) -> str:
+    v = r.get(key)
+    if key == "layer":  # "L2 ... #170": as the explorer's nodes and the finder's notice name it
+        return f"L{int(v)}"
+    if key == "feature":
+        return f"#{int(v)}"
+    if key in ("persistence", "age", "lifetime"):
+        return str(int(v))
+    if key in ("mse", "margin", "max_activation"):
+        return DASH if v is None or v != v else fmt_float(v, 3)
+    if key == "accepted":
+        last = r.get("partner", -1) < 0 and r.get("mse") != r.get("mse")  # the last layer: no next step
+        return DASH if last else ("yes" if v else "no")
+    if key == "density":
+        return fmt_pct(v)
+    text = "" if v is None else str(v)
+    if key == "explanation" and len(text) > FINDER_EXPLANATION_CHARS:
+        text = text[:FINDER_EXPLANATION_CHARS - 1] + "…"
+    return text
+
+
+def finder_lines(df: Any, sort: str | None = None, descending: bool | None = None) -> tuple[str, list[str]]:
+    """The finder's list as text: (the column headers, one line per row of ``df``, a
+    ``find_features`` DataFrame). Every column of ``df`` the finder knows is shown, so the value
+    a list is sorted by is always in view; its header carries ↓ (largest first) or ↑."""
+    cols = [c for c in _FINDER_LINE_COLS if c[0] in df.columns]
+    if "explanation" in df.columns and not df["explanation"].astype(bool).any():
+        cols = [c for c in cols if c[0] != "explanation"]  # explanations known for none of these rows
+    records = df.to_dict("records")
+    cells = [[_finder_cell(k, r) for k, _h, _r in cols] for r in records]
+    heads = [h + (" " + SORT_MARK[bool(descending)] if k == sort and descending is not None else "")
+             for k, h, _r in cols]
+    widths = [max([len(heads[j])] + [len(row[j]) for row in cells]) for j in range(len(cols))]
+
+    def line(parts: Sequence[str]) -> str:
+        out = []
+        for j, (p, (_k, _h, right)) in enumerate(zip(parts, cols)):
+            if j == len(cols) - 1:
+                out.append(p)  # the last column is not padded
+            else:
+                out.append(p.rjust(widths[j]) if right else p.ljust(widths[j]))
+        return "  ".join(out).rstrip()
+
+    return line(heads), [line(row).replace(" ", NBSP) for row in cells]

@@ -22,13 +22,30 @@ SORTS = ("persistence", "lifetime", "mse", "margin", "density", "max_activation"
 _DESCENDING = {"persistence": True, "lifetime": True, "mse": False, "margin": True, "density": True,
                "max_activation": True}
 
-__all__ = ["find_features", "SORTS"]
+__all__ = ["find_features", "SORTS", "natural_descending"]
+
+
+def natural_descending(sort: str) -> bool:
+    """Whether ``sort`` lists the largest values first by default (all but ``mse``: the best
+    match, the lowest error, comes first)."""
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort!r}; choose one of {SORTS}")
+    return _DESCENDING[sort]
+
+
+def _flag(value: Any, name: str) -> bool:
+    # a bool, not anything truthy: newborn="no" would otherwise filter
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 def find_features(chain: Any, examples: Any = None, *, layer: int | None = None, sort: str = "persistence",
                   min_persistence: int = 0, accepted_only: bool = False, token: str | None = None,
                   explanation: str | None = None, explanations: Mapping[tuple[int, int], str] | None = None,
-                  min_density: float = 0.0, n: int | None = 50, cache_dir: str | os.PathLike | None = None):
+                  min_density: float = 0.0, n: int | None = 50, cache_dir: str | os.PathLike | None = None,
+                  descending: bool | None = None, max_persistence: int | None = None, newborn: bool = False,
+                  dying: bool = False):
     """Rank and filter the features of ``chain`` (a MatchChain); returns a DataFrame, best first.
 
     Columns: ``layer``, ``feature``; ``persistence`` (layers of the accepted run through the
@@ -43,8 +60,16 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     Filters: ``layer``; ``min_persistence``; ``accepted_only`` (the next step accepted);
     ``token`` (one of the feature's top tokens contains it, case-insensitive: the tokens
     themselves, so ``"\\n"`` finds newline tokens and ``"'"`` tokens with a quote); ``explanation``
-    (the explanation contains it); ``min_density`` (a share in [0, 1]). ``sort``: one of
-    :data:`SORTS`. ``n``: rows kept, a positive integer (None: all).
+    (the explanation contains it); ``min_density`` (a share in [0, 1]); ``max_persistence``
+    (short-lived features: persisting on at most that many layers); ``newborn`` (no accepted
+    step leads into the feature: its run starts at its layer; the chain's first layer has no
+    step in, so it is left out) and ``dying`` (its next step is not accepted: its run ends at its
+    layer; the last layer is left out). ``layer=k, newborn=True`` lists the features born at
+    layer k. ``sort``: one of :data:`SORTS`; ``descending``: largest first (None: the sort's
+    natural direction, :func:`natural_descending`: largest first except ``mse``); ties go to the
+    lowest MSE, then the lowest index, and missing values (the last layer's MSE and margin) come
+    last either way. ``n``: rows kept, a positive integer (None: all); ``df.attrs["n_matching"]``
+    is the number of features that pass the filters before ``n`` cuts the list.
 
     ``examples`` must be of the chain's SAEs (checked by weights hash where the chain recorded one).
     """
@@ -58,6 +83,20 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     if min_density > 1:
         raise InvalidArgumentError(f"min_density is a share of tokens in [0, 1], got {min_density}")
     min_persistence = as_index(min_persistence, "min_persistence")
+    if max_persistence is not None:
+        max_persistence = positive_int(max_persistence, "max_persistence (the most layers a feature persists on; "
+                                                        "None for no limit)")
+        if max_persistence < min_persistence:
+            raise InvalidArgumentError(
+                f"max_persistence={max_persistence} is below min_persistence={min_persistence}: no feature "
+                f"persists on at least {min_persistence} and at most {max_persistence} layers")
+    if descending is not None:
+        descending = _flag(descending, "descending (None for the sort's natural direction)")
+    newborn, dying, accepted_only = _flag(newborn, "newborn"), _flag(dying, "dying"), _flag(accepted_only,
+                                                                                              "accepted_only")
+    if dying and accepted_only:
+        raise InvalidArgumentError("dying=True lists features whose next step is not accepted, accepted_only=True "
+                                   "those whose next step is: together they list nothing; pass one of them")
     for name, v in (("token", token), ("explanation", explanation)):
         if v is not None and not isinstance(v, str):
             raise ArgumentTypeError(f"{name} must be a string (or None), got {v!r} ({type(v).__name__})")
@@ -69,6 +108,15 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     for L in layers:
         if L not in chain.layers:
             raise KeyError(f"layer {L} is not in the chain (layers {tuple(chain.layers)})")
+    first, last = chain.layers[0], chain.layers[-1]
+    if newborn and layers == [first]:
+        raise InvalidArgumentError(
+            f"newborn=True at layer {first}, the chain's first: no step leads into it, so nothing is born there; "
+            f"ask for a later layer (layers {tuple(chain.layers)})")
+    if dying and layers == [last]:
+        raise InvalidArgumentError(
+            f"dying=True at layer {last}, the chain's last: it has no next step, so nothing dies there; "
+            f"ask for an earlier layer (layers {tuple(chain.layers)})")
     if examples is not None:
         for L in layers:
             _check_examples(chain, L, examples[L])
@@ -104,6 +152,12 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     keep = df["persistence"] >= int(min_persistence)
+    if max_persistence is not None:
+        keep &= df["persistence"] <= max_persistence
+    if newborn:  # the first layer has no step in: every feature there would count
+        keep &= (df["age"] == 0) & (df["layer"] != first)
+    if dying:  # the last layer has no step out
+        keep &= (df["lifetime"] == 0) & (df["layer"] != last)
     if accepted_only:
         keep &= df["accepted"]
     if min_density:
@@ -117,12 +171,16 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
                              "smn.fetch_feature(info, index) (they are cached), or pass explanations={...}")
         keep &= df["explanation"].str.lower().str.contains(str(explanation).lower(), regex=False)
     df = df[keep]
-    desc = _DESCENDING[sort]
+    desc = _DESCENDING[sort] if descending is None else descending
     key = df[sort].fillna(-np.inf if desc else np.inf)
     order = np.lexsort((df["feature"].to_numpy(), df["mse"].fillna(np.inf).to_numpy(),
                         -key.to_numpy() if desc else key.to_numpy()))
     df = df.iloc[order].reset_index(drop=True)
-    return df if n is None else df.head(n)
+    total = len(df)
+    if n is not None:
+        df = df.head(n).copy()
+    df.attrs["n_matching"] = total  # the count behind "showing n of N"
+    return df
 
 
 def _check_examples(chain: Any, layer: int, le: Any) -> None:
