@@ -7,9 +7,11 @@ a ``plotly.graph_objects.Figure``; strings from SAE ids and labels are passed to
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,7 +24,8 @@ __all__ = [
     "make_mse_figure", "make_margin_figure", "make_chain_figure", "make_trace_figure",
     "make_flow_figure", "make_feature_flow_figure", "make_flow_graph_figure", "FLOW_CLASS_COLORS",
     "save_figure", "FigureExportError", "COLORS", "PALETTE", "PAPER_PRESETS",
-    "paper_layout", "set_theme", "get_theme", "template",
+    "paper_layout", "set_theme", "get_theme", "template", "close_export_browser", "PAPER_HEIGHT_SCALE",
+    "TRACE_KEY", "FLOW_KEY",
 ]
 
 # Okabe & Ito's colour-blind-safe palette (Color Universal Design): blue, vermillion, orange,
@@ -1051,6 +1054,123 @@ def _find_browser() -> str | None:
 
 
 _VECTOR_FORMATS = ("pdf", "svg")
+_RENDER_TIMEOUT_S = 90.0  # kaleido's own default for one image
+_START_TIMEOUT_S = 120.0
+
+
+class _Exporter:
+    """One kaleido with one headless Chromium kept open for all of this process's exports (kaleido
+    1.x's ``Kaleido`` is an async browser session; plotly's ``write_image`` starts and stops a
+    Chromium per image, 3-4 s each). It runs in a daemon thread with its own event loop, so a
+    notebook's running loop is never touched; every wait is bounded; :func:`close_export_browser`
+    (also called at exit) stops it. Its page loads no MathJax (figures here use none; kaleido's
+    default fetches it from a CDN, which an offline machine waits on)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: Any = None
+        self._k: Any = None
+        self._registered = False
+
+    def _start(self, browser: str) -> None:
+        import asyncio
+
+        import kaleido
+
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="saematch-kaleido", daemon=True).start()
+
+        async def start() -> Any:
+            k = kaleido.Kaleido(n=1, timeout=_RENDER_TIMEOUT_S, mathjax=False, path=browser)
+            await k.open()
+            return k
+
+        try:
+            self._k = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=_START_TIMEOUT_S)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        self._loop = loop
+        if not self._registered:
+            atexit.register(self.close)
+            self._registered = True
+
+    def render(self, fig_dict: dict, opts: dict, browser: str) -> bytes:
+        import asyncio
+
+        with self._lock:
+            if self._k is None:
+                self._start(browser)
+            fut = asyncio.run_coroutine_threadsafe(self._k.calc_fig(fig_dict, opts=opts), self._loop)
+            try:
+                return fut.result(timeout=_RENDER_TIMEOUT_S + 15)
+            except BaseException:
+                fut.cancel()
+                raise
+
+    def close(self) -> None:
+        import asyncio
+
+        with self._lock:
+            k, loop = self._k, self._loop
+            self._k = self._loop = None
+            if k is None:
+                return
+            try:
+                asyncio.run_coroutine_threadsafe(k.close(), loop).result(timeout=30)
+            except Exception:  # closing is best effort: the browser may be gone already
+                pass
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+
+    @property
+    def running(self) -> bool:
+        return self._k is not None
+
+
+_EXPORTER = _Exporter()
+
+
+def close_export_browser() -> None:
+    """Stop the Chromium that :func:`save_figure` keeps open between image exports (it is started
+    by the first .png / .pdf / .svg export and stopped at exit; the next export starts another)."""
+    _EXPORTER.close()
+
+
+def _render_image(fig: Any, fmt: str, width: Any, height: Any, scale: float, browser: str, name: str) -> bytes:
+    """The image bytes from kaleido; a failure is retried once on a fresh browser (kaleido fails
+    now and then on a page that is not ready, e.g. ``JavascriptError: kaleido_scopes is not
+    defined``), a second one is a FigureExportError saying what to do."""
+    import kaleido
+
+    fig_dict = fig.to_dict()
+    w = width or fig_dict.get("layout", {}).get("width") or _PLOTLY_DEFAULT_PX[0]
+    h = height or fig_dict.get("layout", {}).get("height") or _PLOTLY_DEFAULT_PX[1]
+    opts = dict(format=fmt, width=w, height=h, scale=scale)
+    if not hasattr(kaleido, "Kaleido"):  # kaleido 0.x: no session to keep; plotly drives it
+        try:
+            return fig.to_image(format=fmt, width=w, height=h, scale=scale)
+        except Exception as exc:
+            raise _export_error(name, exc) from exc
+    errors: list[BaseException] = []
+    for _attempt in range(2):
+        try:
+            return _EXPORTER.render(fig_dict, opts, browser)
+        except Exception as exc:  # noqa: PERF203 - one retry
+            errors.append(exc)
+            _EXPORTER.close()  # the next try starts a fresh browser and page
+    raise _export_error(name, errors[-1], tries=len(errors)) from errors[-1]
+
+
+def _export_error(name: str, exc: BaseException, tries: int = 1) -> FigureExportError:
+    what = f"{type(exc).__name__}: {exc}".strip()
+    if "chrome" in type(exc).__name__.lower() or "browser" in str(exc).lower():
+        return FigureExportError(_BROWSER_HELP.format(fmt=name) + f" ({what})")
+    again = " twice (the second time in a fresh browser)" if tries > 1 else ""
+    return FigureExportError(
+        f"kaleido could not write {name}{again}: {what}. Try again; if it keeps failing, check that "
+        "Chromium starts (`chromium --headless --disable-gpu --dump-dom about:blank`), update kaleido "
+        "(pip install -U kaleido), or save as .html (no browser needed) and export from the page.")
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, height: int | None = None,
@@ -1074,6 +1194,11 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
     ``dpi`` / ``width_in`` / ``height_in`` / ``font_pt`` finite and positive, ``preset`` one of
     the named ones, and a raster image between 1 and :data:`MAX_IMAGE_SIDE_PX` pixels a side
     (``dpi=0.1`` would make a 0-pixel "PNG", ``dpi=1e6`` one no browser can draw).
+
+    Images: the first one starts a headless Chromium that later ones reuse (about 0.1-0.3 s per
+    image instead of 3-4 s; :func:`close_export_browser` stops it). A kaleido failure is retried
+    once in a fresh browser; a second failure is a :class:`FigureExportError` saying what to do.
+    A figure drawn in the transparent "auto" theme is written on white.
     """
     path = Path(path)
     ext = path.suffix.lower().lstrip(".")
@@ -1090,6 +1215,11 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
         # "" is no preset name (it was taken as "single"); only None means the default
         fig = paper_layout(fig, "single" if preset is None else preset, width_in=width_in, height_in=height_in,
                            font_pt=font_pt)
+    elif _meta(fig).get("theme") == "auto" and ext != "json":
+        # a live figure's transparent "auto" theme: a file gets the white one (a page or a paper
+        # has no notebook background behind it)
+        fig = _go().Figure(fig)
+        fig.update_layout(template=template("light"))
     if dpi is not None:
         scale = _finite_number(dpi, "dpi", positive=True) / _PX_PER_IN
     if ext in _VECTOR_FORMATS:
@@ -1113,15 +1243,11 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
                     f"writing .{ext} needs kaleido: pip install kaleido (or saematch_nb[export]); "
                     "saving as .html works without it"
                 ) from exc
-            if _find_browser() is None:
+            browser = _find_browser()
+            if browser is None:
                 raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}"))
-            try:
-                fig.write_image(str(tmp), format="jpeg" if ext == "jpg" else ext,
-                                width=width or fig.layout.width, height=height or fig.layout.height, scale=scale)
-            except Exception as exc:
-                if "chrome" in type(exc).__name__.lower() or "browser" in str(exc).lower():
-                    raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}") + f" ({exc})") from exc
-                raise
+            tmp.write_bytes(_render_image(fig, "jpeg" if ext == "jpg" else ext, width or fig.layout.width,
+                                          height or fig.layout.height, scale, browser, path.name))
         os.replace(tmp, path)  # a failed export never leaves a half-written file under the real name
     finally:
         if tmp.exists():
