@@ -200,6 +200,7 @@ def make_mse_figure(lm: Any, *, x: str = "mse", bins: int = 60, log_y: bool = Fa
             xaxis_title=("MSE to the assigned partner (folded parameters)" if x == "mse"
                          else "criterion score: direction distance (1 − mean cosine)"),
             yaxis_title="features", yaxis_type="log" if log_y else None)
+    fig.update_yaxes(ticklabelstandoff=4)  # the y axis's "0" off the x axis's "0" in the corner
     return fig
 
 
@@ -366,7 +367,9 @@ def trace_figure_data(trace: Any, *, title: str | None = None, correlations: Map
             by += [b, b, None]
         traces.append((1, dict(type="scatter", x=bx, y=by, mode="lines", name="acceptance bound", showlegend=False,
                                line=dict(color=COLORS["threshold"], dash="dash", width=1.5), hoverinfo="skip")))
-    layout: dict = {"yaxis.range": [min([0.0] + [v for v in sim if np.isfinite(v)]) - 0.05, 1.08]}
+    # room above 1 for the labels over the points (scatter text is clipped to the plot area)
+    layout: dict = {"yaxis.range": [min([0.0] + [v for v in sim if np.isfinite(v)]) - 0.05, 1.3],
+                    "yaxis.tickvals": [0, 0.25, 0.5, 0.75, 1]}
     if has_corr:
         present = [(int(l), int(f)) for l, f in zip(trace.layers, trace.features) if f >= 0 and int(l) in correlations]
         traces.append((2, dict(
@@ -377,7 +380,8 @@ def trace_figure_data(trace: Any, *, title: str | None = None, correlations: Map
             marker=dict(size=[13 if l == trace.origin_layer else 9 for l, _ in present], color=COLORS["correlation"]),
             customdata=[[l, f] for l, f in present],
             hovertemplate="L%{customdata[0]} #%{customdata[1]}<br>r with the origin %{y:.3f}<extra></extra>")))
-        layout["yaxis2.range"] = [-0.05, 1.1]
+        layout["yaxis2.range"] = [-0.05, 1.3]
+        layout["yaxis2.tickvals"] = [0, 0.5, 1]
     traces.append((rows, dict(
         type="bar", x=xs, y=[s.mse for s in steps], name="MSE per step", width=0.5, showlegend=False,
         marker=dict(color=marks["color"]),
@@ -419,8 +423,8 @@ def _glyph(color: str, glyph: str) -> str:
 #: it says which signal decides "accepted" and what the margin adds
 TRACE_KEY = (
     f"{_glyph(COLORS['matched'], '●')} accepted / {_glyph(COLORS['unmatched'], '✕')} rejected: decided by the "
-    "calibrated criterion alone (direction similarity at or above the dashed bound, and mutual best)<br>"
-    f"{_glyph(COLORS['margin'], '◆')} margin (runner-up MSE − partner MSE), a separate signal; "
+    "calibrated criterion alone<br>(direction similarity at or above the dashed bound, and mutual best)<br>"
+    f"{_glyph(COLORS['margin'], '◆')} margin (runner-up MSE − partner MSE), a separate signal;<br>"
     f"{_glyph(COLORS['margin'], '◇')} not clearly positive (at most {UNCERTAIN_MARGIN:.0%} of the step's MSE): "
     "an uncertain step, whatever the criterion decided")
 
@@ -474,9 +478,9 @@ def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Map
     title_text = lay.pop("title.text")
     fig.update_layout(lay)
     fig.add_annotation(text=TRACE_KEY, name="key", xref="paper", yref="paper", x=0, y=0, xanchor="left",
-                       yanchor="top", yshift=-52, align="left", showarrow=False, font=dict(size=11))
-    return _layout(fig, title_text, theme=theme, with_template=template, height=600 if rows == 3 else 500,
-                   margin=dict(l=60, r=20, t=95, b=110), showlegend=False, kind="trace",
+                       yanchor="top", yshift=-50, align="left", showarrow=False, font=dict(size=11))
+    return _layout(fig, title_text, theme=theme, with_template=template, height=640 if rows == 3 else 540,
+                   margin=dict(l=60, r=20, t=95, b=125), showlegend=False, kind="trace",
                    info={"rows": rows, "subplot_titles": paper_titles,
                          "layer_features": [[int(l), int(f)] for l, f in zip(trace.layers, trace.features)]})
 
@@ -942,6 +946,12 @@ def _paper_trace_ticks(out: Any, meta: Mapping[str, Any], rows: int, px: float) 
     for t in out.data:
         if t.type == "scatter" and t.mode and "text" in t.mode:
             t.mode = t.mode.replace("+text", "").replace("text+", "")
+    # no labels over the points: the room kept above 1 for them goes
+    for k, top in (("yaxis", 1.08), ("yaxis2", 1.1)):
+        ax = out.layout[k]
+        if rows > 2 or k == "yaxis":
+            if ax.range is not None and ax.range[1] > top:
+                ax.range = (ax.range[0], top)
 
 
 def _paper_flow(out: Any, meta: Mapping[str, Any], W: int, H: int, px: float, top: float) -> None:

@@ -84,11 +84,17 @@ def test_every_make_figure_function_is_checked():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", list(F.PAPER_PRESETS))
+@pytest.mark.parametrize("preset", list(F.PAPER_PRESETS) + ["live-700", "live-900"])
 def test_figures_lay_out_at_every_preset(renderer, data, preset):
+    """Each paper preset, and the figures as a notebook shows them (plotly's 700 px default width;
+    900 px, the explorer's narrowest)."""
     problems = {}
     for name, make in FIGURES.items():
-        fig = F.paper_layout(make(data), preset)
+        if preset.startswith("live"):
+            fig = make(data)
+            fig.update_layout(width=int(preset.split("-")[1]), height=fig.layout.height or 450)
+        else:
+            fig = F.paper_layout(make(data), preset)
         r = renderer.render(fig)
         assert (r.width, r.height) == (fig.layout.width, fig.layout.height)
         bad = layout_problems(r)
