@@ -769,8 +769,9 @@ def _legend_entries(fig: Any) -> list[str]:
         return []
     seen, names = set(), []
     for t in shown:
-        key = t.legendgroup or t.name
-        if key not in seen or not t.legendgroup:
+        group = getattr(t, "legendgroup", None)
+        key = group or t.name
+        if key not in seen or not group:
             seen.add(key)
             names.append(str(t.name or ""))
     return names
