@@ -849,7 +849,7 @@ def paper_layout(fig: Any, preset: str = "single", *, width_in: float | None = N
         title_h = 0.5 * px + _LINE * ts * n
 
     # the legend: horizontal rows under the title (it pushes the top margin too); a chain overlay
-    # names its runs, and the trace figure's key becomes entries of their own
+    # names its runs; the trace figure has a key instead, a shorter one, right above its panels
     if kind == "chain" and meta.get("runs"):
         for t in out.data:
             if t.showlegend:
