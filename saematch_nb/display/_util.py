@@ -223,3 +223,24 @@ def tokens_html(tokens: Sequence[Any], values: Iterable[float] | None = None,
     spans = "".join(token_html(t, v, max_value, highlight=(i == highlight))
                     for i, (t, v) in enumerate(zip(toks, vals)))
     return f'<span class="smn-toks">{spans}</span>'
+
+
+# -- what "accepted" rests on, and when a margin is too thin to add confidence ---------------------
+#: A step is *accepted* by the calibrated criterion alone (core/criterion.py: direction distance
+#: within the pair's threshold and mutual best); the margin (runner-up MSE − partner MSE) is a
+#: separate signal, shown beside it. A margin at or below this share of the step's own MSE (every
+#: negative margin included) is "not clearly positive": the display marks it as uncertain. It
+#: changes nothing in the decision.
+UNCERTAIN_MARGIN = 0.1
+
+
+def margin_uncertain(mse: Any, margin: Any) -> bool:
+    """True when ``margin`` is not clearly positive: at most ``UNCERTAIN_MARGIN`` × ``mse``, or not
+    a finite number."""
+    try:
+        m, g = float(mse), float(margin)
+    except (TypeError, ValueError):
+        return True
+    if not (math.isfinite(m) and math.isfinite(g)):
+        return True
+    return g <= UNCERTAIN_MARGIN * max(m, 0.0)

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from .._version import __version__
 from . import text as _text
 from ._util import (
-    DASH, attr, check_no_script, css, escape, fmt_float, fmt_int, link, wrap_output,
+    DASH, UNCERTAIN_MARGIN, attr, check_no_script, css, escape, fmt_float, fmt_int, link, margin_uncertain,
+    wrap_output,
 )
 
 __all__ = [
@@ -221,14 +222,16 @@ def svg_line_chart(
 
 
 # -- MatchChain -----------------------------------------------------------------------------------
-def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
+def chain_body(chain: Any, *, pairs_open: bool = False, charts: bool = True) -> str:
+    """The chain's repr body; ``charts=False`` leaves out the two static charts (for a panel that
+    draws them as a plotly figure right below)."""
     f = _text.chain_facts(chain)
     title = f"{escape(f['n_pairs'])} pairs over layers {escape(f['layer_range'])}"
     parts = [_header("MatchChain", title, escape(f["model"]) if f["model"] else "")]
     parts.append(_grid([("layers", escape(f["layers"])), ("options", _kv_html(f["options"])),
                         ("stats", _kv_html(f["stats"]))]))
     rows = f["rows"]
-    if rows:
+    if rows and charts:
         xs, xl = [], []
         for i, r in enumerate(rows):
             la = r["raw"].get("layer_a")
@@ -238,12 +241,13 @@ def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
         med = [r["raw"].get("mse_median") for r in rows]
         q10 = [r["raw"].get("mse_q10") for r in rows]
         q90 = [r["raw"].get("mse_q90") for r in rows]
-        charts = (svg_line_chart(xs, [("accepted fraction", frac)], title="accepted fraction across depth",
-                                 y_range=(0.0, 1.0), y_format=lambda v: f"{100 * v:.0f}%", x_labels=xl)
-                  + svg_line_chart(xs, [("MSE median", med)], band=(q10, q90),
-                                   title="MSE to the assigned partner across depth (median, band q10–q90)",
-                                   x_labels=xl))
-        parts.append(f'<div class="smn-section">{charts}</div>')
+        svg = (svg_line_chart(xs, [("accepted fraction", frac)], title="accepted fraction across depth",
+                              y_range=(0.0, 1.0), y_format=lambda v: f"{100 * v:.0f}%", x_labels=xl)
+               + svg_line_chart(xs, [("MSE median", med)], band=(q10, q90),
+                                title="MSE to the assigned partner across depth (median, band q10–q90)",
+                                x_labels=xl))
+        parts.append(f'<div class="smn-section">{svg}</div>')
+    if rows:
         head = [("pair", False), ("SAEs", False), ("widths", True), ("accepted", False), ("no partner", True),
                 ("MSE median", True), ("MSE q90", True), ("time", True), ("cached", False)]
         cells = [[f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])}",
@@ -290,9 +294,16 @@ def _edge_html(s: Mapping[str, Any] | None) -> str:
     if s is None:
         return '<div class="smn-edge"><span class="smn-edge-line">·</span></div>'
     cls = "smn-edge smn-edge-ok" if s["matched"] else "smn-edge smn-edge-no"
-    tip = f"L{s['layer']} #{s['feature']} → L{s['next_layer']} #{s['next_feature']}: {s['status']}"
-    return (f'<div class="{cls}" title={attr(tip)}><span class="smn-edge-line">⟶</span>'
-            f'mse {escape(s["mse"])}<br>margin {escape(s["margin"])}</div>')
+    # the arrow is the criterion's decision; the margin is a separate signal, flagged when thin
+    unsure = bool(s.get("uncertain"))
+    tip = (f"L{s['layer']} #{s['feature']} → L{s['next_layer']} #{s['next_feature']}: {s['status']}"
+           + (" by the calibrated criterion (direction distance within the threshold, mutual best)"
+              if s["status"] in ("accepted", "rejected") else "")
+           + (f"; margin {s['margin']} is not clearly positive (at most {UNCERTAIN_MARGIN:.0%} of the MSE): "
+              "an uncertain step" if unsure else ""))
+    flag = ' <span class="smn-edge-unsure" title="margin not clearly positive: uncertain">?</span>' if unsure else ""
+    return (f'<div class="{cls}{" smn-edge-uncertain" if unsure else ""}" title={attr(tip)}>'
+            f'<span class="smn-edge-line">⟶</span>mse {escape(s["mse"])}<br>margin {escape(s["margin"])}{flag}</div>')
 
 
 def trace_body(tr: Any, *, header: bool = True) -> str:
@@ -334,7 +345,8 @@ def edge_html(step: Any) -> str:
     return _edge_html({"matched": bool(step.matched), "layer": _text._layer(step.layer),
                        "feature": fmt_int(step.feature), "next_layer": _text._layer(step.next_layer),
                        "next_feature": fmt_int(step.next_feature) if step.next_feature >= 0 else DASH,
-                       "mse": fmt_float(step.mse), "margin": fmt_float(step.margin), "status": st})
+                       "mse": fmt_float(step.mse), "margin": fmt_float(step.margin), "status": st,
+                       "uncertain": step.next_feature >= 0 and margin_uncertain(step.mse, step.margin)})
 
 
 def explorer_header_body(tr: Any, layer: int) -> str:
@@ -527,8 +539,9 @@ def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
 
 
 def chain_summary_html(chain: Any) -> str:
-    """The chain's repr, for the overview panel (its per-pair details folded away)."""
-    return chain_html(chain)
+    """The chain's repr for the overview panel, without its static charts: the panel draws the
+    same two charts as a plotly figure right below (issue #23: they were shown twice)."""
+    return wrap_output(chain_body(chain, charts=False), _text.chain_text(chain), kind="chain")
 
 
 def finder_query_text(query: Mapping[str, Any]) -> str:

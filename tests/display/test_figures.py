@@ -281,3 +281,137 @@ def test_issue22_sizes_that_are_fine_still_pass(tmp_path, lm):
     assert F.save_figure(F.make_mse_figure(lm), tmp_path / "b.json", preset="double", width_in=5).exists()
     with pytest.raises(TypeError, match="scale must be a number"):
         F.save_figure(F.make_mse_figure(lm), tmp_path / "c.png", scale="2")
+
+
+# -- issue #23 -----------------------------------------------------------------------------------------
+def _trace_with_thin_margin():
+    # the explorer's case: an accepted step whose margin is -0.0024 (the runner-up is closer in MSE)
+    steps = (TraceStep(2, 7, 3, 5, 0.01, -0.0024, True, score=0.1, threshold=0.3),
+             TraceStep(3, 5, 4, 9, 0.01, 0.02, True, score=0.1, threshold=0.3),
+             TraceStep(4, 9, 5, 11, 0.05, 0.03, False, score=0.5, threshold=0.3))
+    return FeatureTrace(origin_layer=3, origin_feature=5, layers=(2, 3, 4, 5), features=(7, 5, 9, 11),
+                        steps=steps, born_layer=2, dies_layer=4)
+
+
+def test_issue23_one_meaning_per_colour_and_a_key_that_says_what_decides():
+    """Point 8: orange no longer means both rejected and margin; the key says the calibrated
+    criterion decides "accepted" and the margin is a separate signal, uncertain when thin."""
+    assert len({F.COLORS[k] for k in ("matched", "unmatched", "margin", "focus", "threshold")}) == 5
+    assert F.COLORS["margin"] not in (F.COLORS["unmatched"], "#E69F00")  # orange is gone
+    fig = F.make_trace_figure(_trace_with_thin_margin())
+    assert not any(t.showlegend for t in fig.data) and fig.layout.showlegend is False  # no first-point swatches
+    (key,) = [a for a in fig.layout.annotations if a.name == "key"]
+    assert key.text == F.TRACE_KEY
+    for words in ("accepted", "rejected", "calibrated criterion alone", "margin", "uncertain"):
+        assert words in key.text
+    sim, _bound, bars, margin = fig.data
+    assert list(sim.marker.color) == [F.COLORS["matched"]] * 2 + [F.COLORS["unmatched"]]
+    assert list(bars.marker.color) == list(sim.marker.color)
+    assert list(margin.marker.symbol) == ["diamond-open", "diamond", "diamond"]  # -0.0024: uncertain
+    assert margin.marker.color == F.COLORS["margin"]
+    assert sim.customdata[0][7] == "accepted by the calibrated criterion"
+    assert sim.customdata[0][8] == "not clearly positive: uncertain" and sim.customdata[1][8] == "clearly positive"
+    # the Sankey: origins no longer orange, a key for the link colours
+    flow = F.make_flow_figure(traces=[_trace_with_thin_margin()])
+    (fkey,) = [a for a in flow.layout.annotations if a.name == "key"]
+    assert fkey.text == F.FLOW_KEY and "accepted" in fkey.text and "rejected" in fkey.text
+    assert F.COLORS["origin"] in list(flow.data[0].node.color) and "#E69F00" not in list(flow.data[0].node.color)
+
+
+def test_issue23_uncertain_margin_rule():
+    from saematch_nb.display._util import UNCERTAIN_MARGIN, margin_uncertain
+
+    assert margin_uncertain(0.01, -0.0024) and margin_uncertain(0.01, 0.0) and margin_uncertain(0.01, float("nan"))
+    assert margin_uncertain(0.01, UNCERTAIN_MARGIN * 0.01) and not margin_uncertain(0.01, 0.002)
+    assert not margin_uncertain(0.0, 1e-6)
+
+
+def test_issue23_edge_html_keeps_the_criterions_arrow_and_flags_a_thin_margin():
+    from saematch_nb.display import html
+
+    thin, clear, rejected = _trace_with_thin_margin().steps
+    out = html.edge_html(thin)
+    assert "smn-edge-ok" in out and "smn-edge-uncertain" in out and "smn-edge-unsure" in out
+    assert "by the calibrated criterion" in out and "not clearly positive" in out
+    assert "smn-edge-uncertain" not in html.edge_html(clear)
+    assert "smn-edge-no" in html.edge_html(rejected)
+
+
+def test_issue23_paper_layout_per_figure(chain):
+    tr = _trace_with_thin_margin()
+    one = F.paper_layout(F.make_trace_figure(tr, correlations={2: 0.5, 3: 1.0, 4: 0.7, 5: 0.2}), "single")
+    assert one.layout.height == round(2.4 * F.PAPER_HEIGHT_SCALE[("trace", 3)] * 96)
+    assert F.paper_layout(F.make_trace_figure(tr), "single", height_in=2.4).layout.height == 230  # asked for
+    assert list(one.layout.xaxis3.ticktext) == ["L2<br>#7", "L3<br>#5", "L4<br>#9", "L5<br>#11"]
+    assert not any("text" in (t.mode or "") for t in one.data if t.type == "scatter")  # ids on the axis
+    (key,) = [a for a in one.layout.annotations if a.name == "key"]
+    assert "criterion" in key.text and "uncertain" in key.text and len(key.text) < len(F.TRACE_KEY)
+    titles = [a.text for a in one.layout.annotations if a.name != "key"]
+    assert titles == ["step similarity (1 − score)", "activation r with the origin", "MSE and margin per step"]
+    doms = [one.layout[f"yaxis{k}"].domain for k in ("", "2", "3")]
+    assert all(a[0] > b[1] for a, b in zip(doms, doms[1:]))  # a band between panels, for their titles
+    runs = F.paper_layout(F.make_chain_figure({"folded": chain, "identity": chain}), "double")
+    assert [t.name for t in runs.data if t.showlegend] == ["folded", "identity"]
+    assert runs.layout.legend.orientation == "h"
+    sk = F.paper_layout(F.make_flow_figure(chain, 1, [0, 1, 2]), "single")
+    assert all(lb == "" or lb.startswith("#") or lb == "none" for lb in sk.data[0].node.label)
+    heads = [a.text for a in sk.layout.annotations if a.name != "key"]
+    assert heads == [f"L{l}" for l in chain.layers]  # traces run both ways from layer 1
+    assert F.make_mse_figure(make_layer_match()).layout.meta["saematch"]["figure"] == "mse"
+
+
+def test_issue23_auto_theme_is_transparent_and_files_are_white(tmp_path, lm):
+    fig = F.make_mse_figure(lm, theme="auto")
+    t = fig.layout.template.layout
+    assert t.paper_bgcolor == t.plot_bgcolor == "rgba(0,0,0,0)" and t.font.color == "#8a8a8a"
+    assert fig.layout.meta["saematch"]["theme"] == "auto"
+    page = F.save_figure(fig, tmp_path / "auto.html").read_text()
+    assert '"paper_bgcolor":"white"' in page.replace(" ", "") and "rgba(0,0,0,0)" not in page.split("<body>")[-1][:20000]
+    assert F.paper_layout(fig, "single").layout.template.layout.paper_bgcolor == "white"
+    with pytest.raises(ValueError, match="'auto', 'light' or 'dark'"):
+        F.make_mse_figure(lm, theme="blue")
+
+
+def test_issue23_kaleido_failure_is_retried_once_then_explained(tmp_path, lm, monkeypatch):
+    """One export in 64 failed with kaleido's raw ``JavascriptError: kaleido_scopes is not
+    defined``; it passed when tried again."""
+    pytest.importorskip("kaleido")
+    monkeypatch.setattr(F, "_find_browser", lambda: "/usr/bin/chromium")
+    calls = []
+
+    def flaky(fig_dict, opts, browser):
+        calls.append(opts["format"])
+        if len(calls) == 1:
+            raise RuntimeError("JavascriptError: kaleido_scopes is not defined")
+        return b"<svg></svg>"
+
+    monkeypatch.setattr(F._EXPORTER, "render", flaky)
+    closed = []
+    monkeypatch.setattr(F._EXPORTER, "close", lambda: closed.append(1))
+    p = F.save_figure(F.make_mse_figure(lm), tmp_path / "a.svg")
+    assert p.read_bytes() == b"<svg></svg>" and calls == ["svg", "svg"] and closed == [1]
+
+    def broken(fig_dict, opts, browser):
+        raise RuntimeError("JavascriptError: kaleido_scopes is not defined")
+
+    monkeypatch.setattr(F._EXPORTER, "render", broken)
+    with pytest.raises(F.FigureExportError) as err:
+        F.save_figure(F.make_mse_figure(lm), tmp_path / "b.pdf")
+    msg = str(err.value)
+    assert "b.pdf twice" in msg and "kaleido_scopes is not defined" in msg and "save as .html" in msg
+    assert not (tmp_path / "b.pdf").exists() and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_issue23_exports_share_one_browser(tmp_path, lm):
+    if F._find_browser() is None:
+        pytest.fail("no Chrome/Chromium on this machine: apt-get install -y chromium (.ci/run installs it)")
+    F.close_export_browser()
+    F.save_figure(F.make_mse_figure(lm), tmp_path / "a.svg", preset="single")
+    first = F._EXPORTER._k
+    assert first is not None
+    F.save_figure(F.make_chain_figure(make_chain(n_pairs=2, n=20)), tmp_path / "b.pdf", preset="single")
+    assert F._EXPORTER._k is first  # the same Chromium, not a fresh one per image
+    assert (tmp_path / "b.pdf").read_bytes()[:5] == b"%PDF-"
+    F.close_export_browser()
+    assert F._EXPORTER._k is None
