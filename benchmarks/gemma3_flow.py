@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--deact-windows", type=int, default=64, help="windows the deactivation targets are drawn from")
     ap.add_argument("--targets", type=int, default=32, help="deactivation targets per layer")
     ap.add_argument("--origins", type=int, default=6, help="steering origins (features of the last layer)")
+    ap.add_argument("--prompts", type=int, default=8, help="held-out texts (first 200 characters) steered on")
+    ap.add_argument("--gen-tokens", type=int, default=20, help="tokens per greedy generation")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -150,6 +152,18 @@ def main(argv=None) -> int:
         best = (da @ db.T).max(1).values
         ceiling = {"layer": twin[0], "matched_fraction": round(lm.matched_fraction, 4),
                    "best_cos_median": round(best.median().item(), 3), "share_best_cos_above_0.7": round((best > 0.7).float().mean().item(), 4)}
+        # what two seeds would share by sampling the same cloud of directions, untrained: two disjoint
+        # samples of the layer's own (centred, unit) held-out activations, as many as the SAE's width
+        hook = f"blocks.{twin[0]}.hook_resid_post"
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.from_numpy(windows[-min(len(windows), 64):]).long(),
+                                            names_filter=hook, stop_at_layer=twin[0] + 1)
+        xs = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float()
+        xs = torch.nn.functional.normalize(xs - xs.mean(0), dim=1)[torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))]
+        k = min(da.shape[0], len(xs) // 2)
+        cb = (xs[:k] @ xs[k:2 * k].T).max(1).values
+        ceiling.update({"data_sample_size": k, "data_samples_best_cos_median": round(cb.median().item(), 3),
+                        "data_samples_share_above_0.7": round((cb > 0.7).float().mean().item(), 4)})
     times["weights"] = round(time.time() - t, 1)
     log(f"weights: {times['weights']} s\n{summ.to_string()}\nseed ceiling {ceiling}")
 
@@ -194,7 +208,7 @@ def main(argv=None) -> int:
     depth = np.array(depth)
     order = np.argsort(-depth, kind="stable")[: args.origins]
     origins = [(last, int(f)) for f in order]
-    texts = [json.loads(x)["text"] for x in (ROOT / "saematch_nb" / "gemma3" / "assets" / "texts.jsonl").read_text().splitlines()[:8]]
+    texts = [json.loads(x)["text"] for x in (ROOT / "saematch_nb" / "gemma3" / "assets" / "texts.jsonl").read_text().splitlines()[: args.prompts]]
     prompts = [x[:200] for x in texts]
     rows = steering_rows(model, flow, saes, origins, prompts, strengths=(2.0, 4.0, 8.0))
     st = pd.DataFrame(rows)
@@ -213,7 +227,7 @@ def main(argv=None) -> int:
                                        ("cumulative + modules", "cumulative", True)):
             plan = plan_flow_steering(graph, saes["res"], mlp=saes["mlp"], att=saes["att"], strength=8.0, span=span,
                                       modules=modules)
-            r = steer(model, plan, "The weather today is", max_new_tokens=20)
+            r = steer(model, plan, "The weather today is", max_new_tokens=args.gen_tokens)
             gens.append({"setting": setting, "baseline": r.baseline, "steered": r.steered})
         pd.DataFrame(gens).to_csv(out / "steering_generations.csv", index=False)
     times["steering"] = round(time.time() - t, 1)

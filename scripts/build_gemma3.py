@@ -587,6 +587,9 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
     # reaches a high EV): how far each decoder moved from its random init, and how far two seeds
     # of one layer agree (the seed ceiling: the most any matcher can accept between layers)
     for k, j in enumerate(jobs):
+        if args.init != "random":  # a data init is not reproducible from the seed alone
+            res[j["folder"]]["decoder_cos_with_init_median"] = None
+            continue
         W0 = torch.randn(saes[k].W_dec.shape, generator=torch.Generator().manual_seed(j["seed"]))
         cos = torch.nn.functional.cosine_similarity(saes[k].W_dec.detach().float().cpu(), W0, dim=1)
         res[j["folder"]]["decoder_cos_with_init_median"] = round(cos.median().item(), 3)
@@ -746,7 +749,8 @@ def main(argv=None) -> int:
     import platform
 
     metrics = {"model": "Gemma 3 270M (community Q4_K_M GGUF from PyPI, de-quantized)", "release": RELEASE,
-               "recipe": {k: sz[k] for k in ("width", "target_l0", "n_ctx", "tokens", "batch", "lr", "eps", "buffer", "reuse")},
+               "recipe": {**{k: sz[k] for k in ("width", "target_l0", "n_ctx", "tokens", "batch", "lr", "eps", "buffer", "reuse")},
+                          "init": args.init, "flow": args.flow},
                "corpus": {s: sum(1 for d in docs if d["style"] == s) for s in STYLE_WEIGHTS},
                "style_weights": STYLE_WEIGHTS, "eval": q, "timings_s": timings, "device": args.device,
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",

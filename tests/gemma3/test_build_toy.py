@@ -76,3 +76,38 @@ def test_toy_build_end_to_end_and_exact_resume(tmp_path, models):
         b = load_file(str(cut / f / "sae_weights.safetensors"))
         for k in a:
             assert torch.equal(a[k], b[k]), (f, k)
+
+
+def test_toy_flow_build_and_the_flow_experiment(tmp_path, models):
+    """--flow: residual, attention-output and MLP-output SAEs at their own hooks and seeds (data
+    init), then benchmarks/gemma3_flow.py end to end on them: every table written, offline."""
+    out = tmp_path / "flow"
+    r = _run(["--out", str(out), "--toy", "--no-docs", "--tokens", "3000", "--flow", "1-1", "--init", "data"], models)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    res = m["eval"]["saes"]
+    assert set(res) == {"saes/layer_0", "saes/layer_1", "attn/layer_1", "mlp/layer_1", "seed_ceiling/layer_1"}
+    hooks = {f: json.loads((out / f / "cfg.json").read_text())["metadata"]["hook_name"] for f in res}
+    assert hooks["attn/layer_1"] == "blocks.1.hook_attn_out" and hooks["mlp/layer_1"] == "blocks.1.hook_mlp_out"
+    assert hooks["saes/layer_0"] == "blocks.0.hook_resid_post"
+    assert len({v["seed"] for v in res.values()}) == 5  # no two SAEs share an initialisation
+    for v in res.values():
+        assert v["explained_variance"] > 0.3 and 0 < v["l0"] < 256
+    assert m["recipe"]["init"] == "data" and m["recipe"]["flow"] == "1-1"
+
+    x = tmp_path / "x"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "SAEMATCH_CACHE_DIR": str(Path(models).parent)}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gemma3_flow.py"), "--build", str(out), "--out", str(x),
+                        "--windows", "4", "--deact-windows", "4", "--targets", "3", "--origins", "1", "--prompts", "2",
+                        "--gen-tokens", "4"], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for f in ("flow.npz", "labels.npz", "deactivation.json", "weights_classes.csv", "labels.csv", "labels_tests.csv",
+              "deactivation.csv", "steering.csv", "steering_generations.csv", "results.md", "meta.json"):
+        assert (x / f).exists(), f
+    import pandas as pd
+
+    d = pd.read_csv(x / "deactivation.csv")
+    assert set(d["method"]) >= {"R", "M", "A", "R+M+A"} and (d["targets"] > 0).all()
+    st = pd.read_csv(x / "steering.csv")
+    assert set(st["setting"]) == {"single layer", "cumulative", "cumulative + modules"}
+    assert "## Deactivation" in (x / "results.md").read_text()
