@@ -42,6 +42,11 @@ _LAZY = {
     "steer": "sources.steering:steer",
     "SteeringPlan": "sources.steering:SteeringPlan",
     "attention_out_proj": "sources.flow:attention_out_proj",
+    "flow_labels": "sources.flow_checks:flow_labels",
+    "deactivate": "sources.flow_checks:deactivate",
+    "plan_flow_steering": "sources.flow_checks:plan_flow_steering",
+    "FlowLabels": "sources.flow_checks:FlowLabels",
+    "FlowDeactivation": "sources.flow_checks:FlowDeactivation",
     # display
     "save_figure": "display.figures:save_figure",
     # widgets

@@ -83,7 +83,7 @@ import torch
 
 from ._checks import as_index
 from .cost import default_device
-from .results import ResultFileError, _jsonable, check_format_version
+from .results import _jsonable, read_result_npz, write_result_npz
 from .stack import SAEStack, stack_of
 from .weights import SAEInfo, SAEWeights
 
@@ -695,58 +695,31 @@ class FeatureFlow:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one ``.npz`` file (arrays per layer + JSON metadata), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for k, fl in enumerate(self.by_layer):
             for name in ("s_R", "i_R", "s_M", "i_M", "s_A", "i_A"):
                 arrays[f"l{k}_{name}"] = getattr(fl, name)
-        meta = _dumps(self._meta())  # NaN thresholds are not JSON: written as null
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        # NaN thresholds are not JSON: written as null
+        return write_result_npz(path, _dumps(self._meta()), arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureFlow":
         """Read a flow written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists() and path.with_suffix(".npz").exists():
-            path = path.with_suffix(".npz")
-        if not path.is_file():
-            what = "is a folder, not a saved FeatureFlow" if path.is_dir() else "does not exist"
-            raise FileNotFoundError(f"{path} {what}: pass the .npz file written by FeatureFlow.save")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                if not isinstance(meta, dict) or meta.get("kind") != "FeatureFlow":
-                    kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
-                    raise ResultFileError(f"{path} holds a {kind!r}, not a FeatureFlow")
-                check_format_version(meta, path, "FeatureFlow", FORMAT_VERSION)
-                layers = []
-                for k, m in enumerate(meta["layers"]):
-                    arr = {name: z[f"l{k}_{name}"] for name in ("s_R", "i_R", "s_M", "i_M", "s_A", "i_A")}
-                    layers.append(FlowLayer(
-                        layer=int(m["layer"]), prev_layer=int(m["prev_layer"]), n=int(m["n"]), **arr,
-                        thresholds={k_: (float("nan") if v is None else float(v)) for k_, v in m["thresholds"].items()},
-                        calibration=m.get("calibration", {}),
-                        infos={k_: (None if v is None else SAEInfo.from_dict(v)) for k_, v in m["infos"].items()},
-                        n_modules=m["n_modules"], fingerprints=m.get("fingerprints", {})))
+        def read(z: Any, meta: dict, _path: Path) -> "FeatureFlow":
+            layers = []
+            for k, m in enumerate(meta["layers"]):
+                arr = {name: z[f"l{k}_{name}"] for name in ("s_R", "i_R", "s_M", "i_M", "s_A", "i_A")}
+                layers.append(FlowLayer(
+                    layer=int(m["layer"]), prev_layer=int(m["prev_layer"]), n=int(m["n"]), **arr,
+                    thresholds={k_: (float("nan") if v is None else float(v)) for k_, v in m["thresholds"].items()},
+                    calibration=m.get("calibration", {}),
+                    infos={k_: (None if v is None else SAEInfo.from_dict(v)) for k_, v in m["infos"].items()},
+                    n_modules=m["n_modules"], fingerprints=m.get("fingerprints", {})))
             return cls(by_layer=tuple(layers), alpha=float(meta["alpha"]), options=meta.get("options", {}),
                        stats=meta.get("stats", {}))
-        except ResultFileError:
-            raise
-        except Exception as e:
-            raise ResultFileError(
-                f"{path} is not a readable FeatureFlow file ({type(e).__name__}: {e}); it is damaged or "
-                "truncated: recompute it with saematch_nb.feature_flow and save it again") from e
+
+        return read_result_npz(path, "FeatureFlow", FORMAT_VERSION, read,
+                               "recompute it with saematch_nb.feature_flow and save it again")
 
     # -- reprs ----------------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -44,6 +44,50 @@ def check_format_version(meta: Mapping[str, Any], path: Path, kind: str, version
         )
 
 
+def write_result_npz(path: str | os.PathLike, meta_json: str, arrays: Mapping[str, np.ndarray]) -> Path:
+    """One result ``.npz`` (``arrays`` + the JSON metadata as bytes), written atomically: a crash
+    mid-write never leaves a truncated result, and no temp file is left behind."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays, meta=np.frombuffer(meta_json.encode(), dtype=np.uint8))
+        os.replace(tmp, path)
+    except BaseException:  # full disk, a folder in the way, Ctrl-C
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_result_npz(path: str | os.PathLike, kind: str, version: int, read: Any, redo: str) -> Any:
+    """Open a result written by :func:`write_result_npz` and return ``read(z, meta, path)``:
+    the file found (``.npz`` added when missing), its ``kind`` and format version checked, and any
+    damage (truncated zip, bad JSON, a missing array or field) turned into a ResultFileError that
+    says ``redo`` (how to get the result again)."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".npz").exists():
+        path = path.with_suffix(".npz")
+    if not path.is_file():
+        what = f"is a folder, not a saved {kind}" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{path} {what}: pass the .npz file written by {kind}.save")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if not isinstance(meta, dict) or meta.get("kind") != kind:
+                got = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
+                raise ResultFileError(f"{path} holds a {got!r}, not a {kind}")
+            check_format_version(meta, path, kind, version)
+            return read(z, meta, path)
+    except (ResultFileError, ResultMismatchError):
+        raise
+    except Exception as e:
+        raise ResultFileError(f"{path} is not a readable {kind} file ({type(e).__name__}: {e}); it is damaged or "
+                              f"truncated: {redo}") from e
+
+
 def _ro(a: Any, dtype: Any) -> np.ndarray:
     """Read-only copy, so that an immutable result cannot be changed through its arrays."""
     arr = np.array(a, dtype=dtype, copy=True)
@@ -221,42 +265,15 @@ class LayerMatch:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one ``.npz`` file (arrays + JSON metadata), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    permutation=self.permutation, partner=self.partner, mse=self.mse,
-                    alt_mse=self.alt_mse, score=self.score, matched=self.matched,
-                    meta=np.frombuffer(json.dumps(self._meta()).encode(), dtype=np.uint8),
-                )
-            os.replace(tmp, path)  # a crash mid-write never leaves a truncated result
-        except BaseException:  # full disk, a folder in the way, Ctrl-C: no temp file left behind
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return write_result_npz(path, json.dumps(self._meta()), {
+            "permutation": self.permutation, "partner": self.partner, "mse": self.mse, "alt_mse": self.alt_mse,
+            "score": self.score, "matched": self.matched})
 
     @classmethod
     def load(cls, path: str | os.PathLike, sae_a: Any = None, sae_b: Any = None) -> "LayerMatch":
         """Read a saved match. With ``sae_a``/``sae_b``, check they are the SAEs it came from."""
-        path = Path(path)
-        if not path.exists() and path.with_suffix(".npz").exists():
-            path = path.with_suffix(".npz")
-        if not path.is_file():
-            what = "is a folder, not a saved LayerMatch" if path.is_dir() else "does not exist"
-            raise FileNotFoundError(f"{path} {what}: pass the .npz file written by LayerMatch.save")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                if not isinstance(meta, dict) or meta.get("kind") != "LayerMatch":
-                    kind = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
-                    raise ResultFileError(f"{path} holds a {kind!r}, not a LayerMatch")
-                check_format_version(meta, path, "LayerMatch", FORMAT_VERSION)
-                arrays = {k: z[k] for k in ("permutation", "partner", "mse", "alt_mse", "score", "matched")}
+        def read(z: Any, meta: dict, _path: Path) -> "LayerMatch":
+            arrays = {k: z[k] for k in ("permutation", "partner", "mse", "alt_mse", "score", "matched")}
             lm = cls(
                 **arrays, threshold=meta["threshold"], n_a=meta["n_a"], n_b=meta["n_b"],
                 d_in=meta["d_in"], info_a=SAEInfo.from_dict(meta["info_a"]),
@@ -265,13 +282,10 @@ class LayerMatch:
                 calibration=meta.get("calibration", {}),
             )
             _check_indices(lm)
-        except ResultFileError:
-            raise
-        except Exception as e:  # truncated zip, bad JSON, missing array or field, bad shapes
-            raise ResultFileError(
-                f"{path} is not a readable LayerMatch file ({type(e).__name__}: {e}); it is damaged "
-                "or truncated: recompute the match and save it again"
-            ) from e
+            return lm
+
+        path = Path(path)
+        lm = read_result_npz(path, "LayerMatch", FORMAT_VERSION, read, "recompute the match and save it again")
         for side, sae, fp in (("A", sae_a, lm.fingerprint_a), ("B", sae_b, lm.fingerprint_b)):
             if sae is not None:
                 got = as_weights(sae).fingerprint()

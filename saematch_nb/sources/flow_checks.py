@@ -41,6 +41,7 @@ import torch
 
 from ..core._checks import as_index
 from ..core.flow import CLASSES, MODULES, FeatureFlow, FlowGraph
+from ..core.results import read_result_npz, write_result_npz
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEWeights
 from ..errors import InvalidArgumentError
@@ -136,9 +137,14 @@ def _run(model: Any, toks: torch.Tensor, sites: Sequence[str], hooks: Sequence =
 
 
 def _atomic_json(obj: Any, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -218,7 +224,7 @@ class FlowLabels:
         return self.table()
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
+        """One ``.npz`` (counts, null counts, classes per layer + JSON metadata), atomically."""
         arrays = {}
         for L in self.layers:
             arrays[f"counts_{L}"] = self.counts[L]
@@ -226,20 +232,16 @@ class FlowLabels:
             arrays[f"classes_{L}"] = np.asarray(self.classes[L]).astype("U12")
         meta = {"format_version": FORMAT_VERSION, "kind": "FlowLabels", "layers": list(self.layers),
                 "n_tokens": self.n_tokens, "options": dict(self.options)}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-        return path
+        return write_result_npz(path, json.dumps(meta), arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FlowLabels":
-        with np.load(Path(path), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("kind") != "FlowLabels":
-                raise InvalidArgumentError(f"{path} is not a saved FlowLabels (kind {meta.get('kind')!r})")
+        def read(z: Any, meta: dict, _path: Path) -> "FlowLabels":
             Ls = tuple(int(x) for x in meta["layers"])
             return cls(Ls, {L: z[f"counts_{L}"] for L in Ls}, {L: z[f"null_{L}"] for L in Ls},
                        {L: z[f"classes_{L}"].astype(object) for L in Ls}, int(meta["n_tokens"]), meta["options"])
+
+        return read_result_npz(path, "FlowLabels", FORMAT_VERSION, read, "run saematch_nb.flow_labels again")
 
     def __repr__(self) -> str:
         t = self.table()
