@@ -9,6 +9,7 @@ for :func:`report_html`. All strings that did not originate here go through ``es
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from .._version import __version__
@@ -20,7 +21,8 @@ from ._util import (
 __all__ = [
     "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
     "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
-    "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
+    "explorer_header_html", "trace_steps_html", "explorer_notice_html", "earlier_layers_html", "node_key_html", "figure_svg_html",
+    "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
     "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
     "saes_body", "weights_body", "svg_line_chart", "feature_flow_html", "feature_flow_body", "flow_graph_html",
     "flow_graph_body",
@@ -220,7 +222,8 @@ def svg_line_chart(
 
 
 # -- MatchChain -----------------------------------------------------------------------------------
-def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
+def chain_body(chain: Any, *, pairs_open: bool = False, charts: bool = True) -> str:
+    draw = charts  # the per-pair charts (a panel that draws them interactively leaves them out)
     f = _text.chain_facts(chain)
     title = f"{escape(f['n_pairs'])} pairs over layers {escape(f['layer_range'])}"
     parts = [_header("MatchChain", title, escape(f["model"]) if f["model"] else "")]
@@ -242,7 +245,8 @@ def chain_body(chain: Any, *, pairs_open: bool = False) -> str:
                   + svg_line_chart(xs, [("MSE median", med)], band=(q10, q90),
                                    title="MSE to the assigned partner across depth (median, band q10–q90)",
                                    x_labels=xl))
-        parts.append(f'<div class="smn-section">{charts}</div>')
+        if draw:
+            parts.append(f'<div class="smn-section">{charts}</div>')
         head = [("pair", False), ("SAEs", False), ("widths", True), ("accepted", False), ("no partner", True),
                 ("MSE median", True), ("MSE q90", True), ("time", True), ("cached", False)]
         cells = [[f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])}",
@@ -327,6 +331,11 @@ def trace_html(tr: Any) -> str:
     return wrap_output(trace_body(tr), _text.trace_text(tr), kind="trace")
 
 
+def trace_steps_html(tr: Any) -> str:
+    """The trace's nodes and steps without its heading (a panel shows the heading above)."""
+    return wrap_output(trace_body(tr, header=False), _text.trace_text(tr), kind="trace")
+
+
 def edge_html(step: Any) -> str:
     """One step of a trace as the explorer draws it between two nodes (a TraceStep)."""
     st = _text.step_status(bool(step.matched), int(step.next_feature))
@@ -336,25 +345,134 @@ def edge_html(step: Any) -> str:
                        "mse": fmt_float(step.mse), "margin": fmt_float(step.margin), "status": st})
 
 
-def explorer_header_body(tr: Any, layer: int) -> str:
+def _neuronpedia_links(tr: Any, layer: int) -> list[tuple[Any, int, str, bool]]:
+    """(layer, feature, url, focused) of the trace's features whose SAE has a Neuronpedia id."""
+    out = []
+    for L, feat in zip(tr.layers, tr.features):
+        info = _text._trace_info(tr, L)
+        url = info.neuronpedia_url(feat) if (info is not None and feat >= 0) else None
+        if url:
+            out.append((L, int(feat), url, L == layer))
+    return out
+
+
+def explorer_header_body(tr: Any, layer: int, *, explanation: str | None = None) -> str:
     f = _text.trace_facts(tr)
     title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
     sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
     info = _text._trace_info(tr, layer)
     label = f' <span class="smn-muted smn-mono">({escape(info.label)})</span>' if info is not None and info.label else ""
-    return (_header("FeatureTrace", title, sub)
-            + f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>')
+    parts = [_header("FeatureTrace", title, sub),
+             f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>']
+    links = _neuronpedia_links(tr, layer)
+    if links:  # the same links as the trace's static repr (its nodes), the focus in bold
+        items = " · ".join((f"<strong>{link(u, f'L{L} #{ft}', title='open on Neuronpedia')}</strong>" if foc
+                            else link(u, f"L{L} #{ft}", title="open on Neuronpedia")) for L, ft, u, foc in links)
+        parts.append(f'<div class="smn-np-links"><span class="smn-muted">Neuronpedia:</span> {items}</div>')
+    if explanation:
+        parts.append(f'<div class="smn-np-expl">Neuronpedia explanation of layer {escape(layer)} · feature '
+                     f'{escape(tr.feature_at(layer))}: {escape(explanation)}</div>')
+    return "".join(parts)
 
 
-def explorer_header_text(tr: Any, layer: int) -> str:
+def explorer_header_text(tr: Any, layer: int, *, explanation: str | None = None) -> str:
     f = _text.trace_facts(tr)
-    return (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
-            f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+    out = (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
+           f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+    for L, ft, u, foc in _neuronpedia_links(tr, layer):
+        if foc:
+            out += f"\n  Neuronpedia: {u}"
+    if explanation:
+        out += f"\n  explanation: {explanation}"
+    return out
 
 
-def explorer_header_html(tr: Any, layer: int) -> str:
-    """The explorer's heading: the trace's origin, how far it goes, and what is shown at ``layer``."""
-    return wrap_output(explorer_header_body(tr, layer), explorer_header_text(tr, layer), kind="panel")
+def explorer_header_html(tr: Any, layer: int, *, explanation: str | None = None) -> str:
+    """The explorer's heading: the trace's origin, how far it goes, what is shown at ``layer``,
+    the Neuronpedia pages of the trace's features (where its SAEs have a Neuronpedia id) and the
+    focused feature's ``explanation`` when one is known."""
+    return wrap_output(explorer_header_body(tr, layer, explanation=explanation),
+                       explorer_header_text(tr, layer, explanation=explanation), kind="panel")
+
+
+def explorer_notice_html(layer: Any, feature: Any, source: str | None, *, new_trace: bool = True,
+                         error: bool = False, serial: int = 0) -> str:
+    """The explorer's notice that another panel opened a feature in it: what, from where, and what
+    the explorer did. ``serial`` makes each notice a new value (its highlight plays again)."""
+    where = f" from {source}" if source else ""
+    if error:
+        did = "it could not be shown: see the message below"
+    elif new_trace:
+        did = "a new trace starts there"
+    else:
+        did = "it is on the trace shown: the focus moved there"
+    text = f"Opened layer {layer} · feature {feature}{where}: {did}."
+    return (f'<div class="smn-output smn-out-notice"><style>{css()}</style>'
+            f'<div class="smn-notice" data-n="{int(serial)}" role="status">{escape(text)}</div></div>')
+
+
+def earlier_layers_html(layers: Sequence[Any]) -> str:
+    """The note before the columns of the layers moved to the end of the explorer's sideways row."""
+    names = ", ".join(f"L{escape(L)}" for L in layers)
+    return (f'<div class="smn-output smn-out-note"><div class="smn-earlier-note">↩ earlier layers: {names}<br>'
+            f'<span class="smn-muted">(the row starts next to the layer in focus)</span></div></div>')
+
+
+def node_key_html() -> str:
+    """The key of the explorer's node buttons."""
+    return (f'<div class="smn-output smn-out-note"><style>{css()}</style><div class="smn-node-key">'
+            '<span class="smn-key-focus">L2 #5</span> the layer in focus · '
+            '<span class="smn-key-run">L1 #7</span> the accepted run (every step from the origin accepted) · '
+            '<span class="smn-key-beyond">L4 #9</span> the assignment\'s partner beyond the run, not accepted · '
+            '<span class="smn-muted">L5 —</span> not reached · * the origin</div></div>')
+
+
+def _scatter_series(t: Mapping[str, Any]) -> list[tuple[float, float]]:
+    xs, ys = t.get("x"), t.get("y")
+    if xs is None or ys is None:
+        return []
+    out = []
+    for x, y in zip(list(xs), list(ys)):
+        try:
+            xf, yf = float(x), float(y)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(xf) and math.isfinite(yf):
+            out.append((xf, yf))
+    return out
+
+
+def figure_svg_html(fig: Any, *, width: int = 640, height: int = 150) -> str:
+    """A static picture of a plotly figure's line and marker traces, one small SVG chart per
+    y axis (:func:`svg_line_chart`), for a panel's snapshot: no script, no export engine. Other
+    trace types (bars, Sankey) are named, not drawn."""
+    d = fig.to_plotly_json() if hasattr(fig, "to_plotly_json") else dict(fig)
+    lay = d.get("layout") or {}
+    title = (lay.get("title") or {}).get("text") or ""
+    title = re.sub(r"<[^>]+>", " ", str(title)).strip()
+    by_axis: dict[str, list[tuple[str, list[tuple[float, float]]]]] = {}
+    other = []
+    for t in d.get("data") or []:
+        if t.get("type", "scatter") not in ("scatter", "scattergl"):
+            other.append(str(t.get("type")))
+            continue
+        pts = _scatter_series(t)
+        if pts:
+            by_axis.setdefault(t.get("yaxis") or "y", []).append((str(t.get("name") or ""), pts))
+    charts = []
+    for ax in sorted(by_axis, key=lambda a: int(a[1:] or 1)):
+        series = by_axis[ax]
+        xs = sorted({x for _, pts in series for x, _y in pts})
+        aligned = [(name, [dict(pts).get(x) for x in xs]) for name, pts in series]
+        key = "yaxis" + ax[1:]
+        ytitle = ((lay.get(key) or {}).get("title") or {}).get("text") or ", ".join(n for n, _ in series)
+        charts.append(svg_line_chart(xs, aligned, title=re.sub(r"<[^>]+>", " ", str(ytitle)), width=width,
+                                     height=height, x_labels=[fmt_float(x, 3) for x in xs]))
+    note = f'<div class="smn-muted">not drawn here: {escape(", ".join(sorted(set(other))))}</div>' if other else ""
+    if not charts and not note:
+        return ""
+    head = f'<div class="smn-section-title">{escape(title)}</div>' if title else ""
+    return f'<div class="smn-figure-snapshot">{head}{"".join(charts)}{note}</div>'
 
 
 def panel_snapshot_html(kind: str, parts: Sequence[str]) -> str:
@@ -525,9 +643,10 @@ def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
     return wrap_output(sweep_body(df, mode=mode, origin=origin), sweep_text(df, mode=mode, origin=origin), kind="panel")
 
 
-def chain_summary_html(chain: Any) -> str:
-    """The chain's repr, for the overview panel (its per-pair details folded away)."""
-    return chain_html(chain)
+def chain_summary_html(chain: Any, *, charts: bool = True) -> str:
+    """The chain's repr, for the overview panel (its per-pair details folded away); ``charts=False``
+    leaves out the static per-pair charts (the panel shows them as its interactive figure)."""
+    return wrap_output(chain_body(chain, charts=charts), _text.chain_text(chain), kind="chain")
 
 
 def finder_header_html(n_rows: int, query: Mapping[str, Any]) -> str:

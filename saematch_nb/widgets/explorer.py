@@ -8,7 +8,7 @@ steering from ``saematch_nb.sources.steering``. Everything a panel shows can be 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as W
 import traitlets
@@ -17,6 +17,45 @@ from ..core._checks import as_index, finite_number
 from .backend import SnapshotMixin
 
 __all__ = ["FeatureExplorer", "SteeringPanel"]
+
+
+def _later(fn: Callable[[], None], delay_s: float = 0.25) -> None:
+    """Run ``fn`` after the messages the browser sent with the current one (the kernel's event
+    loop); at once where no loop runs (a script, a test)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        fn()
+        return
+    loop.call_later(delay_s, fn)
+
+
+class _IntBox(W.IntText):
+    """An IntText drawn by ipywidgets' TextView: the same integer ``value`` in the kernel, and
+    Enter sends a "submit" message even when the number typed is the one shown (the number view
+    sends nothing then, so typing the feature already in the box did nothing). Text that is not
+    an integer is refused (``on_invalid`` is told) and the box shows the value again."""
+
+    _view_name = traitlets.Unicode("TextView").tag(sync=True)
+    placeholder = traitlets.Unicode("a feature number").tag(sync=True)
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self.on_invalid: Callable[[str], None] | None = None
+        super().__init__(*a, **kw)
+
+    def set_state(self, sync_data: Any) -> None:
+        if "value" in sync_data:
+            raw = sync_data["value"]
+            try:
+                sync_data = dict(sync_data, value=int(str(raw).strip()))
+            except ValueError:
+                if self.on_invalid is not None:
+                    self.on_invalid(str(raw))
+                self.send_state("value")  # the box shows the number it holds again
+                sync_data = {k: v for k, v in sync_data.items() if k != "value"}
+        super().set_state(sync_data)
 
 
 class FeatureExplorer(SnapshotMixin, W.VBox):
@@ -47,10 +86,13 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def __init__(self, chain: Any, examples: Any = None, *, model: Any = None, layer: int | None = None,
                  feature: int = 0, figure: Any = "auto", accepted_only: bool = False, theme: str | None = None,
-                 history_size: int = 100, flow: Any = None, **kw: Any) -> None:
+                 history_size: int = 100, flow: Any = None, explanations: Any = None, **kw: Any) -> None:
         from .backend import figure_backend
 
         self.chain = chain
+        # {(layer, feature): text}; None: the Neuronpedia explanations already fetched (cache only)
+        self.explanations = explanations
+        self._expl: dict[int, dict[int, str]] = {}
         self.flow = flow
         self.examples = examples
         self.model = model
@@ -77,7 +119,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                                               continuous_update=False)
         # IntText, not BoundedIntText: layers may differ in width, and a clamped value would
         # silently show another feature than the one asked for
-        self.feature_box = W.IntText(value=int(feature), description="feature")
+        self.feature_box = _IntBox(value=int(feature), description="feature")
+        self.feature_box.on_invalid = self._on_bad_text
+        self.feature_box.on_msg(self._on_box_msg)
         self.back_button = W.Button(description="◀", tooltip="back: the feature visited before", disabled=True,
                                     layout=W.Layout(width="36px"))
         self.forward_button = W.Button(description="▶", tooltip="forward", disabled=True,
@@ -86,8 +130,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             "start a new trace at the feature shown (its own birth and death)"), layout=W.Layout(width="auto"))
         self.back_button.on_click(lambda _b: self.back())
         self.forward_button.on_click(lambda _b: self.forward())
-        self.anchor_button.on_click(lambda _b: self.trace_from(self.layer, self.feature))
+        self.anchor_button.on_click(lambda _b: self._anchor(self.layer, self.feature))
         self.status = W.HTML()
+        # what was opened from another panel (finder, overview): the explorer may be far above it
+        self.notice = W.HTML()
+        self._notices = 0
         self.trace_html = W.HTML()
         self.flow_html = W.HTML()  # the module predecessors (with flow=)
         # one button per layer, the step's numbers between them; a long chain scrolls sideways
@@ -107,35 +154,48 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow="auto hidden", width="100%",
                                                     align_items="center"))
         self.node_row.add_class("smn-node-row")
+        from ..display.html import node_key_html
+
+        self.node_key = W.HTML(node_key_html())
         # the examples: a heading and one HTML per layer, so that moving the focus re-sends the
         # two columns whose outline changes, not every column (~25 KB each; a 26-layer trace
         # would send ~0.7 MB per click as one HTML)
         self.examples_head = W.HTML(layout=W.Layout(width="100%"))
-        self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0"))
+        # a column scrolls on its own past ~460 px: the focused evidence stays near the top
+        self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0",
+                                                    max_height="460px", overflow="hidden auto"))
                              for _ in layers]
+        for w in self.example_cols:
+            w.add_class("smn-ex-col-box")
+        # the columns before the focus's neighbour move after the last one (flex order), so that
+        # the focused column sits at the start of the sideways row, in view, with no script
+        self.earlier_note = W.HTML(layout=W.Layout(flex="0 0 auto", display="none", margin="0 12px 0 0"))
         self._col_keys: list[Any] = [None] * len(layers)
-        self.examples_row = W.HBox(self.example_cols, layout=W.Layout(
+        self.examples_row = W.HBox(self.example_cols + [self.earlier_note], layout=W.Layout(
             flex_flow="row nowrap", overflow="auto hidden", width="100%", align_items="flex-start"))
         self.examples_box = W.VBox([self.examples_head, self.examples_row], layout=W.Layout(width="100%"))
         self.figure_backend = None if figure is False or figure is None else figure_backend(figure)
         self.figure = None
         if self.figure_backend == "widget":
-            import plotly.graph_objects as go
+            from .backend import figure_widget
 
-            self.figure = go.FigureWidget()
+            self.figure = figure_widget()
         elif self.figure_backend == "output":
             self.figure = W.Output(layout=W.Layout(width="100%"))
         nav = W.HBox([self.back_button, self.forward_button, self.layer_slider, self.feature_box, self.anchor_button],
                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
-        children = [nav, self.status, self.trace_html, self.node_row]
+        self.examples_row.add_class("smn-ex-scroller")
+        # compact: the heading, the nodes, then the examples (the focused column first in view),
+        # the figure last; in a 1000 px window the focused evidence is above the fold
+        children = [nav, self.notice, self.status, self.trace_html, self.node_row, self.node_key]
         if flow is not None:
             children.append(self.flow_html)
+        children.append(self.examples_box)
         if self.figure is not None:
             # the figure gets a width by the number of layers (below) and this box scrolls it
             # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
             self.figure_box = W.Box([self.figure], layout=W.Layout(overflow="auto hidden", width="100%"))
             children.append(self.figure_box)
-        children.append(self.examples_box)
         kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=children, **kw)
         self.add_class("smn-panel")
@@ -149,6 +209,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             b.add_class("smn-node-button")
         if self.figure is not None:
             self.figure.add_class("smn-figure")
+            if theme is None:  # transparent, and inverted by the packaged CSS under a dark theme
+                self.figure.add_class("smn-figure-auto")
         self.layer, self.feature = start, int(feature)
         self.origin = (start, int(feature))
         W.link((self.layer_slider, "value"), (self, "layer"))
@@ -170,6 +232,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _on_layer(self, change: Any) -> None:
         if not self._ready or self._internal:
             return
+        self.notice.value = ""
         if self.follow and self.trace is not None:  # move along the trace, keep its origin
             self._set(feature=int(self.trace.feature_at(self.layer)))
         else:
@@ -182,6 +245,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _on_feature(self, change: Any) -> None:
         if not self._ready or self._internal:
             return
+        self.notice.value = ""
         self.origin = (self.layer, self.feature)  # a typed feature starts a new trace
         self._retrace()
         self._push()
@@ -205,9 +269,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def current_trace(self):
         return self.chain.trace(self.layer, self.feature, accepted_only=self.accepted_only)
 
-    def select(self, layer: int, feature: int) -> None:
+    def select(self, layer: int, feature: int, *, source: str | None = None) -> None:
         """Show feature ``feature`` of ``layer``: on the current trace the focus moves there (the
-        origin stays), anywhere else a new trace starts from it."""
+        origin stays), anywhere else a new trace starts from it. ``source``: the panel it comes
+        from (e.g. "the overview"); the explorer then says what was opened and from where (again
+        on every call, the same feature included)."""
         layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
         if layer not in self.chain.layers:
             raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
@@ -218,17 +284,56 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             self._retrace()
         self._push()
         self.refresh()
+        if source is not None:
+            self._notify(source, layer, feature, new_trace=not on_trace)
 
-    def trace_from(self, layer: int, feature: int) -> None:
-        """Start a new trace at feature ``feature`` of ``layer`` (what the finder does)."""
+    def trace_from(self, layer: int, feature: int, *, source: str | None = None) -> None:
+        """Start a new trace at feature ``feature`` of ``layer`` (what the finder does: its rows
+        pass ``source="the finder"``). Every call redraws and says what was opened and from where
+        (``source``), also when it is the feature already shown: opening the same row twice is
+        seen."""
         layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
         if layer not in self.chain.layers:
             raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
+        self._anchor(layer, feature)
+        self._notify(source, layer, feature, new_trace=True)
+
+    def _anchor(self, layer: int, feature: int) -> None:
         self._set(layer=layer, feature=feature)
         self.origin = (layer, feature)
         self._retrace()
         self._push()
         self.refresh()
+
+    def _notify(self, source: str | None, layer: int, feature: int, *, new_trace: bool) -> None:
+        from ..display import html
+
+        self._notices += 1  # a new value each time: the browser redraws it (and its highlight)
+        self.notice.value = html.explorer_notice_html(layer, feature, source, new_trace=new_trace,
+                                                      error=self.trace is None, serial=self._notices)
+
+    def _on_box_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        """Enter in the feature box. A changed number arrives as a value change right after this
+        message (the browser sends the key before the change) and starts its trace itself; the
+        number already shown sends nothing else: then the trace starts here."""
+        if not isinstance(content, dict) or content.get("event") != "submit":
+            return
+        before = (tuple(self.origin), int(self.layer), int(self.feature), self._pos)
+
+        def check() -> None:
+            now = (tuple(self.origin), int(self.layer), int(self.feature), self._pos)
+            if now == before and (tuple(self.origin) != (self.layer, self.feature) or self.trace is None):
+                self.notice.value = ""
+                self._anchor(self.layer, self.feature)
+
+        _later(check)
+
+    def _on_bad_text(self, text: str) -> None:
+        from ..display import html
+
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        self.status.value = html.error_html(f"{shown!r} is not a feature number: type an integer "
+                                            f"(features of layer {self.layer} are numbered from 0)")
 
     def _push(self) -> None:
         state = (tuple(self.origin), int(self.layer), int(self.feature))
@@ -262,10 +367,12 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def back(self) -> None:
         """The feature visited before (no-op at the first)."""
+        self.notice.value = ""
         if self._pos > 0:
             self._restore(self._pos - 1)
 
     def forward(self) -> None:
+        self.notice.value = ""
         if self._pos < len(self._history) - 1:
             self._restore(self._pos + 1)
 
@@ -275,6 +382,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         L = button._smn_layer
         f = int(self.trace.feature_at(L))
         if f >= 0:
+            self.notice.value = ""
             self.select(L, f)
 
     def _on_point(self, trace: Any, points: Any, _state: Any = None) -> None:
@@ -285,11 +393,16 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         cd = trace.customdata[inds[0]]
         L, f = int(cd[0]), int(cd[1])
         if f >= 0:
+            self.notice.value = ""
             self.select(L, f)
 
     # -- drawing ------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Redraw from the current state (origin, layer, feature)."""
+        self._refresh()
+        self._snapshot_changed()
+
+    def _refresh(self) -> None:
         from ..display import html
 
         tr = self.trace
@@ -301,24 +414,51 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             self._clear_examples()
             for b in self.node_buttons:
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
+                _node_class(b, "")
             for e in self.edge_html:
                 e.value = ""
             self._last_figure = self._drawn = None
-            if self.figure_backend == "widget":  # nothing of the previous feature, its title included
-                with self.figure.batch_update():
-                    self.figure.data = ()
-                    self.figure.layout = {}
+            if self.figure_backend == "widget":
+                # nothing of the previous feature, in the browser too: its title, focus lines and
+                # annotations are reset there (an empty layout alone would merge into them)
+                from .backend import clear_figure
+
+                clear_figure(self.figure)
             elif self.figure_backend == "output":
                 self.figure.clear_output()
             return
         self.status.value = ""
         # what the user looks at first goes first: each value is sent to the browser when set
-        self.trace_html.value = html.explorer_header_html(tr, self.layer)
+        self.trace_html.value = html.explorer_header_html(tr, self.layer, explanation=self._explanation(
+            self.layer, int(tr.feature_at(self.layer))))
         self._draw_flow()
         if self.figure is not None:
             self._draw(tr)
         self._draw_examples(tr)
         self._draw_nodes(tr)  # the node tooltips read the examples just loaded
+
+    def _explanation(self, L: int, f: int) -> str | None:
+        """The Neuronpedia explanation of feature ``f`` of layer ``L``: from ``explanations`` when
+        given, else from those already fetched (the cache; nothing is fetched here)."""
+        if f < 0:
+            return None
+        if self.explanations is not None:
+            try:
+                return self.explanations.get((int(L), int(f)))
+            except AttributeError:
+                return None
+        if L not in self._expl:
+            info = self.chain.infos[list(self.chain.layers).index(L)] if hasattr(self.chain, "infos") else None
+            if not getattr(info, "neuronpedia_id", None):
+                self._expl[L] = {}
+            else:
+                from ..sources.neuronpedia import cached_explanations
+
+                try:
+                    self._expl[L] = cached_explanations(info)
+                except Exception:  # a damaged cache must not break the panel
+                    self._expl[L] = {}
+        return self._expl[L].get(int(f))
 
     def _draw_flow(self) -> None:
         if self.flow is None:
@@ -348,12 +488,16 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             f = int(tr.feature_at(L))
             if f < 0:
                 b.description, b.disabled, b.button_style = f"L{L} —", True, ""
+                _node_class(b, "")
                 b.tooltip = text.node_tip(tr, L)
                 continue
             mark = "*" if L == tr.origin_layer else ""
             b.description = f"L{L} #{f}{mark}"
             b.disabled = False
-            b.button_style = "primary" if L == self.layer else ("" if L in alive else "warning")
+            # the focus in the primary colour; the accepted run plain; the assignment's partners
+            # beyond it dashed and muted (the key under the row says so), not a warning colour
+            b.button_style = "primary" if L == self.layer else ""
+            _node_class(b, "" if L == self.layer else ("smn-node-run" if L in alive else "smn-node-beyond"))
             b.tooltip = text.node_tip(tr, L, self._node_extra(L, f))
         for e, L in zip(self.edge_html, tr.layers[:-1]):
             s = tr.step_from(L)
@@ -362,10 +506,12 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _figure_obj(self, tr: Any):
         from ..display.figures import make_trace_figure
 
+        from .backend import panel_figure_style
+
         fig = make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
         # about 110 px per layer: the steps' markers and labels stay apart on long chains
         fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
-        return fig
+        return panel_figure_style(fig, self.theme)
 
     @property
     def last_figure(self) -> Any:
@@ -398,10 +544,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output(wait=True)
                 display(fig)
             return
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
+        from .backend import replace_figure
+
+        replace_figure(self.figure, fig)
         for t in self.figure.data:
             if t.customdata is not None and getattr(t, "mode", None) != "lines":
                 t.on_click(self._on_point)
@@ -467,6 +612,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def _clear_examples(self) -> None:
         self.examples_head.value = ""
+        self.earlier_note.value, self.earlier_note.layout.display = "", "none"
         for k, w in enumerate(self.example_cols):
             w.value, w.layout.display, self._col_keys[k] = "", "none", None
 
@@ -501,6 +647,28 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             w = self.example_cols[k]
             w.value = panel_example_column_html(L, f, _Cached(), logits=logits.get(L), focused=L == self.layer)
             w.layout.display, self._col_keys[k] = None, key
+        self._order_columns(tr)
+
+    def _order_columns(self, tr: Any) -> None:
+        """The sideways row starts at the column before the focused one (flex ``order``); the
+        columns before that follow the last one, after a note that says so. Only the orders
+        change (a few bytes), not the columns' HTML."""
+        from ..display import html
+
+        layers = list(tr.layers)
+        k = layers.index(self.layer) if self.layer in layers else 0
+        start = max(0, k - 1)
+        n = len(layers)
+        for i, w in enumerate(self.example_cols):
+            order = str(i - start) if i >= start else str(n + 1 + i)
+            if w.layout.order != order:
+                w.layout.order = order
+        if start:
+            self.earlier_note.layout.order = str(n)
+            self.earlier_note.value = html.earlier_layers_html(layers[:start])
+            self.earlier_note.layout.display = None
+        else:
+            self.earlier_note.value, self.earlier_note.layout.display = "", "none"
 
     @property
     def examples_markup(self) -> str:
@@ -512,16 +680,28 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         return self.examples_head.value + f'<div class="smn-ex-row">{cols}</div>'
 
     def snapshot_html(self) -> str:
-        """The panel's current state as static HTML: the trace, the focus and the examples."""
+        """The panel's current state as static HTML: the heading (once), the trace's nodes and
+        steps, a static picture of the figure, and the examples."""
         from ..display import html
 
         if self.trace is None:
-            return html.panel_snapshot_html("FeatureExplorer", [self.status.value])
-        from ..display.html import trace_html
-
+            return html.panel_snapshot_html("FeatureExplorer", [self.notice.value, self.status.value])
+        fig = html.figure_svg_html(self.last_figure) if self._drawn is not None else ""
         return html.panel_snapshot_html("FeatureExplorer", [
-            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.flow_html.value,
-            self.examples_markup])
+            self.notice.value, self.trace_html.value, html.trace_steps_html(self.trace),
+            self.flow_html.value, fig, self.examples_markup])
+
+
+_NODE_CLASSES = ("smn-node-run", "smn-node-beyond")
+
+
+def _node_class(button: Any, cls: str) -> None:
+    """Give a node button one of the node classes (or none): only what changes is sent."""
+    for c in _NODE_CLASSES:
+        if c != cls and c in button._dom_classes:
+            button.remove_class(c)
+    if cls and cls not in button._dom_classes:
+        button.add_class(cls)
 
 
 def html_edge(step: Any) -> str:
