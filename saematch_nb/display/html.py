@@ -610,37 +610,71 @@ def steering_html(res: Any) -> str:
     return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")
 
 
-def sweep_text(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+def _nice_range(vals: Sequence[float]) -> tuple[float, float]:
+    """An axis range around ``vals`` (0 included) on round numbers: ticks read 0 / 6 / 12, not
+    0 / 5.922 / 11.99."""
+    fin = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    lo, hi = min([0.0] + fin), max([0.0] + fin)
+    if hi <= lo:
+        return lo, lo + 1.0
+    base = 10 ** math.floor(math.log10((hi - lo) / 2))
+    for step in (base * m for m in (1, 2, 2.5, 5, 10, 20, 25, 50, 100)):
+        a = math.floor(lo / step) * step  # the smallest round step whose 2 intervals cover the range
+        if a + 2 * step >= hi:
+            return a, a + 2 * step
+    return lo, hi
+
+
+def _round_tick(v: float) -> str:
+    return f"{v:.3g}" if v else "0"
+
+
+def sweep_text(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     tgt = rows[0]["target"] if rows else ""
     head = (f"strength sweep ({mode} mode" + (f", L{origin[0]} #{origin[1]}" if origin else "") + "): "
             f"KL(clean ‖ steered) of the next-token distribution and Δ log p({tgt!r}), mean over the prompt")
-    lines = [head, "  strength  KL        Δ log p"]
-    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3)}"
-              for r in rows]
+    if target_from:
+        head += f"; target from {target_from}"
+    has_text = bool(rows) and "text" in rows[0]
+    lines = [head, "  strength  KL        Δ log p" + ("   generated" if has_text else "")]
+    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3):<8}"
+              + (f"  {r['text']!r}" if has_text else "") for r in rows]
     return "\n".join(lines)
 
 
-def sweep_body(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+def sweep_body(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     tgt = rows[0]["target"] if rows else ""
     xs = [float(r["strength"]) for r in rows]
-    chart = svg_line_chart(xs, [("KL (nats)", [r["kl"] for r in rows]),
-                                (f"Δ log p({tgt!r})", [r["target_delta_logprob"] for r in rows])],
-                           title="next-token change against the strength", x_labels=[fmt_float(x) for x in xs],
-                           width=420, height=150)
-    cells = [[escape(fmt_float(r["strength"])), escape(fmt_float(r["kl"], 3)),
-              escape(fmt_float(r["target_delta_logprob"], 3))] for r in rows]
+    labels = [_round_tick(x) for x in xs]
+    kl = [r["kl"] for r in rows]
+    dlp = [r["target_delta_logprob"] for r in rows]
+    # one chart per unit (nats of KL, a change of log-probability), each on round ticks
+    chart = (svg_line_chart(xs, [("KL (nats)", kl)], title="KL(clean ‖ steered), nats", x_labels=labels,
+                            y_range=_nice_range(kl), y_format=_round_tick, width=360, height=140)
+             + svg_line_chart(xs, [(f"Δ log p({tgt!r})", dlp)], title=f"Δ log p({tgt!r})", x_labels=labels,
+                              y_range=_nice_range(dlp), y_format=_round_tick, width=360, height=140))
+    has_text = bool(rows) and "text" in rows[0]
+    cells = [[escape(_round_tick(float(r["strength"]))), escape(fmt_float(r["kl"], 3)),
+              escape(fmt_float(r["target_delta_logprob"], 3))]
+             + ([f'<span class="smn-gen">{escape(r["text"])}</span>'] if has_text else []) for r in rows]
     title = f"{escape(mode)} mode" + (f", L{escape(origin[0])} #{escape(origin[1])}" if origin else "")
+    head = [("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)]
+    if has_text:
+        head.append(("generated (greedy)", False))
+    how = f"from {target_from}" if target_from else "the one the strongest setting raises most"
     return (_header("Strength sweep", title, "mean over the prompt's positions; one forward pass per strength")
             + f'<div class="smn-sweep">{chart}</div>'
-            + _table([("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)], cells,
-                     caption=f"target token {tgt!r}: the one the strongest setting raises most"))
+            + f'<div class="smn-sweep-gens">'
+            + _table(head, cells, caption=f"target token {tgt!r}: {how}") + "</div>")
 
 
-def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
-    """A strength sweep (``sources.steering.strength_sweep``) as a chart and a table."""
-    return wrap_output(sweep_body(df, mode=mode, origin=origin), sweep_text(df, mode=mode, origin=origin), kind="panel")
+def sweep_html(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
+    """A strength sweep (``sources.steering.strength_sweep``, with a ``text`` column: the text
+    generated at each strength) as two charts (one unit each) and a table."""
+    return wrap_output(sweep_body(df, mode=mode, origin=origin, target_from=target_from),
+                       sweep_text(df, mode=mode, origin=origin, target_from=target_from), kind="panel")
 
 
 def chain_summary_html(chain: Any, *, charts: bool = True) -> str:

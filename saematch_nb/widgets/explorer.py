@@ -792,10 +792,21 @@ class SteeringPanel(SnapshotMixin, W.VBox):
             "next-token change (KL) and a target token's log-probability against the strength"))
         self.stale_html = W.HTML()
         self.output = W.HTML(layout=W.Layout(width="100%"))
+        # the sweep's target token: one of the feature's own top raised tokens (its logit effects,
+        # refreshed when the feature changes), or one typed here
+        self.target_box = W.Dropdown(options=[("(the feature's top raised token)", None)], value=None,
+                                     description="target", layout=W.Layout(width="auto"))
+        self.target_text = W.Text(value="", placeholder="or type a token", layout=W.Layout(width="160px"))
+        self.sweep_tokens = 12  # tokens generated per strength by the sweep
+        self.sweep_stale_html = W.HTML()
         self.sweep_html = W.HTML(layout=W.Layout(width="100%"))
         self._running = False
         self._ended = float("-inf")
         self._shown_for = None  # the controls the shown result was made with
+        self._swept_for = None  # the controls the shown sweep was made with
+        self._targets_for: Any = None  # the (layer, feature) the target options are of
+        self._targets_due = False
+        self._syncing = False
         self.button.on_click(self._on_click)
         self.sweep_button.on_click(self._on_sweep_click)
         self.layer, self.feature, self.strength = self.layer_box.value, feature, strength
@@ -808,7 +819,9 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         super().__init__(children=[
             W.HBox([self.layer_box, self.feature_box]), W.HBox([self.strength_slider, self.mode_box]),
             self.units_html, W.HBox([self.span_box, self.schedule_box]), W.HBox([self.prompt_box, self.tokens_slider]),
-            W.HBox([self.button, self.sweep_button]), self.stale_html, self.output, self.sweep_html,
+            W.HBox([self.button, self.sweep_button, self.target_box, self.target_text],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            self.stale_html, self.output, self.sweep_stale_html, self.sweep_html,
         ], **kw)
         self.add_class("smn-panel")
         self.add_class("smn-steering")
@@ -816,11 +829,41 @@ class SteeringPanel(SnapshotMixin, W.VBox):
                      (self.prompt_box, "smn-prompt"), (self.sweep_button, "smn-sweep-button")):
             w.add_class(c)
         self._units()
+        self._refresh_targets()
 
     def follow(self, explorer: FeatureExplorer) -> "SteeringPanel":
-        """Keep this panel's layer and feature in step with a FeatureExplorer's (both ways)."""
-        W.link((explorer, "layer"), (self, "layer"))
-        W.link((explorer, "feature"), (self, "feature"))
+        """Keep this panel's layer and feature in step with a FeatureExplorer's (both ways).
+
+        The explorer leads: its layer and feature are this panel's. A feature typed here (or a
+        layer chosen here) is *selected* in the explorer (:meth:`FeatureExplorer.select`): one on
+        the explorer's trace moves its focus there and keeps the trace; only a feature off the
+        trace starts a new one there (the explorer cannot show it otherwise)."""
+
+        def from_explorer(_change: Any = None) -> None:
+            if self._syncing:
+                return
+            self._syncing = True
+            try:
+                self.layer, self.feature = int(explorer.layer), int(explorer.feature)
+            finally:
+                self._syncing = False
+
+        def to_explorer(change: Any) -> None:
+            if self._syncing:
+                return
+            self._syncing = True
+            try:
+                if change["name"] == "layer":
+                    explorer.layer = int(self.layer)  # the explorer follows its trace there
+                elif int(self.feature) >= 0 and (int(self.layer), int(self.feature)) != (explorer.layer, explorer.feature):
+                    explorer.select(int(self.layer), int(self.feature), source="the steering panel")
+                self.layer, self.feature = int(explorer.layer), int(explorer.feature)
+            finally:
+                self._syncing = False
+
+        explorer.observe(from_explorer, names=["layer", "feature"])
+        self.observe(to_explorer, names=["layer", "feature"])
+        from_explorer()
         return self
 
     # -- controls -------------------------------------------------------------------------------
@@ -828,9 +871,44 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         return (self.layer, self.feature, float(self.strength), self.span_box.value, self.schedule_box.value,
                 self.mode_box.value, self.prompt_box.value, int(self.tokens_slider.value))
 
+    def _sweep_controls(self) -> tuple:
+        # what a sweep depends on (it runs its own strengths)
+        return (self.layer, self.feature, self.span_box.value, self.schedule_box.value, self.mode_box.value,
+                self.prompt_box.value)
+
     @traitlets.observe("layer", "feature", "strength")
     def _on_trait(self, change: Any) -> None:
         self._on_control(change)
+        name = change["name"] if isinstance(change, dict) else getattr(change, "name", "")
+        if name in ("layer", "feature") and hasattr(self, "target_box"):
+            if not self._targets_due:  # once the controls are quiet (an explorer drag moves them often)
+                self._targets_due = True
+                from .explorer import _later as later
+
+                later(self._refresh_targets, 0.4)
+
+    def _refresh_targets(self) -> None:
+        """The target choices: the tokens the feature's decoder row raises most through the
+        unembedding (``direct_logit_effect``); none where the model or chain cannot say."""
+        self._targets_due = False
+        key = (int(self.layer), int(self.feature))
+        if key == self._targets_for:
+            return
+        self._targets_for = key
+        up: list = []
+        if key[1] >= 0 and getattr(self.chain, "stack", None) is not None:
+            from ..sources.steering import direct_logit_effect
+
+            try:
+                up = list(direct_logit_effect(self.model, self.chain, key[0], key[1], k=8)[0])
+            except Exception:  # a model without an unembedding: the sweep's own rule then
+                up = []
+        from ..display import fmt_float
+
+        opts = [(f"{tok!r}  (+{fmt_float(v, 2)} logit)", tok) for tok, v in up]
+        opts = opts or [("(the token the strongest setting raises most)", None)]
+        self.target_box.options = opts
+        self.target_box.value = opts[0][1]
 
     def _on_control(self, change: Any) -> None:
         if not hasattr(self, "stale_html"):
@@ -848,6 +926,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
     def _mark_stale(self) -> None:
         from ..display import escape
 
+        self._mark_sweep_stale()
         if self._shown_for is None:
             self.stale_html.value = ""
             return
@@ -860,6 +939,21 @@ class SteeringPanel(SnapshotMixin, W.VBox):
                                  f'#{escape(f)}, strength {escape(s)}; the controls have changed since — press '
                                  "Generate</span>")
         self.output.add_class("smn-stale")
+
+    def _mark_sweep_stale(self) -> None:
+        from ..display import escape
+
+        if not hasattr(self, "sweep_stale_html"):
+            return
+        if self._swept_for is None or self._sweep_controls() == self._swept_for:
+            self.sweep_stale_html.value = ""
+            self.sweep_html.remove_class("smn-stale")
+            return
+        L, f = self._swept_for[:2]
+        self.sweep_stale_html.value = (f'<span class="smn-stale-note">stale: the sweep below was made with '
+                                       f"L{escape(L)} #{escape(f)}; the controls have changed since — press "
+                                       "Sweep strength</span>")
+        self.sweep_html.add_class("smn-stale")
 
     def plan(self):
         """The SteeringPlan the controls describe (raises on a bad layer / feature)."""
@@ -921,38 +1015,75 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         self.output.value = html.steering_html(self.result)
         self._shown_for = controls
         self._mark_stale()
+        self._snapshot_changed()
         return self.result
 
-    def sweep(self, strengths: Any = None):
+    def target(self) -> str | None:
+        """The sweep's target token: the one typed, else the one chosen among the feature's top
+        raised tokens (None: the sweep's own rule)."""
+        typed = self.target_text.value
+        return typed if typed else self.target_box.value
+
+    def sweep(self, strengths: Any = None, *, generate: bool = True):
         """Next-token change against the strength (``sources.steering.strength_sweep``) for the
-        controls' feature, span, schedule and mode: shown as a table and a small chart; returns the
-        DataFrame (None after an error)."""
+        controls' feature, span, schedule and mode, following :meth:`target` (by default the token
+        the feature itself raises most, not whatever the strongest setting happens to raise), and
+        with ``generate`` the text generated at each strength (``sweep_tokens`` tokens, greedy):
+        shown as two charts (each its own unit) and a table; returns the DataFrame, with a
+        ``text`` column when generated (None after an error)."""
         from ..display import html
-        from ..sources.steering import strength_sweep
+        from ..sources.steering import plan_steering, steer, strength_sweep
 
         values = self.sweep_strengths if strengths is None else tuple(float(x) for x in strengths)
         if self.mode_box.value == "scale" and strengths is None:
             values = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0)  # r: 1 is the no-op
+        self._refresh_targets()  # the choices of the feature swept (not of one seen before)
+        controls = self._sweep_controls()
         self._busy(True)
         self.sweep_html.value = '<span class="smn-muted">sweeping…</span>'
         try:
             if self.feature < 0:
                 raise ValueError(f"no feature at layer {self.layer}: the trace followed does not reach it")
+            target = self.target()
             df = strength_sweep(self.model, self.chain, self.layer, self.feature, self.prompt_box.value,
                                 strengths=values, span=self.span_box.value, schedule=self.schedule_box.value,
-                                mode=self.mode_box.value)
+                                mode=self.mode_box.value, target=target)
+            if generate:
+                n = max(1, min(int(self.sweep_tokens), int(self.tokens_slider.value)))
+                texts = []
+                for x in values:
+                    plan = plan_steering(self.chain, self.layer, self.feature, strength=x, span=self.span_box.value,
+                                         schedule=self.schedule_box.value, mode=self.mode_box.value)
+                    res = steer(self.model, plan, self.prompt_box.value, saes=self.saes, max_new_tokens=n)
+                    texts.append(res.steered[len(self.prompt_box.value):] if res.steered.startswith(
+                        self.prompt_box.value) else res.steered)
+                df = df.assign(text=texts)
         except Exception as err:
             self.sweep_result = None
+            self._swept_for = None
             self.sweep_html.value = html.error_html(f"{type(err).__name__}: {err.args[0] if err.args else err}")
+            self._mark_sweep_stale()
             return None
         finally:
             self._busy(False)
         self.sweep_result = df
-        self.sweep_html.value = html.sweep_html(df, mode=self.mode_box.value, origin=(self.layer, self.feature))
+        self._swept_for = controls
+        target_from = ("typed" if self.target_text.value else "the strongest setting's top raised token"
+                       if target is None else "the feature's own top raised tokens (direct logit effect)")
+        self.sweep_html.value = html.sweep_html(df, mode=self.mode_box.value, origin=(self.layer, self.feature),
+                                                target_from=target_from)
+        self._mark_sweep_stale()
+        self._snapshot_changed()
         return df
 
     def snapshot_html(self) -> str:
         from ..display import html
 
-        return html.panel_snapshot_html("SteeringPanel", [self.units_html.value, self.stale_html.value,
-                                                          self.output.value, self.sweep_html.value])
+        from ..display import escape
+
+        controls = (f'<div class="smn-sub">layer {escape(self.layer)} · feature {escape(self.feature)} · strength '
+                    f"{escape(self.strength)} · {escape(self.mode_box.value)} mode · span "
+                    f"{escape(self.span_box.value)} · schedule {escape(self.schedule_box.value)}</div>")
+        return html.panel_snapshot_html("SteeringPanel", [controls, self.units_html.value, self.stale_html.value,
+                                                          self.output.value, self.sweep_stale_html.value,
+                                                          self.sweep_html.value])
