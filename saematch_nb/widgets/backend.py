@@ -143,6 +143,7 @@ def figure_widget() -> Any:
 
 # layout keys that hold lists: relayout empties them ([]), the others are reset (None)
 _LIST_KEYS = ("shapes", "annotations", "images", "sliders", "updatemenus", "selections")
+_KEEP_KEYS = ("template", "width", "height", "autosize")
 
 
 def replace_figure(widget: Any, fig: Any) -> None:
@@ -153,7 +154,8 @@ def replace_figure(widget: Any, fig: Any) -> None:
     feature's title and focus lines under an error). The keys the old layout had and the new one
     lacks are therefore reset in the browser too."""
     new = fig.layout.to_plotly_json()
-    gone = [k for k in widget._layout if k not in new and k != "template"]
+    # the size stays (plotly.js cannot reset width / height to null: its relayout throws)
+    gone = [k for k in widget._layout if k not in new and k not in _KEEP_KEYS]
     with widget.batch_update():
         widget.data = ()
         if len(fig.data):
@@ -229,6 +231,20 @@ class SnapshotMixin:
         handle = display(self._live_snapshot(), raw=True, display_id=True)
         if handle is not None:
             self.__dict__.setdefault("_snapshot_handles", []).append(handle)
+            self._watch_values()
+
+    def _watch_values(self) -> None:
+        """Any value shown in the panel (its HTML parts, lists, boxes) changing is a change of the
+        panel: each is observed once (the panels that know better call _snapshot_changed too)."""
+        if self.__dict__.get("_watching"):
+            return
+        self.__dict__["_watching"] = True
+        todo = list(getattr(self, "children", ()))
+        while todo:
+            w = todo.pop()
+            todo.extend(getattr(w, "children", ()) or ())
+            if hasattr(w, "has_trait") and w.has_trait("value"):
+                w.observe(lambda _c: self._snapshot_changed(), names="value")
 
     def _snapshot_changed(self) -> None:
         """The panel changed: re-send its live snapshot(s) after :attr:`snapshot_delay_s` of quiet

@@ -322,8 +322,10 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
         def check() -> None:
             now = (tuple(self.origin), int(self.layer), int(self.feature), self._pos)
-            if now == before and (tuple(self.origin) != (self.layer, self.feature) or self.trace is None):
-                self.notice.value = ""
+            if now != before:
+                return
+            self.notice.value = ""  # the user acts in the explorer: an earlier notice is done
+            if tuple(self.origin) != (self.layer, self.feature) or self.trace is None:
                 self._anchor(self.layer, self.feature)
 
         _later(check)

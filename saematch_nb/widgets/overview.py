@@ -45,6 +45,7 @@ class ChainOverview(SnapshotMixin, W.VBox):
         self._pending = False
         self.summary_html = W.HTML()
         self.node_box = W.Dropdown(options=[], description="open node", layout=W.Layout(width="auto"))
+        self.node_box.add_class("smn-open-node")
         self.node_box.observe(self._on_node, names="value")
         self.message = W.HTML()
         if self.backend == "widget":

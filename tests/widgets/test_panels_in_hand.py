@@ -46,6 +46,7 @@ def test_a_bad_feature_clears_title_shapes_and_annotations_in_the_browser_too(ch
     reset = {k: v for d in sent for k, v in d.items()}
     assert reset.get("title") is None and "title" in reset
     assert reset.get("shapes") == [] and "annotations" in reset
+    assert "height" not in reset and "width" not in reset  # plotly.js's relayout throws on a null size
     assert not ex.figure.get_state()["_widget_layout"].get("title")
     ex.feature = 5  # recovers: the whole figure again
     assert ex.figure.data and "feature 5" in ex.figure.layout.title.text
@@ -226,6 +227,11 @@ def test_a_displayed_panel_keeps_a_live_snapshot_that_follows_it(model, chain, m
     steer = outputs[3]["text/html"]
     assert "SteeringResult" in steer and "baseline" in steer and "feature 9" in steer
     assert "<script" not in (live + steer).lower()
+    finder = FeatureFinder(chain, n=5)  # a panel that does not say when it changes: its values are watched
+    finder._ipython_display_()
+    assert "sorted by persistence" in outputs[5]["text/html"]
+    finder.sort_box.value = "mse"
+    assert "sorted by mse" in outputs[5]["text/html"]
 
 
 # -- 9. steering -------------------------------------------------------------------------------------------
