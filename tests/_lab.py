@@ -297,7 +297,7 @@ def figure_state(page: Any, root: str = EXPLORER, nth: int = 0) -> dict:
           if (!gd || !gd.data) return {n: -1, title: '', shapes: 0, annotations: 0};
           const lay = gd.layout || {};
           return {n: gd.data.length, title: ((lay.title || {}).text) || '', shapes: (lay.shapes || []).length,
-                  annotations: (lay.annotations || []).length,
+                  annotations: (lay.annotations || []).length, focus: (lay.shapes || []).map(s => s.x0),
                   y: JSON.stringify(gd.data.map(t => t.y))};
         }""", [root, nth])
 

@@ -108,7 +108,11 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         steer.screenshot(path=str(SHOTS / "steering.png"))
         page.set_viewport_size({"width": 1400, "height": 1000})
 
-        # 5. the saved notebook shows the panels as last seen (issue #23.6): the live snapshots
+        # 5. the saved notebook shows the panels as last seen (issue #23.6): the live snapshots,
+        # hidden where the live panel is drawn
+        hidden = page.evaluate("() => Array.from(document.querySelectorAll('.smn-live-snapshot'))"
+                               ".map(e => e.offsetParent === null)")
+        assert len(hidden) >= 4 and all(hidden), hidden
         page.wait_for_timeout(2500)  # the snapshots are re-sent ~1 s after the last change
         _lab.save_notebook(page)
         saved = json.loads(Path(lab.notebook).read_text("utf-8"))
