@@ -617,11 +617,14 @@ def _nice_range(vals: Sequence[float]) -> tuple[float, float]:
     lo, hi = min([0.0] + fin), max([0.0] + fin)
     if hi <= lo:
         return lo, lo + 1.0
-    base = 10 ** math.floor(math.log10((hi - lo) / 2))
-    for step in (base * m for m in (1, 2, 2.5, 5, 10, 20, 25, 50, 100)):
-        a = math.floor(lo / step) * step  # the smallest round step whose 2 intervals cover the range
-        if a + 2 * step >= hi:
-            return a, a + 2 * step
+    base = 10 ** math.floor(math.log10(hi - lo)) / 10
+    # the smallest round step that covers the range in at most 4 steps, an even number of them (the
+    # chart's middle tick is then a round number too)
+    for step in (base * m for m in (1, 2, 2.5, 3, 4, 5, 6, 10, 20, 25, 30, 40, 50, 60, 100)):
+        a, b = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+        n = b - a + (b - a) % 2
+        if n <= 4:
+            return a * step, (a + n) * step
     return lo, hi
 
 

@@ -161,9 +161,10 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         # two columns whose outline changes, not every column (~25 KB each; a 26-layer trace
         # would send ~0.7 MB per click as one HTML)
         self.examples_head = W.HTML(layout=W.Layout(width="100%"))
-        # a column scrolls on its own past ~460 px: the focused evidence stays near the top
+        # a column scrolls on its own past ~460 px: the focused evidence stays near the top (the
+        # padding keeps the focused column's outline inside the scrolling box)
         self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0",
-                                                    max_height="460px", overflow="hidden auto"))
+                                                    max_height="460px", overflow="hidden auto", padding="5px"))
                              for _ in layers]
         for w in self.example_cols:
             w.add_class("smn-ex-col-box")
@@ -800,6 +801,9 @@ class SteeringPanel(SnapshotMixin, W.VBox):
                                      description="target", layout=W.Layout(width="auto"))
         self.target_text = W.Text(value="", placeholder="or type a token", layout=W.Layout(width="160px"))
         self.sweep_tokens = 12  # tokens generated per strength by the sweep
+        # two generations per strength: off where a large model makes that slow
+        self.sweep_text_box = W.Checkbox(value=True, description="text per strength", indent=False,
+                                         layout=W.Layout(width="auto"))
         self.sweep_stale_html = W.HTML()
         self.sweep_html = W.HTML(layout=W.Layout(width="100%"))
         self._running = False
@@ -821,7 +825,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         super().__init__(children=[
             W.HBox([self.layer_box, self.feature_box]), W.HBox([self.strength_slider, self.mode_box]),
             self.units_html, W.HBox([self.span_box, self.schedule_box]), W.HBox([self.prompt_box, self.tokens_slider]),
-            W.HBox([self.button, self.sweep_button, self.target_box, self.target_text],
+            W.HBox([self.button, self.sweep_button, self.target_box, self.target_text, self.sweep_text_box],
                    layout=W.Layout(flex_flow="row wrap", align_items="center")),
             self.stale_html, self.output, self.sweep_stale_html, self.sweep_html,
         ], **kw)
@@ -979,7 +983,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         if self._running or time.monotonic() - self._ended < self.click_debounce_s:
             return
         try:
-            self.sweep()
+            self.sweep(generate=bool(self.sweep_text_box.value))
         finally:
             self._ended = time.monotonic()
 
