@@ -132,6 +132,12 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         page.wait_for_timeout(500)
         where = _lab.focused_column_in_view(page)
         assert where["found"] and where["inside"] and where["top_in_window"], where
+        # the feature box shows the traced partner; Enter on that same number starts a trace there
+        shown = page.locator(f"{ex} .smn-feature-box input").first.input_value()
+        assert f"feature {shown} of layer 5" not in _lab.text_of(page, f"{ex} .smn-trace-head")
+        _lab.type_feature(page, int(shown))
+        page.wait_for_function(f"() => document.querySelector('{ex} .smn-trace-head').textContent"
+                               f".includes('feature {shown} of layer 5')", timeout=30_000)
 
         # 7. a bad feature: the error, and nothing of the previous feature in the figure (#23.7)
         _lab.type_feature(page, 99999)

@@ -21,7 +21,7 @@ import sys
 from typing import Any, Mapping
 
 __all__ = ["in_colab", "enable_colab_widgets", "figure_backend", "BACKENDS", "SnapshotMixin", "figure_widget",
-           "replace_figure", "clear_figure", "panel_figure_style"]
+           "replace_figure", "clear_figure", "panel_layout"]
 
 BACKENDS = ("widget", "output")
 _ENABLED: dict[int, bool] = {}  # id(google.colab module) -> enabled once (the call is per session)
@@ -146,8 +146,9 @@ _LIST_KEYS = ("shapes", "annotations", "images", "sliders", "updatemenus", "sele
 _KEEP_KEYS = ("template", "width", "height", "autosize")
 
 
-def replace_figure(widget: Any, fig: Any) -> None:
-    """Show plotly figure ``fig`` in FigureWidget ``widget``: its traces and its whole layout.
+def replace_figure(widget: Any, fig: Any, extra_layout: Any = None) -> None:
+    """Show plotly figure ``fig`` in FigureWidget ``widget``: its traces and its whole layout
+    (then ``extra_layout``, e.g. :func:`panel_layout`, in the same message; ``fig`` is unchanged).
 
     Assigning ``widget.layout`` sends the new layout as one relayout, which *merges* into the
     browser's: a title, shapes or annotations the new layout lacks stayed on screen (the previous
@@ -161,6 +162,8 @@ def replace_figure(widget: Any, fig: Any) -> None:
         if len(fig.data):
             widget.add_traces(fig.data)
         widget.layout = fig.layout
+        if extra_layout:
+            widget.layout.update(extra_layout)
     if gone:  # the Python side no longer has them; only the browser must forget them
         widget._send_relayout_msg({k: ([] if k in _LIST_KEYS else None) for k in gone})
 
@@ -172,14 +175,14 @@ def clear_figure(widget: Any) -> None:
     replace_figure(widget, go.Figure())
 
 
-def panel_figure_style(fig: Any, theme: str | None) -> Any:
-    """A panel's live figure on any notebook background: with no theme asked for (``theme`` None)
-    the paper and plot backgrounds are transparent, so that a dark notebook does not show a white
-    block; the packaged CSS then turns the figure's dark text light under a dark JupyterLab / VS
-    Code theme. An explicit theme ("light" / "dark") is left as drawn."""
-    if theme is None:
-        fig.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
-    return fig
+def panel_layout(theme: str | None) -> dict:
+    """What a panel's live figure adds to its layout to read on any notebook background: with no
+    theme asked for (``theme`` None) transparent paper and plot backgrounds, so that a dark
+    notebook does not show a white block (the packaged CSS then turns the figure's dark ink light
+    under a dark JupyterLab / VS Code theme: the widget carries the class ``smn-figure-auto``).
+    An explicit theme ("light" / "dark") is left as drawn. The figures a panel keeps for saving
+    (``last_figure``) are not changed."""
+    return {"paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)"} if theme is None else {}
 
 
 class SnapshotMixin:

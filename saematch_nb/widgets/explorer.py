@@ -509,12 +509,10 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _figure_obj(self, tr: Any):
         from ..display.figures import make_trace_figure
 
-        from .backend import panel_figure_style
-
         fig = make_trace_figure(tr, correlations=self._correlations(tr), focus=self.layer, theme=self.theme)
         # about 110 px per layer: the steps' markers and labels stay apart on long chains
         fig.update_layout(width=max(900, 110 * len(tr.layers) + 200), autosize=False)
-        return panel_figure_style(fig, self.theme)
+        return fig
 
     @property
     def last_figure(self) -> Any:
@@ -547,9 +545,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output(wait=True)
                 display(fig)
             return
-        from .backend import replace_figure
+        from .backend import panel_layout, replace_figure
 
-        replace_figure(self.figure, fig)
+        replace_figure(self.figure, fig, panel_layout(self.theme))
         for t in self.figure.data:
             if t.customdata is not None and getattr(t, "mode", None) != "lines":
                 t.on_click(self._on_point)

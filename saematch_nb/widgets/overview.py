@@ -79,9 +79,8 @@ class ChainOverview(SnapshotMixin, W.VBox):
         return [(self.chain.layers[0], int(f)) for f in top]
 
     def _put(self, target: Any, fig: Any, on_click: Any) -> None:
-        from .backend import panel_figure_style, replace_figure
+        from .backend import panel_layout, replace_figure
 
-        panel_figure_style(fig, self.theme)
         if self.backend == "output":
             from IPython.display import display
 
@@ -89,7 +88,7 @@ class ChainOverview(SnapshotMixin, W.VBox):
                 target.clear_output(wait=True)
                 display(fig)
             return
-        replace_figure(target, fig)
+        replace_figure(target, fig, panel_layout(self.theme))
         for t in target.data:
             t.on_click(on_click)
 

@@ -55,6 +55,7 @@ def test_a_bad_feature_clears_title_shapes_and_annotations_in_the_browser_too(ch
 def test_figures_have_transparent_backgrounds_and_a_dark_theme_hook(chain):
     ex = FeatureExplorer(chain, layer=1, feature=6)
     assert ex.figure.layout.paper_bgcolor == "rgba(0,0,0,0)" and "smn-figure-auto" in ex.figure._dom_classes
+    assert ex.last_figure.layout.paper_bgcolor is None  # the figure kept for saving is the plain one
     ov = ChainOverview(chain, ex)
     assert "smn-figure-auto" in ov.flow_figure._dom_classes
     fixed = FeatureExplorer(chain, layer=1, feature=6, theme="dark")  # an explicit theme is left as drawn
