@@ -124,9 +124,9 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         st_snap = next(h for h in snaps if "SteeringPanel" in h)
         assert "SteeringResult" in st_snap and "baseline" in st_snap and "steered" in st_snap
 
-        # 6. in a 1000 px window, at the last layer, the focused example column is in view (#23.3)
+        # 6. in a 1000 px window, at layer 4, the focused example column is in view (#23.3)
         lab.reset_probe()
-        _lab.drag_slider_to(page, f"{ex} .smn-layer-slider", 1.0)
+        _lab.drag_slider_to(page, f"{ex} .smn-layer-slider", 0.8)
         lab.settle(["trace", "examples"])
         page.locator(f"{ex} .smn-trace-head").first.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(500)
@@ -134,10 +134,11 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         assert where["found"] and where["inside"] and where["top_in_window"], where
         # the feature box shows the traced partner; Enter on that same number starts a trace there
         shown = page.locator(f"{ex} .smn-feature-box input").first.input_value()
-        assert f"feature {shown} of layer 5" not in _lab.text_of(page, f"{ex} .smn-trace-head")
+        head = _lab.text_of(page, f"{ex} .smn-trace-head")
+        assert f"layer 4: feature {shown}" in head and f"feature {shown} of layer 4" not in head, head
         _lab.type_feature(page, int(shown))
         page.wait_for_function(f"() => document.querySelector('{ex} .smn-trace-head').textContent"
-                               f".includes('feature {shown} of layer 5')", timeout=30_000)
+                               f".includes('feature {shown} of layer 4')", timeout=30_000)
 
         # 7. a bad feature: the error, and nothing of the previous feature in the figure (#23.7)
         _lab.type_feature(page, 99999)
