@@ -388,12 +388,13 @@ feature_logit_effect(bundle.model, plan, "To be, or not to be, that is the quest
 # `FeatureExplorer` follows a feature through the network: moving the layer slider shows the
 # traced partner at that layer (and says where the trace stops); typing a feature starts a new
 # trace; a click on a node or on a figure point selects that feature; ◀ / ▶ walk back and forth
-# through the features visited. Under the figure: the examples of every step side by side, with
-# each feature's activation histogram and top logit effects (hover a node for its facts).
+# through the features visited. Under the nodes: the examples of every step side by side (the row
+# starts next to the layer in focus), each feature's activation histogram and top logit effects
+# (hover a node for its facts), then the figure.
 # `FeatureFinder` ranks and filters features and opens one in the explorer; `ChainOverview` shows
 # the whole chain and the flow of the features visited (click a node). `SteeringPanel` steers with
 # the selected feature; `follow` keeps it in step with the explorer. A saved notebook keeps a
-# static snapshot of each panel for readers without its kernel.
+# snapshot of each panel as last seen, for readers without its kernel.
 
 # %%
 explorer = smn.FeatureExplorer(chain, examples, model=bundle.model, layer=LAYER, feature=FEATURE)

@@ -53,7 +53,7 @@ _LAZY = {
     "FeatureExplorer": "widgets.explorer:FeatureExplorer",
     "SteeringPanel": "widgets.explorer:SteeringPanel",
     "FeatureFinder": "widgets.finder:FeatureFinder",
-    "ChainOverview": "widgets.finder:ChainOverview",
+    "ChainOverview": "widgets.overview:ChainOverview",
     "find_features": "sources.finder:find_features",
     # errors: the base of every error and warning the package raises
     "SaematchError": "errors:SaematchError",

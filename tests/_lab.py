@@ -286,6 +286,53 @@ def figure_signature(page: Any) -> str:
         }}""")
 
 
+def figure_state(page: Any, root: str = EXPLORER, nth: int = 0) -> dict:
+    """What plotly.js holds for the ``nth`` explorer figure under ``root`` (a notebook or a second
+    view of an output): the number of traces, the title, the shapes and annotations."""
+    return page.evaluate(
+        """([root, nth]) => {
+          const els = Array.from(document.querySelectorAll(root + ' .smn-figure'));
+          const el = els[nth];
+          const gd = el && (el.data ? el : el.querySelector('.js-plotly-plot'));
+          if (!gd || !gd.data) return {n: -1, title: '', shapes: 0, annotations: 0};
+          const lay = gd.layout || {};
+          return {n: gd.data.length, title: ((lay.title || {}).text) || '', shapes: (lay.shapes || []).length,
+                  annotations: (lay.annotations || []).length, focus: (lay.shapes || []).map(s => s.x0),
+                  y: JSON.stringify(gd.data.map(t => t.y))};
+        }""", [root, nth])
+
+
+def wait_figure(page: Any, predicate: str, root: str = EXPLORER, timeout_ms: int = 60_000) -> None:
+    """Wait until the first figure under ``root`` satisfies ``predicate`` (JS, of ``gd``)."""
+    page.wait_for_function(
+        f"""(root) => {{
+          const el = document.querySelector(root + ' .smn-figure');
+          const gd = el && (el.data ? el : el.querySelector('.js-plotly-plot'));
+          return !!gd && !!gd.data && ({predicate});
+        }}""", arg=root, timeout=timeout_ms, polling=200)
+
+
+def save_notebook(page: Any) -> None:
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=60_000)
+
+
+def focused_column_in_view(page: Any) -> dict:
+    """Where the explorer's focused example column is, against its sideways scroller and the
+    window: the boxes and whether it is inside both (horizontally: the scroller's visible part)."""
+    return page.evaluate(
+        f"""() => {{
+          const col = document.querySelector('{EXPLORER} .smn-ex-col-focus');
+          const sc = document.querySelector('{EXPLORER} .smn-ex-scroller');
+          if (!col || !sc) return {{found: false}};
+          const c = col.getBoundingClientRect(), s = sc.getBoundingClientRect();
+          return {{found: true, col: [c.left, c.top, c.right, c.bottom], scroller: [s.left, s.top, s.right, s.bottom],
+                  window: [innerWidth, innerHeight],
+                  inside: c.left >= s.left - 1 && c.right <= s.right + 1,
+                  top_in_window: c.top >= 0 && c.top < innerHeight}};
+        }}""")
+
+
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
 

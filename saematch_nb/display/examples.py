@@ -9,11 +9,23 @@ from typing import Any
 from ._util import DASH, css, escape, fmt_float, fmt_pct, link, token_html, wrap_output
 
 
+def _more_html(ex: Any) -> str:
+    """The longer context of an example, folded under "more" (a <details>: no script)."""
+    before, after = getattr(ex, "before", "") or "", getattr(ex, "after", "") or ""
+    if not before and not after:
+        return ""
+    c = ex.center
+    window = (escape("".join(ex.tokens[:c])) + f"<strong>{escape(ex.tokens[c])}</strong>"
+              + escape("".join(ex.tokens[c + 1:])))
+    return (f'<details class="smn-more"><summary title="the longer context">more</summary>'
+            f'<span class="smn-more-text">…{escape(before)}{window}{escape(after)}…</span></details>')
+
+
 def _example_html(ex: Any, max_value: float) -> str:
     spans = "".join(token_html(t, v, max_value, highlight=(i == ex.center))
                     for i, (t, v) in enumerate(zip(ex.tokens, ex.values)))
     return (f'<div class="smn-ex"><span class="smn-ex-val">{escape(fmt_float(ex.value, 3))}</span>'
-            f'<span class="smn-toks">{spans}</span></div>')
+            f'<span class="smn-toks">{spans} {_more_html(ex)}</span></div>')
 
 
 def _feature_title(layer: Any, feature: int, url: str | None) -> str:

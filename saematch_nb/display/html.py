@@ -9,6 +9,7 @@ for :func:`report_html`. All strings that did not originate here go through ``es
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from .._version import __version__
@@ -21,7 +22,8 @@ from ._util import (
 __all__ = [
     "layer_match_html", "chain_html", "trace_html", "handle_html", "saes_html", "weights_html",
     "error_html", "report_html", "steering_html", "steering_body", "diff_html", "edge_html",
-    "explorer_header_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
+    "explorer_header_html", "trace_steps_html", "explorer_notice_html", "earlier_layers_html", "node_key_html",
+    "figure_svg_html", "panel_snapshot_html", "sweep_html", "chain_summary_html", "finder_header_html",
     "finder_notice_html", "finder_query_text", "finder_count_text",
     "finder_table_html", "layer_match_body", "chain_body", "trace_body", "handle_body",
     "saes_body", "weights_body", "svg_line_chart", "feature_flow_html", "feature_flow_body", "flow_graph_html",
@@ -339,6 +341,11 @@ def trace_html(tr: Any) -> str:
     return wrap_output(trace_body(tr), _text.trace_text(tr), kind="trace")
 
 
+def trace_steps_html(tr: Any) -> str:
+    """The trace's nodes and steps without its heading (a panel shows the heading above)."""
+    return wrap_output(trace_body(tr, header=False), _text.trace_text(tr), kind="trace")
+
+
 def edge_html(step: Any) -> str:
     """One step of a trace as the explorer draws it between two nodes (a TraceStep)."""
     st = _text.step_status(bool(step.matched), int(step.next_feature))
@@ -349,25 +356,134 @@ def edge_html(step: Any) -> str:
                        "uncertain": step.next_feature >= 0 and margin_uncertain(step.mse, step.margin)})
 
 
-def explorer_header_body(tr: Any, layer: int) -> str:
+def _neuronpedia_links(tr: Any, layer: int) -> list[tuple[Any, int, str, bool]]:
+    """(layer, feature, url, focused) of the trace's features whose SAE has a Neuronpedia id."""
+    out = []
+    for L, feat in zip(tr.layers, tr.features):
+        info = _text._trace_info(tr, L)
+        url = info.neuronpedia_url(feat) if (info is not None and feat >= 0) else None
+        if url:
+            out.append((L, int(feat), url, L == layer))
+    return out
+
+
+def explorer_header_body(tr: Any, layer: int, *, explanation: str | None = None) -> str:
     f = _text.trace_facts(tr)
     title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
     sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
     info = _text._trace_info(tr, layer)
     label = f' <span class="smn-muted smn-mono">({escape(info.label)})</span>' if info is not None and info.label else ""
-    return (_header("FeatureTrace", title, sub)
-            + f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>')
+    parts = [_header("FeatureTrace", title, sub),
+             f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>']
+    links = _neuronpedia_links(tr, layer)
+    if links:  # the same links as the trace's static repr (its nodes), the focus in bold
+        items = " · ".join((f"<strong>{link(u, f'L{L} #{ft}', title='open on Neuronpedia')}</strong>" if foc
+                            else link(u, f"L{L} #{ft}", title="open on Neuronpedia")) for L, ft, u, foc in links)
+        parts.append(f'<div class="smn-np-links"><span class="smn-muted">Neuronpedia:</span> {items}</div>')
+    if explanation:
+        parts.append(f'<div class="smn-np-expl">Neuronpedia explanation of layer {escape(layer)} · feature '
+                     f'{escape(tr.feature_at(layer))}: {escape(explanation)}</div>')
+    return "".join(parts)
 
 
-def explorer_header_text(tr: Any, layer: int) -> str:
+def explorer_header_text(tr: Any, layer: int, *, explanation: str | None = None) -> str:
     f = _text.trace_facts(tr)
-    return (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
-            f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+    out = (f"FeatureTrace: feature {f['origin_feature']} of layer {f['origin_layer']}\n"
+           f"  {_text.trace_span(f)}; {f['born']}; {f['dies']}\n  {_text.focus_line(tr, layer)}")
+    for L, ft, u, foc in _neuronpedia_links(tr, layer):
+        if foc:
+            out += f"\n  Neuronpedia: {u}"
+    if explanation:
+        out += f"\n  explanation: {explanation}"
+    return out
 
 
-def explorer_header_html(tr: Any, layer: int) -> str:
-    """The explorer's heading: the trace's origin, how far it goes, and what is shown at ``layer``."""
-    return wrap_output(explorer_header_body(tr, layer), explorer_header_text(tr, layer), kind="panel")
+def explorer_header_html(tr: Any, layer: int, *, explanation: str | None = None) -> str:
+    """The explorer's heading: the trace's origin, how far it goes, what is shown at ``layer``,
+    the Neuronpedia pages of the trace's features (where its SAEs have a Neuronpedia id) and the
+    focused feature's ``explanation`` when one is known."""
+    return wrap_output(explorer_header_body(tr, layer, explanation=explanation),
+                       explorer_header_text(tr, layer, explanation=explanation), kind="panel")
+
+
+def explorer_notice_html(layer: Any, feature: Any, source: str | None, *, new_trace: bool = True,
+                         error: bool = False, serial: int = 0) -> str:
+    """The explorer's notice that another panel opened a feature in it: what, from where, and what
+    the explorer did. ``serial`` makes each notice a new value (its highlight plays again)."""
+    where = f" from {source}" if source else ""
+    if error:
+        did = "it could not be shown: see the message below"
+    elif new_trace:
+        did = "a new trace starts there"
+    else:
+        did = "it is on the trace shown: the focus moved there"
+    text = f"Opened layer {layer} · feature {feature}{where}: {did}."
+    return (f'<div class="smn-output smn-out-notice"><style>{css()}</style>'
+            f'<div class="smn-notice" data-n="{int(serial)}" role="status">{escape(text)}</div></div>')
+
+
+def earlier_layers_html(layers: Sequence[Any]) -> str:
+    """The note before the columns of the layers moved to the end of the explorer's sideways row."""
+    names = ", ".join(f"L{escape(L)}" for L in layers)
+    return (f'<div class="smn-output smn-out-note"><div class="smn-earlier-note">↩ earlier layers: {names}<br>'
+            f'<span class="smn-muted">(the row starts next to the layer in focus)</span></div></div>')
+
+
+def node_key_html() -> str:
+    """The key of the explorer's node buttons."""
+    return (f'<div class="smn-output smn-out-note"><style>{css()}</style><div class="smn-node-key">'
+            '<span class="smn-key-focus">L2 #5</span> the layer in focus · '
+            '<span class="smn-key-run">L1 #7</span> the accepted run (every step from the origin accepted) · '
+            '<span class="smn-key-beyond">L4 #9</span> the assignment\'s partner beyond the run, not accepted · '
+            '<span class="smn-muted">L5 —</span> not reached · * the origin</div></div>')
+
+
+def _scatter_series(t: Mapping[str, Any]) -> list[tuple[float, float]]:
+    xs, ys = t.get("x"), t.get("y")
+    if xs is None or ys is None:
+        return []
+    out = []
+    for x, y in zip(list(xs), list(ys)):
+        try:
+            xf, yf = float(x), float(y)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(xf) and math.isfinite(yf):
+            out.append((xf, yf))
+    return out
+
+
+def figure_svg_html(fig: Any, *, width: int = 640, height: int = 150) -> str:
+    """A static picture of a plotly figure's line and marker traces, one small SVG chart per
+    y axis (:func:`svg_line_chart`), for a panel's snapshot: no script, no export engine. Other
+    trace types (bars, Sankey) are named, not drawn."""
+    d = fig.to_plotly_json() if hasattr(fig, "to_plotly_json") else dict(fig)
+    lay = d.get("layout") or {}
+    title = (lay.get("title") or {}).get("text") or ""
+    title = re.sub(r"<[^>]+>", " ", str(title)).strip()
+    by_axis: dict[str, list[tuple[str, list[tuple[float, float]]]]] = {}
+    other = []
+    for t in d.get("data") or []:
+        if t.get("type", "scatter") not in ("scatter", "scattergl"):
+            other.append(str(t.get("type")))
+            continue
+        pts = _scatter_series(t)
+        if pts:
+            by_axis.setdefault(t.get("yaxis") or "y", []).append((str(t.get("name") or ""), pts))
+    charts = []
+    for ax in sorted(by_axis, key=lambda a: int(a[1:] or 1)):
+        series = by_axis[ax]
+        xs = sorted({x for _, pts in series for x, _y in pts})
+        aligned = [(name, [dict(pts).get(x) for x in xs]) for name, pts in series]
+        key = "yaxis" + ax[1:]
+        ytitle = ((lay.get(key) or {}).get("title") or {}).get("text") or ", ".join(n for n, _ in series)
+        charts.append(svg_line_chart(xs, aligned, title=re.sub(r"<[^>]+>", " ", str(ytitle)), width=width,
+                                     height=height, x_labels=[fmt_float(x, 3) for x in xs]))
+    note = f'<div class="smn-muted">not drawn here: {escape(", ".join(sorted(set(other))))}</div>' if other else ""
+    if not charts and not note:
+        return ""
+    head = f'<div class="smn-section-title">{escape(title)}</div>' if title else ""
+    return f'<div class="smn-figure-snapshot">{head}{"".join(charts)}{note}</div>'
 
 
 def panel_snapshot_html(kind: str, parts: Sequence[str]) -> str:
@@ -505,43 +621,80 @@ def steering_html(res: Any) -> str:
     return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")
 
 
-def sweep_text(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+def _nice_range(vals: Sequence[float]) -> tuple[float, float]:
+    """An axis range around ``vals`` (0 included) on round numbers: ticks read 0 / 6 / 12, not
+    0 / 5.922 / 11.99."""
+    fin = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    lo, hi = min([0.0] + fin), max([0.0] + fin)
+    if hi <= lo:
+        return lo, lo + 1.0
+    base = 10 ** math.floor(math.log10(hi - lo)) / 10
+    # the smallest round step that covers the range in at most 4 steps, an even number of them (the
+    # chart's middle tick is then a round number too)
+    for step in (base * m for m in (1, 2, 2.5, 3, 4, 5, 6, 10, 20, 25, 30, 40, 50, 60, 100)):
+        a, b = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+        n = b - a + (b - a) % 2
+        if n <= 4:
+            return a * step, (a + n) * step
+    return lo, hi
+
+
+def _round_tick(v: float) -> str:
+    return f"{v:.3g}" if v else "0"
+
+
+def sweep_text(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     tgt = rows[0]["target"] if rows else ""
     head = (f"strength sweep ({mode} mode" + (f", L{origin[0]} #{origin[1]}" if origin else "") + "): "
             f"KL(clean ‖ steered) of the next-token distribution and Δ log p({tgt!r}), mean over the prompt")
-    lines = [head, "  strength  KL        Δ log p"]
-    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3)}"
-              for r in rows]
+    if target_from:
+        head += f"; target from {target_from}"
+    has_text = bool(rows) and "text" in rows[0]
+    lines = [head, "  strength  KL        Δ log p" + ("   generated" if has_text else "")]
+    lines += [f"  {fmt_float(r['strength']):<9} {fmt_float(r['kl'], 3):<9} {fmt_float(r['target_delta_logprob'], 3):<8}"
+              + (f"  {r['text']!r}" if has_text else "") for r in rows]
     return "\n".join(lines)
 
 
-def sweep_body(df: Any, *, mode: str = "add", origin: Any = None) -> str:
+def sweep_body(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
     rows = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
     tgt = rows[0]["target"] if rows else ""
     xs = [float(r["strength"]) for r in rows]
-    chart = svg_line_chart(xs, [("KL (nats)", [r["kl"] for r in rows]),
-                                (f"Δ log p({tgt!r})", [r["target_delta_logprob"] for r in rows])],
-                           title="next-token change against the strength", x_labels=[fmt_float(x) for x in xs],
-                           width=420, height=150)
-    cells = [[escape(fmt_float(r["strength"])), escape(fmt_float(r["kl"], 3)),
-              escape(fmt_float(r["target_delta_logprob"], 3))] for r in rows]
+    labels = [_round_tick(x) for x in xs]
+    kl = [r["kl"] for r in rows]
+    dlp = [r["target_delta_logprob"] for r in rows]
+    # one chart per unit (nats of KL, a change of log-probability), each on round ticks
+    chart = (svg_line_chart(xs, [("KL (nats)", kl)], title="KL(clean ‖ steered), nats", x_labels=labels,
+                            y_range=_nice_range(kl), y_format=_round_tick, width=360, height=140)
+             + svg_line_chart(xs, [(f"Δ log p({tgt!r})", dlp)], title=f"Δ log p({tgt!r})", x_labels=labels,
+                              y_range=_nice_range(dlp), y_format=_round_tick, width=360, height=140))
+    has_text = bool(rows) and "text" in rows[0]
+    cells = [[escape(_round_tick(float(r["strength"]))), escape(fmt_float(r["kl"], 3)),
+              escape(fmt_float(r["target_delta_logprob"], 3))]
+             + ([f'<span class="smn-gen">{escape(r["text"])}</span>'] if has_text else []) for r in rows]
     title = f"{escape(mode)} mode" + (f", L{escape(origin[0])} #{escape(origin[1])}" if origin else "")
+    head = [("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)]
+    if has_text:
+        head.append(("generated (greedy)", False))
+    how = f"from {target_from}" if target_from else "the one the strongest setting raises most"
     return (_header("Strength sweep", title, "mean over the prompt's positions; one forward pass per strength")
             + f'<div class="smn-sweep">{chart}</div>'
-            + _table([("strength", True), ("KL(clean ‖ steered)", True), (f"Δ log p({tgt!r})", True)], cells,
-                     caption=f"target token {tgt!r}: the one the strongest setting raises most"))
+            + f'<div class="smn-sweep-gens">'
+            + _table(head, cells, caption=f"target token {tgt!r}: {how}") + "</div>")
 
 
-def sweep_html(df: Any, *, mode: str = "add", origin: Any = None) -> str:
-    """A strength sweep (``sources.steering.strength_sweep``) as a chart and a table."""
-    return wrap_output(sweep_body(df, mode=mode, origin=origin), sweep_text(df, mode=mode, origin=origin), kind="panel")
+def sweep_html(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
+    """A strength sweep (``sources.steering.strength_sweep``, with a ``text`` column: the text
+    generated at each strength) as two charts (one unit each) and a table."""
+    return wrap_output(sweep_body(df, mode=mode, origin=origin, target_from=target_from),
+                       sweep_text(df, mode=mode, origin=origin, target_from=target_from), kind="panel")
 
 
-def chain_summary_html(chain: Any) -> str:
-    """The chain's repr for the overview panel, without its static charts: the panel draws the
-    same two charts as a plotly figure right below (issue #23: they were shown twice)."""
-    return wrap_output(chain_body(chain, charts=False), _text.chain_text(chain), kind="chain")
+def chain_summary_html(chain: Any, *, charts: bool = False) -> str:
+    """The chain's repr for the overview panel; by default without its static charts: the panel draws
+    the same two charts as a plotly figure right below (issue #23: they were shown twice)."""
+    return wrap_output(chain_body(chain, charts=charts), _text.chain_text(chain), kind="chain")
 
 
 def finder_query_text(query: Mapping[str, Any]) -> str:

@@ -45,6 +45,13 @@ class Example:
     tokens: tuple[str, ...]
     values: tuple[float, ...]
     center: int
+    #: the document's text just before / after the window (up to ``MORE`` tokens each side; no
+    #: activations): what a reader unfolds as "more"
+    before: str = ""
+    after: str = ""
+
+
+MORE = (80, 40)  # tokens of context beyond the window, before / after it
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,8 +148,10 @@ class LayerExamples:
         for d, p, toks, lo, hi, _r in spans:
             v = vals[at:at + hi - lo]
             at += hi - lo
+            before = "".join(a.token_str(t) for t in toks[max(0, lo - MORE[0]):lo])
+            after = "".join(a.token_str(t) for t in toks[hi:hi + MORE[1]])
             out.append(Example(doc=d, pos=p, value=float(v[p - lo]), tokens=tuple(a.token_str(t) for t in toks[lo:hi]),
-                               values=tuple(float(t) for t in v), center=p - lo))
+                               values=tuple(float(t) for t in v), center=p - lo, before=before, after=after))
         return out
 
     def feature(self, i: int) -> FeatureExamples:

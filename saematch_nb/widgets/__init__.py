@@ -11,7 +11,7 @@
 
 __all__ = ["FeatureExplorer", "SteeringPanel", "FeatureFinder", "ChainOverview"]
 _WHERE = {"FeatureExplorer": "explorer", "SteeringPanel": "explorer", "FeatureFinder": "finder",
-          "ChainOverview": "finder"}
+          "ChainOverview": "overview"}
 
 
 def __getattr__(name):

@@ -8,7 +8,7 @@ steering from ``saematch_nb.sources.steering``. Everything a panel shows can be 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as W
 import traitlets
@@ -17,6 +17,45 @@ from ..core._checks import as_index, finite_number
 from .backend import SnapshotMixin
 
 __all__ = ["FeatureExplorer", "SteeringPanel"]
+
+
+def _later(fn: Callable[[], None], delay_s: float = 0.25) -> None:
+    """Run ``fn`` after the messages the browser sent with the current one (the kernel's event
+    loop); at once where no loop runs (a script, a test)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        fn()
+        return
+    loop.call_later(delay_s, fn)
+
+
+class _IntBox(W.IntText):
+    """An IntText drawn by ipywidgets' TextView: the same integer ``value`` in the kernel, and
+    Enter sends a "submit" message even when the number typed is the one shown (the number view
+    sends nothing then, so typing the feature already in the box did nothing). Text that is not
+    an integer is refused (``on_invalid`` is told) and the box shows the value again."""
+
+    _view_name = traitlets.Unicode("TextView").tag(sync=True)
+    placeholder = traitlets.Unicode("a feature number").tag(sync=True)
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self.on_invalid: Callable[[str], None] | None = None
+        super().__init__(*a, **kw)
+
+    def set_state(self, sync_data: Any) -> None:
+        if "value" in sync_data:
+            raw = sync_data["value"]
+            try:
+                sync_data = dict(sync_data, value=int(str(raw).strip()))
+            except ValueError:
+                if self.on_invalid is not None:
+                    self.on_invalid(str(raw))
+                self.send_state("value")  # the box shows the number it holds again
+                sync_data = {k: v for k, v in sync_data.items() if k != "value"}
+        super().set_state(sync_data)
 
 
 class FeatureExplorer(SnapshotMixin, W.VBox):
@@ -47,10 +86,13 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def __init__(self, chain: Any, examples: Any = None, *, model: Any = None, layer: int | None = None,
                  feature: int = 0, figure: Any = "auto", accepted_only: bool = False, theme: str | None = None,
-                 history_size: int = 100, flow: Any = None, **kw: Any) -> None:
+                 history_size: int = 100, flow: Any = None, explanations: Any = None, **kw: Any) -> None:
         from .backend import figure_backend
 
         self.chain = chain
+        # {(layer, feature): text}; None: the Neuronpedia explanations already fetched (cache only)
+        self.explanations = explanations
+        self._expl: dict[int, dict[int, str]] = {}
         self.flow = flow
         self.examples = examples
         self.model = model
@@ -77,7 +119,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                                               continuous_update=False)
         # IntText, not BoundedIntText: layers may differ in width, and a clamped value would
         # silently show another feature than the one asked for
-        self.feature_box = W.IntText(value=int(feature), description="feature")
+        self.feature_box = _IntBox(value=int(feature), description="feature")
+        self.feature_box.on_invalid = self._on_bad_text
+        self.feature_box.on_msg(self._on_box_msg)
         self.back_button = W.Button(description="◀", tooltip="back: the feature visited before", disabled=True,
                                     layout=W.Layout(width="36px"))
         self.forward_button = W.Button(description="▶", tooltip="forward", disabled=True,
@@ -86,8 +130,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             "start a new trace at the feature shown (its own birth and death)"), layout=W.Layout(width="auto"))
         self.back_button.on_click(lambda _b: self.back())
         self.forward_button.on_click(lambda _b: self.forward())
-        self.anchor_button.on_click(lambda _b: self.trace_from(self.layer, self.feature))
+        self.anchor_button.on_click(lambda _b: self._anchor(self.layer, self.feature))
         self.status = W.HTML()
+        # what was opened from another panel (finder, overview): the explorer may be far above it
+        self.notice = W.HTML()
+        self._notices = 0
         self.trace_html = W.HTML()
         self.flow_html = W.HTML()  # the module predecessors (with flow=)
         # one button per layer, the step's numbers between them; a long chain scrolls sideways
@@ -107,35 +154,49 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         self.node_row = W.HBox(row, layout=W.Layout(flex_flow="row nowrap", overflow="auto hidden", width="100%",
                                                     align_items="center"))
         self.node_row.add_class("smn-node-row")
+        from ..display.html import node_key_html
+
+        self.node_key = W.HTML(node_key_html())
         # the examples: a heading and one HTML per layer, so that moving the focus re-sends the
         # two columns whose outline changes, not every column (~25 KB each; a 26-layer trace
         # would send ~0.7 MB per click as one HTML)
         self.examples_head = W.HTML(layout=W.Layout(width="100%"))
-        self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0"))
+        # a column scrolls on its own past ~460 px: the focused evidence stays near the top (the
+        # padding keeps the focused column's outline inside the scrolling box)
+        self.example_cols = [W.HTML(layout=W.Layout(flex="0 0 auto", width="320px", margin="0 12px 0 0",
+                                                    max_height="460px", overflow="hidden auto", padding="5px"))
                              for _ in layers]
+        for w in self.example_cols:
+            w.add_class("smn-ex-col-box")
+        # the columns before the focus's neighbour move after the last one (flex order), so that
+        # the focused column sits at the start of the sideways row, in view, with no script
+        self.earlier_note = W.HTML(layout=W.Layout(flex="0 0 auto", display="none", margin="0 12px 0 0"))
         self._col_keys: list[Any] = [None] * len(layers)
-        self.examples_row = W.HBox(self.example_cols, layout=W.Layout(
+        self.examples_row = W.HBox(self.example_cols + [self.earlier_note], layout=W.Layout(
             flex_flow="row nowrap", overflow="auto hidden", width="100%", align_items="flex-start"))
         self.examples_box = W.VBox([self.examples_head, self.examples_row], layout=W.Layout(width="100%"))
         self.figure_backend = None if figure is False or figure is None else figure_backend(figure)
         self.figure = None
         if self.figure_backend == "widget":
-            import plotly.graph_objects as go
+            from .backend import figure_widget
 
-            self.figure = go.FigureWidget()
+            self.figure = figure_widget()
         elif self.figure_backend == "output":
             self.figure = W.Output(layout=W.Layout(width="100%"))
         nav = W.HBox([self.back_button, self.forward_button, self.layer_slider, self.feature_box, self.anchor_button],
                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
-        children = [nav, self.status, self.trace_html, self.node_row]
+        self.examples_row.add_class("smn-ex-scroller")
+        # compact: the heading, the nodes, then the examples (the focused column first in view),
+        # the figure last; in a 1000 px window the focused evidence is above the fold
+        children = [nav, self.notice, self.status, self.trace_html, self.node_row, self.node_key]
         if flow is not None:
             children.append(self.flow_html)
+        children.append(self.examples_box)
         if self.figure is not None:
             # the figure gets a width by the number of layers (below) and this box scrolls it
             # sideways: a 26-layer trace stays readable instead of being squeezed or wrapped
             self.figure_box = W.Box([self.figure], layout=W.Layout(overflow="auto hidden", width="100%"))
             children.append(self.figure_box)
-        children.append(self.examples_box)
         kw.setdefault("layout", W.Layout(width="100%"))
         super().__init__(children=children, **kw)
         self.add_class("smn-panel")
@@ -149,6 +210,8 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             b.add_class("smn-node-button")
         if self.figure is not None:
             self.figure.add_class("smn-figure")
+            if theme is None:  # transparent, and inverted by the packaged CSS under a dark theme
+                self.figure.add_class("smn-figure-auto")
         self.layer, self.feature = start, int(feature)
         self.origin = (start, int(feature))
         W.link((self.layer_slider, "value"), (self, "layer"))
@@ -170,6 +233,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _on_layer(self, change: Any) -> None:
         if not self._ready or self._internal:
             return
+        self.notice.value = ""
         if self.follow and self.trace is not None:  # move along the trace, keep its origin
             self._set(feature=int(self.trace.feature_at(self.layer)))
         else:
@@ -182,6 +246,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def _on_feature(self, change: Any) -> None:
         if not self._ready or self._internal:
             return
+        self.notice.value = ""
         self.origin = (self.layer, self.feature)  # a typed feature starts a new trace
         self._retrace()
         self._push()
@@ -205,9 +270,11 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
     def current_trace(self):
         return self.chain.trace(self.layer, self.feature, accepted_only=self.accepted_only)
 
-    def select(self, layer: int, feature: int) -> None:
+    def select(self, layer: int, feature: int, *, source: str | None = None) -> None:
         """Show feature ``feature`` of ``layer``: on the current trace the focus moves there (the
-        origin stays), anywhere else a new trace starts from it."""
+        origin stays), anywhere else a new trace starts from it. ``source``: the panel it comes
+        from (e.g. "the overview"); the explorer then says what was opened and from where (again
+        on every call, the same feature included)."""
         layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
         if layer not in self.chain.layers:
             raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
@@ -218,17 +285,58 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             self._retrace()
         self._push()
         self.refresh()
+        if source is not None:
+            self._notify(source, layer, feature, new_trace=not on_trace)
 
-    def trace_from(self, layer: int, feature: int) -> None:
-        """Start a new trace at feature ``feature`` of ``layer`` (what the finder does)."""
+    def trace_from(self, layer: int, feature: int, *, source: str | None = None) -> None:
+        """Start a new trace at feature ``feature`` of ``layer`` (what the finder does: its rows
+        pass ``source="the finder"``). Every call redraws and says what was opened and from where
+        (``source``), also when it is the feature already shown: opening the same row twice is
+        seen."""
         layer, feature = as_index(layer, "layer"), as_index(feature, "feature")
         if layer not in self.chain.layers:
             raise KeyError(f"layer {layer} is not in the chain (layers {tuple(self.chain.layers)})")
+        self._anchor(layer, feature)
+        self._notify(source, layer, feature, new_trace=True)
+
+    def _anchor(self, layer: int, feature: int) -> None:
         self._set(layer=layer, feature=feature)
         self.origin = (layer, feature)
         self._retrace()
         self._push()
         self.refresh()
+
+    def _notify(self, source: str | None, layer: int, feature: int, *, new_trace: bool) -> None:
+        from ..display import html
+
+        self._notices += 1  # a new value each time: the browser redraws it (and its highlight)
+        self.notice.value = html.explorer_notice_html(layer, feature, source, new_trace=new_trace,
+                                                      error=self.trace is None, serial=self._notices)
+
+    def _on_box_msg(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        """Enter in the feature box. A changed number arrives as a value change right after this
+        message (the browser sends the key before the change) and starts its trace itself; the
+        number already shown sends nothing else: then the trace starts here."""
+        if not isinstance(content, dict) or content.get("event") != "submit":
+            return
+        before = (tuple(self.origin), int(self.layer), int(self.feature), self._pos)
+
+        def check() -> None:
+            now = (tuple(self.origin), int(self.layer), int(self.feature), self._pos)
+            if now != before:
+                return
+            self.notice.value = ""  # the user acts in the explorer: an earlier notice is done
+            if tuple(self.origin) != (self.layer, self.feature) or self.trace is None:
+                self._anchor(self.layer, self.feature)
+
+        _later(check)
+
+    def _on_bad_text(self, text: str) -> None:
+        from ..display import html
+
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        self.status.value = html.error_html(f"{shown!r} is not a feature number: type an integer "
+                                            f"(features of layer {self.layer} are numbered from 0)")
 
     def _push(self) -> None:
         state = (tuple(self.origin), int(self.layer), int(self.feature))
@@ -262,10 +370,12 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def back(self) -> None:
         """The feature visited before (no-op at the first)."""
+        self.notice.value = ""
         if self._pos > 0:
             self._restore(self._pos - 1)
 
     def forward(self) -> None:
+        self.notice.value = ""
         if self._pos < len(self._history) - 1:
             self._restore(self._pos + 1)
 
@@ -275,6 +385,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         L = button._smn_layer
         f = int(self.trace.feature_at(L))
         if f >= 0:
+            self.notice.value = ""
             self.select(L, f)
 
     def _on_point(self, trace: Any, points: Any, _state: Any = None) -> None:
@@ -285,11 +396,16 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         cd = trace.customdata[inds[0]]
         L, f = int(cd[0]), int(cd[1])
         if f >= 0:
+            self.notice.value = ""
             self.select(L, f)
 
     # -- drawing ------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Redraw from the current state (origin, layer, feature)."""
+        self._refresh()
+        self._snapshot_changed()
+
+    def _refresh(self) -> None:
         from ..display import html
 
         tr = self.trace
@@ -301,24 +417,51 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             self._clear_examples()
             for b in self.node_buttons:
                 b.description, b.tooltip, b.disabled, b.button_style = f"L{b._smn_layer}", "", True, ""
+                _node_class(b, "")
             for e in self.edge_html:
                 e.value = ""
             self._last_figure = self._drawn = None
-            if self.figure_backend == "widget":  # nothing of the previous feature, its title included
-                with self.figure.batch_update():
-                    self.figure.data = ()
-                    self.figure.layout = {}
+            if self.figure_backend == "widget":
+                # nothing of the previous feature, in the browser too: its title, focus lines and
+                # annotations are reset there (an empty layout alone would merge into them)
+                from .backend import clear_figure
+
+                clear_figure(self.figure)
             elif self.figure_backend == "output":
                 self.figure.clear_output()
             return
         self.status.value = ""
         # what the user looks at first goes first: each value is sent to the browser when set
-        self.trace_html.value = html.explorer_header_html(tr, self.layer)
+        self.trace_html.value = html.explorer_header_html(tr, self.layer, explanation=self._explanation(
+            self.layer, int(tr.feature_at(self.layer))))
         self._draw_flow()
         if self.figure is not None:
             self._draw(tr)
         self._draw_examples(tr)
         self._draw_nodes(tr)  # the node tooltips read the examples just loaded
+
+    def _explanation(self, L: int, f: int) -> str | None:
+        """The Neuronpedia explanation of feature ``f`` of layer ``L``: from ``explanations`` when
+        given, else from those already fetched (the cache; nothing is fetched here)."""
+        if f < 0:
+            return None
+        if self.explanations is not None:
+            try:
+                return self.explanations.get((int(L), int(f)))
+            except AttributeError:
+                return None
+        if L not in self._expl:
+            info = self.chain.infos[list(self.chain.layers).index(L)] if hasattr(self.chain, "infos") else None
+            if not getattr(info, "neuronpedia_id", None):
+                self._expl[L] = {}
+            else:
+                from ..sources.neuronpedia import cached_explanations
+
+                try:
+                    self._expl[L] = cached_explanations(info)
+                except Exception:  # a damaged cache must not break the panel
+                    self._expl[L] = {}
+        return self._expl[L].get(int(f))
 
     def _draw_flow(self) -> None:
         if self.flow is None:
@@ -348,12 +491,16 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             f = int(tr.feature_at(L))
             if f < 0:
                 b.description, b.disabled, b.button_style = f"L{L} —", True, ""
+                _node_class(b, "")
                 b.tooltip = text.node_tip(tr, L)
                 continue
             mark = "*" if L == tr.origin_layer else ""
             b.description = f"L{L} #{f}{mark}"
             b.disabled = False
-            b.button_style = "primary" if L == self.layer else ("" if L in alive else "warning")
+            # the focus in the primary colour; the accepted run plain; the assignment's partners
+            # beyond it dashed and muted (the key under the row says so), not a warning colour
+            b.button_style = "primary" if L == self.layer else ""
+            _node_class(b, "" if L == self.layer else ("smn-node-run" if L in alive else "smn-node-beyond"))
             b.tooltip = text.node_tip(tr, L, self._node_extra(L, f))
         for e, L in zip(self.edge_html, tr.layers[:-1]):
             s = tr.step_from(L)
@@ -398,10 +545,9 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
                 self.figure.clear_output(wait=True)
                 display(fig)
             return
-        with self.figure.batch_update():
-            self.figure.data = ()
-            self.figure.add_traces(fig.data)
-            self.figure.layout = fig.layout
+        from .backend import panel_layout, replace_figure
+
+        replace_figure(self.figure, fig, panel_layout(self.theme))
         for t in self.figure.data:
             if t.customdata is not None and getattr(t, "mode", None) != "lines":
                 t.on_click(self._on_point)
@@ -467,6 +613,7 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
 
     def _clear_examples(self) -> None:
         self.examples_head.value = ""
+        self.earlier_note.value, self.earlier_note.layout.display = "", "none"
         for k, w in enumerate(self.example_cols):
             w.value, w.layout.display, self._col_keys[k] = "", "none", None
 
@@ -501,6 +648,28 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
             w = self.example_cols[k]
             w.value = panel_example_column_html(L, f, _Cached(), logits=logits.get(L), focused=L == self.layer)
             w.layout.display, self._col_keys[k] = None, key
+        self._order_columns(tr)
+
+    def _order_columns(self, tr: Any) -> None:
+        """The sideways row starts at the column before the focused one (flex ``order``); the
+        columns before that follow the last one, after a note that says so. Only the orders
+        change (a few bytes), not the columns' HTML."""
+        from ..display import html
+
+        layers = list(tr.layers)
+        k = layers.index(self.layer) if self.layer in layers else 0
+        start = max(0, k - 1)
+        n = len(layers)
+        for i, w in enumerate(self.example_cols):
+            order = str(i - start) if i >= start else str(n + 1 + i)
+            if w.layout.order != order:
+                w.layout.order = order
+        if start:
+            self.earlier_note.layout.order = str(n)
+            self.earlier_note.value = html.earlier_layers_html(layers[:start])
+            self.earlier_note.layout.display = None
+        else:
+            self.earlier_note.value, self.earlier_note.layout.display = "", "none"
 
     @property
     def examples_markup(self) -> str:
@@ -512,16 +681,28 @@ class FeatureExplorer(SnapshotMixin, W.VBox):
         return self.examples_head.value + f'<div class="smn-ex-row">{cols}</div>'
 
     def snapshot_html(self) -> str:
-        """The panel's current state as static HTML: the trace, the focus and the examples."""
+        """The panel's current state as static HTML: the heading (once), the trace's nodes and
+        steps, a static picture of the figure, and the examples."""
         from ..display import html
 
         if self.trace is None:
-            return html.panel_snapshot_html("FeatureExplorer", [self.status.value])
-        from ..display.html import trace_html
-
+            return html.panel_snapshot_html("FeatureExplorer", [self.notice.value, self.status.value])
+        fig = html.figure_svg_html(self.last_figure) if self._drawn is not None else ""
         return html.panel_snapshot_html("FeatureExplorer", [
-            html.explorer_header_html(self.trace, self.layer), trace_html(self.trace), self.flow_html.value,
-            self.examples_markup])
+            self.notice.value, self.trace_html.value, html.trace_steps_html(self.trace),
+            self.flow_html.value, fig, self.examples_markup])
+
+
+_NODE_CLASSES = ("smn-node-run", "smn-node-beyond")
+
+
+def _node_class(button: Any, cls: str) -> None:
+    """Give a node button one of the node classes (or none): only what changes is sent."""
+    for c in _NODE_CLASSES:
+        if c != cls and c in button._dom_classes:
+            button.remove_class(c)
+    if cls and cls not in button._dom_classes:
+        button.add_class(cls)
 
 
 def html_edge(step: Any) -> str:
@@ -612,10 +793,24 @@ class SteeringPanel(SnapshotMixin, W.VBox):
             "next-token change (KL) and a target token's log-probability against the strength"))
         self.stale_html = W.HTML()
         self.output = W.HTML(layout=W.Layout(width="100%"))
+        # the sweep's target token: one of the feature's own top raised tokens (its logit effects,
+        # refreshed when the feature changes), or one typed here
+        self.target_box = W.Dropdown(options=[("(the feature's top raised token)", None)], value=None,
+                                     description="target", layout=W.Layout(width="auto"))
+        self.target_text = W.Text(value="", placeholder="or type a token", layout=W.Layout(width="160px"))
+        self.sweep_tokens = 12  # tokens generated per strength by the sweep
+        # two generations per strength: off where a large model makes that slow
+        self.sweep_text_box = W.Checkbox(value=True, description="text per strength", indent=False,
+                                         layout=W.Layout(width="auto"))
+        self.sweep_stale_html = W.HTML()
         self.sweep_html = W.HTML(layout=W.Layout(width="100%"))
         self._running = False
         self._ended = float("-inf")
         self._shown_for = None  # the controls the shown result was made with
+        self._swept_for = None  # the controls the shown sweep was made with
+        self._targets_for: Any = None  # the (layer, feature) the target options are of
+        self._targets_due = False
+        self._syncing = False
         self.button.on_click(self._on_click)
         self.sweep_button.on_click(self._on_sweep_click)
         self.layer, self.feature, self.strength = self.layer_box.value, feature, strength
@@ -628,7 +823,9 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         super().__init__(children=[
             W.HBox([self.layer_box, self.feature_box]), W.HBox([self.strength_slider, self.mode_box]),
             self.units_html, W.HBox([self.span_box, self.schedule_box]), W.HBox([self.prompt_box, self.tokens_slider]),
-            W.HBox([self.button, self.sweep_button]), self.stale_html, self.output, self.sweep_html,
+            W.HBox([self.button, self.sweep_button, self.target_box, self.target_text, self.sweep_text_box],
+                   layout=W.Layout(flex_flow="row wrap", align_items="center")),
+            self.stale_html, self.output, self.sweep_stale_html, self.sweep_html,
         ], **kw)
         self.add_class("smn-panel")
         self.add_class("smn-steering")
@@ -636,11 +833,41 @@ class SteeringPanel(SnapshotMixin, W.VBox):
                      (self.prompt_box, "smn-prompt"), (self.sweep_button, "smn-sweep-button")):
             w.add_class(c)
         self._units()
+        self._refresh_targets()
 
     def follow(self, explorer: FeatureExplorer) -> "SteeringPanel":
-        """Keep this panel's layer and feature in step with a FeatureExplorer's (both ways)."""
-        W.link((explorer, "layer"), (self, "layer"))
-        W.link((explorer, "feature"), (self, "feature"))
+        """Keep this panel's layer and feature in step with a FeatureExplorer's (both ways).
+
+        The explorer leads: its layer and feature are this panel's. A feature typed here (or a
+        layer chosen here) is *selected* in the explorer (:meth:`FeatureExplorer.select`): one on
+        the explorer's trace moves its focus there and keeps the trace; only a feature off the
+        trace starts a new one there (the explorer cannot show it otherwise)."""
+
+        def from_explorer(_change: Any = None) -> None:
+            if self._syncing:
+                return
+            self._syncing = True
+            try:
+                self.layer, self.feature = int(explorer.layer), int(explorer.feature)
+            finally:
+                self._syncing = False
+
+        def to_explorer(change: Any) -> None:
+            if self._syncing:
+                return
+            self._syncing = True
+            try:
+                if change["name"] == "layer":
+                    explorer.layer = int(self.layer)  # the explorer follows its trace there
+                elif int(self.feature) >= 0 and (int(self.layer), int(self.feature)) != (explorer.layer, explorer.feature):
+                    explorer.select(int(self.layer), int(self.feature), source="the steering panel")
+                self.layer, self.feature = int(explorer.layer), int(explorer.feature)
+            finally:
+                self._syncing = False
+
+        explorer.observe(from_explorer, names=["layer", "feature"])
+        self.observe(to_explorer, names=["layer", "feature"])
+        from_explorer()
         return self
 
     # -- controls -------------------------------------------------------------------------------
@@ -648,9 +875,44 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         return (self.layer, self.feature, float(self.strength), self.span_box.value, self.schedule_box.value,
                 self.mode_box.value, self.prompt_box.value, int(self.tokens_slider.value))
 
+    def _sweep_controls(self) -> tuple:
+        # what a sweep depends on (it runs its own strengths)
+        return (self.layer, self.feature, self.span_box.value, self.schedule_box.value, self.mode_box.value,
+                self.prompt_box.value)
+
     @traitlets.observe("layer", "feature", "strength")
     def _on_trait(self, change: Any) -> None:
         self._on_control(change)
+        name = change["name"] if isinstance(change, dict) else getattr(change, "name", "")
+        if name in ("layer", "feature") and hasattr(self, "target_box"):
+            if not self._targets_due:  # once the controls are quiet (an explorer drag moves them often)
+                self._targets_due = True
+                from .explorer import _later as later
+
+                later(self._refresh_targets, 0.4)
+
+    def _refresh_targets(self) -> None:
+        """The target choices: the tokens the feature's decoder row raises most through the
+        unembedding (``direct_logit_effect``); none where the model or chain cannot say."""
+        self._targets_due = False
+        key = (int(self.layer), int(self.feature))
+        if key == self._targets_for:
+            return
+        self._targets_for = key
+        up: list = []
+        if key[1] >= 0 and getattr(self.chain, "stack", None) is not None:
+            from ..sources.steering import direct_logit_effect
+
+            try:
+                up = list(direct_logit_effect(self.model, self.chain, key[0], key[1], k=8)[0])
+            except Exception:  # a model without an unembedding: the sweep's own rule then
+                up = []
+        from ..display import fmt_float
+
+        opts = [(f"{tok!r}  (+{fmt_float(v, 2)} logit)", tok) for tok, v in up]
+        opts = opts or [("(the token the strongest setting raises most)", None)]
+        self.target_box.options = opts
+        self.target_box.value = opts[0][1]
 
     def _on_control(self, change: Any) -> None:
         if not hasattr(self, "stale_html"):
@@ -668,6 +930,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
     def _mark_stale(self) -> None:
         from ..display import escape
 
+        self._mark_sweep_stale()
         if self._shown_for is None:
             self.stale_html.value = ""
             return
@@ -680,6 +943,21 @@ class SteeringPanel(SnapshotMixin, W.VBox):
                                  f'#{escape(f)}, strength {escape(s)}; the controls have changed since — press '
                                  "Generate</span>")
         self.output.add_class("smn-stale")
+
+    def _mark_sweep_stale(self) -> None:
+        from ..display import escape
+
+        if not hasattr(self, "sweep_stale_html"):
+            return
+        if self._swept_for is None or self._sweep_controls() == self._swept_for:
+            self.sweep_stale_html.value = ""
+            self.sweep_html.remove_class("smn-stale")
+            return
+        L, f = self._swept_for[:2]
+        self.sweep_stale_html.value = (f'<span class="smn-stale-note">stale: the sweep below was made with '
+                                       f"L{escape(L)} #{escape(f)}; the controls have changed since — press "
+                                       "Sweep strength</span>")
+        self.sweep_html.add_class("smn-stale")
 
     def plan(self):
         """The SteeringPlan the controls describe (raises on a bad layer / feature)."""
@@ -703,7 +981,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         if self._running or time.monotonic() - self._ended < self.click_debounce_s:
             return
         try:
-            self.sweep()
+            self.sweep(generate=bool(self.sweep_text_box.value))
         finally:
             self._ended = time.monotonic()
 
@@ -741,38 +1019,75 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         self.output.value = html.steering_html(self.result)
         self._shown_for = controls
         self._mark_stale()
+        self._snapshot_changed()
         return self.result
 
-    def sweep(self, strengths: Any = None):
+    def target(self) -> str | None:
+        """The sweep's target token: the one typed, else the one chosen among the feature's top
+        raised tokens (None: the sweep's own rule)."""
+        typed = self.target_text.value
+        return typed if typed else self.target_box.value
+
+    def sweep(self, strengths: Any = None, *, generate: bool = True):
         """Next-token change against the strength (``sources.steering.strength_sweep``) for the
-        controls' feature, span, schedule and mode: shown as a table and a small chart; returns the
-        DataFrame (None after an error)."""
+        controls' feature, span, schedule and mode, following :meth:`target` (by default the token
+        the feature itself raises most, not whatever the strongest setting happens to raise), and
+        with ``generate`` the text generated at each strength (``sweep_tokens`` tokens, greedy):
+        shown as two charts (each its own unit) and a table; returns the DataFrame, with a
+        ``text`` column when generated (None after an error)."""
         from ..display import html
-        from ..sources.steering import strength_sweep
+        from ..sources.steering import plan_steering, steer, strength_sweep
 
         values = self.sweep_strengths if strengths is None else tuple(float(x) for x in strengths)
         if self.mode_box.value == "scale" and strengths is None:
             values = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0)  # r: 1 is the no-op
+        self._refresh_targets()  # the choices of the feature swept (not of one seen before)
+        controls = self._sweep_controls()
         self._busy(True)
         self.sweep_html.value = '<span class="smn-muted">sweeping…</span>'
         try:
             if self.feature < 0:
                 raise ValueError(f"no feature at layer {self.layer}: the trace followed does not reach it")
+            target = self.target()
             df = strength_sweep(self.model, self.chain, self.layer, self.feature, self.prompt_box.value,
                                 strengths=values, span=self.span_box.value, schedule=self.schedule_box.value,
-                                mode=self.mode_box.value)
+                                mode=self.mode_box.value, target=target)
+            if generate:
+                n = max(1, min(int(self.sweep_tokens), int(self.tokens_slider.value)))
+                texts = []
+                for x in values:
+                    plan = plan_steering(self.chain, self.layer, self.feature, strength=x, span=self.span_box.value,
+                                         schedule=self.schedule_box.value, mode=self.mode_box.value)
+                    res = steer(self.model, plan, self.prompt_box.value, saes=self.saes, max_new_tokens=n)
+                    texts.append(res.steered[len(self.prompt_box.value):] if res.steered.startswith(
+                        self.prompt_box.value) else res.steered)
+                df = df.assign(text=texts)
         except Exception as err:
             self.sweep_result = None
+            self._swept_for = None
             self.sweep_html.value = html.error_html(f"{type(err).__name__}: {err.args[0] if err.args else err}")
+            self._mark_sweep_stale()
             return None
         finally:
             self._busy(False)
         self.sweep_result = df
-        self.sweep_html.value = html.sweep_html(df, mode=self.mode_box.value, origin=(self.layer, self.feature))
+        self._swept_for = controls
+        target_from = ("typed" if self.target_text.value else "the strongest setting's top raised token"
+                       if target is None else "the feature's own top raised tokens (direct logit effect)")
+        self.sweep_html.value = html.sweep_html(df, mode=self.mode_box.value, origin=(self.layer, self.feature),
+                                                target_from=target_from)
+        self._mark_sweep_stale()
+        self._snapshot_changed()
         return df
 
     def snapshot_html(self) -> str:
         from ..display import html
 
-        return html.panel_snapshot_html("SteeringPanel", [self.units_html.value, self.stale_html.value,
-                                                          self.output.value, self.sweep_html.value])
+        from ..display import escape
+
+        controls = (f'<div class="smn-sub">layer {escape(self.layer)} · feature {escape(self.feature)} · strength '
+                    f"{escape(self.strength)} · {escape(self.mode_box.value)} mode · span "
+                    f"{escape(self.span_box.value)} · schedule {escape(self.schedule_box.value)}</div>")
+        return html.panel_snapshot_html("SteeringPanel", [controls, self.units_html.value, self.stale_html.value,
+                                                          self.output.value, self.sweep_stale_html.value,
+                                                          self.sweep_html.value])

@@ -16,7 +16,7 @@ import traitlets
 
 from .backend import SnapshotMixin
 
-__all__ = ["FeatureFinder", "ChainOverview"]
+__all__ = ["FeatureFinder"]
 
 
 _BOX_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -237,7 +237,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         if self.explorer is not None:
             self._handing_off = True
             try:
-                self.explorer.trace_from(layer, feature)
+                self.explorer.trace_from(layer, feature, source="the finder")
             finally:
                 self._handing_off = False
             self.notice.value = html.finder_notice_html(f"opened {what} in the explorer above")
@@ -253,119 +253,10 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         return html.panel_snapshot_html("FeatureFinder", [self.header.value, body, self.notice.value])
 
 
-class ChainOverview(SnapshotMixin, W.VBox):
-    """The whole chain at a glance: accepted fraction and MSE per layer pair
-    (``make_chain_figure``) and the flow of the selected features across all layers
-    (``make_flow_figure``), both clickable when the figure backend is "widget": a Sankey node opens
-    that feature in ``explorer``, a point of the chain figure moves the explorer to that layer.
-    The node list under the flow does the same with the keyboard (and on Colab's backend).
+def __getattr__(name: str) -> Any:
+    # ChainOverview lives in widgets/overview.py; the old import path keeps working
+    if name == "ChainOverview":
+        from .overview import ChainOverview
 
-    ``features``: (layer, feature) pairs to draw; by default the explorer's visited origins, else
-    the finder's first rows, else the five most persistent features of the first layer.
-    """
-
-    def __init__(self, chain: Any, explorer: Any = None, *, features: Sequence[tuple[int, int]] | None = None,
-                 finder: Any = None, figure: Any = "auto", theme: str | None = None, **kw: Any) -> None:
-        from .backend import figure_backend
-
-        self.chain, self.explorer, self.finder, self.theme = chain, explorer, finder, theme
-        self.backend = figure_backend(figure)
-        self.features: list[tuple[int, int]] = []
-        self.summary_html = W.HTML()
-        self.node_box = W.Dropdown(options=[], description="open node", layout=W.Layout(width="auto"))
-        self.node_box.observe(self._on_node, names="value")
-        if self.backend == "widget":
-            import plotly.graph_objects as go
-
-            self.chain_figure, self.flow_figure = go.FigureWidget(), go.FigureWidget()
-        else:
-            self.chain_figure, self.flow_figure = W.Output(), W.Output()
-        kw.setdefault("layout", W.Layout(width="100%"))
-        super().__init__(children=[self.summary_html, self.chain_figure, self.node_box, self.flow_figure], **kw)
-        self.add_class("smn-panel")
-        self.add_class("smn-overview")
-        self._draw_chain()
-        self.show(features)
-
-    def _default_features(self) -> list[tuple[int, int]]:
-        if self.explorer is not None and self.explorer.history:
-            seen = list(dict.fromkeys(tuple(o) for o, _l, _f in self.explorer.history))
-            return seen[-8:]
-        if self.finder is not None and self.finder.table is not None and len(self.finder.table):
-            return [(int(r.layer), int(r.feature)) for r in self.finder.table.head(6).itertuples()]
-        pers = self.chain.persistence().loc[self.chain.layers[0]]
-        top = pers.sort_values("lifetime", ascending=False, kind="stable").head(5).index
-        return [(self.chain.layers[0], int(f)) for f in top]
-
-    def _put(self, target: Any, fig: Any, on_click: Any) -> None:
-        if self.backend == "output":
-            from IPython.display import display
-
-            with target:
-                target.clear_output(wait=True)
-                display(fig)
-            return
-        with target.batch_update():
-            target.data = ()
-            target.add_traces(fig.data)
-            target.layout = fig.layout
-        for t in target.data:
-            t.on_click(on_click)
-
-    def _draw_chain(self) -> None:
-        from ..display import html
-        from ..display.figures import make_chain_figure
-
-        self.summary_html.value = html.chain_summary_html(self.chain)
-        self.chain_fig = make_chain_figure(self.chain, theme=self.theme)
-        self._put(self.chain_figure, self.chain_fig, self._on_chain_point)
-
-    def show(self, features: Sequence[tuple[int, int]] | None = None) -> None:
-        """Draw the flow of ``features`` ((layer, feature) pairs; None: the default choice)."""
-        from ..display.figures import make_flow_figure
-
-        feats = [(int(L), int(f)) for L, f in (features if features is not None else self._default_features())]
-        if not feats:
-            raise ValueError("ChainOverview.show needs at least one (layer, feature)")
-        self.features = feats
-        traces = [self.chain.trace(L, f) for L, f in feats]
-        focus = None if self.explorer is None else (self.explorer.layer, self.explorer.feature)
-        self.flow_fig = make_flow_figure(traces=traces, theme=self.theme, focus=focus)
-        sk = self.flow_fig.data[0]
-        nodes = [tuple(int(x) for x in c) for c in sk.node.customdata]
-        self._quiet = True
-        try:
-            self.node_box.options = [("—", None)] + [(f"L{L} #{f}", (L, f)) for L, f in nodes if f >= 0]
-            self.node_box.value = None
-        finally:
-            self._quiet = False
-        self._put(self.flow_figure, self.flow_fig, self._on_flow_point)
-
-    def choose(self, layer: int, feature: int) -> None:
-        """Open feature ``feature`` of ``layer`` in the explorer (a Sankey node's click)."""
-        if self.explorer is not None and feature >= 0:
-            self.explorer.select(int(layer), int(feature))
-
-    def _on_node(self, change: Any) -> None:
-        if getattr(self, "_quiet", False) or change["new"] is None:
-            return
-        self.choose(*change["new"])
-
-    def _on_flow_point(self, trace: Any, points: Any, _state: Any = None) -> None:
-        inds = list(getattr(points, "point_inds", []) or [])
-        cd = getattr(getattr(trace, "node", None), "customdata", None)
-        if inds and cd is not None and inds[0] < len(cd):
-            L, f = (int(x) for x in cd[inds[0]])
-            self.choose(L, f)
-
-    def _on_chain_point(self, trace: Any, points: Any, _state: Any = None) -> None:
-        xs = list(getattr(points, "xs", []) or [])
-        if xs and self.explorer is not None:
-            L = int(round(float(xs[0])))
-            if L in self.chain.layers:
-                self.explorer.layer = L
-
-    def snapshot_html(self) -> str:
-        from ..display import html
-
-        return html.panel_snapshot_html("ChainOverview", [self.summary_html.value])
+        return ChainOverview
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
