@@ -16,7 +16,7 @@ PY310 := $(VENV310)/bin/python
 # The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
 SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_lap.py tests/core/test_match.py
 
-.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks gemma3 gemma3-experiments
+.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks gemma3 gemma3-experiments gemma3-flow
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,8 +71,14 @@ gemma3: $(STAMP)
 gemma3-experiments: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gemma3_experiments.py
 
+# Feature Flow on it (issue #21): residual, MLP-output and attention-output SAEs of layers 4-10 (not
+# shipped: ~45 min on 2 cores), then the data, deactivation and steering checks into docs/gemma3/flow/
+gemma3-flow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) scripts/build_gemma3.py --out .gemma3_flow_build --flow 5-10 --init data --tokens 500000 --batch 512 $(GEMMA3_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gemma3_flow.py --build .gemma3_flow_build --out docs/gemma3/flow
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_matching.py
 
 clean:
-	rm -rf $(VENV) $(VENV310) out .saematch_cache .gemma3_build
+	rm -rf $(VENV) $(VENV310) out .saematch_cache .gemma3_build .gemma3_flow_build

