@@ -184,6 +184,15 @@ def main(argv=None) -> int:
     deact = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
                        n_targets=args.targets, chain=chain, contexts=3, seed=args.seed)
     deact.save(out / "deactivation.json")
+    # the same on features the weights give a predecessor (a uniform draw is mostly "unexplained")
+    linked = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
+                        n_targets=args.targets, chain=chain, contexts=3, seed=args.seed,
+                        classes=("translated", "processed", "newborn"))
+    linked.save(out / "deactivation_linked.json")
+    dl = linked.summary()
+    dl_cls = linked.summary(by=("method", "class"))
+    dl.to_csv(out / "deactivation_linked.csv", index=False)
+    dl_cls.to_csv(out / "deactivation_linked_by_class.csv", index=False)
     ds = deact.summary()
     ds_cls = deact.summary(by=("method", "class"))
     ds_layer = deact.summary(by=("layer", "method"))
@@ -191,7 +200,7 @@ def main(argv=None) -> int:
     ds_cls.to_csv(out / "deactivation_by_class.csv", index=False)
     ds_layer.to_csv(out / "deactivation_by_layer.csv", index=False)
     times["deactivation"] = round(time.time() - t, 1)
-    log(f"deactivation: {times['deactivation']} s\n{ds.to_string()}")
+    log(f"deactivation: {times['deactivation']} s\n{ds.to_string()}\nlinked targets:\n{dl_cls.to_string()}")
 
     # 4. steering along flows from the last layer: origins with the longest backward residual path
     t = time.time()
@@ -247,7 +256,8 @@ def main(argv=None) -> int:
           "## Weight classes per layer", "", md(summ, index=True), "",
           "## Data labels (pooled over layers)", "", md(lt[lt["layer"] == "all"]), "",
           md(tests), "",
-          "## Deactivation", "", md(ds), "", md(ds_cls), "",
+          "## Deactivation", "", "Targets drawn uniformly from the features that fire:", "", md(ds), "", md(ds_cls), "",
+          "Targets with a weight-based predecessor (translated, processed, newborn):", "", md(dl), "", md(dl_cls), "",
           "## Steering along flows", "", md(st_sum), ""]
     if gens:
         doc += ["Greedy generations, strength 8, origin " + f"L{origins[0][0]} #{origins[0][1]}:", "",

@@ -393,17 +393,25 @@ def _removal_hook(w: SAEWeights, feats: torch.Tensor, rows_per: int):
 def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att: Any = None, tokens: Any,
                layers: Sequence[int] | None = None, n_targets: int = 32, methods: Sequence[str] = METHODS,
                chain: Any = None, contexts: int = 4, min_active: int = 3, success_drop: float = 0.5,
-               group: int = 16, seed: int = 0) -> FlowDeactivation:
+               classes: Sequence[str] | None = None, group: int = 16, seed: int = 0) -> FlowDeactivation:
     """The causal check (module docstring). Per layer, ``n_targets`` residual features that fire at
     least ``min_active`` times on ``tokens`` (seeded sample); each is measured on the ``contexts``
     windows where it fires most. ``methods``: any of :data:`METHODS` ("match" needs ``chain``, the
-    residual SAEs' MatchChain). ``group`` interventions share one batched forward pass."""
+    residual SAEs' MatchChain). ``classes``: draw targets only from these weight classes (e.g.
+    ``("translated", "processed", "newborn")``: the features the weights give a predecessor; most
+    features of real SAEs are *unexplained*, so a uniform draw measures mostly those).
+    ``group`` interventions share one batched forward pass."""
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise InvalidArgumentError(f"unknown methods {bad}; choose from {METHODS}")
     if "match" in methods and chain is None:
         raise InvalidArgumentError("method 'match' needs chain= (match_chain of the residual SAEs the flow used)")
+    if classes is not None:
+        classes = [str(c) for c in ([classes] if isinstance(classes, str) else classes)]
+        unknown = [c for c in classes if c not in CLASSES]
+        if unknown or not classes:
+            raise InvalidArgumentError(f"classes must name some of {CLASSES}, got {classes!r}")
     if not 0 < float(success_drop) <= 1:
         raise InvalidArgumentError(f"success_drop must be in (0, 1], got {success_drop!r}")
     st = _stacks(flow, res, mlp, att)
@@ -429,7 +437,10 @@ def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att:
                 r_on.append(_weights(st, fl, "R").encode(got[pred_sites["R"]]) > 0)
         A = torch.cat(a_clean)  # [W, T, n]
         fires = (A > 0).sum((0, 1))
-        cand = np.flatnonzero(fires.numpy() >= min_active)
+        ok = fires.numpy() >= min_active
+        if classes is not None:
+            ok &= np.isin(fl.classes, classes)
+        cand = np.flatnonzero(ok)
         targets = np.sort(rng.choice(cand, size=min(n_targets, len(cand)), replace=False)) if len(cand) else cand
         R_on = torch.cat(r_on) if r_on else None
         ctx = {int(f): torch.argsort(-(A[:, :, f] > 0).sum(1).float() - 1e-6 * A[:, :, f].sum(1), stable=True)[:contexts]
@@ -488,6 +499,7 @@ def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att:
     bar.close()
     return FlowDeactivation(tuple(rows), float(success_drop),
                             {"n_targets": int(n_targets), "contexts": int(contexts), "min_active": int(min_active),
+                             "classes": classes,
                              "methods": methods, "seed": int(seed), "n_windows": int(len(toks)),
                              "n_ctx": int(toks.shape[1])})
 

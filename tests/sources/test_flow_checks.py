@@ -164,6 +164,12 @@ def test_deactivation_round_trip_and_errors(setup, tmp_path):
                         methods=("A",))
     back = fc.FlowDeactivation.load(res.save(tmp_path / "d.json"))
     assert back.to_pandas().equals(res.to_pandas())
+    linked = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=50,
+                           methods=("R",), classes=("translated", "processed", "newborn"))
+    df = linked.to_pandas()
+    assert len(df) and set(df["class"]) <= {"translated", "processed", "newborn"}
+    with pytest.raises(InvalidArgumentError, match="classes"):
+        fc.deactivate(model, flow, saes["res"], tokens=toks, methods=("R",), classes=("famous",))
     with pytest.raises(InvalidArgumentError, match="unknown methods"):
         fc.deactivate(model, flow, saes["res"], tokens=toks, methods=("Q",))
     with pytest.raises(InvalidArgumentError, match="chain="):
