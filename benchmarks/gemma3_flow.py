@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--origins", type=int, default=6, help="steering origins (features of the last layer)")
     ap.add_argument("--prompts", type=int, default=8, help="held-out texts (first 200 characters) steered on")
     ap.add_argument("--gen-tokens", type=int, default=20, help="tokens per greedy generation")
+    ap.add_argument("--strengths", default="0.5,1,2,4,8", help="steering strengths (comma-separated)")
+    ap.add_argument("--steering-only", action="store_true", help="only the steering table, on --out's flow.npz")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -137,70 +139,73 @@ def main(argv=None) -> int:
     log(f"model + SAEs: residual {sorted(saes['res'])}, mlp {sorted(saes['mlp'])}, attn {sorted(saes['att'])} "
         f"({times['load']} s)")
 
-    # 1. weights
-    t = time.time()
-    flow = smn.feature_flow(saes["res"], mlp=saes["mlp"], att=saes["att"], seed=args.seed)
-    flow.save(out / "flow.npz")
-    summ = flow.summary()
-    summ.to_csv(out / "weights_classes.csv")
-    chain = smn.match_chain([saes["res"][L] for L in sorted(saes["res"])], cache=False, progress=False)
-    ceiling = {}
-    if twin is not None:
-        lm = smn.match(saes["res"][twin[0]], twin[1])
-        da = torch.nn.functional.normalize(saes["res"][twin[0]].W_dec.detach().float(), dim=1)
-        db = torch.nn.functional.normalize(twin[1].W_dec.detach().float(), dim=1)
-        best = (da @ db.T).max(1).values
-        ceiling = {"layer": twin[0], "matched_fraction": round(lm.matched_fraction, 4),
-                   "best_cos_median": round(best.median().item(), 3), "share_best_cos_above_0.7": round((best > 0.7).float().mean().item(), 4)}
-        # what two seeds would share by sampling the same cloud of directions, untrained: two disjoint
-        # samples of the layer's own (centred, unit) held-out activations, as many as the SAE's width
-        hook = f"blocks.{twin[0]}.hook_resid_post"
-        with torch.no_grad():
-            _, cache = model.run_with_cache(torch.from_numpy(windows[-min(len(windows), 64):]).long(),
-                                            names_filter=hook, stop_at_layer=twin[0] + 1)
-        xs = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float()
-        xs = torch.nn.functional.normalize(xs - xs.mean(0), dim=1)[torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))]
-        k = min(da.shape[0], len(xs) // 2)
-        cb = (xs[:k] @ xs[k:2 * k].T).max(1).values
-        ceiling.update({"data_sample_size": k, "data_samples_best_cos_median": round(cb.median().item(), 3),
-                        "data_samples_share_above_0.7": round((cb > 0.7).float().mean().item(), 4)})
-    times["weights"] = round(time.time() - t, 1)
-    log(f"weights: {times['weights']} s\n{summ.to_string()}\nseed ceiling {ceiling}")
+    if args.steering_only:  # the steering table again, on the flow saved by a full run
+        flow = smn.FeatureFlow.load(out / "flow.npz")
+    else:
+        # 1. weights
+        t = time.time()
+        flow = smn.feature_flow(saes["res"], mlp=saes["mlp"], att=saes["att"], seed=args.seed)
+        flow.save(out / "flow.npz")
+        summ = flow.summary()
+        summ.to_csv(out / "weights_classes.csv")
+        chain = smn.match_chain([saes["res"][L] for L in sorted(saes["res"])], cache=False, progress=False)
+        ceiling = {}
+        if twin is not None:
+            lm = smn.match(saes["res"][twin[0]], twin[1])
+            da = torch.nn.functional.normalize(saes["res"][twin[0]].W_dec.detach().float(), dim=1)
+            db = torch.nn.functional.normalize(twin[1].W_dec.detach().float(), dim=1)
+            best = (da @ db.T).max(1).values
+            ceiling = {"layer": twin[0], "matched_fraction": round(lm.matched_fraction, 4),
+                       "best_cos_median": round(best.median().item(), 3), "share_best_cos_above_0.7": round((best > 0.7).float().mean().item(), 4)}
+            # what two seeds would share by sampling the same cloud of directions, untrained: two disjoint
+            # samples of the layer's own (centred, unit) held-out activations, as many as the SAE's width
+            hook = f"blocks.{twin[0]}.hook_resid_post"
+            with torch.no_grad():
+                _, cache = model.run_with_cache(torch.from_numpy(windows[-min(len(windows), 64):]).long(),
+                                                names_filter=hook, stop_at_layer=twin[0] + 1)
+            xs = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float()
+            xs = torch.nn.functional.normalize(xs - xs.mean(0), dim=1)[torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))]
+            k = min(da.shape[0], len(xs) // 2)
+            cb = (xs[:k] @ xs[k:2 * k].T).max(1).values
+            ceiling.update({"data_sample_size": k, "data_samples_best_cos_median": round(cb.median().item(), 3),
+                            "data_samples_share_above_0.7": round((cb > 0.7).float().mean().item(), 4)})
+        times["weights"] = round(time.time() - t, 1)
+        log(f"weights: {times['weights']} s\n{summ.to_string()}\nseed ceiling {ceiling}")
 
-    # 2. labels
-    t = time.time()
-    toks = torch.from_numpy(windows[: args.windows]).long()
-    labels = flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, seed=args.seed)
-    labels.save(out / "labels.npz")
-    lt, tests = labels.table(), labels.tests()
-    lt.to_csv(out / "labels.csv", index=False)
-    tests.to_csv(out / "labels_tests.csv", index=False)
-    times["labels"] = round(time.time() - t, 1)
-    log(f"labels: {times['labels']} s\n{lt[lt['layer'] == 'all'].to_string()}\n{tests.to_string()}")
+        # 2. labels
+        t = time.time()
+        toks = torch.from_numpy(windows[: args.windows]).long()
+        labels = flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, seed=args.seed)
+        labels.save(out / "labels.npz")
+        lt, tests = labels.table(), labels.tests()
+        lt.to_csv(out / "labels.csv", index=False)
+        tests.to_csv(out / "labels_tests.csv", index=False)
+        times["labels"] = round(time.time() - t, 1)
+        log(f"labels: {times['labels']} s\n{lt[lt['layer'] == 'all'].to_string()}\n{tests.to_string()}")
 
-    # 3. deactivation
-    t = time.time()
-    dtoks = torch.from_numpy(windows[args.windows: args.windows + args.deact_windows]).long()
-    deact = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
-                       n_targets=args.targets, chain=chain, contexts=3, seed=args.seed)
-    deact.save(out / "deactivation.json")
-    # the same on features the weights give a predecessor (a uniform draw is mostly "unexplained")
-    linked = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
-                        n_targets=args.targets, chain=chain, contexts=3, seed=args.seed,
-                        classes=("translated", "processed", "newborn"))
-    linked.save(out / "deactivation_linked.json")
-    dl = linked.summary()
-    dl_cls = linked.summary(by=("method", "class"))
-    dl.to_csv(out / "deactivation_linked.csv", index=False)
-    dl_cls.to_csv(out / "deactivation_linked_by_class.csv", index=False)
-    ds = deact.summary()
-    ds_cls = deact.summary(by=("method", "class"))
-    ds_layer = deact.summary(by=("layer", "method"))
-    ds.to_csv(out / "deactivation.csv", index=False)
-    ds_cls.to_csv(out / "deactivation_by_class.csv", index=False)
-    ds_layer.to_csv(out / "deactivation_by_layer.csv", index=False)
-    times["deactivation"] = round(time.time() - t, 1)
-    log(f"deactivation: {times['deactivation']} s\n{ds.to_string()}\nlinked targets:\n{dl_cls.to_string()}")
+        # 3. deactivation
+        t = time.time()
+        dtoks = torch.from_numpy(windows[args.windows: args.windows + args.deact_windows]).long()
+        deact = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
+                           n_targets=args.targets, chain=chain, contexts=3, seed=args.seed)
+        deact.save(out / "deactivation.json")
+        # the same on features the weights give a predecessor (a uniform draw is mostly "unexplained")
+        linked = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
+                            n_targets=args.targets, chain=chain, contexts=3, seed=args.seed,
+                            classes=("translated", "processed", "newborn"))
+        linked.save(out / "deactivation_linked.json")
+        dl = linked.summary()
+        dl_cls = linked.summary(by=("method", "class"))
+        dl.to_csv(out / "deactivation_linked.csv", index=False)
+        dl_cls.to_csv(out / "deactivation_linked_by_class.csv", index=False)
+        ds = deact.summary()
+        ds_cls = deact.summary(by=("method", "class"))
+        ds_layer = deact.summary(by=("layer", "method"))
+        ds.to_csv(out / "deactivation.csv", index=False)
+        ds_cls.to_csv(out / "deactivation_by_class.csv", index=False)
+        ds_layer.to_csv(out / "deactivation_by_layer.csv", index=False)
+        times["deactivation"] = round(time.time() - t, 1)
+        log(f"deactivation: {times['deactivation']} s\n{ds.to_string()}\nlinked targets:\n{dl_cls.to_string()}")
 
     # 4. steering along flows from the last layer: origins with the longest backward residual path
     t = time.time()
@@ -219,7 +224,7 @@ def main(argv=None) -> int:
     origins = [(last, int(f)) for f in order]
     texts = [json.loads(x)["text"] for x in (ROOT / "saematch_nb" / "gemma3" / "assets" / "texts.jsonl").read_text().splitlines()[: args.prompts]]
     prompts = [x[:200] for x in texts]
-    rows = steering_rows(model, flow, saes, origins, prompts, strengths=(2.0, 4.0, 8.0))
+    rows = steering_rows(model, flow, saes, origins, prompts, strengths=[float(x) for x in args.strengths.split(",")])
     st = pd.DataFrame(rows)
     st.to_csv(out / "steering.csv", index=False)
     st_sum = st.groupby(["setting", "strength"], sort=False).agg(
@@ -242,6 +247,8 @@ def main(argv=None) -> int:
     times["steering"] = round(time.time() - t, 1)
     log(f"steering: {times['steering']} s (origins {origins}, backward residual path lengths "
         f"{depth[order].tolist()})\n{st_sum.to_string()}")
+    if args.steering_only:
+        return 0
 
     meta = {"build": str(build), "windows": int(args.windows), "deact_windows": int(args.deact_windows),
             "tokens_labels": int(labels.n_tokens), "targets_per_layer": int(args.targets),
