@@ -103,16 +103,23 @@ def _flat(act: torch.Tensor) -> torch.Tensor:
     return act.flatten(2) if act.ndim == 4 else act
 
 
-def _tokens(model: Any, tokens: Any) -> torch.Tensor:
+def _tokens(model: Any, tokens: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [n, T] and the positions that count ([n, T] bool: not BOS, not padding)."""
     if isinstance(tokens, str):
         tokens = [tokens]
     if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
-        return model.to_tokens(list(tokens))
-    t = torch.as_tensor(tokens)
-    if t.ndim != 2 or t.dtype not in (torch.int64, torch.int32) or t.shape[1] < 2:
-        raise InvalidArgumentError(f"tokens must be text(s) or token ids [n_windows, n_ctx >= 2], got "
-                                   f"{tuple(t.shape)} {t.dtype}")
-    return t.long()
+        t = model.to_tokens(list(tokens)).cpu()
+        pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None)
+        valid = torch.ones_like(t, dtype=torch.bool) if pad is None or len(tokens) == 1 else t != pad
+    else:
+        t = torch.as_tensor(tokens)
+        if t.ndim != 2 or t.dtype not in (torch.int64, torch.int32) or t.shape[1] < 2:
+            raise InvalidArgumentError(f"tokens must be text(s) or token ids [n_windows, n_ctx >= 2], got "
+                                       f"{tuple(t.shape)} {t.dtype}")
+        t = t.long()
+        valid = torch.ones_like(t, dtype=torch.bool)
+    valid[:, 0] = False
+    return t, valid
 
 
 def _layers(flow: FeatureFlow, layers: Sequence[int] | None) -> list[Any]:
@@ -122,11 +129,12 @@ def _layers(flow: FeatureFlow, layers: Sequence[int] | None) -> list[Any]:
 
 
 def _run(model: Any, toks: torch.Tensor, sites: Sequence[str], hooks: Sequence = ()) -> dict[str, torch.Tensor]:
-    """Activations at ``sites`` (float32), with ``hooks`` applied; stops after the deepest site."""
+    """Activations at ``sites`` (float32, on the CPU, where the SAE stacks keep their weights), with
+    ``hooks`` applied; stops after the deepest site."""
     got: dict[str, torch.Tensor] = {}
 
     def keep(act, hook):
-        got[hook.name] = _flat(act).float()
+        got[hook.name] = _flat(act).float().cpu()
 
     deepest = max(int(s.split(".")[1]) for s in sites)
     dev = getattr(getattr(model, "cfg", None), "device", None)
@@ -267,7 +275,7 @@ def flow_labels(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att
     and count, for every residual feature, which of its top-1 predecessors fire on the same tokens.
     ``res``/``mlp``/``att``: the SAEs the flow was scored on. ``seed``: the null's shuffle."""
     st = _stacks(flow, res, mlp, att)
-    toks = _tokens(model, tokens)
+    toks, valid = _tokens(model, tokens)
     fls = _layers(flow, layers)
     rng = np.random.default_rng(seed)
     shuffles = {fl.layer: {m: rng.permutation(fl.n) for m in MODULES} for fl in fls}
@@ -279,10 +287,11 @@ def flow_labels(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att
     n_tok = 0
     for i in tqdm(range(0, len(toks), batch_size), desc="flow labels", disable=len(toks) <= batch_size):
         acts = _run(model, toks[i:i + batch_size], sites)
-        n_tok += int(toks[i:i + batch_size, 1:].numel())
+        keep = valid[i:i + batch_size, 1:].reshape(-1, 1)
+        n_tok += int(keep.sum())
         for fl in fls:
             x = acts[_site(fl, "res")][:, 1:].reshape(-1, acts[_site(fl, "res")].shape[-1])
-            on = _weights(st, fl, "res").encode(x) > 0  # [N, n]
+            on = (_weights(st, fl, "res").encode(x) > 0) & keep  # [N, n]
             code = torch.zeros(on.shape, dtype=torch.int64)
             code_null = torch.zeros(on.shape, dtype=torch.int64)
             for bit, m in ((1, "R"), (2, "M"), (4, "A")):
@@ -369,14 +378,17 @@ def _match_partners(chain: Any, prev: int, layer: int) -> np.ndarray:
 
 def _removal_hook(w: SAEWeights, feats: torch.Tensor, rows_per: int):
     """h <- h - a V for feature feats[b // rows_per] of batch row b (-1: nothing removed)."""
-    ok = feats >= 0
     f = feats.clamp_min(0)
-    enc, b_enc, dec = w.W_enc[:, f].T, w.b_enc[f], w.W_dec[f]  # [G, d], [G], [G, d]
-    thr = None if w.threshold is None else w.threshold[f]
-    b_dec = w.b_dec if w.apply_b_dec_to_input else None
+    cpu = {"ok": (feats >= 0).float(), "enc": w.W_enc[:, f].T, "b_enc": w.b_enc[f], "dec": w.W_dec[f],  # [G, d] ...
+           "thr": None if w.threshold is None else w.threshold[f], "b_dec": w.b_dec if w.apply_b_dec_to_input else None}
+    on: dict = {}  # the same on the activation's device, moved once (a model on CUDA)
     arch = w.arch
 
     def hook(act, hook=None):
+        if act.device not in on:
+            on[act.device] = {k: None if v is None else v.to(act.device, torch.float32) for k, v in cpu.items()}
+        g = on[act.device]
+        ok, enc, b_enc, dec, thr, b_dec = g["ok"], g["enc"], g["b_enc"], g["dec"], g["thr"], g["b_dec"]
         shape = act.shape
         x = _flat(act).float()
         G = len(feats)
@@ -415,7 +427,7 @@ def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att:
     if not 0 < float(success_drop) <= 1:
         raise InvalidArgumentError(f"success_drop must be in (0, 1], got {success_drop!r}")
     st = _stacks(flow, res, mlp, att)
-    toks = _tokens(model, tokens)
+    toks, valid = _tokens(model, tokens)
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     from tqdm.auto import tqdm
@@ -430,8 +442,7 @@ def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att:
         a_clean, r_on = [], []
         for i in range(0, len(toks), 16):
             got = _run(model, toks[i:i + 16], [tgt_site] + ([pred_sites["R"]] if "R" in pred_sites else []))
-            a = w_t.encode(got[tgt_site])
-            a[:, 0] = 0  # BOS
+            a = w_t.encode(got[tgt_site]) * valid[i:i + 16, :, None]  # BOS and padding never count
             a_clean.append(a)
             if "R" in pred_sites:
                 r_on.append(_weights(st, fl, "R").encode(got[pred_sites["R"]]) > 0)

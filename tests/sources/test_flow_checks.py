@@ -223,3 +223,23 @@ def test_plan_flow_steering_single_cumulative_and_modules(setup):
         fc.plan_flow_steering(graph, saes["res"], span="trace")
     with pytest.raises(InvalidArgumentError, match="mlp SAE"):
         fc.plan_flow_steering(graph, saes["res"], att=saes["att"], span="cumulative", modules=True)
+
+
+def test_texts_leave_padding_and_bos_out(setup, monkeypatch):
+    """Texts of different lengths are padded by the tokenizer: padded positions never count."""
+    import types
+
+    model, toks, saes, flow, _ = setup
+    padded = toks[:3].clone()
+    padded[1, 20:] = 0
+    padded[2, 10:] = 0
+    fake = types.SimpleNamespace(to_tokens=lambda texts, **kw: padded, tokenizer=types.SimpleNamespace(pad_token_id=0))
+    t, valid = fc._tokens(fake, ["a", "b", "c"])
+    assert torch.equal(t, padded) and int(valid.sum()) == 31 + 19 + 9 and not valid[:, 0].any()
+    real = fc._tokens
+    monkeypatch.setattr(fc, "_tokens", lambda m, tk: real(fake, ["a", "b", "c"]))
+    lab = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=["a", "b", "c"])
+    monkeypatch.setattr(fc, "_tokens", real)
+    ids = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=padded)
+    assert lab.n_tokens == 31 + 19 + 9 and ids.n_tokens == 3 * 31
+    assert ids.counts[1].sum() > lab.counts[1].sum()
