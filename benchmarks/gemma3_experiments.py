@@ -274,10 +274,10 @@ def main(argv=None) -> int:
 
     # -- 5. persistence -----------------------------------------------------------------------------
     if "persist" in stages:
-        from saematch_nb.sources.evaluate import read_off_persistence
+        from saematch_nb.analysis.evaluate import read_off_persistence
 
         K = min(8, T - 1)
-        ro = timed("read_off_persistence", lambda: read_off_persistence(acts, chain, progress=False, max_k=K))
+        ro = timed("read_off_persistence", lambda: read_off_persistence(chain, acts, progress=False, max_k=K))
         life = chain.persistence()
         rows = []
         for k in range(1, K + 1):

@@ -75,8 +75,8 @@ def steering_rows(model, flow, saes, origins, prompts, strengths, log_every=True
     direct-logit tokens (over the prompts' positions) and the mean KL(clean || steered)."""
     import torch
 
-    from saematch_nb.sources.flow_checks import plan_flow_steering
-    from saematch_nb.sources.steering import steering_hooks
+    from saematch_nb.analysis.flow_checks import plan_flow_steering
+    from saematch_nb.analysis.steering import steering_hooks
 
     toks = model.to_tokens(prompts)
     pad = toks == model.tokenizer.pad_token_id
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     import torch
 
     import saematch_nb as smn
-    from saematch_nb.sources.flow_checks import deactivate, flow_labels
+    from saematch_nb.analysis.flow_checks import deactivate, flow_labels
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         # 2. labels
         t = time.time()
         toks = torch.from_numpy(windows[: args.windows]).long()
-        labels = flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, seed=args.seed)
+        labels = flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, seed=args.seed)
         labels.save(out / "labels.npz")
         lt, tests = labels.table(), labels.tests()
         lt.to_csv(out / "labels.csv", index=False)
@@ -186,11 +186,11 @@ def main(argv=None) -> int:
         # 3. deactivation
         t = time.time()
         dtoks = torch.from_numpy(windows[args.windows: args.windows + args.deact_windows]).long()
-        deact = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
+        deact = deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
                            n_targets=args.targets, chain=chain, contexts=3, seed=args.seed)
         deact.save(out / "deactivation.json")
         # the same on features the weights give a predecessor (a uniform draw is mostly "unexplained")
-        linked = deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
+        linked = deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=dtoks,
                             n_targets=args.targets, chain=chain, contexts=3, seed=args.seed,
                             classes=("translated", "processed", "newborn"))
         linked.save(out / "deactivation_linked.json")
@@ -232,8 +232,8 @@ def main(argv=None) -> int:
     st_sum.to_csv(out / "steering_summary.csv", index=False)
     gens = []
     if origins:
-        from saematch_nb.sources.flow_checks import plan_flow_steering
-        from saematch_nb.sources.steering import steer
+        from saematch_nb.analysis.flow_checks import plan_flow_steering
+        from saematch_nb.analysis.steering import steer
 
         L, f = origins[0]
         graph = flow.graph(L, f)
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                                        ("cumulative + modules", "cumulative", True)):
             plan = plan_flow_steering(graph, saes["res"], mlp=saes["mlp"], att=saes["att"], strength=8.0, span=span,
                                       modules=modules)
-            r = steer(model, plan, "The weather today is", max_new_tokens=args.gen_tokens)
+            r = steer(plan, model, "The weather today is", max_new_tokens=args.gen_tokens)
             gens.append({"setting": setting, "baseline": r.baseline, "steered": r.steered})
         pd.DataFrame(gens).to_csv(out / "steering_generations.csv", index=False)
     times["steering"] = round(time.time() - t, 1)

@@ -123,8 +123,8 @@ def main() -> None:
     import saematch_nb
     from saematch_nb.core.weights import as_weights
     from saematch_nb.sources.activations import collect_activations
-    from saematch_nb.sources.evaluate import coactivation, evaluate
-    from saematch_nb.sources.examples import collect_examples
+    from saematch_nb.analysis.evaluate import coactivation, evaluate
+    from saematch_nb.analysis.examples import collect_examples
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if args.toy:
@@ -151,8 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         acts, t_acts, m_acts = _stage(lambda: collect_activations(
             model, texts, layers, cache_dir=tmp, progress=False))
-        exs, t_ex, m_ex = _stage(lambda: collect_examples(
-            acts, chain, k=args.k, cache=False, progress=False))
+        exs, t_ex, m_ex = _stage(lambda: collect_examples(chain, acts, k=args.k, cache=False, progress=False))
         disk = acts.nbytes()
         n_feat = sum(w.d_sae for w in ws)
         print("## Cost of collecting activations and examples (held-out text, all layers)")
@@ -210,9 +209,9 @@ def main() -> None:
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
         # persistence: accepted steps of the chain next to the activations' own (read-off) persistence
-        from saematch_nb.sources.evaluate import read_off_persistence
+        from saematch_nb.analysis.evaluate import read_off_persistence
 
-        ro, t_ro, _ = _stage(lambda: read_off_persistence(acts, chain, progress=False))
+        ro, t_ro, _ = _stage(lambda: read_off_persistence(chain, acts, progress=False))
         life = chain.persistence()
         T = len(layers)
         rows = []

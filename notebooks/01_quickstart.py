@@ -307,7 +307,7 @@ print("pair round trip: ", np.array_equal(lm.partner, lm2.partner) and np.array_
 # %%
 texts = list(bundle.texts[::4])
 acts = smn.collect_activations(bundle.model, texts, chain.layers, progress=False)
-examples = smn.collect_examples(acts, chain, progress=False)
+examples = smn.collect_examples(chain, acts, progress=False)
 acts
 
 # %%
@@ -368,11 +368,11 @@ feats.groupby("matched")[["agrees", "matching_score", "pearson"]].mean().round(3
 # prompt with and without the hooks (greedy, same seed); the hooks are removed afterwards.
 
 # %%
-from saematch_nb.sources.steering import feature_logit_effect
+from saematch_nb.analysis.steering import feature_logit_effect
 
 plan = smn.plan_steering(chain, LAYER, FEATURE, strength=4.0, span="trace")
 print(plan)
-result = smn.steer(bundle.model, plan, "HAMLET.\n", max_new_tokens=24)
+result = smn.steer(plan, bundle.model, "HAMLET.\n", max_new_tokens=24)
 result
 
 # %% [markdown]
@@ -380,7 +380,7 @@ result
 # prompt's positions:
 
 # %%
-feature_logit_effect(bundle.model, plan, "To be, or not to be, that is the question", k=8)
+feature_logit_effect(plan, bundle.model, "To be, or not to be, that is the question", k=8)
 
 # %% [markdown]
 # ## 12. Interactive panels
@@ -409,7 +409,7 @@ overview = smn.ChainOverview(chain, explorer)
 overview
 
 # %%
-panel = smn.SteeringPanel(bundle.model, chain, layer=LAYER, feature=FEATURE,
+panel = smn.SteeringPanel(chain, bundle.model, layer=LAYER, feature=FEATURE,
                           prompt="HAMLET.\n", max_new_tokens=20).follow(explorer)
 panel
 

@@ -226,7 +226,7 @@ except NeuronpediaUnavailableError as err:
 # the chain keeps its SAEs (lazy handles: loaded two at a time when a step needs them)
 acts = smn.collect_activations(model, texts, chain.layers, max_tokens=MAX_TOKENS, context=CONTEXT,
                                progress=False)
-examples = smn.collect_examples(acts, chain, progress=False)
+examples = smn.collect_examples(chain, acts, progress=False)
 examples.for_trace(trace)
 
 # %% [markdown]
@@ -255,7 +255,7 @@ co
 
 # %%
 plan = smn.plan_steering(chain, LAYER, FEATURE, strength=4.0, span="trace")
-smn.steer(model, plan, PROMPT, max_new_tokens=24)
+smn.steer(plan, model, PROMPT, max_new_tokens=24)
 
 # %% [markdown]
 # ## 8. Explore interactively
@@ -265,7 +265,7 @@ smn.steer(model, plan, PROMPT, max_new_tokens=24)
 
 # %%
 explorer = smn.FeatureExplorer(chain, examples, model=model, layer=LAYER, feature=FEATURE)
-panel = smn.SteeringPanel(model, chain, layer=LAYER, feature=FEATURE, prompt=PROMPT,
+panel = smn.SteeringPanel(chain, model, layer=LAYER, feature=FEATURE, prompt=PROMPT,
                       max_new_tokens=20).follow(explorer)
 display(explorer, panel)
 print(f"{'Gemma' if USE_GEMMA else 'demo'} run: {time.perf_counter() - T0:.0f} s")

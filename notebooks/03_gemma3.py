@@ -115,7 +115,7 @@ if READY:
 
 # %%
 if READY:
-    examples = smn.collect_examples(acts, chain, progress=False)
+    examples = smn.collect_examples(chain, acts, progress=False)
     found = smn.find_features(chain, examples, layer=chain.layers[2], sort="persistence", min_density=0.001, n=200)
     found = found[found.density < 0.05]
     display(found.head(8))
@@ -141,11 +141,11 @@ if READY:
     PROMPT = "The function returns"
     plan = smn.plan_steering(chain, LAYER, FEATURE, strength=8.0, span="trace")
     display(plan)
-    display(smn.steer(model, plan, PROMPT, max_new_tokens=20))
+    display(smn.steer(plan, model, PROMPT, max_new_tokens=20))
 
 # %%
 if READY:
-    from saematch_nb.sources.steering import strength_sweep
+    from saematch_nb.analysis.steering import strength_sweep
 
-    display(strength_sweep(model, chain, LAYER, FEATURE, PROMPT, strengths=(-16, -8, 0, 4, 8, 16, 32)).round(3))
+    display(strength_sweep(chain, model, LAYER, FEATURE, PROMPT, strengths=(-16, -8, 0, 4, 8, 16, 32)).round(3))
 print(f"notebook ran in {time.perf_counter() - T0:.0f} s ({'Gemma 3 270M' if READY else 'skipped: not available'})")

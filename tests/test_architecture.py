@@ -22,15 +22,16 @@ DOC = PKG_DIR.parent / "docs" / "ARCHITECTURE.md"
 # Bottom to top. A layer imports its own modules and the layers listed for it, at import time
 # or inside functions alike; everything else is an upward (or sideways) import and fails,
 # except the lazy imports in LAZY below.
-LAYERS = ("leaf", "display", "core", "sources", "demo", "widgets", "cli")
+LAYERS = ("leaf", "display", "core", "sources", "analysis", "demo", "widgets", "cli")
 ALLOWED = {
     "face": {"leaf"},  # saematch_nb/__init__.py: the lazy table, nothing else at import time
     "leaf": set(),  # saematch_nb/_version.py, saematch_nb/errors.py
     "display": {"leaf"},
     "core": {"leaf"},
     "sources": {"leaf", "core"},
-    "demo": {"leaf", "core", "sources", "display", "face"},
-    "widgets": {"leaf", "core", "sources", "display", "face"},
+    "analysis": {"leaf", "core", "sources"},
+    "demo": {"leaf", "core", "sources", "analysis", "display", "face"},
+    "widgets": {"leaf", "core", "sources", "analysis", "display", "face"},
     "cli": {"leaf", "core", "demo"},  # saematch_nb/__main__.py: python -m saematch_nb warmup | demo
 }
 # Lazy imports (inside a function, never at import time) allowed across the layers:
@@ -41,12 +42,12 @@ LAZY = {
     # call formatting_html)
     ("core", "display"): ("repr methods", REPR_METHODS),
     ("sources", "display"): ("repr methods", REPR_METHODS),
+    ("analysis", "display"): ("repr methods", REPR_METHODS),
 }
 # Named exceptions: (importing module, function) -> imported module prefix. Each must still
 # be in use (test_named_exceptions_are_still_needed), so a fixed one cannot linger.
-EXCEPTIONS = {
-    # load_model("demo") is a shortcut to the demo, which sits above sources
-    ("saematch_nb.sources.models", "_load_demo"): "saematch_nb.demo",
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    # none left: load_model("demo") reads the demo's files through sources.demo_assets
 }
 # Third-party packages a layer must never import (at any level); the notebook-only ones come
 # in through sources (sae-lens, TransformerLens), display (plotly) and widgets (ipywidgets).
@@ -55,6 +56,8 @@ FORBIDDEN_THIRD_PARTY = {
     "leaf": NOTEBOOK | {"torch", "numpy", "numba"},
     "face": NOTEBOOK | {"torch", "numpy", "numba"},
     "core": NOTEBOOK,
+    # analysis works on the models and SAEs sources loaded, by duck typing
+    "analysis": {"sae_lens", "transformer_lens", "transformers", "IPython", "ipywidgets", "plotly", "anywidget"},
     "display": NOTEBOOK - {"plotly"} | {"torch"},
     "demo": {"sae_lens", "transformer_lens", "IPython", "ipywidgets", "plotly"},
 }
@@ -62,6 +65,7 @@ FORBIDDEN_THIRD_PARTY = {
 # that `import saematch_nb` and any core / sources / display module stays light.
 HEAVY = NOTEBOOK | {"numba"}
 HEAVY_AT_IMPORT_TIME_ONLY_IN = {"saematch_nb.widgets.explorer", "saematch_nb.widgets.finder", "saematch_nb.widgets.overview",
+                                "saematch_nb.widgets.steering",
                                 "saematch_nb.core.lap._numba", "saematch_nb.core.lap._jv"}
 
 

@@ -22,7 +22,7 @@ import saematch_nb as smn
 bundle = smn.demo.load()
 chain = smn.match_chain(bundle.handles, progress=False)
 acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
-examples = smn.collect_examples(acts, chain, progress=False)
+examples = smn.collect_examples(chain, acts, progress=False)
 explorer = smn.FeatureExplorer(chain, examples, figure=False)
 explorer
 """

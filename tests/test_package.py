@@ -23,7 +23,7 @@ def test_every_public_name_resolves():
         assert obj is not None, name
     assert smn.match.__module__ == "saematch_nb.core.match"
     assert smn.FeatureExplorer.__module__ == "saematch_nb.widgets.explorer"
-    assert smn.steer.__module__ == "saematch_nb.sources.steering"
+    assert smn.steer.__module__ == "saematch_nb.analysis.steering"
 
 
 def test_unknown_name_is_an_attribute_error():

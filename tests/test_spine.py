@@ -42,16 +42,16 @@ def test_one_analysis_converts_hashes_and_folds_each_sae_once(bundle, counts, tm
     after_chain = dict(counts)
     acts = smn.collect_activations(bundle.model, list(bundle.texts[:6]), chain.layers, progress=False,
                                    cache_dir=tmp_path)
-    ex = smn.collect_examples(acts, chain, k=3, cache=False, progress=False)
+    ex = smn.collect_examples(chain, acts, k=3, cache=False, progress=False)
     ev = smn.evaluate(chain, bundle.model, list(bundle.texts[:3]), max_tokens=192, progress=False)
     co = smn.coactivation(chain, acts, progress=False)
     tr = chain.trace(0, int(chain.pairs[0].best(1)[0]))
     plan = smn.plan_steering(chain, tr.origin_layer, tr.origin_feature, strength=4.0)
-    res = smn.steer(bundle.model, plan, "HAMLET.\n", max_new_tokens=4)
+    res = smn.steer(plan, bundle.model, "HAMLET.\n", max_new_tokens=4)
     assert counts == {"converted": n, "hashed": n, "folded": n}, counts
     assert after_chain == counts  # every later step reused the chain's stack
     # and the steps did their work
-    assert set(ex.layers) == set(chain.layers) and len(ev) == (n - 1) * len(smn.sources.evaluate.METHODS)
+    assert set(ex.layers) == set(chain.layers) and len(ev) == (n - 1) * len(smn.analysis.evaluate.METHODS)
     assert len(co.summary_rows) == n - 1 and isinstance(res.steered, str)
     assert chain.stack.stats == {"converted": n, "loaded": 0, "folded": n, "hashed": n}
 
@@ -60,21 +60,21 @@ def test_saes_given_again_are_accepted_and_checked(bundle, tmp_path):
     chain = smn.match_chain(bundle.saes, cache=False, progress=False)
     acts = smn.collect_activations(bundle.model, list(bundle.texts[:2]), chain.layers, progress=False,
                                    cache_dir=tmp_path)
-    same = smn.collect_examples(acts, chain, saes=bundle.saes, k=2, cache=False, progress=False)
+    same = smn.collect_examples(chain, acts, saes=bundle.saes, k=2, cache=False, progress=False)
     assert set(same.layers) == set(chain.layers)
     # a list of SAEs that say which layer they read may come in any order; a mapping that
     # pairs a layer with another layer's SAE is caught
     reordered = [bundle.saes[i] for i in (0, 2, 1, 3, 4, 5)]
-    assert set(smn.collect_examples(acts, chain, saes=reordered, k=2, cache=False, progress=False).layers) \
+    assert set(smn.collect_examples(chain, acts, saes=reordered, k=2, cache=False, progress=False).layers) \
         == set(chain.layers)
     wrong = dict(enumerate(bundle.saes))
     wrong[1], wrong[2] = wrong[2], wrong[1]
     with pytest.raises(ValueError, match="layer 1"):
-        smn.collect_examples(acts, chain, saes=wrong, k=2, cache=False, progress=False)
+        smn.collect_examples(chain, acts, saes=wrong, k=2, cache=False, progress=False)
     plan = smn.plan_steering(chain, 0, 0, span="single")
     with pytest.raises(ValueError, match="reads layer 2"):
-        smn.steer(bundle.model, wrong, smn.plan_steering(chain, 1, 0, span="single"), "The", max_new_tokens=2)
-    assert isinstance(smn.steer(bundle.model, bundle.saes, plan, "The", max_new_tokens=2).steered, str)
+        smn.steer(smn.plan_steering(chain, 1, 0, span="single"), bundle.model, "The", saes=wrong, max_new_tokens=2)
+    assert isinstance(smn.steer(plan, bundle.model, "The", saes=bundle.saes, max_new_tokens=2).steered, str)
 
 
 def test_a_loaded_chain_needs_its_saes_once(bundle, tmp_path):
@@ -87,7 +87,7 @@ def test_a_loaded_chain_needs_its_saes_once(bundle, tmp_path):
     full = smn.MatchChain.load(tmp_path / "chain", saes=bundle.saes)
     assert full.stack is not None and full.fingerprints == chain.fingerprints
     plan = smn.plan_steering(full, 0, 0, span="single")
-    assert isinstance(smn.steer(bundle.model, plan, "The", max_new_tokens=2).steered, str)
+    assert isinstance(smn.steer(plan, bundle.model, "The", max_new_tokens=2).steered, str)
     # a list is taken in depth order (issue 22 item 3): the same SAEs reversed are the chain's SAEs
     shuffled = list(bundle.saes)[::-1]
     assert smn.MatchChain.load(tmp_path / "chain", saes=shuffled).fingerprints == chain.fingerprints

@@ -186,7 +186,7 @@ def main(argv=None) -> int:
                   " how far any matcher can get)")
         ev = None
         if args.check:
-            from ..sources.evaluate import evaluate
+            from ..analysis.evaluate import evaluate
 
             ev = evaluate(chain, bundle.model, list(bundle.texts),
                           methods=["folded+matched", "unfolded+matched", "identity"],

@@ -9,7 +9,7 @@
 - Public helpers, exported here: ``escape`` (the one HTML-escaping door), ``link``,
   ``token_html`` / ``tokens_html`` (activation-coloured tokens), ``wrap_output`` (one notebook
   output: CSS once, text fallback, body), ``css`` and the number formats. Result classes outside
-  display that build a small repr themselves (``sources.evaluate.Coactivation``, the fallback of
+  display that build a small repr themselves (``analysis.evaluate.Coactivation``, the fallback of
   ``sources.neuronpedia.NeuronpediaFeature``) import them from here; ``display._util`` is private
   to this package.
 

@@ -617,7 +617,7 @@ def steering_body(res: Any) -> str:
 
 
 def steering_html(res: Any) -> str:
-    """A steering result (sources/steering.py): the plan per layer and the two generations."""
+    """A steering result (analysis/steering.py): the plan per layer and the two generations."""
     return wrap_output(steering_body(res), _text.steering_text(res), kind="steering")
 
 
@@ -685,7 +685,7 @@ def sweep_body(df: Any, *, mode: str = "add", origin: Any = None, target_from: s
 
 
 def sweep_html(df: Any, *, mode: str = "add", origin: Any = None, target_from: str | None = None) -> str:
-    """A strength sweep (``sources.steering.strength_sweep``, with a ``text`` column: the text
+    """A strength sweep (``analysis.steering.strength_sweep``, with a ``text`` column: the text
     generated at each strength) as two charts (one unit each) and a table."""
     return wrap_output(sweep_body(df, mode=mode, origin=origin, target_from=target_from),
                        sweep_text(df, mode=mode, origin=origin, target_from=target_from), kind="panel")

@@ -1,5 +1,6 @@
 """Where SAEs, models and data come from: sae-lens releases and folders (``saes``), TransformerLens
-models (``models``), residual-stream activations (``activations``), activation examples
-(``examples``), the hidden-state evaluation (``evaluate``), steering (``steering``) and
-Neuronpedia (``neuronpedia``). The only layer that imports sae-lens or TransformerLens (inside
-functions) or reaches the network; it builds on core (docs/ARCHITECTURE.md)."""
+models (``models``, ``gemma3``), residual-stream activations (``activations``), the model side of
+Feature Flow (``flow``) and Neuronpedia (``neuronpedia``). The only layer that imports sae-lens or
+TransformerLens (inside functions) or reaches the network; it builds on core. What a chain is used
+for once matched (examples, evaluation, steering, the finder) is in ``saematch_nb.analysis``
+(docs/ARCHITECTURE.md)."""

@@ -220,21 +220,23 @@ def _load_demo(device: str | None, dtype: Any) -> Any:
     """The bundled demo model on ``device`` (default CPU) in ``dtype``, or a clear error."""
     import torch
 
-    # The one import of the demo from sources, inside the function: the demo sits above sources
-    # (demo.load builds its model with load_saved_model), and load_model("demo") is a shortcut to it.
-    from .. import demo
+    # the demo's files are read here, below the demo (sources.demo_assets): no import of the demo
+    from .demo_assets import BrokenAssetsError, assets_dir
 
-    if device is None:
-        model = demo.load().model
-    else:
+    dev = "cpu"
+    if device is not None:
         try:
-            dev = torch.device(device)
+            dev = str(torch.device(device))
         except (RuntimeError, TypeError) as e:
             raise ModelLoadError(f"unknown device {device!r} ({e}); use e.g. 'cpu' or 'cuda'") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
+        if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA GPU here; "
                                  "use device='cpu' (the demo model is small)")
-        model = demo.load(device=str(dev), handles=False).model
+    root = assets_dir()  # every file the demo needs, or a MissingAssetsError that says how to build them
+    try:
+        model = load_saved_model(root, device=dev, sae_transformer=True)
+    except ModelLoadError as e:  # as demo.load() says it
+        raise BrokenAssetsError(f"{e}; rebuild the assets (docs/DEMO.md)") from e
     if dtype != torch.float32:
         model.to(dtype, print_details=False)  # TransformerLens' to() also sets cfg.dtype
     return model

@@ -5,12 +5,12 @@
 - ``FeatureFinder(chain, examples, explorer)``: rank and filter features, open one in the explorer.
 - ``ChainOverview(chain, explorer)``: accepted fraction and MSE per pair, the flow of the chosen
   features, clickable.
-- ``SteeringPanel(model, chain)``: steer with a traced feature, compare generations, sweep.
+- ``SteeringPanel(chain, model)``: steer with a traced feature, compare generations, sweep.
 - ``backend``: Colab detection and the figure backend (``figure_backend``).
 """
 
 __all__ = ["FeatureExplorer", "SteeringPanel", "FeatureFinder", "ChainOverview"]
-_WHERE = {"FeatureExplorer": "explorer", "SteeringPanel": "explorer", "FeatureFinder": "finder",
+_WHERE = {"FeatureExplorer": "explorer", "SteeringPanel": "steering", "FeatureFinder": "finder",
           "ChainOverview": "overview"}
 
 

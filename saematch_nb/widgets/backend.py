@@ -21,7 +21,7 @@ import sys
 from typing import Any, Mapping
 
 __all__ = ["in_colab", "enable_colab_widgets", "figure_backend", "BACKENDS", "SnapshotMixin", "figure_widget",
-           "replace_figure", "clear_figure", "panel_layout"]
+           "replace_figure", "clear_figure", "panel_layout", "later"]
 
 BACKENDS = ("widget", "output")
 _ENABLED: dict[int, bool] = {}  # id(google.colab module) -> enabled once (the call is per session)
@@ -285,3 +285,16 @@ class _Static:
 
     def _repr_html_(self) -> str:
         return self.html
+
+
+def later(fn: Callable[[], None], delay_s: float = 0.25) -> None:
+    """Run ``fn`` after the messages the browser sent with the current one (the kernel's event
+    loop); at once where no loop runs (a script, a test)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        fn()
+        return
+    loop.call_later(delay_s, fn)

@@ -1,6 +1,6 @@
 """Panels that find features and show the whole chain: FeatureFinder and ChainOverview.
 
-Thin ipywidgets panels like the explorer's: the ranking is ``sources.finder.find_features`` (the
+Thin ipywidgets panels like the explorer's: the ranking is ``analysis.finder.find_features`` (the
 same call works without a panel), the tables and figures come from ``display``; a panel only holds
 controls and forwards a choice to a FeatureExplorer.
 """
@@ -46,7 +46,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
     next step is not accepted), "next step accepted", a top-token and a Neuronpedia explanation
     filter. The top-token box matches the tokens themselves (:func:`box_token`: type ``\\n`` for
     a newline, as the list shows it). The list shows ``n`` rows of
-    :func:`saematch_nb.sources.finder.find_features` in columns (every value the list can be
+    :func:`saematch_nb.analysis.finder.find_features` in columns (every value the list can be
     sorted by is one of them; ``self.table`` holds the DataFrame) and says how many match;
     choosing a row opens it in ``explorer`` (``FeatureExplorer.trace_from``) and says so under
     the list.
@@ -63,7 +63,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
 
     def __init__(self, chain: Any, examples: Any = None, explorer: Any = None, *, n: int = 30,
                  explanations: Any = None, **kw: Any) -> None:
-        from ..sources.finder import SORTS, natural_descending
+        from ..analysis.finder import SORTS, natural_descending
 
         from ..core._checks import positive_int
 
@@ -143,7 +143,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
             self.refresh()
 
     def _on_sort(self, change: Any) -> None:
-        from ..sources.finder import natural_descending
+        from ..analysis.finder import natural_descending
 
         # a new sort starts in its natural direction (MSE: smallest first), then lists once
         with self._quietly():
@@ -162,7 +162,7 @@ class FeatureFinder(SnapshotMixin, W.VBox):
     def refresh(self) -> None:
         from ..display import html
         from ..display.text import finder_lines
-        from ..sources.finder import find_features
+        from ..analysis.finder import find_features
 
         q = self.query()
         try:

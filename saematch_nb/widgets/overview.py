@@ -135,7 +135,7 @@ class ChainOverview(SnapshotMixin, W.VBox):
         if self._pending:
             return
         self._pending = True
-        from .explorer import _later
+        from .backend import later as _later
 
         _later(self._follow, self.follow_delay_s)
 

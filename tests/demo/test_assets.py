@@ -146,7 +146,7 @@ def pair_numbers(bundle, held_out_acts):
     """Per adjacent pair t→t+1, computed once (memoised, so ``-k`` on one pair computes one):
     the matched MSE on folded parameters of folded, unfolded and identity matching, and the
     explained variance of the next-hidden-state approximation (docs/METHOD.md §5, Eq. 5, computed here
-    independently of saematch_nb.sources.evaluate) for folded matching and the identity."""
+    independently of saematch_nb.analysis.evaluate) for folded matching and the identity."""
     import torch
 
     from saematch_nb import match

@@ -51,7 +51,7 @@ def _trace(lm_infos=True):
 
 
 def _steering():
-    from saematch_nb.sources.steering import SteeringPlan, SteeringResult
+    from saematch_nb.analysis.steering import SteeringPlan, SteeringResult
 
     plan = SteeringPlan(layers=(3, 4), features=(5, 9), hook_names=(f"blocks.3.hook_resid_post{HOSTILE}",
                         "blocks.4.hook_resid_post"), strengths=(4.0, 3.8), mode="add", origin=(3, 5))

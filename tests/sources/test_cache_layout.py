@@ -33,7 +33,7 @@ def test_every_kind_lands_in_its_folder_under_the_root(tmp_path, monkeypatch):
     model = fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=16)
     acts = saematch_nb.collect_activations(model, ["one short text", "and another one"], [0, 1], progress=False)
     saes = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 32, seed=s), info=SAEInfo(layer=s)) for s in (0, 1)]
-    saematch_nb.collect_examples(acts, saes, k=2, progress=False)
+    saematch_nb.collect_examples(saes, acts, k=2, progress=False)
     saematch_nb.fetch_feature("gemma-2-2b/12-gemmascope-res-16k", 1234)
     saematch_nb.match_chain(planted_chain(n_layers=2, n=32, d_in=16, seed=0).saes, progress=False)
 

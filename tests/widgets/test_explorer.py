@@ -10,7 +10,7 @@ import pytest
 import saematch_nb as smn
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.display.figures import make_trace_figure
-from saematch_nb.sources.examples import Example, FeatureExamples
+from saematch_nb.analysis.examples import Example, FeatureExamples
 from saematch_nb.widgets import FeatureExplorer, SteeringPanel
 
 from tests.display.conftest import visible_text
@@ -100,7 +100,7 @@ def test_explorer_accepted_only(chain):
 
 # -- SteeringPanel --------------------------------------------------------------------------------
 def test_steering_panel_plan_reflects_controls(model, planted, chain):
-    panel = SteeringPanel(model, planted.saes, chain, layer=1, feature=2)
+    panel = SteeringPanel(chain, model, saes=planted.saes, layer=1, feature=2)
     p = panel.plan()
     assert (p.origin, p.mode, p.options["span"], p.options["schedule"]) == ((1, 2), "add", "trace", "constant")
     panel.strength_slider.value = 2.0
@@ -121,7 +121,7 @@ def test_steering_panel_plan_reflects_controls(model, planted, chain):
 
 
 def test_steering_panel_runs(model, planted, chain):
-    panel = SteeringPanel(model, planted.saes, chain, layer=0, feature=3, strength=40.0, prompt="The quick",
+    panel = SteeringPanel(chain, model, saes=planted.saes, layer=0, feature=3, strength=40.0, prompt="The quick",
                           max_new_tokens=5)
     res = panel.run()
     assert res is not None and panel.result is res
@@ -140,7 +140,7 @@ def test_steering_panel_runs(model, planted, chain):
 
 
 def test_steering_panel_shows_errors_and_leaves_no_hooks(model, planted, chain, monkeypatch):
-    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt="The", max_new_tokens=3)
+    panel = SteeringPanel(chain, model, saes=planted.saes, feature=3, prompt="The", max_new_tokens=3)
     panel.feature = 500
     assert panel.run() is None
     assert "smn-error" in panel.output.value and "out of range" in panel.output.value
@@ -163,7 +163,7 @@ def test_steering_panel_shows_errors_and_leaves_no_hooks(model, planted, chain, 
 
 def test_panels_link(model, planted, chain):
     ex = FeatureExplorer(chain, figure=False)
-    panel = SteeringPanel(model, planted.saes, chain).follow(ex)
+    panel = SteeringPanel(chain, model, saes=planted.saes).follow(ex)
     ex.layer, ex.feature = 2, 11
     assert (panel.layer, panel.feature) == (2, 11) and panel.layer_box.value == 2
     panel.feature_box.value = 8
@@ -202,13 +202,13 @@ def test_issue22_steering_panel_arguments_are_checked(model, planted, chain):
     """Items 9 and 14: SteeringPanel(layer=9) was a bare TraitError, layer=1.9 layer 1; a strength
     beyond the slider's ±20 was clamped to 20 without a word."""
     with pytest.raises(KeyError, match=r"layer 9 is not in the chain \(layers \(0, 1, 2\)\)"):
-        SteeringPanel(model, chain, layer=9)
+        SteeringPanel(chain, model, layer=9)
     for kw in ({"layer": 1.9}, {"feature": 2.7}, {"layer": True}, {"max_new_tokens": 3.5}):
         with pytest.raises(TypeError, match="must be an integer"):
-            SteeringPanel(model, chain, **kw)
+            SteeringPanel(chain, model, **kw)
     for kw in ({"strength": float("nan")}, {"span": "everything"}, {"mode": "multiply"}):
         with pytest.raises(ValueError):
-            SteeringPanel(model, chain, **kw)
-    panel = SteeringPanel(model, chain, layer=np.int64(2), feature=np.int64(1), strength=40.0)
+            SteeringPanel(chain, model, **kw)
+    panel = SteeringPanel(chain, model, layer=np.int64(2), feature=np.int64(1), strength=40.0)
     assert (panel.layer, panel.feature, panel.strength) == (2, 1, 40.0)
     assert panel.plan().strengths[0] == 40.0

@@ -10,7 +10,7 @@ import pytest
 
 from saematch_nb.widgets import FeatureFinder
 from saematch_nb.widgets.finder import box_token
-from tests.sources.test_finder import _got, _want, setup  # noqa: F401  (the module fixture)
+from tests.analysis.test_finder import _got, _want, setup  # noqa: F401  (the module fixture)
 
 
 def test_box_token_reads_the_escapes_the_list_shows():
@@ -46,7 +46,7 @@ def demo():
     bundle = smn.demo.load()
     chain = smn.match_chain(bundle.handles, progress=False)
     acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
-    return chain, smn.collect_examples(acts, chain, progress=False)
+    return chain, smn.collect_examples(chain, acts, progress=False)
 
 
 def _text(html_value: str) -> str:
@@ -116,7 +116,7 @@ def test_issue23_layer_box_says_all_and_the_count_is_of_n(demo):
 
 
 def test_issue23_short_lived_newborn_and_dying_controls(demo):
-    from saematch_nb.sources.finder import find_features
+    from saematch_nb.analysis.finder import find_features
 
     chain, exs = demo
     finder = FeatureFinder(chain, exs, n=500)

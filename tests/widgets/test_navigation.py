@@ -88,7 +88,7 @@ def test_back_and_forward(chain):
 
 
 def test_find_features_ranks_and_filters(chain):
-    from saematch_nb.sources.finder import find_features
+    from saematch_nb.analysis.finder import find_features
 
     df = find_features(chain, n=None)
     assert len(df) == sum(chain.n_features(L) for L in chain.layers)
@@ -156,7 +156,7 @@ def test_snapshots_are_in_the_mimebundle_static_and_escaped(model, planted, chai
     assert HOSTILE_ESCAPED in snap and "feature 2 of layer 1" in snap
     ex.layer = 0  # the snapshot is the panel's current state
     assert "layer 0: feature" in ex._repr_mimebundle_()["text/html"]
-    panel = SteeringPanel(model, chain, feature=3, prompt=f"The {HOSTILE}", max_new_tokens=2)
+    panel = SteeringPanel(chain, model, feature=3, prompt=f"The {HOSTILE}", max_new_tokens=2)
     panel.run()
     snap = panel._repr_mimebundle_()["text/html"]
     assert "SteeringResult" in snap and HOSTILE not in snap and "<script" not in snap.lower()
@@ -167,7 +167,7 @@ def test_snapshots_are_in_the_mimebundle_static_and_escaped(model, planted, chai
 
 
 def test_steering_panel_text_stale_and_sweep(model, planted, chain):
-    panel = SteeringPanel(model, chain, layer=0, feature=3, strength=20.0, prompt="The quick\n", max_new_tokens=4)
+    panel = SteeringPanel(chain, model, layer=0, feature=3, strength=20.0, prompt="The quick\n", max_new_tokens=4)
     assert panel.prompt_box.value == "The quick\n"  # a multi-line prompt keeps its newline
     assert "adds what the feature writes" in panel.units_html.value
     panel.mode_box.value = "scale"
@@ -240,7 +240,7 @@ def _examples_setup(tmp_path_factory, n_layers):
     ch = smn.match_chain(pc.saes, cache=False, progress=False)
     acts = smn.collect_activations(model, ["The cat sat on the mat.", "A dog ran in the park today."] * 3,
                                    ch.layers, cache_dir=tmp_path_factory.mktemp("acts"), progress=False)
-    return model, ch, smn.collect_examples(acts, ch, cache=False, progress=False)
+    return model, ch, smn.collect_examples(ch, acts, cache=False, progress=False)
 
 
 def test_examples_of_every_step_with_histogram_and_logits(tmp_path_factory):
@@ -257,7 +257,7 @@ def test_examples_of_every_step_with_histogram_and_logits(tmp_path_factory):
 
 
 def test_generations_split_into_model_tokens_only_when_they_round_trip():
-    from saematch_nb.sources.steering import _str_tokens
+    from saematch_nb.analysis.steering import _str_tokens
 
     class M:
         def __init__(self, toks):

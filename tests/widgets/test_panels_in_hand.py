@@ -85,7 +85,7 @@ class _Examples:
     """examples[layer][feature] with one context each, a longer text around it included."""
 
     def __init__(self, chain):
-        from saematch_nb.sources.examples import Example, FeatureExamples
+        from saematch_nb.analysis.examples import Example, FeatureExamples
 
         def fx(L, f):
             e = Example(doc=0, pos=3, value=1.0, tokens=("a", " b", f" L{L}#{f}", " c"), values=(0, 0.2, 1.0, 0.1),
@@ -114,7 +114,7 @@ def test_a_context_has_its_longer_text_under_more(chain):
 
 
 def test_contexts_collected_carry_the_text_around_them():
-    from saematch_nb.sources import examples as E
+    from saematch_nb.analysis import examples as E
 
     assert E.MORE[0] > 0 and {"before", "after"} <= set(E.Example.__dataclass_fields__)
 
@@ -215,7 +215,7 @@ def test_a_displayed_panel_keeps_a_live_snapshot_that_follows_it(model, chain, m
 
     monkeypatch.setattr(D, "display", fake_display)
     ex = FeatureExplorer(chain, layer=1, feature=6)
-    panel = SteeringPanel(model, chain, layer=1, feature=6, prompt="The", max_new_tokens=3).follow(ex)
+    panel = SteeringPanel(chain, model, layer=1, feature=6, prompt="The", max_new_tokens=3).follow(ex)
     ex._ipython_display_()
     panel._ipython_display_()
     assert "application/vnd.jupyter.widget-view+json" in outputs[0] and "smn-live-snapshot" in outputs[1]["text/html"]
@@ -237,10 +237,10 @@ def test_a_displayed_panel_keeps_a_live_snapshot_that_follows_it(model, chain, m
 
 # -- 9. steering -------------------------------------------------------------------------------------------
 def test_the_sweep_follows_the_features_own_target_shows_text_and_goes_stale(model, planted, chain):
-    from saematch_nb.sources.steering import direct_logit_effect
+    from saematch_nb.analysis.steering import direct_logit_effect
 
-    panel = SteeringPanel(model, chain, layer=0, feature=3, prompt="The quick", max_new_tokens=4)
-    up = [t for t, _ in direct_logit_effect(model, chain, 0, 3, k=8)[0]]
+    panel = SteeringPanel(chain, model, layer=0, feature=3, prompt="The quick", max_new_tokens=4)
+    up = [t for t, _ in direct_logit_effect(chain, model, 0, 3, k=8)[0]]
     assert [v for _, v in panel.target_box.options] == up and panel.target() == up[0]
     df = panel.sweep([-8.0, 0.0, 8.0])
     assert list(df["target"]) == [up[0]] * 3 and len(df["text"]) == 3 and n_hooks(model) == 0
@@ -252,7 +252,7 @@ def test_the_sweep_follows_the_features_own_target_shows_text_and_goes_stale(mod
     assert panel.sweep_stale_html.value == ""
     panel.feature = 4  # another feature: the sweep shown is stale, its targets are the new feature's
     assert "stale" in panel.sweep_stale_html.value and "smn-stale" in panel.sweep_html._dom_classes
-    assert [v for _, v in panel.target_box.options] == [t for t, _ in direct_logit_effect(model, chain, 0, 4, k=8)[0]]
+    assert [v for _, v in panel.target_box.options] == [t for t, _ in direct_logit_effect(chain, model, 0, 4, k=8)[0]]
     panel.target_text.value = up[1]
     df = panel.sweep([0.0, 4.0], generate=False)
     assert list(df["target"]) == [up[1]] * 2 and "text" not in df and panel.sweep_stale_html.value == ""
@@ -260,7 +260,7 @@ def test_the_sweep_follows_the_features_own_target_shows_text_and_goes_stale(mod
 
 def test_a_feature_typed_in_the_steering_panel_keeps_the_explorers_trace(model, chain):
     ex = FeatureExplorer(chain, layer=0, feature=4, figure=False)
-    panel = SteeringPanel(model, chain).follow(ex)
+    panel = SteeringPanel(chain, model).follow(ex)
     assert (panel.layer, panel.feature) == (0, 4)
     partner = chain.trace(0, 4).feature_at(2)
     panel.layer = 2  # the explorer follows its trace there

@@ -14,10 +14,10 @@ from .conftest import n_hooks
 
 
 def test_token_slider_is_bounded_by_the_context(model, planted, chain):
-    panel = SteeringPanel(model, planted.saes, chain)
+    panel = SteeringPanel(chain, model, saes=planted.saes)
     assert panel.tokens_slider.max == model.cfg.n_ctx == 128
     with pytest.raises(ValueError, match="between 1 and 128"):
-        SteeringPanel(model, planted.saes, chain, max_new_tokens=200)
+        SteeringPanel(chain, model, saes=planted.saes, max_new_tokens=200)
     panel.tokens_slider.value = 128
     panel.prompt_box.value = "The quick brown fox"
     assert panel.run() is None  # too long with this prompt: a clear message, not an IndexError
@@ -26,7 +26,7 @@ def test_token_slider_is_bounded_by_the_context(model, planted, chain):
 
 
 def test_an_interrupt_is_shown_and_raised(model, planted, chain, monkeypatch):
-    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt="The", max_new_tokens=3)
+    panel = SteeringPanel(chain, model, saes=planted.saes, feature=3, prompt="The", max_new_tokens=3)
     real = model.generate
     calls = []
 
@@ -45,7 +45,7 @@ def test_an_interrupt_is_shown_and_raised(model, planted, chain, monkeypatch):
 
 
 def test_a_double_click_runs_once(model, planted, chain, monkeypatch):
-    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt="The", max_new_tokens=2)
+    panel = SteeringPanel(chain, model, saes=planted.saes, feature=3, prompt="The", max_new_tokens=2)
     runs = []
     real = panel.run
     monkeypatch.setattr(panel, "run", lambda: runs.append(1) or real())
@@ -73,7 +73,7 @@ def test_panel_html_escapes_hostile_strings(model, planted, chain):
     ex = FeatureExplorer(make_chain(n_pairs=2, n=20), layer=1, feature=2)
     out = ex.trace_html.value + ex.status.value
     assert HOSTILE_ESCAPED in out and "<script" not in out.lower()
-    panel = SteeringPanel(model, planted.saes, chain, feature=3, prompt=f"The {HOSTILE}", max_new_tokens=2)
+    panel = SteeringPanel(chain, model, saes=planted.saes, feature=3, prompt=f"The {HOSTILE}", max_new_tokens=2)
     assert panel.run() is not None
     # the prompt is shown as its repr (quotes change), the tag escaped
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in panel.output.value

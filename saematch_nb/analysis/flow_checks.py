@@ -17,10 +17,10 @@ module asks the model whether the weights were right:
   it fired. Predecessors by method: top-1 cosine in R, M, A, all three at once, SAE Match's
   partner in R (from a :class:`~saematch_nb.core.chain.MatchChain`), and a control: a random R
   feature that fires on the same tokens (co-activation without the weight link).
-- :func:`plan_flow_steering` (§4.3): a :class:`~saematch_nb.sources.steering.SteeringPlan` over a
+- :func:`plan_flow_steering` (§4.3): a :class:`~saematch_nb.analysis.steering.SteeringPlan` over a
   flow graph's residual path (and its module nodes), single-layer or cumulative, with the
-  schedules of :func:`~saematch_nb.sources.steering.schedule_weights`; run it with
-  :func:`~saematch_nb.sources.steering.steer`.
+  schedules of :func:`~saematch_nb.analysis.steering.schedule_weights`; run it with
+  :func:`~saematch_nb.analysis.steering.steer`.
 
 Hook sites come from each SAE's hook name (``SAEInfo.hook_name``); attention SAEs at ``hook_z``
 read the heads' outputs flattened (``[..., n_heads, d_head]`` -> ``[..., n_heads * d_head]``, as
@@ -44,7 +44,7 @@ from ..core.flow import CLASSES, MODULES, FeatureFlow, FlowGraph
 from ..core.results import read_result_npz, write_result_npz
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEWeights
-from ..errors import InvalidArgumentError
+from ..errors import ArgumentTypeError, InvalidArgumentError
 
 #: which top-1 predecessors fire with the feature (code r + 2m + 4a -> group index)
 GROUPS = ("R", "M", "A", "R+M", "R+A", "M+A", "R+M+A", "from nowhere")
@@ -268,12 +268,25 @@ class FlowLabels:
         return table_html(t[t["layer"] == "all"].drop(columns=["layer"]), title=repr(self).splitlines()[0])
 
 
-def flow_labels(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att: Any = None, tokens: Any,
+def _check_flow(flow: Any, model: Any, what: str) -> None:
+    """The flow comes first (the analysis layer's order: what was made from the SAEs, then the
+    model, then data); the old order is said plainly, before any other check."""
+    if isinstance(flow, FeatureFlow):
+        return
+    if isinstance(model, FeatureFlow):
+        raise ArgumentTypeError(f"{what}(flow, model, res, ...) takes the FeatureFlow first and the model second "
+                                "(the analysed result comes first in every analysis call)")
+    raise ArgumentTypeError(f"{what}(flow, model, res, ...) needs a FeatureFlow (saematch_nb.feature_flow) first, "
+                            f"got {type(flow).__name__}")
+
+
+def flow_labels(flow: FeatureFlow, model: Any, res: Any, *, mlp: Any = None, att: Any = None, tokens: Any,
                 layers: Sequence[int] | None = None, batch_size: int = 8, seed: int = 0) -> FlowLabels:
     """The data check of a :class:`FeatureFlow` (module docstring): run ``model`` on ``tokens``
     (texts, or token ids [n_windows, n_ctx]; the first position of each window is left out, BOS)
     and count, for every residual feature, which of its top-1 predecessors fire on the same tokens.
     ``res``/``mlp``/``att``: the SAEs the flow was scored on. ``seed``: the null's shuffle."""
+    _check_flow(flow, model, "flow_labels")
     st = _stacks(flow, res, mlp, att)
     toks, valid = _tokens(model, tokens)
     fls = _layers(flow, layers)
@@ -402,18 +415,22 @@ def _removal_hook(w: SAEWeights, feats: torch.Tensor, rows_per: int):
     return hook
 
 
-def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att: Any = None, tokens: Any,
-               layers: Sequence[int] | None = None, n_targets: int = 32, methods: Sequence[str] = METHODS,
+def deactivate(flow: FeatureFlow, model: Any, res: Any, *, mlp: Any = None, att: Any = None, tokens: Any,
+               layers: Sequence[int] | None = None, n_targets: int = 32, methods: Sequence[str] | None = None,
                chain: Any = None, contexts: int = 4, min_active: int = 3, success_drop: float = 0.5,
                classes: Sequence[str] | None = None, group: int = 16, seed: int = 0) -> FlowDeactivation:
     """The causal check (module docstring). Per layer, ``n_targets`` residual features that fire at
     least ``min_active`` times on ``tokens`` (seeded sample); each is measured on the ``contexts``
     windows where it fires most. ``methods``: any of :data:`METHODS` ("match" needs ``chain``, the
-    residual SAEs' MatchChain). ``classes``: draw targets only from these weight classes (e.g.
+    residual SAEs' MatchChain); None (default): all of them, "match" only when ``chain`` is given.
+    ``classes``: draw targets only from these weight classes (e.g.
     ``("translated", "processed", "newborn")``: the features the weights give a predecessor; most
     features of real SAEs are *unexplained*, so a uniform draw measures mostly those).
     ``group`` interventions share one batched forward pass."""
-    methods = list(methods)
+    _check_flow(flow, model, "deactivate")
+    if methods is None:
+        methods = [m for m in METHODS if m != "match" or chain is not None]
+    methods = [methods] if isinstance(methods, str) else list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise InvalidArgumentError(f"unknown methods {bad}; choose from {METHODS}")
@@ -519,12 +536,12 @@ def deactivate(model: Any, flow: FeatureFlow, res: Any, *, mlp: Any = None, att:
 def plan_flow_steering(graph: FlowGraph, res: Any, *, mlp: Any = None, att: Any = None, strength: float = 4.0,
                        span: str = "cumulative", modules: bool = True, schedule: str = "constant",
                        alpha: float = -0.05, flow: FeatureFlow | None = None):
-    """A :class:`~saematch_nb.sources.steering.SteeringPlan` (add mode, ``h <- h + s_l V`` with the
+    """A :class:`~saematch_nb.analysis.steering.SteeringPlan` (add mode, ``h <- h + s_l V`` with the
     folded decoder row as every other plan) along a flow graph: ``span="single"`` steers the origin
     feature alone; ``"cumulative"`` also every residual node of the graph's backward path before it
     (layers <= the origin's: the paper's "0 ... l"). ``modules``: add the MLP/attention nodes that
     write into those residual nodes (at their own hooks). The schedule weighs each entry by its
-    layer. Run with ``steer(model, plan, prompt)``."""
+    layer. Run with ``steer(plan, model, prompt)``."""
     from .steering import SCHEDULES, SteeringPlan, schedule_weights
 
     if not isinstance(graph, FlowGraph):

@@ -1,4 +1,4 @@
-"""Steering (sources/steering.py) on a tiny random Gemma-2 HookedSAETransformer (conftest
+"""Steering (analysis/steering.py) on a tiny random Gemma-2 HookedSAETransformer (conftest
 ``tiny_model``: 2 layers, d_model 64) with planted SAEs reading its residual stream."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 import saematch_nb as smn
 from saematch_nb.core.synthetic import planted_chain
-from saematch_nb.sources.steering import (
-    SteeringPlan, feature_logit_effect, plan_steering, schedule_strengths, schedule_weights, steer,
-    steered_logits, steering_hooks,
+from saematch_nb.analysis.steering import (
+    SteeringPlan, direct_logit_effect, feature_logit_effect, plan_steering, schedule_strengths, schedule_weights,
+    steer, steered_logits, steering_hooks, strength_sweep,
 )
 from tests import _saelens_doubles as fx
 
@@ -139,7 +139,7 @@ def test_add_mode_moves_the_residual_along_the_folded_decoder_row(tiny_model, sa
     w = saes[0]
     f = 5
     plan = plan_steering(chain, 0, f, span="single", strength=3.0)
-    clean, steered = steered_logits(tiny_model, saes, plan, PROMPT)
+    clean, steered = steered_logits(plan, tiny_model, PROMPT, saes=saes)
     assert (steered - clean).abs().max() > 1e-3
 
     _, c0 = tiny_model.run_with_cache(PROMPT)
@@ -191,25 +191,25 @@ def test_scale_one_is_a_no_op(tiny_model, saes, chain):
         plan = plan_steering(chain, 0, f, span="trace", mode="scale", strength=1.0, schedule=schedule,
                              accepted_only=False)
         assert plan.strengths == (1.0,) * len(plan.layers)
-        clean, steered = steered_logits(tiny_model, saes, plan, PROMPT)
+        clean, steered = steered_logits(plan, tiny_model, PROMPT, saes=saes)
         assert torch.equal(clean, steered)
     plan = plan_steering(chain, 0, f, span="single", mode="scale", strength=2.0)
-    clean, steered = steered_logits(tiny_model, saes, plan, PROMPT)
+    clean, steered = steered_logits(plan, tiny_model, PROMPT, saes=saes)
     assert (steered - clean).abs().max() > 1e-4
 
 
 def test_steer_generates_baseline_and_steered(tiny_model, saes, chain):
     plan = plan_steering(chain, 0, 3, span="trace", strength=50.0)
-    res = steer(tiny_model, saes, plan, "The quick", max_new_tokens=6)
-    again = steer(tiny_model, saes, plan, "The quick", max_new_tokens=6)
+    res = steer(plan, tiny_model, "The quick", saes=saes, max_new_tokens=6)
+    again = steer(plan, tiny_model, "The quick", saes=saes, max_new_tokens=6)
     assert (res.baseline, res.steered) == (again.baseline, again.steered)  # same seed, same text
     assert res.baseline and res.steered and res.changed
     assert not res.baseline.startswith("The quick")  # only the continuation is kept
     html = res._repr_html_()
     assert "SteeringResult" in html and "blocks.0.hook_resid_post" in html
     assert "baseline" in repr(res) and res.to_pandas().shape == (1, 3)
-    sampled = steer(tiny_model, saes, plan, "The quick", max_new_tokens=6, temperature=1.0, seed=3)
-    assert steer(tiny_model, saes, plan, "The quick", max_new_tokens=6, temperature=1.0,
+    sampled = steer(plan, tiny_model, "The quick", saes=saes, max_new_tokens=6, temperature=1.0, seed=3)
+    assert steer(plan, tiny_model, "The quick", saes=saes, max_new_tokens=6, temperature=1.0,
                  seed=3).baseline == sampled.baseline
 
 
@@ -226,7 +226,7 @@ def test_hooks_are_removed_when_generation_raises(tiny_model, saes, chain, monke
 
     monkeypatch.setattr(tiny_model, "generate", flaky_generate)
     with pytest.raises(RuntimeError, match="boom"):
-        steer(tiny_model, saes, plan, "The quick", max_new_tokens=3)
+        steer(plan, tiny_model, "The quick", saes=saes, max_new_tokens=3)
     assert seen == [0, 2]  # baseline ran without hooks, the steered run had both
     assert n_hooks(tiny_model) == 0
 
@@ -236,7 +236,7 @@ def test_hooks_are_removed_when_a_hook_raises(tiny_model, chain, planted):
     wrong = {0: planted_chain(n_layers=1, n=32, d_in=16, seed=0).saes[0]}
     plan = SteeringPlan(layers=(0,), features=(1,), hook_names=("blocks.0.hook_resid_post",), strengths=(1.0,))
     with pytest.raises(ValueError, match="width 64 .* d_in=16"):
-        steered_logits(tiny_model, wrong, plan, PROMPT)
+        steered_logits(plan, tiny_model, PROMPT, saes=wrong)
     assert n_hooks(tiny_model) == 0
 
 
@@ -249,45 +249,45 @@ def test_steering_errors(tiny_model, saes, chain, planted):
     with pytest.raises(KeyError, match=r"no SAE for steered layer 1.*layers \[0\]"):
         steering_hooks(plan, {0: saes[0]})
     with pytest.raises(KeyError, match="no SAE for steered layer 1"):
-        steer(tiny_model, [saes[0]], plan, "The")
+        steer(plan, tiny_model, "The", saes=[saes[0]])
     no_layer = SteeringPlan(layers=(5,), features=(0,), hook_names=("blocks.5.hook_resid_post",),
                             strengths=(1.0,))
     with pytest.raises(KeyError, match="no hook point.*2 layers"):
-        steer(tiny_model, {5: saes[0].with_info(layer=5)}, no_layer, "The")
+        steer(no_layer, tiny_model, "The", saes={5: saes[0].with_info(layer=5)})
     other = planted_chain(n_layers=2, n=32, d_in=64, seed=9).saes
     with pytest.raises(ValueError, match="not the one the chain was matched on"):
         steering_hooks(plan, {1: other[1]})
     with pytest.raises(ValueError, match="two of the SAEs given read layer 0"):
         steering_hooks(plan, [saes[0], saes[0], saes[1]])
     with pytest.raises(ValueError, match="non-empty prompt"):
-        steer(tiny_model, saes, plan, "")
+        steer(plan, tiny_model, "", saes=saes)
 
 
 def test_saes_given_as_a_list_are_placed_by_their_hook(tiny_model, saes, chain, planted):
     plan = plan_steering(chain, 1, 4, span="single", strength=2.0)
-    ref = steered_logits(tiny_model, saes, plan, PROMPT)[1]
+    ref = steered_logits(plan, tiny_model, PROMPT, saes=saes)[1]
     # reversed list: the layer comes from each SAE's info, not its position
-    got = steered_logits(tiny_model, [planted.saes[1], planted.saes[0]], plan, PROMPT)[1]
+    got = steered_logits(plan, tiny_model, PROMPT, saes=[planted.saes[1], planted.saes[0]])[1]
     assert torch.equal(ref, got)
     # sae-lens SAE objects: the layer comes from cfg.metadata.hook_name
     sl = [fx.tiny_jumprelu_sae(64, 32, hook_name=f"blocks.{L}.hook_resid_post",
                                arrays={k: v.numpy() for k, v in planted.saes[L].state_dict().items()})
           for L in (1, 0)]
-    got = steered_logits(tiny_model, sl, plan, PROMPT)[1]
+    got = steered_logits(plan, tiny_model, PROMPT, saes=sl)[1]
     assert torch.allclose(ref, got, atol=1e-5)
 
 
 def test_feature_logit_effect(tiny_model, saes, chain):
     plan = plan_steering(chain, 0, 3, span="trace", strength=5.0)
-    up = feature_logit_effect(tiny_model, saes, plan, PROMPT, k=5)
-    down = feature_logit_effect(tiny_model, saes, plan, PROMPT, k=5, direction="down")
+    up = feature_logit_effect(plan, tiny_model, PROMPT, saes=saes, k=5)
+    down = feature_logit_effect(plan, tiny_model, PROMPT, saes=saes, k=5, direction="down")
     assert list(up.columns) == ["token", "token_id", "delta_logprob"] and len(up) == 5
     assert (np.diff(up["delta_logprob"]) <= 0).all() and up["delta_logprob"].iloc[0] > 0
     assert (np.diff(down["delta_logprob"]) >= 0).all() and down["delta_logprob"].iloc[0] < 0
     assert set(up["token_id"]).isdisjoint(down["token_id"])
     assert up["token"].iloc[0] == tiny_model.tokenizer.decode([int(up["token_id"].iloc[0])])
     with pytest.raises(ValueError, match="direction"):
-        feature_logit_effect(tiny_model, saes, plan, PROMPT, direction="sideways")
+        feature_logit_effect(plan, tiny_model, PROMPT, saes=saes, direction="sideways")
 
 
 # -- through sae-lens' HookedSAETransformer with the SAE spliced in --------------------------------
@@ -301,7 +301,7 @@ def test_steering_through_an_attached_sae(tiny_model, saes, chain, planted):
         "remove": plan_steering(chain, 0, f, span="single", mode="scale", strength=0.0),
         "noop": plan_steering(chain, 0, f, span="single", mode="scale", strength=1.0),
     }
-    plain = {k: steered_logits(tiny_model, saes, p, PROMPT) for k, p in plans.items()}
+    plain = {k: steered_logits(p, tiny_model, PROMPT, saes=saes) for k, p in plans.items()}
     tiny_model.add_sae(sae, use_error_term=True)
     try:
         names = [n for n, _ in steering_hooks(plans["add"], saes, model=tiny_model)]
@@ -309,14 +309,14 @@ def test_steering_through_an_attached_sae(tiny_model, saes, chain, planted):
         names = [n for n, _ in steering_hooks(plans["remove"], saes, model=tiny_model)]
         assert names == ["blocks.0.hook_resid_post.hook_sae_acts_post"]
         for k, p in plans.items():
-            clean, steered = steered_logits(tiny_model, saes, p, PROMPT)
+            clean, steered = steered_logits(p, tiny_model, PROMPT, saes=saes)
             # with the error term the spliced SAE is transparent: the same intervention, same logits
             assert torch.allclose(clean, plain[k][0], atol=1e-4)
             assert torch.allclose(steered, plain[k][1], atol=1e-4), k
         with tiny_model.hooks(fwd_hooks=steering_hooks(plans["remove"], saes, model=tiny_model)):
             _, cache = tiny_model.run_with_cache(PROMPT)
         assert cache["blocks.0.hook_resid_post.hook_sae_acts_post"][0, :, f].abs().max() == 0
-        res = steer(tiny_model, saes, plans["add"], "The quick", max_new_tokens=3)
+        res = steer(plans["add"], tiny_model, "The quick", saes=saes, max_new_tokens=3)
         assert res.baseline and res.steered
         other = fx.tiny_jumprelu_sae(64, 48, hook_name="blocks.0.hook_resid_post")
         tiny_model.add_sae(other, use_error_term=True)
@@ -375,27 +375,27 @@ def test_issue22_token_ids_must_be_in_the_vocabulary(tiny_model, saes, chain):
     n = tiny_model.cfg.d_vocab
     for bad in (torch.tensor([[1, -3, 5]]), [[1, n, 2]], torch.tensor([[1.0, 2.0]]), np.array([[0.5, 2]])):
         with pytest.raises(ValueError, match=r"token id|integer token ids"):
-            steered_logits(tiny_model, saes, plan, bad)
+            steered_logits(plan, tiny_model, bad, saes=saes)
         with pytest.raises(ValueError, match=r"token id|integer token ids"):
-            feature_logit_effect(tiny_model, saes, plan, bad)
+            feature_logit_effect(plan, tiny_model, bad, saes=saes)
     ok = tiny_model.to_tokens(PROMPT)
-    assert steered_logits(tiny_model, saes, plan, ok)[0].shape[-1] == n
+    assert steered_logits(plan, tiny_model, ok, saes=saes)[0].shape[-1] == n
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
-        feature_logit_effect(tiny_model, saes, plan, ok, k=0)
+        feature_logit_effect(plan, tiny_model, ok, saes=saes, k=0)
 
 
 def test_issue22_direct_logit_effect_feature_in_range(tiny_model, chain):
     """direct_logit_effect(..., -1) used the last feature."""
-    from saematch_nb.sources.steering import direct_logit_effect
+    from saematch_nb.analysis.steering import direct_logit_effect
 
     for bad in (-1, 32):
         with pytest.raises(IndexError, match=f"feature {bad} is out of range for the layer-0 SAE"):
-            direct_logit_effect(tiny_model, chain, 0, bad)
+            direct_logit_effect(chain, tiny_model, 0, bad)
     with pytest.raises(TypeError, match="feature must be an integer"):
-        direct_logit_effect(tiny_model, chain, 0, 1.5)
+        direct_logit_effect(chain, tiny_model, 0, 1.5)
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
-        direct_logit_effect(tiny_model, chain, 0, 1, k=0)
-    up, down = direct_logit_effect(tiny_model, chain, 0, 31, k=3)
+        direct_logit_effect(chain, tiny_model, 0, 1, k=0)
+    up, down = direct_logit_effect(chain, tiny_model, 0, 31, k=3)
     assert len(up) == len(down) == 3
 
 
@@ -405,15 +405,15 @@ def test_issue22_temperature_must_be_finite_and_not_negative(tiny_model, saes, c
     monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: pytest.fail("generated"))
     for bad in (float("nan"), -1.0, float("inf")):
         with pytest.raises(ValueError, match="temperature"):
-            steer(tiny_model, plan, "The", max_new_tokens=2, temperature=bad)
+            steer(plan, tiny_model, "The", max_new_tokens=2, temperature=bad)
     with pytest.raises(TypeError, match="temperature"):
-        steer(tiny_model, plan, "The", max_new_tokens=2, temperature="hot")
+        steer(plan, tiny_model, "The", max_new_tokens=2, temperature="hot")
 
 
 def test_issue22_overflows_are_explained(tiny_model, chain3, chain):
     """An exponential schedule with alpha=1000 and strength_sweep(target=-5) raised raw OverflowErrors."""
     from saematch_nb.errors import InvalidArgumentError
-    from saematch_nb.sources.steering import strength_sweep
+    from saematch_nb.analysis.steering import strength_sweep
 
     with pytest.raises(InvalidArgumentError, match=r"alpha=1000 .*overflow at layer 2"):
         plan_steering(chain3, 0, 1, schedule="exponential", alpha=1000.0)
@@ -424,6 +424,27 @@ def test_issue22_overflows_are_explained(tiny_model, chain3, chain):
     assert schedule_weights([0, 700], "exponential", alpha=1.0)[1] == pytest.approx(math.exp(700))
     for bad in (-5, tiny_model.cfg.d_vocab, 2**70):
         with pytest.raises(InvalidArgumentError, match="target token id .* is not in"):
-            strength_sweep(tiny_model, chain, 0, 3, "The quick", strengths=(0.0, 2.0), target=bad)
-    df = strength_sweep(tiny_model, chain, 0, 3, "The quick", strengths=(0.0, 2.0), target=5)
+            strength_sweep(chain, tiny_model, 0, 3, "The quick", strengths=(0.0, 2.0), target=bad)
+    df = strength_sweep(chain, tiny_model, 0, 3, "The quick", strengths=(0.0, 2.0), target=5)
     assert list(df["strength"]) == [0.0, 2.0]
+
+
+def test_the_chain_or_its_plan_comes_first(tiny_model, chain, saes):
+    """Every analysis call takes the chain (or what was made from it) first, then the model, then
+    data; the old orders fail with a message that names the new one (no shim that guesses)."""
+    from saematch_nb.errors import ArgumentTypeError
+    from saematch_nb.widgets.steering import SteeringPanel
+
+    plan = plan_steering(chain, 0, 1, span="single")
+    for call in (lambda: steer(tiny_model, plan, "The"), lambda: steered_logits(tiny_model, plan, PROMPT),
+                 lambda: feature_logit_effect(tiny_model, plan, PROMPT)):
+        with pytest.raises(ArgumentTypeError, match="SteeringPlan first and the model second"):
+            call()
+    with pytest.raises(TypeError, match="positional"):
+        steer(tiny_model, saes, plan, "The")  # the old (model, saes, plan, prompt) form: too many positionals
+    for call in (lambda: strength_sweep(tiny_model, chain, 0, 1, "The"),
+                 lambda: direct_logit_effect(tiny_model, chain, 0, 1)):
+        with pytest.raises(ArgumentTypeError, match="MatchChain first and the model second"):
+            call()
+    with pytest.raises(ArgumentTypeError, match="chain comes first"):
+        SteeringPanel(tiny_model, chain)

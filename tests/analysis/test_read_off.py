@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saematch_nb.core.weights import SAEInfo, SAEWeights
-from saematch_nb.sources.evaluate import read_off_persistence
+from saematch_nb.analysis.evaluate import read_off_persistence
 
 
 class FakeActs:
@@ -38,7 +38,7 @@ def test_copied_stream_persists_and_a_fresh_stream_does_not():
     x2 = rng.standard_normal((T, d)) * 1.5  # layer 2 is unrelated
     acts = FakeActs({0: x0, 1: x1, 2: x2})
     saes = {L: _sae(d, n, 10 + L, L) for L in range(3)}
-    df = read_off_persistence(acts, saes, progress=False)
+    df = read_off_persistence(saes, acts, progress=False)
     assert set(df.index) == {(0, 1), (0, 2), (1, 1)}
     assert df.loc[(0, 1), "fraction"] > 0.9
     assert df.loc[(0, 2), "fraction"] <= 0.05  # the null's 1% and a little sampling error
@@ -50,6 +50,6 @@ def test_copied_stream_persists_and_a_fresh_stream_does_not():
 def test_read_off_bad_input():
     acts = FakeActs({0: np.zeros((10, 4))})
     with pytest.raises(ValueError, match="at least two"):
-        read_off_persistence(acts, {0: _sae(4, 8, 0, 0)}, progress=False)
+        read_off_persistence({0: _sae(4, 8, 0, 0)}, acts, progress=False)
     with pytest.raises(ValueError, match="null_quantile"):
-        read_off_persistence(acts, {0: _sae(4, 8, 0, 0)}, null_quantile=0.2, progress=False)
+        read_off_persistence({0: _sae(4, 8, 0, 0)}, acts, null_quantile=0.2, progress=False)

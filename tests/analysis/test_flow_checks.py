@@ -1,4 +1,4 @@
-"""Feature Flow on a model (sources/flow_checks.py): the data check, the causal check and steering
+"""Feature Flow on a model (analysis/flow_checks.py): the data check, the causal check and steering
 along a flow graph, on the tiny random Gemma 2 (2 layers, d_model 64) with SAEs planted on its own
 activations: residual SAEs at layers 0 and 1, MLP- and attention-output SAEs at layer 1. Residual
 features 0..7 of layer 1 copy MLP features, 8..15 copy attention features, 16..31 copy layer 0's
@@ -12,9 +12,9 @@ import torch
 
 from saematch_nb.core.flow import feature_flow
 from saematch_nb.core.weights import SAEInfo, SAEWeights
-from saematch_nb.errors import InvalidArgumentError
-from saematch_nb.sources import flow_checks as fc
-from saematch_nb.sources.steering import steer, steering_hooks
+from saematch_nb.errors import ArgumentTypeError, InvalidArgumentError
+from saematch_nb.analysis import flow_checks as fc
+from saematch_nb.analysis.steering import steer, steering_hooks
 
 N = 96  # features per SAE
 
@@ -66,7 +66,7 @@ def test_planted_copies_are_found_by_the_weights(setup):
 
 def test_flow_labels_counts_equal_a_direct_count(setup):
     model, toks, saes, flow, data = setup
-    lab = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, batch_size=5)
+    lab = fc.flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, batch_size=5)
     fl = flow.layer(1)
     on = saes["res"][1].encode(data["blocks.1.hook_resid_post"]) > 0
     r = (saes["res"][0].encode(data["blocks.0.hook_resid_post"]) > 0)[:, torch.from_numpy(np.array(fl.index("R")))]
@@ -94,7 +94,7 @@ def test_flow_labels_counts_equal_a_direct_count(setup):
 
 def test_flow_labels_round_trip(setup, tmp_path):
     model, toks, saes, flow, _ = setup
-    lab = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks[:6])
+    lab = fc.flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks[:6])
     back = fc.FlowLabels.load(lab.save(tmp_path / "labels.npz"))
     np.testing.assert_array_equal(back.counts[1], lab.counts[1])
     assert list(back.classes[1]) == list(lab.classes[1])
@@ -104,7 +104,7 @@ def test_flow_labels_round_trip(setup, tmp_path):
 def test_deactivation_batched_equals_one_at_a_time(setup):
     """Every (target, method) of a batched pass equals the same intervention run alone."""
     model, toks, saes, flow, _ = setup
-    res = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=6,
+    res = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=6,
                         methods=("R", "M", "R+M+A"), contexts=3, group=4)
     df = res.to_pandas()
     assert len(df) == 18 and set(df["method"]) == {"R", "M", "R+M+A"}
@@ -145,7 +145,7 @@ def test_removing_the_planted_predecessor_lowers_its_copy(setup):
     predecessor must lower them, far more than removing a co-active R feature that is not theirs."""
     model, toks, saes, flow, _ = setup
     fl = flow.layer(1)
-    res = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=N,
+    res = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=N,
                         methods=("R", "co-active R"), contexts=4, min_active=3)
     df = res.to_pandas()
     copies = df[df["target"].between(16, 31)]
@@ -160,28 +160,37 @@ def test_removing_the_planted_predecessor_lowers_its_copy(setup):
 
 def test_deactivation_round_trip_and_errors(setup, tmp_path):
     model, toks, saes, flow, _ = setup
-    res = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks[:8], n_targets=2,
+    res = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks[:8], n_targets=2,
                         methods=("A",))
     back = fc.FlowDeactivation.load(res.save(tmp_path / "d.json"))
     assert back.to_pandas().equals(res.to_pandas())
-    linked = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=50,
+    linked = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=50,
                            methods=("R",), classes=("translated", "processed", "newborn"))
     df = linked.to_pandas()
     assert len(df) and set(df["class"]) <= {"translated", "processed", "newborn"}
     with pytest.raises(InvalidArgumentError, match="classes"):
-        fc.deactivate(model, flow, saes["res"], tokens=toks, methods=("R",), classes=("famous",))
+        fc.deactivate(flow, model, saes["res"], tokens=toks, methods=("R",), classes=("famous",))
     with pytest.raises(InvalidArgumentError, match="unknown methods"):
-        fc.deactivate(model, flow, saes["res"], tokens=toks, methods=("Q",))
+        fc.deactivate(flow, model, saes["res"], tokens=toks, methods=("Q",))
     with pytest.raises(InvalidArgumentError, match="chain="):
-        fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, methods=("match",))
+        fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, methods=("match",))
+    # the flow comes first; the old order (model, flow) is named before any other check
+    with pytest.raises(ArgumentTypeError, match=r"FeatureFlow first and the model second"):
+        fc.deactivate(model, flow, saes["res"], tokens=toks)
+    with pytest.raises(ArgumentTypeError, match=r"FeatureFlow first and the model second"):
+        fc.flow_labels(model, flow, saes["res"], tokens=toks)
+    # the default methods leave "match" out when no chain is given (they used to demand chain=)
+    d = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks[:8], n_targets=1,
+                      contexts=1)
+    assert set(d.to_pandas()["method"]) == set(fc.METHODS) - {"match"}
     with pytest.raises(InvalidArgumentError, match="mlp="):  # the flow was scored with an MLP SAE
-        fc.flow_labels(model, flow, saes["res"], att=saes["att"], tokens=toks)
+        fc.flow_labels(flow, model, saes["res"], att=saes["att"], tokens=toks)
     other = dict(saes["mlp"])
     other[1] = _sae(torch.randn(N, 64), torch.randn(100, 64), "blocks.1.hook_mlp_out")
     with pytest.raises(InvalidArgumentError, match="not the one the flow was scored on"):
-        fc.flow_labels(model, flow, saes["res"], mlp=other, att=saes["att"], tokens=toks)
+        fc.flow_labels(flow, model, saes["res"], mlp=other, att=saes["att"], tokens=toks)
     with pytest.raises(InvalidArgumentError, match="tokens"):
-        fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=torch.zeros(3))
+        fc.flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=torch.zeros(3))
 
 
 def test_the_match_partner_method_uses_the_chain(setup):
@@ -189,7 +198,7 @@ def test_the_match_partner_method_uses_the_chain(setup):
 
     model, toks, saes, flow, _ = setup
     chain = match_chain([saes["res"][0], saes["res"][1]], progress=False)
-    res = fc.deactivate(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=8,
+    res = fc.deactivate(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=toks, n_targets=8,
                         methods=("match",), chain=chain)
     inv = chain._inverse(0, "partner")
     for row in res.to_pandas().itertuples():
@@ -238,8 +247,8 @@ def test_texts_leave_padding_and_bos_out(setup, monkeypatch):
     assert torch.equal(t, padded) and int(valid.sum()) == 31 + 19 + 9 and not valid[:, 0].any()
     real = fc._tokens
     monkeypatch.setattr(fc, "_tokens", lambda m, tk: real(fake, ["a", "b", "c"]))
-    lab = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=["a", "b", "c"])
+    lab = fc.flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=["a", "b", "c"])
     monkeypatch.setattr(fc, "_tokens", real)
-    ids = fc.flow_labels(model, flow, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=padded)
+    ids = fc.flow_labels(flow, model, saes["res"], mlp=saes["mlp"], att=saes["att"], tokens=padded)
     assert lab.n_tokens == 31 + 19 + 9 and ids.n_tokens == 3 * 31
     assert ids.counts[1].sum() > lab.counts[1].sum()

@@ -25,7 +25,8 @@ from ..core._checks import as_index, as_indices
 from ..core.cache import cache_folder
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEInfo, SAEWeights
-from .activations import Activations
+from ..errors import ArgumentTypeError
+from ..sources.activations import Activations
 
 # Activation histogram of every feature: fixed log-spaced edges (a tenth of a decade each, 1e-3 to
 # 1e4), so one pass fills it exactly, whatever the feature's final maximum turns out to be.
@@ -251,7 +252,7 @@ class Examples:
 
 
 def collect_examples(
-    acts: Activations, chain: Any = None, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
+    chain: Any, acts: Activations, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
     layers: Sequence[int] | None = None, k: int = 10, n_bins: int = 4, per_bin: int = 3,
     window: tuple[int, int] = (20, 6), batch_tokens: int | None = None, seed: int = 0, cache: bool = True,
     cache_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -261,7 +262,7 @@ def collect_examples(
 
     ``chain``: the MatchChain of the analysis (its SAEs are used; ``saes=`` given as well are
     checked against them), or the SAEs themselves: one per collected layer, a list in
-    ``acts.layers`` order or a ``{layer: sae}`` mapping (``collect_examples(acts, saes)``).
+    ``acts.layers`` order or a ``{layer: sae}`` mapping (``collect_examples(saes, acts)``).
     An SAE that says which layer it reads (its hook ``blocks.{L}...`` or ``info.layer``) must
     read the layer whose activations it is run on; one that does not say is taken as given.
     """
@@ -270,6 +271,7 @@ def collect_examples(
     from .steering import check_reads_layer
 
     t0 = time.perf_counter()
+    acts = _check_acts(chain, acts, "collect_examples")
     stack = _examples_stack(acts, chain, saes)
     # integers only: a layer 1.9 would be run as layer 1 and keyed 1.9
     layers = list(acts.layers if layers is None else as_indices(layers, "layers"))
@@ -334,6 +336,22 @@ _OTHER_LAYER = ("its features would be read off the activations of layer {L}; ke
                 "reads ({{layer: sae}}) and collect that layer's activations")
 
 
+def _is_acts(obj: Any) -> bool:  # duck-typed: Activations, or anything that reads like them
+    return hasattr(obj, "batches") and hasattr(obj, "layers")
+
+
+def _check_acts(chain: Any, acts: Any, what: str) -> Activations:
+    """``acts`` must be the activations (the chain, or the SAEs, come first in every analysis call:
+    ``what(chain, acts)``); the old order is said plainly."""
+    if _is_acts(acts):
+        return acts
+    if _is_acts(chain):
+        raise ArgumentTypeError(f"{what}(chain, acts) takes the chain (or the SAEs) first and the activations "
+                                "second (the chain comes first in every analysis call)")
+    raise ArgumentTypeError(f"{what}(chain, acts) needs the Activations of collect_activations second, got "
+                            f"{type(acts).__name__}")
+
+
 def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
     """The SAE stack for ``acts``: a chain's (SAEs given too are checked against it); a plain list
     of SAEs is one per collected layer, in ``acts.layers`` order (as it always was)."""
@@ -342,7 +360,7 @@ def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
     given = chain if chain is not None else saes
     if given is None:
         raise ValueError("collect_examples needs the chain of the analysis (or its SAEs): "
-                         "collect_examples(acts, chain)")
+                         "collect_examples(chain, acts)")
     if isinstance(given, Mapping) and "W_enc" not in given:
         return SAEStack.build(given)
     items = list(given)

@@ -9,7 +9,7 @@ import pytest
 
 import saematch_nb as smn
 from saematch_nb.errors import ArgumentTypeError, InvalidArgumentError
-from saematch_nb.sources.finder import SORTS, find_features, natural_descending
+from saematch_nb.analysis.finder import SORTS, find_features, natural_descending
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def demo():
     bundle = smn.demo.load()
     chain = smn.match_chain(bundle.handles, progress=False)
     acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
-    return chain, smn.collect_examples(acts, chain, progress=False)
+    return chain, smn.collect_examples(chain, acts, progress=False)
 
 
 def _keys(df):

@@ -9,8 +9,8 @@ import pytest
 import saematch_nb as smn
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.sources.activations import collect_activations
-from saematch_nb.sources.examples import collect_examples
-from saematch_nb.sources.finder import find_features
+from saematch_nb.analysis.examples import collect_examples
+from saematch_nb.analysis.finder import find_features
 from tests import _saelens_doubles as fx
 
 TEXTS = ["It's the cat's mat.\nAnd then:\n'quoted' words, \"double\" too.\n\n",
@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     saes = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 64, seed=s),
                                    info=SAEInfo(hook_name=f"blocks.{s}.hook_resid_post")) for s in (0, 1)]
     chain = smn.match_chain(saes, cache=False, progress=False)
-    exs = collect_examples(acts, chain, k=6, cache=False, progress=False)
+    exs = collect_examples(chain, acts, k=6, cache=False, progress=False)
     return chain, exs, acts
 
 
@@ -81,16 +81,16 @@ def test_issue22_examples_of_other_saes_are_refused(setup):
     chain, _, acts = setup
     other = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 64, seed=s + 10),
                                     info=SAEInfo(hook_name=f"blocks.{s}.hook_resid_post")) for s in (0, 1)]
-    wrong = collect_examples(acts, other, k=2, cache=False, progress=False)
+    wrong = collect_examples(other, acts, k=2, cache=False, progress=False)
     with pytest.raises(ValueError, match="examples of layer 0 were collected with another SAE"):
         find_features(chain, wrong)
     narrow = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 32, seed=s),
                                      info=SAEInfo(hook_name=f"blocks.{s}.hook_resid_post")) for s in (0, 1)]
     with pytest.raises(ValueError, match="32 features, the chain's has 64"):
-        find_features(chain, collect_examples(acts, narrow, k=2, cache=False, progress=False), layer=1)
+        find_features(chain, collect_examples(narrow, acts, k=2, cache=False, progress=False), layer=1)
     # the chain's own SAEs given as a list (another stack, the same weights) are accepted
     same = [chain.stack.weights(L) for L in chain.layers]
-    assert len(find_features(chain, collect_examples(acts, same, k=2, cache=False, progress=False), n=None)) == 128
+    assert len(find_features(chain, collect_examples(same, acts, k=2, cache=False, progress=False), n=None)) == 128
 
 
 def test_issue22_layer_must_be_an_integer(setup):

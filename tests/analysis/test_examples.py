@@ -8,9 +8,9 @@ import torch
 from saematch_nb.core.results import FeatureTrace
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.display.examples import feature_examples_html, trace_examples_html
-from saematch_nb.sources import examples as ex_mod
+from saematch_nb.analysis import examples as ex_mod
 from saematch_nb.sources.activations import collect_activations
-from saematch_nb.sources.examples import Example, FeatureExamples, collect_examples
+from saematch_nb.analysis.examples import Example, FeatureExamples, collect_examples
 from tests import _saelens_doubles as fx
 
 TEXTS = ["The cat sat on the mat and looked around the room.", "Numbers: 1, 2, 3 and <b>bold</b> & more",
@@ -28,8 +28,8 @@ def setup(tmp_path_factory):
 
 def test_topk_streaming_equals_brute_force(setup, tmp_path):
     _, acts, saes = setup
-    small = collect_examples(acts, saes, k=5, batch_tokens=7, cache=False, progress=False)
-    big = collect_examples(acts, saes, k=5, batch_tokens=10_000, cache=False, progress=False)
+    small = collect_examples(saes, acts, k=5, batch_tokens=7, cache=False, progress=False)
+    big = collect_examples(saes, acts, k=5, batch_tokens=10_000, cache=False, progress=False)
     for L, w in zip((0, 1), saes):
         f = w.encode(torch.from_numpy(np.array(acts[L]))).numpy()
         want = -np.sort(-f, axis=0)[:5].T  # [n, 5]
@@ -41,7 +41,7 @@ def test_topk_streaming_equals_brute_force(setup, tmp_path):
 
 def test_quantile_samples_and_contexts(setup):
     _, acts, saes = setup
-    exs = collect_examples(acts, saes, k=3, n_bins=4, per_bin=2, cache=False, progress=False)
+    exs = collect_examples(saes, acts, k=3, n_bins=4, per_bin=2, cache=False, progress=False)
     le = exs[1]
     w = saes[1]
     f = w.encode(torch.from_numpy(np.array(acts[1]))).numpy()
@@ -68,12 +68,12 @@ def test_quantile_samples_and_contexts(setup):
 
 def test_examples_cache_is_reused(setup, tmp_path, monkeypatch):
     _, acts, saes = setup
-    a = collect_examples(acts, saes, k=4, cache_dir=tmp_path, progress=False)
+    a = collect_examples(saes, acts, k=4, cache_dir=tmp_path, progress=False)
     monkeypatch.setattr(ex_mod, "_scan_layer", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rescanned")))
-    b = collect_examples(acts, saes, k=4, cache_dir=tmp_path, progress=False)
+    b = collect_examples(saes, acts, k=4, cache_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(a[0].top_rows, b[0].top_rows)
     with pytest.raises(AssertionError, match="rescanned"):  # other options -> other key
-        collect_examples(acts, saes, k=5, cache_dir=tmp_path, progress=False)
+        collect_examples(saes, acts, k=5, cache_dir=tmp_path, progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.npz")]
 
 
@@ -93,9 +93,20 @@ def test_hostile_tokens_are_escaped():
     assert "javascript" not in h
 
 
+def test_the_saes_come_first(setup):
+    """collect_examples(chain, acts): the old (acts, chain) order fails and names the new one."""
+    from saematch_nb.errors import ArgumentTypeError
+
+    _, acts, saes = setup
+    with pytest.raises(ArgumentTypeError, match="chain .or the SAEs. first and the activations second"):
+        collect_examples(acts, saes, k=2, cache=False, progress=False)
+    with pytest.raises(ArgumentTypeError, match="needs the Activations"):
+        collect_examples(saes, "not activations", k=2, cache=False, progress=False)
+
+
 def test_trace_side_by_side(setup):
     _, acts, saes = setup
-    exs = collect_examples(acts, saes, k=2, cache=False, progress=False)
+    exs = collect_examples(saes, acts, k=2, cache=False, progress=False)
     tr = FeatureTrace(origin_layer=0, origin_feature=3, layers=(0, 1), features=(3, 11), steps=(),
                       born_layer=0, dies_layer=None)
     h = exs.for_trace(tr)._repr_html_()
@@ -119,15 +130,15 @@ def test_issue22_an_sae_of_another_layer_is_refused(setup, tmp_path):
     _, acts, _ = setup
     for given in ({0: _sae(3, 0), 1: _sae(4, 1)}, [_sae(3, 0), _sae(4, 1)], {0: _sae(0, 0, hook=False), 1: _sae(4, 1)}):
         with pytest.raises(ValueError, match=r"SAE given for layer \d reads layer [34].*key each SAE by the layer"):
-            collect_examples(acts, given, cache_dir=tmp_path, progress=False)
+            collect_examples(given, acts, cache_dir=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
     # the same check through a chain, and SAEs that do not say which layer they read are taken as given
     from saematch_nb.core.stack import SAEStack
 
     with pytest.raises(ValueError, match="reads layer 3"):
-        collect_examples(acts, SAEStack.build({0: _sae(3, 0), 1: _sae(1, 1)}), cache=False, progress=False)
+        collect_examples(SAEStack.build({0: _sae(3, 0), 1: _sae(1, 1)}), acts, cache=False, progress=False)
     anon = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 48, seed=s)) for s in (0, 1)]
-    assert sorted(collect_examples(acts, anon, k=2, cache=False, progress=False).layers) == [0, 1]
+    assert sorted(collect_examples(anon, acts, k=2, cache=False, progress=False).layers) == [0, 1]
 
 
 def test_issue22_layers_and_features_must_be_integers(setup):
@@ -135,10 +146,10 @@ def test_issue22_layers_and_features_must_be_integers(setup):
     _, acts, saes = setup
     for bad in ([1.9], [True], "01"):
         with pytest.raises(TypeError, match="layers"):
-            collect_examples(acts, saes, layers=bad, cache=False, progress=False)
+            collect_examples(saes, acts, layers=bad, cache=False, progress=False)
     with pytest.raises(TypeError, match="k must be an integer"):
-        collect_examples(acts, saes, k=2.5, cache=False, progress=False)
-    exs = collect_examples(acts, saes, layers=[np.int64(1)], k=2, cache=False, progress=False)
+        collect_examples(saes, acts, k=2.5, cache=False, progress=False)
+    exs = collect_examples(saes, acts, layers=[np.int64(1)], k=2, cache=False, progress=False)
     assert list(exs.layers) == [1] and type(next(iter(exs.layers))) is int
     for bad in (1.9, True):
         with pytest.raises(TypeError, match="layer must be an integer"):

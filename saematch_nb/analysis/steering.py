@@ -41,7 +41,7 @@ import torch
 from ..core._checks import as_index, finite_number, positive_int
 from ..core.fold import fold
 from ..core.weights import SAEInfo, SAEWeights, _layer_from_hook, as_weights
-from ..errors import InvalidArgumentError
+from ..errors import ArgumentTypeError, InvalidArgumentError
 
 SCHEDULES = ("constant", "linear", "exponential")
 MODES = ("add", "scale")
@@ -74,7 +74,7 @@ class SteeringPlan:
     fingerprints: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     n_features: tuple[int, ...] = ()  # d_sae of each layer's SAE as the chain saw it (() = unknown)
-    #: the SAEs of the chain the plan was made from: steer(model, plan, prompt) needs no SAEs
+    #: the SAEs of the chain the plan was made from: steer(plan, model, prompt) needs no SAEs
     stack: Any = field(default=None, repr=False, compare=False)
     #: one SAE per entry, for plans over several SAEs of a layer (a flow graph's residual and module
     #: features: ``plan_flow_steering``); () = the chain's stack or the ``saes`` given to the hooks
@@ -549,32 +549,38 @@ def check_context(model: Any, prompt: str, max_new_tokens: int, prepend_bos: Any
             f"together more than the model's context of {n_ctx} tokens; {ask}")
 
 
-def _plan_args(args: tuple, what: str) -> tuple[Any, SteeringPlan, tuple]:
-    """``(plan, rest...)`` or the older ``(saes, plan, rest...)``: (saes or None, plan, rest)."""
-    if args and isinstance(args[0], SteeringPlan):
-        return None, args[0], args[1:]
-    if len(args) >= 2 and isinstance(args[1], SteeringPlan):
-        return args[0], args[1], args[2:]
-    raise TypeError(f"{what}(model, plan, ...) needs a SteeringPlan (from plan_steering); the older "
-                    f"form {what}(model, saes, plan, ...) is accepted too")
+def _check_plan(plan: Any, model: Any, what: str) -> None:
+    """The plan comes first (the analysis layer's order: what was made from the chain, then the
+    model, then data); a model given first is the old order, said plainly."""
+    if isinstance(plan, SteeringPlan):
+        return
+    if isinstance(model, SteeringPlan):
+        raise ArgumentTypeError(f"{what}(plan, model, ...) takes the SteeringPlan first and the model second "
+                                f"(the chain, or what was made from it, comes first in every analysis call)")
+    raise ArgumentTypeError(f"{what}(plan, model, ...) needs a SteeringPlan (from plan_steering) first, "
+                            f"got {type(plan).__name__}")
 
 
-def steer(model: Any, *args: Any, max_new_tokens: int = 40, temperature: float = 0.0, seed: int = 0,
-          saes: Any = None, **generate_kw: Any) -> SteeringResult:
-    """``steer(model, plan, prompt)``: generate from ``prompt`` without and with the plan's hooks,
-    from the same seed. The plan carries the chain's SAEs; ``saes=`` (or the older form
-    ``steer(model, saes, plan, prompt)``) steers with SAEs given explicitly, checked against the
-    chain's weights hashes.
+def _check_chain(chain: Any, model: Any, what: str) -> None:
+    if hasattr(chain, "pairs") and hasattr(chain, "layers"):
+        return
+    if hasattr(model, "pairs") and hasattr(model, "layers"):
+        raise ArgumentTypeError(f"{what}(chain, model, ...) takes the MatchChain first and the model second "
+                                f"(the chain comes first in every analysis call)")
+    raise ArgumentTypeError(f"{what}(chain, model, ...) needs a MatchChain first, got {type(chain).__name__}")
+
+
+def steer(plan: SteeringPlan, model: Any, prompt: str, *, max_new_tokens: int = 40, temperature: float = 0.0,
+          seed: int = 0, saes: Any = None, **generate_kw: Any) -> SteeringResult:
+    """``steer(plan, model, prompt)``: generate from ``prompt`` without and with the plan's hooks,
+    from the same seed. The plan carries the chain's SAEs; ``saes=`` steers with SAEs given
+    explicitly, checked against the chain's weights hashes.
 
     ``temperature`` 0 (default) is greedy decoding, > 0 samples (a finite number; anything else is
     an error). ``generate_kw`` go to ``model.generate``.
     The hooks live only inside ``model.hooks(...)``: they are gone when this returns or raises.
     """
-    given, plan, rest = _plan_args(args, "steer")
-    if len(rest) != 1:
-        raise TypeError("steer(model, plan, prompt): give exactly one prompt")
-    prompt = rest[0]
-    saes = given if given is not None else saes
+    _check_plan(plan, model, "steer")
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("steer needs a non-empty prompt string")
     max_new_tokens = as_index(max_new_tokens, "max_new_tokens")
@@ -632,16 +638,13 @@ def check_token_ids(model: Any, ids: Any, what: str = "tokens") -> None:
                                    f"{n if n is not None else 'd_vocab'}) for this model")
 
 
-def steered_logits(model: Any, *args: Any, saes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``steered_logits(model, plan, tokens)``: (clean logits, steered logits) of one forward pass
-    on the same tokens (a string, or integer ids in [0, d_vocab)); ``(model, saes, plan, tokens)``
-    is accepted too."""
-    given, plan, rest = _plan_args(args, "steered_logits")
-    if len(rest) != 1:
-        raise TypeError("steered_logits(model, plan, tokens): give the tokens once")
-    tokens = rest[0]
+def steered_logits(plan: SteeringPlan, model: Any, tokens: Any, *, saes: Any = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steered_logits(plan, model, tokens)``: (clean logits, steered logits) of one forward pass
+    on the same tokens (a string, or integer ids in [0, d_vocab))."""
+    _check_plan(plan, model, "steered_logits")
     check_token_ids(model, tokens)
-    hooks = steering_hooks(plan, given if given is not None else saes, model=model)
+    hooks = steering_hooks(plan, saes, model=model)
     with torch.no_grad():
         clean = model(tokens)
         with model.hooks(fwd_hooks=hooks):
@@ -649,26 +652,18 @@ def steered_logits(model: Any, *args: Any, saes: Any = None) -> tuple[torch.Tens
     return clean, steered
 
 
-def feature_logit_effect(model: Any, *args: Any, k: int = 10, direction: str = "up", saes: Any = None) -> Any:
-    """``feature_logit_effect(model, plan, tokens)``: the ``k`` tokens whose log-probability,
+def feature_logit_effect(plan: SteeringPlan, model: Any, tokens: Any, *, k: int = 10, direction: str = "up",
+                         saes: Any = None) -> Any:
+    """``feature_logit_effect(plan, model, tokens)``: the ``k`` tokens whose log-probability,
     averaged over positions, rises (``direction="up"``) or falls (``"down"``) most under steering:
-    a readable summary of what the plan does. ``(model, saes, plan, tokens)`` is accepted too."""
+    a readable summary of what the plan does."""
     import pandas as pd
 
+    _check_plan(plan, model, "feature_logit_effect")
     if direction not in ("up", "down"):
         raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-    given, plan, rest = _plan_args(args, "feature_logit_effect")
-    if not rest or len(rest) > 3:
-        raise TypeError("feature_logit_effect(model, plan, tokens[, k[, direction]])")
-    tokens = rest[0]
-    if len(rest) > 1:
-        k = rest[1]
-    if len(rest) > 2:
-        direction = rest[2]
-        if direction not in ("up", "down"):
-            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
     k = positive_int(k, "k")
-    clean, steered = steered_logits(model, plan, tokens, saes=given if given is not None else saes)
+    clean, steered = steered_logits(plan, model, tokens, saes=saes)
     delta = (steered.float().log_softmax(-1) - clean.float().log_softmax(-1)).mean(dim=(0, 1))
     vals, idx = torch.topk(delta if direction == "up" else -delta, min(k, delta.numel()))
     vals = vals if direction == "up" else -vals
@@ -679,7 +674,7 @@ def feature_logit_effect(model: Any, *args: Any, k: int = 10, direction: str = "
                          "delta_logprob": vals.cpu().numpy().astype(np.float64)})
 
 
-def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str, *,
+def strength_sweep(chain: Any, model: Any, layer: int, feature: int, prompt: str, *,
                    strengths: Sequence[float] = (-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0), span: str = "trace",
                    schedule: str = "constant", mode: str = "add", accepted_only: bool = True,
                    target: str | int | None = None):
@@ -694,6 +689,7 @@ def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str
     """
     import pandas as pd
 
+    _check_chain(chain, model, "strength_sweep")
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("strength_sweep needs a non-empty prompt string")
     if target is not None and not isinstance(target, str):  # checked before any forward pass
@@ -735,12 +731,13 @@ def strength_sweep(model: Any, chain: Any, layer: int, feature: int, prompt: str
     return pd.DataFrame(rows)
 
 
-def direct_logit_effect(model: Any, chain: Any, layer: int, feature: int, *, k: int = 5):
+def direct_logit_effect(chain: Any, model: Any, layer: int, feature: int, *, k: int = 5):
     """The tokens whose logits the feature's decoder direction raises and lowers most, read
     straight through the unembedding (``W_dec[f] · W_U``, after the final norm's centring and
     scale; its data-dependent normalisation is left out): Neuronpedia's "top logits". No forward
     pass: cheap enough for every step of a trace. Returns ``(up, down)``, lists of (token, value).
     """
+    _check_chain(chain, model, "direct_logit_effect")
     stack = getattr(chain, "stack", None)
     if stack is None:
         raise ValueError("this chain carries no SAEs (loaded without them): attach them with chain.attach(saes)")

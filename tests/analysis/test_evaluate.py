@@ -11,7 +11,7 @@ import torch
 from saematch_nb.core.chain import match_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.sources.activations import collect_activations
-from saematch_nb.sources.evaluate import METHODS, coactivation, evaluate
+from saematch_nb.analysis.evaluate import METHODS, coactivation, evaluate
 from tests import _saelens_doubles as fx
 
 TEXTS = ["The cat sat on the mat and looked around.", "Numbers: 1, 2, 3 and more text here", "short one"]
@@ -193,7 +193,7 @@ def _expected_pruned(wa, wb, lm, q, x):
 
 def test_pruned_quantile_against_its_definition():
     from saematch_nb.core.match import match
-    from saematch_nb.sources.evaluate import _method_fn
+    from saematch_nb.analysis.evaluate import _method_fn
 
     wa, wb = _rand_sae(0, 11), _rand_sae(1, 12)
     lm = match(wa, wb)

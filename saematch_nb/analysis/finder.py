@@ -103,7 +103,7 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
     given = None if explanations is None else _given_explanations(explanations)
     if (token or sort in ("density", "max_activation") or min_density) and examples is None:
         raise ValueError(f"sorting or filtering by tokens or activations needs the examples: "
-                         f"find_features(chain, examples, ...) with examples = collect_examples(acts, chain)")
+                         f"find_features(chain, examples, ...) with examples = collect_examples(chain, acts)")
     layers = list(chain.layers) if layer is None else [as_index(layer, "layer")]
     for L in layers:
         if L not in chain.layers:
@@ -190,7 +190,7 @@ def _check_examples(chain: Any, layer: int, le: Any) -> None:
     if width is not None and width != chain.n_features(layer):
         raise InvalidArgumentError(
             f"the examples of layer {layer} are of an SAE with {width} features, the chain's has "
-            f"{chain.n_features(layer)}: collect them from the chain, collect_examples(acts, chain)")
+            f"{chain.n_features(layer)}: collect them from the chain, collect_examples(chain, acts)")
     want = chain.fingerprint(layer) if hasattr(chain, "fingerprint") else ""
     stack = getattr(le, "stack", None)
     if not want or stack is None or stack is getattr(chain, "stack", None):
@@ -199,7 +199,7 @@ def _check_examples(chain: Any, layer: int, le: Any) -> None:
     if got != want:
         raise InvalidArgumentError(
             f"the examples of layer {layer} were collected with another SAE (weights hash {got}) than the "
-            f"chain's (hash {want}): collect them from the chain, collect_examples(acts, chain)")
+            f"chain's (hash {want}): collect them from the chain, collect_examples(chain, acts)")
 
 
 def _given_explanations(given: Any) -> dict[tuple[int, int], str]:
@@ -223,6 +223,6 @@ def _explanations(chain: Any, layer: int, given: Mapping | None, cache_dir: Any)
     info = chain.infos[chain.layers.index(layer)]
     if not getattr(info, "neuronpedia_id", None):
         return {}
-    from .neuronpedia import cached_explanations
+    from ..sources.neuronpedia import cached_explanations
 
     return cached_explanations(info, cache_dir=cache_dir)

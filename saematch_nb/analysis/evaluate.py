@@ -35,7 +35,7 @@ from ..core._checks import positive_int
 from ..core.metrics import EVAccumulator
 from ..core.stack import SAEStack, stack_of
 from ..core.weights import SAEWeights, as_weights
-from .activations import tokenize
+from ..sources.activations import tokenize
 
 METHODS = ("folded+matched", "folded+accepted", "unfolded+matched", "identity", "cosine", "skip",
            "recon_current", "recon_previous")
@@ -488,7 +488,7 @@ def coactivation(
 
 
 # -- activation-based persistence: layer t's features read off layer t+k's residual stream --------
-def read_off_persistence(acts: Any, saes: Any, *, max_k: int | None = None,
+def read_off_persistence(saes: Any, acts: Any, *, max_k: int | None = None,
                          null_quantile: float = 0.99, batch_tokens: int = 4096, seed: int = 0,
                          progress: bool = True):
     """How many layers each SAE feature stays readable in the residual stream, from data alone.
@@ -500,8 +500,9 @@ def read_off_persistence(acts: Any, saes: Any, *, max_k: int | None = None,
     *other* feature of the same SAE read off layer t+k, so about 1% of unrelated pairs pass. A
     feature persists k layers when it passes at every k' <= k.
 
-    ``acts``: :class:`Activations` with every layer of ``saes``; ``saes``: the MatchChain of the
-    analysis (its SAEs), ``{layer: sae}`` or a list in ``acts.layers`` order. Returns a DataFrame indexed by (layer, k): n_features,
+    ``saes``: the MatchChain of the analysis (its SAEs), ``{layer: sae}`` or a list in
+    ``acts.layers`` order; ``acts``: :class:`Activations` with every layer of ``saes``.
+    Returns a DataFrame indexed by (layer, k): n_features,
     persisting (features passing at every k' <= k), fraction, threshold (the null's cut-off),
     median_pearson (over all features at that k).
     """
@@ -513,8 +514,9 @@ def read_off_persistence(acts: Any, saes: Any, *, max_k: int | None = None,
 
     if not 0.5 < float(null_quantile) < 1.0:
         raise ValueError(f"null_quantile must be in (0.5, 1), got {null_quantile!r}")
-    from .examples import _examples_stack
+    from .examples import _check_acts, _examples_stack
 
+    acts = _check_acts(saes, acts, "read_off_persistence")
     stack = _examples_stack(acts, saes, None)
     layers = sorted(L for L in stack.layers if L in acts.layers)
     if len(layers) < 2:

@@ -23,9 +23,9 @@ from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.sources import models as M
 from saematch_nb.sources.activations import collect_activations
-from saematch_nb.sources.examples import collect_examples
+from saematch_nb.analysis.examples import collect_examples
 from saematch_nb.sources.neuronpedia import fetch_feature
-from saematch_nb.sources.steering import SteeringPlan, plan_steering, steer, steered_logits, steering_hooks
+from saematch_nb.analysis.steering import SteeringPlan, plan_steering, steer, steered_logits, steering_hooks
 from tests import _saelens_doubles as fx
 from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
 
@@ -62,10 +62,10 @@ def test_activations_and_examples_complete_with_an_unwritable_cache(model, saes,
         acts = collect_activations(model, TEXTS, [0, 1], cache_dir=folder, progress=False)
     unwritable_warning(rec, folder)
     np.testing.assert_array_equal(acts[1], ref[1])
-    want = collect_examples(ref, saes, k=3, cache=False, progress=False)
+    want = collect_examples(saes, ref, k=3, cache=False, progress=False)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        ex = collect_examples(acts, saes, k=3, cache_dir=folder, progress=False)
+        ex = collect_examples(saes, acts, k=3, cache_dir=folder, progress=False)
     unwritable_warning(rec, folder)  # once, not once per layer
     np.testing.assert_array_equal(ex[1].top_vals, want[1].top_vals)
 
@@ -189,8 +189,8 @@ def test_a_mapping_must_give_each_layer_its_own_sae(steering_setup):
 def test_sae_lens_saes_are_checked_against_the_chain(steering_setup):
     model, pc, chain, sl = steering_setup
     plan = plan_steering(chain, 1, 2, span="single", strength=3.0)
-    ok = steered_logits(model, {1: sl[1]}, plan, "The quick brown fox")[1]  # the chain's own SAE
-    assert torch.allclose(ok, steered_logits(model, {1: pc.saes[1]}, plan, "The quick brown fox")[1], atol=1e-5)
+    ok = steered_logits(plan, model, "The quick brown fox", saes={1: sl[1]})[1]  # the chain's own SAE
+    assert torch.allclose(ok, steered_logits(plan, model, "The quick brown fox", saes={1: pc.saes[1]})[1], atol=1e-5)
     other = planted_chain(n_layers=2, n=32, d_in=64, seed=9).saes[1]
     impostor = fx.tiny_jumprelu_sae(64, 32, hook_name="blocks.1.hook_resid_post",
                                     arrays={k: v.numpy() for k, v in other.state_dict().items()})
@@ -213,12 +213,12 @@ def test_steer_refuses_more_tokens_than_the_context_holds(steering_setup, monkey
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     with pytest.raises(ValueError, match=rf"prompt is {n} tokens.*context of {model.cfg.n_ctx}.*at most {room}"):
-        steer(model, {0: pc.saes[0]}, plan, prompt, max_new_tokens=room + 1)
+        steer(plan, model, prompt, saes={0: pc.saes[0]}, max_new_tokens=room + 1)
     assert calls == [] and n_hooks(model) == 0  # nothing generated
-    res = steer(model, {0: pc.saes[0]}, plan, prompt, max_new_tokens=room)  # exactly fits
+    res = steer(plan, model, prompt, saes={0: pc.saes[0]}, max_new_tokens=room)  # exactly fits
     assert len(model.to_tokens(prompt + res.baseline)[0]) >= n
     with pytest.raises(ValueError, match="shorten the prompt"):
-        steer(model, {0: pc.saes[0]}, plan, "word " * 200, max_new_tokens=1)
+        steer(plan, model, "word " * 200, saes={0: pc.saes[0]}, max_new_tokens=1)
 
 
 # -- held: an interrupt during steering leaves no hook ----------------------------------------------
@@ -239,7 +239,7 @@ def test_sigint_during_steered_generation_leaves_no_hook(steering_setup, monkeyp
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            steer(model, {0: pc.saes[0], 1: pc.saes[1]}, plan, "The quick", max_new_tokens=3)
+            steer(plan, model, "The quick", saes={0: pc.saes[0], 1: pc.saes[1]}, max_new_tokens=3)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert seen == [0, 2] and n_hooks(model) == 0
@@ -262,9 +262,9 @@ def test_steer_leaves_the_global_random_state_alone(steering_setup):
     torch.manual_seed(1234)
     want = torch.rand(3)
     torch.manual_seed(1234)
-    a = steer(model, {0: pc.saes[0]}, plan, "The quick", max_new_tokens=4, temperature=1.0, seed=7)
+    a = steer(plan, model, "The quick", saes={0: pc.saes[0]}, max_new_tokens=4, temperature=1.0, seed=7)
     assert torch.equal(torch.rand(3), want)  # seeded inside, restored after
-    assert steer(model, {0: pc.saes[0]}, plan, "The quick", max_new_tokens=4, temperature=1.0,
+    assert steer(plan, model, "The quick", saes={0: pc.saes[0]}, max_new_tokens=4, temperature=1.0,
                  seed=7).steered == a.steered
 
 
