@@ -31,20 +31,20 @@ def _rss(field: str) -> int:
 
 def _child(mode: str, folder: str, matcher: str, cache_dir: str | None) -> None:
     import saematch_nb
-    from saematch_nb.core import runner as chain_mod
+    from saematch_nb.core import pair as pair_mod
     from saematch_nb.core.weights import as_weights
 
-    chain_mod._MATCH_TARGET = matcher
+    pair_mod.MATCHER = matcher
     import tqdm.auto  # noqa: F401  imports before the first reading: measure the chain only
 
-    chain_mod._resolve(matcher)
+    pair_mod.matcher()
     paths = sorted(Path(folder).glob("layer_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
     with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM (peak RSS) to the current RSS
         fh.write("5")
     rss0 = _rss("VmRSS")
     t0 = time.perf_counter()
     if mode == "single":  # reference: one pair alone, the least any chain can need
-        chain_mod._resolve(matcher)(paths[0], paths[1])
+        pair_mod.matcher()(paths[0], paths[1])
         print(json.dumps({"mode": mode, "seconds": time.perf_counter() - t0, "rss_before": rss0,
                           "rss_peak": _rss("VmHWM")}))
         return

@@ -19,6 +19,7 @@ _LAZY = {
     "as_weights": "core.weights:as_weights",
     "fold": "core.fold:fold",
     "match": "core.match:match",
+    "MatchOptions": "core.options:MatchOptions",
     "LayerMatch": "core.results:LayerMatch",
     "FeatureTrace": "core.results:FeatureTrace",
     "match_chain": "core.runner:match_chain",

@@ -107,7 +107,7 @@ def _eval_stack(chain: Any, saes: Any) -> tuple[Any, SAEStack, list[int]]:
         raise ValueError("cannot tell which layer each SAE reads: give SAEs whose info has a layer "
                          "(hook blocks.{L}.hook_resid_post) or a MatchChain")
     if not isinstance(saes, Mapping):
-        stack.layers = tuple(int(L) for L in layers)  # read from the SAEs themselves
+        stack.relabel(layers)  # read from the SAEs themselves
     return None, stack, [int(x) for x in stack.layers]
 
 
@@ -123,7 +123,7 @@ def evaluate(
     chain: Any, model: Any, texts: Any, *, saes: Sequence[Any] | Mapping[int, Any] | None = None,
     methods: Sequence[str] = METHODS, quantile: float | Sequence[float] | None = None,
     batch_size: int = 8, context: int | None = None, max_tokens: int | None = None,
-    exclude_bos: bool = True, progress: bool = True, match_kwargs: Mapping[str, Any] | None = None,
+    exclude_bos: bool = True, progress: bool = True, options: Any = None,
     transfer: str = "folded", max_docs: int | None = None,
 ):
     """EV and ΔL of every adjacent pair for every method: a tidy DataFrame, one row per
@@ -136,7 +136,9 @@ def evaluate(
     ``as_weights`` takes. Pairs are evaluated one after the other and only the two SAEs of the
     current pair are held (lazy handles and paths are loaded when their pair comes and dropped
     after it), on the model's device (``model.cfg.device``), in float32. Matches a method needs
-    and the chain lacks are computed with ``saematch_nb.match``. ``quantile``: add ``pruned@q``
+    and the chain lacks are computed with ``saematch_nb.match``, with ``options`` (a
+    :class:`~saematch_nb.MatchOptions` or a mapping of its fields; default: match's defaults),
+    the method's own setting on top (fold, method). ``quantile``: add ``pruned@q``
     rows for each q in [0, 1] (App. B): features whose matched MSE is above the q-quantile of the
     pair's MSEs, and features without partner, are decoded by layer t's own decoder row
     (``f_i · W_dec(t)[i]``, f in layer t's units); the others are moved as in ``folded+matched``;
@@ -174,7 +176,9 @@ def evaluate(
     bad = [m for m in methods if m not in METHODS and not m.startswith("pruned@")]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; choose from {METHODS} or pruned@q")
-    mk = dict(match_kwargs or {})
+    from ..core.options import MatchOptions
+
+    mk = MatchOptions.of(options)  # checked before any forward pass
 
     docs = tokenize(model, texts, context=context, max_docs=max_docs)
     first = 1 if exclude_bos else 0
@@ -242,11 +246,11 @@ def _evaluate_pair(model, chain, stack, t, la, lb, wa, wb, methods, mk, transfer
             else:
                 kw = {"folded": dict(fold=True), "unfolded": dict(fold=False),
                       "cosine": dict(method="cosine")}[kind]
-                bt = mk.get("bad_threshold", "raise")
+                bt = mk.bad_threshold
                 # the stack's converted and folded SAEs: nothing converted or folded again here
                 memo[kind] = match_weights(stack.weights(la), stack.weights(lb),
                                            stack.folded(la, bad_threshold=bt), stack.folded(lb, bad_threshold=bt),
-                                           **{**mk, **kw})
+                                           mk.replace(**kw))
         return memo[kind]
 
     wdev = wa.W_dec.device

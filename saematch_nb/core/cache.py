@@ -60,19 +60,6 @@ ENV_VAR = "SAEMATCH_CACHE_DIR"
 # cached "100% matched" must not be read again). Older entries are never read: other keys.
 CACHE_VERSION = 4
 
-# Defaults of saematch_nb.match: normalising them means match_chain(saes) and
-# match_chain(saes, fold=True) share cache entries.
-MATCH_DEFAULTS: dict[str, Any] = {
-    "fold": True,
-    "params": "encoder+decoder",
-    "method": "lap",
-    "allow_unmatched": False,
-    "solver": "auto",
-}
-# Options that change where/how fast a result is computed, never the result itself.
-_NOT_IN_KEY = {"device", "progress", "memory_budget"}
-
-
 class CacheWarning(SaematchWarning):
     """A cache entry was unreadable or stale and is being recomputed, or the cache folder cannot
     be written (the run goes on; its results are kept in memory only)."""
@@ -157,20 +144,6 @@ def identity(obj: Any) -> str:
     return f"fp|{w.fingerprint()}|{json.dumps(w.info.to_dict(), sort_keys=True)}"
 
 
-def normalize_options(match_kwargs: Mapping[str, Any], match_fn: Any = None) -> dict[str, Any]:
-    """match() options with defaults filled in (from ``match_fn``'s signature when given),
-    without those that cannot change a result."""
-    import inspect
-
-    opts = dict(MATCH_DEFAULTS)
-    if match_fn is not None:
-        for name, p in inspect.signature(match_fn).parameters.items():
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name not in _NOT_IN_KEY:
-                opts[name] = p.default
-    opts.update({k: v for k, v in match_kwargs.items() if k not in _NOT_IN_KEY})
-    return opts
-
-
 def _canon(v: Any) -> Any:
     """JSON-able canonical form (arrays by content hash)."""
     if isinstance(v, Mapping):
@@ -191,6 +164,8 @@ def _canon(v: Any) -> Any:
 
 
 def pair_key(id_a: str, id_b: str, options: Mapping[str, Any]) -> str:
+    """The cache key of a pair: both SAEs' identities and the options the result depends on
+    (``MatchOptions.key()``)."""
     payload = json.dumps(
         {"a": id_a, "b": id_b, "options": _canon(dict(options)), "cache": CACHE_VERSION,
          "saematch_nb": __version__},

@@ -24,6 +24,8 @@ import numpy as np
 from ._checks import as_index
 from .results import (FeatureTrace, LayerMatch, ResultFileError, ResultMismatchError, TraceStep, _jsonable,
                       check_format_version)
+from .options import MatchOptions
+from .pair import conflict
 from .stack import SAEStack
 from .weights import SAEInfo
 
@@ -37,7 +39,8 @@ class MatchChain:
     """Matches of every neighbouring pair of a list of SAEs.
 
     ``pairs[t]`` matches the SAE at ``layers[t]`` to the one at ``layers[t+1]``; ``infos[t]``
-    identifies the SAE at ``layers[t]``. ``options``: the match options (defaults filled in);
+    identifies the SAE at ``layers[t]``. ``options``: what the pairs were matched with,
+``MatchOptions.key()`` (a plain mapping, as saved; ``MatchOptions.of(chain.options)`` gives the value);
     ``stats``: timings, cache hits/misses, peak memory (see :func:`match_chain`).
 
     Vocabulary used below: a step ``i -> partner[i]`` of a pair is *accepted* when the pair's
@@ -349,26 +352,17 @@ class MatchChain:
         sel = comp >= 0
         return float(np.mean(comp[sel] == direct.partner[sel])) if sel.any() else float("nan")
 
-    def check_composition(self, *layers_or_saes: Any, saes: Any = None, raw: bool = False,
+    def check_composition(self, layer_from: int, layer_to: int, *, saes: Any = None, raw: bool = False,
                           cache: bool = True, cache_dir: str | os.PathLike | None = None,
-                          **match_kwargs: Any) -> float:
-        """``check_composition(layer_from, layer_to)``: match ``layer_from`` → ``layer_to``
-        directly (same options as the chain, overridable with match keywords) and return
-        :meth:`agreement` with the composed chain. The SAEs come from the chain; ``saes=`` (the
-        same list or {layer: sae} mapping) is accepted and checked against it, and so is the
-        older form ``check_composition(saes, layer_from, layer_to)``."""
-        if len(layers_or_saes) == 3:
-            saes, layer_from, layer_to = layers_or_saes
-        elif len(layers_or_saes) == 2:
-            layer_from, layer_to = layers_or_saes
-        else:
-            raise TypeError("check_composition(layer_from, layer_to) takes two layers "
-                            f"(got {len(layers_or_saes)} positional arguments)")
-        from .runner import match_pair
+                          **options: Any) -> float:
+        """Match ``layer_from`` → ``layer_to`` directly (the chain's options; match options given
+        as keywords override them) and return :meth:`agreement` with the composed chain. The SAEs
+        come from the chain; ``saes=`` (the same list or {layer: sae} mapping) is accepted and
+        checked against it."""
+        from .pair import match_pair
 
-        kw = {k: v for k, v in self.options.items()}
-        kw.update(match_kwargs)
-        direct = match_pair(self._stack_for(saes), layer_from, layer_to, kw, cache=cache, cache_dir=cache_dir)
+        opts = MatchOptions.of(self.options, **options)
+        direct = match_pair(self._stack_for(saes), layer_from, layer_to, opts, cache=cache, cache_dir=cache_dir)
         return self.agreement(layer_from, layer_to, direct, raw=raw)
 
     def _stack_for(self, saes: Any = None) -> SAEStack:
@@ -490,7 +484,7 @@ class MatchChain:
                     f"{f.name}): it was replaced, copied from another chain or damaged; save the chain again")
             pairs.append(LayerMatch.load(p))
         for t in range(len(pairs) - 1):
-            why = _inconsistent(pairs, t)
+            why = conflict(pairs, t)
             if why:
                 why = why.replace(f"pair {t + 1}", files[t + 1]).replace(f"pair {t}", files[t])
                 raise ResultFileError(
@@ -522,20 +516,6 @@ class MatchChain:
 
         return html.chain_html(self)
 
-
-
-def _inconsistent(pairs: Sequence[LayerMatch | None], t: int) -> str | None:
-    """Why pairs t and t+1 cannot both be right: they disagree about the SAE they share (cached
-    pairs in match_chain, saved pair files in MatchChain.load)."""
-    x, y = pairs[t], pairs[t + 1]
-    if x is None or y is None:
-        return None
-    if x.n_b != y.n_a:
-        return f"pair {t} ends with {x.n_b} features but pair {t + 1} starts with {y.n_a}"
-    if x.fingerprint_b and y.fingerprint_a and x.fingerprint_b != y.fingerprint_a:
-        return (f"pair {t} ends with an SAE of weights hash {x.fingerprint_b} but pair {t + 1} starts "
-                f"with one of hash {y.fingerprint_a}")
-    return None
 
 
 # -- the saved folder -----------------------------------------------------------------------------
@@ -672,16 +652,6 @@ def _read_meta(meta: Mapping[str, Any], f: Path):
             "MatchChain.save wrote (a chain's layers come from the SAEs it was matched on: pass a "
             "{layer: sae} mapping to match_chain to number them); save the chain again")
     return layers, out_infos, files, records, fps
-
-
-def __getattr__(name: str) -> Any:
-    # ``from saematch_nb.core.chain import match_chain`` (the runner's old home) keeps working;
-    # resolved lazily, because the runner imports this module
-    if name in ("match_chain", "_MATCH_TARGET", "_resolve"):
-        from . import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["MatchChain", "FORMAT_VERSION"]

@@ -18,20 +18,21 @@ import torch
 
 from . import criterion as crit
 from .lap import AssignmentResult, pick_solver, solve
-from .cost import check_params, check_same_d_in, cost_blocks, default_device, feature_matrix, pair_cost
+from .cost import check_same_d_in, cost_blocks, default_device, feature_matrix, pair_cost
 from .results import LayerMatch
+from .options import METHODS, MatchOptions
 from .weights import SAEWeights, as_weights
 
-METHODS = ("lap", "identity", "cosine")
+__all__ = ["match", "match_weights", "METHODS"]
 
 
-def match(
-    sae_a: Any, sae_b: Any, *, fold: bool = True, params: str = "encoder+decoder", method: str = "lap",
-    allow_unmatched: bool = False, solver: str = "auto", device: Any = None, progress: bool = False,
-    alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None, n_null: int = crit.DEFAULT_NULL_ROWS,
-    seed: int = 0, bad_threshold: str = "raise", memory_budget: int | None = None,
-) -> LayerMatch:
+def match(sae_a: Any, sae_b: Any, options: MatchOptions | None = None, *, progress: bool = False,
+          **keywords: Any) -> LayerMatch:
     """Match the features of ``sae_a`` (layer t) to those of ``sae_b`` (layer t+1).
+
+    The options are a :class:`~saematch_nb.MatchOptions` (``options``) and / or its fields as
+    keywords (keywords win): ``match(a, b, fold=False)``, ``match(a, b, MatchOptions(solver="jv"))``.
+    An unknown keyword is a TypeError that lists the options.
 
     Parameters
     ----------
@@ -74,47 +75,34 @@ def match(
         JumpReLU features whose threshold is <= 0, NaN or inf: "raise" (default, the error names
         them) or "skip" (leave them unscaled when folding; see :func:`saematch_nb.fold`).
         Passed through ``match_chain(..., bad_threshold="skip")`` as well.
+    progress:
+        A progress bar for the solver's long phases.
     """
-    _check_options(method, params, allow_unmatched, alpha)
+    opts = MatchOptions.of(options, **keywords)
     wa, wb = as_weights(sae_a), as_weights(sae_b)
     check_same_d_in(wa, wb)
     # The reported MSE is always on folded parameters, so fold once here (raw wa/wb stay for fold=False).
     from .fold import fold as _fold
 
-    wa_f = wa if wa.folded else _fold(wa, bad_threshold=bad_threshold)
-    wb_f = wb if wb.folded else _fold(wb, bad_threshold=bad_threshold)
-    return match_weights(wa, wb, wa_f, wb_f, fold=fold, params=params, method=method,
-                         allow_unmatched=allow_unmatched, solver=solver, device=device, progress=progress,
-                         alpha=alpha, calibration=calibration, n_null=n_null, seed=seed,
-                         bad_threshold=bad_threshold, memory_budget=memory_budget)
+    wa_f = wa if wa.folded else _fold(wa, bad_threshold=opts.bad_threshold)
+    wb_f = wb if wb.folded else _fold(wb, bad_threshold=opts.bad_threshold)
+    return match_weights(wa, wb, wa_f, wb_f, opts, progress=progress)
 
 
-def _check_options(method: str, params: str, allow_unmatched: bool, alpha: float) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_params(params)
-    if allow_unmatched and method != "lap":
-        raise ValueError(f"allow_unmatched=True needs method='lap' (got method={method!r})")
-    crit._check_alpha(alpha)
-
-
-def match_weights(
-    wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWeights, *, fold: bool = True,
-    params: str = "encoder+decoder", method: str = "lap", allow_unmatched: bool = False, solver: str = "auto",
-    device: Any = None, progress: bool = False, alpha: float = crit.DEFAULT_ALPHA, calibration: Any = None,
-    n_null: int = crit.DEFAULT_NULL_ROWS, seed: int = 0, bad_threshold: str = "raise",
-    memory_budget: int | None = None,
-) -> LayerMatch:
+def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWeights,
+                  options: MatchOptions | None = None, *, progress: bool = False) -> LayerMatch:
     """:func:`match` on SAEWeights already converted and folded (``wa_f``/``wb_f`` the folded
     copies of ``wa``/``wb``): what a chain's SAE stack hands over, so that each SAE of an analysis
-    is folded once (the options are :func:`match`'s)."""
+    is folded once."""
+    o = MatchOptions() if options is None else options
+    fold, params, method, allow_unmatched = o.fold, o.params, o.method, o.allow_unmatched
+    solver, alpha, calibration, n_null, seed = o.solver, o.alpha, o.calibration, o.n_null, o.seed
     t0 = time.perf_counter()
-    _check_options(method, params, allow_unmatched, alpha)
     check_same_d_in(wa, wb)
     if not (wa_f.folded and wb_f.folded) or (wa_f.d_sae, wb_f.d_sae) != (wa.d_sae, wb.d_sae):
         raise ValueError("match_weights needs the folded copies of the two SAEs (saematch_nb.fold(sae))")
     n_a, n_b = wa.d_sae, wb.d_sae
-    dev = default_device(device)
+    dev = default_device(o.device)
 
     # Folded feature vectors: always needed for the reported MSE and the criterion.
     Xf = feature_matrix(wa_f, params, fold=True)
@@ -142,7 +130,6 @@ def match_weights(
             "all-zero decoder row or encoder column: no direction); they are never matched "
             "(stats n_zero_a / n_zero_b)", SaematchWarning, stacklevel=3)
     kw_cal = dict(parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
-    crit.check_n_null(n_null)  # before the solve: the pair's calibration comes after it
     # a given calibration (expert threshold or reused) is checked before any work; the pair's own
     # is made once the direction pass is there (the solver's product gives it, see below)
     cal = None if calibration is None else crit.resolve(calibration, Xf, Yf, **kw_cal)
@@ -150,9 +137,9 @@ def match_weights(
 
     nearest = best = second = None  # each row's two cheapest columns on the folded cost
     solve_stats: dict[str, Any] = {}
-    total = float("nan"); gap = float("nan")
+    total = gap = float("nan")
     if method == "lap":
-        which = pick_solver(n_a, n_b, solver, memory_budget=memory_budget)
+        which = pick_solver(n_a, n_b, solver, memory_budget=o.memory_budget)
         # the dense JV solver reads the direction pass off its own product (no second n x n pass);
         # directions do not change under folding, so the unfolded solve gives it too
         cos_parts = parts if which == "jv" else None
@@ -232,11 +219,7 @@ def match_weights(
         permutation=permutation, partner=partner, mse=cost_f / D, alt_mse=alt_f / D,
         score=score, matched=matched, threshold=float(cal.threshold), n_a=n_a, n_b=n_b, d_in=wa.d_in,
         info_a=wa.info, info_b=wb.info, fingerprint_a=wa.fingerprint(), fingerprint_b=wb.fingerprint(),
-        options={"fold": bool(fold), "params": params, "method": method,
-                 "allow_unmatched": bool(allow_unmatched), "solver": solver, "mse_on": "folded",
-                 "criterion": "direction distance", "alpha": float(alpha),
-                 "calibration": "expert" if cal.expert else ("given" if calibration is not None else "auto"),
-                 "n_null": int(n_null), "seed": int(seed), "bad_threshold": bad_threshold},
+        options=o.record("expert" if cal.expert else ("given" if calibration is not None else "auto")),
         calibration=cal.to_dict(),
         stats={**solve_stats, "seconds": time.perf_counter() - t0, "total_cost": total, "gap": gap,
                "solver": solve_stats.get("solver", solver), "n_unmatched": int((partner < 0).sum()),

@@ -39,7 +39,8 @@ def is_lazy_source(obj: Any) -> bool:
     return isinstance(obj, (str, os.PathLike)) or (hasattr(obj, "to_weights") and not isinstance(obj, SAEWeights))
 
 
-def _weights_bytes(w: SAEWeights) -> int:
+def weights_bytes(w: SAEWeights) -> int:
+    """Bytes of an SAE's tensors."""
     return sum(int(t.numel()) * int(t.element_size())
                for t in (w.W_enc, w.b_enc, w.W_dec, w.b_dec, w.threshold) if t is not None)
 
@@ -170,6 +171,33 @@ class SAEStack:
     def infos(self) -> tuple[SAEInfo, ...]:
         return tuple(self.info(L) for L in self.layers)
 
+    def known_info(self, layer: int) -> SAEInfo | None:
+        """The SAE's identity when known without loading it (None: not yet)."""
+        return self._infos.get(self.pos(layer))
+
+    def set_info(self, layer: int, info: SAEInfo) -> None:
+        """Record the identity learned elsewhere (a cached match of this SAE carries it)."""
+        self._infos[self.pos(layer)] = info
+
+    @property
+    def in_memory_layers(self) -> tuple[int, ...]:
+        """Layers whose SAEs were given in memory (kept converted for the stack's life)."""
+        return tuple(self.layers[p] for p in sorted(self._kept))
+
+    def handoff(self, layer: int) -> Any:
+        """What identifies the layer's SAE for the cache and is sent to a worker: its converted
+        weights when in memory (hashed once, on the stack's copy), else the lazy source."""
+        p = self.pos(layer)
+        return self._kept.get(p, self.sources[p])
+
+    def relabel(self, layers: Sequence[int]) -> None:
+        """Number the SAEs by the layers they say once loaded (a list of paths is matched in list
+        order, its layers unknown before loading); the order stays."""
+        layers = tuple(int(x) for x in layers)
+        if len(layers) != len(self.sources) or len(set(layers)) != len(layers):
+            raise ValueError(f"relabel needs {len(self.sources)} distinct layers, got {list(layers)}")
+        self.layers = layers
+
     # -- weights --------------------------------------------------------------------------------
     def weights(self, layer: int) -> SAEWeights:
         """The layer's SAEWeights (float32, CPU): kept for in-memory SAEs, loaded for lazy ones
@@ -213,7 +241,7 @@ class SAEStack:
         if not w.folded:
             self.stats["folded"] += 1
         self._folded[key] = f
-        while len(self._folded) > 1 and sum(_weights_bytes(x) for x in self._folded.values()) > self.fold_budget_bytes:
+        while len(self._folded) > 1 and sum(weights_bytes(x) for x in self._folded.values()) > self.fold_budget_bytes:
             self._folded.popitem(last=False)
         return f
 

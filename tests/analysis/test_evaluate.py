@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saematch_nb.core.chain import match_chain
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.sources.activations import collect_activations
 from saematch_nb.analysis.evaluate import METHODS, coactivation, evaluate

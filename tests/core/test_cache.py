@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from saematch_nb.core import cache as cache_mod
-from saematch_nb.core.cache import CacheWarning, MatchCache, identity, normalize_options, pair_key
-from saematch_nb.core.chain import match_chain
+from saematch_nb.core.cache import CacheWarning, MatchCache, identity, pair_key
+from saematch_nb.core.options import MatchOptions
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.synthetic import planted_chain
 from tests.core.test_chain import PEAK, TestHandle, make_handles, save_npz
 
@@ -117,13 +118,18 @@ def test_keys_follow_identity_and_options(planted, tmp_path):
     ia, ib = identity(a), identity(b)
     assert ia != ib and ia == identity(a)
     assert ia.startswith("fp|") and a.fingerprint() in ia
-    o = normalize_options({})
-    assert o == normalize_options({"fold": True, "device": "cuda", "progress": True})
-    assert pair_key(ia, ib, o) == pair_key(ia, ib, normalize_options({"solver": "auto"}))
-    assert pair_key(ia, ib, o) != pair_key(ia, ib, normalize_options({"params": "decoder"}))
+    o = MatchOptions().key()
+    # where and how fast a pair is computed is not part of its key; what decides the result is
+    assert o == MatchOptions(fold=True, device="cuda", memory_budget=2**30).key()
+    assert "device" not in o and "memory_budget" not in o
+    assert pair_key(ia, ib, o) == pair_key(ia, ib, MatchOptions.of(solver="auto").key())
+    assert pair_key(ia, ib, o) != pair_key(ia, ib, MatchOptions(params="decoder").key())
     assert pair_key(ia, ib, o) != pair_key(ib, ia, o)
-    arr = normalize_options({"weights": np.ones(3)})
-    assert pair_key(ia, ib, arr) != pair_key(ia, ib, normalize_options({"weights": np.zeros(3)}))
+    # the keys of the release before the options value: the same ten fields, so caches stay valid
+    assert sorted(o) == sorted(["fold", "params", "method", "allow_unmatched", "solver", "alpha", "calibration",
+                                "n_null", "seed", "bad_threshold"])
+    arr = {**o, "weights": np.ones(3)}  # arrays in options are keyed by their content
+    assert pair_key(ia, ib, arr) != pair_key(ia, ib, {**o, "weights": np.zeros(3)})
     # handles: the cache_key, no loading; paths: file identity, which changes with the file
     h = TestHandle(save_npz(a, tmp_path / "a.npz"), 0)
     PEAK.update(loads=0)

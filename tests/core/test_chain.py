@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 import saematch_nb
-from saematch_nb.core.chain import MatchChain, match_chain
+from saematch_nb.core.chain import MatchChain
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.results import ResultMismatchError
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
@@ -233,7 +234,9 @@ def test_agreement_with_direct_match_three_layers():
     pc = planted_chain(n_layers=3, n=128, d_in=32, fresh_fraction=0.1, noise=0.05, seed=11)
     ch = match_chain(pc.saes, cache=False, progress=False)
     direct = saematch_nb.match(pc.saes[0], pc.saes[2])
-    got = ch.check_composition(pc.saes, 0, 2, cache=False)
+    got = ch.check_composition(0, 2, saes=pc.saes, cache=False)
+    with pytest.raises(TypeError):  # the old (saes, layer_from, layer_to) form is gone
+        ch.check_composition(pc.saes, 0, 2, cache=False)
     agr = ch.agreement(0, 2, direct)
     assert agr >= 0.95 and got == pytest.approx(agr)
     # raw permutations agree on the surviving features, not on the replaced ones

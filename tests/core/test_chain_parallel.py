@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from saematch_nb.core.cache import MatchCache
-from saematch_nb.core.chain import match_chain
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.synthetic import planted_chain
 from tests.core.test_chain import make_handles
 

@@ -23,9 +23,10 @@ import torch
 
 import saematch_nb as smn
 from saematch_nb.core import chain as chain_mod
-from saematch_nb.core import runner as runner_mod
+from saematch_nb.core import pair as pair_mod
 from saematch_nb.core.cache import CacheWarning, MatchCache
-from saematch_nb.core.chain import MatchChain, match_chain
+from saematch_nb.core.chain import MatchChain
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.fold import fold
 from saematch_nb.core.results import FORMAT_VERSION, LayerMatch, ResultFileError
 from saematch_nb.core.synthetic import planted_chain
@@ -284,7 +285,7 @@ def test_a_failing_pair_raises_its_own_error_without_add_note(planted, monkeypat
     def broken(*a, **kw):
         raise _NoNotes("the real error")
 
-    monkeypatch.setattr(runner_mod, "_resolve", lambda target: broken)
+    monkeypatch.setattr(pair_mod, "_resolve", lambda target: broken)
     with pytest.warns(RuntimeWarning, match="pair 0 failed"), pytest.raises(_NoNotes, match="the real error") as ei:
         match_chain(planted.saes, cache=False, progress=False)
     assert "pair 0 failed" in ei.value.__notes__[0]
@@ -329,17 +330,17 @@ def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(planted):
 
 # -- held: kill -9 mid-chain and two chains at once on one cache --------------------------------------
 _SCRIPT = textwrap.dedent("""
-    import functools, sys, time
-    from saematch_nb.core import runner as chain_mod
+    import sys, time
+    from saematch_nb.core import pair as pair_mod
     from saematch_nb.core.runner import match_chain
     from saematch_nb.core.match import match
 
-    @functools.wraps(match)  # same signature, so the same cache keys as match itself
     def slow(a, b, **kw):  # long enough to be killed between two pairs, or in the middle of one
+        # the options come as keywords, as match takes them: the same cache keys as match itself
         time.sleep(float(sys.argv[2]))
         return match(a, b, **kw)
 
-    chain_mod._MATCH_TARGET = "__main__:slow"
+    pair_mod.MATCHER = "__main__:slow"
     c = match_chain(sys.argv[3:], cache_dir=sys.argv[1], progress=False)
     print("done", c.stats["cache_hits"], c.stats["computed"], flush=True)
 """)

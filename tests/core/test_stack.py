@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from saematch_nb.core.chain import MatchChain, match_chain
+from saematch_nb.core.chain import MatchChain
+from saematch_nb.core.runner import match_chain
 from saematch_nb.core.stack import SAEStack
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights

@@ -161,15 +161,25 @@ def test_gated_error_explained():
     assert M._explain(other, "gpt2") is other  # unrelated errors pass through unchanged
 
 
-def test_load_model_demo_delegates(monkeypatch):
-    import saematch_nb
+def test_load_model_demo_reads_the_demo_files_without_the_demo(monkeypatch, tmp_path):
+    """load_model("demo") is the demo's model, read through sources.demo_assets: the demo module
+    (which sits above sources) is never imported for it, so the two form no circle."""
+    import json
 
-    sentinel = object()
+    import torch
+
+    from saematch_nb.sources import demo_assets
+
     fake = types.ModuleType("saematch_nb.demo")
-    fake.load = lambda: types.SimpleNamespace(model=sentinel)
+    fake.load = lambda *a, **k: pytest.fail("load_model('demo') went through the demo module")
     monkeypatch.setitem(sys.modules, "saematch_nb.demo", fake)
-    monkeypatch.setattr(saematch_nb, "demo", fake, raising=False)
-    assert M.load_model("demo") is sentinel
+    model = M.load_model("demo")
+    cfg = json.loads((demo_assets.ASSETS / "model_cfg.json").read_text())
+    assert model.cfg.n_layers == cfg["n_layers"]
+    assert torch.equal(model.W_E, M.load_saved_model(demo_assets.ASSETS).W_E)
+    monkeypatch.setattr(demo_assets, "ASSETS", tmp_path / "nowhere")
+    with pytest.raises(demo_assets.MissingAssetsError, match="build_demo.py"):
+        M.load_model("demo")
 
 
 def test_load_model_bad_dtype():
