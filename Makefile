@@ -51,9 +51,9 @@ $(VENV310)/.installed: pyproject.toml
 	$(PY310) -m saematch_nb warmup
 	touch $@
 
-# core and sources (numerics, cache, loaders, steering) under Python 3.10
+# core, sources and analysis (numerics, cache, loaders, steering) under Python 3.10
 test-py310: $(VENV310)/.installed
-	HF_HUB_OFFLINE=1 $(PY310) -m pytest -q -p no:cacheprovider tests/core tests/sources
+	HF_HUB_OFFLINE=1 $(PY310) -m pytest -q -p no:cacheprovider tests/core tests/sources tests/analysis
 
 notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_notebooks.py

@@ -75,10 +75,10 @@ TIMEOUT=()
 "$PY" -c "import pytest_timeout" 2> /dev/null && TIMEOUT=(--timeout 150)
 SUITES=(tests/core)
 if "$PY" -c "import sae_lens" 2> /dev/null; then
-    SUITES+=(tests/sources)
+    SUITES+=(tests/sources tests/analysis)
 else
-    echo "sae_lens does not import here: tests/sources left out (it is not carried: see benchmarks/README.md)"
-    SUMMARY+=("tests/sources: not run (no sae_lens on this machine)")
+    echo "sae_lens does not import here: tests/sources and tests/analysis left out (it is not carried: see benchmarks/README.md)"
+    SUMMARY+=("tests/sources, tests/analysis: not run (no sae_lens on this machine)")
 fi
 T_TESTS=$(( $(left) - ${GPU_CHECK_BENCH_S:-270} ))
 [ "$T_TESTS" -gt 200 ] && T_TESTS=200

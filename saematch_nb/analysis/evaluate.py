@@ -518,10 +518,10 @@ def read_off_persistence(saes: Any, acts: Any, *, max_k: int | None = None,
 
     if not 0.5 < float(null_quantile) < 1.0:
         raise ValueError(f"null_quantile must be in (0.5, 1), got {null_quantile!r}")
-    from .examples import _check_acts, _examples_stack
+    from .examples import check_acts, examples_stack
 
-    acts = _check_acts(saes, acts, "read_off_persistence")
-    stack = _examples_stack(acts, saes, None)
+    acts = check_acts(saes, acts, "read_off_persistence")
+    stack = examples_stack(acts, saes, None)
     layers = sorted(L for L in stack.layers if L in acts.layers)
     if len(layers) < 2:
         raise ValueError(f"read_off_persistence needs activations of at least two SAE layers; have {layers}")

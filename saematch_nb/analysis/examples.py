@@ -271,8 +271,8 @@ def collect_examples(
     from .steering import check_reads_layer
 
     t0 = time.perf_counter()
-    acts = _check_acts(chain, acts, "collect_examples")
-    stack = _examples_stack(acts, chain, saes)
+    acts = check_acts(chain, acts, "collect_examples")
+    stack = examples_stack(acts, chain, saes)
     # integers only: a layer 1.9 would be run as layer 1 and keyed 1.9
     layers = list(acts.layers if layers is None else as_indices(layers, "layers"))
     k, n_bins, per_bin = as_index(k, "k"), as_index(n_bins, "n_bins"), as_index(per_bin, "per_bin")
@@ -340,7 +340,7 @@ def _is_acts(obj: Any) -> bool:  # duck-typed: Activations, or anything that rea
     return hasattr(obj, "batches") and hasattr(obj, "layers")
 
 
-def _check_acts(chain: Any, acts: Any, what: str) -> Activations:
+def check_acts(chain: Any, acts: Any, what: str) -> Activations:
     """``acts`` must be the activations (the chain, or the SAEs, come first in every analysis call:
     ``what(chain, acts)``); the old order is said plainly."""
     if _is_acts(acts):
@@ -352,7 +352,7 @@ def _check_acts(chain: Any, acts: Any, what: str) -> Activations:
                             f"{type(acts).__name__}")
 
 
-def _examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
+def examples_stack(acts: Activations, chain: Any, saes: Any) -> SAEStack:
     """The SAE stack for ``acts``: a chain's (SAEs given too are checked against it); a plain list
     of SAEs is one per collected layer, in ``acts.layers`` order (as it always was)."""
     if chain is not None and (hasattr(chain, "pairs") or isinstance(chain, SAEStack)):

@@ -40,7 +40,7 @@ import torch
 
 from ..core._checks import as_index, finite_number, positive_int
 from ..core.fold import fold
-from ..core.weights import SAEInfo, SAEWeights, _layer_from_hook, as_weights
+from ..core.weights import SAEInfo, SAEWeights, layer_from_hook, as_weights
 from ..errors import ArgumentTypeError, InvalidArgumentError
 
 SCHEDULES = ("constant", "linear", "exponential")
@@ -213,7 +213,7 @@ def _peek_layer(obj: Any) -> int | None:
     info = obj if isinstance(obj, SAEInfo) else getattr(obj, "info", None)
     if info is not None and getattr(info, "layer", None) is not None:
         return int(info.layer)
-    layer = _layer_from_hook(_peek_hook(obj))
+    layer = layer_from_hook(_peek_hook(obj))
     return None if layer is None else int(layer)
 
 

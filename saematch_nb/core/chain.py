@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ._checks import as_index
-from .results import (FeatureTrace, LayerMatch, ResultFileError, ResultMismatchError, TraceStep, _jsonable,
+from .results import (FeatureTrace, LayerMatch, ResultFileError, ResultMismatchError, TraceStep, jsonable,
                       check_format_version)
 from .options import MatchOptions
 from .pair import conflict
@@ -430,8 +430,8 @@ class MatchChain:
                 records.append({"file": f.name, "sha256": _sha256(f)})
             meta = {
                 "format_version": FORMAT_VERSION, "kind": "MatchChain", "layers": list(self.layers),
-                "infos": [i.to_dict() for i in self.infos], "options": _jsonable(self.options),
-                "stats": _jsonable(self.stats), "files": [r["file"] for r in records], "pairs": records,
+                "infos": [i.to_dict() for i in self.infos], "options": jsonable(self.options),
+                "stats": jsonable(self.stats), "files": [r["file"] for r in records], "pairs": records,
                 "fingerprints": list(self.fingerprints),
             }
             meta["digest"] = _digest(meta)

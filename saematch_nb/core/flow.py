@@ -83,7 +83,7 @@ import torch
 
 from ._checks import as_index
 from .cost import default_device
-from .results import _jsonable, read_result_npz, write_result_npz
+from .results import jsonable, read_result_npz, write_result_npz
 from .stack import SAEStack, stack_of
 from .weights import SAEInfo, SAEWeights
 
@@ -683,11 +683,11 @@ class FeatureFlow:
     def _meta(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION, "kind": "FeatureFlow", "alpha": float(self.alpha),
-            "options": _jsonable(self.options), "stats": _jsonable(self.stats),
+            "options": jsonable(self.options), "stats": jsonable(self.stats),
             "layers": [{
                 "layer": fl.layer, "prev_layer": fl.prev_layer, "n": fl.n,
                 "thresholds": {m: fl.thresholds[m] for m in MODULES},
-                "calibration": _jsonable(fl.calibration),
+                "calibration": jsonable(fl.calibration),
                 "infos": {k: (None if v is None else v.to_dict()) for k, v in fl.infos.items()},
                 "n_modules": dict(fl.n_modules), "fingerprints": dict(fl.fingerprints),
             } for fl in self.by_layer],

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from . import architectures
-from .weights import SAEWeights, _check_float
+from .weights import SAEWeights, check_float
 
 BAD_THRESHOLD_CHOICES = ("raise", "skip")
 
@@ -156,7 +156,7 @@ def _fold_module(sae: Any, bad_threshold: str, topk_rtol: float) -> Any:
         raise ValueError(f"{label}: W_enc has shape {tuple(sae.W_enc.shape)}; an SAE needs at least one "
                          "feature and one input dimension ([d_in, d_sae], both > 0)")
     # an integer copy would be folded in place by truncation (θ = 2 turns weights into zeros)
-    _check_float(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None),
+    check_float(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None),
                  threshold=thr)
     _check_finite(label, W_enc=sae.W_enc, b_enc=sae.b_enc, W_dec=sae.W_dec, b_dec=getattr(sae, "b_dec", None))
     s = arch.fold_scales(thr, sae.W_dec, bad_threshold=bad_threshold, topk_rtol=topk_rtol, label=label)

@@ -258,9 +258,9 @@ class LayerMatch:
             "info_b": self.info_b.to_dict(),
             "fingerprint_a": self.fingerprint_a,
             "fingerprint_b": self.fingerprint_b,
-            "options": _jsonable(self.options),
-            "stats": _jsonable(self.stats),
-            "calibration": _jsonable(self.calibration),
+            "options": jsonable(self.options),
+            "stats": jsonable(self.stats),
+            "calibration": jsonable(self.calibration),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -416,7 +416,7 @@ class FeatureTrace:
         return html.trace_html(self)
 
 
-def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+def jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         if isinstance(v, (np.integer,)):
@@ -426,7 +426,7 @@ def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(v, np.ndarray):
             v = v.tolist()
         elif isinstance(v, Mapping):
-            v = _jsonable(v)
+            v = jsonable(v)
         elif not isinstance(v, (str, int, float, bool, type(None), list, tuple)):
             v = repr(v)
         out[str(k)] = v

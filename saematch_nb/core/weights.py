@@ -91,7 +91,7 @@ class SAEWeights:
             raise ValueError(
                 f"unknown SAE architecture {self.architecture!r}; expected one of {ARCHITECTURES}"
             )
-        _check_float(f"SAE weights ({self.info.label})", W_enc=self.W_enc, b_enc=self.b_enc, W_dec=self.W_dec,
+        check_float(f"SAE weights ({self.info.label})", W_enc=self.W_enc, b_enc=self.b_enc, W_dec=self.W_dec,
                      b_dec=self.b_dec, threshold=self.threshold)
         d_in, d_sae = self.W_enc.shape if self.W_enc.ndim == 2 else (None, None)
         problems = []
@@ -255,7 +255,7 @@ def _not_float(name: str, dtype: Any) -> TypeError:
     return TypeError(f"{name} has dtype {str(dtype).replace('torch.', '')}: {_FLOAT_HINT}")
 
 
-def _check_float(label: str, **tensors: Any) -> None:
+def check_float(label: str, **tensors: Any) -> None:
     """Every parameter a torch float tensor: an int SAE folded by θ = 2 is truncated to zeros, a
     bool one matches everything; both silently, so they are refused where SAEWeights are made."""
     for name, t in tensors.items():
@@ -336,7 +336,7 @@ def _from_saelens_object(sae: Any) -> SAEWeights:
     meta = _cfg_get(cfg, "metadata")
     hook = _cfg_get(meta, "hook_name") or _cfg_get(cfg, "hook_name")
     info = SAEInfo(
-        layer=_layer_from_hook(hook),
+        layer=layer_from_hook(hook),
         hook_name=hook,
         model_name=_cfg_get(meta, "model_name") or _cfg_get(cfg, "model_name"),
         release=_cfg_get(meta, "release"),
@@ -388,7 +388,7 @@ def _from_saelens_folder(path: Path) -> SAEWeights:
     arch = str(cfg.get("architecture", "")).lower() or None
     arch = {"batchtopk": "topk", "standard": "relu", "gated": "relu"}.get(arch, arch)
     info = SAEInfo(
-        layer=_layer_from_hook(hook), hook_name=hook,
+        layer=layer_from_hook(hook), hook_name=hook,
         model_name=meta.get("model_name") or cfg.get("model_name"),
         release=meta.get("release"), sae_id=meta.get("sae_id"),
         neuronpedia_id=meta.get("neuronpedia_id"), path=str(path),
@@ -492,7 +492,7 @@ def _from_gemma_scope_2_folder(path: Path) -> SAEWeights:
                                   architecture="jumprelu", info=info)
 
 
-def _layer_from_hook(hook: str | None) -> int | None:
+def layer_from_hook(hook: str | None) -> int | None:
     """blocks.{L}.hook_resid_post -> L"""
     if not hook:
         return None

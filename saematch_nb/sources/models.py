@@ -32,7 +32,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .saes import HubUnavailableError, SourceError, _hf_home, _is_hub_unreachable
+from .saes import HubUnavailableError, SourceError, hf_home, is_hub_unreachable
 
 __all__ = ["load_model", "load_saved_model", "ModelLoadError", "ModelAccessError", "ModelHubUnavailableError"]
 
@@ -270,7 +270,7 @@ def _explain(exc: BaseException, repo: str) -> BaseException:
     text = " ".join(str(x) for x in chain).lower()
     if "GatedRepoError" in names or "gated repo" in text or "401" in text and "unauthorized" in text:
         return ModelAccessError(_access_help(repo))
-    if _is_hub_unreachable(exc) or "couldn't connect" in text or "offline mode" in text:
+    if is_hub_unreachable(exc) or "couldn't connect" in text or "offline mode" in text:
         return ModelHubUnavailableError(
             f"The Hugging Face hub is unreachable and the weights of {repo} are not in the local "
             f"cache ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
@@ -279,7 +279,7 @@ def _explain(exc: BaseException, repo: str) -> BaseException:
                if repo.startswith("google/gemma") else "")
             + "Otherwise: use the bundled demo, load_model('demo') / saematch_nb.demo.load(), "
             f"which needs no network; or point HF_HOME at a Hugging Face cache that holds the "
-            f"weights (current HF_HOME: {_hf_home()}); or connect and unset HF_HUB_OFFLINE."
+            f"weights (current HF_HOME: {hf_home()}); or connect and unset HF_HUB_OFFLINE."
         )
     if isinstance(exc, ValueError) and "not found" in text and "official model names" in text:
         return ModelLoadError(

@@ -140,7 +140,7 @@ OFFLINE_HELP = (
 )
 
 
-def _hf_home() -> str:
+def hf_home() -> str:
     try:
         from huggingface_hub import constants
 
@@ -153,11 +153,11 @@ def _offline_message(what: str, cause: BaseException | None = None) -> str:
     why = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:200]})" if cause else ""
     return (
         f"The Hugging Face hub is unreachable, so {what} cannot be downloaded, and it is not in "
-        f"the local cache{why}. " + OFFLINE_HELP.format(hf_home=_hf_home())
+        f"the local cache{why}. " + OFFLINE_HELP.format(hf_home=hf_home())
     )
 
 
-def _is_hub_unreachable(exc: BaseException) -> bool:
+def is_hub_unreachable(exc: BaseException) -> bool:
     """True for the errors huggingface_hub / requests / httpx raise when the hub cannot be reached."""
     try:
         from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -332,7 +332,7 @@ class SAEHandle:
         except Exception as exc:
             if isinstance(exc, SourceError):
                 raise
-            if _is_hub_unreachable(exc):
+            if is_hub_unreachable(exc):
                 files = _gemma_3_cached_files(self) if self.conversion_func == "gemma_3" else None
                 if files is not None:
                     return self._load_gemma_3_cached(files)
