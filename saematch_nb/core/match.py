@@ -111,24 +111,7 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
         del wa_f, wb_f
     D = Xf.shape[1]
     parts = crit.part_slices(params, wa.d_in)
-    # a feature with an all-zero decoder row or encoder column has no direction: never matched (an
-    # all-zero SAE would otherwise be "100% matched": every distance 1, a null of 1s, threshold 1)
-    zero_a, zero_b = crit.zero_rows(Xf, parts), crit.zero_rows(Yf, parts)
-    for side, w, zero in (("A", wa, zero_a), ("B", wb, zero_b)):
-        if zero.all():
-            raise ValueError(
-                f"SAE {side} ({w.info.label}) has no non-zero feature: every one of its {zero.size} features "
-                "has an all-zero decoder row or encoder column, so none has a direction to match. Check the "
-                "weights that were loaded (an untrained, blanked or wrongly converted SAE)")
-    if zero_a.any() or zero_b.any():
-        import warnings
-
-        from ..errors import SaematchWarning
-
-        warnings.warn(
-            f"match: {int(zero_a.sum())} of SAE A's and {int(zero_b.sum())} of SAE B's features are zero (an "
-            "all-zero decoder row or encoder column: no direction); they are never matched "
-            "(stats n_zero_a / n_zero_b)", SaematchWarning, stacklevel=3)
+    zero_a, zero_b = _zero_features(Xf, Yf, parts, wa, wb)
     kw_cal = dict(parts=parts, alpha=alpha, n_null=n_null, seed=seed, device=dev)
     # a given calibration (expert threshold or reused) is checked before any work; the pair's own
     # is made once the direction pass is there (the solver's product gives it, see below)
@@ -140,26 +123,14 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
     total = gap = float("nan")
     if method == "lap":
         which = pick_solver(n_a, n_b, solver, memory_budget=o.memory_budget)
-        # the dense JV solver reads the direction pass off its own product (no second n x n pass);
-        # directions do not change under folding, so the unfolded solve gives it too
-        cos_parts = parts if which == "jv" else None
-        if allow_unmatched:
+        if allow_unmatched and cal is None:
             # the threshold is the no-partner cost: calibrate first, pi0 once the pass is there
-            if cal is None:
-                cal = crit.calibrate(Xf, Yf, **kw_cal, pi0_later=True)
-            # the criterion's statistic as the cost (|X̃ - Ỹ|² = 2 s), no-partner cost 2·threshold
-            Xd, Yd = crit.directions(Xf, parts), crit.directions(Yf, parts)
-            res: AssignmentResult = solve(Xd, Yd, unmatched_cost=np.full(n_a, 2.0 * cal.threshold),
-                                          solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
-            del Xd, Yd
-        else:
-            X, Y = (Xf, Yf) if fold else (feature_matrix(wa, params, fold=False),
-                                          feature_matrix(wb, params, fold=False))
-            res = solve(X, Y, solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
-            if fold and res.nearest_cost is not None and res.second_cost is not None:
-                # the dense solver's matrix and the sparse one's candidate lists hold each row's
-                # two cheapest columns: no second pass
-                nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
+            cal = crit.calibrate(Xf, Yf, **kw_cal, pi0_later=True)
+        res = _solve_lap(Xf, Yf, wa, wb, parts, o, which, cal, dev, progress)
+        if fold and not allow_unmatched and res.nearest_cost is not None and res.second_cost is not None:
+            # the dense solver's matrix and the sparse one's candidate lists hold each row's two
+            # cheapest columns: no second pass
+            nearest, best, second = res.nearest, res.nearest_cost, res.second_cost
         if res.cosine_pass is not None:
             near_dir = crit.pass_from_cosines(res.cosine_pass)
         partner = res.col.copy()
@@ -228,6 +199,45 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
                "n_zero_a": int(zero_a.sum()), "n_zero_b": int(zero_b.sum()),
                "expected_false_matches": efm},
     )
+
+
+def _zero_features(Xf: torch.Tensor, Yf: torch.Tensor, parts: Any, wa: SAEWeights, wb: SAEWeights
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Each side's features with an all-zero decoder row or encoder column: they have no direction
+    and are never matched (an all-zero SAE would otherwise be "100% matched": every distance 1, a
+    null of 1s, threshold 1). An SAE with no other feature is an error; some are a warning."""
+    zero_a, zero_b = crit.zero_rows(Xf, parts), crit.zero_rows(Yf, parts)
+    for side, w, zero in (("A", wa, zero_a), ("B", wb, zero_b)):
+        if zero.all():
+            raise ValueError(
+                f"SAE {side} ({w.info.label}) has no non-zero feature: every one of its {zero.size} features "
+                "has an all-zero decoder row or encoder column, so none has a direction to match. Check the "
+                "weights that were loaded (an untrained, blanked or wrongly converted SAE)")
+    if zero_a.any() or zero_b.any():
+        import warnings
+
+        from ..errors import SaematchWarning
+
+        warnings.warn(
+            f"match: {int(zero_a.sum())} of SAE A's and {int(zero_b.sum())} of SAE B's features are zero (an "
+            "all-zero decoder row or encoder column: no direction); they are never matched "
+            "(stats n_zero_a / n_zero_b)", SaematchWarning, stacklevel=4)
+    return zero_a, zero_b
+
+
+def _solve_lap(Xf: torch.Tensor, Yf: torch.Tensor, wa: SAEWeights, wb: SAEWeights, parts: Any, o: MatchOptions,
+               which: str, cal: Any, dev: torch.device, progress: bool) -> AssignmentResult:
+    """The linear assignment of a "lap" match: on the folded (or, ``fold=False``, raw) parameters;
+    in the partial mode on the criterion's statistic (|X̃ - Ỹ|² = 2 s) with 2·threshold as every
+    feature's no-partner cost. The dense JV solver reads the direction pass off its own product
+    (no second n x n pass); directions do not change under folding, so the unfolded solve gives it too."""
+    cos_parts = parts if which == "jv" else None
+    if o.allow_unmatched:
+        Xd, Yd = crit.directions(Xf, parts), crit.directions(Yf, parts)
+        return solve(Xd, Yd, unmatched_cost=np.full(Xf.shape[0], 2.0 * cal.threshold), solver=which, device=dev,
+                     progress=progress, cosine_parts=cos_parts)
+    X, Y = (Xf, Yf) if o.fold else (feature_matrix(wa, o.params, fold=False), feature_matrix(wb, o.params, fold=False))
+    return solve(X, Y, solver=which, device=dev, progress=progress, cosine_parts=cos_parts)
 
 
 def _expected_false(cal, near: "crit.DirectionPass", partner: np.ndarray, n_a: int, n_b: int) -> float:
