@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..core._checks import as_index, as_indices
 from ..core.cache import cache_folder
 from ..core.stack import SAEStack, stack_of
@@ -309,16 +310,9 @@ def collect_examples(
         if arrays is None:
             arrays = _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar)
             if cache:
-                tmp = root / f".{key}.{os.getpid()}.tmp.npz"
                 try:
-                    root.mkdir(parents=True, exist_ok=True)
-                    np.savez(tmp, **arrays)
-                    os.replace(tmp, f)
+                    atomic_write(f, lambda fh: np.savez(fh, **arrays))
                 except OSError as e:  # computed: a cache that cannot be written is no error
-                    try:
-                        tmp.unlink(missing_ok=True)
-                    except OSError:
-                        pass
                     if not unwritable:
                         from ..core.cache import warn_unwritable
 

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._atomic import atomic_write_json
 from ..core._checks import as_index
 from ..core.flow import CLASSES, MODULES, FeatureFlow, FlowGraph
 from ..core.results import read_result_npz, write_result_npz
@@ -142,18 +143,6 @@ def _run(model: Any, toks: torch.Tensor, sites: Sequence[str], hooks: Sequence =
         model.run_with_hooks(toks.to(dev) if dev is not None else toks, stop_at_layer=deepest + 1,
                              fwd_hooks=list(hooks) + [(s, keep) for s in sorted(set(sites))])
     return got
-
-
-def _atomic_json(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -- the data check -------------------------------------------------------------------------------
@@ -355,8 +344,9 @@ class FlowDeactivation:
         return out.reset_index()
 
     def save(self, path: str | os.PathLike) -> Path:
-        return _atomic_json({"format_version": FORMAT_VERSION, "kind": "FlowDeactivation", "rows": list(self.rows),
-                             "success_drop": self.success_drop, "options": dict(self.options)}, Path(path))
+        return atomic_write_json(path, {"format_version": FORMAT_VERSION, "kind": "FlowDeactivation",
+                                        "rows": list(self.rows), "success_drop": self.success_drop,
+                                        "options": dict(self.options)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FlowDeactivation":

@@ -10,11 +10,12 @@ and the explained variance of the next-hidden-state approximation (docs/DEMO.md)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .._atomic import atomic_write
 
 
 def pair_table(paths, chain) -> "object":
@@ -209,16 +210,9 @@ def main(argv=None) -> int:
                           intro=(f"{bundle.n_layers} JumpReLU SAEs of {bundle.saes[0].cfg.d_sae} features on "
                                  "blocks.{L}.hook_resid_post of a small model trained on Shakespeare, Milton, "
                                  "the King James Bible and the Jargon File."), sections=sections)
-    tmp = out / f".report.html.{os.getpid()}.tmp"
     try:  # written whole or not at all (the folder was checked before the run, but may have gone)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out / "report.html")
+        atomic_write(out / "report.html", page)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         print(f"saematch_nb.demo: --out: cannot write {out / 'report.html'} ({type(e).__name__}: {e})",
               file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import ArgumentTypeError, InvalidArgumentError, SaematchError
 from ._util import UNCERTAIN_MARGIN, escape, fmt_float, margin_uncertain
 
@@ -1238,30 +1239,23 @@ def save_figure(fig: Any, path: str | os.PathLike, *, width: int | None = None, 
     elif ext not in ("html", "htm", "json"):
         _check_pixels(width or fig.layout.width or _PLOTLY_DEFAULT_PX[0],
                       height or fig.layout.height or _PLOTLY_DEFAULT_PX[1], scale, dpi)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # written whole or not at all: a failed export never leaves a half-written file under the real name
+    if ext in ("html", "htm"):
+        return atomic_write(path, lambda fh: fig.write_html(
+            fh, include_plotlyjs=True, full_html=True, default_width=width or "100%",
+            default_height=height or "100%"), text=True)
+    if ext == "json":
+        return atomic_write(path, fig.write_json, text=True)
     try:
-        if ext in ("html", "htm"):
-            fig.write_html(str(tmp), include_plotlyjs=True, full_html=True,
-                           default_width=width or "100%", default_height=height or "100%")
-        elif ext == "json":
-            fig.write_json(str(tmp))
-        else:
-            try:
-                import kaleido  # noqa: F401
-            except ImportError as exc:
-                raise FigureExportError(
-                    f"writing .{ext} needs kaleido: pip install kaleido (or saematch_nb[export]); "
-                    "saving as .html works without it"
-                ) from exc
-            browser = _find_browser()
-            if browser is None:
-                raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}"))
-            tmp.write_bytes(_render_image(fig, "jpeg" if ext == "jpg" else ext, width or fig.layout.width,
-                                          height or fig.layout.height, scale, browser, path.name))
-        os.replace(tmp, path)  # a failed export never leaves a half-written file under the real name
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        import kaleido  # noqa: F401
+    except ImportError as exc:
+        raise FigureExportError(
+            f"writing .{ext} needs kaleido: pip install kaleido (or saematch_nb[export]); "
+            "saving as .html works without it"
+        ) from exc
+    browser = _find_browser()
+    if browser is None:
+        raise FigureExportError(_BROWSER_HELP.format(fmt=f".{ext}"))
+    return atomic_write(path, _render_image(fig, "jpeg" if ext == "jpg" else ext, width or fig.layout.width,
+                                            height or fig.layout.height, scale, browser, path.name))
 

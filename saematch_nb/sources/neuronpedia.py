@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_write_json
 from ..core._checks import as_index
 from ..core.cache import cache_folder, warn_unwritable
 from ..errors import SaematchError
@@ -189,13 +190,9 @@ def fetch_feature(neuronpedia_id: Any, index: int, *, timeout: float = 5, cache:
             "Neuronpedia (explanations are optional)") from None
     feat = parse_feature(data, model_id, source, index)  # parse before caching: never cache garbage
     if cache:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data), "utf-8")
-            os.replace(tmp, path)
+            atomic_write_json(path, data)
         except OSError as e:  # the feature was fetched: a cache that cannot be written is no error
-            _unlink(tmp)
             warn_unwritable(root, e, "Neuronpedia features")
     return feat
 

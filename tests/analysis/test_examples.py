@@ -74,7 +74,7 @@ def test_examples_cache_is_reused(setup, tmp_path, monkeypatch):
     np.testing.assert_array_equal(a[0].top_rows, b[0].top_rows)
     with pytest.raises(AssertionError, match="rescanned"):  # other options -> other key
         collect_examples(saes, acts, k=5, cache_dir=tmp_path, progress=False)
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.npz")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp.npz", ".tmp"))]
 
 
 HOSTILE = ["<script>alert(1)</script>", '" onmouseover="x', "</span><img src=x onerror=y>", "&amp;", "\n"]
