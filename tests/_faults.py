@@ -32,6 +32,7 @@ def home_is_a_file(tmp_path: Path, monkeypatch: Any) -> Path:
     home.write_text("")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SAEMATCH_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)  # the default is under ~ only without it
     return home
 
 

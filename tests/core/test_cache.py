@@ -148,6 +148,7 @@ def test_keys_follow_identity_and_options(planted, tmp_path):
 
 def test_cache_location_and_switch(planted, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)  # platformdirs would honour it
     monkeypatch.delenv(cache_mod.ENV_VAR, raising=False)
     assert MatchCache().dir == tmp_path / "home" / ".cache" / "saematch_nb"
     monkeypatch.setenv(cache_mod.ENV_VAR, str(tmp_path / "env"))
@@ -196,6 +197,7 @@ def test_real_sae_handles_from_load_saes(planted, reference, tmp_path):
 
 def test_one_root_and_a_folder_per_kind(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)  # platformdirs would honour it
     monkeypatch.delenv(cache_mod.ENV_VAR, raising=False)
     home_root = tmp_path / "home" / ".cache" / "saematch_nb"
     assert cache_mod.cache_root() == home_root

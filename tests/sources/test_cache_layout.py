@@ -47,7 +47,8 @@ def test_every_kind_lands_in_its_folder_under_the_root(tmp_path, monkeypatch):
 
 
 def test_only_the_cache_module_knows_the_root():
-    """No other module reads $SAEMATCH_CACHE_DIR or defines its own default folder."""
+    """No other module (but core/_paths.py, cache.py's helper) reads $SAEMATCH_CACHE_DIR or defines
+    its own default folder."""
     offenders = []
     for f in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(f.read_text(), str(f))
@@ -56,5 +57,6 @@ def test_only_the_cache_module_knows_the_root():
                 offenders.append(f"{f.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
             if isinstance(node, ast.FunctionDef) and node.name in ("default_cache_dir", "_cache_dir"):
                 offenders.append(f"{f.relative_to(PACKAGE)}:{node.lineno} def {node.name}")
-    offenders = [o for o in offenders if not o.startswith("core/cache.py")]
+    # core/_paths.py is the root's default (platformdirs), read by core/cache.py's cache_root()
+    offenders = [o for o in offenders if not o.startswith(("core/cache.py", "core/_paths.py"))]
     assert not offenders, offenders
