@@ -53,8 +53,8 @@ BUILTIN_BASE = {
     "saematch_nb.sources.models.ModelHubUnavailableError": ValueError,
     "saematch_nb.sources.activations.ActivationError": ValueError,
     "saematch_nb.sources.neuronpedia.NeuronpediaUnavailableError": RuntimeError,
-    "saematch_nb.demo.MissingAssetsError": FileNotFoundError,
-    "saematch_nb.demo.BrokenAssetsError": FileNotFoundError,
+    "saematch_nb.sources.demo_assets.MissingAssetsError": FileNotFoundError,
+    "saematch_nb.sources.demo_assets.BrokenAssetsError": FileNotFoundError,
     "saematch_nb.errors.InvalidArgumentError": ValueError,
     "saematch_nb.errors.ArgumentTypeError": TypeError,
 }
@@ -114,13 +114,79 @@ def test_errors_module_is_a_leaf():
     assert all(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in imported)
 
 
-def test_old_neuronpedia_name_is_the_same_class_with_a_warning():
+def test_the_pre_family_neuronpedia_name_is_gone():
+    # a 0.1.0 package keeps no compatibility aliases: NeuronpediaUnavailableError is the one name
     from saematch_nb.sources import neuronpedia
 
-    with pytest.warns(DeprecationWarning, match="NeuronpediaUnavailableError"):
-        old = neuronpedia.NeuronpediaUnavailable
-    assert old is neuronpedia.NeuronpediaUnavailableError
-    with pytest.warns(DeprecationWarning):
+    assert not hasattr(neuronpedia, "NeuronpediaUnavailable")
+    with pytest.raises(ImportError):
         from saematch_nb.sources.neuronpedia import NeuronpediaUnavailable  # noqa: F401
-    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
-        neuronpedia.nothing_here  # noqa: B018
+    assert issubclass(neuronpedia.NeuronpediaUnavailableError, RuntimeError)
+
+
+def _warn_calls():
+    """Every ``warnings.warn(...)`` / ``warn(...)`` (from warnings) in the package, with the module,
+    the enclosing function and the category as written (None when left out: a UserWarning)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(saematch_nb.__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        mod = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        tree = ast.parse(path.read_text(), str(path))
+        bare_warn = any(isinstance(n, ast.ImportFrom) and n.module == "warnings"
+                        and any(a.name == "warn" for a in n.names) for n in ast.walk(tree))
+
+        def visit(node, func):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                func = node.name
+            if isinstance(node, ast.Call):
+                f = node.func
+                if ((isinstance(f, ast.Attribute) and f.attr == "warn" and isinstance(f.value, ast.Name)
+                     and f.value.id == "warnings") or (bare_warn and isinstance(f, ast.Name) and f.id == "warn")):
+                    cat = next((k.value for k in node.keywords if k.arg == "category"), None)
+                    if cat is None and len(node.args) > 1:
+                        cat = node.args[1]
+                    if cat is None and node.args and isinstance(node.args[0], ast.Call):
+                        cat = node.args[0].func  # warn(SomeWarning("...")): the instance's class
+                    yield mod, func, node.lineno, cat
+            for child in ast.iter_child_nodes(node):
+                yield from visit(child, func)
+
+        yield from visit(tree, None)
+
+
+def _category_class(mod: str, cat):
+    """The class a category expression names, looked up in the module (module-level names) or
+    among the package's classes (names imported inside a function); None when unknown."""
+    import ast
+
+    if cat is None:
+        return UserWarning
+    name = cat.attr if isinstance(cat, ast.Attribute) else getattr(cat, "id", None)
+    if name is None:
+        return None
+    obj = getattr(importlib.import_module(mod), name, None)
+    if isinstance(obj, type):
+        return obj
+    if name == "SaematchWarning":
+        return SaematchWarning
+    found = [c for q, c in CLASSES.items() if q.rsplit(".", 1)[1] == name]
+    if found:
+        return found[0]
+    return getattr(__import__("builtins"), name, None)
+
+
+def test_every_warning_the_package_raises_is_in_the_family():
+    calls = list(_warn_calls())
+    assert len(calls) >= 5, "the scan found too few warnings.warn calls: is it still looking?"
+    bad = []
+    for mod, func, line, cat in calls:
+        cls = _category_class(mod, cat)
+        if isinstance(cls, type) and issubclass(cls, SaematchWarning):
+            continue
+        shown = "no category (UserWarning)" if cat is None else getattr(cls, "__name__", "an unknown class")
+        bad.append(f"{mod}:{line} (in {func}): {shown}")
+    assert not bad, ("warnings.warn with a category outside saematch_nb.errors.SaematchWarning's family "
+                     "(use SaematchWarning or a subclass: users filter and catch them as one):\n" + "\n".join(bad))

@@ -21,6 +21,13 @@ from typing import Any
 
 import torch
 
+from ..errors import SaematchWarning
+
+
+class FoldWarning(SaematchWarning):
+    """``fold`` left an SAE unchanged because folding would change its function (a TopK SAE whose
+    decoder norms differ): matching uses its raw parameters."""
+
 
 class Architecture:
     """Base: what every architecture answers (see the module docstring)."""
@@ -145,7 +152,7 @@ class TopK(Architecture):
                 f"{label}: fold() left this TopK SAE unchanged: its decoder norms differ "
                 f"(max/min = {spread:.3g}) and rescaling features would change which k features "
                 "win the top-k, i.e. change the SAE's function. Matching uses the raw parameters.",
-                UserWarning, stacklevel=4,
+                FoldWarning, stacklevel=4,
             )
             return None
         return s
@@ -153,7 +160,7 @@ class TopK(Architecture):
     def feature_scale(self, w, f):
         # the whole SAE decides (equal norms or not); asked quietly, the factor or 1
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FoldWarning)
             s = self.fold_scales(None, w.W_dec, bad_threshold="skip", topk_rtol=1e-3, label=w.info.label)
         return 1.0 if s is None else float(s[f])
 

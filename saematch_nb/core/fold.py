@@ -14,7 +14,8 @@ pre-activations, which folding rescales per feature), so the function would chan
 therefore applies the unit-norm rescaling to a TopK SAE only when its decoder norms are already
 equal to within ``topk_rtol`` (then every pre-activation is scaled by the same factor and the
 ranking is kept); otherwise it returns an unchanged copy (``folded=True``, as there is nothing
-that can be folded safely) and emits a ``UserWarning`` saying so.
+that can be folded safely) and emits a ``FoldWarning`` (a ``SaematchWarning``, hence a ``UserWarning``)
+saying so.
 
 Works on :class:`~saematch_nb.core.weights.SAEWeights` and, by duck typing, on sae-lens SAE
 objects (deep copy, parameters modified in place on the copy; the original is never touched).

@@ -31,18 +31,6 @@ class NeuronpediaUnavailableError(SaematchError, RuntimeError):
     """Neuronpedia could not be reached (offline, timeout, HTTP error) and nothing is cached."""
 
 
-def __getattr__(name: str) -> Any:
-    # The class was called NeuronpediaUnavailable before it got the Error suffix of the family:
-    # the old name is the same class, so old ``except`` clauses keep working (with a warning).
-    if name == "NeuronpediaUnavailable":
-        import warnings
-
-        warnings.warn("saematch_nb.sources.neuronpedia.NeuronpediaUnavailable is deprecated: use "
-                      "NeuronpediaUnavailableError (the same class)", DeprecationWarning, stacklevel=2)
-        return NeuronpediaUnavailableError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class NeuronpediaActivation:
     tokens: tuple[str, ...]

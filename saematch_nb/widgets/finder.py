@@ -1,4 +1,4 @@
-"""Panels that find features and show the whole chain: FeatureFinder and ChainOverview.
+"""The panel that finds features: FeatureFinder (the whole chain's ChainOverview is widgets/overview.py).
 
 Thin ipywidgets panels like the explorer's: the ranking is ``analysis.finder.find_features`` (the
 same call works without a panel), the tables and figures come from ``display``; a panel only holds
@@ -252,11 +252,3 @@ class FeatureFinder(SnapshotMixin, W.VBox):
         body = html.finder_table_html(self.table) if self.table is not None else self.status.value
         return html.panel_snapshot_html("FeatureFinder", [self.header.value, body, self.notice.value])
 
-
-def __getattr__(name: str) -> Any:
-    # ChainOverview lives in widgets/overview.py; the old import path keeps working
-    if name == "ChainOverview":
-        from .overview import ChainOverview
-
-        return ChainOverview
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,7 +66,9 @@ def test_fold_relu_unit_decoder_norm_same_function():
 
 def test_fold_topk_unequal_norms_is_noop_with_warning():
     w = _random_jumprelu(arch="topk", k=5)
-    with pytest.warns(UserWarning, match="TopK"):
+    from saematch_nb.core.architectures import FoldWarning
+
+    with pytest.warns(FoldWarning, match="TopK"):
         f = fold(w)
     assert torch.equal(f.W_dec, w.W_dec) and torch.equal(f.W_enc, w.W_enc)
     x = torch.randn(64, w.d_in)
