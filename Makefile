@@ -16,7 +16,7 @@ PY310 := $(VENV310)/bin/python
 # The tests whose arithmetic depends on the CPU's product kernels (bfloat16/float32 passes, certificates).
 SOLVER_TESTS ?= tests/core/test_lap_sparse.py tests/core/test_lap.py tests/core/test_match.py
 
-.PHONY: demo test test-avx2 test-py310 lab install warmup clean bench notebooks gemma3 gemma3-experiments gemma3-flow
+.PHONY: demo lint test test-avx2 test-py310 lab install warmup clean bench notebooks gemma3 gemma3-experiments gemma3-flow
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# pyflakes, one statement a line, whitespace, lines <= 120 ([tool.ruff] in pyproject.toml); no formatter
+lint: $(STAMP)
+	$(VENV)/bin/ruff check saematch_nb tests benchmarks scripts
 
 # The solver's tests with oneDNN limited to AVX2: an AMD-like path (no AMX, no native bfloat16) on any x86-64.
 test-avx2: $(STAMP)

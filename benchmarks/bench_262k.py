@@ -218,8 +218,8 @@ def main() -> None:
     r.update(check(folder))
     st = r["stats"]
     gb = 2 ** 30
-    print(f"\n| n | d_in | mode | seconds | phases (s) | rounds | k_dot (memory-limited) | edges first / final | "
-          f"peak GiB (inputs) | gap | exact total | kept with true partner | fresh partnered |")
+    print("\n| n | d_in | mode | seconds | phases (s) | rounds | k_dot (memory-limited) | edges first / final | "
+          "peak GiB (inputs) | gap | exact total | kept with true partner | fresh partnered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ph = ", ".join(f"{k} {v:.0f}" for k, v in st["phase_seconds"].items())
     print(f"| {a.n} | {a.d_in} | {a.mode} | {r['total_s']:.0f} | {ph} | {st.get('rounds')} | {st.get('k_dot')} "

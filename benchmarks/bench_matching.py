@@ -374,7 +374,6 @@ def scaling(a) -> list[dict]:
     """The sparse solver (forced) on the clustered family at each size, bijective and partial;
     then a fit of time (a n^2 + b n) and of extra memory (c1 n + c2 n k_dot(n)) on all sizes but the largest,
     checked against the largest, and refitted on all of them to project ``--project-n``."""
-    D = 4608
     rows = []
     for n in a.scaling:
         tmp = Path(tempfile.mkdtemp(prefix=f"bench_scaling_{n}_"))

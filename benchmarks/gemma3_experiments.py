@@ -142,7 +142,6 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     bundle = gemma3.load(args.assets, device="cpu")
-    paths = [str(p) for p in gemma3.sae_paths(args.assets)]
     ws = [as_weights(s) for s in bundle.saes]
     layers = [w.info.layer for w in ws]
     T = len(layers)

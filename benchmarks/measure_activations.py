@@ -95,7 +95,8 @@ def _from_assets(folder: Path):
     from safetensors.torch import load_file
 
     spec = importlib.util.spec_from_file_location("build_demo", Path(__file__).resolve().parents[1] / "scripts" / "build_demo.py")
-    bd = importlib.util.module_from_spec(spec); spec.loader.exec_module(bd)
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
     tok = bd.load_tokenizer(folder / "tokenizer")
     model = bd.build_model(json.loads((folder / "model_cfg.json").read_text()), tok, "cpu")
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
@@ -178,7 +179,7 @@ def main() -> None:
                   f"{int(ev.n_tokens.iloc[0])} tokens, BOS excluded")
             print(ev.pivot(index="pair", columns="method", values="explained_variance")[order]
                   .to_string(float_format=lambda v: f"{v:.3f}"))
-            print(f"\n## The same with the residual's mean kept (1 - E|x̂ - x|² / Var(x): a constant offset "
+            print("\n## The same with the residual's mean kept (1 - E|x̂ - x|² / Var(x): a constant offset "
                   "counts as error)")
             print(ev.pivot(index="pair", columns="method", values="explained_variance_mean_kept")[order]
                   .to_string(float_format=lambda v: f"{v:.3f}"))
@@ -227,7 +228,8 @@ def main() -> None:
               f"and features still readable k layers later in the residual stream (read-off: Pearson of "
               f"f_i(x_L) and f_i(x_(L+k)) above the null's 99% quantile at every step); {t_ro:.1f} s")
         print(pd.DataFrame(rows).set_index("k (layers later)").to_string(na_rep="-"))
-        del acts, exs
+        del exs
+        acts = None  # the memmaps released before the temp folder goes (not del: the lambdas read it)
 
 
 if __name__ == "__main__":

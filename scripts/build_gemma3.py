@@ -505,7 +505,6 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
     info = {"train_seconds": round(time.time() - t_train, 1), "steps": stack.step, "history": hist,
             "model_dtype": str(mdt).replace("torch.", ""), "mu_norm": mu.norm(dim=-1).tolist(),
             "input_scale": s.tolist(), "hooks": hooks, "windows_used": win_next}
-    del model
     return stack, {"mu": mu, "s": s, "row": row, "info": info}
 
 

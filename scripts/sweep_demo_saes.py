@@ -110,7 +110,6 @@ def main(argv=None) -> int:
     out = Path(args.out)
     done = json.loads(out.read_text()) if out.exists() else []
     have = {(r["width"], r["target_l0"], r["steps"]) for r in done}
-    d = xa.shape[1]
     for width, l0, steps in configs:
         if (width, l0, steps) in have:
             continue

@@ -4,6 +4,9 @@
   rescaled per feature (θ × U[0.3, 3]), perturbed (noise 0.1). Returns ``(sae_a, sae_b, truth)``.
 - ``planted_fresh``: the same with 30% of A's features dying (their B slot holds a fresh one).
 - ``chain``: a 4-layer planted chain (``PlantedChain`` with ``.saes`` and ``.truths``).
+- ``finder_setup``: ``(chain, examples, activations)`` of two tiny SAEs on texts full of quotes
+  and newlines (the finder's token filter tests, analysis and widgets).
+- ``demo_examples``: ``(chain, examples)`` of the bundled demo, examples of every 16th text.
 - ``test_device``: the device of tests whose result depends on it, from the environment variable
   ``SAEMATCH_TEST_DEVICE`` (default "cpu"; ``SAEMATCH_TEST_DEVICE=cuda`` on a GPU machine, as
   benchmarks/gpu_check.sh runs them). Module-level constants use :func:`device_under_test`.
@@ -65,3 +68,35 @@ def gemma3_models(tmp_path_factory):
     folder = os.environ.get("SAEMATCH_TEST_MODELS_DIR") or str(tmp_path_factory.mktemp("models"))
     gemma3.checkpoint(folder)
     return folder
+
+
+FINDER_TEXTS = ["It's the cat's mat.\nAnd then:\n'quoted' words, \"double\" too.\n\n",
+                "Line one\nline two\n  indented 'x' and y'all\n", "plain words without any breaks at all here",
+                "x = 'a' + '\\n'\nprint(x)\n"]
+
+
+@pytest.fixture(scope="module")
+def finder_setup():
+    import saematch_nb as smn
+    from saematch_nb.analysis.examples import collect_examples
+    from saematch_nb.core.weights import SAEInfo, SAEWeights
+    from saematch_nb.sources.activations import collect_activations
+    from tests import _saelens_doubles as fx
+
+    model = fx.tiny_gemma2_model(seed=0, n_layers=2, d_model=16)
+    acts = collect_activations(model, FINDER_TEXTS, [0, 1], cache=False, progress=False)
+    saes = [SAEWeights.from_arrays(fx.jumprelu_arrays(16, 64, seed=s),
+                                   info=SAEInfo(hook_name=f"blocks.{s}.hook_resid_post")) for s in (0, 1)]
+    chain = smn.match_chain(saes, cache=False, progress=False)
+    exs = collect_examples(chain, acts, k=6, cache=False, progress=False)
+    return chain, exs, acts
+
+
+@pytest.fixture(scope="module")
+def demo_examples():
+    import saematch_nb as smn
+
+    bundle = smn.demo.load()
+    chain = smn.match_chain(bundle.handles, progress=False)
+    acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
+    return chain, smn.collect_examples(chain, acts, progress=False)

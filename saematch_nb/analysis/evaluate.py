@@ -34,7 +34,7 @@ import numpy as np
 from ..core._checks import positive_int
 from ..core.metrics import EVAccumulator
 from ..core.stack import SAEStack, stack_of
-from ..core.weights import SAEWeights, as_weights
+from ..core.weights import SAEWeights
 from ..sources.activations import tokenize
 
 METHODS = ("folded+matched", "folded+accepted", "unfolded+matched", "identity", "cosine", "skip",
@@ -187,7 +187,9 @@ def evaluate(
         for d in docs:
             if kept >= max_tokens:
                 break
-            d = d[: first + max_tokens - kept]; out.append(d); kept += d.size - first
+            d = d[: first + max_tokens - kept]
+            out.append(d)
+            kept += d.size - first
         docs = out
     device = torch.device(getattr(model.cfg, "device", None) or "cpu")
     batches = []
@@ -211,7 +213,8 @@ def evaluate(
     clean_sum = clean_n = 0
     for toks, _, lmask in batches:
         s, n_ = loss_of(toks, lmask)
-        clean_sum += s; clean_n += n_
+        clean_sum += s
+        clean_n += n_
     clean = clean_sum / max(clean_n, 1)
 
     def load(L: int) -> SAEWeights:
@@ -280,7 +283,8 @@ def _evaluate_pair(model, chain, stack, t, la, lb, wa, wb, methods, mk, transfer
             for toks, mask, lmask in batches:
                 store["mask"] = mask
                 s, n_ = loss_of(toks, lmask)
-                ls += s; ln += n_
+                ls += s
+                ln += n_
         loss = ls / max(ln, 1)
         rows.append({"layer_from": la, "layer_to": lb, "method": m,
                      "explained_variance": ev.value(),
@@ -438,8 +442,10 @@ def coactivation(
         n_a, n_b = wa.d_sae, wb.d_sae
         blk = max(1, int(block_bytes // (8 * max(n_b, 1))))
         blocks = [slice(s, min(s + blk, n_a)) for s in range(0, n_a, blk)]
-        max_a = torch.zeros(n_a); max_b = torch.zeros(n_b)
-        d_idx = np.full(n_a, -1, np.int64); d_val = np.zeros(n_a)
+        max_a = torch.zeros(n_a)
+        max_b = torch.zeros(n_b)
+        d_idx = np.full(n_a, -1, np.int64)
+        d_val = np.zeros(n_a)
 
         def encoded():
             for xa, xb in zip(acts.batches(la, batch_tokens), acts.batches(lb, batch_tokens)):
@@ -450,7 +456,8 @@ def coactivation(
             cm = CrossMoments(sl, n_b)
             for fa, fb in encoded():
                 if bi == 0:
-                    max_a = torch.maximum(max_a, fa.max(0).values); max_b = torch.maximum(max_b, fb.max(0).values)
+                    max_a = torch.maximum(max_a, fa.max(0).values)
+                    max_b = torch.maximum(max_b, fb.max(0).values)
                 cm.update(fa, fb)
             d_idx[sl], d_val[sl] = cm.best()
         partner = lm.partner
@@ -461,13 +468,16 @@ def coactivation(
         ps = PairStats(a_idx, partner[a_idx], max_a.numpy(), max_b.numpy(), frac)
         pr = PairStats(r_a, r_b, max_a.numpy(), max_b.numpy(), frac)
         for fa, fb in encoded():
-            ps.update(fa, fb); pr.update(fa, fb)
+            ps.update(fa, fb)
+            pr.update(fa, fb)
         res, rres = ps.result(), pr.result()
         active = (max_a.numpy() > 0)
         df = pd.DataFrame({"feature": np.arange(n_a), "partner": partner, "matched": lm.matched,
                            "active": active, "data_partner": d_idx, "data_pearson": d_val})
         for k, v in res.items():
-            col = np.full(n_a, np.nan); col[a_idx] = v; df[k] = col
+            col = np.full(n_a, np.nan)
+            col[a_idx] = v
+            df[k] = col
         df["agrees"] = (df.partner == df.data_partner) & (df.partner >= 0)
         feats.append(df.set_index("feature"))
         ok = active & has
@@ -547,7 +557,8 @@ def read_off_persistence(saes: Any, acts: Any, *, max_k: int | None = None,
             for x0, xk in zip(acts.batches(L, batch_tokens), acts.batches(Lk, batch_tokens)):
                 with torch.no_grad():
                     f0, fk = w.encode(x0), w.encode(xk)
-                same.update(f0, fk); null.update(f0, fk)
+                same.update(f0, fk)
+                null.update(f0, fk)
             r, r0 = same.result()["pearson"], null.result()["pearson"]
             thr = float(np.quantile(r0, null_quantile))
             alive &= r >= thr

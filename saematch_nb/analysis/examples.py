@@ -390,10 +390,16 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
     bt = batch_tokens or 4096
     rng = np.random.default_rng(seed)
     R = max(per_bin, 1) * 2  # oversample: re-binning at the end moves some samples between bins
-    t_f = np.zeros(0, np.int64); t_r = np.zeros(0, np.int64); t_v = np.zeros(0, np.float32)
-    s_f = np.zeros(0, np.int64); s_b = np.zeros(0, np.int64); s_r = np.zeros(0, np.int64)
-    s_v = np.zeros(0, np.float32); s_k = np.zeros(0, np.float64)
-    run_max = np.zeros(n, np.float32); n_active = np.zeros(n, np.int64)
+    t_f = np.zeros(0, np.int64)
+    t_r = np.zeros(0, np.int64)
+    t_v = np.zeros(0, np.float32)
+    s_f = np.zeros(0, np.int64)
+    s_b = np.zeros(0, np.int64)
+    s_r = np.zeros(0, np.int64)
+    s_v = np.zeros(0, np.float32)
+    s_k = np.zeros(0, np.float64)
+    run_max = np.zeros(n, np.float32)
+    n_active = np.zeros(n, np.int64)
     nh = HIST_EDGES.size - 1
     hist = np.zeros(n * nh, np.int64)
     row0 = 0
@@ -402,47 +408,63 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
             f = w.encode(x)
         rr, ff = torch.nonzero(f > 0, as_tuple=True)
         vv = f[rr, ff].numpy().astype(np.float32)
-        rr = rr.numpy().astype(np.int64) + row0; ff = ff.numpy().astype(np.int64)
+        rr = rr.numpy().astype(np.int64) + row0
+        ff = ff.numpy().astype(np.int64)
         B = f.shape[0]
         n_active += np.bincount(ff, minlength=n)
         np.maximum.at(run_max, ff, vv)
         hb = np.clip(np.searchsorted(HIST_EDGES, vv, side="right") - 1, 0, nh - 1)
         hist += np.bincount(ff * nh + hb, minlength=n * nh)
         # running top-k per feature
-        t_f = np.r_[t_f, ff]; t_r = np.r_[t_r, rr]; t_v = np.r_[t_v, vv]
+        t_f = np.r_[t_f, ff]
+        t_r = np.r_[t_r, rr]
+        t_v = np.r_[t_v, vv]
         keep = _group_top(t_f, t_v, k)
         t_f, t_r, t_v = t_f[keep], t_r[keep], t_v[keep]
         # reservoirs: per (feature, bin of the running max), the R largest random keys
         bins = np.minimum((vv / np.maximum(run_max[ff], 1e-12) * n_bins).astype(np.int64), n_bins - 1)
-        s_f = np.r_[s_f, ff]; s_b = np.r_[s_b, bins]; s_r = np.r_[s_r, rr]; s_v = np.r_[s_v, vv]
+        s_f = np.r_[s_f, ff]
+        s_b = np.r_[s_b, bins]
+        s_r = np.r_[s_r, rr]
+        s_v = np.r_[s_v, vv]
         s_k = np.r_[s_k, rng.random(ff.size)]
         keep = _group_top(s_f * n_bins + s_b, s_k, R)
         s_f, s_b, s_r, s_v, s_k = s_f[keep], s_b[keep], s_r[keep], s_v[keep], s_k[keep]
         row0 += B
         bar.update(B)
     # dense per-feature tables
-    top_v = torch.zeros((n, k)); top_r = torch.full((n, k), -1, dtype=torch.long)
+    top_v = torch.zeros((n, k))
+    top_r = torch.full((n, k), -1, dtype=torch.long)
     o = np.lexsort((-t_v, t_f))
     t_f, t_r, t_v = t_f[o], t_r[o], t_v[o]
     rank = np.arange(t_f.size) - np.searchsorted(t_f, t_f, "left")
-    top_v[t_f, rank] = torch.from_numpy(t_v); top_r[t_f, rank] = torch.from_numpy(t_r)
+    top_v[t_f, rank] = torch.from_numpy(t_v)
+    top_r[t_f, rank] = torch.from_numpy(t_r)
     M = n_bins * R
-    res_v = torch.zeros((n, M)); res_r = torch.full((n, M), -1, dtype=torch.long)
+    res_v = torch.zeros((n, M))
+    res_r = torch.full((n, M), -1, dtype=torch.long)
     res_key = torch.full((n, M), -float("inf"), dtype=torch.float64)
     o = np.argsort(s_f, kind="stable")
     s_f, s_r, s_v, s_k = s_f[o], s_r[o], s_v[o], s_k[o]
     rank = np.arange(s_f.size) - np.searchsorted(s_f, s_f, "left")
-    res_v[s_f, rank] = torch.from_numpy(s_v); res_r[s_f, rank] = torch.from_numpy(s_r)
+    res_v[s_f, rank] = torch.from_numpy(s_v)
+    res_r[s_f, rank] = torch.from_numpy(s_r)
     res_key[s_f, rank] = torch.from_numpy(s_k)
-    run_max = torch.from_numpy(run_max); n_active = torch.from_numpy(n_active)
+    run_max = torch.from_numpy(run_max)
+    n_active = torch.from_numpy(n_active)
     top_v[top_r < 0] = -float("inf")
-    res_v = res_v.reshape(n, n_bins, R); res_r = res_r.reshape(n, n_bins, R); res_key = res_key.reshape(n, n_bins, R)
+    res_v = res_v.reshape(n, n_bins, R)
+    res_r = res_r.reshape(n, n_bins, R)
+    res_key = res_key.reshape(n, n_bins, R)
     top_r[~torch.isfinite(top_v) | (top_v <= 0)] = -1
     # Re-bin every reservoir sample against the final max; keep per_bin per bin, the top bin left
     # to the top-k.
-    flat_v = res_v.reshape(n, -1); flat_r = res_r.reshape(n, -1); flat_k = res_key.reshape(n, -1)
+    flat_v = res_v.reshape(n, -1)
+    flat_r = res_r.reshape(n, -1)
+    flat_k = res_key.reshape(n, -1)
     fb = (flat_v / run_max.clamp_min(1e-12)[:, None] * n_bins).long().clamp(0, n_bins - 1)
-    s_rows = torch.full((n, n_bins, per_bin), -1, dtype=torch.long); s_vals = torch.zeros((n, n_bins, per_bin))
+    s_rows = torch.full((n, n_bins, per_bin), -1, dtype=torch.long)
+    s_vals = torch.zeros((n, n_bins, per_bin))
     top_set = top_r
     for bi in range(n_bins):
         ok = (fb == bi) & torch.isfinite(flat_k) & (flat_r >= 0)
@@ -451,9 +473,11 @@ def _scan_layer(acts, L, w, k, n_bins, per_bin, batch_tokens, seed, bar) -> dict
         kk = torch.where(ok, flat_k, torch.full_like(flat_k, -float("inf")))
         if per_bin:
             val, j = torch.topk(kk, per_bin, dim=1)
-            r = torch.gather(flat_r, 1, j); v = torch.gather(flat_v, 1, j)
+            r = torch.gather(flat_r, 1, j)
+            v = torch.gather(flat_v, 1, j)
             r[~torch.isfinite(val)] = -1
-            s_rows[:, bi] = r; s_vals[:, bi] = v
+            s_rows[:, bi] = r
+            s_vals[:, bi] = v
     if n_bins > 1:  # the top bin is what the top-k already shows
         s_rows[:, n_bins - 1] = -1
     return {"top_rows": top_r.numpy(), "top_vals": top_v.clamp_min(0).numpy().astype(np.float32),

@@ -102,8 +102,8 @@ def find_features(chain: Any, examples: Any = None, *, layer: int | None = None,
             raise ArgumentTypeError(f"{name} must be a string (or None), got {v!r} ({type(v).__name__})")
     given = None if explanations is None else _given_explanations(explanations)
     if (token or sort in ("density", "max_activation") or min_density) and examples is None:
-        raise ValueError(f"sorting or filtering by tokens or activations needs the examples: "
-                         f"find_features(chain, examples, ...) with examples = collect_examples(chain, acts)")
+        raise ValueError("sorting or filtering by tokens or activations needs the examples: "
+                         "find_features(chain, examples, ...) with examples = collect_examples(chain, acts)")
     layers = list(chain.layers) if layer is None else [as_index(layer, "layer")]
     for L in layers:
         if L not in chain.layers:

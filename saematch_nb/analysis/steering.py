@@ -30,7 +30,6 @@ plain hook name no longer exists there.
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence

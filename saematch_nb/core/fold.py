@@ -24,7 +24,6 @@ objects (deep copy, parameters modified in place on the copy; the original is ne
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import replace
 from typing import Any
 

@@ -52,8 +52,10 @@ class EVAccumulator:
             z = torch.zeros(x.shape[-1], dtype=torch.float64)
             self.s_x, self.s_xx, self.s_r, self.s_rr = z.clone(), z.clone(), z.clone(), z.clone()
         self.n += x.shape[0]
-        self.s_x += x.sum(0); self.s_xx += (x * x).sum(0)
-        self.s_r += r.sum(0); self.s_rr += (r * r).sum(0)
+        self.s_x += x.sum(0)
+        self.s_xx += (x * x).sum(0)
+        self.s_r += r.sum(0)
+        self.s_rr += (r * r).sum(0)
 
     def value(self, residual_mean: str = "removed") -> float:
         """EV with the residual's mean ``"removed"`` (Var of the residual, the default) or
@@ -185,8 +187,10 @@ class CrossMoments:
             self.s_bb = torch.zeros_like(self.s_b)
             self.s_ab = torch.zeros(a.shape[1], self.n_b, dtype=torch.float64, device=self.device)
         self.n += a.shape[0]
-        self.s_a += a.sum(0); self.s_aa += (a * a).sum(0)
-        self.s_b += b.sum(0); self.s_bb += (b * b).sum(0)
+        self.s_a += a.sum(0)
+        self.s_aa += (a * a).sum(0)
+        self.s_b += b.sum(0)
+        self.s_bb += (b * b).sum(0)
         self.s_ab += _cross(torch.as_tensor(fa)[:, self.rows], torch.as_tensor(fb), self.device)
 
     def pearson(self) -> torch.Tensor:
@@ -205,7 +209,8 @@ class CrossMoments:
 def _cross(a: torch.Tensor, b: torch.Tensor, device) -> torch.Tensor:
     """``aᵀ b`` in float64. SAE codes are sparse (L0 ≪ width): a sparse×dense product costs
     nnz(a)·n_b instead of tokens·n_a·n_b; each batch's float32 product is summed in float64."""
-    a = a.to(device, torch.float32); b = b.to(device, torch.float32)
+    a = a.to(device, torch.float32)
+    b = b.to(device, torch.float32)
     if a.numel() and (a != 0).float().mean() < 0.05:
         return torch.sparse.mm(a.T.contiguous().to_sparse(), b).double()
     return (a.T @ b).double()
@@ -219,14 +224,16 @@ def best_pearson_partner(fa, fb, *, block: int = 4096) -> tuple[np.ndarray, np.n
         cm = CrossMoments(slice(s, min(s + block, fa.shape[1])), fb.shape[1])
         cm.update(fa, fb)
         i, v = cm.best()
-        idx.append(i); val.append(v)
+        idx.append(i)
+        val.append(v)
     return np.concatenate(idx), np.concatenate(val)
 
 
 def agreement_rate(partner: np.ndarray, data_partner: np.ndarray, *, mask: np.ndarray | None = None) -> float:
     """Fraction of A-features whose SAE Match partner is the data's best Pearson partner, over
     features that have both (partner != -1 and data_partner != -1) and pass ``mask``."""
-    partner = np.asarray(partner); data_partner = np.asarray(data_partner)
+    partner = np.asarray(partner)
+    data_partner = np.asarray(data_partner)
     ok = (partner >= 0) & (data_partner >= 0)
     if mask is not None:
         ok &= np.asarray(mask, bool)

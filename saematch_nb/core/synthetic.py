@@ -114,7 +114,9 @@ def planted_pair(n: int = 256, d_in: int = 64, *, n_b: int | None = None, fresh_
     fb_kept = perturb(fa, noise, rng)
     fresh = random_features(n_b, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay,
                             gain_spread=gain_spread)
-    enc_b = fresh.enc * fresh_scale; b_b = fresh.b_enc * fresh_scale; dec_b = fresh.dec * fresh_scale
+    enc_b = fresh.enc * fresh_scale
+    b_b = fresh.b_enc * fresh_scale
+    dec_b = fresh.dec * fresh_scale
     enc_b[:, perm[alive]] = fb_kept.enc[:, alive]
     b_b[perm[alive]] = fb_kept.b_enc[alive]
     dec_b[perm[alive]] = fb_kept.dec[alive]
@@ -157,7 +159,9 @@ def planted_chain(n_layers: int = 5, n: int = 128, d_in: int = 32, *, fresh_frac
         truth[alive] = perm[alive]
         kept = perturb(slot_feats, noise, rng)
         fresh = random_features(n, d_in, rng)
-        enc = fresh.enc.copy(); b = fresh.b_enc.copy(); dec = fresh.dec.copy()
+        enc = fresh.enc.copy()
+        b = fresh.b_enc.copy()
+        dec = fresh.dec.copy()
         enc[:, perm[alive]] = kept.enc[:, alive]
         b[perm[alive]] = kept.b_enc[alive]
         dec[perm[alive]] = kept.dec[alive]

@@ -11,7 +11,6 @@ saematch_nb.sources (the demo sits above sources; it never imports sae-lens or T
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

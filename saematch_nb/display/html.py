@@ -138,9 +138,9 @@ def layer_match_body(lm: Any, *, header: bool = True) -> str:
     parts += [
         _grid(rows),
         f'<div class="smn-section"><div class="smn-section-title">MSE histogram</div>{_hist_html(f)}</div>',
-        _details(f'best matches <span class="smn-sub">(lowest MSE among the accepted)</span>',
+        _details('best matches <span class="smn-sub">(lowest MSE among the accepted)</span>',
                  _extremes_table(f["best"]), open_=True),
-        _details(f'worst matches <span class="smn-sub">(highest MSE)</span>', _extremes_table(f["worst"])),
+        _details('worst matches <span class="smn-sub">(highest MSE)</span>', _extremes_table(f["worst"])),
     ]
     return "".join(parts)
 
@@ -264,7 +264,7 @@ def chain_body(chain: Any, *, pairs_open: bool = False, charts: bool = True) -> 
             summ = (f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])} "
                     f'<span class="smn-sub">{escape(r["matched_pct"])} accepted, MSE median {escape(r["mse_median"])}</span>')
             details.append(_details(summ, layer_match_body(lm, header=False), open_=pairs_open))
-        parts.append(_details(f'pairs <span class="smn-sub">(details per layer pair)</span>',
+        parts.append(_details('pairs <span class="smn-sub">(details per layer pair)</span>',
                               "".join(details), open_=pairs_open))
     else:
         parts.append('<div class="smn-muted">no layer pairs</div>')
@@ -680,7 +680,7 @@ def sweep_body(df: Any, *, mode: str = "add", origin: Any = None, target_from: s
     how = f"from {target_from}" if target_from else "the one the strongest setting raises most"
     return (_header("Strength sweep", title, "mean over the prompt's positions; one forward pass per strength")
             + f'<div class="smn-sweep">{chart}</div>'
-            + f'<div class="smn-sweep-gens">'
+            + '<div class="smn-sweep-gens">'
             + _table(head, cells, caption=f"target token {tgt!r}: {how}") + "</div>")
 
 

@@ -152,7 +152,8 @@ def model_identity(model: Any) -> str:
         for name, p in model.named_parameters():
             flat = p.detach().reshape(-1)
             step = max(1, flat.numel() // 4096)
-            h.update(name.encode()); h.update(str(tuple(p.shape)).encode())
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
             h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -333,7 +334,8 @@ def collect_activations(
             if room <= 0:
                 break
             ids = ids[: first + room]
-            out.append(ids); kept += ids.size - first
+            out.append(ids)
+            kept += ids.size - first
         docs = out
     lengths = np.array([d.size for d in docs], np.int64)
     all_tokens = np.concatenate(docs)
@@ -345,7 +347,8 @@ def collect_activations(
 
     h = hashlib.sha256()
     h.update(model_identity(model).encode())
-    h.update(all_tokens.tobytes()); h.update(lengths.tobytes())
+    h.update(all_tokens.tobytes())
+    h.update(lengths.tobytes())
     h.update(json.dumps({"layers": layers, "hook": hook, "bos": exclude_bos, "dtype": dtype,
                          "format": FORMAT}).encode())
     key = h.hexdigest()[:20]
@@ -405,8 +408,11 @@ def collect_activations(
         for mm in mms.values():
             mm.flush()
         del mms
-        np.save(tmp / "token_ids.npy", token_ids); np.save(tmp / "doc.npy", doc); np.save(tmp / "pos.npy", pos)
-        np.save(tmp / "all_tokens.npy", all_tokens); np.save(tmp / "doc_offsets.npy", doc_offsets)
+        np.save(tmp / "token_ids.npy", token_ids)
+        np.save(tmp / "doc.npy", doc)
+        np.save(tmp / "pos.npy", pos)
+        np.save(tmp / "all_tokens.npy", all_tokens)
+        np.save(tmp / "doc_offsets.npy", doc_offsets)
         meta = {"format": FORMAT, "key": key, "layers": list(layers), "hook": hook, "d_model": d_model,
                 "dtype": dtype, "model_name": model_name, "exclude_bos": exclude_bos,
                 "vocab": {str(k): v for k, v in _vocab_strings(model, all_tokens).items()},
@@ -547,7 +553,9 @@ def _load(path: Path, model: Any, all_tokens, doc_offsets, doc, pos, token_ids, 
             raise ActivationError(f"cached layer {L} at {path} has shape {arr.shape}")
     ro = []
     for a in (token_ids, doc, pos, doc_offsets, all_tokens):
-        a = np.array(a, copy=True); a.setflags(write=False); ro.append(a)
+        a = np.array(a, copy=True)
+        a.setflags(write=False)
+        ro.append(a)
     return Activations(
         path=path, key=meta["key"], layers=tuple(meta["layers"]), hook=meta["hook"], token_ids=ro[0],
         doc=ro[1], pos=ro[2], doc_offsets=ro[3], all_tokens=ro[4],

@@ -18,7 +18,7 @@ manager, which is what a Colab user must switch on for any panel to show.
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["in_colab", "enable_colab_widgets", "figure_backend", "BACKENDS", "SnapshotMixin", "figure_widget",
            "replace_figure", "clear_figure", "panel_layout", "later"]

@@ -7,13 +7,12 @@ steering from ``saematch_nb.analysis.steering``. Everything a panel shows can be
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import ipywidgets as W
 import traitlets
 
-from ..core._checks import as_index, finite_number
+from ..core._checks import as_index
 from .backend import SnapshotMixin, later as _later
 
 __all__ = ["FeatureExplorer"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import ipywidgets as W
 import traitlets

@@ -4,13 +4,16 @@ strength (``saematch_nb.analysis.steering`` does the work; this panel only shows
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import traitlets
 
 from ..core._checks import as_index, finite_number
 from .backend import SnapshotMixin, later
+
+if TYPE_CHECKING:
+    from .explorer import FeatureExplorer
 
 __all__ = ["SteeringPanel"]
 
@@ -191,7 +194,7 @@ class SteeringPanel(SnapshotMixin, W.VBox):
         if name in ("layer", "feature") and hasattr(self, "target_box"):
             if not self._targets_due:  # once the controls are quiet (an explorer drag moves them often)
                 self._targets_due = True
-                
+
                 later(self._refresh_targets, 0.4)
 
     def _refresh_targets(self) -> None:

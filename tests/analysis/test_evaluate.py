@@ -164,7 +164,8 @@ def test_evaluate_checks_lazy_saes_against_the_chain(model, saes):
     log = {"alive_at_load": [], "refs": []}
     chain = match_chain(saes, cache=False, progress=False)
     wrong = [CountingHandle(w, log) for w in (saes[0], saes[2], saes[1])]
-    wrong[1].info = saes[1].info; wrong[2].info = saes[2].info
+    wrong[1].info = saes[1].info
+    wrong[2].info = saes[2].info
     with pytest.raises(ValueError, match="weights hashes differ"):
         evaluate(chain, model, TEXTS, saes=wrong, methods=["skip"], progress=False)
 

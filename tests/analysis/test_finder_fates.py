@@ -7,21 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import saematch_nb as smn
 from saematch_nb.errors import ArgumentTypeError, InvalidArgumentError
 from saematch_nb.analysis.finder import SORTS, find_features, natural_descending
-
-
-@pytest.fixture(scope="module")
-def demo():
-    bundle = smn.demo.load()
-    chain = smn.match_chain(bundle.handles, progress=False)
-    acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
-    return chain, smn.collect_examples(chain, acts, progress=False)
-
-
-def _keys(df):
-    return set(zip(df["layer"].tolist(), df["feature"].tolist()))
+from tests._finder import rows_of
 
 
 def _by_hand(chain, pred):
@@ -32,33 +20,33 @@ def _by_hand(chain, pred):
             if pred(chain.layers.index(L), int(r["age"]), int(r["lifetime"]), T)}
 
 
-def test_newborn_dying_and_short_lived_features_are_the_chain_s(demo):
-    chain, _ = demo
+def test_newborn_dying_and_short_lived_features_are_the_chain_s(demo_examples):
+    chain, _ = demo_examples
     first, last = chain.layers[0], chain.layers[-1]
     newborn = find_features(chain, newborn=True, n=None)
-    assert _keys(newborn) == _by_hand(chain, lambda s, age, life, T: s > 0 and age == 0)
+    assert rows_of(newborn) == _by_hand(chain, lambda s, age, life, T: s > 0 and age == 0)
     assert len(newborn) and (newborn["age"] == 0).all() and first not in set(newborn["layer"])
     dying = find_features(chain, dying=True, n=None)
-    assert _keys(dying) == _by_hand(chain, lambda s, age, life, T: s < T - 1 and life == 0)
+    assert rows_of(dying) == _by_hand(chain, lambda s, age, life, T: s < T - 1 and life == 0)
     assert len(dying) and not dying["accepted"].any() and last not in set(dying["layer"])
     # born at layer k: layer=k with newborn=True, the same features as the all-layers list's at k
     k = chain.layers[2]
     born_k = find_features(chain, layer=k, newborn=True, n=None)
-    assert _keys(born_k) == {x for x in _keys(newborn) if x[0] == k} and len(born_k)
+    assert rows_of(born_k) == {x for x in rows_of(newborn) if x[0] == k} and len(born_k)
     # short-lived: persisting on at most 2 layers; with a floor, between the two
     short = find_features(chain, max_persistence=2, n=None)
-    assert _keys(short) == _by_hand(chain, lambda s, age, life, T: 1 + age + life <= 2)
+    assert rows_of(short) == _by_hand(chain, lambda s, age, life, T: 1 + age + life <= 2)
     assert short["persistence"].max() <= 2 and len(short) < sum(chain.n_features(L) for L in chain.layers)
     band = find_features(chain, min_persistence=2, max_persistence=3, n=None)
     assert set(band["persistence"]) <= {2, 3} and len(band)
     both = find_features(chain, newborn=True, dying=True, n=None)  # born and gone at the same layer
-    assert _keys(both) == _keys(newborn) & _keys(dying)
+    assert rows_of(both) == rows_of(newborn) & rows_of(dying)
     assert (both["persistence"] == 1).all()
 
 
 @pytest.mark.parametrize("sort", SORTS)
-def test_every_sort_runs_both_ways_with_missing_values_last(demo, sort):
-    chain, exs = demo
+def test_every_sort_runs_both_ways_with_missing_values_last(demo_examples, sort):
+    chain, exs = demo_examples
     natural = find_features(chain, exs, sort=sort, n=None)
     assert natural.equals(find_features(chain, exs, sort=sort, n=None, descending=natural_descending(sort)))
     for desc in (True, False):
@@ -72,8 +60,8 @@ def test_every_sort_runs_both_ways_with_missing_values_last(demo, sort):
     assert up[sort].iloc[0] != down[sort].iloc[0]
 
 
-def test_the_count_of_matches_is_kept_when_n_cuts_the_list(demo):
-    chain, _ = demo
+def test_the_count_of_matches_is_kept_when_n_cuts_the_list(demo_examples):
+    chain, _ = demo_examples
     total = sum(chain.n_features(L) for L in chain.layers)
     df = find_features(chain, n=20)
     assert len(df) == 20 and df.attrs["n_matching"] == total
@@ -83,8 +71,8 @@ def test_the_count_of_matches_is_kept_when_n_cuts_the_list(demo):
     assert find_features(chain, layer=1, n=None).attrs["n_matching"] == chain.n_features(1)
 
 
-def test_bad_fate_and_direction_values_are_explained(demo):
-    chain, _ = demo
+def test_bad_fate_and_direction_values_are_explained(demo_examples):
+    chain, _ = demo_examples
     first, last = chain.layers[0], chain.layers[-1]
     with pytest.raises(InvalidArgumentError, match=f"newborn=True at layer {first}, the chain's first"):
         find_features(chain, layer=first, newborn=True)

@@ -14,7 +14,7 @@ from saematch_nb.core.flow import feature_flow
 from saematch_nb.core.weights import SAEInfo, SAEWeights
 from saematch_nb.errors import ArgumentTypeError, InvalidArgumentError
 from saematch_nb.analysis import flow_checks as fc
-from saematch_nb.analysis.steering import steer, steering_hooks
+from saematch_nb.analysis.steering import steering_hooks
 
 N = 96  # features per SAE
 

@@ -25,7 +25,7 @@ from saematch_nb.sources import models as M
 from saematch_nb.sources.activations import collect_activations
 from saematch_nb.analysis.examples import collect_examples
 from saematch_nb.sources.neuronpedia import fetch_feature
-from saematch_nb.analysis.steering import SteeringPlan, plan_steering, steer, steered_logits, steering_hooks
+from saematch_nb.analysis.steering import plan_steering, steer, steered_logits, steering_hooks
 from tests import _saelens_doubles as fx
 from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
 

@@ -14,7 +14,7 @@ import pytest
 from saematch_nb.core.cache import MatchCache
 from saematch_nb.core.runner import match_chain
 from saematch_nb.core.synthetic import planted_chain
-from tests.core.test_chain import make_handles
+from tests.core._chains import make_handles
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,8 @@ def test_fold_topk_equal_norms_is_unit_norm_and_keeps_ranking():
 @pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), float("inf")])
 def test_fold_bad_threshold_raises_with_indices(bad):
     w = _random_jumprelu()
-    thr = w.threshold.clone(); thr[[3, 17]] = bad
+    thr = w.threshold.clone()
+    thr[[3, 17]] = bad
     w = SAEWeights(w.W_enc, w.b_enc, w.W_dec, w.b_dec, threshold=thr)
     with pytest.raises(ValueError, match=r"2 feature\(s\).*3, 17.*bad_threshold='skip'"):
         fold(w)
@@ -96,7 +97,8 @@ def test_fold_bad_threshold_raises_with_indices(bad):
 
 def test_fold_bad_threshold_skip_leaves_those_features():
     w = _random_jumprelu()
-    thr = w.threshold.clone(); thr[5] = 0.0
+    thr = w.threshold.clone()
+    thr[5] = 0.0
     w = SAEWeights(w.W_enc, w.b_enc, w.W_dec, w.b_dec, threshold=thr)
     f = fold(w, bad_threshold="skip")
     assert torch.equal(f.W_dec[5], w.W_dec[5]) and f.threshold[5] == 0.0
@@ -109,7 +111,8 @@ def test_fold_bad_threshold_skip_leaves_those_features():
 @pytest.mark.parametrize("name", ["W_enc", "b_enc", "W_dec", "threshold"])
 def test_fold_nan_weights_name_the_tensor(name):
     w = _random_jumprelu()
-    d = w.state_dict(); d = {k: v.clone() for k, v in d.items()}
+    d = w.state_dict()
+    d = {k: v.clone() for k, v in d.items()}
     d[name].view(-1)[2] = float("nan")
     with pytest.raises(ValueError, match=name):
         fold(SAEWeights.from_arrays(d))

@@ -35,7 +35,8 @@ def test_solve_alt_cost_and_result_fields():
     rows = np.arange(30)
     assert len(set(res.col.tolist())) == 30
     assert np.allclose(res.cost, C[rows, res.col])
-    Cm = C.copy(); Cm[rows, res.col] = np.inf
+    Cm = C.copy()
+    Cm[rows, res.col] = np.inf
     assert np.allclose(res.alt_cost, Cm.min(1))
     assert res.gap == 0.0 and res.stats["solver"] == "dense"
 

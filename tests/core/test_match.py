@@ -51,7 +51,8 @@ def test_optimum_equals_scipy_on_same_cost(planted_fresh):
     # mse = C / D, alt_mse = best other column
     D = 2 * a.d_in
     assert np.allclose(lm.mse, C[np.arange(a.d_sae), lm.permutation] / D, rtol=1e-4, atol=1e-7)
-    Cm = C.copy(); Cm[np.arange(a.d_sae), lm.permutation] = np.inf
+    Cm = C.copy()
+    Cm[np.arange(a.d_sae), lm.permutation] = np.inf
     assert np.allclose(lm.alt_mse, Cm.min(1) / D, rtol=1e-4, atol=1e-7)
 
 
@@ -68,7 +69,8 @@ def test_more_rows_than_columns_leaves_rows_without_partner():
     a, b, truth = planted_pair(64, 64, n_b=256, seed=2)
     lm = match(b, a)  # 256 -> 64: only 64 B-features to give out
     assert (lm.partner >= 0).sum() == 64 and (lm.partner < 0).sum() == 192
-    back = np.full(256, -1); back[truth] = np.arange(64)
+    back = np.full(256, -1)
+    back[truth] = np.arange(64)
     ok = lm.partner >= 0
     assert np.array_equal(lm.partner[ok], back[ok])
     assert not lm.matched[~ok].any()
@@ -91,7 +93,8 @@ def test_identity_and_cosine_methods(planted):
 def test_cosine_is_many_to_one():
     # two B-features copy the same A-feature: cosine maps both A-neighbours to one of them
     a, b, _ = planted_pair(64, 32, seed=4)
-    W_dec = a.W_dec.clone(); W_dec[1] = W_dec[0] * 1.01
+    W_dec = a.W_dec.clone()
+    W_dec[1] = W_dec[0] * 1.01
     a2 = SAEWeights(a.W_enc, a.b_enc, W_dec, a.b_dec, threshold=a.threshold)
     cos = match(a2, b, method="cosine")
     assert cos.permutation[0] == cos.permutation[1]
@@ -117,7 +120,8 @@ def test_d_in_mismatch():
 
 def test_nan_weights_rejected(planted):
     a, b, _ = planted
-    W = a.W_dec.clone(); W[3, 2] = float("nan")
+    W = a.W_dec.clone()
+    W[3, 2] = float("nan")
     bad = SAEWeights(a.W_enc, a.b_enc, W, a.b_dec, threshold=a.threshold)
     with pytest.raises(ValueError, match="W_dec"):
         match(bad, b)

@@ -42,12 +42,17 @@ def test_explained_variance_with_the_residual_mean_kept():
 def test_pair_statistics_identical_disjoint_and_lerner_threshold():
     n = 400
     rng = np.random.default_rng(1)
-    a = np.zeros((n, 3)); b = np.zeros((n, 3))
+    a = np.zeros((n, 3))
+    b = np.zeros((n, 3))
     on = rng.random(n) < 0.3
-    a[on, 0] = rng.uniform(1, 2, on.sum()); b[:, 0] = 2 * a[:, 0]  # same feature, rescaled
-    a[:200, 1] = 1.0; b[200:, 1] = 1.0  # never together
+    a[on, 0] = rng.uniform(1, 2, on.sum())
+    b[:, 0] = 2 * a[:, 0]  # same feature, rescaled
+    a[:200, 1] = 1.0
+    b[200:, 1] = 1.0  # never together
     # Feature 2 of B fires weakly (< 0.2 max) wherever A's fires, strongly elsewhere once.
-    a[:100, 2] = 1.0; b[:100, 2] = 0.1; b[300, 2] = 5.0
+    a[:100, 2] = 1.0
+    b[:100, 2] = 0.1
+    b[300, 2] = 5.0
     s = pair_statistics(a, b, [0, 1, 2], [0, 1, 2])
     assert s["pearson"][0] == pytest.approx(1.0)
     assert s["matching_score"][0] == pytest.approx(1.0)
@@ -70,6 +75,7 @@ def test_best_pearson_partner_recovers_permutation_blocked():
     assert (idx_small == perm).all()
     assert np.array_equal(idx_small, idx_big) and np.allclose(val_small, val_big)
     assert agreement_rate(perm, idx_small) == 1.0
-    wrong = perm.copy(); wrong[:10] = -1
+    wrong = perm.copy()
+    wrong[:10] = -1
     assert agreement_rate(wrong, idx_small) == 1.0  # -1 are left out, not counted as disagreement
     assert agreement_rate(np.roll(perm, 1), idx_small) == 0.0

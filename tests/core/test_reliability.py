@@ -30,10 +30,9 @@ from saematch_nb.core.runner import match_chain
 from saematch_nb.core.fold import fold
 from saematch_nb.core.results import FORMAT_VERSION, LayerMatch, ResultFileError
 from saematch_nb.core.synthetic import planted_chain
-from saematch_nb.core.weights import SAEInfo, SAEWeights, as_weights
+from saematch_nb.core.weights import SAEWeights, as_weights
 from tests._faults import as_unprivileged, blocked_folder, home_is_a_file, unwritable_warning
-from tests.core.test_cache import planted, reference, run, same_pairs  # noqa: F401 (fixtures: 5 layers of 64)
-from tests.core.test_chain import make_handles
+from tests.core._chains import make_handles, run, same_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,21 +55,21 @@ def rewrite_meta(path: Path, **changes) -> None:
 
 
 # -- defect 1: an unwritable cache never crashes a run --------------------------------------------
-def test_unwritable_cache_folder_warns_and_the_chain_completes(planted, reference, tmp_path):
+def test_unwritable_cache_folder_warns_and_the_chain_completes(cache_planted, cache_reference, tmp_path):
     folder = blocked_folder(tmp_path)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        got = run(planted.saes, folder)
-    assert same_pairs(got, reference) and got.stats["computed"] == 4
+        got = run(cache_planted.saes, folder)
+    assert same_pairs(got, cache_reference) and got.stats["computed"] == 4
     unwritable_warning(rec, folder)
 
 
-def test_unwritable_default_cache_location(planted, reference, tmp_path, monkeypatch):
+def test_unwritable_default_cache_location(cache_planted, cache_reference, tmp_path, monkeypatch):
     home = home_is_a_file(tmp_path, monkeypatch)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        got = run(planted.saes, None)
-    assert same_pairs(got, reference)
+        got = run(cache_planted.saes, None)
+    assert same_pairs(got, cache_reference)
     unwritable_warning(rec, home / ".cache" / "saematch_nb")
 
 
@@ -87,7 +86,7 @@ def _warm_chain(saes, base):
     match_chain(saes, cache=False, progress=False)  # imports and kernels, before the rights go
 
 
-def test_read_only_cache_as_an_unprivileged_user(planted, reference, monkeypatch):
+def test_read_only_cache_as_an_unprivileged_user(cache_planted, cache_reference, monkeypatch):
     """Real permissions: as this user when it is not root, else as nobody (root ignores them)."""
     base = Path(tempfile.mkdtemp(prefix="smn_ro_", dir="/tmp"))
     # not root, _chains_in runs in this process: its environment changes are undone after the test
@@ -98,8 +97,8 @@ def test_read_only_cache_as_an_unprivileged_user(planted, reference, monkeypatch
         (base / "home").mkdir()
         for p in (base, base / "cache", base / "home"):
             p.chmod(0o555)  # readable, not writable (and owned by root when run as root)
-        got, rec = as_unprivileged(_chains_in, planted.saes, base, prepare=_warm_chain)
-        want = [lm.partner for lm in reference.pairs]
+        got, rec = as_unprivileged(_chains_in, cache_planted.saes, base, prepare=_warm_chain)
+        want = [lm.partner for lm in cache_reference.pairs]
         assert all(np.array_equal(x, y) for g in got for x, y in zip(g, want))
         cw = [w for w in rec if issubclass(w.category, CacheWarning)]
         assert len(cw) == 2 and all("Permission" in str(w.message) for w in cw)
@@ -112,21 +111,21 @@ def test_read_only_cache_as_an_unprivileged_user(planted, reference, monkeypatch
         shutil.rmtree(base)
 
 
-def test_a_failed_write_leaves_no_temp_file(planted, reference, tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_temp_file(cache_planted, cache_reference, tmp_path, monkeypatch):
     def full_disk(fh, **arrays):
         fh.write(b"PK\x03\x04 half a file")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", full_disk)
     with pytest.warns(CacheWarning, match="No space left"):
-        got = run(planted.saes, tmp_path)
+        got = run(cache_planted.saes, tmp_path)
     monkeypatch.undo()
-    assert same_pairs(got, reference)
+    assert same_pairs(got, cache_reference)
     assert list(tmp_path.iterdir()) == []  # neither results nor temp files
 
 
-def test_resume_note_does_not_claim_an_unwritable_cache(planted, tmp_path):
-    broken = make_handles(planted.saes, tmp_path / "saes")
+def test_resume_note_does_not_claim_an_unwritable_cache(cache_planted, tmp_path):
+    broken = make_handles(cache_planted.saes, tmp_path / "saes")
     broken[3] = replace(broken[3], fail=True)
     with pytest.warns(CacheWarning), pytest.raises(RuntimeError, match="simulated crash") as ei:
         run(broken, blocked_folder(tmp_path))
@@ -135,23 +134,23 @@ def test_resume_note_does_not_claim_an_unwritable_cache(planted, tmp_path):
 
 
 # -- defect 5: a cache entry must fit the SAEs at hand -----------------------------------------------
-def test_directory_at_a_cache_path_does_not_crash(planted, reference, tmp_path):
-    first = run(planted.saes, tmp_path)
+def test_directory_at_a_cache_path_does_not_crash(cache_planted, cache_reference, tmp_path):
+    first = run(cache_planted.saes, tmp_path)
     p = MatchCache(tmp_path).path(first.pairs[1].stats["cache_key"])
     p.unlink()
     p.mkdir()
     (p / "user_file").write_text("keep me")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        got = run(planted.saes, tmp_path)
-    assert same_pairs(got, reference) and got.stats["computed"] == 1
+        got = run(cache_planted.saes, tmp_path)
+    assert same_pairs(got, cache_reference) and got.stats["computed"] == 1
     msgs = cache_warnings(rec)
     assert any("is a folder" in m for m in msgs)
     assert (p / "user_file").read_text() == "keep me"  # a user's folder is never deleted
 
 
-def test_clear_removes_temp_files_left_by_a_kill(planted, tmp_path):
-    first = run(planted.saes, tmp_path)
+def test_clear_removes_temp_files_left_by_a_kill(cache_planted, tmp_path):
+    first = run(cache_planted.saes, tmp_path)
     store = MatchCache(tmp_path)
     key = first.pairs[0].stats["cache_key"]
     for pid in (4242, 4343):  # what a process killed inside LayerMatch.save leaves behind
@@ -161,24 +160,24 @@ def test_clear_removes_temp_files_left_by_a_kill(planted, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_a_file_for_other_saes_under_the_right_key_is_recomputed(planted, reference, tmp_path):
+def test_a_file_for_other_saes_under_the_right_key_is_recomputed(cache_planted, cache_reference, tmp_path):
     """In-memory SAEs: the stored fingerprints are checked against the SAEs' own."""
-    first = run(planted.saes, tmp_path)
+    first = run(cache_planted.saes, tmp_path)
     store = MatchCache(tmp_path)
     k1, k2 = (first.pairs[t].stats["cache_key"] for t in (1, 2))
     shutil.copy(store.path(k2), store.path(k1))  # pair 2's result posing as pair 1's
     rewrite_meta(store.path(k1), stats={"cache_key": k1})
     with pytest.warns(CacheWarning, match="fingerprint_a"):
-        got = run(planted.saes, tmp_path)
-    assert same_pairs(got, reference) and got.stats["computed"] == 1
-    assert LayerMatch.load(store.path(k1)).fingerprint_a == reference.pairs[1].fingerprint_a  # overwritten
+        got = run(cache_planted.saes, tmp_path)
+    assert same_pairs(got, cache_reference) and got.stats["computed"] == 1
+    assert LayerMatch.load(store.path(k1)).fingerprint_a == cache_reference.pairs[1].fingerprint_a  # overwritten
 
 
 @pytest.mark.parametrize("forgery", ["other_width", "other_saes"])
-def test_forged_entries_of_lazy_handles_are_recomputed(planted, reference, tmp_path, forgery):
+def test_forged_entries_of_lazy_handles_are_recomputed(cache_planted, cache_reference, tmp_path, forgery):
     """Handles are keyed by name: nothing is known of their weights before loading, but two
     cached neighbours must agree about the SAE they share."""
-    handles = make_handles(planted.saes, tmp_path / "saes")
+    handles = make_handles(cache_planted.saes, tmp_path / "saes")
     first = run(handles, tmp_path / "cache")
     store = MatchCache(tmp_path / "cache")
     k1 = first.pairs[1].stats["cache_key"]
@@ -187,15 +186,15 @@ def test_forged_entries_of_lazy_handles_are_recomputed(planted, reference, tmp_p
     store.put(k1, alien)
     with pytest.warns(CacheWarning, match="recomputing cached pairs"):
         got = run(handles, tmp_path / "cache")
-    assert same_pairs(got, reference)
+    assert same_pairs(got, cache_reference)
     got.trace(2, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
-        assert same_pairs(run(handles, tmp_path / "cache"), reference)  # rewritten: clean again
+        assert same_pairs(run(handles, tmp_path / "cache"), cache_reference)  # rewritten: clean again
 
 
-def test_out_of_range_indices_are_rejected_on_load(planted, reference, tmp_path):
-    first = run(planted.saes, tmp_path)
+def test_out_of_range_indices_are_rejected_on_load(cache_planted, cache_reference, tmp_path):
+    first = run(cache_planted.saes, tmp_path)
     store = MatchCache(tmp_path)
     k = first.pairs[2].stats["cache_key"]
     lm = LayerMatch.load(store.path(k))
@@ -204,23 +203,23 @@ def test_out_of_range_indices_are_rejected_on_load(planted, reference, tmp_path)
     with pytest.raises(ResultFileError, match=r"partner holds indices outside -1 \.\. 63"):
         LayerMatch.load(store.path(k))
     with pytest.warns(CacheWarning, match="outside"):
-        got = run(planted.saes, tmp_path)
-    assert same_pairs(got, reference)
+        got = run(cache_planted.saes, tmp_path)
+    assert same_pairs(got, cache_reference)
     got.trace(2, 3)
 
 
 # -- defect 12: format versions and damaged files ---------------------------------------------------
 @pytest.mark.parametrize("version", [FORMAT_VERSION + 1, FORMAT_VERSION - 1, None])
-def test_a_layer_match_of_another_format_version_is_refused(reference, tmp_path, version):
-    p = reference.pairs[0].save(tmp_path / "pair.npz")
+def test_a_layer_match_of_another_format_version_is_refused(cache_reference, tmp_path, version):
+    p = cache_reference.pairs[0].save(tmp_path / "pair.npz")
     rewrite_meta(p, format_version=version)
     with pytest.raises(ResultFileError, match="another saematch_nb version") as ei:
         LayerMatch.load(p)
     assert str(p) in str(ei.value) and "recompute" in str(ei.value)
 
 
-def test_a_chain_of_another_format_version_is_refused(reference, tmp_path):
-    d = reference.save(tmp_path / "chain")
+def test_a_chain_of_another_format_version_is_refused(cache_reference, tmp_path):
+    d = cache_reference.save(tmp_path / "chain")
     meta = json.loads((d / "chain.json").read_text())
     (d / "chain.json").write_text(json.dumps({**meta, "format_version": chain_mod.FORMAT_VERSION + 1}))
     with pytest.raises(ResultFileError, match="another saematch_nb version") as ei:
@@ -228,23 +227,23 @@ def test_a_chain_of_another_format_version_is_refused(reference, tmp_path):
     assert str(d / "chain.json") in str(ei.value)
 
 
-def test_a_cache_file_of_another_version_is_recomputed(planted, reference, tmp_path):
-    first = run(planted.saes, tmp_path)
+def test_a_cache_file_of_another_version_is_recomputed(cache_planted, cache_reference, tmp_path):
+    first = run(cache_planted.saes, tmp_path)
     p = MatchCache(tmp_path).path(first.pairs[0].stats["cache_key"])
     rewrite_meta(p, format_version=FORMAT_VERSION + 1)
     with pytest.warns(CacheWarning, match="it is stale .*another saematch_nb version"):
-        got = run(planted.saes, tmp_path)
-    assert same_pairs(got, reference) and got.stats["computed"] == 1
+        got = run(cache_planted.saes, tmp_path)
+    assert same_pairs(got, cache_reference) and got.stats["computed"] == 1
     assert LayerMatch.load(p).n_a == 64  # rewritten in this version's format
 
 
-def test_truncated_files_name_the_file(reference, tmp_path):
-    p = reference.pairs[0].save(tmp_path / "pair.npz")
+def test_truncated_files_name_the_file(cache_reference, tmp_path):
+    p = cache_reference.pairs[0].save(tmp_path / "pair.npz")
     p.write_bytes(p.read_bytes()[:200])
     with pytest.raises(ResultFileError, match="damaged or truncated") as ei:
         LayerMatch.load(p)
     assert str(p) in str(ei.value)
-    d = reference.save(tmp_path / "chain")
+    d = cache_reference.save(tmp_path / "chain")
     victim = d / "pair_001.npz"
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(ResultFileError) as ei:
@@ -258,17 +257,17 @@ def test_truncated_files_name_the_file(reference, tmp_path):
 
 
 # -- defect 13: layers and features are integers ------------------------------------------------------
-def test_trace_rejects_non_integer_layers_and_features(reference):
+def test_trace_rejects_non_integer_layers_and_features(cache_reference):
     with pytest.raises(TypeError, match="layer must be an integer, got 1.9"):
-        reference.trace(1.9, 5.7)
+        cache_reference.trace(1.9, 5.7)
     with pytest.raises(TypeError, match="feature must be an integer, got 5.7"):
-        reference.trace(1, 5.7)
+        cache_reference.trace(1, 5.7)
     with pytest.raises(TypeError, match="layer"):
-        reference.compose(0.0, 2)
+        cache_reference.compose(0.0, 2)
     with pytest.raises(TypeError, match="layer"):
-        reference.pair(True)
-    a = reference.trace(np.int64(1), np.int32(5))
-    assert a.features == reference.trace(1, 5).features and a.origin_layer == 1
+        cache_reference.pair(True)
+    a = cache_reference.trace(np.int64(1), np.int32(5))
+    assert a.features == cache_reference.trace(1, 5).features and a.origin_layer == 1
 
 
 # -- defect 4: Python 3.10 has no BaseException.add_note ----------------------------------------------
@@ -281,18 +280,18 @@ class _NoNotes(RuntimeError):
         return super().__getattribute__(name)
 
 
-def test_a_failing_pair_raises_its_own_error_without_add_note(planted, monkeypatch):
+def test_a_failing_pair_raises_its_own_error_without_add_note(cache_planted, monkeypatch):
     def broken(*a, **kw):
         raise _NoNotes("the real error")
 
     monkeypatch.setattr(pair_mod, "_resolve", lambda target: broken)
     with pytest.warns(RuntimeWarning, match="pair 0 failed"), pytest.raises(_NoNotes, match="the real error") as ei:
-        match_chain(planted.saes, cache=False, progress=False)
+        match_chain(cache_planted.saes, cache=False, progress=False)
     assert "pair 0 failed" in ei.value.__notes__[0]
 
 
 # -- defect 11: an empty SAE is rejected where SAEs enter --------------------------------------------
-def test_an_empty_sae_is_a_clear_error(planted):
+def test_an_empty_sae_is_a_clear_error(cache_planted):
     empty = {"W_enc": np.zeros((8, 0)), "b_enc": np.zeros(0), "W_dec": np.zeros((0, 8)), "b_dec": np.zeros(8),
              "threshold": np.zeros(0)}
     with pytest.raises(ValueError, match=r"empty \(d_in=8, d_sae=0\)"):
@@ -312,8 +311,8 @@ def test_an_empty_sae_is_a_clear_error(planted):
 
 
 # -- defect 10: folding must not overflow the SAE's dtype ---------------------------------------------
-def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(planted):
-    w = planted.saes[0]
+def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(cache_planted):
+    w = cache_planted.saes[0]
     thr = w.threshold.clone()
     thr[[3, 17]] = 1e-6  # W_enc / θ overflows float16 (max 65504)
     half = replace(w, W_enc=w.W_enc.half(), b_enc=w.b_enc.half(), W_dec=w.W_dec.half(), b_dec=w.b_dec.half(),
@@ -321,7 +320,7 @@ def test_folding_a_float16_sae_with_tiny_thresholds_is_a_clear_error(planted):
     with pytest.raises(ValueError, match=r"overflows float16 for 2 feature\(s\) \(indices 3, 17.*float32"):
         fold(half)
     with pytest.raises(ValueError, match="overflows float16"):
-        smn.match(half, planted.saes[1])
+        smn.match(half, cache_planted.saes[1])
     ok = fold(replace(w, threshold=thr))  # float32 holds it
     assert all(bool(torch.isfinite(t).all()) for t in (ok.W_enc, ok.b_enc, ok.W_dec))
     small = replace(half, threshold=w.threshold.half())
@@ -354,12 +353,12 @@ def _spawn(tmp_path, cache, delay, paths):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _saved(planted, folder):
-    return [h.path for h in make_handles(planted.saes, folder)]
+def _saved(cache_planted, folder):
+    return [h.path for h in make_handles(cache_planted.saes, folder)]
 
 
-def test_kill_9_mid_chain_loses_no_finished_pair(planted, reference, tmp_path):
-    paths = _saved(planted, tmp_path / "saes")
+def test_kill_9_mid_chain_loses_no_finished_pair(cache_planted, cache_reference, tmp_path):
+    paths = _saved(cache_planted, tmp_path / "saes")
     cache = tmp_path / "cache"
     proc = _spawn(tmp_path, cache, 0.4, paths)
     try:
@@ -378,13 +377,13 @@ def test_kill_9_mid_chain_loses_no_finished_pair(planted, reference, tmp_path):
         warnings.simplefilter("error", CacheWarning)  # every file there is whole
         got = run(paths, cache)
     assert got.stats["cache_hits"] == done >= 2 and got.stats["computed"] == 4 - done
-    assert same_pairs(got, reference)
+    assert same_pairs(got, cache_reference)
     MatchCache(cache).clear()
     assert list(cache.iterdir()) == []
 
 
-def test_two_chains_at_once_on_one_cache(planted, reference, tmp_path):
-    paths = _saved(planted, tmp_path / "saes")
+def test_two_chains_at_once_on_one_cache(cache_planted, cache_reference, tmp_path):
+    paths = _saved(cache_planted, tmp_path / "saes")
     cache = tmp_path / "cache"
     procs = [_spawn(tmp_path, cache, 0.05, paths) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -393,5 +392,5 @@ def test_two_chains_at_once_on_one_cache(planted, reference, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheWarning)
         got = run(paths, cache)
-    assert got.stats["cache_hits"] == 4 and same_pairs(got, reference)
+    assert got.stats["cache_hits"] == 4 and same_pairs(got, cache_reference)
     assert not list(cache.glob(".*tmp"))

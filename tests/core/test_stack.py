@@ -14,7 +14,7 @@ from saematch_nb.core.runner import match_chain
 from saematch_nb.core.stack import SAEStack
 from saematch_nb.core.synthetic import planted_chain
 from saematch_nb.core.weights import SAEInfo, SAEWeights
-from tests.core.test_chain import save_npz
+from tests.core._chains import save_npz
 
 
 def _layered(saes, layers):

@@ -8,7 +8,7 @@ import pytest
 
 from saematch_nb.core.flow import CLASSES, feature_flow
 from saematch_nb.core.synthetic import planted_flow
-from saematch_nb.display import html, text
+from saematch_nb.display import text
 
 from .conftest import HOSTILE, HOSTILE_ESCAPED, fallback_text
 

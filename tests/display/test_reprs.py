@@ -28,7 +28,7 @@ def _handles():
                     neuronpedia_id=f"gemma-2-2b/{L}-gemmascope-res-16k", width=16384, l0=71.0)
           for L in (4, 5)]
     hs.append(SAEHandle(release=None, sae_id=None, layer=6, hook_name=None, model_name=None,
-                        neuronpedia_id=f'x"><script>alert(2)</script>', path=f"/data/{HOSTILE}/sae"))
+                        neuronpedia_id='x"><script>alert(2)</script>', path=f"/data/{HOSTILE}/sae"))
     return SAEList(hs)
 
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import saematch_nb as smn
 from saematch_nb import gemma3

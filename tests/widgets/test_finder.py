@@ -10,7 +10,7 @@ import pytest
 
 from saematch_nb.widgets import FeatureFinder
 from saematch_nb.widgets.finder import box_token
-from tests.analysis.test_finder import _got, _want, setup  # noqa: F401  (the module fixture)
+from tests._finder import rows_of, rows_where
 
 
 def test_box_token_reads_the_escapes_the_list_shows():
@@ -21,32 +21,22 @@ def test_box_token_reads_the_escapes_the_list_shows():
     assert box_token("\\x") == "\\x"  # other backslashes are kept as typed
 
 
-def test_issue22_finder_box_filters_by_tokens(setup):  # noqa: F811
-    chain, exs, _ = setup
+def test_issue22_finder_box_filters_by_tokens(finder_setup):
+    chain, exs, _ = finder_setup
     finder = FeatureFinder(chain, exs, n=500)
     finder.token_box.value = "\\n"
-    newline = _want(exs, chain, lambda t: "\n" in t)
-    assert newline and _got(finder.table) == newline
+    newline = rows_where(exs, chain, lambda t: "\n" in t)
+    assert newline and rows_of(finder.table) == newline
     finder.token_box.value = "'"
-    assert _got(finder.table) == _want(exs, chain, lambda t: "'" in t)
+    assert rows_of(finder.table) == rows_where(exs, chain, lambda t: "'" in t)
     finder.token_box.value = "' '"
-    assert _got(finder.table) == _want(exs, chain, lambda t: "' '" in t)
+    assert rows_of(finder.table) == rows_where(exs, chain, lambda t: "' '" in t)
     with pytest.raises(ValueError, match="n .*integer >= 1"):
         FeatureFinder(chain, exs, n=0)
 
 
 # -- issue #23 items 4 and 5, on the demo chain ----------------------------------------------------
 NBSP = "\u00a0"
-
-
-@pytest.fixture(scope="module")
-def demo():
-    import saematch_nb as smn
-
-    bundle = smn.demo.load()
-    chain = smn.match_chain(bundle.handles, progress=False)
-    acts = smn.collect_activations(bundle.model, list(bundle.texts[::16]), chain.layers, progress=False)
-    return chain, smn.collect_examples(chain, acts, progress=False)
 
 
 def _text(html_value: str) -> str:
@@ -65,8 +55,8 @@ def _column_end(header: str, name: str) -> int:
     return header.index(name) + len(name)
 
 
-def test_issue23_list_has_aligned_columns_with_the_sorted_value(demo):
-    chain, exs = demo
+def test_issue23_list_has_aligned_columns_with_the_sorted_value(demo_examples):
+    chain, exs = demo_examples
     finder = FeatureFinder(chain, exs, n=20)
     header, lines = _cols(finder)
     assert header.split()[:4] == ["layer", "feature", "persists", "↓"]
@@ -101,8 +91,8 @@ def test_issue23_list_has_aligned_columns_with_the_sorted_value(demo):
     assert margins == sorted(margins) and finder.table["margin"].iloc[0] < 0
 
 
-def test_issue23_layer_box_says_all_and_the_count_is_of_n(demo):
-    chain, exs = demo
+def test_issue23_layer_box_says_all_and_the_count_is_of_n(demo_examples):
+    chain, exs = demo_examples
     finder = FeatureFinder(chain, exs, n=20)
     assert finder.layer_box.label == "all" and finder.query()["layer"] is None
     total = sum(chain.n_features(L) for L in chain.layers)
@@ -115,10 +105,10 @@ def test_issue23_layer_box_says_all_and_the_count_is_of_n(demo):
     assert "showing" not in _text(whole.header.value)
 
 
-def test_issue23_short_lived_newborn_and_dying_controls(demo):
+def test_issue23_short_lived_newborn_and_dying_controls(demo_examples):
     from saematch_nb.analysis.finder import find_features
 
-    chain, exs = demo
+    chain, exs = demo_examples
     finder = FeatureFinder(chain, exs, n=500)
     finder.max_box.value = 2
     assert finder.query()["max_persistence"] == 2 and finder.table["persistence"].max() <= 2
@@ -144,10 +134,10 @@ def test_issue23_short_lived_newborn_and_dying_controls(demo):
     assert "newborn=True at layer 0, the chain's first" in _text(finder.status.value)
 
 
-def test_issue23_a_chosen_row_is_announced_and_opens_again(demo):
+def test_issue23_a_chosen_row_is_announced_and_opens_again(demo_examples):
     from saematch_nb.widgets import FeatureExplorer
 
-    chain, exs = demo
+    chain, exs = demo_examples
     ex = FeatureExplorer(chain, exs, figure=False)
     finder = FeatureFinder(chain, exs, ex, n=20)
     assert finder.notice.value == "" and finder.row_slider.min == -20
@@ -176,10 +166,10 @@ def test_issue23_a_chosen_row_is_announced_and_opens_again(demo):
     assert "opened layer" in snap and "<script" not in snap.lower()
 
 
-def test_issue23_the_row_slider_steps_through_the_list(demo):
+def test_issue23_the_row_slider_steps_through_the_list(demo_examples):
     from saematch_nb.widgets import FeatureExplorer
 
-    chain, exs = demo
+    chain, exs = demo_examples
     ex = FeatureExplorer(chain, exs, figure=False)
     finder = FeatureFinder(chain, exs, ex, n=20)
     keys = [v for _l, v in finder.rows.options]
@@ -196,8 +186,8 @@ def test_issue23_the_row_slider_steps_through_the_list(demo):
     assert finder.row_slider.min == -len(finder.rows.options) and finder.row_slider.value == 0
 
 
-def test_issue23_without_an_explorer_the_choice_is_kept_and_said(demo):
-    chain, _ = demo
+def test_issue23_without_an_explorer_the_choice_is_kept_and_said(demo_examples):
+    chain, _ = demo_examples
     finder = FeatureFinder(chain, n=5)
     key = finder.rows.options[1][1]
     finder.choose(*key)
