@@ -224,10 +224,12 @@ def main() -> None:
     ph = ", ".join(f"{k} {v:.0f}" for k, v in st["phase_seconds"].items())
     print(f"| {a.n} | {a.d_in} | {a.mode} | {r['total_s']:.0f} | {ph} | {st.get('rounds')} | {st.get('k_dot')} "
           f"({st.get('k_dot_memory_limited')}) | {st.get('candidate_edges_first_pass', 0) / 1e6:.0f} M / "
-          f"{st.get('candidate_edges', 0) / 1e6:.0f} M | {r['peak'] / gb:.2f} ({r['rss_inputs'] / gb:.2f}) | {r['gap']} | "
+          f"{st.get('candidate_edges', 0) / 1e6:.0f} M | {r['peak'] / gb:.2f} ({r['rss_inputs'] / gb:.2f}) | "
+          f"{r['gap']} | "
           f"{r['exact_total']!r} (solver {r['total']!r}) | {100 * r['kept_with_true_partner']:.2f}% | "
           f"{100 * r['fresh_partnered']:.1f}% |", flush=True)
-    print(f"solver {st.get('solver')}, precision {st.get('precision')}, wall {time.perf_counter() - t0:.0f} s with loading", flush=True)
+    print(f"solver {st.get('solver')}, precision {st.get('precision')}, "
+          f"wall {time.perf_counter() - t0:.0f} s with loading", flush=True)
     if a.json:
         json.dump({"n": a.n, "d_in": a.d_in, "mode": a.mode, **r}, open(a.json, "w"), default=float, indent=1)
     if not a.keep:

@@ -102,8 +102,9 @@ def main() -> None:
     print(f"chain: {a.layers} layers x {a.n} features x d_in {a.d_in}; one SAE = {one / mb:.1f} MiB, "
           f"all = {a.layers * one / mb:.1f} MiB")
     for r in (eager, lazy):
-        print(f"{r['mode']:>5}: peak RSS {r['rss_peak'] / mb:8.1f} MiB (rise {(r['rss_peak'] - r['rss_before']) / mb:7.1f}"
-              f" MiB), SAEs held by match_chain at once: {r['max_saes_held']} ({r['held'] / mb:.1f} MiB), "
+        print(f"{r['mode']:>5}: peak RSS {r['rss_peak'] / mb:8.1f} MiB "
+              f"(rise {(r['rss_peak'] - r['rss_before']) / mb:7.1f} MiB), "
+              f"SAEs held by match_chain at once: {r['max_saes_held']} ({r['held'] / mb:.1f} MiB), "
               f"{r['seconds']:.1f} s")
     rise = {r["mode"]: r["rss_peak"] - r["rss_before"] for r in (single, eager, lazy)}
     print(f"one pair alone (match of layers 0, 1): memory added {rise['single'] / mb:.1f} MiB")

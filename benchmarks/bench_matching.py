@@ -432,7 +432,8 @@ def report_scaling(rows: list[dict], N: int) -> list[dict]:
         t_n = f2(N)
         x_n = mem_all(N)
         print(f"\n{mode}: time = a n^2 + b n fitted on n <= {int(ns[-2])} predicts {pred:.0f} s at n = {int(ns[-1])}, "
-              f"measured {t[-1]:.0f} s ({err * 100:+.0f}%); extra memory (c1 n + c2 n k_dot(n)) predicts {pred_x:.2f} GB, "
+              f"measured {t[-1]:.0f} s ({err * 100:+.0f}%); extra memory (c1 n + c2 n k_dot(n)) predicts "
+              f"{pred_x:.2f} GB, "
               f"measured {extra[-1]:.2f} GB", flush=True)
         print(f"{mode}: fitted on all sizes: projected {t_n:.0f} s ({t_n / 3600:.1f} h; the n^2 term "
               f"{share * 100:.0f}%) at n = {N} on this machine; memory: inputs {inputs:.1f} GB + extra "
@@ -482,7 +483,8 @@ def gpu_rows(a) -> list[dict]:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {a.device}: torch {torch.__version__} sees no CUDA device")
-        print(f"GPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+        print(f"GPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+              flush=True)
     has_lapx = importlib.util.find_spec("lap") is not None
     deadline = time.perf_counter() + a.budget
     # ours first (bijective and partial at each size), the peer last: at 16k it takes minutes

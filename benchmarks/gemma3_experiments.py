@@ -207,7 +207,8 @@ def main(argv=None) -> int:
                 rows.append({"matching": name, "pair": pair_names[t], "accepted": lm.matched_fraction,
                              "expected_false": lm.expected_false_matches, "threshold": lm.threshold,
                              "partner_cos_median": float(np.nanmedian(cos)),
-                             "accepted_cos_median": float(np.nanmedian(cos[lm.matched])) if lm.matched.any() else np.nan})
+                             "accepted_cos_median": (float(np.nanmedian(cos[lm.matched])) if lm.matched.any()
+                                                     else np.nan)})
         if ceiling is not None:
             cos = dec_cos(ws[layers.index(cl)], wc, ceiling.partner)
             rows.append({"matching": "folded", "pair": f"{cl}≡{cl} (2 seeds)", "accepted": ceiling.matched_fraction,
@@ -253,7 +254,8 @@ def main(argv=None) -> int:
             fb = torch.cat([wc.encode(x[j:j + 4096]) for j in range(0, len(x), 4096)])
             data_partner, _ = best_pearson_partner(fa, fb)
             active = (fa > 0).any(0).numpy() & (fb > 0).any(0).numpy()[np.clip(ceiling.partner, 0, None)]
-            sc = {"pair": f"{cl}≡{cl} (2 seeds)", "agreement": agreement_rate(ceiling.partner, data_partner, mask=active),
+            sc = {"pair": f"{cl}≡{cl} (2 seeds)",
+                  "agreement": agreement_rate(ceiling.partner, data_partner, mask=active),
                   "agreement_accepted": agreement_rate(ceiling.partner, data_partner, mask=active & ceiling.matched),
                   "n_active": int(active.sum()), "n_accepted": int((active & ceiling.matched).sum())}
             table("seed_ceiling", pd.DataFrame([sc]).set_index("pair"),
@@ -266,8 +268,10 @@ def main(argv=None) -> int:
         order = list(dict.fromkeys(ev.method))
         ev["pair"] = ev.layer_from.astype(str) + "→" + ev.layer_to.astype(str)
         ev.to_csv(out / "eq5_long.csv", index=False)
-        table("eq5_ev", ev.pivot(index="pair", columns="method", values="explained_variance")[order].reindex(pair_names),
-              f"Eq. 5: explained variance of x_(t+1), residual mean removed ({int(ev.n_tokens.iloc[0])} tokens per cell)")
+        table("eq5_ev",
+              ev.pivot(index="pair", columns="method", values="explained_variance")[order].reindex(pair_names),
+              f"Eq. 5: explained variance of x_(t+1), residual mean removed "
+              f"({int(ev.n_tokens.iloc[0])} tokens per cell)")
         table("eq5_dloss", ev.pivot(index="pair", columns="method", values="delta_loss")[order].reindex(pair_names),
               f"ΔL (nats/token, clean loss {ev.clean_loss.iloc[0]:.3f})", "{:+.3f}")
 
@@ -283,7 +287,8 @@ def main(argv=None) -> int:
             r = {"k": k}
             starts = [L for L in layers if L + k <= layers[-1]]
             r["chain (mean share)"] = float(np.mean([(life.loc[L].lifetime >= k).mean() for L in starts]))
-            r["read-off (mean share)"] = float(np.mean([ro.loc[(L, k), "fraction"] for L in starts if (L, k) in ro.index]))
+            r["read-off (mean share)"] = float(np.mean([ro.loc[(L, k), "fraction"] for L in starts
+                                                        if (L, k) in ro.index]))
             for L in (0, 4, 8, 12):
                 if L + k <= layers[-1]:
                     r[f"L{L} chain"] = float((life.loc[L].lifetime >= k).mean())
@@ -293,7 +298,8 @@ def main(argv=None) -> int:
         table("persistence", pdf, "Persistence: share of a layer's features still there k layers later — "
               "chain (accepted partner at every step) vs read-off (the encoder still reads it, above the null's 99 %)")
         mean_life = float(np.mean([life.loc[L].lifetime.mean() for L in layers[:-1]]))
-        md.append(f"Mean chain lifetime (accepted steps forward, censored at the last layer): {mean_life:.2f} layers.\n")
+        md.append("Mean chain lifetime (accepted steps forward, censored at the last layer): "
+                  f"{mean_life:.2f} layers.\n")
         fig = go.Figure()
         fig.add_scatter(x=pdf.index, y=pdf["chain (mean share)"], name="chain (accepted)", mode="lines+markers")
         fig.add_scatter(x=pdf.index, y=pdf["read-off (mean share)"], name="read-off (data)", mode="lines+markers")

@@ -156,7 +156,8 @@ def main(argv=None) -> int:
             db = torch.nn.functional.normalize(twin[1].W_dec.detach().float(), dim=1)
             best = (da @ db.T).max(1).values
             ceiling = {"layer": twin[0], "matched_fraction": round(lm.matched_fraction, 4),
-                       "best_cos_median": round(best.median().item(), 3), "share_best_cos_above_0.7": round((best > 0.7).float().mean().item(), 4)}
+                       "best_cos_median": round(best.median().item(), 3),
+                       "share_best_cos_above_0.7": round((best > 0.7).float().mean().item(), 4)}
             # what two seeds would share by sampling the same cloud of directions, untrained: two disjoint
             # samples of the layer's own (centred, unit) held-out activations, as many as the SAE's width
             hook = f"blocks.{twin[0]}.hook_resid_post"
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
                 _, cache = model.run_with_cache(torch.from_numpy(windows[-min(len(windows), 64):]).long(),
                                                 names_filter=hook, stop_at_layer=twin[0] + 1)
             xs = cache[hook][:, 1:].reshape(-1, cache[hook].shape[-1]).float()
-            xs = torch.nn.functional.normalize(xs - xs.mean(0), dim=1)[torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))]
+            perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(args.seed))
+            xs = torch.nn.functional.normalize(xs - xs.mean(0), dim=1)[perm]
             k = min(da.shape[0], len(xs) // 2)
             cb = (xs[:k] @ xs[k:2 * k].T).max(1).values
             ceiling.update({"data_sample_size": k, "data_samples_best_cos_median": round(cb.median().item(), 3),
@@ -222,7 +224,8 @@ def main(argv=None) -> int:
     depth = np.array(depth)
     order = np.argsort(-depth, kind="stable")[: args.origins]
     origins = [(last, int(f)) for f in order]
-    texts = [json.loads(x)["text"] for x in (ROOT / "saematch_nb" / "gemma3" / "assets" / "texts.jsonl").read_text().splitlines()[: args.prompts]]
+    lines = (ROOT / "saematch_nb" / "gemma3" / "assets" / "texts.jsonl").read_text().splitlines()
+    texts = [json.loads(x)["text"] for x in lines[: args.prompts]]
     prompts = [x[:200] for x in texts]
     rows = steering_rows(model, flow, saes, origins, prompts, strengths=[float(x) for x in args.strengths.split(",")])
     st = pd.DataFrame(rows)
@@ -254,7 +257,8 @@ def main(argv=None) -> int:
             "tokens_labels": int(labels.n_tokens), "targets_per_layer": int(args.targets),
             "seed_ceiling": ceiling, "seconds": times, "origins": origins,
             "origin_path_lengths": depth[order].tolist(),
-            "build_metrics": json.loads((build / "metrics.json").read_text())["eval"] if (build / "metrics.json").exists() else None}
+            "build_metrics": (json.loads((build / "metrics.json").read_text())["eval"]
+                              if (build / "metrics.json").exists() else None)}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     doc = ["# Feature Flow on Gemma 3 270M (benchmarks/gemma3_flow.py)", "",
           f"SAEs: {args.build}; held-out windows: {args.windows} for labels ({labels.n_tokens:,} tokens), "

@@ -94,7 +94,8 @@ def _from_assets(folder: Path):
 
     from safetensors.torch import load_file
 
-    spec = importlib.util.spec_from_file_location("build_demo", Path(__file__).resolve().parents[1] / "scripts" / "build_demo.py")
+    spec = importlib.util.spec_from_file_location("build_demo",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "build_demo.py")
     bd = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bd)
     tok = bd.load_tokenizer(folder / "tokenizer")

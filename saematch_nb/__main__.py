@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saematch_nb warmup: {e}", file=sys.stderr)
         return 1
     print(f"saematch_nb warmup: {r['kernels']} kernels, {r['signatures']} signatures ready "
-          f"({r['compiled']} compiled, {r['loaded']} loaded from numba's cache) in {r['seconds']:.1f} s; devices: {', '.join(r['devices'])}")
+          f"({r['compiled']} compiled, {r['loaded']} loaded from numba's cache) in {r['seconds']:.1f} s; "
+          f"devices: {', '.join(r['devices'])}")
     if r["not_reached"]:
         print(f"  not reached by the warm-up problems (compiled on first use): {', '.join(r['not_reached'])}")
     return 0

@@ -403,7 +403,8 @@ def stage_model(args, sz, out: Path, tokenizer, train_w, eval_w):
     opt = torch.optim.AdamW(model.parameters(), lr=sz["lr"], betas=(0.9, 0.98), weight_decay=0.05)
     steps = sz["model_steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / sz["warmup"]) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: (min(1.0, (s + 1) / sz["warmup"])
+                        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))))
     start = 0
     ckpt = folder / "ckpt.pt"
     if ckpt.exists():
@@ -567,7 +568,8 @@ def train_sae(x: torch.Tensor, x_eval: torch.Tensor, sz, seed: int, device: str,
         # spirit of Anthropic's pre-activation loss), which keeps the dead fraction low
         dead = ((step - last_fire) > window).float()
         revive = (torch.relu(theta - pre) * dead).sum(-1).mean()
-        lr_scale = min(1.0, (step + 1) / (steps * 0.05)) * (1.0 if step < 0.8 * steps else (steps - step) / (0.2 * steps))
+        lr_scale = (min(1.0, (step + 1) / (steps * 0.05))
+                    * (1.0 if step < 0.8 * steps else (steps - step) / (0.2 * steps)))
         warm = min(1.0, (step + 1) / (steps * 0.1))  # L0 penalty ramps in
         loss = mse + warm * lam * l0 + 1e-3 * revive
         opt.zero_grad(set_to_none=True)

@@ -67,8 +67,10 @@ RELEASE = "saematch-gemma-3-270m-res"
 # where each SAE reads: the hook, the folder under --out / --assets, its release, and a seed offset per
 # site so that no two SAEs share an initialisation
 SITES = {
-    "attn_out": {"hook": "blocks.{l}.hook_attn_out", "folder": "attn", "release": "saematch-gemma-3-270m-att", "seed": 3100},
-    "mlp_out": {"hook": "blocks.{l}.hook_mlp_out", "folder": "mlp", "release": "saematch-gemma-3-270m-mlp", "seed": 2100},
+    "attn_out": {"hook": "blocks.{l}.hook_attn_out", "folder": "attn", "release": "saematch-gemma-3-270m-att",
+                 "seed": 3100},
+    "mlp_out": {"hook": "blocks.{l}.hook_mlp_out", "folder": "mlp", "release": "saematch-gemma-3-270m-mlp",
+                "seed": 2100},
     "resid_post": {"hook": "blocks.{l}.hook_resid_post", "folder": "saes", "release": RELEASE, "seed": 100},
 }
 HOOK_SITE = {"hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "hook_resid_post": "resid_post"}
@@ -430,7 +432,8 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
     fb = sz["fwd_batch"]
     total = int(sz["tokens"] * sz["reuse"] // B)
     steps_per_round = max(1, H * sz["reuse"] // B)
-    stack = Stack([row[j["hook"]] for j in jobs], [j["seed"] for j in jobs], [j["target_l0"] for j in jobs], d, F, sz, dev)
+    stack = Stack([row[j["hook"]] for j in jobs], [j["seed"] for j in jobs], [j["target_l0"] for j in jobs],
+                  d, F, sz, dev)
     state_path = out / "train_state.pt"
     win_next = 0
 
@@ -490,8 +493,8 @@ def stage_train(args, sz, out: Path, train_w: np.ndarray, eval_w: np.ndarray, jo
         bar.set_postfix(ev=f"{min(q['ev']):.3f}-{max(q['ev']):.3f}", l0=f"{np.mean(q['l0']):.1f}",
                         dead=f"{max(q['dead']):.2f}")
         if args.verbose:
-            log(f"round {rounds} step {stack.step}: ev {np.round(q['ev'], 3).tolist()} l0 {np.round(q['l0'], 1).tolist()} "
-                f"dead {np.round(q['dead'], 3).tolist()}")
+            log(f"round {rounds} step {stack.step}: ev {np.round(q['ev'], 3).tolist()} "
+                f"l0 {np.round(q['l0'], 1).tolist()} dead {np.round(q['dead'], 3).tolist()}")
         if stack.step < total:  # refill the older half with fresh activations
             half = (rounds - 1) % 2
             starts[half] = win_next
@@ -585,9 +588,11 @@ def stage_eval(args, sz, out: Path, eval_w: np.ndarray, jobs: list[dict]) -> dic
         th = sae.threshold.detach().float().cpu()
         res[j["folder"]] = {"layer": j["layer"], "hook": j["hook"], "seed": j["seed"], "target_l0": j["target_l0"],
                             "explained_variance": round(1 - err[k].item() / var[k].item(), 4),
-                            "l0": round(l0[k].item() / N, 2), "dead_fraction": round(1 - fired[k].float().mean().item(), 4),
+                            "l0": round(l0[k].item() / N, 2),
+                            "dead_fraction": round(1 - fired[k].float().mean().item(), 4),
                             "threshold_median": round(th.median().item(), 4),
-                            "threshold_spread_q90_q10": round((th.quantile(0.9) / th.quantile(0.1).clamp_min(1e-12)).item(), 3),
+                            "threshold_spread_q90_q10": round(
+                                (th.quantile(0.9) / th.quantile(0.1).clamp_min(1e-12)).item(), 3),
                             "resid_norm": round(norms[row[j["hook"]]].item() / N, 1)}
     del model
     # EV alone does not say the dictionary converged (a random decoder with a trained encoder
@@ -626,7 +631,8 @@ def texts_for_assets(docs: list[dict], n: int, seed: int) -> list[dict]:
     for style in STYLE_WEIGHTS:
         pool = [d for d in docs if d["split"] == "eval" and d["style"] == style]
         rng.shuffle(pool)
-        rows += [{"id": d["id"], "style": d["style"], "text": d["text"][:1500]} for d in pool[: n // len(STYLE_WEIGHTS)]]
+        rows += [{"id": d["id"], "style": d["style"], "text": d["text"][:1500]}
+                 for d in pool[: n // len(STYLE_WEIGHTS)]]
     return rows
 
 
@@ -680,8 +686,9 @@ def make_jobs(sz, args) -> list[dict]:
     cl = sz["ceiling_layer"] if sz["ceiling_layer"] in layers else layers[len(layers) // 2]
     if args.flow:
         cl = (first + last) // 2
-    jobs.append({"layer": cl, "site": "resid_post", "hook": f"blocks.{cl}.hook_resid_post", "seed": args.seed + 900 + cl,
-                 "target_l0": t, "folder": f"seed_ceiling/layer_{cl}", "sae_id": f"layer_{cl}/seed_{args.seed + 900 + cl}"})
+    jobs.append({"layer": cl, "site": "resid_post", "hook": f"blocks.{cl}.hook_resid_post",
+                 "seed": args.seed + 900 + cl, "target_l0": t, "folder": f"seed_ceiling/layer_{cl}",
+                 "sae_id": f"layer_{cl}/seed_{args.seed + 900 + cl}"})
     return jobs
 
 
@@ -756,11 +763,13 @@ def main(argv=None) -> int:
     import platform
 
     metrics = {"model": "Gemma 3 270M (community Q4_K_M GGUF from PyPI, de-quantized)", "release": RELEASE,
-               "recipe": {**{k: sz[k] for k in ("width", "target_l0", "n_ctx", "tokens", "batch", "lr", "eps", "buffer", "reuse")},
+               "recipe": {**{k: sz[k] for k in ("width", "target_l0", "n_ctx", "tokens", "batch", "lr", "eps",
+                                                "buffer", "reuse")},
                           "init": args.init, "flow": args.flow},
                "corpus": {s: sum(1 for d in docs if d["style"] == s) for s in STYLE_WEIGHTS},
                "style_weights": STYLE_WEIGHTS, "eval": q, "timings_s": timings, "device": args.device,
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"torch {torch.__version__}",
                "train": {k: v for k, v in info.items() if k != "history"}, "history": info.get("history", [])}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     rows = texts_for_assets(docs, sz["texts"], args.seed + 3)

@@ -64,8 +64,8 @@ FORBIDDEN_THIRD_PARTY = {
 # Imported at module level nowhere but here (these modules are themselves imported lazily), so
 # that `import saematch_nb` and any core / sources / display module stays light.
 HEAVY = NOTEBOOK | {"numba"}
-HEAVY_AT_IMPORT_TIME_ONLY_IN = {"saematch_nb.widgets.explorer", "saematch_nb.widgets.finder", "saematch_nb.widgets.overview",
-                                "saematch_nb.widgets.steering",
+HEAVY_AT_IMPORT_TIME_ONLY_IN = {"saematch_nb.widgets.explorer", "saematch_nb.widgets.finder",
+                                "saematch_nb.widgets.overview", "saematch_nb.widgets.steering",
                                 "saematch_nb.core.lap._numba", "saematch_nb.core.lap._jv"}
 
 

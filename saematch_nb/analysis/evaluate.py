@@ -355,7 +355,8 @@ class Coactivation:
         df = self.to_pandas()
         cols = ["layer_from", "layer_to", "agreement", "matching_score", "matching_score_random",
                 "pearson", "pearson_random", "jaccard", "jaccard_random"]
-        return "Coactivation\n" + df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        return "Coactivation\n" + df[[c for c in cols if c in df]].to_string(index=False,
+                                                                            float_format=lambda v: f"{v:.3f}")
 
     def _repr_html_(self) -> str:
         from ..display import wrap_output
@@ -377,8 +378,8 @@ def coactivation(
     ``chain_or_match``: a MatchChain or one LayerMatch; ``acts``: :class:`Activations` holding
     both layers of every pair; ``saes``: not needed with a chain (its SAEs are used); else
     ``{layer: sae}`` or a list in ``acts.layers`` order. SAEs given must be those the matches were
-    computed from (checked by weight hash, as in :func:`evaluate`); ``acts`` needs only ``.layers`` and ``.batches(layer, n)`` (rows of the
-    same tokens, in the same order, at every layer).
+    computed from (checked by weight hash, as in :func:`evaluate`); ``acts`` needs only ``.layers``
+    and ``.batches(layer, n)`` (rows of the same tokens, in the same order, at every layer).
     ``layer``: with a chain, only the pair starting at this layer (default: every pair).
     Random pairs (A-feature i with a random B-feature) give the chance level of every statistic.
     Two passes over the tokens per pair (maxima and Pearson blocks, then the pair statistics);
@@ -432,8 +433,8 @@ def coactivation(
                              f"{lm.n_a}, {lm.n_b}")
         fa_, fb_ = stack.fingerprint(la), stack.fingerprint(lb)
         if lm.fingerprint_a and (lm.fingerprint_a, lm.fingerprint_b) != (fa_, fb_):
-            which = " and ".join(f"layer {L}" for L, ok in ((la, lm.fingerprint_a == fa_), (lb, lm.fingerprint_b == fb_))
-                                 if not ok)
+            which = " and ".join(f"layer {L}" for L, ok in ((la, lm.fingerprint_a == fa_),
+                                                            (lb, lm.fingerprint_b == fb_)) if not ok)
             raise ValueError(
                 f"pair {la}->{lb}: the match was computed from other SAEs than those given for {which} "
                 f"(weight hashes: match {lm.fingerprint_a}/{lm.fingerprint_b}, given {fa_}/{fb_}). Pass the "

@@ -5,9 +5,10 @@ batch is encoded, and per feature a running top-k (the kept candidates merged wi
 non-zeros and cut back to k) and, per activation bin (fraction of the feature's running maximum),
 a reservoir of uniformly sampled tokens (the R largest random keys, the vectorised form of
 reservoir sampling) are kept. Codes are sparse, so both are flat lists of non-zeros cut back per
-feature with one lexsort per batch (O(nnz log nnz)), not dense [features × tokens] top-k. At the end the reservoirs are re-binned against the final maximum. Only indices and values
-are stored per feature; the per-token activations of a context are computed when a feature's
-examples are asked for (a handful of rows re-encoded for one feature).
+feature with one lexsort per batch (O(nnz log nnz)), not dense [features × tokens] top-k. At the
+end the reservoirs are re-binned against the final maximum. Only indices and values are stored per
+feature; the per-token activations of a context are computed when a feature's examples are asked
+for (a handful of rows re-encoded for one feature).
 """
 
 from __future__ import annotations

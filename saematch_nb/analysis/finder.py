@@ -205,12 +205,14 @@ def _check_examples(chain: Any, layer: int, le: Any) -> None:
 def _given_explanations(given: Any) -> dict[tuple[int, int], str]:
     """``{(layer, feature): text}`` checked: the keys are pairs of integers, the texts strings."""
     if not isinstance(given, Mapping):
-        raise ArgumentTypeError(f"explanations must be a mapping {{(layer, feature): text}}, got {type(given).__name__}")
+        raise ArgumentTypeError("explanations must be a mapping {(layer, feature): text}, got "
+                                f"{type(given).__name__}")
     out = {}
     for key, text in given.items():
         if not (isinstance(key, tuple) and len(key) == 2):
             raise ArgumentTypeError(f"explanations keys must be (layer, feature) pairs of integers, got {key!r}")
-        L, f = as_index(key[0], f"the layer of explanations key {key!r}"), as_index(key[1], f"the feature of explanations key {key!r}")
+        L = as_index(key[0], f"the layer of explanations key {key!r}")
+        f = as_index(key[1], f"the feature of explanations key {key!r}")
         if not isinstance(text, str):
             raise ArgumentTypeError(f"explanations[{key!r}] must be a string, got {type(text).__name__}")
         out[(L, f)] = text

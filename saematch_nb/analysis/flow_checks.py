@@ -461,7 +461,8 @@ def deactivate(flow: FeatureFlow, model: Any, res: Any, *, mlp: Any = None, att:
         cand = np.flatnonzero(ok)
         targets = np.sort(rng.choice(cand, size=min(n_targets, len(cand)), replace=False)) if len(cand) else cand
         R_on = torch.cat(r_on) if r_on else None
-        ctx = {int(f): torch.argsort(-(A[:, :, f] > 0).sum(1).float() - 1e-6 * A[:, :, f].sum(1), stable=True)[:contexts]
+        ctx = {int(f): torch.argsort(-(A[:, :, f] > 0).sum(1).float() - 1e-6 * A[:, :, f].sum(1),
+                                     stable=True)[:contexts]
                for f in targets}
         partners = _match_partners(chain, fl.prev_layer, fl.layer) if "match" in methods else None
         for m in methods:
@@ -490,7 +491,8 @@ def deactivate(flow: FeatureFlow, model: Any, res: Any, *, mlp: Any = None, att:
                     if len(pool):
                         p = int(rng.choice(pool))
                         Kd = _weights(st, fl, "R").W_dec
-                        plan.append((f, {"R": p}, float(torch.nn.functional.cosine_similarity(Kd[p], w_t.W_dec[f], dim=0))))
+                        cos = torch.nn.functional.cosine_similarity(Kd[p], w_t.W_dec[f], dim=0)
+                        plan.append((f, {"R": p}, float(cos)))
             for g0 in range(0, len(plan), group):
                 part = plan[g0:g0 + group]
                 idx = torch.stack([ctx[f] for f, _, _ in part])  # [G, c]
@@ -559,8 +561,9 @@ def plan_flow_steering(graph: FlowGraph, res: Any, *, mlp: Any = None, att: Any 
     for n in chosen:
         stack = stacks[n.kind]
         if stack is None or n.layer not in stack:
+            arg = "res" if n.kind == "residual" else {"mlp": "mlp", "attn": "att"}[n.kind]
             raise InvalidArgumentError(f"the graph has a {n.kind} node at layer {n.layer} but no {n.kind} SAE was "
-                                       f"given for it ({'res' if n.kind == 'residual' else {'mlp': 'mlp', 'attn': 'att'}[n.kind]}=...)")
+                                       f"given for it ({arg}=...)")
         info = stack.info(n.layer)
         hook = info.hook_name or _DEFAULT_SITE[{"residual": "res", "mlp": "M", "attn": "A"}[n.kind]].format(L=n.layer)
         entries.append((n, hook, stack))

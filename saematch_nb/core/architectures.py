@@ -184,6 +184,7 @@ def from_saelens(sae: Any) -> Architecture:
     arch = str(arch).lower() if arch else ""
     if "topk" in arch:
         return ARCHITECTURES["topk"]
-    if arch == "jumprelu" or getattr(sae, "threshold", None) is not None or getattr(sae, "log_threshold", None) is not None:
+    if (arch == "jumprelu" or getattr(sae, "threshold", None) is not None
+            or getattr(sae, "log_threshold", None) is not None):
         return ARCHITECTURES["jumprelu"]
     return ARCHITECTURES["relu"]

@@ -219,7 +219,8 @@ def planted_flow(n_layers: int = 3, n: int = 256, d_in: int = 128, *, n_heads: i
     rng = np.random.default_rng(seed)
     sh = np.asarray(shares, np.float64)
     if sh.shape != (4,) or (sh < 0).any() or sh.sum() <= 0:
-        raise ValueError(f"shares must be four non-negative numbers (translated, processed, newborn, unexplained), got {shares}")
+        raise ValueError("shares must be four non-negative numbers (translated, processed, newborn, unexplained), "
+                         f"got {shares}")
     counts = np.floor(sh / sh.sum() * n).astype(int)
     counts[0] += n - counts.sum()
 

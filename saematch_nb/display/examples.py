@@ -213,7 +213,8 @@ def neuronpedia_feature_body(f: Any, *, max_top: int = 5) -> str:
         parts.append('<div class="smn-sub">no explanation</div>')
     mx = f.max_value or None
     for a in f.activations[:max_top]:
-        spans = "".join(token_html(t, v, mx, highlight=(i == a.max_index)) for i, (t, v) in enumerate(zip(a.tokens, a.values)))
+        spans = "".join(token_html(t, v, mx, highlight=(i == a.max_index))
+                        for i, (t, v) in enumerate(zip(a.tokens, a.values)))
         parts.append(f'<div class="smn-ex"><span class="smn-ex-val">{escape(fmt_float(a.max_value, 3))}</span>'
                      f'<span class="smn-toks">{spans}</span></div>')
     return f'<div class="smn-examples">{"".join(parts)}</div>'

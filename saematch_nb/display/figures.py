@@ -286,7 +286,8 @@ def make_chain_figure(chain_or_dict: Any, *, title: str | None = None, log_mse: 
         color = PALETTE[k % len(PALETTE)]
         tag = f"{escape(name)}: " if name else ""
         fig.add_trace(go.Scatter(
-            x=xs, y=c["matched_fraction"], mode="lines+markers", name=f"{tag}accepted fraction" if name else "accepted fraction",
+            x=xs, y=c["matched_fraction"], mode="lines+markers",
+            name=f"{tag}accepted fraction" if name else "accepted fraction",
             legendgroup=name or "chain", showlegend=bool(name), line=dict(color=color), customdata=labels,
             hovertemplate=f"{escape(name)} %{{customdata}}<br>accepted %{{y:.1%}}<extra></extra>",
         ), row=1, col=1)
@@ -486,7 +487,8 @@ def make_trace_figure(trace: Any, *, title: str | None = None, correlations: Map
                          "layer_features": [[int(l), int(f)] for l, f in zip(trace.layers, trace.features)]})
 
 
-def _order_columns(per_col: dict[int, list[tuple[int, int]]], links: Mapping[tuple[tuple[int, int], tuple[int, int]], Any],
+def _order_columns(per_col: dict[int, list[tuple[int, int]]],
+                   links: Mapping[tuple[tuple[int, int], tuple[int, int]], Any],
                    layers: Sequence[int], first: Sequence[tuple[int, int]]) -> None:
     """Order each column's nodes to keep links from crossing: the first column as the traces were
     given, then each node at the mean rank of its neighbours (barycentre), swept forward and

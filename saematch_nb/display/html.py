@@ -201,7 +201,8 @@ def svg_line_chart(
     if band is not None:
         lo, hi = band
         pts = [(px(x), py(float(v))) for x, v in zip(xs, hi) if v is not None and math.isfinite(float(v))]
-        pts += [(px(x), py(float(v))) for x, v in reversed(list(zip(xs, lo))) if v is not None and math.isfinite(float(v))]
+        pts += [(px(x), py(float(v))) for x, v in reversed(list(zip(xs, lo)))
+                if v is not None and math.isfinite(float(v))]
         if pts:
             parts.append(f'<polygon class="smn-band" points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in pts)}"/>')
     for k, (name, ys) in enumerate(series):
@@ -214,7 +215,8 @@ def svg_line_chart(
         lab = dict(zip(xs, labels))
         for x, v in pts:
             parts.append(f'<circle class="smn-dot-{c}" cx="{px(x):.1f}" cy="{py(v):.1f}" r="2.5">'
-                         f"<title>{escape(name)} at {escape(lab.get(x, fmt_float(x)))}: {escape(y_format(v))}</title></circle>")
+                         f"<title>{escape(name)} at {escape(lab.get(x, fmt_float(x)))}: "
+                         f"{escape(y_format(v))}</title></circle>")
     if len(series) > 1:
         for k, (name, _) in enumerate(series):
             parts.append(f'<text class="smn-tick" x="{ml + pw - 4}" y="{mt + 10 + 11 * k}" text-anchor="end">'
@@ -262,7 +264,8 @@ def chain_body(chain: Any, *, pairs_open: bool = False, charts: bool = True) -> 
         details = []
         for r, lm in zip(rows, f["pairs"]):
             summ = (f"{escape(r['layer_a'])}{_ARROW}{escape(r['layer_b'])} "
-                    f'<span class="smn-sub">{escape(r["matched_pct"])} accepted, MSE median {escape(r["mse_median"])}</span>')
+                    f'<span class="smn-sub">{escape(r["matched_pct"])} accepted, '
+                    f'MSE median {escape(r["mse_median"])}</span>')
             details.append(_details(summ, layer_match_body(lm, header=False), open_=pairs_open))
         parts.append(_details('pairs <span class="smn-sub">(details per layer pair)</span>',
                               "".join(details), open_=pairs_open))
@@ -372,7 +375,8 @@ def explorer_header_body(tr: Any, layer: int, *, explanation: str | None = None)
     title = f"feature {escape(f['origin_feature'])} of layer {escape(f['origin_layer'])}"
     sub = f"{escape(_text.trace_span(f))}; {escape(f['born'])}; {escape(f['dies'])}"
     info = _text._trace_info(tr, layer)
-    label = f' <span class="smn-muted smn-mono">({escape(info.label)})</span>' if info is not None and info.label else ""
+    label = (f' <span class="smn-muted smn-mono">({escape(info.label)})</span>'
+             if info is not None and info.label else "")
     parts = [_header("FeatureTrace", title, sub),
              f'<div class="smn-section-title">{escape(_text.focus_line(tr, layer))}{label}</div>']
     links = _neuronpedia_links(tr, layer)
@@ -578,7 +582,8 @@ def report_html(
             parts.append("<h2>Layer match</h2>" + layer_match_body(chain))
     trs = list(traces or ())
     if trs:
-        parts.append("<h2>Feature traces</h2>" + "".join(f'<div class="smn-section">{trace_body(t)}</div>' for t in trs))
+        parts.append("<h2>Feature traces</h2>"
+                     + "".join(f'<div class="smn-section">{trace_body(t)}</div>' for t in trs))
     for heading, fragment in sections:
         parts.append(f"<h2>{escape(heading)}</h2>" + check_no_script(str(fragment), f"section {heading!r}"))
     return (

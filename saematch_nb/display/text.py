@@ -19,7 +19,8 @@ __all__ = [
     "layer_match_text", "chain_text", "trace_text", "handle_text", "saes_text", "weights_text",
     "layer_match_facts", "chain_facts", "trace_facts", "handle_facts", "weights_facts",
     "steering_text", "steering_facts", "format_stat", "N_EXTREMES", "N_BINS", "token_diff", "show_ws",
-    "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text", "ACCEPTED", "REJECTED", "NO_PARTNER",
+    "strength_units", "step_status", "focus_line", "node_tip", "born_text", "dies_text",
+    "ACCEPTED", "REJECTED", "NO_PARTNER",
     "feature_flow_text", "feature_flow_facts", "flow_graph_text", "flow_graph_facts", "FLOW_CLASSES",
     "finder_lines", "NBSP", "SORT_MARK",
 ]
@@ -262,7 +263,8 @@ def chain_facts(chain: Any) -> dict[str, Any]:
     model = next((i.model_name for i in infos if getattr(i, "model_name", None)), None)
     keys = [k for k in _CHAIN_STATS_FIRST if k in stats] + [k for k in stats if k not in _CHAIN_STATS_FIRST]
     stats_rows = [(str(k), format_stat(str(k), stats[k])) for k in keys
-                  if stats[k] is not None and _user_stat(k) and not isinstance(stats[k], (Mapping, list, tuple, np.ndarray))]
+                  if stats[k] is not None and _user_stat(k)
+                  and not isinstance(stats[k], (Mapping, list, tuple, np.ndarray))]
     return {
         "kind": "MatchChain",
         "n_pairs": fmt_int(len(pairs)),
@@ -404,7 +406,7 @@ def node_tip(tr: Any, layer: int, extra: str = "") -> str:
 
 def trace_span(f: dict[str, Any]) -> str:
     """How far the feature goes under the criterion, and how far the assignment alone follows it."""
-    alive, n, length = int(f["alive"].replace(",", "")), int(f["n_layers"].replace(",", "")), int(f["length"].replace(",", ""))
+    alive, n, length = (int(f[k].replace(",", "")) for k in ("alive", "n_layers", "length"))
     if alive == n:
         return f"the same feature on all {f['n_layers']} layers (every step accepted)"
     where = f"layer {f['lo']}" if alive == 1 else f"layers {f['lo']}–{f['hi']}"

@@ -226,7 +226,8 @@ def tokenize(model: Any, texts: Any, *, context: int | None = None, max_docs: in
     try:
         items = list(texts)
     except TypeError:
-        raise ActivationError(f"texts must be a list of strings or of token-id lists, got {type(texts).__name__}") from None
+        raise ActivationError("texts must be a list of strings or of token-id lists, got "
+                              f"{type(texts).__name__}") from None
     if not items:
         raise ActivationError("texts is empty: pass at least one document")
     for i, t in enumerate(items):
@@ -238,7 +239,8 @@ def tokenize(model: Any, texts: Any, *, context: int | None = None, max_docs: in
             try:
                 raw = np.asarray(t.cpu().numpy() if hasattr(t, "cpu") else t).reshape(-1)
             except (TypeError, ValueError):
-                raise ActivationError(f"document {i} is neither a string nor a list of token ids: {type(t).__name__}") from None
+                raise ActivationError(f"document {i} is neither a string nor a list of token ids: "
+                                      f"{type(t).__name__}") from None
             # ids are integers as given: a cast would read 5.9 as token 5 and True as token 1
             if raw.size and raw.dtype.kind not in "iu":
                 raise ActivationError(f"document {i} has token ids of type {raw.dtype} ({raw[:3].tolist()}...); "

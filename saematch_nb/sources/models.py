@@ -82,8 +82,9 @@ def load_model(
     ``saematch_nb[gemma3]``), de-quantized once into the cache (``cache_dir=`` keyword, default
     ``$SAEMATCH_CACHE_DIR/models``) and loaded from there in seconds after (Gemma terms apply,
     ``sources/gemma3.py``); ``"google/gemma-3-270m"`` is the hub's bfloat16 release. ``device``
-    defaults to CUDA when available, else CPU; ``dtype`` to float32 (``"bfloat16"`` halves memory; Gemma 2 2B is ~10 GB in float32). Extra
-    keywords go to ``HookedSAETransformer.from_pretrained_no_processing``.
+    defaults to CUDA when available, else CPU; ``dtype`` to float32 (``"bfloat16"`` halves memory;
+    Gemma 2 2B is ~10 GB in float32). Extra keywords go to
+    ``HookedSAETransformer.from_pretrained_no_processing``.
 
     ``backend="bridge"`` returns sae-lens' ``SAETransformerBridge`` instead (TL 3's
     TransformerBridge over the Hugging Face model, in compatibility mode without weight

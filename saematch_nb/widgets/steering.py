@@ -166,7 +166,8 @@ class SteeringPanel(SnapshotMixin, W.VBox):
             try:
                 if change["name"] == "layer":
                     explorer.layer = int(self.layer)  # the explorer follows its trace there
-                elif int(self.feature) >= 0 and (int(self.layer), int(self.feature)) != (explorer.layer, explorer.feature):
+                elif (int(self.feature) >= 0
+                      and (int(self.layer), int(self.feature)) != (explorer.layer, explorer.feature)):
                     explorer.select(int(self.layer), int(self.feature), source="the steering panel")
                 self.layer, self.feature = int(explorer.layer), int(explorer.feature)
             finally:
@@ -223,7 +224,8 @@ class SteeringPanel(SnapshotMixin, W.VBox):
     def _on_control(self, change: Any) -> None:
         if not hasattr(self, "stale_html"):
             return  # still being built
-        if getattr(change, "owner", None) is self.mode_box or (isinstance(change, dict) and change.get("owner") is self.mode_box):
+        owner = change.get("owner") if isinstance(change, dict) else getattr(change, "owner", None)
+        if owner is self.mode_box:
             self._units()
         self._mark_stale()
 

@@ -67,7 +67,8 @@ def test_shapes_and_required_fields_are_checked_with_the_sae_named():
         SAEWeights(ok.W_enc, ok.b_enc, ok.W_dec, ok.b_dec)
     with pytest.raises(ValueError, match="a TopK SAE needs k"):
         SAEWeights(ok.W_enc, ok.b_enc, ok.W_dec, ok.b_dec, architecture="topk")
-    with pytest.raises(ValueError, match=r"unknown SAE architecture 'gated'; expected one of \('jumprelu', 'relu', 'topk'\)"):
+    with pytest.raises(ValueError,
+                       match=r"unknown SAE architecture 'gated'; expected one of \('jumprelu', 'relu', 'topk'\)"):
         SAEWeights(ok.W_enc, ok.b_enc, ok.W_dec, ok.b_dec, architecture="gated")
 
 
@@ -251,8 +252,8 @@ def test_as_weights_reads_the_architecture_of_other_saes(tmp_path):
         w = as_weights(folder)
         assert (w.architecture, w.k, w.threshold, w.info.layer) == (want, k, None, 1), arch
     # a sae-lens-like TopK object: architecture() and k from its cfg, no threshold kept
-    obj = types.SimpleNamespace(**arrays, cfg=types.SimpleNamespace(architecture=lambda: "topk", k=3,
-                                                                     metadata=None, hook_name="blocks.4.hook_resid_post"))
+    cfg = types.SimpleNamespace(architecture=lambda: "topk", k=3, metadata=None, hook_name="blocks.4.hook_resid_post")
+    obj = types.SimpleNamespace(**arrays, cfg=cfg)
     w = as_weights(obj)
     assert (w.architecture, w.k, w.threshold, w.info.layer) == ("topk", 3, None, 4)
 

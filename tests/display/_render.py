@@ -45,7 +45,8 @@ async (fig) => {
       const a = gd._fullLayout.annotations[i] || {};
       return (a.xref === 'paper' && a.yref === 'paper') ? 'paper-annotation' : 'data-annotation';
     }
-    if (c('.xtick') || c('.ytick') || c('.x2tick') || /tick/.test(t.parentElement.getAttribute('class') || '')) return 'tick';
+    if (c('.xtick') || c('.ytick') || c('.x2tick')
+        || /tick/.test(t.parentElement.getAttribute('class') || '')) return 'tick';
     if (t.classList.contains('node-label')) return 'sankey-label';
     if (c('.textpoint')) return 'point-label';
     return 'other';

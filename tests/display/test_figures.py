@@ -243,7 +243,8 @@ def test_pdf_and_svg_have_the_physical_size_and_vector_text(tmp_path):
 def test_figures_respect_the_users_plotly_template(lm, monkeypatch):
     import plotly.io as pio
 
-    assert F.make_mse_figure(lm).layout.template.layout.plot_bgcolor == pio.templates["plotly_white"].layout.plot_bgcolor
+    white = pio.templates["plotly_white"].layout.plot_bgcolor
+    assert F.make_mse_figure(lm).layout.template.layout.plot_bgcolor == white
     monkeypatch.setattr(pio.templates, "default", "plotly_dark")
     dark = F.make_mse_figure(lm).layout.template.layout.paper_bgcolor
     assert dark == pio.templates["plotly_dark"].layout.paper_bgcolor
@@ -366,7 +367,8 @@ def test_issue23_auto_theme_is_transparent_and_files_are_white(tmp_path, lm):
     assert t.paper_bgcolor == t.plot_bgcolor == "rgba(0,0,0,0)" and t.font.color == "#8a8a8a"
     assert fig.layout.meta["saematch"]["theme"] == "auto"
     page = F.save_figure(fig, tmp_path / "auto.html").read_text()
-    assert '"paper_bgcolor":"white"' in page.replace(" ", "") and "rgba(0,0,0,0)" not in page.split("<body>")[-1][:20000]
+    assert '"paper_bgcolor":"white"' in page.replace(" ", "")
+    assert "rgba(0,0,0,0)" not in page.split("<body>")[-1][:20000]
     assert F.paper_layout(fig, "single").layout.template.layout.paper_bgcolor == "white"
     with pytest.raises(ValueError, match="'auto', 'light' or 'dark'"):
         F.make_mse_figure(lm, theme="blue")

@@ -97,7 +97,8 @@ def test_toy_flow_build_and_the_flow_experiment(tmp_path, models):
 
     x = tmp_path / "x"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "SAEMATCH_CACHE_DIR": str(Path(models).parent)}
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gemma3_flow.py"), "--build", str(out), "--out", str(x),
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gemma3_flow.py"), "--build", str(out),
+                        "--out", str(x),
                         "--windows", "4", "--deact-windows", "4", "--targets", "3", "--origins", "1", "--prompts", "2",
                         "--gen-tokens", "4", "--strengths", "2"], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

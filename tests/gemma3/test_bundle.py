@@ -29,7 +29,8 @@ def test_assets_ship_every_layer_and_the_seed_ceiling():
     assert ceiling is not None
     c = json.loads((ceiling / "cfg.json").read_text())
     same = json.loads((gemma3.ASSETS / "saes" / ceiling.name / "cfg.json").read_text())
-    assert c["metadata"]["hook_name"] == same["metadata"]["hook_name"] and c["metadata"]["seed"] != same["metadata"]["seed"]
+    assert c["metadata"]["hook_name"] == same["metadata"]["hook_name"]
+    assert c["metadata"]["seed"] != same["metadata"]["seed"]
 
 
 def test_build_metrics_meet_the_targets():

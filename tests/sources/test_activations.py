@@ -150,7 +150,8 @@ def test_dataset_offline(model, monkeypatch):
     # offline without the variable: the connection error is explained, with what to do
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(ConnectionError("Couldn't reach 'org/corpus' on the Hub")))
+    offline = ConnectionError("Couldn't reach 'org/corpus' on the Hub")
+    monkeypatch.setitem(sys.modules, "datasets", _FakeDatasets(offline))
     with pytest.raises(ActivationError, match=r"could not read dataset 'org/corpus'.*Couldn't reach.*connection"):
         collect_activations(model, "org/corpus", [0], cache=False, progress=False)
 

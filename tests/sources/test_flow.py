@@ -52,7 +52,8 @@ def test_post_attention_norm_gain_is_folded_in():
     torch.testing.assert_close(attention_out_proj(m, post_norm=False)[1], m.blocks[1].attn.W_O)
     ml = _fake_model(LayerNorm)
     W = ml.blocks[0].attn.W_O
-    torch.testing.assert_close(attention_out_proj(ml)[0], (W - W.mean(-1, keepdim=True)) * ml.blocks[0].ln1_post.w.detach())
+    torch.testing.assert_close(attention_out_proj(ml)[0],
+                               (W - W.mean(-1, keepdim=True)) * ml.blocks[0].ln1_post.w.detach())
 
 
 def test_bad_models_and_layers():

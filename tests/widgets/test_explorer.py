@@ -69,7 +69,8 @@ def test_explorer_shows_errors_instead_of_raising(chain):
 
 def test_explorer_figure_is_the_trace_figure(chain):
     ex = FeatureExplorer(chain, layer=1, feature=6)
-    assert isinstance(ex.figure, go.FigureWidget) and ex.figure_box in ex.children and ex.figure in ex.figure_box.children
+    assert isinstance(ex.figure, go.FigureWidget)
+    assert ex.figure_box in ex.children and ex.figure in ex.figure_box.children
     ref = make_trace_figure(chain.trace(1, 6))
     assert [tuple(t.y) for t in ex.figure.data] == [tuple(t.y) for t in ref.data]
     ex.feature = 7
