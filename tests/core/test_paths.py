@@ -38,7 +38,6 @@ def test_default_is_the_platform_cache_folder(home, monkeypatch, tmp_path):
     assert _paths.default_cache_root() == home / ".cache" / "saematch_nb"
     monkeypatch.setenv(_paths.ENV_VAR, "")  # set but empty: no choice at all
     assert _paths.default_cache_root() == home / ".cache" / "saematch_nb"
-    assert _paths.default_cache_root() == Path(cache_mod.DEFAULT_ROOT).expanduser()
     assert cache_mod.cache_root() == _paths.default_cache_root()
     # platformdirs honours XDG_CACHE_HOME (documented in core/_paths.py and docs/ARCHITECTURE.md)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
