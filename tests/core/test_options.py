@@ -21,7 +21,8 @@ def test_fields_checked_when_made():
     assert MatchOptions().method == "lap" and MatchOptions().fold is True
     for bad, msg in ((dict(method="hungarian"), "method must be one of"), (dict(params="both"), "params"),
                      (dict(method="cosine", allow_unmatched=True), "allow_unmatched=True needs"),
-                     (dict(alpha=1.5), "alpha"), (dict(n_null=0), "n_null"), (dict(bad_threshold="ignore"), "bad_threshold")):
+                     (dict(alpha=1.5), "alpha"), (dict(n_null=0), "n_null"),
+                     (dict(bad_threshold="ignore"), "bad_threshold")):
         with pytest.raises(ValueError, match=msg):
             MatchOptions(**bad)
     with pytest.raises(TypeError, match=r"unknown match option\(s\) \['fodl'\]; the options are fold, params"):
