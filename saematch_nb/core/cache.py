@@ -54,7 +54,7 @@ from ..errors import SaematchWarning
 if TYPE_CHECKING:
     from .results import LayerMatch
 
-ENV_VAR = "SAEMATCH_CACHE_DIR"
+from ._paths import ENV_VAR, default_cache_root
 # 2: results of the null-calibrated criterion; 3: the leave-one-out null (criterion version 3);
 # 4: the scipy path on float64 costs, zero features never matched (issue #22: an all-zero SAE's
 # cached "100% matched" must not be read again). Older entries are never read: other keys.
@@ -75,15 +75,15 @@ def warn_unwritable(folder: str | os.PathLike, exc: BaseException, what: str = "
     )
 
 
-DEFAULT_ROOT = "~/.cache/saematch_nb"
 # kind -> its folder under the root ("" = the root itself, see the module docstring)
 KINDS: dict[str, str] = {"matches": "", "activations": "activations", "examples": "examples",
                          "neuronpedia": "neuronpedia", "models": "models"}
 
 
 def cache_root() -> Path:
-    """The root of every cache: ``$SAEMATCH_CACHE_DIR``, else ``~/.cache/saematch_nb``."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT).expanduser()
+    """The root of every cache: ``$SAEMATCH_CACHE_DIR``, else the user cache folder
+    (``platformdirs``: ``~/.cache/saematch_nb`` on Linux, ``$XDG_CACHE_HOME/saematch_nb`` when set)."""
+    return default_cache_root()
 
 
 def cache_folder(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:

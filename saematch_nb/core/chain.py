@@ -17,7 +17,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -331,7 +331,7 @@ class MatchChain:
         (NaN if no feature has one). ``raw=True``: over all features, raw composed assignments
         against ``direct.permutation``.
         """
-        p, q = self._pos(layer_from), self._pos(layer_to)
+        self._pos(layer_from), self._pos(layer_to)  # an unknown layer is a KeyError naming the chain's
         n_from, n_to = self.n_features(layer_from), self.n_features(layer_to)
         if (direct.n_a, direct.n_b) != (n_from, n_to):
             raise ValueError(
@@ -520,7 +520,8 @@ class MatchChain:
 
 # -- the saved folder -----------------------------------------------------------------------------
 # what MatchChain.save writes into its folder (and older versions' temporary files)
-_CHAIN_ENTRY = re.compile(r"chain\.json|pair_\d{3,}\.npz|\.chain\.json\.\d+\.tmp|\.pair_\d{3,}\.npz\.\d+\.tmp")
+_CHAIN_ENTRY = re.compile(r"chain\.json|pair_\d{3,}\.npz|\.chain\.json\.\d+(\.[0-9a-f]+)?\.tmp"
+                          r"|\.pair_\d{3,}\.npz\.\d+(\.[0-9a-f]+)?\.tmp")
 # the fields of chain.json the checksum covers: what says which SAE and file is at which layer
 _DIGESTED = ("layers", "infos", "files", "pairs", "fingerprints")
 

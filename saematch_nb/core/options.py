@@ -69,7 +69,8 @@ class MatchOptions:
         elif isinstance(options, Mapping):
             base = dict(options)
         else:
-            raise TypeError(f"options must be a MatchOptions (or a mapping of its fields), got {type(options).__name__}")
+            raise TypeError("options must be a MatchOptions (or a mapping of its fields), got "
+                            f"{type(options).__name__}")
         base.update(keywords)
         unknown = sorted(set(base) - set(cls.names()))
         if unknown:

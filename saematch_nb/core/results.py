@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._atomic import atomic_write
+
 from ..errors import SaematchError
 from .weights import SAEInfo, as_weights
 
@@ -50,16 +52,7 @@ def write_result_npz(path: str | os.PathLike, meta_json: str, arrays: Mapping[st
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_suffix(".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays, meta=np.frombuffer(meta_json.encode(), dtype=np.uint8))
-        os.replace(tmp, path)
-    except BaseException:  # full disk, a folder in the way, Ctrl-C
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays, meta=np.frombuffer(meta_json.encode(), dtype=np.uint8)))
 
 
 def read_result_npz(path: str | os.PathLike, kind: str, version: int, read: Any, redo: str) -> Any:
