@@ -14,14 +14,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import resource
-import sys
 import time
 import warnings
 from concurrent.futures import Executor, as_completed
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
+from ._memory import peak_rss_bytes
 from .cache import CacheWarning, MatchCache, identity, normalize_options, pair_key
 from .chain import MatchChain, _inconsistent
 from .results import LayerMatch
@@ -50,19 +49,6 @@ def _add_note(exc: BaseException, note: str) -> None:
     warnings.warn(note, RuntimeWarning, stacklevel=3)
 
 
-def _maxrss_bytes() -> int:
-    """Peak resident memory of this process so far (bytes)."""
-    try:  # Linux: the address space's own high-water mark (ru_maxrss also counts the parent's at exec)
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(r if sys.platform == "darwin" else r * 1024)  # Linux reports KiB
-
-
 def _pair_task(item_a: Any, item_b: Any, match_kwargs: dict, target: str):
     """One pair, run in a worker: load both SAEs there, match, return the result (no tensors)."""
     t0 = time.perf_counter()
@@ -70,7 +56,7 @@ def _pair_task(item_a: Any, item_b: Any, match_kwargs: dict, target: str):
     t1 = time.perf_counter()
     lm = _resolve(target)(wa, wb, **match_kwargs)
     return lm, {"load_seconds": t1 - t0, "match_seconds": time.perf_counter() - t1,
-                "worker_pid": os.getpid(), "worker_maxrss_bytes": _maxrss_bytes()}
+                "worker_pid": os.getpid(), "worker_maxrss_bytes": peak_rss_bytes()}
 
 
 # -- what the stack knows without loading ---------------------------------------------------------
@@ -187,7 +173,7 @@ def match_chain(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    rss0 = _maxrss_bytes()
+    rss0 = peak_rss_bytes()
     if isinstance(saes, (str, os.PathLike)) or not (hasattr(saes, "__iter__") or isinstance(saes, SAEStack)):
         raise TypeError("match_chain needs a list of SAEs (handles, paths or weights), "
                         f"got {type(saes).__name__}")
@@ -317,7 +303,7 @@ def match_chain(
         "executor": type(executor).__name__ if executor is not None else None,
         "seconds": time.perf_counter() - t_start,
         "max_saes_held": held["n"], "peak_held_weights_bytes": held["bytes"],
-        "rss_peak_before_bytes": rss0, "rss_peak_after_bytes": _maxrss_bytes(),
+        "rss_peak_before_bytes": rss0, "rss_peak_after_bytes": peak_rss_bytes(),
         "pairs": per_pair, "stack": dict(stack.stats),
     }
     stats["rss_peak_rise_bytes"] = stats["rss_peak_after_bytes"] - rss0

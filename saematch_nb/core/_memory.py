@@ -1,0 +1,28 @@
+"""Peak resident memory of this process, read one way everywhere (solver stats, the chain runner,
+benchmarks). No module-level ``import resource``: that module does not exist on Windows."""
+
+from __future__ import annotations
+
+import sys
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process so far, in bytes; None where it cannot be read
+    (Windows: no ``resource`` module and no /proc).
+
+    Linux: VmHWM of /proc/self/status, the address space's own high-water mark (``ru_maxrss``
+    would also count the parent's peak, folded into a spawned child at exec). Elsewhere
+    ``ru_maxrss``: bytes on macOS, KiB on the other Unixes."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
