@@ -7,8 +7,9 @@ Every ``.py`` file under the roots (default: ``saematch_nb/``) is normalised: co
 docstrings dropped (tokenize), each line stripped of indentation and trailing whitespace, blank
 lines dropped. A repeated block is a run of at least ``--min-lines`` consecutive normalised lines
 that occurs at two places (in one file or in two); each maximal run is printed once per pair of
-places, with both locations. Lines that are only closing brackets or ``else:`` etc. count like any
-other line, but a block made only of such lines is not reported.
+places, with both locations. Lines that are only closing brackets, ``else:`` etc., and import
+lines count like any other line, but a block made only of such lines is not reported (two
+modules opening with the same imports is not copied logic).
 
 Exit status: 1 when a repeated block is found (printed), 0 when none (CI: no copy-paste left).
 ``--under`` restricts the report (and the exit status) to blocks with a place below that path.
@@ -26,6 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 _TRIVIAL = {"", ")", "]", "}", "),", "],", "},", "else:", "try:", "finally:", "pass", "continue", "break",
             "return", '"""', "'''"}
+
+
+def _trivial(line: str) -> bool:
+    is_import = line.startswith("import ") or (line.startswith("from ") and " import " in line)
+    return line in _TRIVIAL or is_import
 
 
 def normalised(path: Path) -> list[tuple[int, str]]:
@@ -68,7 +74,7 @@ def repeated_blocks(files: list[Path], min_lines: int) -> list[tuple[int, tuple[
             where[tuple(texts[k:k + min_lines])].append((f, k))
     found = []
     for window, places in where.items():
-        if len(places) < 2 or all(t in _TRIVIAL for t in window):
+        if len(places) < 2 or all(_trivial(t) for t in window):
             continue
         for a in range(len(places)):
             for b in range(a + 1, len(places)):
