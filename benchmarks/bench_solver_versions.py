@@ -98,7 +98,8 @@ def child(folder: str, partial: bool, out: str) -> None:
     np.save(Path(out).with_suffix(".partner.npy"), np.asarray(lm.partner, np.int64))
     st = lm.stats
     json.dump({"seconds": sec, "total_cost": float(st.get("total_cost", float("nan"))), "gap": st.get("gap"),
-               "solver": st.get("solver"), "package": saematch_nb.__file__}, open(out, "w"))
+               "solver": st.get("solver"), "phases": st.get("phase_seconds"), "package": saematch_nb.__file__},
+              open(out, "w"), default=float)
 
 
 def run_one(tree: Path, cache: Path, folder: Path, partial: bool, tag: str) -> dict:
@@ -153,6 +154,9 @@ def main() -> None:
             runs[name].append(r)
             print(f"run {k + 1}/{a.repeats} {name}: {r['seconds']:.1f} s (process {r['wall']:.0f} s), solver "
                   f"{r['solver']}, total {r['total_cost']!r}, gap {r['gap']}", flush=True)
+            if r.get("phases"):
+                print("    solver phases (s): " + ", ".join(f"{k} {float(v):.1f}" for k, v in r["phases"].items()),
+                      flush=True)
     ref = runs["base"][0]
     same_partner = all(np.array_equal(r["partner"], ref["partner"]) for rs in runs.values() for r in rs)
     same_total = all(r["total_cost"] == ref["total_cost"] for rs in runs.values() for r in rs)

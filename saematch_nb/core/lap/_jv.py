@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._numba import (_augment, _clear_labels, _pop, _push, _relax, _relax_row, _settle, _two_best,
-                     _update_duals)
+from ._numba import _augment, _clear_labels, _pop, _push, _relax_row, _settle, _two_best, _update_duals
 
 # reassociation lets LLVM vectorise the loops; no 'nnan'/'ninf': labels use +-inf on purpose
 _FM = {"nsz", "arcp", "contract", "reassoc"}
@@ -496,6 +495,12 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
     cap = 4 * n_b + 2 * n_a + 16
     hk = np.empty(cap, np.float64)
     hv = np.empty(cap, np.int64)  # >= 0: column; < 0: token of row -1 - value
+    # flat views, made once (no array per relaxed row): row i's core is [i K, (i + 1) K) of
+    # lidx_f / lval_f, its whole row [i n_b, (i + 1) n_b) of C_f with columns all_cols
+    lidx_f = lidx.reshape(-1)
+    lval_f = lval.reshape(-1)
+    C_f = C.reshape(-1)
+    all_cols = np.arange(n_b)
     n_scans = 0
     refresh = 0
     for s in free:
@@ -516,8 +521,8 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
         bd_row = s
         if bd < best_free:
             best_free = bd
-        nt, hs, best_free = _relax_row(lidx[s], lval[s], -u1, s, v, d, pred, scanned, touched, nt, hk, hv, hs,
-                                       row4col, best_free)
+        nt, hs, best_free = _relax_row(lidx_f, s * K, lval_f, s * K, K, -u1, s, v, d, pred, scanned, touched, nt, hk,
+                                       hv, hs, row4col, best_free)
         if bound[s] - u1 < best_free:
             hs = _push(hk, hv, hs, bound[s] - u1, -1 - s)
         sink = -1
@@ -540,14 +545,11 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
                     if hs + n_b + 2 >= cap:
                         hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound,
                                            best_free, s)
-                    row = C[i]
-                    for l in range(n_b):
-                        if not scanned[l]:
-                            nt, hs, best_free = _relax(l, base + row[l] - v[l], i, d, pred, touched, nt, hk, hv,
-                                                       hs, row4col, best_free)
+                    nt, hs, best_free = _relax_row(all_cols, 0, C_f, i * n_b, n_b, base, i, v, d, pred, scanned,
+                                                   touched, nt, hk, hv, hs, row4col, best_free)
                     continue
-                nt, hs, best_free = _relax_row(lidx[i], lval[i], base, i, v, d, pred, scanned, touched, nt, hk,
-                                               hv, hs, row4col, best_free)
+                nt, hs, best_free = _relax_row(lidx_f, i * K, lval_f, i * K, K, base, i, v, d, pred, scanned, touched,
+                                               nt, hk, hv, hs, row4col, best_free)
                 tb = base + bound[i]
                 if tb < best_free and tb < bd:
                     hs = _push(hk, hv, hs, tb, -1 - i)
@@ -559,8 +561,8 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
             if i < 0:  # a stale entry
                 continue
             base = key - u[i]
-            nt, hs, best_free = _relax_row(lidx[i], lval[i], base, i, v, d, pred, scanned, touched, nt, hk, hv,
-                                           hs, row4col, best_free)
+            nt, hs, best_free = _relax_row(lidx_f, i * K, lval_f, i * K, K, base, i, v, d, pred, scanned, touched, nt,
+                                           hk, hv, hs, row4col, best_free)
             if has_w:
                 c = base + w[i]
                 if c < bd:

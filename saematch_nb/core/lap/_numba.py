@@ -65,38 +65,37 @@ def _sift_down(hk, hv, size):
 # (label, column) entries, and best_free = the smallest label of a free column seen so far: the
 # search stops there, so a column at that distance or beyond is never scanned and is not pushed
 # (most edges of a scanned row are far above it; pushing them all dominated the search).
+# The helpers that take arrays allocate nothing and are compiled without numba's reference
+# counting (``_nrt=False``), as calls that LLVM inlines: inlined at numba's IR level instead,
+# every array argument gets an atomic incref / decref per call that numba cannot prune, which
+# made the searches 2-4x slower (8k core search: 1.8 s instead of 0.47 s). A row's edges are
+# given as flat arrays and offsets, not per-row views: a view would be counted the same way.
 
 
-@njit(cache=True, inline="always")
-def _relax(l, nd, i, d, pred, touched, nt, hk, hv, hs, row4col, best_free):
-    """Label column l with distance nd from row i where that is an improvement below best_free.
-    Returns (nt, hs, best_free)."""
-    if nd < d[l] and nd < best_free:
-        if d[l] == np.inf:
-            touched[nt] = l
-            nt += 1
-        d[l] = nd
-        pred[l] = i
-        hs = _push(hk, hv, hs, nd, l)
-        if row4col[l] < 0:
-            best_free = nd
-    return nt, hs, best_free
-
-
-@njit(cache=True, inline="always")
-def _relax_row(cols, vals, base, i, v, d, pred, scanned, touched, nt, hk, hv, hs, row4col, best_free):
-    """:func:`_relax` every unscanned column ``cols[t]`` of row i at ``base + vals[t] - v[cols[t]]``
-    (base: the row's label minus u_i; -u_i for the search's free row). Returns (nt, hs, best_free)."""
-    for t in range(cols.size):
-        l = cols[t]
+@njit(cache=True, _nrt=False)
+def _relax_row(cols, c0, vals, v0, n, base, i, v, d, pred, scanned, touched, nt, hk, hv, hs, row4col, best_free):
+    """Label every unscanned column ``l = cols[c0 + t]`` (t < n) of row i with ``nd = base +
+    vals[v0 + t] - v[l]`` (base: the row's label minus u_i; -u_i for the search's free row) where
+    that improves d[l] and stays below best_free (pred[l] = i, a heap entry, best_free lowered on
+    a free column). Returns (nt, hs, best_free)."""
+    for t in range(n):
+        l = cols[c0 + t]
         if scanned[l]:
             continue
-        nt, hs, best_free = _relax(l, base + vals[t] - v[l], i, d, pred, touched, nt, hk, hv, hs, row4col,
-                                   best_free)
+        nd = base + vals[v0 + t] - v[l]
+        if nd < d[l] and nd < best_free:
+            if d[l] == np.inf:
+                touched[nt] = l
+                nt += 1
+            d[l] = nd
+            pred[l] = i
+            hs = _push(hk, hv, hs, nd, l)
+            if row4col[l] < 0:
+                best_free = nd
     return nt, hs, best_free
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _settle(j, key, d, scanned, row4col, sr, nsr, n_scans):
     """Column j popped at label ``key``. Returns (i, nsr, n_scans): i = -2 for a stale entry (j
     scanned already, or labelled lower since), else j is scanned and i is its row, queued in sr
@@ -111,7 +110,7 @@ def _settle(j, key, d, scanned, row4col, sr, nsr, n_scans):
     return i, nsr, n_scans + 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _update_duals(s, minval, u, v, d, sr, nsr, touched, nt, scanned, col4row):
     """Dual update after a search from free row s reached a path end at ``minval`` (before
     col4row changes): every reduced cost stays >= 0, the path's edges become tight."""
@@ -125,7 +124,7 @@ def _update_duals(s, minval, u, v, d, sr, nsr, touched, nt, scanned, col4row):
             v[j] -= minval - d[j]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _augment(j, s, pred, row4col, col4row):
     """Flip the alternating path that ends on column j back to the search's free row s."""
     while True:
@@ -138,7 +137,7 @@ def _augment(j, s, pred, row4col, col4row):
             break
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _clear_labels(touched, nt, d, pred, scanned):
     """Reset the search state of the touched columns only (never an O(n) sweep)."""
     for t in range(nt):
@@ -184,9 +183,9 @@ def augment_all(indptr, indices, cost, u, v, col4row, row4col, order, failed):
         nsr = 0
         hs = 0
         best_free = inf
-        a, b = indptr[s], indptr[s + 1]
-        nt, hs, best_free = _relax_row(indices[a:b], cost[a:b], -u[s], s, v, d, pred, scanned, touched, nt,
-                                       hk, hv, hs, row4col, best_free)
+        a, n = indptr[s], indptr[s + 1] - indptr[s]
+        nt, hs, best_free = _relax_row(indices, a, cost, a, n, -u[s], s, v, d, pred, scanned, touched, nt, hk, hv,
+                                       hs, row4col, best_free)
         sink = -1
         minval = 0.0
         while hs > 0:
@@ -196,9 +195,9 @@ def augment_all(indptr, indices, cost, u, v, col4row, row4col, order, failed):
                 sink, minval = j, key
                 break
             if i >= 0:
-                a, b = indptr[i], indptr[i + 1]
-                nt, hs, best_free = _relax_row(indices[a:b], cost[a:b], key - u[i], i, v, d, pred, scanned,
-                                               touched, nt, hk, hv, hs, row4col, best_free)
+                a, n = indptr[i], indptr[i + 1] - indptr[i]
+                nt, hs, best_free = _relax_row(indices, a, cost, a, n, key - u[i], i, v, d, pred, scanned, touched,
+                                               nt, hk, hv, hs, row4col, best_free)
         if sink < 0:
             n_failed += 1
             failed[s] = True
