@@ -496,11 +496,10 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
     hk = np.empty(cap, np.float64)
     hv = np.empty(cap, np.int64)  # >= 0: column; < 0: token of row -1 - value
     # flat views, made once (no array per relaxed row): row i's core is [i K, (i + 1) K) of
-    # lidx_f / lval_f, its whole row [i n_b, (i + 1) n_b) of C_f with columns all_cols
+    # lidx_f / lval_f, its whole row [i n_b, (i + 1) n_b) of C_f
     lidx_f = lidx.reshape(-1)
     lval_f = lval.reshape(-1)
     C_f = C.reshape(-1)
-    all_cols = np.arange(n_b)
     n_scans = 0
     refresh = 0
     for s in free:
@@ -545,7 +544,7 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
                     if hs + n_b + 2 >= cap:
                         hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound,
                                            best_free, s)
-                    nt, hs, best_free = _relax_row(all_cols, 0, C_f, i * n_b, n_b, base, i, v, d, pred, scanned,
+                    nt, hs, best_free = _relax_row(lidx_f, -1, C_f, i * n_b, n_b, base, i, v, d, pred, scanned,
                                                    touched, nt, hk, hv, hs, row4col, best_free)
                     continue
                 nt, hs, best_free = _relax_row(lidx_f, i * K, lval_f, i * K, K, base, i, v, d, pred, scanned, touched,

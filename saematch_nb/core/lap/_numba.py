@@ -74,12 +74,12 @@ def _sift_down(hk, hv, size):
 
 @njit(cache=True, _nrt=False)
 def _relax_row(cols, c0, vals, v0, n, base, i, v, d, pred, scanned, touched, nt, hk, hv, hs, row4col, best_free):
-    """Label every unscanned column ``l = cols[c0 + t]`` (t < n) of row i with ``nd = base +
-    vals[v0 + t] - v[l]`` (base: the row's label minus u_i; -u_i for the search's free row) where
-    that improves d[l] and stays below best_free (pred[l] = i, a heap entry, best_free lowered on
-    a free column). Returns (nt, hs, best_free)."""
+    """Label every unscanned column ``l = cols[c0 + t]`` (t < n; ``l = t`` when c0 < 0: a whole
+    row) of row i with ``nd = base + vals[v0 + t] - v[l]`` (base: the row's label minus u_i; -u_i
+    for the search's free row) where that improves d[l] and stays below best_free (pred[l] = i, a
+    heap entry, best_free lowered on a free column). Returns (nt, hs, best_free)."""
     for t in range(n):
-        l = cols[c0 + t]
+        l = cols[c0 + t] if c0 >= 0 else t
         if scanned[l]:
             continue
         nd = base + vals[v0 + t] - v[l]
