@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,8 +108,8 @@ def run_one(tree: Path, cache: Path, folder: Path, partial: bool, tag: str) -> d
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, __file__, "--child", str(folder), str(out)] + (["--partial"] if partial else []),
                        env=_env(tree, cache), cwd=tempfile.gettempdir(), capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"run {tag} failed:\n{p.stderr[-3000:]}")
+    if p.returncode != 0:  # -9: killed, usually by the kernel's OOM killer
+        raise SystemExit(f"run {tag} failed (exit status {p.returncode}):\n{p.stderr[-3000:]}")
     r = json.load(open(out))
     if not r["package"].startswith(str(tree)):
         raise SystemExit(f"run {tag} imported {r['package']}, not the tree {tree}")
@@ -157,6 +158,7 @@ def main() -> None:
             if r.get("phases"):
                 print("    solver phases (s): " + ", ".join(f"{k} {float(v):.1f}" for k, v in r["phases"].items()),
                       flush=True)
+    shutil.rmtree(folder, ignore_errors=True)  # the pair: 2.4 GB at 65536
     ref = runs["base"][0]
     same_partner = all(np.array_equal(r["partner"], ref["partner"]) for rs in runs.values() for r in rs)
     same_total = all(r["total_cost"] == ref["total_cost"] for rs in runs.values() for r in rs)
