@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,13 +72,19 @@ CHILDREN = ("scipy", "lapjvs32", "lapjv64", "ours", "ours_partial", "sparse", "s
 
 
 def _status(key: str) -> int:
-    """VmHWM / VmRSS of this process (not ru_maxrss: Linux folds the parent's high-water mark
-    into a spawned child's ru_maxrss at exec, overstating every child's peak)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """VmRSS of this process (Linux; 0 elsewhere). Peaks: core/_memory.py's peak_rss_bytes (VmHWM,
+    not ru_maxrss: Linux folds the parent's high-water mark into a spawned child's at exec)."""
+    if key == "VmHWM":
+        from saematch_nb.core._memory import peak_rss_bytes
+        return peak_rss_bytes() or 0
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _load(folder):

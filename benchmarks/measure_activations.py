@@ -39,15 +39,9 @@ def _rss_now() -> int:
 
 
 def _peak() -> int:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
+    from saematch_nb.core._memory import peak_rss_bytes
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak_rss_bytes() or 0
 
 
 def _reset_peak() -> None:

@@ -1,17 +1,18 @@
-"""This process's peak resident memory, read one way everywhere (the runner's stats, the solvers'
-``peak_bytes``, workers' reports)."""
+"""Peak resident memory of this process, read one way everywhere (solver stats, the chain runner,
+benchmarks). No module-level ``import resource``: that module does not exist on Windows."""
 
 from __future__ import annotations
 
 import sys
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far, in bytes (0 where the platform cannot say).
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process so far, in bytes; None where it cannot be read
+    (Windows: no ``resource`` module and no /proc).
 
-    Linux: the address space's own high-water mark (``VmHWM``; ``ru_maxrss`` also counts the
-    parent's at exec). Elsewhere ``getrusage``'s ``ru_maxrss``: bytes on macOS, KiB on the other
-    Unixes. ``resource`` is imported here, not at module level: Windows has none."""
+    Linux: VmHWM of /proc/self/status, the address space's own high-water mark (``ru_maxrss``
+    would also count the parent's peak, folded into a spawned child at exec). Elsewhere
+    ``ru_maxrss``: bytes on macOS, KiB on the other Unixes."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -22,6 +23,6 @@ def peak_rss_bytes() -> int:
     try:
         import resource
     except ImportError:  # Windows
-        return 0
+        return None
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)

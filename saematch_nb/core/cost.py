@@ -114,3 +114,41 @@ def pair_cost(X: torch.Tensor, Y: torch.Tensor, rows: np.ndarray, cols: np.ndarr
     cols = torch.as_tensor(np.asarray(cols), dtype=torch.long)
     d = X.cpu()[rows].to(torch.float64) - Y.cpu()[cols].to(torch.float64)
     return (d * d).sum(1).numpy()
+
+
+# -- each row's two nearest costs (the dense solver's and match()'s alt_mse) ---------------------
+def nearest_two(C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(argmin, smallest, second smallest) per row of a dense cost matrix."""
+    n_a, n_b = C.shape
+    if n_b < 2:
+        return np.zeros(n_a, np.int64), C[:, 0].astype(np.float64), np.full(n_a, np.inf)
+    two = np.argpartition(C, 1, axis=1)[:, :2]
+    v = np.take_along_axis(C, two, axis=1)
+    order = np.argsort(v, axis=1, kind="stable")
+    two = np.take_along_axis(two, order, axis=1)
+    v = np.take_along_axis(v, order, axis=1)
+    return two[:, 0].astype(np.int64), v[:, 0].astype(np.float64), v[:, 1].astype(np.float64)
+
+
+def nearest_two_costs(X: torch.Tensor, Y: torch.Tensor, *, device: Any = None,
+                      block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(argmin, smallest, second smallest) of ``C = |X_i - Y_j|²`` per row, by a blocked pass."""
+    n_a, n_b = X.shape[0], Y.shape[0]
+    near = np.zeros(n_a, np.int64)
+    best = np.full(n_a, np.inf)
+    second = np.full(n_a, np.inf)
+    k = min(2, n_b)
+    for r0, blk in cost_blocks(X, Y, block_rows=block_rows, device=device):
+        v, j = torch.topk(blk, k, dim=1, largest=False)
+        rows = slice(r0, r0 + blk.shape[0])
+        near[rows] = j[:, 0].cpu().numpy()
+        best[rows] = v[:, 0].double().cpu().numpy()
+        if k > 1:
+            second[rows] = v[:, 1].double().cpu().numpy()
+    return near, best, second
+
+
+def alt_costs(col: np.ndarray, nearest: np.ndarray, best: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """min over j != col[i] of C_ij, from each row's two smallest costs."""
+    col = np.asarray(col)
+    return np.where(col == nearest, second, best)

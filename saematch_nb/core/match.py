@@ -18,7 +18,8 @@ import torch
 
 from . import criterion as crit
 from .lap import AssignmentResult, pick_solver, solve
-from .cost import check_same_d_in, cost_blocks, default_device, feature_matrix, pair_cost
+from .cost import (alt_costs, check_same_d_in, cost_blocks, default_device, feature_matrix, nearest_two_costs,
+                   pair_cost)
 from .results import LayerMatch
 from .options import METHODS, MatchOptions
 from .weights import SAEWeights, as_weights
@@ -170,7 +171,7 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
         partner = np.where(matched, partner, -1)
         score = np.where(matched, score, np.inf)
     if nearest is None:
-        nearest, best, second = crit.nearest_two_costs(Xf, Yf, device=dev)
+        nearest, best, second = nearest_two_costs(Xf, Yf, device=dev)
     if method == "lap":
         # rows without partner point at their nearest B-feature on the folded cost (the one their
         # mse / alt_mse / margin describe)
@@ -180,7 +181,7 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
         cost_f = np.asarray(res.cost, np.float64)  # the solver's exact (float64) costs of these pairs
     else:
         cost_f = pair_cost(Xf, Yf, np.arange(n_a), permutation)
-    alt_f = crit.alt_costs(permutation, nearest, best, second)
+    alt_f = alt_costs(permutation, nearest, best, second)
     if method == "lap" and fold and not allow_unmatched:
         total = float(cost_f.sum())
     n_matched = int(matched.sum())

@@ -70,7 +70,7 @@ def match_chain(
     (SAE weights this process worked with at once), ``rss_peak_before_bytes`` /
     ``rss_peak_after_bytes`` / ``rss_peak_rise_bytes`` (this process's peak resident memory,
     VmHWM on Linux: the rise is how far the chain pushed the peak; 0 when an earlier peak was
-    higher), ``python_peak_bytes`` (only when tracemalloc is tracing), ``stack`` (the stack's
+    higher; None on Windows), ``python_peak_bytes`` (only when tracemalloc is tracing), ``stack`` (the stack's
     conversions, loads, folds and hashes). In executor mode the workers' peaks are per pair in
     ``pairs[t]["worker_maxrss_bytes"]``.
     """
@@ -274,7 +274,8 @@ class _Run:
             "rss_peak_before_bytes": self.rss0, "rss_peak_after_bytes": peak_rss_bytes(),
             "pairs": self.per_pair, "stack": dict(st.stats),
         }
-        stats["rss_peak_rise_bytes"] = stats["rss_peak_after_bytes"] - self.rss0
+        after = stats["rss_peak_after_bytes"]  # None where the platform cannot say (Windows)
+        stats["rss_peak_rise_bytes"] = None if after is None or self.rss0 is None else after - self.rss0
         if tracemalloc.is_tracing():
             stats["python_peak_bytes"] = tracemalloc.get_traced_memory()[1]
         return MatchChain(pairs=tuple(self.pairs), layers=tuple(st.layers), infos=st.infos,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from saematch_nb.core import criterion as crit
-from saematch_nb.core.cost import dense_cost, pair_cost
+from saematch_nb.core.cost import dense_cost, nearest_two_costs, pair_cost
 
 pytest.importorskip("numba")
 
@@ -49,12 +49,12 @@ def test_criterion_passes_on_any_device(test_device, where):
     partner = np.arange(40)
     ref = (crit.nearest_direction(crit.directions(X, parts), Y, parts, device="cpu"),
            crit.mutual_best(X, Y, partner, parts, device="cpu"),
-           crit.nearest_two_costs(X, Y, device="cpu"),
+           nearest_two_costs(X, Y, device="cpu"),
            crit.direction_distance(X, Y, partner, parts))
     Xt, Yt = _place(X, Y, where, test_device)
     got = (crit.nearest_direction(crit.directions(Xt, parts), Yt, parts, device=test_device),
            crit.mutual_best(Xt, Yt, partner, parts, device=test_device),
-           crit.nearest_two_costs(Xt, Yt, device=test_device),
+           nearest_two_costs(Xt, Yt, device=test_device),
            crit.direction_distance(Xt, Yt, partner, parts))
     np.testing.assert_array_equal(got[0][0], ref[0][0])
     np.testing.assert_allclose(got[0][1], ref[0][1], atol=1e-5)

@@ -189,12 +189,13 @@ def test_errors_say_what_was_wrong():
 
 def test_match_reads_nearest_costs_from_the_dense_solve(monkeypatch, planted):
     """The dense path of match() computes each row's two nearest costs once, in the solver."""
-    import saematch_nb.core.criterion as crit
+    import saematch_nb.core.cost as cost_mod
     import saematch_nb.core.lap.dense as dense_mod
+    import saematch_nb.core.match as match_mod
     from saematch_nb import match
 
     calls = {"solver": 0, "criterion": 0}
-    real = crit.nearest_two
+    real = cost_mod.nearest_two
 
     def counted(C):
         calls["solver"] += 1
@@ -205,8 +206,9 @@ def test_match_reads_nearest_costs_from_the_dense_solve(monkeypatch, planted):
         raise AssertionError("match() computed the nearest costs a second time")
 
     monkeypatch.setattr(dense_mod, "nearest_two", counted)
-    monkeypatch.setattr(crit, "nearest_two", forbidden)
-    monkeypatch.setattr(crit, "nearest_two_costs", forbidden)
+    monkeypatch.setattr(cost_mod, "nearest_two", forbidden)
+    monkeypatch.setattr(cost_mod, "nearest_two_costs", forbidden)
+    monkeypatch.setattr(match_mod, "nearest_two_costs", forbidden)  # match()'s own binding
     a, b, truth = planted
     lm = match(a, b, solver="dense")
     assert calls == {"solver": 1, "criterion": 0}

@@ -439,10 +439,10 @@ def test_certificate_is_sound_when_products_underflow(flush, prec, rescale, monk
     float32 bound had no absolute term, and proved an assignment costing 99.7x the optimum).
     Without the power-of-two rescale the absolute slack alone keeps it sound; with it (the
     default) the tiny problem is solved as well as the same problem at unit scale."""
-    import saematch_nb.core.lap.sparse as lap
+    import saematch_nb.core.lap._shared as shared
 
     if not rescale:
-        monkeypatch.setattr(lap, "_RESCALE_BELOW", 0.0, raising=False)
+        monkeypatch.setattr(shared, "RESCALE_BELOW", 0.0)
     X, Y = _tiny_planted(1000, 64, 5)
     with denormal_mode(flush):
         res = solve_sparse(X, Y, device=_dev(prec), precision=prec)

@@ -129,6 +129,7 @@ def test_warmup_on_a_cuda_machine_names_devices_and_keeps_bfloat16_on_the_cpu(mo
     import torch
 
     import saematch_nb.core.lap as lap
+    from saematch_nb.core.cost import default_device
     from saematch_nb.core.lap import sparse
     from saematch_nb.core.lap.warmup import warm_up
 
@@ -137,7 +138,7 @@ def test_warmup_on_a_cuda_machine_names_devices_and_keeps_bfloat16_on_the_cpu(mo
 
     def recorder(name, real):
         def fn(*args, device=None, **kw):
-            dev = sparse._pick_device(device)  # what the solver would run on: CUDA when not named
+            dev = default_device(device)  # what the solver would run on: CUDA when not named
             calls.append((name, device, dev.type, kw.get("precision", "auto")))
             if name == "solve_sparse":
                 sparse._pick_precision(kw.get("precision", "auto"), dev)

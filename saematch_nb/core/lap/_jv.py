@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._numba import _pop, _push
+from ._numba import _augment, _clear_labels, _pop, _push, _relax_row, _settle, _two_best, _update_duals
 
 # reassociation lets LLVM vectorise the loops; no 'nnan'/'ninf': labels use +-inf on purpose
 _FM = {"nsz", "arcp", "contract", "reassoc"}
@@ -380,26 +380,8 @@ def _core_two(lidx, lval, v, w_i):
     j2 = -1
     for t in range(lidx.size):
         j = lidx[t]
-        h = lval[t] - v[j]
-        if h < u2:
-            if h < u1:
-                u2 = u1
-                j2 = j1
-                u1 = h
-                j1 = j
-            else:
-                u2 = h
-                j2 = j
-    if w_i < u2:
-        if w_i < u1:
-            u2 = u1
-            j2 = j1
-            u1 = w_i
-            j1 = -2
-        else:
-            u2 = w_i
-            j2 = -2
-    return u1, j1, u2, j2
+        u1, j1, u2, j2 = _two_best(lval[t] - v[j], j, u1, j1, u2, j2)
+    return _two_best(w_i, -2, u1, j1, u2, j2)
 
 
 @njit(cache=True)
@@ -513,6 +495,11 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
     cap = 4 * n_b + 2 * n_a + 16
     hk = np.empty(cap, np.float64)
     hv = np.empty(cap, np.int64)  # >= 0: column; < 0: token of row -1 - value
+    # flat views, made once (no array per relaxed row): row i's core is [i K, (i + 1) K) of
+    # lidx_f / lval_f, its whole row [i n_b, (i + 1) n_b) of C_f
+    lidx_f = lidx.reshape(-1)
+    lval_f = lval.reshape(-1)
+    C_f = C.reshape(-1)
     n_scans = 0
     refresh = 0
     for s in free:
@@ -533,18 +520,8 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
         bd_row = s
         if bd < best_free:
             best_free = bd
-        for t in range(K):
-            j = lidx[s, t]
-            r = lval[s, t] - u1 - v[j]
-            if r < d[j] and r < best_free:
-                if d[j] == inf:
-                    touched[nt] = j
-                    nt += 1
-                d[j] = r
-                pred[j] = s
-                hs = _push(hk, hv, hs, r, j)
-                if row4col[j] < 0:
-                    best_free = r
+        nt, hs, best_free = _relax_row(lidx_f, s * K, lval_f, s * K, K, -u1, s, v, d, pred, scanned, touched, nt, hk,
+                                       hv, hs, row4col, best_free)
         if bound[s] - u1 < best_free:
             hs = _push(hk, hv, hs, bound[s] - u1, -1 - s)
         sink = -1
@@ -567,65 +544,24 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
                     if hs + n_b + 2 >= cap:
                         hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound,
                                            best_free, s)
-                    row = C[i]
-                    for l in range(n_b):
-                        if scanned[l]:
-                            continue
-                        nd = base + row[l] - v[l]
-                        if nd < d[l] and nd < best_free:
-                            if d[l] == inf:
-                                touched[nt] = l
-                                nt += 1
-                            d[l] = nd
-                            pred[l] = i
-                            hs = _push(hk, hv, hs, nd, l)
-                            if row4col[l] < 0:
-                                best_free = nd
+                    nt, hs, best_free = _relax_row(lidx_f, -1, C_f, i * n_b, n_b, base, i, v, d, pred, scanned,
+                                                   touched, nt, hk, hv, hs, row4col, best_free)
                     continue
-                for t in range(K):
-                    l = lidx[i, t]
-                    if scanned[l]:
-                        continue
-                    nd = base + lval[i, t] - v[l]
-                    if nd < d[l] and nd < best_free:
-                        if d[l] == inf:
-                            touched[nt] = l
-                            nt += 1
-                        d[l] = nd
-                        pred[l] = i
-                        hs = _push(hk, hv, hs, nd, l)
-                        if row4col[l] < 0:
-                            best_free = nd
+                nt, hs, best_free = _relax_row(lidx_f, i * K, lval_f, i * K, K, base, i, v, d, pred, scanned, touched,
+                                               nt, hk, hv, hs, row4col, best_free)
                 tb = base + bound[i]
                 if tb < best_free and tb < bd:
                     hs = _push(hk, hv, hs, tb, -1 - i)
                 continue
-            if scanned[j] or key > d[j]:
-                continue
-            scanned[j] = True
-            n_scans += 1
-            i = row4col[j]
-            if i < 0:
-                sink = j
-                minval = key
+            i, nsr, n_scans = _settle(j, key, d, scanned, row4col, sr, nsr, n_scans)
+            if i == -1:  # a free column: the shortest path's end
+                sink, minval = j, key
                 break
-            sr[nsr] = i
-            nsr += 1
+            if i < 0:  # a stale entry
+                continue
             base = key - u[i]
-            for t in range(K):
-                l = lidx[i, t]
-                if scanned[l]:
-                    continue
-                nd = base + lval[i, t] - v[l]
-                if nd < d[l] and nd < best_free:
-                    if d[l] == inf:
-                        touched[nt] = l
-                        nt += 1
-                    d[l] = nd
-                    pred[l] = i
-                    hs = _push(hk, hv, hs, nd, l)
-                    if row4col[l] < 0:
-                        best_free = nd
+            nt, hs, best_free = _relax_row(lidx_f, i * K, lval_f, i * K, K, base, i, v, d, pred, scanned, touched, nt,
+                                           hk, hv, hs, row4col, best_free)
             if has_w:
                 c = base + w[i]
                 if c < bd:
@@ -640,49 +576,16 @@ def core_shortest_paths(C, v, u, w, col4row, row4col, free, lidx, lval, bound):
                 hs = _rebuild_heap(hk, hv, d, scanned, touched, nt, sr, nsr, col4row, u, bound, best_free, s)
         if sink < 0:
             if bd == inf:  # nothing reachable (cannot happen with finite costs)
-                for t in range(nt):
-                    j = touched[t]
-                    d[j] = inf
-                    pred[j] = -1
-                    scanned[j] = False
+                _clear_labels(touched, nt, d, pred, scanned)
                 continue
             minval = bd
-        # dual update (before col4row changes): every pair stays feasible, the path tight
-        u[s] += minval
-        for t in range(nsr):
-            i = sr[t]
-            u[i] += minval - d[col4row[i]]
-        for t in range(nt):
-            j = touched[t]
-            if scanned[j]:
-                v[j] -= minval - d[j]
+        _update_duals(s, minval, u, v, d, sr, nsr, touched, nt, scanned, col4row)
         if sink < 0:  # the path ends on row bd_row's dummy column
-            i = bd_row
-            nxt = col4row[i]
-            col4row[i] = n_b + i
-            if i != s:
-                j = nxt
-                while True:
-                    i = pred[j]
-                    row4col[j] = i
-                    nxt = col4row[i]
-                    col4row[i] = j
-                    j = nxt
-                    if i == s:
-                        break
+            nxt = col4row[bd_row]
+            col4row[bd_row] = n_b + bd_row
+            if bd_row != s:
+                _augment(nxt, s, pred, row4col, col4row)
         else:
-            j = sink
-            while True:
-                i = pred[j]
-                row4col[j] = i
-                nxt = col4row[i]
-                col4row[i] = j
-                j = nxt
-                if i == s:
-                    break
-        for t in range(nt):
-            j = touched[t]
-            d[j] = inf
-            pred[j] = -1
-            scanned[j] = False
+            _augment(sink, s, pred, row4col, col4row)
+        _clear_labels(touched, nt, d, pred, scanned)
     return n_scans, refresh

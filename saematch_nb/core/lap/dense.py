@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..criterion import nearest_two
+from ..cost import nearest_two
+from ._shared import sqnorm
 from .result import AssignmentResult
 
 
@@ -83,9 +84,7 @@ def _gamma(n: int) -> float:
 
 def _checked_norms(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared row norms in float64, with the "jv" and "sparse" solvers' checks and messages."""
-    from .sparse import _sqnorm
-
-    nx, ny = _sqnorm(X), _sqnorm(Y)
+    nx, ny = sqnorm(X), sqnorm(Y)
     if not (bool(torch.isfinite(X).all()) and bool(torch.isfinite(Y).all())):
         raise ValueError("solve_dense: X or Y contains NaN/inf; check the SAE weights")
     if not (bool(torch.isfinite(nx.float()).all()) and bool(torch.isfinite(ny.float()).all())):

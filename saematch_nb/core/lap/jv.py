@@ -35,6 +35,9 @@ import time
 import numpy as np
 import torch
 
+from ..cost import default_device
+from ._shared import U32, check_inputs, peak_bytes, sqnorm, tiny_input_shift, underflow_slack, unscale_result
+from ._shared import jv_kernels as _kernels
 from .result import AssignmentResult
 
 _KAPPA = 2.0  # candidate band, in error bands (eta_i + eta_j) of tightness
@@ -60,19 +63,6 @@ def jv_bytes(n_a: int, n_b: int) -> int:
     return matrix_bytes(n_a, n_b) + 12 * core * n_a + 64 * (n_a + n_b) + (160 << 20)
 
 
-def _kernels():
-    from .warmup import load_kernels
-
-    try:  # numba import + cached compile only when the solver runs
-        _jv, _numba = load_kernels("_jv", "_numba")
-    except ImportError as e:
-        if "numba" not in str(e):
-            raise
-        raise ImportError("solver='jv' needs numba: pip install 'saematch_nb[scale]', then run "
-                          "python -m saematch_nb warmup once (or use solver='dense', scipy)") from e
-    return _jv, _numba
-
-
 def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=None, progress: bool = False,
              max_rounds: int = 20, eps_rel: float = 1e-10, block_rows: int | None = None,
              return_duals: bool = False, cosine_parts=None) -> AssignmentResult:
@@ -88,18 +78,16 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
     slices of X and Y): also the largest mean part cosine per row and column, read off the same
     product (``AssignmentResult.cosine_pass``; the match criterion's direction pass).
     """
-    from .sparse import _check_inputs, _tiny_input_shift, _unscale_result
-
-    w = _check_inputs(X, Y, unmatched_cost, who="solve_jv")
+    w = check_inputs(X, Y, unmatched_cost, who="solve_jv")
     if max_rounds < 1:
         raise ValueError(f"solve_jv: max_rounds must be >= 1, got {max_rounds}")
-    shift = _tiny_input_shift(X, Y)
+    shift = tiny_input_shift(X, Y)
     if shift:  # exact power-of-two rescale: same assignment, costs times 4^shift (undone below)
         f = 2.0 ** (shift // 2), 2.0 ** (shift - shift // 2)  # each factor fits float32
         res = solve_jv(X * f[0] * f[1], Y * f[0] * f[1], unmatched_cost=None if w is None else w * 4.0 ** shift,
                        device=device, progress=progress, max_rounds=max_rounds, eps_rel=eps_rel,
                        block_rows=block_rows, return_duals=return_duals, cosine_parts=cosine_parts)
-        out = _unscale_result(res, shift)
+        out = unscale_result(res, shift)
         if res.cosine_pass is not None and out.cosine_pass is None:  # cosines are scale-free
             from dataclasses import replace
             out = replace(out, cosine_pass=res.cosine_pass)
@@ -123,18 +111,11 @@ def solve_jv(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, device=No
     return res
 
 
-def _pick_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _norms(Xd: torch.Tensor, what: str):
     if Xd.device.type == "cpu":
         n64 = torch.from_numpy(_kernels()[0].sq_norms(Xd.numpy()))
     else:
-        from .sparse import _sqnorm
-        n64 = _sqnorm(Xd)
+        n64 = sqnorm(Xd)
     # float64 squares of float32 values cannot overflow: a non-finite norm means a NaN/inf entry
     if not bool(torch.isfinite(n64).all()):
         raise ValueError(f"solve_jv: {what} contains NaN/inf; check the SAE weights")
@@ -232,9 +213,8 @@ def _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress, parts=None):
 
 
 def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transposed, parts=None):
-    from .sparse import _U32, _peak_bytes, _underflow_slack
     K, S = _kernels()
-    dev = _pick_device(device)
+    dev = default_device(device)
     timing = {"product": 0.0, "reduction": 0.0, "paths": 0.0, "exact": 0.0, "certify": 0.0}
     t = time.perf_counter()
     Xd = X.detach().to(dev, torch.float32).contiguous()
@@ -243,10 +223,10 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
     ny32, ny64 = _norms(Yd, "Y")
     n_a, D = Xd.shape
     n_b = Yd.shape[0]
-    gamma = D * _U32 / (1 - D * _U32)
-    c_err = 2 * gamma + 4 * _U32
-    eta_x = c_err * nx64 + _underflow_slack(D, nx64)
-    eta_y = c_err * ny64 + _underflow_slack(D, ny64)
+    gamma = D * U32 / (1 - D * U32)
+    c_err = 2 * gamma + 4 * U32
+    eta_x = c_err * nx64 + underflow_slack(D, nx64)
+    eta_y = c_err * ny64 + underflow_slack(D, ny64)
     C, cos_pass = _cost_matrix(Xd, Yd, nx32, ny32, block_rows, progress, parts)
     timing["product"] = time.perf_counter() - t
 
@@ -406,7 +386,7 @@ def _solve(X, Y, w, device, progress, max_rounds, eps_rel, block_rows, transpose
         "proven_optimal": proven,
         "dual_bound": lb,
         "transposed": transposed,
-        "peak_memory_bytes": _peak_bytes(dev),
+        "peak_memory_bytes": peak_bytes(dev),
     }
     res.stats.update(stats)
     if cos_pass is not None:

@@ -24,7 +24,7 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
    ``eta = c * |x|^2``, ``c = 2 gamma_D + 4u`` (``gamma_D = D u / (1 - D u)``, u = 2^-24): the
    worst-case float32 error of the product for ANY summation order (Higham), so the proof does
    not depend on how the BLAS sums (TF32 is switched off), plus an absolute term for underflow
-   (:func:`_underflow_slack`: denormals rounded or flushed to zero); inputs whose largest element
+   (:func:`underflow_slack`: denormals rounded or flushed to zero); inputs whose largest element
    is below 2^-40 are first multiplied by a power of two (exact; results are given back in the
    inputs' units), so that term stays negligible. O(n_a n_b) scalar work, D times
    less than the product, no second matrix pass; a row's bound stays valid across warm rounds
@@ -70,64 +70,19 @@ columns). ``n_a > n_b`` without partial mode is solved transposed (n_a - n_b row
 
 from __future__ import annotations
 
-import math
 import os
-import resource
 import time
 
 import numpy as np
 import torch
 
+from ..cost import default_device
+from ._shared import U32, check_inputs, peak_bytes, sqnorm, tiny_input_shift, underflow_slack, unscale_result
+from ._shared import sparse_kernels as _kernels
 from .result import AssignmentResult
 
-_U32 = 2.0 ** -24
 _DEBUG = os.environ.get("SAEMATCH_LAP_DEBUG") == "1"  # per-round progress on stdout
 _SUSPECT_FULL = 0.75  # pricing recomputes whole rows once this share of columns is suspect
-
-
-def _kernels():
-    from .warmup import load_kernels
-
-    try:  # numba import + cached compile only when the solver runs
-        (_numba,) = load_kernels("_numba")
-    except ImportError as e:
-        if "numba" not in str(e):
-            raise
-        raise ImportError("the sparse solver (solver='sparse', and solver='auto' above 4096 x 4096 without "
-                          "numba) needs numba: pip install 'saematch_nb[scale]', then run "
-                          "python -m saematch_nb warmup once") from e
-    return _numba
-
-
-def _pick_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _check_inputs(X, Y, unmatched_cost, who="solve_sparse"):
-    for name, t in (("X", X), ("Y", Y)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{who}: {name} must be a torch.Tensor [n, D], got {type(t).__name__}; "
-                            "build it with core.cost.feature_matrix(...) or torch.as_tensor(...)")
-        if t.ndim != 2:
-            raise ValueError(f"{who}: {name} must be 2-D [n, D], got shape {tuple(t.shape)}")
-        if t.shape[0] == 0:
-            raise ValueError(f"{who}: {name} has no rows")
-    if X.shape[1] != Y.shape[1]:
-        raise ValueError(f"{who}: X and Y need the same feature length D, got {X.shape[1]} and "
-                         f"{Y.shape[1]}; build both with the same feature_matrix(params=..., fold=...)")
-    if unmatched_cost is not None:
-        w = np.asarray(unmatched_cost, dtype=np.float64)
-        if w.ndim == 0:
-            w = np.full(X.shape[0], float(w))
-        if w.shape != (X.shape[0],):
-            raise ValueError(f"{who}: unmatched_cost must be a scalar or have shape ({X.shape[0]},), "
-                             f"got {w.shape}")
-        if not np.isfinite(w).all():
-            raise ValueError(f"{who}: unmatched_cost must be finite")
-        return w
-    return None
 
 
 class _Problem:
@@ -151,7 +106,7 @@ class _Problem:
         self.Xd = X.detach().to(device, torch.float32)
         self.Yd = Y.detach().to(device, torch.float32)
         # norms in float64, cast once: the float32 error left is the product's
-        nx, ny = _sqnorm(self.Xd), _sqnorm(self.Yd)
+        nx, ny = sqnorm(self.Xd), sqnorm(self.Yd)
         # float64 squares of float32 values cannot overflow: a non-finite norm means a NaN/inf
         # entry (one check instead of a separate pass over X and Y)
         if not (bool(torch.isfinite(nx).all()) and bool(torch.isfinite(ny).all())):
@@ -162,7 +117,7 @@ class _Problem:
                              "rescale both by the same factor (the optimal assignment does not change)")
         self.nx64 = self.nx.double().cpu().numpy()
         self.ny64 = self.ny.double().cpu().numpy()
-        gamma = self.D * _U32 / (1 - self.D * _U32)
+        gamma = self.D * U32 / (1 - self.D * U32)
         if precision == "bfloat16" and max(self.nx64.max(), self.ny64.max()) > 2.0 ** 125:
             # a dot product near the float32 range could round UP to inf in bfloat16 output;
             # the float32 pass is certified the same way (stats["precision"] says which ran)
@@ -173,11 +128,11 @@ class _Problem:
             self.Yb = self.Yd.to(torch.bfloat16)
             self.c_err = _bf16_error_factor(self.Xd, self.Yd, self.Yb, gamma)
         else:
-            self.c_err = 2 * gamma + 4 * _U32
+            self.c_err = 2 * gamma + 4 * U32
         # relative part (rounding) + absolute part (underflow: no relative bound covers a product
         # that is flushed to zero or rounded in the denormal range, in either precision)
-        self.eta_x = self.c_err * self.nx64 + _underflow_slack(self.D, self.nx64)
-        self.eta_y = self.c_err * self.ny64 + _underflow_slack(self.D, self.ny64)
+        self.eta_x = self.c_err * self.nx64 + underflow_slack(self.D, self.nx64)
+        self.eta_y = self.c_err * self.ny64 + underflow_slack(self.D, self.ny64)
         self.tie_break = 0.0
         if precision == "bfloat16":
             self.tie_break = 0.1  # share of the error band used to break bfloat16 ties (jitter_down)
@@ -516,7 +471,7 @@ class _Problem:
                 Rm[take] = float("inf")
                 tau = Rm.min(1).values.double().cpu().numpy()
                 fin = np.isfinite(tau)  # inf: the row has no non-candidate left
-                slack = 4 * _U32 * (np.abs(np.where(fin, tau, 0.0)) + np.abs(ey64).max() + self.ny64.max()
+                slack = 4 * U32 * (np.abs(np.where(fin, tau, 0.0)) + np.abs(ey64).max() + self.ny64.max()
                                     + self.nx64[rb])
                 self.tau[rb] = np.where(fin, tau - slack, np.inf)
                 self._snapshot(rb, v)
@@ -617,7 +572,7 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     row) + gamma_D |x'||y'| (fp32 accumulation, any order) + 2^-8 (1 + gamma_D) |x'||y'|
     (bfloat16 output, round to nearest). With d = max |x - x'| / |x| (likewise for y) and
     |x'| <= (1 + 2^-8)|x|: |x.y - G| <= kappa |x||y| and 2 kappa |x||y| <= kappa (|x|^2 + |y|^2).
-    Underflow is bounded separately (_underflow_slack)."""
+    Underflow is bounded separately (underflow_slack)."""
     u8 = 2.0 ** -8
     d = []
     for T, Tb in ((Xd, None), (Yd, Yb)):
@@ -633,20 +588,6 @@ def _bf16_error_factor(Xd, Yd, Yb, gamma) -> float:
     g = 1 + u8
     kappa = d[0] + g * d[1] + (gamma + u8 * (1 + gamma)) * g * g
     return float(kappa * (1 + 1e-6))
-
-
-def _underflow_slack(D: int, n2: np.ndarray) -> np.ndarray:
-    """Absolute part of the product's error, per side (``n2``: squared norms of that side).
-
-    Below 2^-126 the relative bounds fail: a denormal is rounded with an absolute error
-    (gradual underflow) or flushed to zero (DAZ/FTZ: AMX always, any CPU after
-    ``torch.set_flush_denormal(True)``). A zeroed input element moves a product by
-    < 2^-126 |y_k|, a flushed product or partial sum by < 2^-126, so the dot moves by
-    < 2^-126 (sqrt(D) (|x| + |y|) + 2 D); with |x| <= 1 + |x|^2 and the cost moving twice the
-    dot, 2^-125 (sqrt(D) (1 + |x|^2) + D) per side covers it; + 2^-124 covers the flushed
-    float32 norms and the two additions that form a float32 cost. Inputs with tiny norms are
-    rescaled before the pass (see solve_sparse), so this term stays far below the costs."""
-    return 2.0 ** -125 * (np.sqrt(D) * (1.0 + n2) + D) + 2.0 ** -124
 
 
 def _native_bf16() -> bool:
@@ -687,19 +628,6 @@ def _pick_precision(precision: str, dev: torch.device) -> str:
     if precision == "bfloat16" and dev.type != "cpu":
         raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX / AVX-512 BF16); use 'float32' on GPU")
     return precision
-
-
-def _sqnorm(T: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(T.shape[0], dtype=torch.float64, device=T.device)
-    for a in range(0, T.shape[0], 512):  # float64 copies of 512 rows at a time
-        out[a:a + 512] = T[a:a + 512].double().pow(2).sum(1)
-    return out
-
-
-def _peak_bytes(dev) -> int:
-    if dev.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(dev))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _solve(P, u, v, col4row, row4col, cold, eps):
@@ -913,15 +841,15 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
     Either way the error is bounded and the result certified against exact float64 costs;
     ``stats["precision"]`` and ``stats["product_error_factor"]`` say which ran.
     """
-    w = _check_inputs(X, Y, unmatched_cost)
-    shift = _tiny_input_shift(X, Y)
+    w = check_inputs(X, Y, unmatched_cost)
+    shift = tiny_input_shift(X, Y)
     if shift:  # exact power-of-two rescale: same assignment, costs times 4^shift (undone below)
         f1, f2 = 2.0 ** (shift // 2), 2.0 ** (shift - shift // 2)  # each factor fits float32
         res = solve_sparse(X * f1 * f2, Y * f1 * f2, unmatched_cost=None if w is None else w * 4.0 ** shift,
                            k=k, k_dot=k_dot, block_rows=block_rows, device=device, progress=progress,
                            max_rounds=max_rounds, eps_rel=eps_rel, return_duals=return_duals,
                            precision=precision)
-        return _unscale_result(res, shift)
+        return unscale_result(res, shift)
     k_dot_auto = None
     if k_dot is None:
         k_dot = k_dot_auto = auto_k_dot(max(X.shape[0], Y.shape[0]) if w is None else Y.shape[0])
@@ -932,7 +860,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         res = solve_sparse(Y, X, k=k, k_dot=k_dot, block_rows=block_rows, device=device, progress=progress,
                            max_rounds=max_rounds, eps_rel=eps_rel, precision=precision)
         return _transpose_result(res, X, Y)
-    dev = _pick_device(device)
+    dev = default_device(device)
     timing = {"pass": 0.0, "exact": 0.0, "solve": 0.0, "certify": 0.0, "expand": 0.0}
     t0 = time.perf_counter()
     prev_prec = torch.get_float32_matmul_precision()
@@ -978,7 +906,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
         "product_error_factor": P.c_err,
         "proven_optimal": proven,
         "dual_bound": lb,
-        "peak_memory_bytes": _peak_bytes(dev),
+        "peak_memory_bytes": peak_bytes(dev),
     }
     if return_duals:
         stats["u"], stats["v"] = out["u"].copy(), out["v"].copy()
@@ -1020,41 +948,6 @@ def _finish(P, out, w, eps):
     return col, cost, alt, nearest, near_c, sec_c, total, gap, lb, proven
 
 
-# Largest |element| below which the inputs are rescaled before the pass: products of such
-# elements head for the float32 denormal range, where only the absolute slack bounds the error
-# (_underflow_slack) and it soon exceeds the costs (no proof) or, without it, the bound is wrong.
-_RESCALE_BELOW = 2.0 ** -40
-
-
-def _tiny_input_shift(X: torch.Tensor, Y: torch.Tensor) -> int:
-    """s > 0 with max |element| * 2^s in [0.5, 1) when the inputs are tiny, else 0."""
-    # aminmax reads the inputs once and allocates nothing (abs() would copy a 65k x 4608 input)
-    m = max(max(-float(lo), float(hi)) for lo, hi in (torch.aminmax(T.detach()) for T in (X, Y)))
-    if not (0.0 < m < _RESCALE_BELOW):  # also 0 (all zero) and NaN (reported by _Problem)
-        return 0
-    return -math.frexp(m)[1]
-
-
-def _unscale_result(res, shift: int):
-    """A result of the inputs times 2^shift, in the units of the inputs (costs / 4^shift)."""
-    from dataclasses import fields, replace
-
-    r = 4.0 ** -shift  # exact in float64: costs are far above its underflow range
-    kw = {}
-    for f in fields(res):
-        v = getattr(res, f.name)
-        if f.name in ("cost", "alt_cost", "nearest_cost", "second_cost") and v is not None:
-            kw[f.name] = np.asarray(v) * r
-        elif f.name in ("total", "gap"):
-            kw[f.name] = float(v) * r
-    stats = dict(res.stats)
-    for name in ("eps", "dual_bound", "u", "v"):
-        if name in stats:
-            stats[name] = stats[name] * r
-    stats["input_scale_log2"] = shift
-    return replace(res, stats=stats, **kw)
-
-
 def _transpose_result(res, X, Y):
     """Result of (Y, X) -> result for (X, Y): rows of X without a partner get -1."""
     n_a = X.shape[0]
@@ -1091,8 +984,8 @@ def verify_certificate(X: torch.Tensor, Y: torch.Tensor, col, u, v, *, unmatched
     ``ok`` (dual feasible on all pairs within eps, v <= 0 where columns may stay free, and the
     assignment's total equals the dual objective, so it is optimal), ``total``,
     ``dual_objective``, ``min_reduced_cost`` (a proven lower bound), ``bad_rows``."""
-    w = _check_inputs(X, Y, unmatched_cost)
-    dev = _pick_device(device)
+    w = check_inputs(X, Y, unmatched_cost)
+    dev = default_device(device)
     col = np.asarray(col, np.int64)
     u = np.asarray(u, np.float64)
     v = np.asarray(v, np.float64)

@@ -173,9 +173,9 @@ def warm_up(*, progress: bool = False) -> dict:
 
     Raises ImportError (with the install hint) when numba is missing, :class:`NumbaCacheError`
     when numba has no writable cache folder."""
-    from .jv import _kernels
+    from ._shared import jv_kernels
 
-    _kernels()  # the install hint when numba is missing
+    jv_kernels()  # the install hint when numba is missing
     t0 = time.perf_counter()
     X, Y = _problems()
     w = np.full(X.shape[0], float(torch.cdist(X, Y).pow(2).median()) * 0.5)
