@@ -42,6 +42,8 @@ test: $(STAMP)
 # pyflakes, one statement a line, whitespace, lines <= 120 ([tool.ruff] in pyproject.toml); no formatter
 lint: $(STAMP)
 	$(VENV)/bin/ruff check saematch_nb tests benchmarks scripts
+	# no block of 6+ lines copied inside the package (issue #24: the solvers' loops written once)
+	$(PY) scripts/repeated_blocks.py --min-lines 6
 
 # The solver's tests with oneDNN limited to AVX2: an AMD-like path (no AMX, no native bfloat16) on any x86-64.
 test-avx2: $(STAMP)

@@ -63,7 +63,8 @@ def _env(tree: Path, cache: Path) -> dict:
 def warm(tree: Path, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "saematch_nb", "warmup"], env=_env(tree, cache), cwd=tempfile.gettempdir(),
+    p = subprocess.run([sys.executable, "-m", "saematch_nb", "warmup"], env=_env(tree, cache),
+                       cwd=tempfile.gettempdir(),
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"warmup of {tree} failed:\n{p.stderr[-3000:]}")
@@ -106,7 +107,8 @@ def child(folder: str, partial: bool, out: str) -> None:
 def run_one(tree: Path, cache: Path, folder: Path, partial: bool, tag: str) -> dict:
     out = folder / f"{tag}.json"
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, __file__, "--child", str(folder), str(out)] + (["--partial"] if partial else []),
+    p = subprocess.run([sys.executable, __file__, "--child", str(folder), str(out)]
+                       + (["--partial"] if partial else []),
                        env=_env(tree, cache), cwd=tempfile.gettempdir(), capture_output=True, text=True)
     if p.returncode != 0:  # -9: killed, usually by the kernel's OOM killer
         raise SystemExit(f"run {tag} failed (exit status {p.returncode}):\n{p.stderr[-3000:]}")
@@ -165,10 +167,11 @@ def main() -> None:
     mb = statistics.median(r["seconds"] for r in runs["base"])
     mn = statistics.median(r["seconds"] for r in runs["new"])
     mode = "partial" if a.partial else "bijective"
-    print(f"\n| tree | n | mode | runs (s) | median (s) |\n|---|---|---|---|---|")
+    print("\n| tree | n | mode | runs (s) | median (s) |\n|---|---|---|---|---|")
     for name, label in (("base", sha), ("new", head + ("+" if dirty else ""))):
         secs = ", ".join(f"{r['seconds']:.1f}" for r in runs[name])
-        print(f"| {name} ({label}) | {a.n} | {mode} | {secs} | {statistics.median(r['seconds'] for r in runs[name]):.1f} |")
+        med = statistics.median(r['seconds'] for r in runs[name])
+        print(f"| {name} ({label}) | {a.n} | {mode} | {secs} | {med:.1f} |")
     print(f"\nmedian ratio new / base: {mn / mb:.3f}; same partner array in every run: {same_partner}; "
           f"same total cost: {same_total} ({ref['total_cost']!r})")
     if not (same_partner and same_total):

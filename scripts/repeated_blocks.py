@@ -64,7 +64,8 @@ def normalised(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def repeated_blocks(files: list[Path], min_lines: int) -> list[tuple[int, tuple[Path, int, int], tuple[Path, int, int]]]:
+def repeated_blocks(files: list[Path], min_lines: int
+                    ) -> list[tuple[int, tuple[Path, int, int], tuple[Path, int, int]]]:
     """Maximal repeated runs: (length in normalised lines, (file, first, last line), same for the copy)."""
     norm = {f: normalised(f) for f in files}
     where: dict[tuple[str, ...], list[tuple[Path, int]]] = defaultdict(list)

@@ -52,7 +52,8 @@ def test_a_block_repeated_within_one_file_and_the_exit_status_of_the_script(tmp_
 
 
 def test_shared_imports_and_closing_brackets_are_not_a_copied_block(tmp_path):
-    head = "from __future__ import annotations\n\nimport math\nimport time\nfrom typing import Any\n\nimport numpy as np\nimport torch\n"
+    head = ("from __future__ import annotations\n\nimport math\nimport time\nfrom typing import Any\n\n"
+            "import numpy as np\nimport torch\n")
     _write(tmp_path, "a.py", head + "X = 1\n")
     _write(tmp_path, "b.py", head + "Y = 2\n")
     assert rb.main([str(tmp_path)]) == 0

@@ -70,9 +70,9 @@ def match_chain(
     (SAE weights this process worked with at once), ``rss_peak_before_bytes`` /
     ``rss_peak_after_bytes`` / ``rss_peak_rise_bytes`` (this process's peak resident memory,
     VmHWM on Linux: the rise is how far the chain pushed the peak; 0 when an earlier peak was
-    higher; None on Windows), ``python_peak_bytes`` (only when tracemalloc is tracing), ``stack`` (the stack's
-    conversions, loads, folds and hashes). In executor mode the workers' peaks are per pair in
-    ``pairs[t]["worker_maxrss_bytes"]``.
+    higher; None on Windows), ``python_peak_bytes`` (only when tracemalloc is tracing), ``stack``
+    (the stack's conversions, loads, folds and hashes). In executor mode the workers' peaks are per
+    pair in ``pairs[t]["worker_maxrss_bytes"]``.
     """
     run = _Run.start(saes, MatchOptions.of(options, **keywords), cache=cache, cache_dir=cache_dir,
                      executor=executor, progress=progress)

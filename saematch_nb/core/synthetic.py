@@ -51,6 +51,20 @@ def random_features(n: int, d_in: int, rng: np.random.Generator, *, norm_spread:
     return FoldedFeatures(enc.astype(np.float32), b_enc.astype(np.float32), dec.astype(np.float32))
 
 
+def survivors(n: int, fresh_fraction: float, rng: np.random.Generator, n_b: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of ``n`` features live on into the next layer and where: (alive, perm, truth), with
+    ``round(fresh_fraction * n)`` features dying (replaced by fresh ones), ``perm`` the slot in the
+    next layer (``n_b`` slots, default ``n``) of each feature and ``truth[i]`` the partner of
+    feature i (-1 for the dying)."""
+    dying = rng.choice(n, size=int(round(fresh_fraction * n)), replace=False)
+    alive = np.setdiff1d(np.arange(n), dying)
+    perm = rng.permutation(n if n_b is None else n_b)
+    truth = np.full(n, -1, dtype=np.int64)
+    truth[alive] = perm[alive]
+    return alive, perm, truth
+
+
 def perturb(f: FoldedFeatures, noise: float | np.ndarray, rng: np.random.Generator) -> FoldedFeatures:
     """Add relative Gaussian noise (``noise`` × each feature's parameter norm; ``noise`` a number
     or one level per feature)."""
@@ -104,12 +118,7 @@ def planted_pair(n: int = 256, d_in: int = 64, *, n_b: int | None = None, fresh_
                          gain_spread=gain_spread)
     theta_a = theta_scale * rng.lognormal(0.0, 0.3, size=n)
 
-    n_fresh = int(round(fresh_fraction * n))
-    dying = rng.choice(n, size=n_fresh, replace=False)
-    alive = np.setdiff1d(np.arange(n), dying)
-    perm = rng.permutation(n_b)  # slot in B of each A feature (first n) and of extras
-    truth = np.full(n, -1, dtype=np.int64)
-    truth[alive] = perm[alive]
+    alive, perm, truth = survivors(n, fresh_fraction, rng, n_b)  # perm: slot in B of each A feature and extra
 
     fb_kept = perturb(fa, noise, rng)
     fresh = random_features(n_b, d_in, rng, norm_spread=norm_spread, spectrum_decay=spectrum_decay,
@@ -151,12 +160,7 @@ def planted_chain(n_layers: int = 5, n: int = 128, d_in: int = 32, *, fresh_frac
             layer=t, hook_name=f"blocks.{t}.hook_resid_post", sae_id=f"synthetic/layer_{t}")))
         if t == n_layers - 1:
             break
-        n_fresh = int(round(fresh_fraction * n))
-        dying = rng.choice(n, size=n_fresh, replace=False)
-        alive = np.setdiff1d(np.arange(n), dying)
-        perm = rng.permutation(n)
-        truth = np.full(n, -1, dtype=np.int64)
-        truth[alive] = perm[alive]
+        alive, perm, truth = survivors(n, fresh_fraction, rng)
         kept = perturb(slot_feats, noise, rng)
         fresh = random_features(n, d_in, rng)
         enc = fresh.enc.copy()

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .synthetic import FoldedFeatures, perturb, random_features, unfold
+from .synthetic import FoldedFeatures, perturb, random_features, survivors, unfold
 from .weights import SAEInfo, SAEWeights
 
 
@@ -54,12 +54,7 @@ def _features(n, d_in, rng, dups, group_size, dup_spread, norm_spread, spectrum_
 
 def _next_layer(fa: FoldedFeatures, rng, fresh_fraction, noise, make_fresh):
     n = fa.dec.shape[0]
-    n_fresh = int(round(fresh_fraction * n))
-    dying = rng.choice(n, size=n_fresh, replace=False)
-    alive = np.setdiff1d(np.arange(n), dying)
-    perm = rng.permutation(n)
-    truth = np.full(n, -1, dtype=np.int64)
-    truth[alive] = perm[alive]
+    alive, perm, truth = survivors(n, fresh_fraction, rng)
     kept = perturb(fa, noise, rng)
     fresh = make_fresh()
     enc, b, dec = fresh.enc, fresh.b_enc, fresh.dec

@@ -82,7 +82,8 @@ def test_no_module_of_the_package_imports_resource_at_module_level():
                  if "resource" in _module_level_imports(ast.parse(p.read_text(encoding="utf-8")))]
     assert offenders == []
     # the check itself sees a module-level import (and not one inside a function)
-    assert "resource" in _module_level_imports(ast.parse("import os\ntry:\n    import resource\nexcept ImportError:\n    pass\n"))
+    guarded = "import os\ntry:\n    import resource\nexcept ImportError:\n    pass\n"
+    assert "resource" in _module_level_imports(ast.parse(guarded))
     assert "resource" not in _module_level_imports(ast.parse("def f():\n    import resource\n"))
 
 

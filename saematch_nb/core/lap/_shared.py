@@ -16,7 +16,7 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 
 def jv_kernels():
     """The kernel modules (_jv, _numba) of solver="jv", numba's cache loaded on first use."""
-    from .warmup import load_kernels
+    from ._kernels import load_kernels
 
     try:  # numba import + cached compile only when the solver runs
         _jv, _numba = load_kernels("_jv", "_numba")
@@ -30,7 +30,7 @@ def jv_kernels():
 
 def sparse_kernels():
     """The kernel module _numba of solver="sparse", numba's cache loaded on first use."""
-    from .warmup import load_kernels
+    from ._kernels import load_kernels
 
     try:  # numba import + cached compile only when the solver runs
         (_numba,) = load_kernels("_numba")

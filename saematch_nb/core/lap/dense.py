@@ -21,7 +21,6 @@ float32 (the rest of a match works in float32), are clear errors.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 

@@ -42,7 +42,8 @@ Cost: ``C[i, j] = ||X_i - Y_j||^2`` (the MSE times D; same optimum). Steps:
 Product precision (``precision="auto"``): on a CPU with native bfloat16 products (AMX, or
 AVX-512 BF16 as on AMD Zen 4) the pass and the pricing multiply bfloat16 copies of X and Y
 (float32 accumulation, bfloat16 output; 4.6x faster than float32 on an AMX machine, 2.9x on a
-2-core AMD EPYC with AVX-512 BF16). Their error is bounded the same way, with a larger factor (:func:`_bf16_error_factor`:
+2-core AMD EPYC with AVX-512 BF16). Their error is bounded the same way, with a larger factor
+(:func:`_bf16_error_factor`:
 input rounding measured per row, accumulation, output rounding; about 0.009
 instead of 0.00055 at D = 4608), so the certificate still proves optimality for the exact
 float64 costs; the result is the same optimum. bfloat16 output rounding makes many approximate
@@ -192,14 +193,20 @@ class _Problem:
         n_a, n_b = self.n_a, self.n_b
         k, kd = self.k, self.k_dot
         kc, kcd = int(min(k, n_a)), int(min(kd, n_a))
-        rc_v = np.empty((n_a, k)); rc_i = np.empty((n_a, k), np.int64)
+        rc_v = np.empty((n_a, k))
+        rc_i = np.empty((n_a, k), np.int64)
         # dot lists hold float32 values (exact: G is float32) and int32 ids: half the bytes of
         # float64 / int64, and they are the pass's largest arrays (262k x 1024: 2 GB each way)
-        rd_v = np.empty((n_a, kd), np.float32); rd_i = np.empty((n_a, kd), np.int32)
-        cc_v = np.empty((n_b, kc)); cc_i = np.empty((n_b, kc), np.int64); cc_n = np.zeros(n_b, np.int64)
+        rd_v = np.empty((n_a, kd), np.float32)
+        rd_i = np.empty((n_a, kd), np.int32)
+        cc_v = np.empty((n_b, kc))
+        cc_i = np.empty((n_b, kc), np.int64)
+        cc_n = np.zeros(n_b, np.int64)
         # column dot lists: append buffers of 2 kcd float32 values / int32 rows (block_lists)
-        cb_v = np.empty((n_b, 2 * kcd), np.float32); cb_i = np.empty((n_b, 2 * kcd), np.int32)
-        cb_n = np.zeros(n_b, np.int64); cb_t = np.full(n_b, -np.inf)
+        cb_v = np.empty((n_b, 2 * kcd), np.float32)
+        cb_i = np.empty((n_b, 2 * kcd), np.int32)
+        cb_n = np.zeros(n_b, np.int64)
+        cb_t = np.full(n_b, -np.inf)
         starts = range(0, n_a, self.block_rows)
         if self.progress:
             from tqdm.auto import tqdm
@@ -215,7 +222,8 @@ class _Problem:
                            cc_v, cc_i, cc_n, cb_v, cb_i, cb_n, cb_t, n_chunks)
         del G
         self.Yb = None  # see Yp
-        cd_v = np.empty((n_b, kcd), np.float32); cd_i = np.empty((n_b, kcd), np.int32)
+        cd_v = np.empty((n_b, kcd), np.float32)
+        cd_i = np.empty((n_b, kcd), np.int32)
         cd_n = np.zeros(n_b, np.int64)
         K_.finish_column_dots(cb_v, cb_i, cb_n, kcd, cd_v, cd_i, cd_n)
         del cb_v, cb_i, cb_n, cb_t
@@ -626,7 +634,8 @@ def _pick_precision(precision: str, dev: torch.device) -> str:
         # error bound here does not cover
         return "bfloat16" if dev.type == "cpu" and _native_bf16() else "float32"
     if precision == "bfloat16" and dev.type != "cpu":
-        raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX / AVX-512 BF16); use 'float32' on GPU")
+        raise ValueError("solve_sparse: precision='bfloat16' is for the CPU pass (AMX / AVX-512 BF16); "
+                         "use 'float32' on GPU")
     return precision
 
 
@@ -916,7 +925,7 @@ def solve_sparse(X: torch.Tensor, Y: torch.Tensor, *, unmatched_cost=None, k: in
 
 def _finish(P, out, w, eps):
     u, v, col4row = out["u"], out["v"], out["col4row"]
-    n_a, n_b = P.n_a, P.n_b
+    n_b = P.n_b
     idx = P.indices
     K_ = _kernels()
     m_pos = K_.matched_pos(P.indptr, P.indices, col4row)
