@@ -31,6 +31,7 @@ DOC_SHOTS = ROOT / "docs" / "screenshots"
 # Requests allowed to fail: the Colab badge's image is remote and CI is offline (chromium logs
 # each failed load as a console error "Failed to load resource"). Nothing else may fail.
 OFFLINE_OK_HOSTS = ("https://colab.research.google.com/",)
+ANYWIDGET_SLOW_INIT = _lab.ANYWIDGET_SLOW_INIT
 
 
 @pytest.mark.slow
@@ -218,8 +219,13 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         assert failed == [], failed
         allowed = len(lab.failed_requests)  # one "Failed to load resource" per allowed failure
         loads = [e for e in lab.console_errors if e.startswith("Failed to load resource")]
-        errors = [e for e in lab.console_errors if not e.startswith("Failed to load resource")]
+        # anywidget's 2 s init limit (tests/_lab.py): every figure above was asserted drawn and
+        # following; anything else logged still fails the test
+        slow_init = [e for e in lab.console_errors if e == ANYWIDGET_SLOW_INIT]
+        errors = [e for e in lab.console_errors if not e.startswith("Failed to load resource")
+                  and e != ANYWIDGET_SLOW_INIT]
         assert errors == [] and len(loads) <= allowed, (lab.console_errors, lab.failed_requests)
+        assert len(slow_init) <= 2, lab.console_errors  # a few slow inits, not a widget that never loads
     for f in ("explorer", "finder", "overview", "steering"):
         assert (SHOTS / f"{f}.png").stat().st_size > 5_000
     if not retake:

@@ -139,5 +139,7 @@ def test_finder_list_reads_and_answers_mouse_and_keys(tmp_path):
         assert _lab.active_cell(page) == cell0
         assert f"opened layer {key3[0]} · #{key3[1]}" in _lab.text_of(page, ".smn-finder .smn-finder-notice")
         finder.screenshot(path=str(tmp_path / "finder-keys.png"))
-        errors = [e for e in lab.console_errors if not e.startswith("Failed to load resource")]
+        errors = [e for e in lab.console_errors if not e.startswith("Failed to load resource")
+                  and e != _lab.ANYWIDGET_SLOW_INIT]  # anywidget's 2 s init limit under load (tests/_lab.py)
         assert errors == [], lab.console_errors
+        assert lab.console_errors.count(_lab.ANYWIDGET_SLOW_INIT) <= 2, lab.console_errors
