@@ -15,11 +15,29 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 from saematch_nb.core.synthetic import planted_chain, planted_pair
+
+
+def pytest_configure(config):
+    """The suite never writes into the user's own cache (~/.cache/saematch_nb, where the demo's chain,
+    activations and examples would land): one folder for the session, removed at its end, unless
+    ``SAEMATCH_CACHE_DIR`` names one. Tests of the default location set HOME and unset it themselves."""
+    if os.environ.get("SAEMATCH_CACHE_DIR", "").strip():
+        return
+    folder = tempfile.mkdtemp(prefix="saematch-test-cache-")
+    os.environ["SAEMATCH_CACHE_DIR"] = folder  # subprocesses (notebooks, CLI) inherit it
+
+    def undo():
+        os.environ.pop("SAEMATCH_CACHE_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    config.add_cleanup(undo)
 
 
 def device_under_test() -> str:

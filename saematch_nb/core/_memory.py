@@ -1,8 +1,10 @@
-"""Peak resident memory of this process, read one way everywhere (solver stats, the chain runner,
-benchmarks). No module-level ``import resource``: that module does not exist on Windows."""
+"""Memory read one way everywhere: this process's peak (solver stats, the chain runner, benchmarks)
+and what a new allocation can take now (the sparse solver's list lengths). No module-level
+``import resource``: that module does not exist on Windows."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -26,3 +28,19 @@ def peak_rss_bytes() -> int | None:
         return None
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def available_bytes() -> int | None:
+    """Memory a new allocation can take now (Linux MemAvailable; elsewhere free physical pages);
+    None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None

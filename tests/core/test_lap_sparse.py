@@ -597,7 +597,7 @@ def test_dot_lists_shorten_to_the_memory_at_hand(monkeypatch):
     Y = torch.randn(900, 16, generator=g)
     full = solve_sparse(X, Y, device="cpu", precision="float32")
     assert not full.stats["k_dot_memory_limited"]
-    monkeypatch.setattr(sparse, "_available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(sparse, "available_bytes", lambda: 1 << 20)
     short = solve_sparse(X, Y, device="cpu", precision="float32")
     assert short.stats["k_dot_memory_limited"] and short.stats["k_dot"] == 64 < full.stats["k_dot"]
     np.testing.assert_array_equal(short.col, full.col)

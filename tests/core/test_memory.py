@@ -1,4 +1,5 @@
-"""core/_memory.py: the one reading of the process's peak resident memory (issue #24)."""
+"""core/_memory.py: the one reading of the process's peak resident memory and of the memory a new
+allocation can take (issue #24)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 import saematch_nb
 from saematch_nb.core import _memory
-from saematch_nb.core._memory import peak_rss_bytes
+from saematch_nb.core._memory import available_bytes, peak_rss_bytes
 
 PKG = Path(saematch_nb.__file__).resolve().parent
 
@@ -92,3 +93,25 @@ def test_importing_the_solvers_and_the_runner_loads_no_resource_module():
             "saematch_nb.core.lap._shared, saematch_nb.core.runner; print('resource' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert p.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/meminfo (Linux)")
+def test_available_is_memavailable_in_bytes_on_linux():
+    with open("/proc/meminfo") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    got = available_bytes()
+    assert isinstance(got, int) and abs(got - kib * 1024) < 2**30  # bytes, not KiB (it moves a little)
+    assert got < 2**50
+
+
+def test_available_without_proc_is_free_pages_or_none(monkeypatch):
+    """No /proc (macOS, BSD): free physical pages x page size; where sysconf lacks them, None."""
+    _no_proc(monkeypatch)
+    names = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(_memory.os, "sysconf", lambda name: names[name])
+    assert available_bytes() == 1000 * 4096
+
+    def missing(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+    monkeypatch.setattr(_memory.os, "sysconf", missing)
+    assert available_bytes() is None

@@ -77,6 +77,7 @@ import time
 import numpy as np
 import torch
 
+from .._memory import available_bytes
 from ..cost import default_device
 from ._shared import U32, check_inputs, peak_bytes, sqnorm, tiny_input_shift, underflow_slack, unscale_result
 from ._shared import sparse_kernels as _kernels
@@ -794,29 +795,13 @@ def auto_k_dot(n_b: int) -> int:
     return int(min(1024, max(128, n_b // 128)))
 
 
-def _available_bytes() -> int | None:
-    """Memory a new allocation can take now (Linux MemAvailable; elsewhere free physical pages);
-    None when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _k_dot_for_memory(n_a: int, n_b: int, D: int, k: int, available: int | None = None) -> int:
     """The longest dot lists whose pass fits 3/4 of the memory at hand (a multiple of 64, at
     least 64). The pass's peak is the lists and one graph: about 24 (n_a + n_b) k_dot bytes
     (float32 + int32 lists of rows and columns, float64 + int64 graph edges from both), plus
     a bfloat16 copy of Y. Shorter lists only mean weaker bounds and more pricing: the result
     is still certified. A 262k x 262k pair at d_in 2304 on a 24 GB machine gets 512, not 1024."""
-    available = _available_bytes() if available is None else available
+    available = available_bytes() if available is None else available
     if available is None:
         return 1 << 30
     fixed = 2 * n_b * D + 16 * (n_a + n_b) * k + (256 << 20)
