@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -155,21 +155,8 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
     if near_dir is None:
         near_dir = crit.direction_pass(Xf, Yf, parts, device=dev)
     cal = crit.calibrate(Xf, Yf, **kw_cal, nearest=near_dir) if cal is None else crit.with_pi0(cal, near_dir)
-    s = crit.direction_distance(Xf, Yf, partner, parts)
-    score = np.where(np.isnan(s), np.inf, s)
-    # float32 solves may put a partial-mode partner a rounding error past the threshold
-    tol = 1e-6 if allow_unmatched else 0.0
-    below = (partner >= 0) & (score <= cal.threshold + tol)
-    # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
-    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir,
-                              distance=np.where(below, s, np.nan))
-    has = partner >= 0
-    no_direction = zero_a.copy()
-    no_direction[has] |= zero_b[partner[has]]
-    matched = below & mutual & ~no_direction
-    if allow_unmatched:  # the partial mode's partners are its accepted matches
-        partner = np.where(matched, partner, -1)
-        score = np.where(matched, score, np.inf)
+    v = _verdict(Xf, Yf, partner, parts, cal, near_dir, zero_a, zero_b, allow_unmatched)
+    partner, score, below, mutual, matched = v.partner, v.score, v.below, v.mutual, v.matched
     if nearest is None:
         nearest, best, second = nearest_two_costs(Xf, Yf, device=dev)
     if method == "lap":
@@ -200,6 +187,36 @@ def match_weights(wa: SAEWeights, wb: SAEWeights, wa_f: SAEWeights, wb_f: SAEWei
                "n_zero_a": int(zero_a.sum()), "n_zero_b": int(zero_b.sum()),
                "expected_false_matches": efm},
     )
+
+
+class _Verdict(NamedTuple):
+    partner: np.ndarray  # in the partial mode -1 where no match was accepted
+    score: np.ndarray  # each pair's direction distance (inf: no partner, or not accepted in the partial mode)
+    below: np.ndarray  # at or under the calibrated threshold
+    mutual: np.ndarray  # each the other's nearest
+    matched: np.ndarray  # below, mutual, and both features have a direction
+
+
+def _verdict(Xf: torch.Tensor, Yf: torch.Tensor, partner: np.ndarray, parts: Any, cal: Any,
+             near_dir: "crit.DirectionPass", zero_a: np.ndarray, zero_b: np.ndarray,
+             allow_unmatched: bool) -> _Verdict:
+    """The criterion's reading of a partner array: which pairs are matches."""
+    s = crit.direction_distance(Xf, Yf, partner, parts)
+    score = np.where(np.isnan(s), np.inf, s)
+    # float32 solves may put a partial-mode partner a rounding error past the threshold
+    tol = 1e-6 if allow_unmatched else 0.0
+    below = (partner >= 0) & (score <= cal.threshold + tol)
+    # the same feature on both sides: each is the other's nearest (a sibling's candidate is not)
+    mutual = crit.mutual_best(Xf, Yf, np.where(below, partner, -1), parts, nearest=near_dir,
+                              distance=np.where(below, s, np.nan))
+    has = partner >= 0
+    no_direction = zero_a.copy()
+    no_direction[has] |= zero_b[partner[has]]
+    matched = below & mutual & ~no_direction
+    if allow_unmatched:  # the partial mode's partners are its accepted matches
+        partner = np.where(matched, partner, -1)
+        score = np.where(matched, score, np.inf)
+    return _Verdict(partner, score, below, mutual, matched)
 
 
 def _zero_features(Xf: torch.Tensor, Yf: torch.Tensor, parts: Any, wa: SAEWeights, wb: SAEWeights
