@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError
 from .weights import SAEWeights, as_weights
 
 PARAMS_CHOICES = ("decoder", "encoder", "encoder+decoder", "encoder+decoder+bias")
@@ -65,9 +66,26 @@ def check_same_d_in(a: SAEWeights, b: SAEWeights) -> None:
 
 
 def default_device(device: Any = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` as a torch.device; None: CUDA when there is a GPU, else the CPU. A name torch does
+    not know, or a GPU this machine lacks, is an InvalidArgumentError that says what to pass (torch's
+    own "Torch not compiled with CUDA enabled" would come from deep inside a solver)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidArgumentError(f"device={device!r} is not a torch device ({e}); use 'cpu', 'cuda' or "
+                                   "'cuda:N', or None for a GPU when there is one") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(f"device={device!r}, but torch {torch.__version__} sees no CUDA GPU here; "
+                                       "use device='cpu', or None (a GPU when there is one)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and 0 < n <= dev.index:
+            raise InvalidArgumentError(f"device={device!r}, but torch sees {n} CUDA GPU(s) (cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidArgumentError(f"device={device!r}, but this torch has no usable MPS (Apple GPU); use device='cpu'")
+    return dev
 
 
 def default_block_rows(n_b: int, budget_bytes: int = 256 * 2**20) -> int:

@@ -78,3 +78,30 @@ def test_the_chain_keeps_the_key_and_check_composition_reuses_it(pc):
     # keywords override the chain's options there too
     assert ch.check_composition(0, 2, cache=False, params="encoder+decoder") == pytest.approx(
         ch.agreement(0, 2, smn.match(pc.saes[0], pc.saes[2], opts, params="encoder+decoder")))
+
+
+def test_a_device_torch_cannot_use_is_said_before_loading_anything(tmp_path, monkeypatch):
+    """device= is checked when the options are made: a name torch does not know, or a GPU this
+    machine lacks, is an InvalidArgumentError naming what to pass, never torch's own assertion
+    ("Torch not compiled with CUDA enabled") from inside a solver."""
+    import torch
+
+    from saematch_nb.core.cost import default_device
+    from saematch_nb.errors import InvalidArgumentError
+
+    missing = [tmp_path / "nope_0.npz", tmp_path / "nope_1.npz"]
+    with pytest.raises(InvalidArgumentError, match=r"device='tpu' is not a torch device.*use 'cpu', 'cuda'"):
+        smn.match_chain(missing, device="tpu", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, whatever runs this
+    no_gpu = r"device='cuda', but torch .* sees no CUDA GPU here; use device='cpu'"
+    with pytest.raises(InvalidArgumentError, match=no_gpu):
+        smn.match_chain(missing, device="cuda", progress=False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):  # also a ValueError, as before
+        MatchOptions(device="cuda:0")
+    assert default_device(None) == torch.device("cpu") and MatchOptions(device="cpu").device == "cpu"
+    # a machine with 2 GPUs: cuda:1 is fine, cuda:2 is not there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(InvalidArgumentError, match=r"sees 2 CUDA GPU\(s\) \(cuda:0 to cuda:1\)"):
+        default_device("cuda:2")
