@@ -15,13 +15,9 @@ def peak_rss_bytes() -> int | None:
     Linux: VmHWM of /proc/self/status, the address space's own high-water mark (``ru_maxrss``
     would also count the parent's peak, folded into a spawned child at exec). Elsewhere
     ``ru_maxrss``: bytes on macOS, KiB on the other Unixes."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_kib_as_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # Windows
@@ -33,14 +29,22 @@ def peak_rss_bytes() -> int | None:
 def available_bytes() -> int | None:
     """Memory a new allocation can take now (Linux MemAvailable; elsewhere free physical pages);
     None when unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = _proc_kib_as_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _proc_kib_as_bytes(path: str, key: str) -> int | None:
+    """The "key:  N kB" line of a /proc file, in bytes; None without /proc (macOS, Windows) or the line."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
