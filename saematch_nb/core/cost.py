@@ -65,17 +65,23 @@ def check_same_d_in(a: SAEWeights, b: SAEWeights) -> None:
         )
 
 
-def default_device(device: Any = None) -> torch.device:
-    """``device`` as a torch.device; None: CUDA when there is a GPU, else the CPU. A name torch does
-    not know, or a GPU this machine lacks, is an InvalidArgumentError that says what to pass (torch's
-    own "Torch not compiled with CUDA enabled" would come from deep inside a solver)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def parse_device(device: Any) -> torch.device:
+    """``device`` as a torch.device, on any machine: a name torch does not know is an
+    InvalidArgumentError that says what to pass."""
     try:
-        dev = torch.device(device)
+        return torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InvalidArgumentError(f"device={device!r} is not a torch device ({e}); use 'cpu', 'cuda' or "
                                    "'cuda:N', or None for a GPU when there is one") from None
+
+
+def default_device(device: Any = None) -> torch.device:
+    """``device`` as a torch.device this machine has; None: CUDA when there is a GPU, else the CPU.
+    A name torch does not know, or a GPU this machine lacks, is an InvalidArgumentError that says
+    what to pass (torch's own "Torch not compiled with CUDA enabled" would come from inside a solver)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidArgumentError(f"device={device!r}, but torch {torch.__version__} sees no CUDA GPU here; "

@@ -80,6 +80,7 @@ def match(sae_a: Any, sae_b: Any, options: MatchOptions | None = None, *, progre
         A progress bar for the solver's long phases.
     """
     opts = MatchOptions.of(options, **keywords)
+    default_device(opts.device)  # a GPU this machine lacks is said before any SAE is loaded
     wa, wb = as_weights(sae_a), as_weights(sae_b)
     check_same_d_in(wa, wb)
     # The reported MSE is always on folded parameters, so fold once here (raw wa/wb stay for fold=False).

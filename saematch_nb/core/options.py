@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import criterion as crit
-from .cost import check_params, default_device
+from .cost import check_params, parse_device
 
 METHODS = ("lap", "identity", "cosine")
 BAD_THRESHOLD_CHOICES = ("raise", "skip")
@@ -53,8 +53,8 @@ class MatchOptions:
         crit.check_n_null(self.n_null)
         if self.bad_threshold not in BAD_THRESHOLD_CHOICES:
             raise ValueError(f"bad_threshold must be one of {BAD_THRESHOLD_CHOICES}, got {self.bad_threshold!r}")
-        if self.device is not None:
-            default_device(self.device)  # a wrong or absent device is said before any SAE is loaded
+        if self.device is not None:  # a name torch does not know; whether this machine has it: match / match_chain
+            parse_device(self.device)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

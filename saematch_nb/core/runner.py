@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SaematchWarning
 from ._memory import peak_rss_bytes
+from .cost import default_device
 from .cache import CacheWarning, MatchCache, identity, pair_key
 from .chain import MatchChain
 from .options import MatchOptions
@@ -74,7 +75,9 @@ def match_chain(
     (the stack's conversions, loads, folds and hashes). In executor mode the workers' peaks are per
     pair in ``pairs[t]["worker_maxrss_bytes"]``.
     """
-    run = _Run.start(saes, MatchOptions.of(options, **keywords), cache=cache, cache_dir=cache_dir,
+    opts = MatchOptions.of(options, **keywords)
+    default_device(opts.device)  # a GPU this machine lacks is said before any SAE is loaded
+    run = _Run.start(saes, opts, cache=cache, cache_dir=cache_dir,
                      executor=executor, progress=progress)
     try:
         run.read_cache()

@@ -81,9 +81,10 @@ def test_the_chain_keeps_the_key_and_check_composition_reuses_it(pc):
 
 
 def test_a_device_torch_cannot_use_is_said_before_loading_anything(tmp_path, monkeypatch):
-    """device= is checked when the options are made: a name torch does not know, or a GPU this
-    machine lacks, is an InvalidArgumentError naming what to pass, never torch's own assertion
-    ("Torch not compiled with CUDA enabled") from inside a solver."""
+    """A device name torch does not know fails when the options are made; a GPU this machine lacks
+    when match / match_chain start, before any SAE is loaded: an InvalidArgumentError naming what to
+    pass, never torch's own assertion ("Torch not compiled with CUDA enabled") from inside a solver.
+    An options value naming a GPU can still be made anywhere (its key leaves the device out)."""
     import torch
 
     from saematch_nb.core.cost import default_device
@@ -91,14 +92,17 @@ def test_a_device_torch_cannot_use_is_said_before_loading_anything(tmp_path, mon
 
     missing = [tmp_path / "nope_0.npz", tmp_path / "nope_1.npz"]
     with pytest.raises(InvalidArgumentError, match=r"device='tpu' is not a torch device.*use 'cpu', 'cuda'"):
+        MatchOptions(device="tpu")
+    with pytest.raises(InvalidArgumentError, match=r"device='tpu' is not a torch device"):
         smn.match_chain(missing, device="tpu", progress=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, whatever runs this
+    assert MatchOptions(device="cuda").key() == MatchOptions().key()
     no_gpu = r"device='cuda', but torch .* sees no CUDA GPU here; use device='cpu'"
     with pytest.raises(InvalidArgumentError, match=no_gpu):
         smn.match_chain(missing, device="cuda", progress=False)
-    with pytest.raises(ValueError, match="no CUDA GPU"):  # also a ValueError, as before
-        MatchOptions(device="cuda:0")
-    assert default_device(None) == torch.device("cpu") and MatchOptions(device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match=no_gpu):  # also a ValueError
+        smn.match(*missing, MatchOptions(device="cuda"))
+    assert default_device(None) == torch.device("cpu") and default_device("cpu") == torch.device("cpu")
     # a machine with 2 GPUs: cuda:1 is fine, cuda:2 is not there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
