@@ -110,6 +110,7 @@ class Lab:
         self.pw = self.browser = self.page = None
         self.console_errors: list[str] = []
         self.failed_requests: list[str] = []
+        self.failures: list[tuple[str, str | None]] = []  # (url, Chromium's reason)
         try:
             self._wait_server(timeout_s)
         except BaseException:
@@ -119,6 +120,18 @@ class Lab:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _failed(self, request: Any) -> None:
+        self.failed_requests.append(request.url)
+        self.failures.append((request.url, request.failure))
+
+    def unexpected_failures(self, allowed_prefixes: tuple[str, ...] = ()) -> list[tuple[str, str | None]]:
+        """Failed requests but those of JupyterLab's own REST API (``/api/terminals``, ``/api/sessions``,
+        ...: Lab polls them and aborts or retries a poll when it is slow; CI once saw one
+        ``/api/terminals`` poll fail on a busy machine) and those under ``allowed_prefixes``. What
+        the package's outputs load (static assets, extension bundles, figures) is never let through."""
+        api = f"{self.url}/api/"
+        return [(u, why) for u, why in self.failures if not u.startswith(api) and not u.startswith(allowed_prefixes)]
 
     def _wait_server(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
@@ -141,7 +154,7 @@ class Lab:
         self.page = self.browser.new_page(viewport={"width": width, "height": height})
         self.page.on("console", lambda m: self.console_errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.console_errors.append(f"pageerror: {e}"))
-        self.page.on("requestfailed", lambda r: self.failed_requests.append(r.url))
+        self.page.on("requestfailed", self._failed)
         name = Path(self.notebook).name
         self.page.goto(f"{self.url}/lab/tree/{name}?token={self.token}", timeout=120_000)
         self.page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "

@@ -215,8 +215,8 @@ def test_quickstart_runs_and_the_panels_answer_real_input(tmp_path):
         _lab.type_feature(page, 27)
         _lab.wait_figure(page, "(gd.layout.title || {}).text.includes('feature 27')", root=view)
         assert _lab.figure_state(page, view)["y"] == _lab.figure_state(page)["y"]
-        failed = [u for u in lab.failed_requests if not u.startswith(OFFLINE_OK_HOSTS)]
-        assert failed == [], failed
+        failed = lab.unexpected_failures(OFFLINE_OK_HOSTS)
+        assert failed == [], (failed, lab.failures)
         allowed = len(lab.failed_requests)  # one "Failed to load resource" per allowed failure
         loads = [e for e in lab.console_errors if e.startswith("Failed to load resource")]
         # anywidget's 2 s init limit (tests/_lab.py): every figure above was asserted drawn and
